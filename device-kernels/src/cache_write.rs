@@ -1,0 +1,45 @@
+//! `reshape_and_cache`: copy this step's K and V rows into the paged cache.
+//!
+//! - key, value: `[num_tokens, num_kv_heads, head_dim]`, 16-bit elements (f16 or bf16: the
+//!   copy is bitwise, so one kernel serves both).
+//! - key_cache, value_cache: `[num_blocks, block_size, num_kv_heads, head_dim]`.
+//! - slot_mapping: `i64 [num_tokens]`, slot = block * block_size + offset; negative = padding.
+//! Grid: one block per token; 128 threads, each moving 16-byte vectors of one (head, 8-dim
+//! slice) for K and for V. The host guarantees: every non-negative slot is below
+//! `num_blocks * block_size`, head_dim is a multiple of 8 and all rows are 16-byte aligned.
+
+use crate::intrinsics::{block_dim_x, div_nz, block_idx_x, ld_global_nc_v4, st_global_v4, thread_idx_x};
+use crate::params::CacheWriteParams;
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn reshape_and_cache_b16(p: CacheWriteParams) {
+    let token = block_idx_x();
+    if token >= p.num_tokens {
+        return;
+    }
+    let slot = unsafe { *(p.slot_mapping as *const i64).add(token as usize) };
+    if slot < 0 {
+        return;
+    }
+    let slot = slot as u64;
+    let block = div_nz(slot as usize, p.block_size as usize) as u64;
+    let offset = slot - block * p.block_size as u64;
+    let vecs_per_head = (p.head_dim / 8) as usize;
+    let total = p.num_kv_heads as usize * vecs_per_head;
+    let mut i = thread_idx_x() as usize;
+    while i < total {
+        let head = div_nz(i, vecs_per_head);
+        let d = ((i - head * vecs_per_head) * 8) as u64;
+        let head = head as u64;
+        let src = token as u64 * p.src_token_stride + head * p.src_head_stride + d;
+        let dst = block * p.cache_block_stride + offset * p.cache_token_stride
+            + head * p.cache_head_stride + d;
+        unsafe {
+            let k = ld_global_nc_v4((p.key as *const u16).add(src as usize));
+            let v = ld_global_nc_v4((p.value as *const u16).add(src as usize));
+            st_global_v4((p.key_cache as *mut u16).add(dst as usize) as *mut u32, k);
+            st_global_v4((p.value_cache as *mut u16).add(dst as usize) as *mut u32, v);
+        }
+        i += block_dim_x() as usize;
+    }
+}

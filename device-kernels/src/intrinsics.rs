@@ -1,0 +1,182 @@
+//! The thin layer between the kernels and the machine: indices, barriers, warp shuffles,
+//! shared memory, 16-byte global accesses, fast math and f16/bf16 conversions.
+//! Each inline-PTX wrapper is named after the instruction it emits.
+
+use core::arch::asm;
+use core::arch::nvptx;
+
+#[inline(always)]
+pub fn thread_idx_x() -> u32 {
+    unsafe { nvptx::_thread_idx_x() as u32 }
+}
+#[inline(always)]
+pub fn block_idx_x() -> u32 {
+    unsafe { nvptx::_block_idx_x() as u32 }
+}
+#[inline(always)]
+pub fn block_idx_y() -> u32 {
+    unsafe { nvptx::_block_idx_y() as u32 }
+}
+#[inline(always)]
+pub fn block_idx_z() -> u32 {
+    unsafe { nvptx::_block_idx_z() as u32 }
+}
+#[inline(always)]
+pub fn block_dim_x() -> u32 {
+    unsafe { nvptx::_block_dim_x() as u32 }
+}
+
+/// `bar.sync 0`: every thread of the block arrives before any proceeds.
+#[inline(always)]
+pub fn bar_sync() {
+    unsafe { nvptx::_syncthreads() }
+}
+
+/// `shfl.sync.bfly.b32` over the full warp: the value of lane `lane ^ mask`.
+#[inline(always)]
+pub fn shfl_sync_bfly_f32(v: f32, mask: u32) -> f32 {
+    let out: f32;
+    unsafe {
+        asm!("shfl.sync.bfly.b32 {o}, {v}, {m}, 0x1f, 0xffffffff;",
+             o = out(reg32) out, v = in(reg32) v, m = in(reg32) mask,
+             options(pure, nomem, nostack));
+    }
+    out
+}
+
+/// `ex2.approx.ftz.f32`: 2^x (-inf -> +0).
+#[inline(always)]
+pub fn ex2_approx(x: f32) -> f32 {
+    let y: f32;
+    unsafe {
+        asm!("ex2.approx.ftz.f32 {y}, {x};", y = out(reg32) y, x = in(reg32) x,
+             options(pure, nomem, nostack));
+    }
+    y
+}
+
+/// `tanh.approx.f32` (sm_75+).
+#[inline(always)]
+pub fn tanh_approx(x: f32) -> f32 {
+    let y: f32;
+    unsafe {
+        asm!("tanh.approx.f32 {y}, {x};", y = out(reg32) y, x = in(reg32) x,
+             options(pure, nomem, nostack));
+    }
+    y
+}
+
+/// `rcp.approx.ftz.f32`: 1/x.
+#[inline(always)]
+pub fn rcp_approx(x: f32) -> f32 {
+    let y: f32;
+    unsafe {
+        asm!("rcp.approx.ftz.f32 {y}, {x};", y = out(reg32) y, x = in(reg32) x,
+             options(pure, nomem, nostack));
+    }
+    y
+}
+
+/// Sixteen bytes: eight 16-bit elements, or four f32.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+pub struct V4(pub [u32; 4]);
+
+impl V4 {
+    pub const ZERO: V4 = V4([0; 4]);
+}
+
+/// `ld.global.nc.v4.u32`: a 16-byte load through the read-only path. `p` is 16-byte aligned
+/// and points to memory no kernel writes while this one runs.
+#[inline(always)]
+pub unsafe fn ld_global_nc_v4(p: *const u16) -> V4 {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!("ld.global.nc.v4.u32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+             a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+             p = in(reg64) p, options(readonly, nostack));
+    }
+    V4([a, b, c, d])
+}
+
+/// `ld.global.v4.u32`: a 16-byte coherent load (for data this grid may have written).
+#[inline(always)]
+pub unsafe fn ld_global_v4(p: *const u32) -> V4 {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!("ld.global.v4.u32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+             a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+             p = in(reg64) p, options(readonly, nostack));
+    }
+    V4([a, b, c, d])
+}
+
+/// `st.global.v4.u32`: a 16-byte store; `p` is 16-byte aligned.
+#[inline(always)]
+pub unsafe fn st_global_v4(p: *mut u32, v: V4) {
+    unsafe {
+        asm!("st.global.v4.u32 [{p}], {{{a}, {b}, {c}, {d}}};",
+             p = in(reg64) p, a = in(reg32) v.0[0], b = in(reg32) v.0[1],
+             c = in(reg32) v.0[2], d = in(reg32) v.0[3], options(nostack));
+    }
+}
+
+/// Two bf16 packed in a b32 (element 0 in the low half) -> two f32. bf16 is the high
+/// half of an f32, so this is two shifts and needs no `cvt` (which bf16 gains only on sm_90).
+#[inline(always)]
+pub fn bf16x2_to_f32x2(x: u32) -> (f32, f32) {
+    (f32::from_bits(x << 16), f32::from_bits(x & 0xffff_0000))
+}
+
+/// `cvt.rn.bf16x2.f32`: two f32 -> two bf16, round to nearest even; `lo` in the low half.
+#[inline(always)]
+pub fn cvt_rn_bf16x2_f32(lo: f32, hi: f32) -> u32 {
+    let d: u32;
+    unsafe {
+        asm!("cvt.rn.bf16x2.f32 {d}, {hi}, {lo};", d = out(reg32) d,
+             hi = in(reg32) hi, lo = in(reg32) lo, options(pure, nomem, nostack));
+    }
+    d
+}
+
+/// `cvt.f32.f16` on both halves of a b32 (element 0 in the low half).
+#[inline(always)]
+pub fn f16x2_to_f32x2(x: u32) -> (f32, f32) {
+    let (a, b): (f32, f32);
+    unsafe {
+        asm!("{{ .reg .b16 lo, hi;\n mov.b32 {{lo, hi}}, {x};\n cvt.f32.f16 {a}, lo;\n cvt.f32.f16 {b}, hi; }}",
+             a = out(reg32) a, b = out(reg32) b, x = in(reg32) x,
+             options(pure, nomem, nostack));
+    }
+    (a, b)
+}
+
+/// `cvt.rn.f16x2.f32`: two f32 -> two f16, round to nearest even; `lo` in the low half.
+#[inline(always)]
+pub fn cvt_rn_f16x2_f32(lo: f32, hi: f32) -> u32 {
+    let d: u32;
+    unsafe {
+        asm!("cvt.rn.f16x2.f32 {d}, {hi}, {lo};", d = out(reg32) d,
+             hi = in(reg32) hi, lo = in(reg32) lo, options(pure, nomem, nostack));
+    }
+    d
+}
+
+/// The block's dynamic shared memory (`.extern .shared`), sized by the launch.
+#[inline(always)]
+pub fn dynamic_shared_f32() -> *mut f32 {
+    core::intrinsics::gpu::gpu_launch_sized_workgroup_mem::<f32>()
+}
+
+/// `trap`: the kernel's only way to stop on a bug.
+#[inline(always)]
+pub fn trap() -> ! {
+    unsafe { nvptx::trap() }
+}
+
+/// `a / b` for a divisor the host guarantees non-zero: no panic path in the PTX.
+#[inline(always)]
+pub fn div_nz(a: usize, b: usize) -> usize {
+    // SAFETY: every caller divides by a launch parameter the host validated as non-zero.
+    a / unsafe { core::num::NonZeroUsize::new_unchecked(b) }
+}

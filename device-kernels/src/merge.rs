@@ -1,0 +1,58 @@
+//! Merge of split-KV partial states (flash-decoding's second kernel).
+//!
+//! Each split `s` left, per (token, head), a normalised partial output `o_s[D]` and its
+//! (m_s, l_s): running max in log2 units and denominator. The merged output is
+//! `sum_s w_s o_s / sum_s w_s` with `w_s = l_s * 2^(m_s - max_s m_s)`; the result does not
+//! depend on the order of the splits, and an empty split (l_s = 0) contributes nothing.
+//! Grid: x = token, y = query head; block: D/8 threads, 8 dims each.
+
+use crate::elem::{Bf16, Elem, F16};
+use crate::intrinsics::*;
+use crate::params::MergeParams;
+
+#[inline(always)]
+unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
+    let token = block_idx_x() as u64;
+    let head = block_idx_y() as u64;
+    let ds = thread_idx_x() as usize * 8;
+    if ds >= p.head_dim as usize {
+        return;
+    }
+    let rows = p.num_tokens as u64 * p.num_q_heads as u64;
+    let row = token * p.num_q_heads as u64 + head;
+    let ml = p.partial_ml as *const f32;
+    let mut mmax = -1.0e30f32;
+    for s in 0..p.num_splits as u64 {
+        mmax = mmax.max(unsafe { *ml.add(((s * rows + row) * 2) as usize) });
+    }
+    let mut wsum = 0.0f32;
+    let mut o = [0.0f32; 8];
+    for s in 0..p.num_splits as u64 {
+        let r = s * rows + row;
+        let (ms, ls) = unsafe { (*ml.add((r * 2) as usize), *ml.add((r * 2 + 1) as usize)) };
+        let w = ls * ex2_approx(ms - mmax);
+        wsum += w;
+        let po = (p.partial_out as *const u32).wrapping_add((r * p.head_dim as u64) as usize + ds);
+        let (a, b) = unsafe { (ld_global_v4(po), ld_global_v4(po.add(4))) };
+        for i in 0..4 {
+            o[i] += w * f32::from_bits(a.0[i]);
+            o[4 + i] += w * f32::from_bits(b.0[i]);
+        }
+    }
+    let inv = if wsum > 0.0 { 1.0 / wsum } else { 0.0 };
+    for i in 0..8 {
+        o[i] *= inv;
+    }
+    let off = token * p.out_token_stride + head * p.out_head_stride + ds as u64;
+    unsafe { st_global_v4((p.out as *mut u16).add(off as usize) as *mut u32, E::pack8(&o)) };
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn merge_splits_bf16(p: MergeParams) {
+    unsafe { merge_splits::<Bf16>(&p) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn merge_splits_f16(p: MergeParams) {
+    unsafe { merge_splits::<F16>(&p) }
+}

@@ -1,0 +1,104 @@
+//! Kernel parameter blocks, one per kernel family.
+//!
+//! This file is compiled twice: by the device crate (for nvptx64) and by the host crate
+//! (through `#[path]`), so the two sides cannot disagree on a field. Every struct is
+//! `#[repr(C)]`, passed to its kernel by value, and holds only pointers (as `u64` device
+//! addresses), integers and floats. Sizes are asserted at compile time on both sides.
+//!
+//! Strides are in elements, not bytes. The paged KV cache is described by pointers and
+//! explicit strides; the kernels assume nothing else about it.
+
+/// `reshape_and_cache`: this step's K/V rows into their cache slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CacheWriteParams {
+    /// `[num_tokens, num_kv_heads, head_dim]` (16-bit elements).
+    pub key: u64,
+    pub value: u64,
+    /// `[num_blocks, block_size, num_kv_heads, head_dim]`.
+    pub key_cache: u64,
+    pub value_cache: u64,
+    /// `i64 [num_tokens]`; a negative slot is padding and is skipped.
+    pub slot_mapping: u64,
+    pub src_token_stride: u64,
+    pub src_head_stride: u64,
+    pub cache_block_stride: u64,
+    pub cache_token_stride: u64,
+    pub cache_head_stride: u64,
+    pub num_tokens: u32,
+    pub num_kv_heads: u32,
+    pub head_dim: u32,
+    pub block_size: u32,
+}
+
+/// Paged attention: one query token per thread block (decode, and the rows of a chunked
+/// prefill), over the paged cache, optionally split along the keys (flash-decoding).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PagedAttnParams {
+    /// `[num_tokens, num_q_heads, head_dim]`.
+    pub q: u64,
+    /// `[num_tokens, num_q_heads, head_dim]`; written when `num_splits == 1`.
+    pub out: u64,
+    /// `[num_blocks, block_size, num_kv_heads, head_dim]`.
+    pub key_cache: u64,
+    pub value_cache: u64,
+    /// `i32 [num_seqs, block_table_stride]`: logical block -> physical block.
+    pub block_table: u64,
+    /// `i32 [num_seqs]`: keys in the cache for each request, this step's included.
+    pub seq_lens: u64,
+    /// `i32 [num_seqs + 1]`: prefix sum of query tokens per request.
+    pub query_start_loc: u64,
+    /// `f32 [num_q_heads]` ALiBi slopes, or 0 for none.
+    pub alibi_slopes: u64,
+    /// Split-KV workspace, used when `num_splits > 1`:
+    /// `f32 [num_splits, num_tokens, num_q_heads, head_dim]` normalised partial outputs and
+    /// `f32 [num_splits, num_tokens, num_q_heads, 2]` (running max in log2 units, denominator).
+    pub partial_out: u64,
+    pub partial_ml: u64,
+    pub q_token_stride: u64,
+    pub q_head_stride: u64,
+    pub out_token_stride: u64,
+    pub out_head_stride: u64,
+    pub cache_block_stride: u64,
+    pub cache_token_stride: u64,
+    pub cache_head_stride: u64,
+    pub block_table_stride: u32,
+    pub num_seqs: u32,
+    pub num_tokens: u32,
+    pub num_q_heads: u32,
+    pub num_kv_heads: u32,
+    pub block_size_log2: u32,
+    /// Keys a query may see to its left, itself included; 0 = unlimited.
+    pub sliding_window: u32,
+    pub num_splits: u32,
+    pub scale: f32,
+    /// Logits soft-cap (`cap * tanh(s / cap)`); 0 = off.
+    pub softcap: f32,
+}
+
+/// Merge of split-KV partial states into the final output.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MergeParams {
+    pub partial_out: u64,
+    pub partial_ml: u64,
+    pub out: u64,
+    pub out_token_stride: u64,
+    pub out_head_stride: u64,
+    pub num_tokens: u32,
+    pub num_q_heads: u32,
+    pub head_dim: u32,
+    pub num_splits: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<CacheWriteParams>() == 96);
+const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 176);
+const _: () = assert!(core::mem::size_of::<MergeParams>() == 56);
+const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
+
+/// Threads per block of the paged-attention kernel, and query heads one block serves.
+pub const PAGED_WARPS: u32 = 4;
+pub const PAGED_MAX_GROUP: u32 = 4;
+/// Threads per block of the cache-write kernel.
+pub const CACHE_WRITE_THREADS: u32 = 128;
