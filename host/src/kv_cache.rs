@@ -1,0 +1,77 @@
+//! The paged KV cache: `[num_blocks, block_size, num_kv_heads, head_dim]` for K and for V.
+
+use crate::dtype::Element;
+use crate::error::{AttnError, Result};
+
+/// Geometry of a paged cache, and its strides in elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheLayout {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvCacheLayout {
+    pub fn new(num_blocks: usize, block_size: usize, num_kv_heads: usize, head_dim: usize) -> Result<Self> {
+        if num_blocks == 0 || num_kv_heads == 0 || head_dim == 0 {
+            return Err(AttnError::InvalidConfig(format!(
+                "cache of {num_blocks} blocks, {num_kv_heads} kv heads, head dim {head_dim}: all must be positive"
+            )));
+        }
+        if !block_size.is_power_of_two() {
+            return Err(AttnError::InvalidConfig(format!(
+                "block size {block_size} is not a power of two"
+            )));
+        }
+        let l = KvCacheLayout { num_blocks, block_size, num_kv_heads, head_dim };
+        if l.elements() > isize::MAX as usize / 8 {
+            return Err(AttnError::InvalidConfig(format!("cache of {num_blocks} blocks is too large")));
+        }
+        Ok(l)
+    }
+    pub fn capacity_slots(&self) -> usize {
+        self.num_blocks * self.block_size
+    }
+    pub fn head_stride(&self) -> usize {
+        self.head_dim
+    }
+    pub fn token_stride(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+    pub fn block_stride(&self) -> usize {
+        self.block_size * self.token_stride()
+    }
+    /// Elements in the K (or V) cache.
+    pub fn elements(&self) -> usize {
+        self.num_blocks * self.block_stride()
+    }
+    /// Offset of (slot, head, 0).
+    pub fn offset(&self, slot: usize, head: usize) -> usize {
+        slot * self.token_stride() + head * self.head_dim
+    }
+}
+
+/// A paged cache in host memory (the CPU backend's, and the tests' reference copy).
+#[derive(Clone, Debug)]
+pub struct HostKvCache<T> {
+    pub layout: KvCacheLayout,
+    pub key: Vec<T>,
+    pub value: Vec<T>,
+}
+
+impl<T: Element> HostKvCache<T> {
+    pub fn zeros(layout: KvCacheLayout) -> Self {
+        HostKvCache { layout, key: vec![T::default(); layout.elements()], value: vec![T::default(); layout.elements()] }
+    }
+
+    /// K row of (slot, head).
+    pub fn key_row(&self, slot: usize, head: usize) -> &[T] {
+        let o = self.layout.offset(slot, head);
+        &self.key[o..o + self.layout.head_dim]
+    }
+    pub fn value_row(&self, slot: usize, head: usize) -> &[T] {
+        let o = self.layout.offset(slot, head);
+        &self.value[o..o + self.layout.head_dim]
+    }
+}

@@ -1,0 +1,105 @@
+//! What one attention layer computes, independent of the backend: head counts, head dim,
+//! scale and the optional score modifiers (sliding window, logits soft-cap, ALiBi).
+
+use crate::error::{AttnError, Result};
+
+/// One attention layer of a model (MHA / GQA / MQA).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttnSpec {
+    pub num_q_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Softmax scale, usually `1/sqrt(head_dim)`.
+    pub scale: f32,
+    /// A query at position p sees keys in `(p - window, p]`; `None` = unlimited.
+    pub sliding_window: Option<usize>,
+    /// Logits soft-cap: `s -> cap * tanh(s / cap)` after scaling; `None` = off.
+    pub softcap: Option<f32>,
+    /// ALiBi: `s += slope[h] * (key_pos - query_pos)`; one slope per query head.
+    pub alibi_slopes: Option<Vec<f32>>,
+}
+
+impl AttnSpec {
+    pub fn new(num_q_heads: usize, num_kv_heads: usize, head_dim: usize) -> Self {
+        AttnSpec {
+            num_q_heads,
+            num_kv_heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            sliding_window: None,
+            softcap: None,
+            alibi_slopes: None,
+        }
+    }
+
+    pub fn group_size(&self) -> usize {
+        self.num_q_heads / self.num_kv_heads
+    }
+
+    /// Checks what every backend relies on.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(AttnError::InvalidConfig(m));
+        if self.num_q_heads == 0 || self.num_kv_heads == 0 || self.head_dim == 0 {
+            return bad(format!(
+                "heads and head dim must be positive (q heads {}, kv heads {}, head dim {})",
+                self.num_q_heads, self.num_kv_heads, self.head_dim
+            ));
+        }
+        if self.num_q_heads % self.num_kv_heads != 0 {
+            return bad(format!(
+                "{} query heads are not a multiple of {} kv heads",
+                self.num_q_heads, self.num_kv_heads
+            ));
+        }
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return bad(format!("softmax scale {} is not a positive finite number", self.scale));
+        }
+        if self.sliding_window == Some(0) {
+            return bad("sliding window 0 would hide every key".into());
+        }
+        if let Some(c) = self.softcap {
+            if !(c.is_finite() && c > 0.0) {
+                return bad(format!("soft-cap {c} is not a positive finite number"));
+            }
+        }
+        if let Some(s) = &self.alibi_slopes {
+            if s.len() != self.num_q_heads {
+                return bad(format!("{} ALiBi slopes for {} query heads", s.len(), self.num_q_heads));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The standard ALiBi slopes for `n` heads (Press et al.; as in BLOOM and MPT).
+pub fn alibi_slopes(n: usize) -> Vec<f32> {
+    let closest = 1usize << (usize::BITS - 1 - n.leading_zeros());
+    let base = 2f64.powf(-8.0 / closest as f64);
+    let mut s: Vec<f32> = (1..=closest).map(|i| base.powi(i as i32) as f32).collect();
+    if closest < n {
+        let extra = 2f64.powf(-4.0 / closest as f64);
+        s.extend((0..n - closest).map(|i| extra.powi((2 * i + 1) as i32) as f32));
+    }
+    s
+}
+
+/// DeepSeek's multi-head latent attention, in the absorbed form the kernels compute:
+/// one latent KV head of `kv_lora_rank + qk_rope_head_dim` dims whose first
+/// `kv_lora_rank` dims are also the values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlaSpec {
+    pub num_q_heads: usize,
+    pub kv_lora_rank: usize,
+    pub qk_rope_head_dim: usize,
+    pub qk_nope_head_dim: usize,
+    pub v_head_dim: usize,
+    /// Softmax scale: `1/sqrt(qk_nope_head_dim + qk_rope_head_dim)` unless the model says else.
+    pub scale: f32,
+}
+
+impl MlaSpec {
+    /// Width of a latent cache row (and of an absorbed query): 512 + 64 for DeepSeek-V3.
+    pub fn latent_dim(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope_head_dim
+    }
+}
