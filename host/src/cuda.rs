@@ -1,1 +1,134 @@
-//! being written
+//! CUDA runtime: the driver (loaded dynamically through cudarc, so nothing CUDA is needed to
+//! build or to run the CPU paths), the device's properties, and the kernel module built for
+//! it, loaded once per context.
+
+use crate::backend::Platform;
+use crate::error::{AttnError, Result};
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// One embedded PTX module: (compute capability, architecture name, PTX text).
+pub type PtxModule = (u32, &'static str, &'static str);
+
+// SAFETY: plain #[repr(C)] structs of integers and floats, passed by value to the kernels
+// whose parameter has the same definition (params.rs is compiled by both crates).
+unsafe impl DeviceRepr for crate::params::CacheWriteParams {}
+unsafe impl DeviceRepr for crate::params::PagedAttnParams {}
+unsafe impl DeviceRepr for crate::params::MergeParams {}
+
+/// Whether a CUDA driver library can be loaded here (false on CI machines). Checked before
+/// anything touches cudarc, which panics when the library is missing.
+pub fn driver_present() -> bool {
+    // SAFETY: only probes whether the shared library can be opened.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Picks the module built for the newest architecture not above the device's.
+///
+/// Example: modules for sm_80 and sm_90; an sm_89 device gets sm_80, an sm_90 device sm_90,
+/// an sm_75 device none (an error naming what was built).
+pub fn pick_module(modules: &[PtxModule], major: i32, minor: i32) -> Result<PtxModule> {
+    let cc = (major * 10 + minor) as u32;
+    modules
+        .iter()
+        .filter(|m| m.0 <= cc && !m.1.ends_with('a') || m.0 == cc)
+        .max_by_key(|m| (m.0, m.1.ends_with('a')))
+        .copied()
+        .ok_or_else(|| AttnError::NoPtxForDevice {
+            major,
+            minor,
+            built: modules.iter().map(|m| m.1).collect::<Vec<_>>().join(", "),
+        })
+}
+
+/// A CUDA device with its stream and kernel module.
+pub struct CudaRuntime {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    arch: &'static str,
+    name: String,
+    cc: (i32, i32),
+    num_sms: u32,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+}
+
+impl CudaRuntime {
+    /// Opens device `ordinal` and loads the module for its architecture from `modules`.
+    pub fn new(ordinal: usize, modules: &[PtxModule]) -> Result<Arc<Self>> {
+        if !driver_present() {
+            return Err(AttnError::NoCuda("the CUDA driver library (libcuda.so) was not found".into()));
+        }
+        let count = CudaContext::device_count()?;
+        if ordinal as i32 >= count {
+            return Err(AttnError::NoCuda(format!("device {ordinal} requested, {count} present")));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let cc = ctx.compute_capability()?;
+        let (_, arch, ptx) = pick_module(modules, cc.0, cc.1)?;
+        let module = ctx.load_module(Ptx::from_src(ptx))?;
+        let num_sms = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
+        let name = ctx.name()?;
+        tracing::info!(device = %name, arch, sms = num_sms, "CUDA runtime ready");
+        Ok(Arc::new(CudaRuntime {
+            stream: ctx.default_stream(),
+            ctx,
+            module,
+            arch,
+            name,
+            cc,
+            num_sms,
+            functions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+    /// Architecture of the loaded module, e.g. "sm_90".
+    pub fn arch(&self) -> &'static str {
+        self.arch
+    }
+    pub fn num_sms(&self) -> u32 {
+        self.num_sms
+    }
+    pub fn platform(&self) -> Platform {
+        Platform::Cuda { major: self.cc.0 as u32, minor: self.cc.1 as u32 }
+    }
+
+    /// A kernel of the loaded module, looked up once.
+    pub fn function(&self, name: &str) -> Result<CudaFunction> {
+        let mut f = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(func) = f.get(name) {
+            return Ok(func.clone());
+        }
+        let func = self.module.load_function(name)?;
+        f.insert(name.to_string(), func.clone());
+        Ok(func)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const MODS: &[PtxModule] = &[(80, "sm_80", ""), (90, "sm_90", ""), (90, "sm_90a", "")];
+
+    #[test]
+    fn newest_module_not_above_the_device() {
+        assert_eq!(pick_module(MODS, 8, 9).unwrap().1, "sm_80");
+        assert_eq!(pick_module(MODS, 9, 0).unwrap().1, "sm_90a");
+        assert_eq!(pick_module(&MODS[..2], 9, 0).unwrap().1, "sm_90");
+        assert_eq!(pick_module(&MODS[..2], 10, 0).unwrap().1, "sm_90");
+        let e = pick_module(MODS, 7, 5).unwrap_err();
+        assert!(e.to_string().contains("7.5") && e.to_string().contains("sm_80, sm_90"), "{e}");
+    }
+}

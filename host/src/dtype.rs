@@ -61,6 +61,9 @@ impl fmt::Display for KvCacheDType {
 /// A host element type the backends compute on (in f32; the oracle in f64).
 pub trait Element: Copy + Send + Sync + Default + fmt::Debug + 'static {
     const DTYPE: DType;
+    /// The kernels' name for this type (`paged_attention_<tag>_d128`); `None` if no GPU
+    /// kernel is instantiated for it.
+    const KERNEL_TAG: Option<&'static str>;
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;
     fn to_f64(self) -> f64 {
@@ -70,6 +73,7 @@ pub trait Element: Copy + Send + Sync + Default + fmt::Debug + 'static {
 
 impl Element for f32 {
     const DTYPE: DType = DType::F32;
+    const KERNEL_TAG: Option<&'static str> = None;
     fn to_f32(self) -> f32 {
         self
     }
@@ -80,6 +84,7 @@ impl Element for f32 {
 
 impl Element for f16 {
     const DTYPE: DType = DType::F16;
+    const KERNEL_TAG: Option<&'static str> = Some("f16");
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
@@ -90,6 +95,7 @@ impl Element for f16 {
 
 impl Element for bf16 {
     const DTYPE: DType = DType::Bf16;
+    const KERNEL_TAG: Option<&'static str> = Some("bf16");
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
     }

@@ -15,6 +15,7 @@ pub mod model;
 pub mod oracle;
 pub mod selector;
 pub mod spec;
+pub mod workload;
 
 /// Kernel parameter blocks shared with the device crate (the same source file).
 #[path = "../../device-kernels/src/params.rs"]

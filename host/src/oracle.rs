@@ -1,1 +1,524 @@
-//! being written
+//! The f64 oracle: dense attention with explicit masks. Ground truth for every backend.
+//!
+//! Nothing here is clever. Scores are materialised, masks are boolean matrices, the softmax
+//! is the textbook two-pass one (max, then exp and sum). The paged reference gathers each
+//! request's keys through its block table into dense K/V and calls the same dense function,
+//! so the only paged logic in the oracle is one `slot_of` per key.
+//!
+//! Semantics (what the kernels must reproduce): query token `i` of request `r` sits at
+//! absolute position `p = context_len(r) + i` and sees the keys at positions `j <= p`, and
+//! with a sliding window `W` only those with `j > p - W`. Score `s = scale * q.k`, then the
+//! soft-cap `s = cap * tanh(s / cap)`, then ALiBi `s += slope[h] * (j - p)`. Query head `h`
+//! reads kv head `h / (Hq / Hkv)`.
+//!
+//! ```
+//! use attn_host::oracle::{attention, DenseShape, Mask};
+//! // One query, two keys, the second masked out: the output is the first value.
+//! let shape = DenseShape { lq: 1, lk: 2, hq: 1, hkv: 1, d: 1, dv: 1, scale: 1.0, softcap: None };
+//! let mask = Mask::causal(&[0], 2, None);
+//! let (out, lse) = attention(&[1.0], &[3.0, 5.0], &[7.0, 11.0], &shape, &mask);
+//! assert_eq!(out, vec![7.0]);
+//! assert!((lse[0] - 3.0).abs() < 1e-12);
+//! ```
+
+use crate::dtype::Element;
+use crate::kv_cache::HostKvCache;
+use crate::metadata::AttentionMetadata;
+use crate::spec::{AttnSpec, MlaSpec};
+
+/// Which (query, key) pairs may attend, and an optional additive score bias per query head.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mask {
+    pub lq: usize,
+    pub lk: usize,
+    /// `[lq, lk]`: `allowed[i * lk + j]` iff query `i` may see key `j`.
+    pub allowed: Vec<bool>,
+    /// `[hq, lq, lk]`, added to the (soft-capped) score; empty = no bias.
+    pub bias: Vec<f64>,
+}
+
+impl Mask {
+    /// Every query sees every key.
+    pub fn full(lq: usize, lk: usize) -> Mask {
+        Mask { lq, lk, allowed: vec![true; lq * lk], bias: Vec::new() }
+    }
+
+    /// Key `j` sits at position `j`; query `i` at `q_positions[i]` sees keys `j <= p`, and
+    /// with a window `W` only `j > p - W` (the last `W` positions, itself included).
+    pub fn causal(q_positions: &[usize], lk: usize, window: Option<usize>) -> Mask {
+        let lq = q_positions.len();
+        let mut allowed = vec![false; lq * lk];
+        for (i, &p) in q_positions.iter().enumerate() {
+            for j in 0..lk {
+                let causal = j <= p;
+                let in_window = match window {
+                    Some(w) => j + w > p,
+                    None => true,
+                };
+                allowed[i * lk + j] = causal && in_window;
+            }
+        }
+        Mask { lq, lk, allowed, bias: Vec::new() }
+    }
+
+    /// Adds the ALiBi bias `slopes[h] * (j - q_positions[i])` (key `j` at position `j`).
+    pub fn with_alibi(mut self, slopes: &[f64], q_positions: &[usize]) -> Mask {
+        assert_eq!(q_positions.len(), self.lq, "one position per query row");
+        let (lq, lk) = (self.lq, self.lk);
+        let mut bias = vec![0.0; slopes.len() * lq * lk];
+        for (h, &slope) in slopes.iter().enumerate() {
+            for (i, &p) in q_positions.iter().enumerate() {
+                for j in 0..lk {
+                    bias[(h * lq + i) * lk + j] = slope * (j as f64 - p as f64);
+                }
+            }
+        }
+        self.bias = bias;
+        self
+    }
+
+    pub fn is_allowed(&self, i: usize, j: usize) -> bool {
+        self.allowed[i * self.lk + j]
+    }
+
+    fn bias_of(&self, h: usize, i: usize, j: usize) -> f64 {
+        if self.bias.is_empty() { 0.0 } else { self.bias[(h * self.lq + i) * self.lk + j] }
+    }
+}
+
+/// Shapes and score parameters of one dense attention.
+/// q `[lq, hq, d]`, k `[lk, hkv, d]`, v `[lk, hkv, dv]`; query head `h` reads kv head
+/// `h / (hq / hkv)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DenseShape {
+    pub lq: usize,
+    pub lk: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub d: usize,
+    pub dv: usize,
+    pub scale: f64,
+    pub softcap: Option<f64>,
+}
+
+/// Dense attention in f64. Returns (out `[lq, hq, dv]`, log-sum-exp of the scores `[lq, hq]`).
+/// A query row that sees no key gets a zero output and `lse = -inf`.
+pub fn attention(q: &[f64], k: &[f64], v: &[f64], s: &DenseShape, mask: &Mask) -> (Vec<f64>, Vec<f64>) {
+    assert_eq!(q.len(), s.lq * s.hq * s.d, "q is [lq, hq, d]");
+    assert_eq!(k.len(), s.lk * s.hkv * s.d, "k is [lk, hkv, d]");
+    assert_eq!(v.len(), s.lk * s.hkv * s.dv, "v is [lk, hkv, dv]");
+    assert_eq!((mask.lq, mask.lk), (s.lq, s.lk), "mask is [lq, lk]");
+    assert!(s.hkv > 0 && s.hq % s.hkv == 0, "hq must be a multiple of hkv");
+    assert!(mask.bias.is_empty() || mask.bias.len() == s.hq * s.lq * s.lk, "bias is [hq, lq, lk]");
+    let group = s.hq / s.hkv;
+    let mut out = vec![0.0; s.lq * s.hq * s.dv];
+    let mut lse = vec![f64::NEG_INFINITY; s.lq * s.hq];
+    let mut scores = vec![f64::NEG_INFINITY; s.lk];
+    for i in 0..s.lq {
+        for h in 0..s.hq {
+            let kvh = h / group;
+            let qrow = &q[(i * s.hq + h) * s.d..][..s.d];
+            // Scores of the visible keys; -inf for the rest.
+            for j in 0..s.lk {
+                scores[j] = if mask.is_allowed(i, j) {
+                    let krow = &k[(j * s.hkv + kvh) * s.d..][..s.d];
+                    let mut x = s.scale * qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f64>();
+                    if let Some(cap) = s.softcap {
+                        x = cap * (x / cap).tanh();
+                    }
+                    x + mask.bias_of(h, i, j)
+                } else {
+                    f64::NEG_INFINITY
+                };
+            }
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if max == f64::NEG_INFINITY {
+                continue;
+            }
+            let denom: f64 = scores.iter().map(|&x| (x - max).exp()).sum();
+            lse[i * s.hq + h] = max + denom.ln();
+            let orow = &mut out[(i * s.hq + h) * s.dv..][..s.dv];
+            for j in 0..s.lk {
+                if scores[j] == f64::NEG_INFINITY {
+                    continue;
+                }
+                let p = (scores[j] - max).exp() / denom;
+                let vrow = &v[(j * s.hkv + kvh) * s.dv..][..s.dv];
+                for (o, &x) in orow.iter_mut().zip(vrow) {
+                    *o += p * x;
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// The absolute positions of request `r`'s query tokens.
+fn query_positions(meta: &AttentionMetadata, r: usize) -> Vec<usize> {
+    (0..meta.query_len(r)).map(|i| meta.context_len(r) + i).collect()
+}
+
+/// The reference for a paged step, computed after the step's K/V are in `cache`.
+/// `q` is `[num_tokens, Hq, D]`; returns `[num_tokens, Hq, D]` in f64.
+///
+/// For each request: gathers its keys `0..seq_len` through the block table into dense f64
+/// K/V, builds the explicit causal (+ window, + ALiBi) mask and calls [`attention`].
+pub fn paged_reference<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &AttnSpec) -> Vec<f64> {
+    let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
+    assert_eq!(cache.layout.num_kv_heads, hkv, "cache kv heads vs spec");
+    assert_eq!(cache.layout.head_dim, d, "cache head dim vs spec");
+    assert_eq!(q.len(), meta.num_tokens() * hq * d, "q is [num_tokens, Hq, D]");
+    let mut out = vec![0.0; q.len()];
+    for r in 0..meta.num_reqs() {
+        let lk = meta.seq_lens()[r] as usize;
+        let lq = meta.query_len(r);
+        let t0 = meta.query_start_loc()[r] as usize;
+        let mut k = Vec::with_capacity(lk * hkv * d);
+        let mut v = Vec::with_capacity(lk * hkv * d);
+        for j in 0..lk {
+            let slot = meta.slot_of(r, j);
+            for h in 0..hkv {
+                k.extend(cache.key_row(slot, h).iter().map(|x| x.to_f64()));
+                v.extend(cache.value_row(slot, h).iter().map(|x| x.to_f64()));
+            }
+        }
+        let qd: Vec<f64> = q[t0 * hq * d..(t0 + lq) * hq * d].iter().map(|x| x.to_f64()).collect();
+        let pos = query_positions(meta, r);
+        let mut mask = Mask::causal(&pos, lk, spec.sliding_window);
+        if let Some(slopes) = &spec.alibi_slopes {
+            let slopes: Vec<f64> = slopes.iter().map(|&s| s as f64).collect();
+            mask = mask.with_alibi(&slopes, &pos);
+        }
+        let shape = DenseShape {
+            lq,
+            lk,
+            hq,
+            hkv,
+            d,
+            dv: d,
+            scale: spec.scale as f64,
+            softcap: spec.softcap.map(|c| c as f64),
+        };
+        let (o, _) = attention(&qd, &k, &v, &shape, &mask);
+        out[t0 * hq * d..(t0 + lq) * hq * d].copy_from_slice(&o);
+    }
+    out
+}
+
+/// `||out - reference|| / ||reference||` (Euclidean norms). A non-finite value in `out`, or
+/// a length mismatch, gives `+inf`, so a comparison against a bound fails. Both zero gives 0.
+pub fn rel_error<X: Copy + Into<f64>>(out: &[X], reference: &[f64]) -> f64 {
+    if out.len() != reference.len() {
+        return f64::INFINITY;
+    }
+    let (mut err, mut norm) = (0.0f64, 0.0f64);
+    for (&o, &r) in out.iter().zip(reference) {
+        let o: f64 = o.into();
+        if !o.is_finite() || !r.is_finite() {
+            return f64::INFINITY;
+        }
+        err += (o - r) * (o - r);
+        norm += r * r;
+    }
+    if err == 0.0 {
+        0.0
+    } else if norm == 0.0 {
+        f64::INFINITY
+    } else {
+        (err / norm).sqrt()
+    }
+}
+
+/// Inputs of one MLA attention (DeepSeek-V2/V3), all f64, for [`mla_naive`] and
+/// [`mla_absorbed`]. `H = spec.num_q_heads`, `R = spec.kv_lora_rank`.
+#[derive(Clone, Copy, Debug)]
+pub struct MlaInputs<'a> {
+    pub lq: usize,
+    pub lk: usize,
+    /// `[lk, R]`: the compressed KV latent of each key token.
+    pub c_kv: &'a [f64],
+    /// `[lk, rope]`: the shared rotary key part.
+    pub k_rope: &'a [f64],
+    /// `[lq, H, nope]`.
+    pub q_nope: &'a [f64],
+    /// `[lq, H, rope]`.
+    pub q_rope: &'a [f64],
+    /// `[H, nope, R]`: key up-projection.
+    pub w_uk: &'a [f64],
+    /// `[H, v_head_dim, R]`: value up-projection.
+    pub w_uv: &'a [f64],
+}
+
+impl MlaInputs<'_> {
+    fn check(&self, spec: &MlaSpec) {
+        let (h, r) = (spec.num_q_heads, spec.kv_lora_rank);
+        let (rope, nope, dv) = (spec.qk_rope_head_dim, spec.qk_nope_head_dim, spec.v_head_dim);
+        assert_eq!(self.c_kv.len(), self.lk * r, "c_kv is [lk, kv_lora_rank]");
+        assert_eq!(self.k_rope.len(), self.lk * rope, "k_rope is [lk, rope]");
+        assert_eq!(self.q_nope.len(), self.lq * h * nope, "q_nope is [lq, H, nope]");
+        assert_eq!(self.q_rope.len(), self.lq * h * rope, "q_rope is [lq, H, rope]");
+        assert_eq!(self.w_uk.len(), h * nope * r, "W_UK is [H, nope, kv_lora_rank]");
+        assert_eq!(self.w_uv.len(), h * dv * r, "W_UV is [H, v_head_dim, kv_lora_rank]");
+    }
+}
+
+/// `y[o] = sum_i w[o, i] x[i]` for `w` `[rows, cols]`.
+fn matvec(w: &[f64], x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    (0..rows).map(|o| w[o * cols..][..cols].iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+}
+
+/// `y[i] = sum_o w[o, i] x[o]` for `w` `[rows, cols]` (the transpose).
+fn matvec_t(w: &[f64], x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut y = vec![0.0; cols];
+    for (o, &xo) in x.iter().enumerate().take(rows) {
+        for (yi, &wi) in y.iter_mut().zip(&w[o * cols..][..cols]) {
+            *yi += wi * xo;
+        }
+    }
+    y
+}
+
+/// MLA as written in the paper: per head, `k = [W_UK[h] c ; k_rope]`, `v = W_UV[h] c`, then
+/// standard attention with `spec.scale`. Returns `[lq, H, v_head_dim]`.
+pub fn mla_naive(x: &MlaInputs, spec: &MlaSpec, mask: &Mask) -> Vec<f64> {
+    x.check(spec);
+    let (h, r) = (spec.num_q_heads, spec.kv_lora_rank);
+    let (rope, nope, dv) = (spec.qk_rope_head_dim, spec.qk_nope_head_dim, spec.v_head_dim);
+    let d = nope + rope;
+    // Per-head keys and values: k [lk, H, nope + rope], v [lk, H, dv].
+    let mut k = Vec::with_capacity(x.lk * h * d);
+    let mut v = Vec::with_capacity(x.lk * h * dv);
+    for j in 0..x.lk {
+        let c = &x.c_kv[j * r..][..r];
+        for hh in 0..h {
+            k.extend(matvec(&x.w_uk[hh * nope * r..][..nope * r], c, nope, r));
+            k.extend_from_slice(&x.k_rope[j * rope..][..rope]);
+            v.extend(matvec(&x.w_uv[hh * dv * r..][..dv * r], c, dv, r));
+        }
+    }
+    let mut q = Vec::with_capacity(x.lq * h * d);
+    for i in 0..x.lq {
+        for hh in 0..h {
+            q.extend_from_slice(&x.q_nope[(i * h + hh) * nope..][..nope]);
+            q.extend_from_slice(&x.q_rope[(i * h + hh) * rope..][..rope]);
+        }
+    }
+    let shape = DenseShape { lq: x.lq, lk: x.lk, hq: h, hkv: h, d, dv, scale: spec.scale as f64, softcap: None };
+    attention(&q, &k, &v, &shape, mask).0
+}
+
+/// The absorbed query: per head `[W_UK[h]^T q_nope ; q_rope]`, `[lq, H, R + rope]`.
+pub fn mla_absorb_query(x: &MlaInputs, spec: &MlaSpec) -> Vec<f64> {
+    x.check(spec);
+    let (h, r) = (spec.num_q_heads, spec.kv_lora_rank);
+    let (rope, nope) = (spec.qk_rope_head_dim, spec.qk_nope_head_dim);
+    let mut q = Vec::with_capacity(x.lq * h * (r + rope));
+    for i in 0..x.lq {
+        for hh in 0..h {
+            let qn = &x.q_nope[(i * h + hh) * nope..][..nope];
+            q.extend(matvec_t(&x.w_uk[hh * nope * r..][..nope * r], qn, nope, r));
+            q.extend_from_slice(&x.q_rope[(i * h + hh) * rope..][..rope]);
+        }
+    }
+    q
+}
+
+/// The latent cache rows `[c ; k_rope]`, `[lk, R + rope]`.
+pub fn mla_latent_rows(x: &MlaInputs, spec: &MlaSpec) -> Vec<f64> {
+    let (r, rope) = (spec.kv_lora_rank, spec.qk_rope_head_dim);
+    let mut rows = Vec::with_capacity(x.lk * (r + rope));
+    for j in 0..x.lk {
+        rows.extend_from_slice(&x.c_kv[j * r..][..r]);
+        rows.extend_from_slice(&x.k_rope[j * rope..][..rope]);
+    }
+    rows
+}
+
+/// Absorbed-form attention over latent rows: one kv head of width `R + rope` shared by all
+/// query heads, values = the first `R` dims of each row. `q_latent` `[lq, H, R + rope]`,
+/// `latent` `[lk, R + rope]`; returns the latent output `[lq, H, R]`.
+pub fn mla_latent_attention(q_latent: &[f64], latent: &[f64], lq: usize, lk: usize, spec: &MlaSpec, mask: &Mask) -> Vec<f64> {
+    let (r, w) = (spec.kv_lora_rank, spec.latent_dim());
+    assert_eq!(latent.len(), lk * w, "latent rows are [lk, kv_lora_rank + rope]");
+    let values: Vec<f64> = (0..lk).flat_map(|j| latent[j * w..][..r].iter().copied()).collect();
+    let shape = DenseShape { lq, lk, hq: spec.num_q_heads, hkv: 1, d: w, dv: r, scale: spec.scale as f64, softcap: None };
+    attention(q_latent, latent, &values, &shape, mask).0
+}
+
+/// MLA in the absorbed form the kernels compute: `q_lat = W_UK^T q_nope` per head, scores of
+/// `[q_lat ; q_rope]` against the latent rows `[c ; k_rope]`, `out_latent = softmax . c`,
+/// `out = W_UV out_latent`. Returns `[lq, H, v_head_dim]`; equals [`mla_naive`].
+pub fn mla_absorbed(x: &MlaInputs, spec: &MlaSpec, mask: &Mask) -> Vec<f64> {
+    let (h, r, dv) = (spec.num_q_heads, spec.kv_lora_rank, spec.v_head_dim);
+    let q = mla_absorb_query(x, spec);
+    let rows = mla_latent_rows(x, spec);
+    let latent_out = mla_latent_attention(&q, &rows, x.lq, x.lk, spec, mask);
+    let mut out = Vec::with_capacity(x.lq * h * dv);
+    for i in 0..x.lq {
+        for hh in 0..h {
+            out.extend(matvec(&x.w_uv[hh * dv * r..][..dv * r], &latent_out[(i * h + hh) * r..][..r], dv, r));
+        }
+    }
+    out
+}
+
+/// The reference for a paged MLA step: `q_latent` `[num_tokens, H, R + rope]` against the
+/// latent cache (one kv head of width `R + rope`, keys only), causal from each request's
+/// context length. Returns the latent output `[num_tokens, H, R]`.
+pub fn paged_mla_reference<T: Element>(q_latent: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &MlaSpec) -> Vec<f64> {
+    let (h, r, w) = (spec.num_q_heads, spec.kv_lora_rank, spec.latent_dim());
+    assert_eq!(cache.layout.num_kv_heads, 1, "the latent cache has one kv head");
+    assert_eq!(cache.layout.head_dim, w, "latent cache rows are kv_lora_rank + rope wide");
+    assert_eq!(q_latent.len(), meta.num_tokens() * h * w, "q_latent is [num_tokens, H, R + rope]");
+    let mut out = vec![0.0; meta.num_tokens() * h * r];
+    for req in 0..meta.num_reqs() {
+        let lk = meta.seq_lens()[req] as usize;
+        let lq = meta.query_len(req);
+        let t0 = meta.query_start_loc()[req] as usize;
+        let rows: Vec<f64> = (0..lk).flat_map(|j| cache.key_row(meta.slot_of(req, j), 0).iter().map(|x| x.to_f64())).collect();
+        let q: Vec<f64> = q_latent[t0 * h * w..(t0 + lq) * h * w].iter().map(|x| x.to_f64()).collect();
+        let mask = Mask::causal(&query_positions(meta, req), lk, None);
+        let o = mla_latent_attention(&q, &rows, lq, lk, spec, &mask);
+        out[t0 * h * r..(t0 + lq) * h * r].copy_from_slice(&o);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::KvCacheLayout;
+    use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
+
+    fn shape(lq: usize, lk: usize, d: usize) -> DenseShape {
+        DenseShape { lq, lk, hq: 1, hkv: 1, d, dv: d, scale: 1.0, softcap: None }
+    }
+
+    fn close(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12)
+    }
+
+    #[test]
+    fn one_key_gives_its_value() {
+        let (out, lse) = attention(&[0.3, -0.7], &[2.0, 5.0], &[1.5, -2.5], &shape(1, 1, 2), &Mask::full(1, 1));
+        assert!(close(&out, &[1.5, -2.5]), "{out:?}");
+        // lse of a single score: the score itself, 0.3*2 - 0.7*5 = -2.9.
+        assert!((lse[0] + 2.9).abs() < 1e-12, "{lse:?}");
+    }
+
+    #[test]
+    fn equal_keys_average_the_values() {
+        let k = [1.0, 2.0, 1.0, 2.0];
+        let v = [1.0, 10.0, 3.0, 20.0];
+        let (out, lse) = attention(&[0.5, 0.25], &k, &v, &shape(1, 2, 2), &Mask::full(1, 2));
+        assert!(close(&out, &[2.0, 15.0]), "{out:?}");
+        // Two scores of 1.0: lse = 1 + ln 2.
+        assert!((lse[0] - (1.0 + 2f64.ln())).abs() < 1e-12, "{lse:?}");
+    }
+
+    #[test]
+    fn masked_key_is_ignored() {
+        // Query at position 0 sees only key 0, whatever key 1 holds.
+        let (out, _) = attention(&[1.0], &[0.0, 100.0], &[4.0, -9.0], &shape(1, 2, 1), &Mask::causal(&[0], 2, None));
+        assert!(close(&out, &[4.0]), "{out:?}");
+    }
+
+    #[test]
+    fn two_keys_softmax_by_hand() {
+        // Scores 0 and ln 3 -> weights 1/4 and 3/4.
+        let (out, _) = attention(&[1.0], &[0.0, 3f64.ln()], &[8.0, 4.0], &shape(1, 2, 1), &Mask::full(1, 2));
+        assert!(close(&out, &[0.25 * 8.0 + 0.75 * 4.0]), "{out:?}");
+    }
+
+    #[test]
+    fn causal_and_window_masks() {
+        // Queries at positions 1 and 3 over 4 keys. Window 2 keeps j in (p - 2, p]:
+        // {0, 1} and {2, 3}; window 1 keeps only j = p; no window keeps j <= p.
+        let m = Mask::causal(&[1, 3], 4, Some(2));
+        assert_eq!(m.allowed, vec![true, true, false, false, false, false, true, true]);
+        let m = Mask::causal(&[1, 3], 4, Some(1));
+        assert_eq!(m.allowed, vec![false, true, false, false, false, false, false, true]);
+        let m = Mask::causal(&[2], 4, None);
+        assert_eq!(m.allowed, vec![true, true, true, false]);
+    }
+
+    #[test]
+    fn alibi_bias_by_hand() {
+        // Scores all 0; bias slope * (j - p) with slope ln 2, p = 1: keys 0, 1 get
+        // -ln 2 and 0 -> weights 1/3 and 2/3.
+        let m = Mask::causal(&[1], 2, None).with_alibi(&[2f64.ln()], &[1]);
+        let (out, _) = attention(&[0.0], &[1.0, 1.0], &[3.0, 6.0], &shape(1, 2, 1), &m);
+        assert!(close(&out, &[3.0 / 3.0 + 6.0 * 2.0 / 3.0]), "{out:?}");
+    }
+
+    #[test]
+    fn softcap_by_hand() {
+        // Score 10 capped at 1: tanh(10) ~ 1 vs score 0: weights e^tanh(10) : 1.
+        let s = DenseShape { softcap: Some(1.0), ..shape(1, 2, 1) };
+        let (out, lse) = attention(&[1.0], &[10.0, 0.0], &[1.0, 0.0], &s, &Mask::full(1, 2));
+        let e = 10f64.tanh().exp();
+        assert!(close(&out, &[e / (e + 1.0)]), "{out:?}");
+        assert!((lse[0] - (e + 1.0).ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn gqa_uses_the_shared_kv_head() {
+        // 2 query heads, 1 kv head, 1 key: both heads output that key's value.
+        let s = DenseShape { hq: 2, ..shape(1, 1, 1) };
+        let (out, _) = attention(&[1.0, -1.0], &[2.0], &[5.0], &s, &Mask::full(1, 1));
+        assert!(close(&out, &[5.0, 5.0]), "{out:?}");
+    }
+
+    #[test]
+    fn fully_masked_row_is_zero() {
+        let m = Mask { lq: 1, lk: 1, allowed: vec![false], bias: vec![] };
+        let (out, lse) = attention(&[1.0], &[1.0], &[1.0], &shape(1, 1, 1), &m);
+        assert_eq!(out, vec![0.0]);
+        assert_eq!(lse[0], f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn rel_error_flags_nan_and_measures() {
+        assert_eq!(rel_error(&[3.0f64, 4.0], &[3.0, 4.0]), 0.0);
+        // ||(0, 0.5)|| / ||(3, 4)|| = 0.1.
+        assert!((rel_error(&[3.0f32, 4.5], &[3.0, 4.0]) - 0.1).abs() < 1e-12);
+        assert_eq!(rel_error(&[f32::NAN, 4.0], &[3.0, 4.0]), f64::INFINITY);
+        assert_eq!(rel_error(&[1.0f64], &[1.0, 2.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn paged_reference_reads_through_the_block_table() {
+        // One request, 2 keys in physical block 1 (block size 2); the query at position 1
+        // has score 0 against both keys -> average of the values.
+        let layout = KvCacheLayout::new(2, 2, 1, 1).unwrap();
+        let step = SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 1, num_new_tokens: 1, block_ids: vec![1] }] };
+        let meta = MetadataBuilder::new(layout).build(&step).unwrap();
+        let mut cache = HostKvCache::<f32>::zeros(layout);
+        cache.value = vec![100.0, 100.0, 2.0, 6.0];
+        let spec = AttnSpec::new(1, 1, 1);
+        let out = paged_reference(&[0.0f32], &cache, &meta, &spec);
+        assert!(close(&out, &[4.0]), "{out:?}");
+    }
+
+    #[test]
+    fn mla_one_key_gives_w_uv_c() {
+        // One key: attention weight 1, so out = W_UV c. H = 1, R = 2, v_head_dim = 1,
+        // W_UV = [1, 2], c = [3, 4] -> 11, in both forms.
+        let spec = MlaSpec { num_q_heads: 1, kv_lora_rank: 2, qk_rope_head_dim: 1, qk_nope_head_dim: 1, v_head_dim: 1, scale: 1.0 };
+        let x = MlaInputs {
+            lq: 1,
+            lk: 1,
+            c_kv: &[3.0, 4.0],
+            k_rope: &[0.5],
+            q_nope: &[0.2],
+            q_rope: &[0.1],
+            w_uk: &[1.0, -1.0],
+            w_uv: &[1.0, 2.0],
+        };
+        let m = Mask::full(1, 1);
+        assert!(close(&mla_naive(&x, &spec, &m), &[11.0]));
+        assert!(close(&mla_absorbed(&x, &spec, &m), &[11.0]));
+        // Absorbed query: W_UK^T q_nope = [0.2, -0.2], then q_rope.
+        assert!(close(&mla_absorb_query(&x, &spec), &[0.2, -0.2, 0.1]));
+    }
+}

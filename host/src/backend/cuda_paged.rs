@@ -1,6 +1,26 @@
-//! CUDA paged backend. Placeholder: being written.
-use super::{BackendCaps, BackendName};
-use crate::dtype::{DType, KvCacheDType};
+//! CUDA paged backend: the Rust PTX kernels of `device-kernels/`.
+//!
+//! - `reshape_and_cache_b16`: this step's K/V into the cache through the slot mapping;
+//! - `paged_attention_<dtype>_d<head_dim>`: one query token per block over the block table
+//!   (decode; also the rows of a chunked or fresh prefill, exact but not yet fast);
+//! - `merge_splits_<dtype>`: flash-decoding's merge when the plan splits the keys.
+//!
+//! Plan, then run: [`CudaPagedImpl::plan`] uploads a step's metadata once and decides the
+//! split count; [`CudaPagedImpl::run`] only launches, and serves every layer of the step.
+
+use super::{AttentionImpl, BackendCaps, BackendName};
+use crate::cuda::CudaRuntime;
+use crate::dtype::{DType, Element, KvCacheDType};
+use crate::error::{AttnError, Result};
+use crate::kv_cache::{HostKvCache, KvCacheLayout};
+use crate::metadata::AttentionMetadata;
+use crate::params::{
+    CacheWriteParams, MergeParams, PagedAttnParams, CACHE_WRITE_THREADS, PAGED_MAX_GROUP, PAGED_WARPS,
+};
+use crate::spec::AttnSpec;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// Head dims with a compiled kernel (the device crate's instantiation table).
 pub const HEAD_DIMS: &[usize] = &[64, 128, 256];
@@ -19,3 +39,347 @@ pub static CAPS: BackendCaps = BackendCaps {
     alibi: true,
     block_sizes: (1, 256),
 };
+
+/// Keys one split should at least cover: below this the merge costs more than it saves.
+pub const MIN_KEYS_PER_SPLIT: usize = 512;
+/// Most splits per query token.
+pub const MAX_SPLITS: usize = 32;
+
+/// Flash-decoding's split count: split the keys only when the grid would otherwise leave
+/// SMs idle, into enough splits for about two blocks per SM, each covering at least
+/// `MIN_KEYS_PER_SPLIT` keys.
+///
+/// Example (BENCHMARKS.md D3, 4 requests x 32768 keys, 8 kv heads, H100 with 132 SMs):
+/// 4 x 8 = 32 blocks < 264, so ceil(264 / 32) = 9 splits (32768 / 512 = 64 allows it).
+/// D1 (64 requests x 8 kv heads = 512 blocks) gets 1.
+pub fn num_splits_heuristic(blocks_without_split: usize, max_seq_len: usize, num_sms: usize) -> usize {
+    let target = 2 * num_sms;
+    if blocks_without_split == 0 || blocks_without_split >= target {
+        return 1;
+    }
+    let wanted = target.div_ceil(blocks_without_split);
+    let by_length = (max_seq_len / MIN_KEYS_PER_SPLIT).max(1);
+    wanted.min(by_length).min(MAX_SPLITS).max(1)
+}
+
+/// A step's metadata on the device, and the launch plan derived from it. Reusable by every
+/// layer of the step.
+pub struct DevicePlan {
+    query_start_loc: CudaSlice<i32>,
+    seq_lens: CudaSlice<i32>,
+    block_table: CudaSlice<i32>,
+    slot_mapping: CudaSlice<i64>,
+    block_table_stride: usize,
+    num_seqs: usize,
+    num_tokens: usize,
+    layout: KvCacheLayout,
+    pub num_splits: usize,
+}
+
+/// One layer on the CUDA paged backend; owns the layer's paged cache on the device.
+pub struct CudaPagedImpl<T> {
+    rt: Arc<CudaRuntime>,
+    spec: AttnSpec,
+    layout: KvCacheLayout,
+    key_cache: CudaSlice<u16>,
+    value_cache: CudaSlice<u16>,
+    alibi: Option<CudaSlice<f32>>,
+    /// Split-KV workspace (partial outputs, (m, l) pairs), grown on demand.
+    partial_out: Option<CudaSlice<f32>>,
+    partial_ml: Option<CudaSlice<f32>>,
+    _elem: PhantomData<T>,
+}
+
+/// Host elements as the 16-bit words the kernels move.
+fn as_u16<T: Element>(x: &[T]) -> &[u16] {
+    assert_eq!(std::mem::size_of::<T>(), 2, "caller checked KERNEL_TAG");
+    // SAFETY: T is f16 or bf16 (KERNEL_TAG is Some only for those), both repr(transparent) u16.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) }
+}
+fn as_u16_mut<T: Element>(x: &mut [T]) -> &mut [u16] {
+    assert_eq!(std::mem::size_of::<T>(), 2, "caller checked KERNEL_TAG");
+    // SAFETY: as in `as_u16`.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut u16, x.len()) }
+}
+
+fn check_len(what: &'static str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(AttnError::LengthMismatch { what, detail: format!("{got} elements, expected {want}") });
+    }
+    Ok(())
+}
+
+impl<T: Element> CudaPagedImpl<T> {
+    /// Allocates the layer's cache (zeroed) on the device. Errors before any allocation if
+    /// the backend cannot serve `spec` (dtype, head dim) or the layout disagrees with it.
+    pub fn new(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout) -> Result<Self> {
+        spec.validate()?;
+        let Some(_) = T::KERNEL_TAG else {
+            return Err(AttnError::UnsupportedDType { dtype: T::DTYPE, backend: "CUDA_PAGED", supported: "f16, bf16" });
+        };
+        if !HEAD_DIMS.contains(&spec.head_dim) {
+            return Err(AttnError::UnsupportedHeadDim { head_dim: spec.head_dim, backend: "CUDA_PAGED", supported: HEAD_DIMS });
+        }
+        if layout.num_kv_heads != spec.num_kv_heads || layout.head_dim != spec.head_dim {
+            return Err(AttnError::InvalidConfig(format!(
+                "cache layout ({} kv heads, head dim {}) disagrees with the layer ({} kv heads, head dim {})",
+                layout.num_kv_heads, layout.head_dim, spec.num_kv_heads, spec.head_dim
+            )));
+        }
+        if layout.block_size > CAPS.block_sizes.1 {
+            return Err(AttnError::InvalidConfig(format!("block size {} above {}", layout.block_size, CAPS.block_sizes.1)));
+        }
+        let stream = rt.stream().clone();
+        let key_cache = stream.alloc_zeros::<u16>(layout.elements())?;
+        let value_cache = stream.alloc_zeros::<u16>(layout.elements())?;
+        let alibi = match &spec.alibi_slopes {
+            Some(s) => Some(stream.clone_htod(s)?),
+            None => None,
+        };
+        Ok(CudaPagedImpl { rt, spec, layout, key_cache, value_cache, alibi, partial_out: None, partial_ml: None, _elem: PhantomData })
+    }
+
+    pub fn runtime(&self) -> &Arc<CudaRuntime> {
+        &self.rt
+    }
+    pub fn spec(&self) -> &AttnSpec {
+        &self.spec
+    }
+
+    /// Replaces the whole cache with host contents (tests and benchmarks fill long contexts
+    /// this way instead of through prefill steps).
+    pub fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {
+        if cache.layout != self.layout {
+            return Err(AttnError::InvalidConfig(format!("cache layout {:?} differs from the layer's {:?}", cache.layout, self.layout)));
+        }
+        let stream = self.rt.stream();
+        stream.memcpy_htod(as_u16(&cache.key), &mut self.key_cache)?;
+        stream.memcpy_htod(as_u16(&cache.value), &mut self.value_cache)?;
+        Ok(())
+    }
+
+    /// Uploads a step's metadata and plans its launches (split count from the batch and
+    /// the SM count). `force_splits` overrides the heuristic (tests, benchmarks).
+    pub fn plan(&mut self, meta: &AttentionMetadata, force_splits: Option<usize>) -> Result<DevicePlan> {
+        if *meta.layout() != self.layout {
+            return Err(AttnError::InvalidConfig(format!(
+                "metadata was built for cache {:?}, the layer's cache is {:?}", meta.layout(), self.layout
+            )));
+        }
+        let tiles = self.spec.group_size().div_ceil(PAGED_MAX_GROUP as usize);
+        let blocks = meta.num_tokens() * self.spec.num_kv_heads * tiles;
+        let num_splits = match force_splits {
+            Some(s) if (1..=MAX_SPLITS).contains(&s) => s,
+            Some(s) => return Err(AttnError::InvalidConfig(format!("{s} splits: must be in 1..={MAX_SPLITS}"))),
+            None => num_splits_heuristic(blocks, meta.max_seq_len(), self.rt.num_sms() as usize),
+        };
+        let stream = self.rt.stream();
+        let plan = DevicePlan {
+            query_start_loc: stream.clone_htod(meta.query_start_loc())?,
+            seq_lens: stream.clone_htod(meta.seq_lens())?,
+            block_table: stream.clone_htod(if meta.block_table().is_empty() { &[0i32][..] } else { meta.block_table() })?,
+            slot_mapping: stream.clone_htod(if meta.slot_mapping().is_empty() { &[-1i64][..] } else { meta.slot_mapping() })?,
+            block_table_stride: meta.block_table_stride(),
+            num_seqs: meta.num_reqs(),
+            num_tokens: meta.num_tokens(),
+            layout: *meta.layout(),
+            num_splits,
+        };
+        if num_splits > 1 {
+            let rows = num_splits * plan.num_tokens * self.spec.num_q_heads;
+            if self.partial_out.as_ref().is_none_or(|w| w.len() < rows * self.spec.head_dim) {
+                self.partial_out = Some(stream.alloc_zeros::<f32>(rows * self.spec.head_dim)?);
+                self.partial_ml = Some(stream.alloc_zeros::<f32>(rows * 2)?);
+            }
+        }
+        tracing::debug!(tokens = plan.num_tokens, seqs = plan.num_seqs, splits = num_splits, "planned step");
+        Ok(plan)
+    }
+
+    /// Launches the step on device tensors: cache write, paged attention, merge if split.
+    /// q, out `[num_tokens, Hq, D]`; k, v `[num_tokens, Hkv, D]`.
+    pub fn run(&mut self, plan: &DevicePlan, q: &CudaSlice<u16>, k: &CudaSlice<u16>, v: &CudaSlice<u16>, out: &mut CudaSlice<u16>) -> Result<()> {
+        let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
+        if plan.layout != self.layout {
+            return Err(AttnError::InvalidConfig("plan was made for another cache".into()));
+        }
+        check_len("q", q.len(), plan.num_tokens * hq * d)?;
+        check_len("out", out.len(), plan.num_tokens * hq * d)?;
+        check_len("k", k.len(), plan.num_tokens * hkv * d)?;
+        check_len("v", v.len(), plan.num_tokens * hkv * d)?;
+        if plan.num_tokens == 0 {
+            return Ok(());
+        }
+        self.write_cache(plan, k, v)?;
+        self.attend(plan, q, out)
+    }
+
+    fn write_cache(&mut self, plan: &DevicePlan, k: &CudaSlice<u16>, v: &CudaSlice<u16>) -> Result<()> {
+        let stream = self.rt.stream().clone();
+        let l = self.layout;
+        let (kp, _g1) = k.device_ptr(&stream);
+        let (vp, _g2) = v.device_ptr(&stream);
+        let (sp, _g3) = plan.slot_mapping.device_ptr(&stream);
+        let (kc, _g4) = self.key_cache.device_ptr_mut(&stream);
+        let (vc, _g5) = self.value_cache.device_ptr_mut(&stream);
+        let p = CacheWriteParams {
+            key: kp,
+            value: vp,
+            key_cache: kc,
+            value_cache: vc,
+            slot_mapping: sp,
+            src_token_stride: (l.num_kv_heads * l.head_dim) as u64,
+            src_head_stride: l.head_dim as u64,
+            cache_block_stride: l.block_stride() as u64,
+            cache_token_stride: l.token_stride() as u64,
+            cache_head_stride: l.head_stride() as u64,
+            num_tokens: plan.num_tokens as u32,
+            num_kv_heads: l.num_kv_heads as u32,
+            head_dim: l.head_dim as u32,
+            block_size: l.block_size as u32,
+        };
+        let f = self.rt.function("reshape_and_cache_b16")?;
+        let cfg = LaunchConfig { grid_dim: (plan.num_tokens as u32, 1, 1), block_dim: (CACHE_WRITE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: p's pointers are live device buffers of the sizes checked in `run` and at
+        // construction; every non-negative slot was validated against the cache capacity.
+        unsafe { stream.launch_builder(&f).arg(&p).launch(cfg) }?;
+        Ok(())
+    }
+
+    /// Attention alone (no cache write) over a planned step: what the decode benchmarks time.
+    pub fn attend(&mut self, plan: &DevicePlan, q: &CudaSlice<u16>, out: &mut CudaSlice<u16>) -> Result<()> {
+        let stream = self.rt.stream().clone();
+        let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
+        let tag = T::KERNEL_TAG.expect("checked at construction");
+        let l = self.layout;
+        let tiles = self.spec.group_size().div_ceil(PAGED_MAX_GROUP as usize);
+        let (qp, _g1) = q.device_ptr(&stream);
+        let (op, _g2) = out.device_ptr_mut(&stream);
+        let (kc, _g3) = self.key_cache.device_ptr(&stream);
+        let (vc, _g4) = self.value_cache.device_ptr(&stream);
+        let (bt, _g5) = plan.block_table.device_ptr(&stream);
+        let (sl, _g6) = plan.seq_lens.device_ptr(&stream);
+        let (qsl, _g7) = plan.query_start_loc.device_ptr(&stream);
+        let alibi = self.alibi.as_ref().map(|a| a.device_ptr(&stream));
+        let split = plan.num_splits > 1;
+        let po = self.partial_out.as_ref().filter(|_| split).map(|w| w.device_ptr(&stream));
+        let pml = self.partial_ml.as_ref().filter(|_| split).map(|w| w.device_ptr(&stream));
+        let p = PagedAttnParams {
+            q: qp,
+            out: op,
+            key_cache: kc,
+            value_cache: vc,
+            block_table: bt,
+            seq_lens: sl,
+            query_start_loc: qsl,
+            alibi_slopes: alibi.as_ref().map_or(0, |a| a.0),
+            partial_out: po.as_ref().map_or(0, |a| a.0),
+            partial_ml: pml.as_ref().map_or(0, |a| a.0),
+            q_token_stride: (hq * d) as u64,
+            q_head_stride: d as u64,
+            out_token_stride: (hq * d) as u64,
+            out_head_stride: d as u64,
+            cache_block_stride: l.block_stride() as u64,
+            cache_token_stride: l.token_stride() as u64,
+            cache_head_stride: l.head_stride() as u64,
+            block_table_stride: plan.block_table_stride as u32,
+            num_seqs: plan.num_seqs as u32,
+            num_tokens: plan.num_tokens as u32,
+            num_q_heads: hq as u32,
+            num_kv_heads: hkv as u32,
+            block_size_log2: l.block_size.trailing_zeros(),
+            sliding_window: self.spec.sliding_window.unwrap_or(0).min(u32::MAX as usize) as u32,
+            num_splits: plan.num_splits as u32,
+            scale: self.spec.scale,
+            softcap: self.spec.softcap.unwrap_or(0.0),
+        };
+        let f = self.rt.function(&format!("paged_attention_{tag}_d{d}"))?;
+        let smem = PAGED_WARPS as usize * PAGED_MAX_GROUP as usize * (d + 2) * 4;
+        let cfg = LaunchConfig {
+            grid_dim: (plan.num_tokens as u32, (hkv * tiles) as u32, plan.num_splits as u32),
+            block_dim: (PAGED_WARPS * 32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // SAFETY: buffers sized as checked in `run`; the metadata was validated by the
+        // builder (block ids inside the cache, seq_lens >= query lengths); the workspace
+        // holds num_splits x num_tokens x Hq rows when split.
+        unsafe { stream.launch_builder(&f).arg(&p).launch(cfg) }?;
+        if split {
+            let m = MergeParams {
+                partial_out: p.partial_out,
+                partial_ml: p.partial_ml,
+                out: op,
+                out_token_stride: (hq * d) as u64,
+                out_head_stride: d as u64,
+                num_tokens: plan.num_tokens as u32,
+                num_q_heads: hq as u32,
+                head_dim: d as u32,
+                num_splits: plan.num_splits as u32,
+            };
+            let f = self.rt.function(&format!("merge_splits_{tag}"))?;
+            let cfg = LaunchConfig { grid_dim: (plan.num_tokens as u32, hq as u32, 1), block_dim: ((d / 8) as u32, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: the workspace was fully written by the split launch above.
+            unsafe { stream.launch_builder(&f).arg(&m).launch(cfg) }?;
+        }
+        Ok(())
+    }
+
+    /// `forward` with an explicit split count (tests exercise 1 and many).
+    pub fn forward_with_splits(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T], splits: Option<usize>) -> Result<()> {
+        let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
+        let n = meta.num_tokens();
+        check_len("q", q.len(), n * hq * d)?;
+        check_len("k", k.len(), n * hkv * d)?;
+        check_len("v", v.len(), n * hkv * d)?;
+        check_len("out", out.len(), n * hq * d)?;
+        let plan = self.plan(meta, splits)?;
+        let stream = self.rt.stream().clone();
+        let qd = stream.clone_htod(as_u16(q))?;
+        let kd = stream.clone_htod(as_u16(k))?;
+        let vd = stream.clone_htod(as_u16(v))?;
+        // The device output starts as the caller's `out` (tests poison it with NaN, so an
+        // element the kernels fail to write shows).
+        let mut od = if out.is_empty() { stream.alloc_zeros::<u16>(1)? } else { stream.clone_htod(as_u16(out))? };
+        if n > 0 {
+            self.run(&plan, &qd, &kd, &vd, &mut od)?;
+        }
+        stream.memcpy_dtoh(&od.slice(0..out.len()), as_u16_mut(out))?;
+        stream.synchronize()?;
+        Ok(())
+    }
+}
+
+impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
+    fn backend(&self) -> BackendName {
+        BackendName::CudaPaged
+    }
+
+    fn forward(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T]) -> Result<()> {
+        self.forward_with_splits(q, k, v, meta, out, None)
+    }
+
+    fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
+        let stream = self.rt.stream();
+        let mut c = HostKvCache::<T>::zeros(self.layout);
+        stream.memcpy_dtoh(&self.key_cache, as_u16_mut(&mut c.key))?;
+        stream.memcpy_dtoh(&self.value_cache, as_u16_mut(&mut c.value))?;
+        stream.synchronize()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_heuristic_examples() {
+        // D3: 4 requests x 8 kv heads on 132 SMs.
+        assert_eq!(num_splits_heuristic(32, 32768, 132), 9);
+        // D1: plenty of blocks.
+        assert_eq!(num_splits_heuristic(512, 4096, 132), 1);
+        // Short contexts are not split below MIN_KEYS_PER_SPLIT keys per split.
+        assert_eq!(num_splits_heuristic(8, 1024, 132), 2);
+        assert_eq!(num_splits_heuristic(1, 1 << 20, 132), MAX_SPLITS);
+    }
+}
