@@ -1,1 +1,145 @@
-fn main(){}
+//! Decode benchmarks D1-D5 of BENCHMARKS.md on a CUDA device (custom harness).
+//!
+//! bf16, block size 16, random cache and queries (never zeros), block tables from a shuffled
+//! pool. Times the attention kernels alone (paged attention, plus the merge when the plan
+//! splits) with CUDA events, L2 flushed before every repetition, after a time-based warm-up;
+//! reports the median and spread of >= 20 repetitions. Bytes are counted from the workload:
+//! K and V read + q + out. The ceiling is the device's copy bandwidth measured in the same
+//! run (device-to-device copy, bytes read + written). Peers: BENCHMARKS.md's H100 figures.
+//!
+//! `cargo bench --bench decode [-- --json]`
+
+use attn_backends::backend::cuda_paged::CudaPagedImpl;
+use attn_backends::cuda::CudaRuntime;
+use attn_backends::workload::{ragged_lengths, schedule, Rng};
+use attn_backends::{AttnSpec, HostKvCache, KvCacheLayout, MetadataBuilder};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::bf16;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const REPS: usize = 30;
+const BLOCK_SIZE: usize = 16;
+
+struct Workload {
+    id: &'static str,
+    q_heads: usize,
+    kv_heads: usize,
+    lens: Vec<usize>,
+    /// BENCHMARKS.md's H100 peers, as fractions of copy bandwidth: (cuDNN SDPA contiguous, Triton paged).
+    peers: (f64, f64),
+}
+
+fn workloads() -> Vec<Workload> {
+    vec![
+        Workload { id: "D1", q_heads: 32, kv_heads: 8, lens: vec![4096; 64], peers: (0.985, 0.969) },
+        Workload { id: "D2", q_heads: 32, kv_heads: 8, lens: vec![1024; 256], peers: (0.977, 0.963) },
+        Workload { id: "D3", q_heads: 32, kv_heads: 8, lens: vec![32768; 4], peers: (0.927, 0.878) },
+        Workload { id: "D4", q_heads: 32, kv_heads: 8, lens: ragged_lengths(128, 8192, 128), peers: (0.518, 0.932) },
+        Workload { id: "D5", q_heads: 32, kv_heads: 32, lens: vec![2048; 32], peers: (0.988, 0.969) },
+    ]
+}
+
+struct Timer {
+    stream: Arc<CudaStream>,
+    flush: CudaSlice<u8>,
+}
+
+impl Timer {
+    /// Median and (min, max) in ms of `f` over REPS runs, L2 flushed before each.
+    fn time(&mut self, mut f: impl FnMut() -> attn_backends::Result<()>) -> (f64, f64, f64) {
+        let ctx = self.stream.context().clone();
+        let warm_until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < warm_until {
+            f().expect("warm-up launch");
+            self.stream.synchronize().expect("sync");
+        }
+        let mut ms = Vec::with_capacity(REPS);
+        for _ in 0..REPS {
+            self.stream.memset_zeros(&mut self.flush).expect("L2 flush");
+            let a = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
+            let b = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
+            a.record(&self.stream).expect("record");
+            f().expect("launch");
+            b.record(&self.stream).expect("record");
+            b.synchronize().expect("sync");
+            ms.push(a.elapsed_ms(&b).expect("elapsed") as f64);
+        }
+        ms.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        (ms[REPS / 2], ms[0], ms[REPS - 1])
+    }
+}
+
+/// Device-to-device copy bandwidth (read + write) of a 1 GiB buffer, GB/s.
+fn copy_bandwidth(rt: &Arc<CudaRuntime>, timer: &mut Timer) -> f64 {
+    let n = 1usize << 30;
+    let src = rt.stream().alloc_zeros::<u8>(n).expect("alloc");
+    let mut dst = rt.stream().alloc_zeros::<u8>(n).expect("alloc");
+    let stream = rt.stream().clone();
+    let (ms, _, _) = timer.time(|| Ok(stream.memcpy_dtod(&src, &mut dst)?));
+    2.0 * n as f64 / (ms * 1e-3) / 1e9
+}
+
+/// A cache filled with random bf16 (a random 16 MiB pattern repeated: random, never zeros,
+/// and quick to make for multi-GiB caches).
+fn random_cache(layout: KvCacheLayout, rng: &mut Rng) -> HostKvCache<bf16> {
+    let pattern: Vec<bf16> = (0..(8 << 20) + 13).map(|_| bf16::from_f32(rng.uniform())).collect();
+    let fill = |off: usize| (0..layout.elements()).map(|i| pattern[(i + off) % pattern.len()]).collect::<Vec<_>>();
+    HostKvCache { layout, key: fill(0), value: fill(12345) }
+}
+
+fn main() {
+    let json = std::env::args().any(|a| a == "--json");
+    let rt = match attn_backends::gpu_if_present() {
+        Ok(rt) => rt,
+        Err(why) => {
+            println!("decode bench: SKIPPED: {why}");
+            return;
+        }
+    };
+    let mut timer = Timer { stream: rt.stream().clone(), flush: rt.stream().alloc_zeros::<u8>(256 << 20).expect("alloc") };
+    let copy = copy_bandwidth(&rt, &mut timer);
+    println!("device: {} ({}, {} SMs); copy bandwidth {:.0} GB/s (read + write)", rt.device_name(), rt.arch(), rt.num_sms(), copy);
+    println!("| workload | splits | time (us) [min, max] | GB/s | of copy | peers on H100: cuDNN / Triton |");
+    println!("|---|---|---|---|---|---|");
+    let mut rng = Rng::new(2024);
+    for w in workloads() {
+        let d = 128;
+        let spec = AttnSpec::new(w.q_heads, w.kv_heads, d);
+        let shapes: Vec<(usize, usize)> = w.lens.iter().map(|&l| (l - 1, 1)).collect();
+        let num_blocks = shapes.iter().map(|&(c, n)| (c + n).div_ceil(BLOCK_SIZE)).sum::<usize>();
+        let layout = KvCacheLayout::new(num_blocks, BLOCK_SIZE, w.kv_heads, d).expect("layout");
+        let step = schedule(&mut rng, &shapes, BLOCK_SIZE, num_blocks).expect("blocks");
+        let meta = MetadataBuilder::new(layout).build(&step).expect("metadata");
+        let mut imp = CudaPagedImpl::<bf16>::new(rt.clone(), spec.clone(), layout).expect("backend");
+        imp.load_cache(&random_cache(layout, &mut rng)).expect("cache upload");
+        let n = meta.num_tokens();
+        let q: Vec<u16> = (0..n * w.q_heads * d).map(|_| bf16::from_f32(rng.uniform()).to_bits()).collect();
+        let q = rt.stream().clone_htod(&q).expect("q");
+        let mut out = rt.stream().alloc_zeros::<u16>(n * w.q_heads * d).expect("out");
+        let kv_bytes: usize = w.lens.iter().map(|&l| l * w.kv_heads * d * 2 * 2).sum();
+        let bytes = (kv_bytes + 2 * n * w.q_heads * d * 2) as f64;
+        let heuristic = imp.plan(&meta, None).expect("plan").num_splits;
+        let mut split_options = vec![heuristic];
+        if heuristic != 1 {
+            split_options.push(1);
+        }
+        for splits in split_options {
+            let plan = imp.plan(&meta, Some(splits)).expect("plan");
+            let (ms, lo, hi) = timer.time(|| imp.attend(&plan, &q, &mut out));
+            let gbs = bytes / (ms * 1e-3) / 1e9;
+            let tag = if splits == heuristic { "" } else { " (forced)" };
+            println!(
+                "| {} | {}{} | {:.1} [{:.1}, {:.1}] | {:.0} | {:.3} | {:.3} / {:.3} |",
+                w.id, splits, tag, ms * 1e3, lo * 1e3, hi * 1e3, gbs, gbs / copy, w.peers.0, w.peers.1
+            );
+            if json {
+                println!(
+                    "{{\"bench\":\"decode\",\"workload\":\"{}\",\"device\":\"{}\",\"splits\":{},\"median_us\":{:.2},\"gbps\":{:.1},\"copy_gbps\":{:.1},\"fraction_of_copy\":{:.4}}}",
+                    w.id, rt.device_name(), splits, ms * 1e3, gbs, copy, gbs / copy
+                );
+            }
+        }
+    }
+}

@@ -69,6 +69,11 @@ impl<T: Element> Attention<T> {
         self.imp.forward(q, k, v, meta, out)
     }
 
+    /// Replaces the layer's whole cache (same layout) with host contents.
+    pub fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {
+        self.imp.load_cache(cache)
+    }
+
     pub fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
         self.imp.cache_snapshot()
     }

@@ -1,1 +1,1005 @@
-//! being written
+//! Models as their checkpoints describe them: the attention-relevant part of a Hugging Face
+//! `config.json`.
+//!
+//! The selector needs a handful of numbers (heads, head dim, dtype) and flags (sliding window,
+//! soft-cap, ALiBi, MLA). Checkpoints spell them in half a dozen ways, because every model
+//! family wrote its config before `transformers` standardised the names. The parser therefore
+//! reads a `serde_json::Value` and tries each known spelling, rather than deriving a struct
+//! that would silently default whatever it did not recognise. Anything missing or
+//! inconsistent is an [`AttnError::ModelConfig`] naming the file, the field and the value.
+//!
+//! The built-in presets are embedded `config.json` texts with the real field names of the
+//! real checkpoints and go through the same parser, so every preset also tests a naming scheme.
+//!
+//! ```
+//! use attn_host::model::{preset, ModelConfig};
+//!
+//! let llama = preset("llama-3-8b").unwrap();
+//! assert_eq!((llama.num_q_heads, llama.num_kv_heads, llama.head_dim), (32, 8, 128));
+//!
+//! // An old-style config: BLOOM spells heads `n_head` and always uses ALiBi.
+//! let m = ModelConfig::from_json_str(
+//!     "tiny-bloom",
+//!     r#"{"model_type": "bloom", "n_head": 8, "hidden_size": 512}"#,
+//! )
+//! .unwrap();
+//! assert!(m.alibi && m.head_dim == 64);
+//! ```
+
+use crate::dtype::DType;
+use crate::error::{AttnError, Result};
+use crate::spec::{AttnSpec, MlaSpec, alibi_slopes};
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// Query-head count, in the spellings of Llama/Mistral/Gemma (`num_attention_heads`),
+/// BLOOM/GPT-2/Falcon-RW (`n_head`), MPT (`n_heads`) and T5-style configs (`num_heads`).
+const Q_HEAD_KEYS: &[&str] = &["num_attention_heads", "n_head", "n_heads", "num_heads"];
+/// KV-head count: Llama-style GQA, Falcon's new decoder (`num_kv_heads`), Falcon-RW (`n_head_kv`).
+const KV_HEAD_KEYS: &[&str] = &["num_key_value_heads", "num_kv_heads", "n_head_kv"];
+/// Model width: Llama-style, GPT-2 (`n_embd`), MPT/T5 (`d_model`), BLOOM's early configs (`n_embed`).
+const HIDDEN_KEYS: &[&str] = &["hidden_size", "n_embd", "d_model", "n_embed"];
+
+/// DeepSeek's multi-head latent attention dimensions (from `kv_lora_rank` and friends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MlaDims {
+    pub kv_lora_rank: usize,
+    pub qk_rope_head_dim: usize,
+    pub qk_nope_head_dim: usize,
+    pub v_head_dim: usize,
+}
+
+impl MlaDims {
+    /// Width of a latent cache row: `kv_lora_rank + qk_rope_head_dim` (512 + 64 = 576 for
+    /// DeepSeek-V3). This is the head dim the absorbed-form kernels see.
+    pub fn latent_dim(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope_head_dim
+    }
+
+    /// Per-head query/key width of the decompressed form: `qk_nope + qk_rope` (192 for V3).
+    pub fn qk_head_dim(&self) -> usize {
+        self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+}
+
+/// The attention-relevant description of a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub name: String,
+    pub num_q_heads: usize,
+    pub num_kv_heads: usize,
+    /// Per-head width. For an MLA model, the decompressed query/key width
+    /// (`qk_nope_head_dim + qk_rope_head_dim`); the kernels see [`MlaDims::latent_dim`].
+    pub head_dim: usize,
+    /// From `dtype` or `torch_dtype`; bf16 when the config names none.
+    pub dtype: DType,
+    /// `None` when the config has none, it is null, or `use_sliding_window` is false.
+    /// Gemma-2 alternates sliding-window and global layers; this is the local layers' window.
+    pub sliding_window: Option<usize>,
+    /// `attn_logit_softcapping` (Gemma-2: 50.0).
+    pub softcap: Option<f32>,
+    pub alibi: bool,
+    /// Softmax scale. `1/sqrt(head_dim)` unless the model says else: Gemma-2's
+    /// `query_pre_attn_scalar`, MPT's `attn_config.softmax_scale`, or for MLA
+    /// `1/sqrt(qk_nope + qk_rope)` times DeepSeek's YaRN `mscale^2`.
+    pub scale: f32,
+    pub mla: Option<MlaDims>,
+}
+
+impl ModelConfig {
+    /// Parses a `config.json` text. `name` names the model and, in errors, the source.
+    pub fn from_json_str(name: &str, json: &str) -> Result<ModelConfig> {
+        parse(name, name, json)
+    }
+
+    /// Reads a `config.json`, or the `config.json` inside a checkpoint directory.
+    /// The model is named after the checkpoint directory (`Meta-Llama-3-8B/config.json` ->
+    /// `Meta-Llama-3-8B`), or the file stem for a differently named file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<ModelConfig> {
+        let mut path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            path.push("config.json");
+        }
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|source| AttnError::Io { path: shown.clone(), source })?;
+        parse(&model_name_for(&path), &shown, &text)
+    }
+
+    pub fn is_mla(&self) -> bool {
+        self.mla.is_some()
+    }
+
+    /// The layer's [`AttnSpec`], with the standard ALiBi slopes when the model uses ALiBi.
+    /// For an MLA model this is the decompressed form (use [`ModelConfig::mla_spec`] for
+    /// what the kernels compute).
+    pub fn attn_spec(&self) -> AttnSpec {
+        AttnSpec {
+            num_q_heads: self.num_q_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            scale: self.scale,
+            sliding_window: self.sliding_window,
+            softcap: self.softcap,
+            alibi_slopes: self.alibi.then(|| alibi_slopes(self.num_q_heads)),
+        }
+    }
+
+    /// The absorbed-form MLA spec; `None` for an MHA/GQA/MQA model.
+    pub fn mla_spec(&self) -> Option<MlaSpec> {
+        self.mla.map(|m| MlaSpec {
+            num_q_heads: self.num_q_heads,
+            kv_lora_rank: m.kv_lora_rank,
+            qk_rope_head_dim: m.qk_rope_head_dim,
+            qk_nope_head_dim: m.qk_nope_head_dim,
+            v_head_dim: m.v_head_dim,
+            scale: self.scale,
+        })
+    }
+}
+
+/// `.../Meta-Llama-3-8B/config.json` -> `Meta-Llama-3-8B`; `.../gemma.json` -> `gemma`.
+fn model_name_for(path: &Path) -> String {
+    let parent_dir = || path.parent().and_then(|p| p.file_name()).map(|s| s.to_string_lossy().into_owned());
+    let stem = || path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let named = if path.file_name().is_some_and(|f| f == "config.json") { parent_dir().or_else(stem) } else { stem() };
+    named.unwrap_or_else(|| path.display().to_string())
+}
+
+/// Reads attention fields from one JSON object (the top level, or a multimodal wrapper's
+/// `text_config`), naming the source and the field path in every error.
+#[derive(Clone, Copy)]
+struct Reader<'a> {
+    origin: &'a str,
+    obj: &'a Map<String, Value>,
+    /// `"text_config."` when reading the nested text config, else empty.
+    prefix: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, detail: impl Into<String>) -> AttnError {
+        AttnError::ModelConfig { path: self.origin.to_string(), detail: detail.into() }
+    }
+
+    fn field(&self, key: &str) -> String {
+        format!("`{}{key}`", self.prefix)
+    }
+
+    /// The value of `key`; an explicit `null` counts as absent (configs write `"head_dim": null`).
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    /// The first of `keys` that is set, with the spelling that was found.
+    fn first(&self, keys: &[&'static str]) -> Option<(&'static str, &'a Value)> {
+        keys.iter().find_map(|k| self.get(k).map(|v| (*k, v)))
+    }
+
+    /// A count: a non-negative integer (`32`, or `32.0` as some exporters write it).
+    fn count(&self, key: &str, v: &Value) -> Result<usize> {
+        let n = v.as_u64().or_else(|| v.as_f64().filter(|x| *x >= 0.0 && x.fract() == 0.0 && *x < 1e15).map(|x| x as u64));
+        n.and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| self.err(format!("{} is {v}, expected a non-negative integer", self.field(key))))
+    }
+
+    fn opt_count(&self, key: &str) -> Result<Option<usize>> {
+        self.get(key).map(|v| self.count(key, v)).transpose()
+    }
+
+    fn required_count(&self, key: &str, why: &str) -> Result<usize> {
+        self.opt_count(key)?.ok_or_else(|| self.err(format!("{} is missing ({why})", self.field(key))))
+    }
+
+    fn opt_number(&self, key: &str) -> Result<Option<f64>> {
+        self.get(key)
+            .map(|v| v.as_f64().ok_or_else(|| self.err(format!("{} is {v}, expected a number", self.field(key)))))
+            .transpose()
+    }
+
+    /// A boolean flag; absent or null is false.
+    fn flag(&self, key: &str) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(false),
+            Some(v) => v.as_bool().ok_or_else(|| self.err(format!("{} is {v}, expected true or false", self.field(key)))),
+        }
+    }
+
+    fn nested(&self, key: &str, prefix: &'static str) -> Result<Option<Reader<'a>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Object(obj)) => Ok(Some(Reader { origin: self.origin, obj, prefix })),
+            Some(v) => Err(self.err(format!("{} is {v}, expected an object", self.field(key)))),
+        }
+    }
+}
+
+fn parse(name: &str, origin: &str, json: &str) -> Result<ModelConfig> {
+    let err = |detail: String| AttnError::ModelConfig { path: origin.to_string(), detail };
+    let value: Value = serde_json::from_str(json).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    let Value::Object(root_obj) = &value else {
+        return Err(err(format!("expected a JSON object at the top level, found {}", json_kind(&value))));
+    };
+    let root = Reader { origin, obj: root_obj, prefix: "" };
+
+    // Multimodal wrappers (Llava, Mllama, Gemma-3, ...) keep the language model's numbers in
+    // `text_config`. Read from it only when the top level has no head count of its own: some
+    // wrappers (Qwen2-VL) flatten everything to the top level and keep a stub `text_config`.
+    let cfg = match root.nested("text_config", "text_config.")? {
+        Some(text) if root.first(Q_HEAD_KEYS).is_none() => text,
+        _ => root,
+    };
+
+    let dtype = parse_dtype(&cfg, &root)?;
+    let (q_key, num_q_heads) = match cfg.first(Q_HEAD_KEYS) {
+        Some((k, v)) => (k, cfg.count(k, v)?),
+        None => {
+            return Err(cfg.err(format!(
+                "no attention head count: none of {} is set",
+                list_fields(cfg.prefix, Q_HEAD_KEYS)
+            )));
+        }
+    };
+    if num_q_heads == 0 {
+        return Err(cfg.err(format!("{} is 0; a model needs at least one attention head", cfg.field(q_key))));
+    }
+
+    let (kv_key, num_kv_heads) = parse_kv_heads(&cfg, num_q_heads)?;
+    if num_kv_heads == 0 {
+        return Err(cfg.err(format!("{} is 0; a model needs at least one KV head", cfg.field(kv_key))));
+    }
+    if num_q_heads % num_kv_heads != 0 {
+        return Err(cfg.err(format!(
+            "{} {num_q_heads} is not a multiple of {} {num_kv_heads}; every KV head must serve the same number of query heads",
+            cfg.field(q_key),
+            cfg.field(kv_key)
+        )));
+    }
+
+    let mla = parse_mla(&cfg)?;
+    let head_dim = match mla {
+        Some(m) => m.qk_head_dim(),
+        None => parse_head_dim(&cfg, q_key, num_q_heads)?,
+    };
+
+    let sliding_window = parse_sliding_window(&cfg)?;
+    let softcap = match cfg.opt_number("attn_logit_softcapping")? {
+        None => None,
+        Some(c) if c.is_finite() && c > 0.0 => Some(c as f32),
+        Some(c) => {
+            return Err(cfg.err(format!(
+                "{} is {c}, expected a positive number (or null for none)",
+                cfg.field("attn_logit_softcapping")
+            )));
+        }
+    };
+    let alibi = parse_alibi(&cfg)?;
+    let scale = parse_scale(&cfg, head_dim, mla)?;
+
+    let model = ModelConfig {
+        name: name.to_string(),
+        num_q_heads,
+        num_kv_heads,
+        head_dim,
+        dtype,
+        sliding_window,
+        softcap,
+        alibi,
+        scale,
+        mla,
+    };
+    tracing::debug!(?model, "parsed model config from {origin}");
+    Ok(model)
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn list_fields(prefix: &str, keys: &[&str]) -> String {
+    keys.iter().map(|k| format!("`{prefix}{k}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// `dtype` (transformers >= 4.56) or `torch_dtype`; the nested config first, then the top
+/// level (wrappers often put it only there); bf16 when neither says.
+fn parse_dtype(cfg: &Reader<'_>, root: &Reader<'_>) -> Result<DType> {
+    for r in [cfg, root] {
+        if let Some((key, v)) = r.first(&["dtype", "torch_dtype"]) {
+            let s = v.as_str().ok_or_else(|| r.err(format!("{} is {v}, expected a string such as \"bfloat16\"", r.field(key))))?;
+            return DType::parse(s).ok_or_else(|| {
+                r.err(format!("{} is \"{s}\", which is not one of float16, bfloat16, float32", r.field(key)))
+            });
+        }
+    }
+    Ok(DType::Bf16)
+}
+
+/// KV heads, and the field they came from (for errors).
+///
+/// Falcon's rule: with `new_decoder_architecture` the count is `num_kv_heads`; otherwise
+/// `multi_query: true` means one KV head (Falcon-7B, GPT-BigCode) whatever else is set.
+/// Everyone else: the first KV-head spelling, or as many KV heads as query heads (MHA).
+fn parse_kv_heads(cfg: &Reader<'_>, num_q_heads: usize) -> Result<(&'static str, usize)> {
+    if !cfg.flag("new_decoder_architecture")? && cfg.flag("multi_query")? {
+        return Ok(("multi_query", 1));
+    }
+    match cfg.first(KV_HEAD_KEYS) {
+        Some((k, v)) => Ok((k, cfg.count(k, v)?)),
+        None => Ok(("num_key_value_heads", num_q_heads)),
+    }
+}
+
+/// An explicit `head_dim` (Gemma: 256, although 3584 / 16 = 224), else hidden / heads.
+fn parse_head_dim(cfg: &Reader<'_>, q_key: &str, num_q_heads: usize) -> Result<usize> {
+    if let Some(d) = cfg.opt_count("head_dim")? {
+        if d == 0 {
+            return Err(cfg.err(format!("{} is 0", cfg.field("head_dim"))));
+        }
+        return Ok(d);
+    }
+    let Some((h_key, v)) = cfg.first(HIDDEN_KEYS) else {
+        return Err(cfg.err(format!(
+            "cannot derive the head dim: `{}head_dim` is not set and none of {} is",
+            cfg.prefix,
+            list_fields(cfg.prefix, HIDDEN_KEYS)
+        )));
+    };
+    let hidden = cfg.count(h_key, v)?;
+    if hidden == 0 || hidden % num_q_heads != 0 {
+        return Err(cfg.err(format!(
+            "{} {hidden} is not a positive multiple of {} {num_q_heads}, so the head dim is undefined (set `head_dim`)",
+            cfg.field(h_key),
+            cfg.field(q_key)
+        )));
+    }
+    Ok(hidden / num_q_heads)
+}
+
+/// MLA when `kv_lora_rank` is set; then the other three dims are required.
+fn parse_mla(cfg: &Reader<'_>) -> Result<Option<MlaDims>> {
+    let Some(kv_lora_rank) = cfg.opt_count("kv_lora_rank")? else { return Ok(None) };
+    let why = "MLA models (`kv_lora_rank` is set) need it";
+    let dims = MlaDims {
+        kv_lora_rank,
+        qk_rope_head_dim: cfg.required_count("qk_rope_head_dim", why)?,
+        qk_nope_head_dim: cfg.required_count("qk_nope_head_dim", why)?,
+        v_head_dim: cfg.required_count("v_head_dim", why)?,
+    };
+    for (key, n) in [
+        ("kv_lora_rank", dims.kv_lora_rank),
+        ("qk_rope_head_dim", dims.qk_rope_head_dim),
+        ("qk_nope_head_dim", dims.qk_nope_head_dim),
+        ("v_head_dim", dims.v_head_dim),
+    ] {
+        if n == 0 {
+            return Err(cfg.err(format!("{} is 0", cfg.field(key))));
+        }
+    }
+    Ok(Some(dims))
+}
+
+/// `sliding_window` (or Gemma's duplicate `sliding_window_size`); null means none, and so
+/// does Qwen2's `use_sliding_window: false` (Qwen2 configs carry a window they do not use).
+fn parse_sliding_window(cfg: &Reader<'_>) -> Result<Option<usize>> {
+    if cfg.get("use_sliding_window").is_some() && !cfg.flag("use_sliding_window")? {
+        return Ok(None);
+    }
+    let Some((key, v)) = cfg.first(&["sliding_window", "sliding_window_size"]) else { return Ok(None) };
+    match cfg.count(key, v)? {
+        0 => Err(cfg.err(format!("{} is 0, which would hide every key (use null for no window)", cfg.field(key)))),
+        w => Ok(Some(w)),
+    }
+}
+
+/// ALiBi, in each family's words: Falcon `alibi: true`, MPT `attn_config.alibi: true`,
+/// BLOOM always (its config has no flag), and `position_embedding_type: "alibi"`.
+fn parse_alibi(cfg: &Reader<'_>) -> Result<bool> {
+    if cfg.flag("alibi")? {
+        return Ok(true);
+    }
+    if let Some(attn) = cfg.nested("attn_config", "attn_config.")? {
+        if attn.flag("alibi")? {
+            return Ok(true);
+        }
+    }
+    let is = |key: &str, want: &str| cfg.get(key).and_then(Value::as_str).is_some_and(|s| s.eq_ignore_ascii_case(want));
+    Ok(is("model_type", "bloom") || is("position_embedding_type", "alibi"))
+}
+
+/// The softmax scale; see [`ModelConfig::scale`].
+fn parse_scale(cfg: &Reader<'_>, head_dim: usize, mla: Option<MlaDims>) -> Result<f32> {
+    let positive = |key: &str, x: f64| {
+        if x.is_finite() && x > 0.0 {
+            Ok(x)
+        } else {
+            Err(cfg.err(format!("{} is {x}, expected a positive number", cfg.field(key))))
+        }
+    };
+    if let Some(m) = mla {
+        let mscale = match cfg.nested("rope_scaling", "rope_scaling.")? {
+            Some(rs) => {
+                let factor = rs.opt_number("factor")?.unwrap_or(1.0);
+                let mscale_all_dim = rs.opt_number("mscale_all_dim")?.unwrap_or(0.0);
+                yarn_mscale(factor, mscale_all_dim)
+            }
+            None => 1.0,
+        };
+        return Ok((mscale * mscale / (m.qk_head_dim() as f64).sqrt()) as f32);
+    }
+    if let Some(q) = cfg.opt_number("query_pre_attn_scalar")? {
+        return Ok((1.0 / positive("query_pre_attn_scalar", q)?.sqrt()) as f32);
+    }
+    if let Some(attn) = cfg.nested("attn_config", "attn_config.")? {
+        if let Some(s) = attn.opt_number("softmax_scale")? {
+            return Ok(positive("attn_config.softmax_scale", s)? as f32);
+        }
+    }
+    Ok((1.0 / (head_dim as f64).sqrt()) as f32)
+}
+
+/// DeepSeek's YaRN attention-temperature correction: the softmax scale is multiplied by
+/// `mscale^2`. `mscale = 0.1 * mscale_all_dim * ln(factor) + 1` for `factor > 1`, else 1.
+///
+/// Worked example, DeepSeek-V3 (`factor` 40, `mscale_all_dim` 1.0):
+/// `0.1 * ln 40 + 1 = 1.36889`, so the scale is `1.87385 / sqrt(192) = 0.13523`.
+fn yarn_mscale(factor: f64, mscale_all_dim: f64) -> f64 {
+    if factor <= 1.0 { 1.0 } else { 0.1 * mscale_all_dim * factor.ln() + 1.0 }
+}
+
+// ---------------------------------------------------------------------------------------
+// Presets: the attention-relevant fields of real `config.json` files, verbatim in their
+// naming. Dtypes are the ones the models are served in.
+
+const LLAMA_3_8B: &str = r#"{
+  "architectures": ["LlamaForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "bos_token_id": 128000,
+  "eos_token_id": 128001,
+  "hidden_act": "silu",
+  "hidden_size": 4096,
+  "initializer_range": 0.02,
+  "intermediate_size": 14336,
+  "max_position_embeddings": 8192,
+  "model_type": "llama",
+  "num_attention_heads": 32,
+  "num_hidden_layers": 32,
+  "num_key_value_heads": 8,
+  "pretraining_tp": 1,
+  "rms_norm_eps": 1e-05,
+  "rope_scaling": null,
+  "rope_theta": 500000.0,
+  "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16",
+  "use_cache": true,
+  "vocab_size": 128256
+}"#;
+
+const MISTRAL_7B: &str = r#"{
+  "architectures": ["MistralForCausalLM"],
+  "bos_token_id": 1,
+  "eos_token_id": 2,
+  "hidden_act": "silu",
+  "hidden_size": 4096,
+  "initializer_range": 0.02,
+  "intermediate_size": 14336,
+  "max_position_embeddings": 32768,
+  "model_type": "mistral",
+  "num_attention_heads": 32,
+  "num_hidden_layers": 32,
+  "num_key_value_heads": 8,
+  "rms_norm_eps": 1e-05,
+  "rope_theta": 10000.0,
+  "sliding_window": 4096,
+  "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16",
+  "use_cache": true,
+  "vocab_size": 32000
+}"#;
+
+const GEMMA_2_9B: &str = r#"{
+  "architectures": ["Gemma2ForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "attn_logit_softcapping": 50.0,
+  "bos_token_id": 2,
+  "cache_implementation": "hybrid",
+  "eos_token_id": 1,
+  "final_logit_softcapping": 30.0,
+  "head_dim": 256,
+  "hidden_act": "gelu_pytorch_tanh",
+  "hidden_activation": "gelu_pytorch_tanh",
+  "hidden_size": 3584,
+  "initializer_range": 0.02,
+  "intermediate_size": 14336,
+  "max_position_embeddings": 8192,
+  "model_type": "gemma2",
+  "num_attention_heads": 16,
+  "num_hidden_layers": 42,
+  "num_key_value_heads": 8,
+  "pad_token_id": 0,
+  "query_pre_attn_scalar": 256,
+  "rms_norm_eps": 1e-06,
+  "rope_theta": 10000.0,
+  "sliding_window": 4096,
+  "sliding_window_size": 4096,
+  "torch_dtype": "bfloat16",
+  "use_cache": true,
+  "vocab_size": 256000
+}"#;
+
+const DEEPSEEK_V3: &str = r#"{
+  "architectures": ["DeepseekV3ForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "first_k_dense_replace": 3,
+  "hidden_act": "silu",
+  "hidden_size": 7168,
+  "intermediate_size": 18432,
+  "kv_lora_rank": 512,
+  "max_position_embeddings": 163840,
+  "model_type": "deepseek_v3",
+  "moe_intermediate_size": 2048,
+  "n_group": 8,
+  "n_routed_experts": 256,
+  "n_shared_experts": 1,
+  "num_attention_heads": 128,
+  "num_experts_per_tok": 8,
+  "num_hidden_layers": 61,
+  "num_key_value_heads": 128,
+  "num_nextn_predict_layers": 1,
+  "q_lora_rank": 1536,
+  "qk_nope_head_dim": 128,
+  "qk_rope_head_dim": 64,
+  "rms_norm_eps": 1e-06,
+  "rope_scaling": {
+    "beta_fast": 32,
+    "beta_slow": 1,
+    "factor": 40,
+    "mscale": 1.0,
+    "mscale_all_dim": 1.0,
+    "original_max_position_embeddings": 4096,
+    "type": "yarn"
+  },
+  "rope_theta": 10000,
+  "routed_scaling_factor": 2.5,
+  "scoring_func": "sigmoid",
+  "tie_word_embeddings": false,
+  "topk_group": 4,
+  "topk_method": "noaux_tc",
+  "torch_dtype": "bfloat16",
+  "use_cache": true,
+  "v_head_dim": 128,
+  "vocab_size": 129280
+}"#;
+
+const PHI_3_MINI: &str = r#"{
+  "architectures": ["Phi3ForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "bos_token_id": 1,
+  "embd_pdrop": 0.0,
+  "eos_token_id": 32000,
+  "hidden_act": "silu",
+  "hidden_size": 3072,
+  "initializer_range": 0.02,
+  "intermediate_size": 8192,
+  "max_position_embeddings": 4096,
+  "model_type": "phi3",
+  "num_attention_heads": 32,
+  "num_hidden_layers": 32,
+  "num_key_value_heads": 32,
+  "original_max_position_embeddings": 4096,
+  "pad_token_id": 32000,
+  "resid_pdrop": 0.0,
+  "rms_norm_eps": 1e-05,
+  "rope_scaling": null,
+  "rope_theta": 10000.0,
+  "sliding_window": 2047,
+  "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16",
+  "use_cache": true,
+  "vocab_size": 32064
+}"#;
+
+/// BLOOM's config predates `torch_dtype` and ALiBi flags: ALiBi is implied by the model type.
+const BLOOM_7B1: &str = r#"{
+  "apply_residual_connection_post_layernorm": false,
+  "architectures": ["BloomForCausalLM"],
+  "attention_dropout": 0.0,
+  "attention_softmax_in_fp32": true,
+  "bos_token_id": 1,
+  "eos_token_id": 2,
+  "hidden_dropout": 0.0,
+  "hidden_size": 4096,
+  "initializer_range": 0.02,
+  "layer_norm_epsilon": 1e-05,
+  "masked_softmax_fusion": true,
+  "model_type": "bloom",
+  "n_head": 32,
+  "n_layer": 30,
+  "offset_alibi": 100,
+  "pad_token_id": 3,
+  "pretraining_tp": 1,
+  "skip_bias_add": true,
+  "skip_bias_add_qkv": false,
+  "slow_but_exact": false,
+  "unk_token_id": 0,
+  "use_cache": true,
+  "vocab_size": 250880
+}"#;
+
+/// Falcon-7B in its original RefinedWeb naming: 71 heads (4544 / 71 = 64), multi-query.
+const FALCON_7B: &str = r#"{
+  "alibi": false,
+  "apply_residual_connection_post_layernorm": false,
+  "architectures": ["RWForCausalLM"],
+  "attention_dropout": 0.0,
+  "bias": false,
+  "bos_token_id": 11,
+  "eos_token_id": 11,
+  "hidden_dropout": 0.0,
+  "hidden_size": 4544,
+  "initializer_range": 0.02,
+  "layer_norm_epsilon": 1e-05,
+  "model_type": "RefinedWebModel",
+  "multi_query": true,
+  "n_head": 71,
+  "n_layer": 32,
+  "parallel_attn": true,
+  "torch_dtype": "bfloat16",
+  "use_cache": true,
+  "vocab_size": 65024
+}"#;
+
+const MPT_7B: &str = r#"{
+  "architectures": ["MPTForCausalLM"],
+  "attn_config": {
+    "alibi": true,
+    "alibi_bias_max": 8,
+    "attn_impl": "torch",
+    "attn_pdrop": 0,
+    "attn_type": "multihead_attention",
+    "attn_uses_sequence_id": false,
+    "clip_qkv": null,
+    "prefix_lm": false,
+    "qk_ln": false,
+    "softmax_scale": null
+  },
+  "d_model": 4096,
+  "emb_pdrop": 0,
+  "embedding_fraction": 1.0,
+  "expansion_ratio": 4,
+  "learned_pos_emb": true,
+  "logit_scale": null,
+  "max_seq_len": 2048,
+  "model_type": "mpt",
+  "n_heads": 32,
+  "n_layers": 32,
+  "no_bias": true,
+  "norm_type": "low_precision_layernorm",
+  "resid_pdrop": 0,
+  "torch_dtype": "bfloat16",
+  "use_cache": false,
+  "vocab_size": 50432
+}"#;
+
+/// Every preset: its name (lower case) and its `config.json` text.
+const PRESETS: &[(&str, &str)] = &[
+    ("llama-3-8b", LLAMA_3_8B),
+    ("mistral-7b", MISTRAL_7B),
+    ("gemma-2-9b", GEMMA_2_9B),
+    ("deepseek-v3", DEEPSEEK_V3),
+    ("phi-3-mini", PHI_3_MINI),
+    ("bloom-7b1", BLOOM_7B1),
+    ("falcon-7b", FALCON_7B),
+    ("mpt-7b", MPT_7B),
+];
+
+/// Names of the built-in presets, in a stable order.
+pub fn preset_names() -> &'static [&'static str] {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    NAMES.get_or_init(|| PRESETS.iter().map(|(n, _)| *n).collect())
+}
+
+/// A built-in model, by name (case-insensitive): `preset("Llama-3-8B")`.
+pub fn preset(name: &str) -> Result<ModelConfig> {
+    let wanted = name.trim();
+    match PRESETS.iter().find(|(n, _)| n.eq_ignore_ascii_case(wanted)) {
+        Some((n, json)) => parse(n, &format!("preset {n}"), json),
+        None => Err(AttnError::UnknownPreset { name: name.to_string(), valid: preset_names().join(", ") }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(json: &str) -> ModelConfig {
+        match ModelConfig::from_json_str("test", json) {
+            Ok(m) => m,
+            Err(e) => panic!("expected {json} to parse: {e}"),
+        }
+    }
+
+    fn parse_err(json: &str) -> String {
+        match ModelConfig::from_json_str("test", json) {
+            Ok(m) => panic!("expected {json} to fail, got {m:?}"),
+            Err(e) => {
+                assert!(matches!(e, AttnError::ModelConfig { .. }), "wrong variant: {e:?}");
+                e.to_string()
+            }
+        }
+    }
+
+    fn close(a: f32, b: f64) -> bool {
+        ((a as f64) - b).abs() <= 1e-6 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn every_preset_parses_and_validates() {
+        assert!(preset_names().len() >= 6);
+        for name in preset_names() {
+            let m = preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(m.name, *name);
+            m.attn_spec().validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn llama_3_8b() {
+        let m = preset("llama-3-8b").unwrap();
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim), (32, 8, 128));
+        assert_eq!(m.dtype, DType::Bf16);
+        assert_eq!((m.sliding_window, m.softcap, m.alibi, m.mla), (None, None, false, None));
+        assert!(close(m.scale, 1.0 / 128f64.sqrt()));
+        assert!(!m.is_mla() && m.mla_spec().is_none());
+    }
+
+    #[test]
+    fn mistral_7b_has_a_window() {
+        let m = preset("mistral-7b").unwrap();
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim), (32, 8, 128));
+        assert_eq!(m.sliding_window, Some(4096));
+        assert_eq!(m.attn_spec().sliding_window, Some(4096));
+    }
+
+    #[test]
+    fn gemma_2_9b() {
+        let m = preset("gemma-2-9b").unwrap();
+        // head_dim 256 is explicit: 3584 / 16 would be 224.
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim), (16, 8, 256));
+        assert_eq!(m.softcap, Some(50.0), "attention soft-cap, not the final-logit one");
+        assert_eq!(m.sliding_window, Some(4096));
+        assert!(close(m.scale, 1.0 / 16.0));
+    }
+
+    #[test]
+    fn gemma_2_query_pre_attn_scalar_sets_the_scale() {
+        // Gemma-2-27B: head dim 128 but query_pre_attn_scalar 144 (= 4608 / 32).
+        let m = parse_ok(r#"{"num_attention_heads": 32, "num_key_value_heads": 16, "head_dim": 128,
+                              "hidden_size": 4608, "query_pre_attn_scalar": 144}"#);
+        assert_eq!(m.head_dim, 128);
+        assert!(close(m.scale, 1.0 / 12.0));
+    }
+
+    #[test]
+    fn deepseek_v3_is_mla() {
+        let m = preset("deepseek-v3").unwrap();
+        assert!(m.is_mla());
+        let d = m.mla.unwrap();
+        assert_eq!(
+            d,
+            MlaDims { kv_lora_rank: 512, qk_rope_head_dim: 64, qk_nope_head_dim: 128, v_head_dim: 128 }
+        );
+        assert_eq!(d.latent_dim(), 576);
+        assert_eq!((m.num_q_heads, m.head_dim), (128, 192));
+        // 1/sqrt(192) times the YaRN mscale^2 for factor 40, mscale_all_dim 1.
+        let mscale = 0.1 * 40f64.ln() + 1.0;
+        assert!(close(m.scale, mscale * mscale / 192f64.sqrt()));
+        assert!((m.scale - 0.135_24).abs() < 1e-4);
+        let s = m.mla_spec().unwrap();
+        assert_eq!((s.num_q_heads, s.latent_dim(), s.v_head_dim), (128, 576, 128));
+        assert_eq!(s.scale, m.scale);
+    }
+
+    #[test]
+    fn mla_without_rope_scaling_uses_plain_scale() {
+        let m = parse_ok(r#"{"num_attention_heads": 16, "hidden_size": 2048, "kv_lora_rank": 512,
+                              "q_lora_rank": null, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+                              "v_head_dim": 128, "rope_scaling": null}"#);
+        assert!(close(m.scale, 1.0 / 192f64.sqrt()));
+    }
+
+    #[test]
+    fn phi_3_mini_head_dim_96() {
+        let m = preset("phi-3-mini").unwrap();
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim), (32, 32, 96));
+    }
+
+    #[test]
+    fn bloom_7b1_is_alibi_without_a_flag() {
+        let m = preset("bloom-7b1").unwrap();
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim), (32, 32, 128));
+        assert!(m.alibi);
+        assert_eq!(m.dtype, DType::Bf16, "no torch_dtype: the default");
+        let slopes = m.attn_spec().alibi_slopes.unwrap();
+        assert_eq!(slopes, alibi_slopes(32));
+    }
+
+    #[test]
+    fn falcon_7b_is_multi_query() {
+        let m = preset("falcon-7b").unwrap();
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim), (71, 1, 64));
+        assert!(!m.alibi);
+    }
+
+    #[test]
+    fn falcon_new_decoder_uses_num_kv_heads() {
+        // Falcon-40B: multi_query is also true, but the new decoder has 8 KV heads.
+        let m = parse_ok(r#"{"hidden_size": 8192, "num_attention_heads": 128, "num_kv_heads": 8,
+                              "multi_query": true, "new_decoder_architecture": true}"#);
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim), (128, 8, 64));
+        let m = parse_ok(r#"{"hidden_size": 8192, "n_head": 128, "n_head_kv": 8}"#);
+        assert_eq!(m.num_kv_heads, 8);
+    }
+
+    #[test]
+    fn mpt_7b_nested_alibi() {
+        let m = preset("mpt-7b").unwrap();
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim), (32, 32, 128));
+        assert!(m.alibi);
+        assert!(close(m.scale, 1.0 / 128f64.sqrt()), "softmax_scale null: the default");
+        let m = parse_ok(r#"{"n_heads": 4, "d_model": 256, "attn_config": {"softmax_scale": 0.5}}"#);
+        assert_eq!((m.scale, m.alibi), (0.5, false));
+    }
+
+    #[test]
+    fn preset_lookup_is_case_insensitive_and_lists_names() {
+        assert_eq!(preset("  LLAMA-3-8B ").unwrap().name, "llama-3-8b");
+        match preset("gpt-5") {
+            Err(AttnError::UnknownPreset { name, valid }) => {
+                assert_eq!(name, "gpt-5");
+                for n in preset_names() {
+                    assert!(valid.contains(n), "{valid}");
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn naming_schemes_for_heads_and_width() {
+        for (heads, hidden) in Q_HEAD_KEYS.iter().flat_map(|h| HIDDEN_KEYS.iter().map(move |d| (h, d))) {
+            let m = parse_ok(&format!(r#"{{"{heads}": 8, "{hidden}": 512}}"#));
+            assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim), (8, 8, 64), "{heads} / {hidden}");
+        }
+        for kv in KV_HEAD_KEYS {
+            let m = parse_ok(&format!(r#"{{"num_attention_heads": 8, "{kv}": 2, "hidden_size": 512}}"#));
+            assert_eq!(m.num_kv_heads, 2, "{kv}");
+        }
+        // GPT-BigCode style MQA.
+        let m = parse_ok(r#"{"n_head": 48, "n_embd": 6144, "multi_query": true}"#);
+        assert_eq!((m.num_kv_heads, m.head_dim), (1, 128));
+    }
+
+    #[test]
+    fn nulls_count_as_absent() {
+        let m = parse_ok(r#"{"num_attention_heads": 8, "num_key_value_heads": null, "head_dim": null,
+                              "hidden_size": 512, "sliding_window": null, "attn_logit_softcapping": null,
+                              "torch_dtype": null}"#);
+        assert_eq!((m.num_kv_heads, m.head_dim, m.sliding_window, m.softcap), (8, 64, None, None));
+    }
+
+    #[test]
+    fn dtype_spellings() {
+        let m = parse_ok(r#"{"n_head": 4, "n_embd": 256, "torch_dtype": "float16"}"#);
+        assert_eq!(m.dtype, DType::F16);
+        let m = parse_ok(r#"{"n_head": 4, "n_embd": 256, "dtype": "float32", "torch_dtype": "float16"}"#);
+        assert_eq!(m.dtype, DType::F32, "the newer `dtype` wins");
+        let e = parse_err(r#"{"n_head": 4, "n_embd": 256, "torch_dtype": "int8"}"#);
+        assert!(e.contains("torch_dtype") && e.contains("int8"), "{e}");
+    }
+
+    #[test]
+    fn qwen2_unused_window_is_none() {
+        let m = parse_ok(r#"{"num_attention_heads": 28, "num_key_value_heads": 4, "hidden_size": 3584,
+                              "sliding_window": 131072, "use_sliding_window": false}"#);
+        assert_eq!((m.head_dim, m.sliding_window), (128, None));
+        let m = parse_ok(r#"{"num_attention_heads": 28, "hidden_size": 3584,
+                              "sliding_window": 4096, "use_sliding_window": true}"#);
+        assert_eq!(m.sliding_window, Some(4096));
+    }
+
+    #[test]
+    fn alibi_spellings() {
+        let m = parse_ok(r#"{"n_head": 4, "hidden_size": 256, "alibi": true}"#);
+        assert!(m.alibi);
+        let m = parse_ok(r#"{"num_attention_heads": 4, "hidden_size": 256, "position_embedding_type": "alibi"}"#);
+        assert!(m.alibi);
+        let m = parse_ok(r#"{"num_attention_heads": 4, "hidden_size": 256, "position_embedding_type": "rope"}"#);
+        assert!(!m.alibi && m.attn_spec().alibi_slopes.is_none());
+    }
+
+    #[test]
+    fn text_config_of_a_multimodal_wrapper() {
+        let m = parse_ok(r#"{"model_type": "llava", "torch_dtype": "float16",
+                              "vision_config": {"num_attention_heads": 16, "hidden_size": 1024},
+                              "text_config": {"num_attention_heads": 32, "num_key_value_heads": 8,
+                                              "hidden_size": 4096}}"#);
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim, m.dtype), (32, 8, 128, DType::F16));
+        // Missing fields are named with their path, never defaulted.
+        let e = parse_err(r#"{"text_config": {"hidden_size": 4096}}"#);
+        assert!(e.contains("text_config.num_attention_heads"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_field_and_value() {
+        let e = parse_err(r#"{"hidden_size": 4096}"#);
+        assert!(e.contains("num_attention_heads") && e.contains("n_head"), "{e}");
+        let e = parse_err(r#"{"n_head": 0, "hidden_size": 4096}"#);
+        assert!(e.contains("`n_head` is 0"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 32, "num_key_value_heads": 0, "hidden_size": 4096}"#);
+        assert!(e.contains("`num_key_value_heads` is 0"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 32, "num_key_value_heads": 6, "hidden_size": 4096}"#);
+        assert!(e.contains("32") && e.contains("not a multiple of `num_key_value_heads` 6"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 32, "hidden_size": 4001}"#);
+        assert!(e.contains("`hidden_size` 4001") && e.contains("`num_attention_heads` 32"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 32}"#);
+        assert!(e.contains("head_dim") && e.contains("hidden_size"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": "32", "hidden_size": 4096}"#);
+        assert!(e.contains("`num_attention_heads` is \"32\""), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": -4, "hidden_size": 4096}"#);
+        assert!(e.contains("-4"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 8, "hidden_size": 512, "kv_lora_rank": 512}"#);
+        assert!(e.contains("qk_rope_head_dim") && e.contains("missing"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 8, "hidden_size": 512, "sliding_window": 0}"#);
+        assert!(e.contains("sliding_window"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 8, "hidden_size": 512, "attn_logit_softcapping": -1}"#);
+        assert!(e.contains("attn_logit_softcapping"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 8, "hidden_size": 512, "alibi": "yes"}"#);
+        assert!(e.contains("`alibi`"), "{e}");
+        let e = parse_err("[1, 2]");
+        assert!(e.contains("top level"), "{e}");
+        let e = parse_err("{not json");
+        assert!(e.contains("not valid JSON") && e.starts_with("model config test"), "{e}");
+    }
+
+    #[test]
+    fn from_file_names_the_model_and_the_file() {
+        let dir = std::env::temp_dir().join(format!("attn-model-test-{}", std::process::id()));
+        let ckpt = dir.join("Meta-Llama-3-8B");
+        std::fs::create_dir_all(&ckpt).unwrap();
+        std::fs::write(ckpt.join("config.json"), LLAMA_3_8B).unwrap();
+        let by_file = ModelConfig::from_file(ckpt.join("config.json")).unwrap();
+        let by_dir = ModelConfig::from_file(&ckpt).unwrap();
+        assert_eq!(by_file.name, "Meta-Llama-3-8B");
+        assert_eq!(by_file, by_dir);
+        assert_eq!(by_file.num_kv_heads, 8);
+
+        let bad = dir.join("broken.json");
+        std::fs::write(&bad, r#"{"n_head": 3, "n_embd": 100}"#).unwrap();
+        let e = ModelConfig::from_file(&bad).unwrap_err().to_string();
+        assert!(e.contains("broken.json") && e.contains("`n_embd` 100"), "{e}");
+
+        let missing = dir.join("nope.json");
+        match ModelConfig::from_file(&missing) {
+            Err(AttnError::Io { path, .. }) => assert!(path.contains("nope.json")),
+            other => panic!("{other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn yarn_mscale_worked_example() {
+        assert_eq!(yarn_mscale(1.0, 1.0), 1.0);
+        assert_eq!(yarn_mscale(40.0, 0.0), 1.0);
+        assert!((yarn_mscale(40.0, 1.0) - 1.368_888).abs() < 1e-6);
+    }
+}

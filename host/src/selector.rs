@@ -1,1 +1,518 @@
-//! being written
+//! The backend selector: which backend serves a model on a platform, and why.
+//!
+//! Every backend publishes one [`BackendCaps`] row. [`check`] compares a row with the
+//! model's [`Requirements`] and returns every reason it cannot serve (after vLLM's
+//! `validate_configuration`), so that a rejection is explained, not just "unsupported".
+//! [`select`] walks the platform's explicit priority list and takes the first backend with
+//! no reasons; `ATTN_BACKEND=<NAME>` ([`select_from_env`]) forces one, and a forced backend
+//! that cannot serve is an error listing what could — never a silent fallback.
+//!
+//! ```
+//! use attn_host::model::preset;
+//! use attn_host::selector::{select, Requirements};
+//! use attn_host::{BackendName, Platform};
+//!
+//! let req = Requirements::for_model(&preset("phi-3-mini").unwrap(), 16);
+//! let sel = select(Platform::Cuda { major: 9, minor: 0 }, &req, None).unwrap();
+//! assert_eq!(sel.backend, BackendName::Cpu);
+//! assert!(sel.reason.contains("head dim 96 not in [64, 128, 256]"));
+//! ```
+
+use crate::backend::{BackendCaps, BackendName, Platform};
+use crate::dtype::{DType, KvCacheDType};
+use crate::error::{AttnError, Result};
+use crate::model::ModelConfig;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Mutex, OnceLock};
+
+/// The variable that forces a backend by name (case-insensitive), as in vLLM.
+pub const ENV_VAR: &str = "ATTN_BACKEND";
+
+/// Priority lists, best first. A new backend is one entry here plus its `CAPS` row;
+/// a backend that cannot run on a platform is rejected by [`check`], so the CUDA list may
+/// name backends for newer architectures than the device has.
+const CUDA_PRIORITY: &[BackendName] = &[BackendName::CudaPaged, BackendName::Cpu];
+const CPU_PRIORITY: &[BackendName] = &[BackendName::Cpu];
+
+/// The platform's priority list, best first.
+pub fn priority(platform: Platform) -> &'static [BackendName] {
+    match platform {
+        Platform::Cuda { .. } => CUDA_PRIORITY,
+        Platform::Cpu => CPU_PRIORITY,
+    }
+}
+
+/// What a model asks of a backend. Built from a model with [`Requirements::for_model`];
+/// fields are public so that the CLI can override the dtype, KV-cache dtype or block size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Requirements {
+    pub dtype: DType,
+    pub kv_cache_dtype: KvCacheDType,
+    /// The head dim the kernels see: the model's head dim, or for MLA the latent width
+    /// (`kv_lora_rank + qk_rope_head_dim`, 576 for DeepSeek-V3).
+    pub head_dim: usize,
+    pub mla: bool,
+    pub sliding_window: bool,
+    pub softcap: bool,
+    pub alibi: bool,
+    /// Tokens per KV-cache block.
+    pub block_size: usize,
+}
+
+impl Requirements {
+    /// The model's requirements in its own dtype, with a KV cache of the same dtype.
+    pub fn for_model(model: &ModelConfig, block_size: usize) -> Requirements {
+        Requirements {
+            dtype: model.dtype,
+            kv_cache_dtype: KvCacheDType::Auto,
+            head_dim: model.mla.map_or(model.head_dim, |m| m.latent_dim()),
+            mla: model.is_mla(),
+            sliding_window: model.sliding_window.is_some(),
+            softcap: model.softcap.is_some(),
+            alibi: model.alibi,
+            block_size,
+        }
+    }
+}
+
+/// A short list of what is asked, for reasons and logs:
+/// `bf16, head dim 128, MHA/GQA, sliding window, block size 16`.
+impl fmt::Display for Requirements {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.dtype)?;
+        if self.kv_cache_dtype != KvCacheDType::Auto {
+            write!(f, ", KV cache {}", self.kv_cache_dtype)?;
+        }
+        if self.mla {
+            write!(f, ", MLA (latent dim {})", self.head_dim)?;
+        } else {
+            write!(f, ", head dim {}, MHA/GQA", self.head_dim)?;
+        }
+        for (on, what) in [(self.sliding_window, "sliding window"), (self.softcap, "logits soft-cap"), (self.alibi, "ALiBi")]
+        {
+            if on {
+                write!(f, ", {what}")?;
+            }
+        }
+        write!(f, ", block size {}", self.block_size)
+    }
+}
+
+/// Compute capability 80 -> "8.0", 100 -> "10.0".
+fn cc_string(cc: u32) -> String {
+    format!("{}.{}", cc / 10, cc % 10)
+}
+
+fn join<T: fmt::Display>(items: &[T]) -> String {
+    items.iter().map(T::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Powers of two in `[lo, hi]`: `block_size_ok(16, (1, 256))`, not 24, not 512.
+fn block_size_ok(block_size: usize, (lo, hi): (usize, usize)) -> bool {
+    block_size.is_power_of_two() && (lo..=hi).contains(&block_size)
+}
+
+/// Every reason `caps` cannot serve `req` on `platform`; empty means it can.
+///
+/// Example: the CUDA paged backend, a bf16 Phi-3 (head dim 96) on a CPU-only host gives
+/// `["needs CUDA compute capability >= 8.0, platform is CPU", "head dim 96 not in [64, 128, 256]"]`.
+pub fn check(caps: &BackendCaps, platform: Platform, req: &Requirements) -> Vec<String> {
+    let mut why = Vec::new();
+
+    // `cpu: true` runs anywhere; otherwise a CUDA device of at least the minimum capability.
+    if !caps.cpu {
+        match (platform.compute_capability(), caps.min_compute_capability) {
+            (Some(cc), Some(min)) if cc < min => {
+                why.push(format!("needs CUDA compute capability >= {}, platform is {platform}", cc_string(min)))
+            }
+            (None, Some(min)) => {
+                why.push(format!("needs CUDA compute capability >= {}, platform is {platform}", cc_string(min)))
+            }
+            (None, None) => why.push(format!("needs a CUDA device, platform is {platform}")),
+            (Some(_), _) => {}
+        }
+    }
+    if !caps.dtypes.contains(&req.dtype) {
+        why.push(format!("dtype {} not supported ({})", req.dtype, join(caps.dtypes)));
+    }
+    if !caps.kv_cache_dtypes.contains(&req.kv_cache_dtype) {
+        why.push(format!("KV cache dtype {} not supported ({})", req.kv_cache_dtype, join(caps.kv_cache_dtypes)));
+    }
+    if req.mla {
+        if !caps.mla {
+            why.push("MLA not supported".to_string());
+        }
+    } else {
+        if !caps.mha {
+            why.push("MHA/GQA not supported (serves MLA models only)".to_string());
+        }
+        // `head_dims` lists the MHA/GQA instantiations; MLA's latent width is the MLA kernel's own.
+        if !caps.head_dims.is_empty() && !caps.head_dims.contains(&req.head_dim) {
+            why.push(format!("head dim {} not in [{}]", req.head_dim, join(caps.head_dims)));
+        }
+    }
+    for (wanted, supported, what) in [
+        (req.sliding_window, caps.sliding_window, "sliding window"),
+        (req.softcap, caps.softcap, "logits soft-cap"),
+        (req.alibi, caps.alibi, "ALiBi"),
+    ] {
+        if wanted && !supported {
+            why.push(format!("{what} not supported"));
+        }
+    }
+    if !block_size_ok(req.block_size, caps.block_sizes) {
+        let (lo, hi) = caps.block_sizes;
+        why.push(format!("block size {} is not a power of two in [{lo}, {hi}]", req.block_size));
+    }
+    why
+}
+
+/// The chosen backend, why, and why each backend ahead of it in the list was passed over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    pub backend: BackendName,
+    pub reason: String,
+    pub rejected: Vec<(BackendName, Vec<String>)>,
+}
+
+/// `CUDA_PAGED: MLA not supported; CPU: dtype f32 not supported (f16, bf16)`.
+fn describe_rejections(rejected: &[(BackendName, Vec<String>)]) -> String {
+    rejected.iter().map(|(b, why)| format!("{b}: {}", why.join(", "))).collect::<Vec<_>>().join("; ")
+}
+
+/// Picks the backend for `req` on `platform`. Pure: `forced` is the caller's override
+/// (blank counts as none); [`select_from_env`] reads it from [`ENV_VAR`].
+///
+/// - forced, unknown name -> [`AttnError::UnknownBackend`] listing every name;
+/// - forced, cannot serve -> [`AttnError::ForcedBackendUnusable`] with its reasons and the
+///   backends that could;
+/// - otherwise the first backend of [`priority`] with no reasons, or
+///   [`AttnError::NoBackend`] with every backend's reasons.
+pub fn select(platform: Platform, req: &Requirements, forced: Option<&str>) -> Result<Selection> {
+    if let Some(name) = forced.map(str::trim).filter(|s| !s.is_empty()) {
+        return select_forced(platform, req, name);
+    }
+    let list = priority(platform);
+    let mut rejected = Vec::new();
+    for &backend in list {
+        let why = check(backend.caps(), platform, req);
+        if why.is_empty() {
+            let mut reason = format!("first in the {platform} priority list [{}] that supports {req}", join(list));
+            if !rejected.is_empty() {
+                reason.push_str(&format!(" (rejected {})", describe_rejections(&rejected)));
+            }
+            return Ok(Selection { backend, reason, rejected });
+        }
+        tracing::debug!(%backend, %platform, reasons = ?why, "backend rejected");
+        rejected.push((backend, why));
+    }
+    Err(AttnError::NoBackend {
+        platform: platform.to_string(),
+        reasons: format!("{req} asked; {}", describe_rejections(&rejected)),
+    })
+}
+
+fn select_forced(platform: Platform, req: &Requirements, name: &str) -> Result<Selection> {
+    let Some(backend) = BackendName::parse(name) else {
+        return Err(AttnError::UnknownBackend { name: name.to_string(), valid: join(&BackendName::ALL) });
+    };
+    let why = check(backend.caps(), platform, req);
+    if why.is_empty() {
+        return Ok(Selection {
+            backend,
+            reason: format!("forced by {ENV_VAR}={backend}; supports {req} on {platform}"),
+            rejected: Vec::new(),
+        });
+    }
+    let could: Vec<BackendName> =
+        BackendName::ALL.into_iter().filter(|b| check(b.caps(), platform, req).is_empty()).collect();
+    Err(AttnError::ForcedBackendUnusable {
+        name: backend.to_string(),
+        platform: platform.to_string(),
+        reasons: why.join("; "),
+        valid: if could.is_empty() { "none".to_string() } else { join(&could) },
+    })
+}
+
+/// [`select`] with the override read from `ATTN_BACKEND` (unset or blank = none). Logs the
+/// choice with `tracing::info!` once per distinct (platform, requirements, override), so a
+/// model that selects per layer does not log per layer.
+pub fn select_from_env(platform: Platform, req: &Requirements) -> Result<Selection> {
+    let forced = std::env::var_os(ENV_VAR).map(|v| v.to_string_lossy().into_owned());
+    let selection = select(platform, req, forced.as_deref())?;
+
+    static LOGGED: OnceLock<Mutex<HashSet<(Platform, Requirements, Option<String>)>>> = OnceLock::new();
+    let key = (platform, *req, forced.filter(|s| !s.trim().is_empty()));
+    let first_time = LOGGED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(key);
+    if first_time {
+        tracing::info!(backend = %selection.backend, %platform, reason = %selection.reason, "attention backend selected");
+    }
+    Ok(selection)
+}
+
+/// One cell of the CLI's `attn select` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatrixRow {
+    pub platform: Platform,
+    pub dtype: DType,
+    pub model: String,
+    /// The selection, or the error's message.
+    pub result: std::result::Result<Selection, String>,
+}
+
+/// The (platform x dtype x model) -> backend table, platform-major then dtype then model.
+/// Each model is asked for in each listed dtype (overriding its own), no override applies.
+pub fn matrix(platforms: &[Platform], dtypes: &[DType], models: &[ModelConfig], block_size: usize) -> Vec<MatrixRow> {
+    let mut rows = Vec::with_capacity(platforms.len() * dtypes.len() * models.len());
+    for &platform in platforms {
+        for &dtype in dtypes {
+            for model in models {
+                let req = Requirements { dtype, ..Requirements::for_model(model, block_size) };
+                rows.push(MatrixRow {
+                    platform,
+                    dtype,
+                    model: model.name.clone(),
+                    result: select(platform, &req, None).map_err(|e| e.to_string()),
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// Parses a platform as the CLI takes it: `cpu`, `sm_90`, `sm90a`, `9.0`, `cuda:8.6`.
+/// The last digit of an `sm_` number is the minor version (`sm_100` is 10.0).
+pub fn parse_platform(s: &str) -> Option<Platform> {
+    let s = s.trim().to_ascii_lowercase();
+    if s == "cpu" {
+        return Some(Platform::Cpu);
+    }
+    let s = s.strip_prefix("cuda:").unwrap_or(&s);
+    if let Some(sm) = s.strip_prefix("sm_").or_else(|| s.strip_prefix("sm")) {
+        let digits = sm.strip_suffix('a').unwrap_or(sm);
+        if digits.len() < 2 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let (major, minor) = digits.split_at(digits.len() - 1);
+        return Some(Platform::Cuda { major: major.parse().ok()?, minor: minor.parse().ok()? });
+    }
+    let (major, minor) = s.split_once('.')?;
+    Some(Platform::Cuda { major: major.parse().ok()?, minor: minor.parse().ok()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::preset;
+
+    const SM90: Platform = Platform::Cuda { major: 9, minor: 0 };
+    const SM75: Platform = Platform::Cuda { major: 7, minor: 5 };
+
+    fn req(name: &str) -> Requirements {
+        Requirements::for_model(&preset(name).unwrap(), 16)
+    }
+
+    #[test]
+    fn priority_lists_cover_every_backend() {
+        for b in BackendName::ALL {
+            assert!(CUDA_PRIORITY.contains(&b), "{b} missing from the CUDA priority list");
+            assert_eq!(b.caps().name, b, "{b}'s CAPS row names another backend");
+            assert_eq!(BackendName::parse(b.as_str()), Some(b));
+        }
+        assert_eq!(priority(SM90), &[BackendName::CudaPaged, BackendName::Cpu]);
+        assert_eq!(priority(Platform::Cpu), &[BackendName::Cpu]);
+        assert!(priority(Platform::Cpu).iter().all(|b| b.caps().cpu));
+    }
+
+    #[test]
+    fn llama_bf16_on_sm90_is_cuda_paged() {
+        let sel = select(SM90, &req("llama-3-8b"), None).unwrap();
+        assert_eq!(sel.backend, BackendName::CudaPaged);
+        assert!(sel.rejected.is_empty());
+        assert!(sel.reason.contains("CUDA sm_90 priority list [CUDA_PAGED, CPU]"), "{}", sel.reason);
+        assert!(sel.reason.contains("bf16, head dim 128, MHA/GQA"), "{}", sel.reason);
+    }
+
+    #[test]
+    fn llama_on_cpu_is_cpu() {
+        let sel = select(Platform::Cpu, &req("llama-3-8b"), None).unwrap();
+        assert_eq!(sel.backend, BackendName::Cpu);
+    }
+
+    #[test]
+    fn feature_models_on_sm90_stay_on_cuda() {
+        for name in ["mistral-7b", "gemma-2-9b", "bloom-7b1", "falcon-7b", "mpt-7b"] {
+            assert_eq!(select(SM90, &req(name), None).unwrap().backend, BackendName::CudaPaged, "{name}");
+        }
+    }
+
+    #[test]
+    fn deepseek_mla_on_sm90_falls_back_to_cpu() {
+        let r = req("deepseek-v3");
+        assert!(r.mla);
+        assert_eq!(r.head_dim, 576);
+        let sel = select(SM90, &r, None).unwrap();
+        assert_eq!(sel.backend, BackendName::Cpu);
+        assert!(sel.reason.contains("MLA not supported"), "{}", sel.reason);
+        assert_eq!(sel.rejected, vec![(BackendName::CudaPaged, vec!["MLA not supported".to_string()])]);
+    }
+
+    #[test]
+    fn phi3_head_dim_96_on_sm90_falls_back_to_cpu() {
+        let sel = select(SM90, &req("phi-3-mini"), None).unwrap();
+        assert_eq!(sel.backend, BackendName::Cpu);
+        assert!(sel.reason.contains("head dim 96 not in [64, 128, 256]"), "{}", sel.reason);
+    }
+
+    #[test]
+    fn f32_on_sm90_is_cpu() {
+        let r = Requirements { dtype: DType::F32, ..req("llama-3-8b") };
+        let sel = select(SM90, &r, None).unwrap();
+        assert_eq!(sel.backend, BackendName::Cpu);
+        assert!(sel.reason.contains("dtype f32 not supported (f16, bf16)"), "{}", sel.reason);
+    }
+
+    #[test]
+    fn old_gpu_is_rejected_with_its_capability() {
+        let why = check(BackendName::CudaPaged.caps(), SM75, &req("llama-3-8b"));
+        assert_eq!(why, vec!["needs CUDA compute capability >= 8.0, platform is CUDA sm_75".to_string()]);
+        let why = check(BackendName::CudaPaged.caps(), Platform::Cpu, &req("llama-3-8b"));
+        assert_eq!(why, vec!["needs CUDA compute capability >= 8.0, platform is CPU".to_string()]);
+        assert!(check(BackendName::Cpu.caps(), SM75, &req("llama-3-8b")).is_empty());
+    }
+
+    #[test]
+    fn check_collects_every_reason() {
+        let r = Requirements {
+            dtype: DType::F32,
+            kv_cache_dtype: KvCacheDType::Fp8E4m3,
+            head_dim: 96,
+            block_size: 24,
+            ..req("llama-3-8b")
+        };
+        let why = check(BackendName::CudaPaged.caps(), Platform::Cpu, &r);
+        assert_eq!(
+            why,
+            vec![
+                "needs CUDA compute capability >= 8.0, platform is CPU",
+                "dtype f32 not supported (f16, bf16)",
+                "KV cache dtype fp8_e4m3 not supported (auto)",
+                "head dim 96 not in [64, 128, 256]",
+                "block size 24 is not a power of two in [1, 256]",
+            ]
+        );
+        let big = Requirements { block_size: 512, ..req("llama-3-8b") };
+        assert_eq!(check(BackendName::CudaPaged.caps(), SM90, &big), vec!["block size 512 is not a power of two in [1, 256]"]);
+        let zero = Requirements { block_size: 0, ..req("llama-3-8b") };
+        assert_eq!(check(BackendName::Cpu.caps(), SM90, &zero).len(), 1);
+    }
+
+    #[test]
+    fn mla_only_backend_rejects_mha_models() {
+        let caps = BackendCaps { mha: false, mla: true, ..BackendName::CudaPaged.caps().clone() };
+        assert_eq!(check(&caps, SM90, &req("llama-3-8b")), vec!["MHA/GQA not supported (serves MLA models only)"]);
+        assert!(check(&caps, SM90, &req("deepseek-v3")).is_empty(), "head dims apply to MHA only");
+        let no_features =
+            BackendCaps { sliding_window: false, softcap: false, alibi: false, ..BackendName::CudaPaged.caps().clone() };
+        assert_eq!(check(&no_features, SM90, &req("gemma-2-9b")), vec!["sliding window not supported", "logits soft-cap not supported"]);
+        assert_eq!(check(&no_features, SM90, &req("bloom-7b1")), vec!["ALiBi not supported"]);
+    }
+
+    #[test]
+    fn forced_unknown_lists_all_names() {
+        match select(SM90, &req("llama-3-8b"), Some("FLASH_ATTN")) {
+            Err(e @ AttnError::UnknownBackend { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("FLASH_ATTN") && msg.contains("CUDA_PAGED") && msg.contains("CPU"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn forced_cuda_on_cpu_is_unusable_with_reason() {
+        match select(Platform::Cpu, &req("llama-3-8b"), Some("CUDA_PAGED")) {
+            Err(AttnError::ForcedBackendUnusable { name, platform, reasons, valid }) => {
+                assert_eq!((name.as_str(), platform.as_str(), valid.as_str()), ("CUDA_PAGED", "CPU", "CPU"));
+                assert!(reasons.contains("needs CUDA compute capability >= 8.0, platform is CPU"), "{reasons}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Never a silent fallback: MLA forced onto CUDA_PAGED fails even though CPU would serve.
+        let e = select(SM90, &req("deepseek-v3"), Some("CUDA_PAGED")).unwrap_err().to_string();
+        assert!(e.contains("MLA not supported") && e.contains("Backends that can: CPU"), "{e}");
+    }
+
+    #[test]
+    fn forced_name_is_case_insensitive() {
+        let sel = select(SM90, &req("llama-3-8b"), Some(" cpu ")).unwrap();
+        assert_eq!(sel.backend, BackendName::Cpu);
+        assert!(sel.reason.contains("forced"), "{}", sel.reason);
+        let sel = select(SM90, &req("llama-3-8b"), Some("cuda_paged")).unwrap();
+        assert_eq!(sel.backend, BackendName::CudaPaged);
+        // Blank means not forced.
+        assert_eq!(select(SM90, &req("phi-3-mini"), Some("  ")).unwrap().backend, BackendName::Cpu);
+    }
+
+    #[test]
+    fn nothing_serves_gives_every_reason() {
+        let r = Requirements { block_size: 3, ..req("llama-3-8b") };
+        match select(SM90, &r, None) {
+            Err(AttnError::NoBackend { platform, reasons }) => {
+                assert_eq!(platform, "CUDA sm_90");
+                assert!(reasons.contains("CUDA_PAGED: block size 3") && reasons.contains("CPU: block size 3"), "{reasons}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn env_override() {
+        // The only test that touches ATTN_BACKEND, so tests running in parallel do not race.
+        // SAFETY: no other test in this crate reads or writes this variable.
+        unsafe { std::env::set_var(ENV_VAR, "cpu") };
+        let forced = select_from_env(SM90, &req("llama-3-8b"));
+        unsafe { std::env::set_var(ENV_VAR, "") };
+        let blank = select_from_env(SM90, &req("llama-3-8b"));
+        unsafe { std::env::set_var(ENV_VAR, "nope") };
+        let unknown = select_from_env(SM90, &req("llama-3-8b"));
+        unsafe { std::env::remove_var(ENV_VAR) };
+        assert_eq!(forced.unwrap().backend, BackendName::Cpu);
+        assert_eq!(blank.unwrap().backend, BackendName::CudaPaged);
+        assert!(matches!(unknown, Err(AttnError::UnknownBackend { .. })));
+    }
+
+    #[test]
+    fn matrix_covers_every_combination() {
+        let models: Vec<ModelConfig> = crate::model::preset_names().iter().map(|n| preset(n).unwrap()).collect();
+        let platforms = [Platform::Cpu, SM75, SM90];
+        let dtypes = [DType::F16, DType::Bf16, DType::F32];
+        let rows = matrix(&platforms, &dtypes, &models, 16);
+        assert_eq!(rows.len(), platforms.len() * dtypes.len() * models.len());
+        let find = |p: Platform, d: DType, m: &str| {
+            rows.iter().find(|r| r.platform == p && r.dtype == d && r.model == m).unwrap().result.clone().unwrap().backend
+        };
+        assert_eq!(find(SM90, DType::Bf16, "llama-3-8b"), BackendName::CudaPaged);
+        assert_eq!(find(SM90, DType::F32, "llama-3-8b"), BackendName::Cpu);
+        assert_eq!(find(SM75, DType::F16, "llama-3-8b"), BackendName::Cpu);
+        assert_eq!(find(SM90, DType::Bf16, "deepseek-v3"), BackendName::Cpu);
+        assert!(rows.iter().all(|r| r.result.is_ok()), "the CPU backend serves everything");
+    }
+
+    #[test]
+    fn platform_spellings() {
+        assert_eq!(parse_platform("CPU"), Some(Platform::Cpu));
+        assert_eq!(parse_platform("sm_90"), Some(SM90));
+        assert_eq!(parse_platform("sm90a"), Some(SM90));
+        assert_eq!(parse_platform("sm_100"), Some(Platform::Cuda { major: 10, minor: 0 }));
+        assert_eq!(parse_platform("7.5"), Some(SM75));
+        assert_eq!(parse_platform("cuda:8.6"), Some(Platform::Cuda { major: 8, minor: 6 }));
+        assert_eq!(parse_platform("sm_9"), None);
+        assert_eq!(parse_platform("tpu"), None);
+    }
+}

@@ -366,6 +366,10 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
         stream.synchronize()?;
         Ok(c)
     }
+
+    fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {
+        CudaPagedImpl::load_cache(self, cache)
+    }
 }
 
 #[cfg(test)]

@@ -131,4 +131,8 @@ pub trait AttentionImpl<T: Element>: Send {
 
     /// A host copy of the cache (tests, debugging).
     fn cache_snapshot(&self) -> Result<HostKvCache<T>>;
+
+    /// Replaces the whole cache with host contents of the same layout (tests, benchmarks and
+    /// the demo start from long cached contexts this way).
+    fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()>;
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the GPU test, benchmark and `attn` binaries (release, stripped) with the PTX into
+# gpu-bundle/, with run.sh, for a GPU machine that has no Rust toolchain:
+#   scripts/gpu-bundle.sh && (on the GPU machine) gpu-bundle/run.sh [quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=gpu-bundle
+rm -rf "$out" && mkdir -p "$out/bin" "$out/ptx"
+exes=$( (cargo test --release --no-run --test gpu --message-format=json;
+         cargo bench --no-run --bench decode --message-format=json;
+         cargo build --release --bin attn --message-format=json) 2>/dev/null |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])')
+while read -r name exe; do
+  cp "$exe" "$out/bin/$name" && strip "$out/bin/$name"
+done <<< "$exes"
+cp $(ls -t target/release/build/attn-backends-*/out/attn_kernels_*.ptx | head -n 8) "$out/ptx/" 2>/dev/null || true
+cp scripts/gpu-run.sh "$out/run.sh"
+git rev-parse --short HEAD > "$out/COMMIT" 2>/dev/null || echo unknown > "$out/COMMIT"
+du -sh "$out"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the bundle: GPU tests, compute-sanitizer (memcheck and
+# racecheck on every kernel), the `attn demo`, and the decode benchmarks.
+# Logs go to $OUT (or ./logs). `run.sh quick` skips the sanitizers.
+set -uo pipefail
+cd "$(dirname "$0")"
+log=${OUT:-logs}
+mkdir -p "$log"
+status=0
+echo "commit $(cat COMMIT)" | tee "$log/summary.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log/summary.txt"
+for arch in ptx/*.ptx; do echo "ptx: $arch" >> "$log/summary.txt"; done
+./bin/gpu 2>&1 | tee "$log/gpu-tests.txt" || status=1
+if [ "${1:-}" != quick ]; then
+  cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+  if [ -n "$cs" ]; then
+    # A subset that still launches every kernel: cache write, paged attention, split + merge.
+    "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" > "$log/memcheck.txt" 2>&1 || status=1
+    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" > "$log/racecheck.txt" 2>&1 || status=1
+    tail -n 3 "$log/memcheck.txt" "$log/racecheck.txt" | tee -a "$log/summary.txt"
+  else
+    echo "compute-sanitizer not found" | tee -a "$log/summary.txt"
+  fi
+fi
+./bin/attn demo 2>&1 | tee "$log/demo.txt" || status=1
+./bin/attn demo --dtype f16 --model mistral-7b 2>&1 | tee -a "$log/demo.txt" || status=1
+./bin/decode --json 2>&1 | tee "$log/bench-decode.txt" || status=1
+echo "run.sh status $status" | tee -a "$log/summary.txt"
+exit $status

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command (CI runs this): set-up, then every test on the CPU. PTX for every target
+# architecture is built and assembled with ptxas (report: target/ptx/); GPU tests and
+# benchmarks run their GPU-free paths and say why they skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export ATTN_REQUIRE_PTXAS=1
+cargo test --release --workspace --all-targets
+cargo test --release --workspace --doc
