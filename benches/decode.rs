@@ -91,6 +91,8 @@ fn random_cache(layout: KvCacheLayout, rng: &mut Rng) -> HostKvCache<bf16> {
 
 fn main() {
     let json = std::env::args().any(|a| a == "--json");
+    // --sweep: also time split counts 1, 2, 3, 4, 8 (to tune the heuristic).
+    let sweep = std::env::args().any(|a| a == "--sweep");
     let rt = match attn_backends::gpu_if_present() {
         Ok(rt) => rt,
         Err(why) => {
@@ -124,6 +126,13 @@ fn main() {
         let mut split_options = vec![heuristic];
         if heuristic != 1 {
             split_options.push(1);
+        }
+        if sweep {
+            for s in [1, 2, 3, 4, 8] {
+                if !split_options.contains(&s) {
+                    split_options.push(s);
+                }
+            }
         }
         for splits in split_options {
             let plan = imp.plan(&meta, Some(splits)).expect("plan");

@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=gpu-bundle
 rm -rf "$out" && mkdir -p "$out/bin" "$out/ptx"
-exes=$( (cargo test --release --no-run --test gpu --message-format=json;
-         cargo bench --no-run --bench decode --message-format=json;
-         cargo build --release --bin attn --message-format=json) 2>/dev/null |
+exes=$( (cargo test --release --no-run --test gpu --message-format=json &&
+         cargo bench --no-run --bench decode --message-format=json &&
+         cargo build --release --bin attn --message-format=json) |
   python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -19,6 +19,9 @@ for line in sys.stdin:
 while read -r name exe; do
   cp "$exe" "$out/bin/$name" && strip "$out/bin/$name"
 done <<< "$exes"
+for b in gpu decode attn; do
+  [ -x "$out/bin/$b" ] || { echo "gpu-bundle: $b did not build" >&2; exit 1; }
+done
 cp $(ls -t target/release/build/attn-backends-*/out/attn_kernels_*.ptx | head -n 8) "$out/ptx/" 2>/dev/null || true
 cp scripts/gpu-run.sh "$out/run.sh"
 git rev-parse --short HEAD > "$out/COMMIT" 2>/dev/null || echo unknown > "$out/COMMIT"

@@ -180,3 +180,48 @@ pub fn div_nz(a: usize, b: usize) -> usize {
     // SAFETY: every caller divides by a launch parameter the host validated as non-zero.
     a / unsafe { core::num::NonZeroUsize::new_unchecked(b) }
 }
+
+/// `cvta.to.shared.u64`: the shared-window address of a generic pointer into shared memory.
+#[inline(always)]
+pub fn cvta_to_shared<T>(p: *const T) -> u32 {
+    let a: u64;
+    unsafe {
+        asm!("cvta.to.shared.u64 {a}, {p};", a = out(reg64) a, p = in(reg64) p,
+             options(pure, nomem, nostack));
+    }
+    a as u32
+}
+
+/// `cp.async.cg.shared.global`: an asynchronous 16-byte copy global -> shared (sm_80+),
+/// bypassing L1 and registers. Completes with `cp_async_wait_group`.
+#[inline(always)]
+pub unsafe fn cp_async_cg_16(dst_shared: u32, src: *const u16) {
+    unsafe {
+        asm!("cp.async.cg.shared.global [{d}], [{s}], 16;", d = in(reg32) dst_shared,
+             s = in(reg64) src, options(nostack));
+    }
+}
+
+/// `cp.async.commit_group`: closes the group of this thread's copies issued since the last.
+#[inline(always)]
+pub fn cp_async_commit_group() {
+    unsafe { asm!("cp.async.commit_group;", options(nostack)) }
+}
+
+/// `cp.async.wait_group N`: waits until at most `N` of this thread's groups are pending.
+#[inline(always)]
+pub fn cp_async_wait_group<const N: u32>() {
+    unsafe { asm!("cp.async.wait_group {n};", n = const N, options(nostack)) }
+}
+
+/// `ld.shared.v4.u32`: 16 bytes from a shared-window address.
+#[inline(always)]
+pub unsafe fn ld_shared_v4(addr: u32) -> V4 {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!("ld.shared.v4.u32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+             a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+             p = in(reg32) addr, options(nostack));
+    }
+    V4([a, b, c, d])
+}

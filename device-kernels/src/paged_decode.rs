@@ -14,19 +14,23 @@
 //! Block: `WARPS` warps. A K/V row of D 16-bit elements is read by `L = D/8` lanes with one
 //! 16-byte load each, so a warp covers `32/L` rows per load and `CHUNK = PASSES * 32/L` rows
 //! per iteration; warp `w` takes chunks `w, w + WARPS, ...` of its split.
-//! Shared memory: `WARPS * MAXG * (D + 2)` f32, each warp's (acc[D], m, l) per head, for
-//! the final cross-warp merge.
+//! Shared memory (`paged_smem_bytes`): per warp a `STAGES`-deep cp.async pipeline of chunks
+//! (K and V, 16 bytes per lane per pass); afterwards reused for the cross-warp merge,
+//! `WARPS * MAXG * (D + 2)` f32: each warp's (acc[D], m, l) per head.
 //! The host guarantees: block ids inside the cache, block_size a power of two, rows 16-byte
 //! aligned, `num_q_heads % num_kv_heads == 0`, seq_lens >= query lengths.
 
 use crate::elem::{Bf16, Elem, F16};
 use crate::intrinsics::*;
-use crate::params::{PagedAttnParams, PAGED_MAX_GROUP, PAGED_WARPS};
+use crate::params::{PagedAttnParams, PAGED_MAX_GROUP, PAGED_PASSES, PAGED_STAGES, PAGED_WARPS};
 
 const WARPS: usize = PAGED_WARPS as usize;
 const MAXG: usize = PAGED_MAX_GROUP as usize;
-/// 16-byte loads each lane has in flight per K and per V before one softmax rescale.
-const PASSES: usize = 4;
+/// 16-byte rows each lane takes per K and per V per chunk (one softmax rescale per chunk).
+const PASSES: usize = PAGED_PASSES as usize;
+/// Chunks in flight per warp (cp.async pipeline depth).
+const STAGES: usize = PAGED_STAGES as usize;
+const PIPE_BYTES_PER_WARP: usize = STAGES * PASSES * 2 * 32 * 16;
 /// Initial running max: finite, so that merging two empty states gives 0, not NaN.
 const NEG_INIT: f32 = -1.0e30;
 const LOG2E: f32 = core::f32::consts::LOG2_E;
@@ -134,27 +138,59 @@ unsafe fn paged_attention<E: Elem, const D: usize>(p: &PagedAttnParams) {
     let bt_row = seq * p.block_table_stride as usize;
     let page_mask = (1usize << p.block_size_log2) - 1;
     let head_off = kv_head as u64 * p.cache_head_stride + dslice as u64;
+    // Offset of the cache row of key `t`, clamped into the key range: rows outside it load
+    // a valid row instead (no branch around the copies) and are masked out of the scores.
+    let row_offset = |t: usize| -> usize {
+        let tc = if t < kv_begin { kv_begin } else if t >= kv_end { kv_end - 1 } else { t };
+        let phys = unsafe { ld_i32(p.block_table, bt_row + (tc >> p.block_size_log2)) };
+        (phys as u64 * p.cache_block_stride + (tc & page_mask) as u64 * p.cache_token_stride + head_off) as usize
+    };
+
+    // Per-warp pipeline of `STAGES` chunks in shared memory, filled by cp.async: stage s,
+    // pass pi, K or V, lane -> 16 bytes. Each lane reads back only what it copied itself, so
+    // waiting on its own copy groups is all the synchronisation the pipeline needs.
+    let smem = dynamic_shared_f32();
+    let pipe = cvta_to_shared(smem) + (warp * PIPE_BYTES_PER_WARP) as u32;
+    let slot = |stage: usize, pi: usize, kv: usize| -> u32 {
+        pipe + ((((stage * PASSES + pi) * 2 + kv) * 32 + lane) * 16) as u32
+    };
+    let issue = |c: usize, stage: usize| {
+        for pi in 0..PASSES {
+            let off = row_offset(c * chunk + pi * rows_per_pass + row);
+            unsafe {
+                cp_async_cg_16(slot(stage, pi, 0), (p.key_cache as *const u16).add(off));
+                cp_async_cg_16(slot(stage, pi, 1), (p.value_cache as *const u16).add(off));
+            }
+        }
+    };
+    // Prologue: chunks it = 0..STAGES-1 in flight (one commit group each, empty past the end).
+    for s in 0..STAGES - 1 {
+        let c = c_begin + warp + s * WARPS;
+        if c < c_end {
+            issue(c, s);
+        }
+        cp_async_commit_group();
+    }
+    let mut it = 0usize;
     let mut c = c_begin + warp;
     while c < c_end {
+        // Keep STAGES-1 chunks ahead in flight; the stage refilled is the one consumed last
+        // iteration.
+        let ahead = c + (STAGES - 1) * WARPS;
+        if ahead < c_end {
+            issue(ahead, (it + STAGES - 1) % STAGES);
+        }
+        cp_async_commit_group();
+        // Invariant: groups 0..=it are complete, so chunk c (group it) is in stage it % STAGES.
+        cp_async_wait_group::<{ STAGES as u32 - 1 }>();
+        let stage = it % STAGES;
         let base = c * chunk;
-        // Issue every K and V load of the chunk before the first use.
-        // Rows outside the key range load the nearest valid row instead (no branch around
-        // the loads) and are masked out of the scores below.
         let mut valid = [false; PASSES];
         let mut kreg = [V4::ZERO; PASSES];
-        let mut vreg = [V4::ZERO; PASSES];
         for pi in 0..PASSES {
             let t = base + pi * rows_per_pass + row;
             valid[pi] = t >= kv_begin && t < kv_end;
-            let tc = if t < kv_begin { kv_begin } else if t >= kv_end { kv_end - 1 } else { t };
-            let phys = unsafe { ld_i32(p.block_table, bt_row + (tc >> p.block_size_log2)) };
-            let off = phys as u64 * p.cache_block_stride
-                + (tc & page_mask) as u64 * p.cache_token_stride
-                + head_off;
-            unsafe {
-                kreg[pi] = ld_global_nc_v4((p.key_cache as *const u16).add(off as usize));
-                vreg[pi] = ld_global_nc_v4((p.value_cache as *const u16).add(off as usize));
-            }
+            kreg[pi] = unsafe { ld_shared_v4(slot(stage, pi, 0)) };
         }
         // Scores s[g][pi] (log2 units); -inf outside the key range.
         let mut s = [[f32::NEG_INFINITY; PASSES]; MAXG];
@@ -196,7 +232,7 @@ unsafe fn paged_attention<E: Elem, const D: usize>(p: &PagedAttnParams) {
             }
         }
         for pi in 0..PASSES {
-            let v = E::unpack8(vreg[pi]);
+            let v = E::unpack8(unsafe { ld_shared_v4(slot(stage, pi, 1)) });
             for g in 0..MAXG {
                 if g < ng {
                     let pr = ex2_approx(s[g][pi] - m[g]);
@@ -208,6 +244,7 @@ unsafe fn paged_attention<E: Elem, const D: usize>(p: &PagedAttnParams) {
             }
         }
         c += WARPS;
+        it += 1;
     }
 
     // Merge the row groups of each warp (lanes lane ^ L, lane ^ 2L, ...).
@@ -231,8 +268,10 @@ unsafe fn paged_attention<E: Elem, const D: usize>(p: &PagedAttnParams) {
         off *= 2;
     }
 
-    // Merge the warps through shared memory: smem[warp][g] = (acc[0..D], m, l).
-    let smem = dynamic_shared_f32();
+    // Merge the warps through shared memory: smem[warp][g] = (acc[0..D], m, l), reusing the
+    // pipeline's space once every warp is done with it.
+    cp_async_wait_group::<0>();
+    bar_sync();
     let stride = D + 2;
     if row == 0 {
         for g in 0..MAXG {

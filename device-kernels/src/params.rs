@@ -100,5 +100,17 @@ const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
 /// Threads per block of the paged-attention kernel, and query heads one block serves.
 pub const PAGED_WARPS: u32 = 4;
 pub const PAGED_MAX_GROUP: u32 = 4;
+/// 16-byte rows per lane per chunk, and chunks in flight per warp, of the paged kernel.
+pub const PAGED_PASSES: u32 = 4;
+pub const PAGED_STAGES: u32 = 4;
+
+/// Dynamic shared memory of the paged-attention kernel for head dim `d`: the per-warp
+/// pipelines, or the cross-warp merge buffer if larger.
+pub const fn paged_smem_bytes(d: u32) -> u32 {
+    let pipeline = PAGED_WARPS * PAGED_STAGES * PAGED_PASSES * 2 * 32 * 16;
+    let merge = PAGED_WARPS * PAGED_MAX_GROUP * (d + 2) * 4;
+    if pipeline > merge { pipeline } else { merge }
+}
+
 /// Threads per block of the cache-write kernel.
 pub const CACHE_WRITE_THREADS: u32 = 128;

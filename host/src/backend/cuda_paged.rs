@@ -15,9 +15,10 @@ use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::{
-    CacheWriteParams, MergeParams, PagedAttnParams, CACHE_WRITE_THREADS, PAGED_MAX_GROUP, PAGED_WARPS,
+    paged_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, CACHE_WRITE_THREADS, PAGED_MAX_GROUP, PAGED_WARPS,
 };
 use crate::spec::AttnSpec;
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -129,6 +130,12 @@ impl<T: Element> CudaPagedImpl<T> {
         if layout.block_size > CAPS.block_sizes.1 {
             return Err(AttnError::InvalidConfig(format!("block size {} above {}", layout.block_size, CAPS.block_sizes.1)));
         }
+        // More than 48 KiB of dynamic shared memory must be asked for per kernel.
+        let kernel = rt.function(&format!("paged_attention_{}_d{}", T::KERNEL_TAG.unwrap_or_default(), spec.head_dim))?;
+        kernel.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            paged_smem_bytes(spec.head_dim as u32) as i32,
+        )?;
         let stream = rt.stream().clone();
         let key_cache = stream.alloc_zeros::<u16>(layout.elements())?;
         let value_cache = stream.alloc_zeros::<u16>(layout.elements())?;
@@ -294,7 +301,7 @@ impl<T: Element> CudaPagedImpl<T> {
             softcap: self.spec.softcap.unwrap_or(0.0),
         };
         let f = self.rt.function(&format!("paged_attention_{tag}_d{d}"))?;
-        let smem = PAGED_WARPS as usize * PAGED_MAX_GROUP as usize * (d + 2) * 4;
+        let smem = paged_smem_bytes(d as u32) as usize;
         let cfg = LaunchConfig {
             grid_dim: (plan.num_tokens as u32, (hkv * tiles) as u32, plan.num_splits as u32),
             block_dim: (PAGED_WARPS * 32, 1, 1),
