@@ -9,7 +9,7 @@
 //!
 //! `cargo bench --bench decode [-- --json]`
 
-use attn_backends::backend::cuda_paged::CudaPagedImpl;
+use attn_backends::backend::cuda_paged::{CudaPagedImpl, PagedKernel};
 use attn_backends::cuda::CudaRuntime;
 use attn_backends::workload::{ragged_lengths, schedule, Rng};
 use attn_backends::{AttnSpec, HostKvCache, KvCacheLayout, MetadataBuilder};
@@ -134,11 +134,13 @@ fn main() {
                 }
             }
         }
-        for splits in split_options {
+        for (kernel, splits) in split_options.iter().flat_map(|&s| [(PagedKernel::TensorCores, s), (PagedKernel::CudaCores, s)]) {
+            imp.set_kernel(kernel);
             let plan = imp.plan(&meta, Some(splits)).expect("plan");
             let (ms, lo, hi) = timer.time(|| imp.attend(&plan, &q, &mut out));
             let gbs = bytes / (ms * 1e-3) / 1e9;
             let tag = if splits == heuristic { "" } else { " (forced)" };
+            let tag = format!("{tag} {}", if kernel == PagedKernel::TensorCores { "tc" } else { "simt" });
             println!(
                 "| {} | {}{} | {:.1} [{:.1}, {:.1}] | {:.0} | {:.3} | {:.3} / {:.3} |",
                 w.id, splits, tag, ms * 1e3, lo * 1e3, hi * 1e3, gbs, gbs / copy, w.peers.0, w.peers.1

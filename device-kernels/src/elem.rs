@@ -1,11 +1,15 @@
 //! The 16-bit element types the kernels are instantiated for, as seen by a kernel:
 //! eight of them travel in one 16-byte vector and are computed on in f32.
 
-use crate::intrinsics::{bf16x2_to_f32x2, cvt_rn_bf16x2_f32, cvt_rn_f16x2_f32, f16x2_to_f32x2, V4};
+use crate::intrinsics::{
+    bf16x2_to_f32x2, cvt_rn_bf16x2_f32, cvt_rn_f16x2_f32, f16x2_to_f32x2, mma_m16n8k16_bf16, mma_m16n8k16_f16, V4,
+};
 
 pub trait Elem {
     fn to_f32x2(x: u32) -> (f32, f32);
     fn from_f32x2(lo: f32, hi: f32) -> u32;
+    /// `d = a b + c`, m16n8k16, f32 accumulate, inputs of this type.
+    fn mma(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4];
 
     #[inline(always)]
     fn unpack8(v: V4) -> [f32; 8] {
@@ -40,6 +44,10 @@ impl Elem for Bf16 {
     fn from_f32x2(lo: f32, hi: f32) -> u32 {
         cvt_rn_bf16x2_f32(lo, hi)
     }
+    #[inline(always)]
+    fn mma(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+        mma_m16n8k16_bf16(a, b, c)
+    }
 }
 
 impl Elem for F16 {
@@ -50,5 +58,9 @@ impl Elem for F16 {
     #[inline(always)]
     fn from_f32x2(lo: f32, hi: f32) -> u32 {
         cvt_rn_f16x2_f32(lo, hi)
+    }
+    #[inline(always)]
+    fn mma(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+        mma_m16n8k16_f16(a, b, c)
     }
 }

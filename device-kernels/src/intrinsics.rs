@@ -1,6 +1,11 @@
 //! The thin layer between the kernels and the machine: indices, barriers, warp shuffles,
 //! shared memory, 16-byte global accesses, fast math and f16/bf16 conversions.
 //! Each inline-PTX wrapper is named after the instruction it emits.
+//!
+//! Warp-synchronous instructions (`shfl.sync`, `mma.sync`, `ldmatrix.sync`, `bar.*`) are
+//! never marked `pure`: LLVM does not know they are convergent, and would sink a pure one
+//! into a branch that only some lanes take (seen: a `shfl.sync` sunk under `lane % 4 == 0`,
+//! a deadlock). Without `pure` the asm counts as a side effect and stays where it is written.
 
 use core::arch::asm;
 use core::arch::nvptx;
@@ -39,7 +44,7 @@ pub fn shfl_sync_bfly_f32(v: f32, mask: u32) -> f32 {
     unsafe {
         asm!("shfl.sync.bfly.b32 {o}, {v}, {m}, 0x1f, 0xffffffff;",
              o = out(reg32) out, v = in(reg32) v, m = in(reg32) mask,
-             options(pure, nomem, nostack));
+             options(nomem, nostack));
     }
     out
 }
@@ -224,4 +229,70 @@ pub unsafe fn ld_shared_v4(addr: u32) -> V4 {
              p = in(reg32) addr, options(nostack));
     }
     V4([a, b, c, d])
+}
+
+/// `bar.warp.sync 0xffffffff`: the warp's lanes reconverge; orders their shared-memory
+/// accesses (what one lane copied with cp.async, another may then read).
+#[inline(always)]
+pub fn bar_warp_sync() {
+    unsafe { asm!("bar.warp.sync 0xffffffff;", options(nostack)) }
+}
+
+/// `ldmatrix.sync.aligned.m8n8.x4.shared.b16`: four 8x8 b16 matrices; lane `l` gives the
+/// address of row `l % 8` of matrix `l / 8`, and receives in register `i` the pair
+/// (row `l / 4`, columns `2 (l % 4)`, `+1`) of matrix `i`.
+#[inline(always)]
+pub unsafe fn ldmatrix_x4(addr: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{a}, {b}, {c}, {d}}}, [{p}];",
+             a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+             p = in(reg32) addr, options(nostack));
+    }
+    [a, b, c, d]
+}
+
+/// `ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16`: as `ldmatrix_x4`, each matrix
+/// transposed: register `i` holds (rows `2 (l % 4)`, `+1`; column `l / 4`) of matrix `i`.
+#[inline(always)]
+pub unsafe fn ldmatrix_x4_trans(addr: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{{a}, {b}, {c}, {d}}}, [{p}];",
+             a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+             p = in(reg32) addr, options(nostack));
+    }
+    [a, b, c, d]
+}
+
+/// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`: `d = a b + c` on tensor cores.
+/// a: 16x16 (4 regs of bf16 pairs), b: 16x8 (2 regs), c, d: 16x8 f32 (4 regs), in the
+/// PTX ISA's fragment layouts.
+#[inline(always)]
+pub fn mma_m16n8k16_bf16(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+    let (d0, d1, d2, d3): (f32, f32, f32, f32);
+    unsafe {
+        asm!("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{{d0}, {d1}, {d2}, {d3}}}, {{{a0}, {a1}, {a2}, {a3}}}, {{{b0}, {b1}}}, {{{c0}, {c1}, {c2}, {c3}}};",
+             d0 = out(reg32) d0, d1 = out(reg32) d1, d2 = out(reg32) d2, d3 = out(reg32) d3,
+             a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
+             b0 = in(reg32) b[0], b1 = in(reg32) b[1],
+             c0 = in(reg32) c[0], c1 = in(reg32) c[1], c2 = in(reg32) c[2], c3 = in(reg32) c[3],
+             options(nomem, nostack));
+    }
+    [d0, d1, d2, d3]
+}
+
+/// `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32`: as `mma_m16n8k16_bf16`, f16 inputs.
+#[inline(always)]
+pub fn mma_m16n8k16_f16(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+    let (d0, d1, d2, d3): (f32, f32, f32, f32);
+    unsafe {
+        asm!("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {{{d0}, {d1}, {d2}, {d3}}}, {{{a0}, {a1}, {a2}, {a3}}}, {{{b0}, {b1}}}, {{{c0}, {c1}, {c2}, {c3}}};",
+             d0 = out(reg32) d0, d1 = out(reg32) d1, d2 = out(reg32) d2, d3 = out(reg32) d3,
+             a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
+             b0 = in(reg32) b[0], b1 = in(reg32) b[1],
+             c0 = in(reg32) c[0], c1 = in(reg32) c[1], c2 = in(reg32) c[2], c3 = in(reg32) c[3],
+             options(nomem, nostack));
+    }
+    [d0, d1, d2, d3]
 }

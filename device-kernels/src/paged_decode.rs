@@ -43,7 +43,7 @@ pub(crate) unsafe fn ld_i32(p: u64, i: usize) -> i32 {
 /// The request owning query token `token`: the last `r` with `query_start_loc[r] <= token`
 /// (requests with no query tokens this step are skipped over).
 #[inline(always)]
-unsafe fn find_request(query_start_loc: u64, num_seqs: u32, token: u32) -> usize {
+pub(crate) unsafe fn find_request(query_start_loc: u64, num_seqs: u32, token: u32) -> usize {
     // invariant: qsl[lo] <= token < qsl[hi]
     let (mut lo, mut hi) = (0u32, num_seqs);
     while hi - lo > 1 {

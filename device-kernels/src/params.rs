@@ -112,5 +112,21 @@ pub const fn paged_smem_bytes(d: u32) -> u32 {
     if pipeline > merge { pipeline } else { merge }
 }
 
+/// Tensor-core paged attention: warps per block, query heads per block (the rows of the
+/// m16n8k16 tiles), keys per tile, and tiles in flight per warp.
+pub const TC_WARPS: u32 = 4;
+pub const TC_ROWS: u32 = 16;
+pub const TC_TILE: u32 = 16;
+pub const TC_STAGES: u32 = 3;
+
+/// Dynamic shared memory of the tensor-core paged kernel for head dim `d`: per warp
+/// `TC_STAGES` K and V tiles of `TC_TILE x d` 16-bit elements; the cross-warp merge
+/// (`TC_WARPS * TC_ROWS * (d + 2)` f32) reuses it.
+pub const fn tc_smem_bytes(d: u32) -> u32 {
+    let pipeline = TC_WARPS * TC_STAGES * 2 * TC_TILE * d * 2;
+    let merge = TC_WARPS * TC_ROWS * (d + 2) * 4;
+    if pipeline > merge { pipeline } else { merge }
+}
+
 /// Threads per block of the cache-write kernel.
 pub const CACHE_WRITE_THREADS: u32 = 128;

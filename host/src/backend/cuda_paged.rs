@@ -15,7 +15,7 @@ use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::{
-    paged_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, CACHE_WRITE_THREADS, PAGED_MAX_GROUP, PAGED_WARPS,
+    paged_smem_bytes, tc_smem_bytes, CacheWriteParams, TC_ROWS, TC_WARPS, MergeParams, PagedAttnParams, CACHE_WRITE_THREADS, PAGED_MAX_GROUP, PAGED_WARPS,
 };
 use crate::spec::AttnSpec;
 use cudarc::driver::sys::CUfunction_attribute;
@@ -77,9 +77,47 @@ pub struct DevicePlan {
     pub num_splits: usize,
 }
 
+/// The two paged-attention kernels: the same computation, on CUDA cores (a GQA group of up
+/// to 4 heads per block, FMAs and warp shuffles) or on tensor cores (up to 16 heads per
+/// block as the rows of mma.m16n8k16 tiles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PagedKernel {
+    CudaCores,
+    TensorCores,
+}
+
+impl PagedKernel {
+    fn name(self, tag: &str, d: usize) -> String {
+        match self {
+            PagedKernel::CudaCores => format!("paged_attention_{tag}_d{d}"),
+            PagedKernel::TensorCores => format!("paged_attention_tc_{tag}_d{d}"),
+        }
+    }
+    /// Query heads one block serves.
+    fn heads_per_block(self) -> usize {
+        match self {
+            PagedKernel::CudaCores => PAGED_MAX_GROUP as usize,
+            PagedKernel::TensorCores => TC_ROWS as usize,
+        }
+    }
+    fn threads(self) -> u32 {
+        match self {
+            PagedKernel::CudaCores => PAGED_WARPS * 32,
+            PagedKernel::TensorCores => TC_WARPS * 32,
+        }
+    }
+    fn smem_bytes(self, d: usize) -> u32 {
+        match self {
+            PagedKernel::CudaCores => paged_smem_bytes(d as u32),
+            PagedKernel::TensorCores => tc_smem_bytes(d as u32),
+        }
+    }
+}
+
 /// One layer on the CUDA paged backend; owns the layer's paged cache on the device.
 pub struct CudaPagedImpl<T> {
     rt: Arc<CudaRuntime>,
+    kernel: PagedKernel,
     spec: AttnSpec,
     layout: KvCacheLayout,
     key_cache: CudaSlice<u16>,
@@ -131,11 +169,12 @@ impl<T: Element> CudaPagedImpl<T> {
             return Err(AttnError::InvalidConfig(format!("block size {} above {}", layout.block_size, CAPS.block_sizes.1)));
         }
         // More than 48 KiB of dynamic shared memory must be asked for per kernel.
-        let kernel = rt.function(&format!("paged_attention_{}_d{}", T::KERNEL_TAG.unwrap_or_default(), spec.head_dim))?;
-        kernel.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            paged_smem_bytes(spec.head_dim as u32) as i32,
-        )?;
+        for k in [PagedKernel::CudaCores, PagedKernel::TensorCores] {
+            rt.function(&k.name(T::KERNEL_TAG.unwrap_or_default(), spec.head_dim))?.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                k.smem_bytes(spec.head_dim) as i32,
+            )?;
+        }
         let stream = rt.stream().clone();
         let key_cache = stream.alloc_zeros::<u16>(layout.elements())?;
         let value_cache = stream.alloc_zeros::<u16>(layout.elements())?;
@@ -143,7 +182,15 @@ impl<T: Element> CudaPagedImpl<T> {
             Some(s) => Some(stream.clone_htod(s)?),
             None => None,
         };
-        Ok(CudaPagedImpl { rt, spec, layout, key_cache, value_cache, alibi, partial_out: None, partial_ml: None, _elem: PhantomData })
+        Ok(CudaPagedImpl { rt, kernel: PagedKernel::TensorCores, spec, layout, key_cache, value_cache, alibi, partial_out: None, partial_ml: None, _elem: PhantomData })
+    }
+
+    /// Chooses the paged-attention kernel (both compute the same; tests run both).
+    pub fn set_kernel(&mut self, kernel: PagedKernel) {
+        self.kernel = kernel;
+    }
+    pub fn kernel(&self) -> PagedKernel {
+        self.kernel
     }
 
     pub fn runtime(&self) -> &Arc<CudaRuntime> {
@@ -173,7 +220,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 "metadata was built for cache {:?}, the layer's cache is {:?}", meta.layout(), self.layout
             )));
         }
-        let tiles = self.spec.group_size().div_ceil(PAGED_MAX_GROUP as usize);
+        let tiles = self.spec.group_size().div_ceil(self.kernel.heads_per_block());
         let blocks = meta.num_tokens() * self.spec.num_kv_heads * tiles;
         let num_splits = match force_splits {
             Some(s) if (1..=MAX_SPLITS).contains(&s) => s,
@@ -259,7 +306,7 @@ impl<T: Element> CudaPagedImpl<T> {
         let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
         let tag = T::KERNEL_TAG.expect("checked at construction");
         let l = self.layout;
-        let tiles = self.spec.group_size().div_ceil(PAGED_MAX_GROUP as usize);
+        let tiles = self.spec.group_size().div_ceil(self.kernel.heads_per_block());
         let (qp, _g1) = q.device_ptr(&stream);
         let (op, _g2) = out.device_ptr_mut(&stream);
         let (kc, _g3) = self.key_cache.device_ptr(&stream);
@@ -300,12 +347,11 @@ impl<T: Element> CudaPagedImpl<T> {
             scale: self.spec.scale,
             softcap: self.spec.softcap.unwrap_or(0.0),
         };
-        let f = self.rt.function(&format!("paged_attention_{tag}_d{d}"))?;
-        let smem = paged_smem_bytes(d as u32) as usize;
+        let f = self.rt.function(&self.kernel.name(tag, d))?;
         let cfg = LaunchConfig {
             grid_dim: (plan.num_tokens as u32, (hkv * tiles) as u32, plan.num_splits as u32),
-            block_dim: (PAGED_WARPS * 32, 1, 1),
-            shared_mem_bytes: smem as u32,
+            block_dim: (self.kernel.threads(), 1, 1),
+            shared_mem_bytes: self.kernel.smem_bytes(d),
         };
         // SAFETY: buffers sized as checked in `run`; the metadata was validated by the
         // builder (block ids inside the cache, seq_lens >= query lengths); the workspace

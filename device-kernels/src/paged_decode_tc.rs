@@ -1,0 +1,298 @@
+//! Paged attention on tensor cores: the same computation as `paged_decode` (one query token
+//! per thread block, causal with a start offset, sliding window, soft-cap, ALiBi, split-KV),
+//! with the GQA group's query heads as the 16 rows of `mma.m16n8k16` tiles, so a tile of 16
+//! keys costs a handful of tensor-core instructions instead of thousands of FMAs and shuffles.
+//!
+//! Per warp and tile of `TILE` = 16 keys (`S = Q K^T`, then `O += P V`, FlashAttention-2
+//! style, the score accumulators reused as the A operand of the second product):
+//! - `Q` `[16 heads x D]`: A fragments, loaded once (rows past the group are zero);
+//! - `K` tile `[16 keys x D]` in shared memory -> B fragments with `ldmatrix` (row-major K
+//!   is the column-major B of `Q K^T`); `V` tile -> B fragments with `ldmatrix.trans`;
+//! - online softmax per row (head) on the f32 score fragments, in log2 units.
+//!
+//! Grid: x = query token, y = kv head x tile of `ROWS` query heads, z = split.
+//! Block: `WARPS` warps; warp `w` takes key tiles `w, w + WARPS, ...` of its split, each
+//! through its own `STAGES`-deep cp.async pipeline in shared memory (K and V tiles, 16-byte
+//! chunks XOR-swizzled by row so `ldmatrix` is free of bank conflicts). The pipelines' space
+//! is reused at the end for the cross-warp merge: `[warp][ROWS][D + 2]` f32 (acc, m, l).
+//! The host guarantees what `paged_decode` lists.
+
+use crate::elem::{Bf16, Elem, F16};
+use crate::intrinsics::*;
+use crate::paged_decode::{find_request, ld_i32};
+use crate::params::{PagedAttnParams, TC_ROWS, TC_STAGES, TC_TILE, TC_WARPS};
+
+const WARPS: usize = TC_WARPS as usize;
+const ROWS: usize = TC_ROWS as usize;
+const TILE: usize = TC_TILE as usize;
+const STAGES: usize = TC_STAGES as usize;
+const NEG_INIT: f32 = -1.0e30;
+const LOG2E: f32 = core::f32::consts::LOG2_E;
+
+/// Maximum of `x` over the 4 lanes of a quad (the lanes sharing a fragment row).
+#[inline(always)]
+fn quad_max(x: f32) -> f32 {
+    let x = x.max(shfl_sync_bfly_f32(x, 1));
+    x.max(shfl_sync_bfly_f32(x, 2))
+}
+
+#[inline(always)]
+fn quad_sum(x: f32) -> f32 {
+    let x = x + shfl_sync_bfly_f32(x, 1);
+    x + shfl_sync_bfly_f32(x, 2)
+}
+
+/// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`.
+#[inline(always)]
+unsafe fn paged_attention_tc<E: Elem, const D: usize, const NT: usize, const KS: usize>(p: &PagedAttnParams) {
+    let chunks = D / 8; // 16-byte chunks per K/V row
+    let tile_bytes = TILE * D * 2;
+    let tid = thread_idx_x() as usize;
+    let lane = tid % 32;
+    let warp = tid / 32;
+    // Fragment coordinates: this lane holds rows r0 = lane/4 and r0 + 8, and the column
+    // pair 2 (lane % 4), +1 of every 8-wide n-tile.
+    let r0 = lane / 4;
+    let col = 2 * (lane % 4);
+
+    let token = block_idx_x();
+    let split = block_idx_z() as usize;
+    let group = div_nz(p.num_q_heads as usize, p.num_kv_heads as usize);
+    let tiles_per_group = group.div_ceil(ROWS);
+    let kv_head = div_nz(block_idx_y() as usize, tiles_per_group);
+    let head_tile = block_idx_y() as usize - kv_head * tiles_per_group;
+    let head0 = kv_head * group + head_tile * ROWS;
+    let ng = if group - head_tile * ROWS < ROWS { group - head_tile * ROWS } else { ROWS };
+
+    // This query's key range [kv_begin, kv_end), and this split's key tiles [t_begin, t_end).
+    let seq = unsafe { find_request(p.query_start_loc, p.num_seqs, token) };
+    let q_start = unsafe { ld_i32(p.query_start_loc, seq) };
+    let q_len = unsafe { ld_i32(p.query_start_loc, seq + 1) } - q_start;
+    let seq_len = unsafe { ld_i32(p.seq_lens, seq) };
+    let q_pos = (seq_len - q_len + (token as i32 - q_start)) as usize;
+    let kv_end = q_pos + 1;
+    let window = p.sliding_window as usize;
+    let kv_begin = if window > 0 && kv_end > window { kv_end - window } else { 0 };
+    let first_tile = kv_begin / TILE;
+    let n_tiles = kv_end.div_ceil(TILE) - first_tile;
+    let per_split = div_nz(n_tiles + p.num_splits as usize - 1, p.num_splits as usize);
+    let t_begin = first_tile + split * per_split;
+    let t_end = if t_begin + per_split < first_tile + n_tiles { t_begin + per_split } else { first_tile + n_tiles };
+
+    // Q as A fragments: qa[ks] = rows (r0, r0 + 8) x dims ks*16 + (col, col + 8).
+    let q_row = |r: usize, d: usize| -> u32 {
+        if r < ng {
+            let off = token as u64 * p.q_token_stride + (head0 + r) as u64 * p.q_head_stride + d as u64;
+            unsafe { *((p.q as *const u16).add(off as usize) as *const u32) }
+        } else {
+            0
+        }
+    };
+    let mut qa = [[0u32; 4]; KS];
+    for ks in 0..KS {
+        qa[ks] = [q_row(r0, ks * 16 + col), q_row(r0 + 8, ks * 16 + col), q_row(r0, ks * 16 + 8 + col), q_row(r0 + 8, ks * 16 + 8 + col)];
+    }
+    let plain = p.softcap == 0.0 && p.alibi_slopes == 0;
+    let s_mul = if plain { p.scale * LOG2E } else { p.scale };
+    let slope = |r: usize| -> f32 {
+        if p.alibi_slopes != 0 && r < ng { unsafe { *(p.alibi_slopes as *const f32).add(head0 + r) } } else { 0.0 }
+    };
+    let slopes = [slope(r0), slope(r0 + 8)];
+
+    // Online-softmax state of rows r0 and r0 + 8: running max (all 4 quad lanes agree),
+    // this lane's part of the denominator, and the output fragments.
+    let mut m = [NEG_INIT; 2];
+    let mut l = [0.0f32; 2];
+    let mut o = [[0.0f32; 4]; NT];
+
+    // The K/V pipeline of this warp. Row `r`'s 16-byte chunk `c` of a tile lives at
+    // r * D * 2 + ((c ^ (r % 8)) * 16): the 8 rows one ldmatrix reads hit 8 distinct banks.
+    let smem = dynamic_shared_f32();
+    let pipe = cvta_to_shared(smem) + (warp * STAGES * 2 * tile_bytes) as u32;
+    let at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
+        pipe + ((stage * 2 + kv) * tile_bytes + r * D * 2 + ((c ^ (r % 8)) * 16)) as u32
+    };
+    let bt_row = seq * p.block_table_stride as usize;
+    let page_mask = (1usize << p.block_size_log2) - 1;
+    let head_off = kv_head as u64 * p.cache_head_stride;
+    let issue = |t: usize, stage: usize| {
+        // 16 rows x `chunks` chunks, 32 per instruction: lane -> (row, chunk).
+        let mut u = lane;
+        while u < TILE * chunks {
+            let r = u / chunks;
+            let c = u % chunks;
+            // Keys outside the range copy a valid row instead and are masked below.
+            let key = t * TILE + r;
+            let kc = if key < kv_begin { kv_begin } else if key >= kv_end { kv_end - 1 } else { key };
+            let phys = unsafe { ld_i32(p.block_table, bt_row + (kc >> p.block_size_log2)) };
+            let off = (phys as u64 * p.cache_block_stride + (kc & page_mask) as u64 * p.cache_token_stride + head_off) as usize + c * 8;
+            unsafe {
+                cp_async_cg_16(at(stage, 0, r, c), (p.key_cache as *const u16).add(off));
+                cp_async_cg_16(at(stage, 1, r, c), (p.value_cache as *const u16).add(off));
+            }
+            u += 32;
+        }
+    };
+    for s in 0..STAGES - 1 {
+        let t = t_begin + warp + s * WARPS;
+        if t < t_end {
+            issue(t, s);
+        }
+        cp_async_commit_group();
+    }
+    let mut it = 0usize;
+    let mut t = t_begin + warp;
+    while t < t_end {
+        // Every lane is done reading the stage refilled now (it was read last iteration).
+        bar_warp_sync();
+        let ahead = t + (STAGES - 1) * WARPS;
+        if ahead < t_end {
+            issue(ahead, (it + STAGES - 1) % STAGES);
+        }
+        cp_async_commit_group();
+        // Invariant: groups 0..=it are complete: tile t is in stage it % STAGES, for all lanes.
+        cp_async_wait_group::<{ STAGES as u32 - 1 }>();
+        bar_warp_sync();
+        let stage = it % STAGES;
+
+        // S = Q K^T: two 8-key n-tiles. ldmatrix x4 per k-step: matrices (keys 0-7, chunk
+        // 2ks), (keys 0-7, 2ks+1), (keys 8-15, 2ks), (keys 8-15, 2ks+1).
+        let mut s = [[0.0f32; 4]; 2];
+        let lrow = (lane / 16) * 8 + lane % 8;
+        let lhalf = (lane / 8) % 2;
+        for ks in 0..KS {
+            let b = unsafe { ldmatrix_x4(at(stage, 0, lrow, 2 * ks + lhalf)) };
+            s[0] = E::mma(qa[ks], [b[0], b[1]], s[0]);
+            s[1] = E::mma(qa[ks], [b[2], b[3]], s[1]);
+        }
+
+        // Scores in log2 units, masked outside the key range; s[j][i]: row r0 + 8 (i / 2),
+        // key t * TILE + 8 j + col + i % 2.
+        for j in 0..2 {
+            for i in 0..4 {
+                let key = t * TILE + 8 * j + col + (i % 2);
+                let mut x = s[j][i] * s_mul;
+                if !plain {
+                    if p.softcap != 0.0 {
+                        x = p.softcap * tanh_approx(x * rcp_approx(p.softcap));
+                    }
+                    x = (x + slopes[i / 2] * (key as f32 - q_pos as f32)) * LOG2E;
+                }
+                s[j][i] = if key >= kv_begin && key < kv_end { x } else { f32::NEG_INFINITY };
+            }
+        }
+        // Online softmax per row: new max, rescale, probabilities packed as the A operand.
+        let mut pa = [0u32; 4];
+        for h in 0..2 {
+            let mx = quad_max(s[0][2 * h].max(s[0][2 * h + 1]).max(s[1][2 * h]).max(s[1][2 * h + 1]));
+            let m_new = m[h].max(mx);
+            let corr = ex2_approx(m[h] - m_new);
+            m[h] = m_new;
+            let p00 = ex2_approx(s[0][2 * h] - m_new);
+            let p01 = ex2_approx(s[0][2 * h + 1] - m_new);
+            let p10 = ex2_approx(s[1][2 * h] - m_new);
+            let p11 = ex2_approx(s[1][2 * h + 1] - m_new);
+            l[h] = l[h] * corr + (p00 + p01 + p10 + p11);
+            for nt in 0..NT {
+                o[nt][2 * h] *= corr;
+                o[nt][2 * h + 1] *= corr;
+            }
+            // A fragment: a0 = (r0, keys col..), a1 = (r0+8, keys col..), a2 = (r0, keys 8+col..), a3 = (r0+8, 8+col..).
+            pa[h] = E::from_f32x2(p00, p01);
+            pa[2 + h] = E::from_f32x2(p10, p11);
+        }
+        // O += P V: ldmatrix.trans x4 per pair of 8-dim n-tiles: matrices (keys 0-7, chunk
+        // 2dp), (keys 8-15, 2dp), (keys 0-7, 2dp+1), (keys 8-15, 2dp+1).
+        let vrow = ((lane / 8) % 2) * 8 + lane % 8;
+        let vhalf = lane / 16;
+        for dp in 0..NT / 2 {
+            let b = unsafe { ldmatrix_x4_trans(at(stage, 1, vrow, 2 * dp + vhalf)) };
+            o[2 * dp] = E::mma(pa, [b[0], b[1]], o[2 * dp]);
+            o[2 * dp + 1] = E::mma(pa, [b[2], b[3]], o[2 * dp + 1]);
+        }
+        t += WARPS;
+        it += 1;
+    }
+
+    // Cross-warp merge through shared memory: merged[w][row] = (acc[0..D], m, l).
+    cp_async_wait_group::<0>();
+    bar_sync();
+    let stride = D + 2;
+    for h in 0..2 {
+        let row = r0 + 8 * h;
+        let lsum = quad_sum(l[h]);
+        let base = (warp * ROWS + row) * stride;
+        unsafe {
+            for nt in 0..NT {
+                *smem.add(base + nt * 8 + col) = o[nt][2 * h];
+                *smem.add(base + nt * 8 + col + 1) = o[nt][2 * h + 1];
+            }
+            if lane % 4 == 0 {
+                *smem.add(base + D) = m[h];
+                *smem.add(base + D + 1) = lsum;
+            }
+        }
+    }
+    bar_sync();
+    // Thread -> (row, 8-dim slice), rows of the group only.
+    let mut idx = tid;
+    while idx < ng * chunks {
+        let row = idx / chunks;
+        let ds = (idx % chunks) * 8;
+        let mut mall = NEG_INIT;
+        for w in 0..WARPS {
+            mall = mall.max(unsafe { *smem.add((w * ROWS + row) * stride + D) });
+        }
+        let mut lsum = 0.0f32;
+        let mut acc = [0.0f32; 8];
+        for w in 0..WARPS {
+            let base = (w * ROWS + row) * stride;
+            let f = ex2_approx(unsafe { *smem.add(base + D) } - mall);
+            lsum += unsafe { *smem.add(base + D + 1) } * f;
+            for i in 0..8 {
+                acc[i] += unsafe { *smem.add(base + ds + i) } * f;
+            }
+        }
+        let inv = if lsum > 0.0 { 1.0 / lsum } else { 0.0 };
+        for i in 0..8 {
+            acc[i] *= inv;
+        }
+        let head = (head0 + row) as u64;
+        if p.num_splits == 1 {
+            let off = token as u64 * p.out_token_stride + head * p.out_head_stride + ds as u64;
+            unsafe { st_global_v4((p.out as *mut u16).add(off as usize) as *mut u32, E::pack8(&acc)) };
+        } else {
+            let row_idx = (split as u64 * p.num_tokens as u64 + token as u64) * p.num_q_heads as u64 + head;
+            let po = (p.partial_out as *mut f32).wrapping_add((row_idx * D as u64) as usize + ds);
+            unsafe {
+                st_global_v4(po as *mut u32, V4([acc[0].to_bits(), acc[1].to_bits(), acc[2].to_bits(), acc[3].to_bits()]));
+                st_global_v4(po.add(4) as *mut u32, V4([acc[4].to_bits(), acc[5].to_bits(), acc[6].to_bits(), acc[7].to_bits()]));
+                if ds == 0 {
+                    let ml = (p.partial_ml as *mut f32).add((row_idx * 2) as usize);
+                    *ml = mall;
+                    *ml.add(1) = lsum;
+                }
+            }
+        }
+        idx += block_dim_x() as usize;
+    }
+}
+
+macro_rules! paged_attention_tc_kernels {
+    ($($name:ident: $elem:ty, $d:literal;)*) => {$(
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: PagedAttnParams) {
+            unsafe { paged_attention_tc::<$elem, $d, { $d / 8 }, { $d / 16 }>(&p) }
+        }
+    )*};
+}
+
+paged_attention_tc_kernels! {
+    paged_attention_tc_bf16_d64: Bf16, 64;
+    paged_attention_tc_bf16_d128: Bf16, 128;
+    paged_attention_tc_bf16_d256: Bf16, 256;
+    paged_attention_tc_f16_d64: F16, 64;
+    paged_attention_tc_f16_d128: F16, 128;
+    paged_attention_tc_f16_d256: F16, 256;
+}
+
