@@ -9,7 +9,7 @@
 //!
 //! `cargo bench --bench decode [-- --json]`
 
-use attn_backends::backend::cuda_paged::{CudaPagedImpl, PagedKernel};
+use attn_backends::backend::cuda_paged::CudaPagedImpl;
 use attn_backends::cuda::CudaRuntime;
 use attn_backends::workload::{ragged_lengths, schedule, Rng};
 use attn_backends::{AttnSpec, HostKvCache, KvCacheLayout, MetadataBuilder};
@@ -91,7 +91,7 @@ fn random_cache(layout: KvCacheLayout, rng: &mut Rng) -> HostKvCache<bf16> {
 
 fn main() {
     let json = std::env::args().any(|a| a == "--json");
-    // --sweep: also time split counts 1, 2, 3, 4, 8 (to tune the heuristic).
+    // --sweep: also time split counts 1, 2, 4, 8, 16 (to tune the heuristic).
     let sweep = std::env::args().any(|a| a == "--sweep");
     let rt = match attn_backends::gpu_if_present() {
         Ok(rt) => rt,
@@ -128,19 +128,17 @@ fn main() {
             split_options.push(1);
         }
         if sweep {
-            for s in [1, 2, 3, 4, 8] {
+            for s in [1, 2, 4, 8, 16] {
                 if !split_options.contains(&s) {
                     split_options.push(s);
                 }
             }
         }
-        for (kernel, splits) in split_options.iter().flat_map(|&s| [(PagedKernel::TensorCores, s), (PagedKernel::CudaCores, s)]) {
-            imp.set_kernel(kernel);
+        for splits in split_options {
             let plan = imp.plan(&meta, Some(splits)).expect("plan");
             let (ms, lo, hi) = timer.time(|| imp.attend(&plan, &q, &mut out));
             let gbs = bytes / (ms * 1e-3) / 1e9;
             let tag = if splits == heuristic { "" } else { " (forced)" };
-            let tag = format!("{tag} {}", if kernel == PagedKernel::TensorCores { "tc" } else { "simt" });
             println!(
                 "| {} | {}{} | {:.1} [{:.1}, {:.1}] | {:.0} | {:.3} | {:.3} / {:.3} |",
                 w.id, splits, tag, ms * 1e3, lo * 1e3, hi * 1e3, gbs, gbs / copy, w.peers.0, w.peers.1

@@ -10,7 +10,7 @@
 //! `cargo test --release --test gpu [-- FILTER]`
 
 use attn_backends::backend::cpu::CpuImpl;
-use attn_backends::backend::cuda_paged::{CudaPagedImpl, PagedKernel};
+use attn_backends::backend::cuda_paged::CudaPagedImpl;
 use attn_backends::cuda::CudaRuntime;
 use attn_backends::metadata::AttentionMetadata;
 use attn_backends::workload::{blocks_needed, random_values, schedule, Rng};
@@ -57,7 +57,6 @@ struct Shape {
     /// (cached tokens, new tokens) per request.
     requests: Vec<(usize, usize)>,
     splits: Option<usize>,
-    kernel: PagedKernel,
 }
 
 fn check<T: Element>(rt: &Arc<CudaRuntime>, s: &Shape, seed: u64) -> Result<String, String> {
@@ -76,7 +75,6 @@ fn check<T: Element>(rt: &Arc<CudaRuntime>, s: &Shape, seed: u64) -> Result<Stri
     let v = random_values::<T>(&mut rng, n * hkv * d);
 
     let mut gpu = CudaPagedImpl::<T>::new(rt.clone(), spec.clone(), layout).map_err(e)?;
-    gpu.set_kernel(s.kernel);
     gpu.load_cache(&before).map_err(e)?;
     let mut out = vec![T::from_f32(f32::NAN); n * hq * d];
     gpu.forward_with_splits(&q, &k, &v, &meta, &mut out, s.splits).map_err(e)?;
@@ -107,22 +105,12 @@ fn shape(hq: usize, hkv: usize, d: usize) -> Shape {
         // long decodes, short decodes, a chunked prefill, a fresh prefill
         requests: vec![(1000, 1), (1, 1), (300, 1), (40, 24), (0, 33), (4097, 1)],
         splits: None,
-        kernel: PagedKernel::TensorCores,
     }
 }
 
 fn cases() -> Vec<Case> {
     let mut v: Vec<Case> = Vec::new();
     let mut add = |name: String, s: Shape, bf: bool| {
-        // Every shape on both kernels.
-        let mut simt = s.clone();
-        simt.kernel = PagedKernel::CudaCores;
-        let seed = v.len() as u64 * 7919 + 1;
-        v.push(Case {
-            name: format!("{name} [cuda cores]"),
-            run: Box::new(move |rt| if bf { check::<bf16>(rt, &simt, seed) } else { check::<f16>(rt, &simt, seed) }),
-        });
-        let name = format!("{name} [tensor cores]");
         let seed = v.len() as u64 * 7919 + 1;
         v.push(Case {
             name,

@@ -14,7 +14,6 @@ pub mod params;
 mod elem;
 pub mod cache_write;
 pub mod paged_decode;
-pub mod paged_decode_tc;
 pub mod merge;
 
 #[panic_handler]

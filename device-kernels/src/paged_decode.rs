@@ -1,7 +1,12 @@
-//! Paged attention, one query token per thread block: decode, and (slowly but exactly) the
-//! rows of a chunked prefill. Online softmax over the block table; a GQA group of up to
-//! `MAXG` query heads shares every K/V load; optionally one split of the keys
+//! Paged attention on tensor cores, one query token per thread block: decode, and (exactly,
+//! though not yet fast) the rows of a chunked or fresh prefill. Causal with a start offset,
+//! sliding window, logits soft-cap, ALiBi; optionally one split of the keys
 //! (flash-decoding), whose mergeable state goes to a workspace for `merge`.
+//!
+//! The GQA group's query heads are the 16 rows of `mma.m16n8k16` tiles, so a tile of 16 keys
+//! costs a handful of tensor-core instructions; the kernel is left with streaming K and V.
+//! (A first version on CUDA cores, 4 heads per block with FMAs and warp shuffles, reached
+//! 0.5-0.6 of copy bandwidth on GQA 4:1 shapes: instruction-bound. This one: 0.93-0.95.)
 //!
 //! Arguments (`PagedAttnParams`):
 //! - q, out: `[num_tokens, num_q_heads, D]`; caches `[num_blocks, block_size, num_kv_heads, D]`;
@@ -10,28 +15,32 @@
 //!   `seq_lens[r] - q_len(r) + (t - query_start_loc[r])` and sees keys `[begin, pos]`
 //!   (causal with a start offset; `begin` from the sliding window).
 //!
-//! Grid: x = query token, y = kv head x tile of `MAXG` query heads, z = split.
-//! Block: `WARPS` warps. A K/V row of D 16-bit elements is read by `L = D/8` lanes with one
-//! 16-byte load each, so a warp covers `32/L` rows per load and `CHUNK = PASSES * 32/L` rows
-//! per iteration; warp `w` takes chunks `w, w + WARPS, ...` of its split.
-//! Shared memory (`paged_smem_bytes`): per warp a `STAGES`-deep cp.async pipeline of chunks
-//! (K and V, 16 bytes per lane per pass); afterwards reused for the cross-warp merge,
-//! `WARPS * MAXG * (D + 2)` f32: each warp's (acc[D], m, l) per head.
+//! Per warp and tile of `TILE` = 16 keys (`S = Q K^T`, then `O += P V`, FlashAttention-2
+//! style, the score accumulators reused as the A operand of the second product):
+//! - `Q` `[16 heads x D]`: A fragments, loaded once (rows past the group are zero);
+//! - `K` tile `[16 keys x D]` in shared memory -> B fragments with `ldmatrix` (row-major K
+//!   is the column-major B of `Q K^T`); `V` tile -> B fragments with `ldmatrix.trans`;
+//! - online softmax per row (head) on the f32 score fragments, in log2 units.
+//!
+//! Grid: x = query token, y = kv head x tile of `ROWS` query heads, z = split.
+//! Block: `WARPS` warps; warp `w` takes key tiles `w, w + WARPS, ...` of its split, each
+//! through its own `STAGES`-deep cp.async pipeline in shared memory (K and V tiles, 16-byte
+//! chunks XOR-swizzled by row so `ldmatrix` is free of bank conflicts). The pipelines' space
+//! is reused at the end for the cross-warp merge: `[warp][ROWS][D + 2]` f32 (acc, m, l).
 //! The host guarantees: block ids inside the cache, block_size a power of two, rows 16-byte
 //! aligned, `num_q_heads % num_kv_heads == 0`, seq_lens >= query lengths.
 
 use crate::elem::{Bf16, Elem, F16};
 use crate::intrinsics::*;
-use crate::params::{PagedAttnParams, PAGED_MAX_GROUP, PAGED_PASSES, PAGED_STAGES, PAGED_WARPS};
+use crate::params::{PagedAttnParams, PAGED_ROWS, PAGED_STAGES, PAGED_TILE, PAGED_WARPS};
 
 const WARPS: usize = PAGED_WARPS as usize;
-const MAXG: usize = PAGED_MAX_GROUP as usize;
-/// 16-byte rows each lane takes per K and per V per chunk (one softmax rescale per chunk).
-const PASSES: usize = PAGED_PASSES as usize;
-/// Chunks in flight per warp (cp.async pipeline depth).
+/// Query heads per block: the rows of the mma tiles.
+const ROWS: usize = PAGED_ROWS as usize;
+/// Keys per tile.
+const TILE: usize = PAGED_TILE as usize;
+/// Tiles in flight per warp (cp.async pipeline depth).
 const STAGES: usize = PAGED_STAGES as usize;
-const PIPE_BYTES_PER_WARP: usize = STAGES * PASSES * 2 * 32 * 16;
-/// Initial running max: finite, so that merging two empty states gives 0, not NaN.
 const NEG_INIT: f32 = -1.0e30;
 const LOG2E: f32 = core::f32::consts::LOG2_E;
 
@@ -57,39 +66,43 @@ pub(crate) unsafe fn find_request(query_start_loc: u64, num_seqs: u32, token: u3
     lo as usize
 }
 
-/// Sum of `x` over the `lanes` lanes (a power of two) of an aligned lane group.
+
+/// Maximum of `x` over the 4 lanes of a quad (the lanes sharing a fragment row).
 #[inline(always)]
-fn group_sum(mut x: f32, lanes: usize) -> f32 {
-    let mut off = 1;
-    while off < lanes {
-        x += shfl_sync_bfly_f32(x, off as u32);
-        off *= 2;
-    }
-    x
+fn quad_max(x: f32) -> f32 {
+    let x = x.max(shfl_sync_bfly_f32(x, 1));
+    x.max(shfl_sync_bfly_f32(x, 2))
 }
 
 #[inline(always)]
-unsafe fn paged_attention<E: Elem, const D: usize>(p: &PagedAttnParams) {
-    let lanes_per_row = D / 8;
-    let rows_per_pass = 32 / lanes_per_row;
-    let chunk = rows_per_pass * PASSES;
+fn quad_sum(x: f32) -> f32 {
+    let x = x + shfl_sync_bfly_f32(x, 1);
+    x + shfl_sync_bfly_f32(x, 2)
+}
 
+/// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`.
+#[inline(always)]
+unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: usize>(p: &PagedAttnParams) {
+    let chunks = D / 8; // 16-byte chunks per K/V row
+    let tile_bytes = TILE * D * 2;
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
     let warp = tid / 32;
-    let row = lane / lanes_per_row;
-    let dslice = (lane % lanes_per_row) * 8;
+    // Fragment coordinates: this lane holds rows r0 = lane/4 and r0 + 8, and the column
+    // pair 2 (lane % 4), +1 of every 8-wide n-tile.
+    let r0 = lane / 4;
+    let col = 2 * (lane % 4);
 
     let token = block_idx_x();
     let split = block_idx_z() as usize;
     let group = div_nz(p.num_q_heads as usize, p.num_kv_heads as usize);
-    let tiles = group.div_ceil(MAXG);
-    let kv_head = div_nz(block_idx_y() as usize, tiles);
-    let tile = block_idx_y() as usize - kv_head * tiles;
-    let head0 = kv_head * group + tile * MAXG;
-    let ng = if group - tile * MAXG < MAXG { group - tile * MAXG } else { MAXG };
+    let tiles_per_group = group.div_ceil(ROWS);
+    let kv_head = div_nz(block_idx_y() as usize, tiles_per_group);
+    let head_tile = block_idx_y() as usize - kv_head * tiles_per_group;
+    let head0 = kv_head * group + head_tile * ROWS;
+    let ng = if group - head_tile * ROWS < ROWS { group - head_tile * ROWS } else { ROWS };
 
-    // This query's key range [kv_begin, kv_end).
+    // This query's key range [kv_begin, kv_end), and this split's key tiles [t_begin, t_end).
     let seq = unsafe { find_request(p.query_start_loc, p.num_seqs, token) };
     let q_start = unsafe { ld_i32(p.query_start_loc, seq) };
     let q_len = unsafe { ld_i32(p.query_start_loc, seq + 1) } - q_start;
@@ -98,240 +111,208 @@ unsafe fn paged_attention<E: Elem, const D: usize>(p: &PagedAttnParams) {
     let kv_end = q_pos + 1;
     let window = p.sliding_window as usize;
     let kv_begin = if window > 0 && kv_end > window { kv_end - window } else { 0 };
+    let first_tile = kv_begin / TILE;
+    let n_tiles = kv_end.div_ceil(TILE) - first_tile;
+    let per_split = div_nz(n_tiles + p.num_splits as usize - 1, p.num_splits as usize);
+    let t_begin = first_tile + split * per_split;
+    let t_end = if t_begin + per_split < first_tile + n_tiles { t_begin + per_split } else { first_tile + n_tiles };
 
-    // This split's chunks [c_begin, c_end).
-    let first_chunk = kv_begin / chunk;
-    let n_chunks = kv_end.div_ceil(chunk) - first_chunk;
-    let per_split = div_nz(n_chunks + p.num_splits as usize - 1, p.num_splits as usize);
-    let c_begin = first_chunk + split * per_split;
-    let c_end = if c_begin + per_split < first_chunk + n_chunks {
-        c_begin + per_split
-    } else {
-        first_chunk + n_chunks
-    };
-
-    // q, pre-scaled; log2(e) folded in too when nothing nonlinear follows the dot product.
-    let plain = p.softcap == 0.0 && p.alibi_slopes == 0;
-    let q_mul = if plain { p.scale * LOG2E } else { p.scale };
-    let mut q = [[0.0f32; 8]; MAXG];
-    let mut slope = [0.0f32; MAXG];
-    for g in 0..MAXG {
-        if g < ng {
-            let off = token as u64 * p.q_token_stride + (head0 + g) as u64 * p.q_head_stride;
-            let v = unsafe { ld_global_nc_v4((p.q as *const u16).add((off as usize) + dslice)) };
-            q[g] = E::unpack8(v);
-            for i in 0..8 {
-                q[g][i] *= q_mul;
-            }
-            if p.alibi_slopes != 0 {
-                slope[g] = unsafe { *(p.alibi_slopes as *const f32).add(head0 + g) };
-            }
+    // Q as A fragments: qa[ks] = rows (r0, r0 + 8) x dims ks*16 + (col, col + 8).
+    let q_row = |r: usize, d: usize| -> u32 {
+        if r < ng {
+            let off = token as u64 * p.q_token_stride + (head0 + r) as u64 * p.q_head_stride + d as u64;
+            unsafe { *((p.q as *const u16).add(off as usize) as *const u32) }
+        } else {
+            0
         }
+    };
+    let mut qa = [[0u32; 4]; KS];
+    for ks in 0..KS {
+        qa[ks] = [q_row(r0, ks * 16 + col), q_row(r0 + 8, ks * 16 + col), q_row(r0, ks * 16 + 8 + col), q_row(r0 + 8, ks * 16 + 8 + col)];
     }
+    let plain = p.softcap == 0.0 && p.alibi_slopes == 0;
+    let s_mul = if plain { p.scale * LOG2E } else { p.scale };
+    let slope = |r: usize| -> f32 {
+        if p.alibi_slopes != 0 && r < ng { unsafe { *(p.alibi_slopes as *const f32).add(head0 + r) } } else { 0.0 }
+    };
+    let slopes = [slope(r0), slope(r0 + 8)];
 
-    // Online-softmax state per head, in log2 units: running max m, denominator l, and the
-    // unnormalised accumulator for this lane's 8 dims. All lanes of a row group agree on m, l.
-    let mut m = [NEG_INIT; MAXG];
-    let mut l = [0.0f32; MAXG];
-    let mut acc = [[0.0f32; 8]; MAXG];
+    // Online-softmax state of rows r0 and r0 + 8: running max (all 4 quad lanes agree),
+    // this lane's part of the denominator, and the output fragments.
+    let mut m = [NEG_INIT; 2];
+    let mut l = [0.0f32; 2];
+    let mut o = [[0.0f32; 4]; NT];
 
+    // The K/V pipeline of this warp. Row `r`'s 16-byte chunk `c` of a tile lives at
+    // r * D * 2 + ((c ^ (r % 8)) * 16): the 8 rows one ldmatrix reads hit 8 distinct banks.
+    let smem = dynamic_shared_f32();
+    let pipe = cvta_to_shared(smem) + (warp * STAGES * 2 * tile_bytes) as u32;
+    let at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
+        pipe + ((stage * 2 + kv) * tile_bytes + r * D * 2 + ((c ^ (r % 8)) * 16)) as u32
+    };
     let bt_row = seq * p.block_table_stride as usize;
     let page_mask = (1usize << p.block_size_log2) - 1;
-    let head_off = kv_head as u64 * p.cache_head_stride + dslice as u64;
-    // Offset of the cache row of key `t`, clamped into the key range: rows outside it load
-    // a valid row instead (no branch around the copies) and are masked out of the scores.
-    let row_offset = |t: usize| -> usize {
-        let tc = if t < kv_begin { kv_begin } else if t >= kv_end { kv_end - 1 } else { t };
-        let phys = unsafe { ld_i32(p.block_table, bt_row + (tc >> p.block_size_log2)) };
-        (phys as u64 * p.cache_block_stride + (tc & page_mask) as u64 * p.cache_token_stride + head_off) as usize
-    };
-
-    // Per-warp pipeline of `STAGES` chunks in shared memory, filled by cp.async: stage s,
-    // pass pi, K or V, lane -> 16 bytes. Each lane reads back only what it copied itself, so
-    // waiting on its own copy groups is all the synchronisation the pipeline needs.
-    let smem = dynamic_shared_f32();
-    let pipe = cvta_to_shared(smem) + (warp * PIPE_BYTES_PER_WARP) as u32;
-    let slot = |stage: usize, pi: usize, kv: usize| -> u32 {
-        pipe + ((((stage * PASSES + pi) * 2 + kv) * 32 + lane) * 16) as u32
-    };
-    let issue = |c: usize, stage: usize| {
-        for pi in 0..PASSES {
-            let off = row_offset(c * chunk + pi * rows_per_pass + row);
+    let head_off = kv_head as u64 * p.cache_head_stride;
+    let issue = |t: usize, stage: usize| {
+        // 16 rows x `chunks` chunks, 32 per instruction: lane -> (row, chunk).
+        let mut u = lane;
+        while u < TILE * chunks {
+            let r = u / chunks;
+            let c = u % chunks;
+            // Keys outside the range copy a valid row instead and are masked below.
+            let key = t * TILE + r;
+            let kc = if key < kv_begin { kv_begin } else if key >= kv_end { kv_end - 1 } else { key };
+            let phys = unsafe { ld_i32(p.block_table, bt_row + (kc >> p.block_size_log2)) };
+            let off = (phys as u64 * p.cache_block_stride + (kc & page_mask) as u64 * p.cache_token_stride + head_off) as usize + c * 8;
             unsafe {
-                cp_async_cg_16(slot(stage, pi, 0), (p.key_cache as *const u16).add(off));
-                cp_async_cg_16(slot(stage, pi, 1), (p.value_cache as *const u16).add(off));
+                cp_async_cg_16(at(stage, 0, r, c), (p.key_cache as *const u16).add(off));
+                cp_async_cg_16(at(stage, 1, r, c), (p.value_cache as *const u16).add(off));
             }
+            u += 32;
         }
     };
-    // Prologue: chunks it = 0..STAGES-1 in flight (one commit group each, empty past the end).
     for s in 0..STAGES - 1 {
-        let c = c_begin + warp + s * WARPS;
-        if c < c_end {
-            issue(c, s);
+        let t = t_begin + warp + s * WARPS;
+        if t < t_end {
+            issue(t, s);
         }
         cp_async_commit_group();
     }
     let mut it = 0usize;
-    let mut c = c_begin + warp;
-    while c < c_end {
-        // Keep STAGES-1 chunks ahead in flight; the stage refilled is the one consumed last
-        // iteration.
-        let ahead = c + (STAGES - 1) * WARPS;
-        if ahead < c_end {
+    let mut t = t_begin + warp;
+    while t < t_end {
+        // Every lane is done reading the stage refilled now (it was read last iteration).
+        bar_warp_sync();
+        let ahead = t + (STAGES - 1) * WARPS;
+        if ahead < t_end {
             issue(ahead, (it + STAGES - 1) % STAGES);
         }
         cp_async_commit_group();
-        // Invariant: groups 0..=it are complete, so chunk c (group it) is in stage it % STAGES.
+        // Invariant: groups 0..=it are complete: tile t is in stage it % STAGES, for all lanes.
         cp_async_wait_group::<{ STAGES as u32 - 1 }>();
+        bar_warp_sync();
         let stage = it % STAGES;
-        let base = c * chunk;
-        let mut valid = [false; PASSES];
-        let mut kreg = [V4::ZERO; PASSES];
-        for pi in 0..PASSES {
-            let t = base + pi * rows_per_pass + row;
-            valid[pi] = t >= kv_begin && t < kv_end;
-            kreg[pi] = unsafe { ld_shared_v4(slot(stage, pi, 0)) };
+
+        // S = Q K^T: two 8-key n-tiles. ldmatrix x4 per k-step: matrices (keys 0-7, chunk
+        // 2ks), (keys 0-7, 2ks+1), (keys 8-15, 2ks), (keys 8-15, 2ks+1).
+        let mut s = [[0.0f32; 4]; 2];
+        let lrow = (lane / 16) * 8 + lane % 8;
+        let lhalf = (lane / 8) % 2;
+        for ks in 0..KS {
+            let b = unsafe { ldmatrix_x4(at(stage, 0, lrow, 2 * ks + lhalf)) };
+            s[0] = E::mma(qa[ks], [b[0], b[1]], s[0]);
+            s[1] = E::mma(qa[ks], [b[2], b[3]], s[1]);
         }
-        // Scores s[g][pi] (log2 units); -inf outside the key range.
-        let mut s = [[f32::NEG_INFINITY; PASSES]; MAXG];
-        for pi in 0..PASSES {
-            let k = E::unpack8(kreg[pi]);
-            let t = base + pi * rows_per_pass + row;
-            for g in 0..MAXG {
-                if g < ng {
-                    let mut dot = 0.0f32;
-                    for i in 0..8 {
-                        dot += q[g][i] * k[i];
+
+        // Scores in log2 units, masked outside the key range; s[j][i]: row r0 + 8 (i / 2),
+        // key t * TILE + 8 j + col + i % 2.
+        for j in 0..2 {
+            for i in 0..4 {
+                let key = t * TILE + 8 * j + col + (i % 2);
+                let mut x = s[j][i] * s_mul;
+                if !plain {
+                    if p.softcap != 0.0 {
+                        x = p.softcap * tanh_approx(x * rcp_approx(p.softcap));
                     }
-                    let mut x = group_sum(dot, lanes_per_row);
-                    if !plain {
-                        if p.softcap != 0.0 {
-                            x = p.softcap * tanh_approx(x * rcp_approx(p.softcap));
-                        }
-                        x = (x + slope[g] * (t as f32 - q_pos as f32)) * LOG2E;
-                    }
-                    if valid[pi] {
-                        s[g][pi] = x;
-                    }
+                    x = (x + slopes[i / 2] * (key as f32 - q_pos as f32)) * LOG2E;
                 }
+                s[j][i] = if key >= kv_begin && key < kv_end { x } else { f32::NEG_INFINITY };
             }
         }
-        // Rescale once per chunk to the new running max, then accumulate p * V.
-        for g in 0..MAXG {
-            if g < ng {
-                let mut mx = m[g];
-                for pi in 0..PASSES {
-                    mx = mx.max(s[g][pi]);
-                }
-                let r = ex2_approx(m[g] - mx);
-                m[g] = mx;
-                l[g] *= r;
-                for i in 0..8 {
-                    acc[g][i] *= r;
-                }
+        // Online softmax per row: new max, rescale, probabilities packed as the A operand.
+        let mut pa = [0u32; 4];
+        for h in 0..2 {
+            let mx = quad_max(s[0][2 * h].max(s[0][2 * h + 1]).max(s[1][2 * h]).max(s[1][2 * h + 1]));
+            let m_new = m[h].max(mx);
+            let corr = ex2_approx(m[h] - m_new);
+            m[h] = m_new;
+            let p00 = ex2_approx(s[0][2 * h] - m_new);
+            let p01 = ex2_approx(s[0][2 * h + 1] - m_new);
+            let p10 = ex2_approx(s[1][2 * h] - m_new);
+            let p11 = ex2_approx(s[1][2 * h + 1] - m_new);
+            l[h] = l[h] * corr + (p00 + p01 + p10 + p11);
+            for nt in 0..NT {
+                o[nt][2 * h] *= corr;
+                o[nt][2 * h + 1] *= corr;
             }
+            // A fragment: a0 = (r0, keys col..), a1 = (r0+8, keys col..), a2 = (r0, keys 8+col..), a3 = (r0+8, 8+col..).
+            pa[h] = E::from_f32x2(p00, p01);
+            pa[2 + h] = E::from_f32x2(p10, p11);
         }
-        for pi in 0..PASSES {
-            let v = E::unpack8(unsafe { ld_shared_v4(slot(stage, pi, 1)) });
-            for g in 0..MAXG {
-                if g < ng {
-                    let pr = ex2_approx(s[g][pi] - m[g]);
-                    l[g] += pr;
-                    for i in 0..8 {
-                        acc[g][i] += pr * v[i];
-                    }
-                }
-            }
+        // O += P V: ldmatrix.trans x4 per pair of 8-dim n-tiles: matrices (keys 0-7, chunk
+        // 2dp), (keys 8-15, 2dp), (keys 0-7, 2dp+1), (keys 8-15, 2dp+1).
+        let vrow = ((lane / 8) % 2) * 8 + lane % 8;
+        let vhalf = lane / 16;
+        for dp in 0..NT / 2 {
+            let b = unsafe { ldmatrix_x4_trans(at(stage, 1, vrow, 2 * dp + vhalf)) };
+            o[2 * dp] = E::mma(pa, [b[0], b[1]], o[2 * dp]);
+            o[2 * dp + 1] = E::mma(pa, [b[2], b[3]], o[2 * dp + 1]);
         }
-        c += WARPS;
+        t += WARPS;
         it += 1;
     }
 
-    // Merge the row groups of each warp (lanes lane ^ L, lane ^ 2L, ...).
-    let mut off = lanes_per_row;
-    while off < 32 {
-        for g in 0..MAXG {
-            if g < ng {
-                let mo = shfl_sync_bfly_f32(m[g], off as u32);
-                let lo = shfl_sync_bfly_f32(l[g], off as u32);
-                let mn = m[g].max(mo);
-                let a = ex2_approx(m[g] - mn);
-                let b = ex2_approx(mo - mn);
-                l[g] = l[g] * a + lo * b;
-                for i in 0..8 {
-                    let ao = shfl_sync_bfly_f32(acc[g][i], off as u32);
-                    acc[g][i] = acc[g][i] * a + ao * b;
-                }
-                m[g] = mn;
-            }
-        }
-        off *= 2;
-    }
-
-    // Merge the warps through shared memory: smem[warp][g] = (acc[0..D], m, l), reusing the
-    // pipeline's space once every warp is done with it.
+    // Cross-warp merge through shared memory: merged[w][row] = (acc[0..D], m, l).
     cp_async_wait_group::<0>();
     bar_sync();
     let stride = D + 2;
-    if row == 0 {
-        for g in 0..MAXG {
-            if g < ng {
-                let base = (warp * MAXG + g) * stride;
-                unsafe {
-                    for i in 0..8 {
-                        *smem.add(base + dslice + i) = acc[g][i];
-                    }
-                    if dslice == 0 {
-                        *smem.add(base + D) = m[g];
-                        *smem.add(base + D + 1) = l[g];
-                    }
-                }
+    for h in 0..2 {
+        let row = r0 + 8 * h;
+        let lsum = quad_sum(l[h]);
+        let base = (warp * ROWS + row) * stride;
+        unsafe {
+            for nt in 0..NT {
+                *smem.add(base + nt * 8 + col) = o[nt][2 * h];
+                *smem.add(base + nt * 8 + col + 1) = o[nt][2 * h + 1];
+            }
+            if lane % 4 == 0 {
+                *smem.add(base + D) = m[h];
+                *smem.add(base + D + 1) = lsum;
             }
         }
     }
     bar_sync();
-    if tid >= MAXG * lanes_per_row {
-        return;
-    }
-    let g = tid / lanes_per_row;
-    if g >= ng {
-        return;
-    }
-    let ds = (tid % lanes_per_row) * 8;
-    let mut mall = NEG_INIT;
-    for w in 0..WARPS {
-        mall = mall.max(unsafe { *smem.add((w * MAXG + g) * stride + D) });
-    }
-    let mut lsum = 0.0f32;
-    let mut o = [0.0f32; 8];
-    for w in 0..WARPS {
-        let base = (w * MAXG + g) * stride;
-        let f = ex2_approx(unsafe { *smem.add(base + D) } - mall);
-        lsum += unsafe { *smem.add(base + D + 1) } * f;
-        for i in 0..8 {
-            o[i] += unsafe { *smem.add(base + ds + i) } * f;
+    // Thread -> (row, 8-dim slice), rows of the group only.
+    let mut idx = tid;
+    while idx < ng * chunks {
+        let row = idx / chunks;
+        let ds = (idx % chunks) * 8;
+        let mut mall = NEG_INIT;
+        for w in 0..WARPS {
+            mall = mall.max(unsafe { *smem.add((w * ROWS + row) * stride + D) });
         }
-    }
-    let inv = if lsum > 0.0 { 1.0 / lsum } else { 0.0 };
-    for i in 0..8 {
-        o[i] *= inv;
-    }
-    let head = (head0 + g) as u64;
-    if p.num_splits == 1 {
-        let off = token as u64 * p.out_token_stride + head * p.out_head_stride + ds as u64;
-        unsafe { st_global_v4((p.out as *mut u16).add(off as usize) as *mut u32, E::pack8(&o)) };
-    } else {
-        let row_idx = (split as u64 * p.num_tokens as u64 + token as u64) * p.num_q_heads as u64 + head;
-        let po = (p.partial_out as *mut f32).wrapping_add((row_idx * D as u64) as usize + ds);
-        unsafe {
-            st_global_v4(po as *mut u32, V4([o[0].to_bits(), o[1].to_bits(), o[2].to_bits(), o[3].to_bits()]));
-            st_global_v4(po.add(4) as *mut u32, V4([o[4].to_bits(), o[5].to_bits(), o[6].to_bits(), o[7].to_bits()]));
-            if ds == 0 {
-                let ml = (p.partial_ml as *mut f32).add((row_idx * 2) as usize);
-                *ml = mall;
-                *ml.add(1) = lsum;
+        let mut lsum = 0.0f32;
+        let mut acc = [0.0f32; 8];
+        for w in 0..WARPS {
+            let base = (w * ROWS + row) * stride;
+            let f = ex2_approx(unsafe { *smem.add(base + D) } - mall);
+            lsum += unsafe { *smem.add(base + D + 1) } * f;
+            for i in 0..8 {
+                acc[i] += unsafe { *smem.add(base + ds + i) } * f;
             }
         }
+        let inv = if lsum > 0.0 { 1.0 / lsum } else { 0.0 };
+        for i in 0..8 {
+            acc[i] *= inv;
+        }
+        let head = (head0 + row) as u64;
+        if p.num_splits == 1 {
+            let off = token as u64 * p.out_token_stride + head * p.out_head_stride + ds as u64;
+            unsafe { st_global_v4((p.out as *mut u16).add(off as usize) as *mut u32, E::pack8(&acc)) };
+        } else {
+            let row_idx = (split as u64 * p.num_tokens as u64 + token as u64) * p.num_q_heads as u64 + head;
+            let po = (p.partial_out as *mut f32).wrapping_add((row_idx * D as u64) as usize + ds);
+            unsafe {
+                st_global_v4(po as *mut u32, V4([acc[0].to_bits(), acc[1].to_bits(), acc[2].to_bits(), acc[3].to_bits()]));
+                st_global_v4(po.add(4) as *mut u32, V4([acc[4].to_bits(), acc[5].to_bits(), acc[6].to_bits(), acc[7].to_bits()]));
+                if ds == 0 {
+                    let ml = (p.partial_ml as *mut f32).add((row_idx * 2) as usize);
+                    *ml = mall;
+                    *ml.add(1) = lsum;
+                }
+            }
+        }
+        idx += block_dim_x() as usize;
     }
 }
 
@@ -339,13 +320,13 @@ macro_rules! paged_attention_kernels {
     ($($name:ident: $elem:ty, $d:literal;)*) => {$(
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: PagedAttnParams) {
-            unsafe { paged_attention::<$elem, $d>(&p) }
+            unsafe { paged_attention::<$elem, $d, { $d / 8 }, { $d / 16 }>(&p) }
         }
     )*};
 }
 
-// The instantiation table: (dtype x head dim). The host's table in
-// `attn_host::cuda::kernels` names the same entries.
+// The instantiation table: (dtype x head dim). The host's `cuda_paged::HEAD_DIMS` and
+// `Element::KERNEL_TAG` name the same entries.
 paged_attention_kernels! {
     paged_attention_bf16_d64: Bf16, 64;
     paged_attention_bf16_d128: Bf16, 128;
@@ -354,3 +335,4 @@ paged_attention_kernels! {
     paged_attention_f16_d128: F16, 128;
     paged_attention_f16_d256: F16, 256;
 }
+

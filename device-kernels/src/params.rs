@@ -97,34 +97,19 @@ const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 176);
 const _: () = assert!(core::mem::size_of::<MergeParams>() == 56);
 const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
 
-/// Threads per block of the paged-attention kernel, and query heads one block serves.
+/// Paged attention: warps per block, query heads per block (the rows of the m16n8k16
+/// tiles), keys per tile, and tiles in flight per warp.
 pub const PAGED_WARPS: u32 = 4;
-pub const PAGED_MAX_GROUP: u32 = 4;
-/// 16-byte rows per lane per chunk, and chunks in flight per warp, of the paged kernel.
-pub const PAGED_PASSES: u32 = 4;
-pub const PAGED_STAGES: u32 = 4;
+pub const PAGED_ROWS: u32 = 16;
+pub const PAGED_TILE: u32 = 16;
+pub const PAGED_STAGES: u32 = 3;
 
-/// Dynamic shared memory of the paged-attention kernel for head dim `d`: the per-warp
-/// pipelines, or the cross-warp merge buffer if larger.
+/// Dynamic shared memory of the paged kernel for head dim `d`: per warp `PAGED_STAGES` K and
+/// V tiles of `PAGED_TILE x d` 16-bit elements; the cross-warp merge
+/// (`PAGED_WARPS * PAGED_ROWS * (d + 2)` f32) reuses it.
 pub const fn paged_smem_bytes(d: u32) -> u32 {
-    let pipeline = PAGED_WARPS * PAGED_STAGES * PAGED_PASSES * 2 * 32 * 16;
-    let merge = PAGED_WARPS * PAGED_MAX_GROUP * (d + 2) * 4;
-    if pipeline > merge { pipeline } else { merge }
-}
-
-/// Tensor-core paged attention: warps per block, query heads per block (the rows of the
-/// m16n8k16 tiles), keys per tile, and tiles in flight per warp.
-pub const TC_WARPS: u32 = 4;
-pub const TC_ROWS: u32 = 16;
-pub const TC_TILE: u32 = 16;
-pub const TC_STAGES: u32 = 3;
-
-/// Dynamic shared memory of the tensor-core paged kernel for head dim `d`: per warp
-/// `TC_STAGES` K and V tiles of `TC_TILE x d` 16-bit elements; the cross-warp merge
-/// (`TC_WARPS * TC_ROWS * (d + 2)` f32) reuses it.
-pub const fn tc_smem_bytes(d: u32) -> u32 {
-    let pipeline = TC_WARPS * TC_STAGES * 2 * TC_TILE * d * 2;
-    let merge = TC_WARPS * TC_ROWS * (d + 2) * 4;
+    let pipeline = PAGED_WARPS * PAGED_STAGES * 2 * PAGED_TILE * d * 2;
+    let merge = PAGED_WARPS * PAGED_ROWS * (d + 2) * 4;
     if pipeline > merge { pipeline } else { merge }
 }
 

@@ -1,8 +1,9 @@
 //! CUDA paged backend: the Rust PTX kernels of `device-kernels/`.
 //!
 //! - `reshape_and_cache_b16`: this step's K/V into the cache through the slot mapping;
-//! - `paged_attention_<dtype>_d<head_dim>`: one query token per block over the block table
-//!   (decode; also the rows of a chunked or fresh prefill, exact but not yet fast);
+//! - `paged_attention_<dtype>_d<head_dim>`: one query token per block over the block table,
+//!   the GQA group's heads as tensor-core tile rows (decode; also the rows of a chunked or
+//!   fresh prefill, exact but not yet fast);
 //! - `merge_splits_<dtype>`: flash-decoding's merge when the plan splits the keys.
 //!
 //! Plan, then run: [`CudaPagedImpl::plan`] uploads a step's metadata once and decides the
@@ -15,7 +16,7 @@ use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::{
-    paged_smem_bytes, tc_smem_bytes, CacheWriteParams, TC_ROWS, TC_WARPS, MergeParams, PagedAttnParams, CACHE_WRITE_THREADS, PAGED_MAX_GROUP, PAGED_WARPS,
+    paged_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS,
 };
 use crate::spec::AttnSpec;
 use cudarc::driver::sys::CUfunction_attribute;
@@ -43,24 +44,40 @@ pub static CAPS: BackendCaps = BackendCaps {
 
 /// Keys one split should at least cover: below this the merge costs more than it saves.
 pub const MIN_KEYS_PER_SPLIT: usize = 512;
+/// Keys per split for ragged batches, whose longest requests would otherwise finish last.
+pub const RAGGED_KEYS_PER_SPLIT: usize = 2048;
 /// Most splits per query token.
 pub const MAX_SPLITS: usize = 32;
 
-/// Flash-decoding's split count: split the keys only when the grid would otherwise leave
-/// SMs idle, into enough splits for about two blocks per SM, each covering at least
-/// `MIN_KEYS_PER_SPLIT` keys.
+/// Flash-decoding's split count, from the grid without splits (`blocks`), the longest and
+/// the mean sequence, and how many blocks the device holds at once (`resident`).
+/// - Fewer blocks than fit at once: split to fill one wave, `resident / blocks`.
+/// - Ragged batches (longest > 1.5 x mean): split the longest into
+///   `RAGGED_KEYS_PER_SPLIT`-key pieces, so the tail of the grid is short.
+/// - Otherwise 1. Never below `MIN_KEYS_PER_SPLIT` keys per split, never above `MAX_SPLITS`.
 ///
-/// Example (BENCHMARKS.md D3, 4 requests x 32768 keys, 8 kv heads, H100 with 132 SMs):
-/// 4 x 8 = 32 blocks < 264, so ceil(264 / 32) = 9 splits (32768 / 512 = 64 allows it).
-/// D1 (64 requests x 8 kv heads = 512 blocks) gets 1.
-pub fn num_splits_heuristic(blocks_without_split: usize, max_seq_len: usize, num_sms: usize) -> usize {
-    let target = 2 * num_sms;
-    if blocks_without_split == 0 || blocks_without_split >= target {
+/// Examples (BENCHMARKS.md on an H100: 132 SMs x 2 resident blocks = 264; measured best in
+/// brackets): D3 (4 x 32768 keys, 8 kv heads: 32 blocks) -> 264 / 32 = 8 [4-8];
+/// D4 (128 ragged, 253..8184 keys, mean 4371: 1024 blocks) -> ceil(8184 / 2048) = 4 [4];
+/// D1 (64 x 4096: 512 blocks, uniform) -> 1 [1].
+pub fn num_splits_heuristic(blocks: usize, max_seq_len: usize, mean_seq_len: usize, resident: usize) -> usize {
+    if blocks == 0 {
         return 1;
     }
-    let wanted = target.div_ceil(blocks_without_split);
+    let wanted = if blocks < resident {
+        resident / blocks
+    } else if 2 * max_seq_len > 3 * mean_seq_len {
+        max_seq_len.div_ceil(RAGGED_KEYS_PER_SPLIT)
+    } else {
+        1
+    };
     let by_length = (max_seq_len / MIN_KEYS_PER_SPLIT).max(1);
     wanted.min(by_length).min(MAX_SPLITS).max(1)
+}
+
+/// The paged-attention kernel for a dtype tag and head dim (device crate's table).
+fn kernel_name(tag: &str, head_dim: usize) -> String {
+    format!("paged_attention_{tag}_d{head_dim}")
 }
 
 /// A step's metadata on the device, and the launch plan derived from it. Reusable by every
@@ -77,47 +94,11 @@ pub struct DevicePlan {
     pub num_splits: usize,
 }
 
-/// The two paged-attention kernels: the same computation, on CUDA cores (a GQA group of up
-/// to 4 heads per block, FMAs and warp shuffles) or on tensor cores (up to 16 heads per
-/// block as the rows of mma.m16n8k16 tiles).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PagedKernel {
-    CudaCores,
-    TensorCores,
-}
-
-impl PagedKernel {
-    fn name(self, tag: &str, d: usize) -> String {
-        match self {
-            PagedKernel::CudaCores => format!("paged_attention_{tag}_d{d}"),
-            PagedKernel::TensorCores => format!("paged_attention_tc_{tag}_d{d}"),
-        }
-    }
-    /// Query heads one block serves.
-    fn heads_per_block(self) -> usize {
-        match self {
-            PagedKernel::CudaCores => PAGED_MAX_GROUP as usize,
-            PagedKernel::TensorCores => TC_ROWS as usize,
-        }
-    }
-    fn threads(self) -> u32 {
-        match self {
-            PagedKernel::CudaCores => PAGED_WARPS * 32,
-            PagedKernel::TensorCores => TC_WARPS * 32,
-        }
-    }
-    fn smem_bytes(self, d: usize) -> u32 {
-        match self {
-            PagedKernel::CudaCores => paged_smem_bytes(d as u32),
-            PagedKernel::TensorCores => tc_smem_bytes(d as u32),
-        }
-    }
-}
-
 /// One layer on the CUDA paged backend; owns the layer's paged cache on the device.
 pub struct CudaPagedImpl<T> {
     rt: Arc<CudaRuntime>,
-    kernel: PagedKernel,
+    /// Blocks of the paged kernel that fit on the device at once (SMs x blocks per SM).
+    resident_blocks: usize,
     spec: AttnSpec,
     layout: KvCacheLayout,
     key_cache: CudaSlice<u16>,
@@ -168,13 +149,13 @@ impl<T: Element> CudaPagedImpl<T> {
         if layout.block_size > CAPS.block_sizes.1 {
             return Err(AttnError::InvalidConfig(format!("block size {} above {}", layout.block_size, CAPS.block_sizes.1)));
         }
-        // More than 48 KiB of dynamic shared memory must be asked for per kernel.
-        for k in [PagedKernel::CudaCores, PagedKernel::TensorCores] {
-            rt.function(&k.name(T::KERNEL_TAG.unwrap_or_default(), spec.head_dim))?.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                k.smem_bytes(spec.head_dim) as i32,
-            )?;
-        }
+        // More than 48 KiB of dynamic shared memory must be asked for per kernel; the
+        // occupancy that results feeds the split heuristic.
+        let smem = paged_smem_bytes(spec.head_dim as u32);
+        let kernel = rt.function(&kernel_name(T::KERNEL_TAG.unwrap_or_default(), spec.head_dim))?;
+        kernel.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
+        let per_sm = kernel.occupancy_max_active_blocks_per_multiprocessor(PAGED_WARPS * 32, smem as usize, None)?;
+        let resident_blocks = (per_sm.max(1) * rt.num_sms()) as usize;
         let stream = rt.stream().clone();
         let key_cache = stream.alloc_zeros::<u16>(layout.elements())?;
         let value_cache = stream.alloc_zeros::<u16>(layout.elements())?;
@@ -182,15 +163,7 @@ impl<T: Element> CudaPagedImpl<T> {
             Some(s) => Some(stream.clone_htod(s)?),
             None => None,
         };
-        Ok(CudaPagedImpl { rt, kernel: PagedKernel::TensorCores, spec, layout, key_cache, value_cache, alibi, partial_out: None, partial_ml: None, _elem: PhantomData })
-    }
-
-    /// Chooses the paged-attention kernel (both compute the same; tests run both).
-    pub fn set_kernel(&mut self, kernel: PagedKernel) {
-        self.kernel = kernel;
-    }
-    pub fn kernel(&self) -> PagedKernel {
-        self.kernel
+        Ok(CudaPagedImpl { rt, resident_blocks, spec, layout, key_cache, value_cache, alibi, partial_out: None, partial_ml: None, _elem: PhantomData })
     }
 
     pub fn runtime(&self) -> &Arc<CudaRuntime> {
@@ -220,12 +193,13 @@ impl<T: Element> CudaPagedImpl<T> {
                 "metadata was built for cache {:?}, the layer's cache is {:?}", meta.layout(), self.layout
             )));
         }
-        let tiles = self.spec.group_size().div_ceil(self.kernel.heads_per_block());
+        let tiles = self.spec.group_size().div_ceil(PAGED_ROWS as usize);
         let blocks = meta.num_tokens() * self.spec.num_kv_heads * tiles;
+        let mean_seq_len = meta.seq_lens().iter().map(|&s| s as usize).sum::<usize>() / meta.num_reqs().max(1);
         let num_splits = match force_splits {
             Some(s) if (1..=MAX_SPLITS).contains(&s) => s,
             Some(s) => return Err(AttnError::InvalidConfig(format!("{s} splits: must be in 1..={MAX_SPLITS}"))),
-            None => num_splits_heuristic(blocks, meta.max_seq_len(), self.rt.num_sms() as usize),
+            None => num_splits_heuristic(blocks, meta.max_seq_len(), mean_seq_len, self.resident_blocks),
         };
         let stream = self.rt.stream();
         let plan = DevicePlan {
@@ -306,7 +280,7 @@ impl<T: Element> CudaPagedImpl<T> {
         let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
         let tag = T::KERNEL_TAG.expect("checked at construction");
         let l = self.layout;
-        let tiles = self.spec.group_size().div_ceil(self.kernel.heads_per_block());
+        let tiles = self.spec.group_size().div_ceil(PAGED_ROWS as usize);
         let (qp, _g1) = q.device_ptr(&stream);
         let (op, _g2) = out.device_ptr_mut(&stream);
         let (kc, _g3) = self.key_cache.device_ptr(&stream);
@@ -347,11 +321,11 @@ impl<T: Element> CudaPagedImpl<T> {
             scale: self.spec.scale,
             softcap: self.spec.softcap.unwrap_or(0.0),
         };
-        let f = self.rt.function(&self.kernel.name(tag, d))?;
+        let f = self.rt.function(&kernel_name(tag, d))?;
         let cfg = LaunchConfig {
             grid_dim: (plan.num_tokens as u32, (hkv * tiles) as u32, plan.num_splits as u32),
-            block_dim: (self.kernel.threads(), 1, 1),
-            shared_mem_bytes: self.kernel.smem_bytes(d),
+            block_dim: (PAGED_WARPS * 32, 1, 1),
+            shared_mem_bytes: paged_smem_bytes(d as u32),
         };
         // SAFETY: buffers sized as checked in `run`; the metadata was validated by the
         // builder (block ids inside the cache, seq_lens >= query lengths); the workspace
@@ -431,12 +405,16 @@ mod tests {
 
     #[test]
     fn split_heuristic_examples() {
-        // D3: 4 requests x 8 kv heads on 132 SMs.
-        assert_eq!(num_splits_heuristic(32, 32768, 132), 9);
-        // D1: plenty of blocks.
-        assert_eq!(num_splits_heuristic(512, 4096, 132), 1);
+        // D3: 4 requests x 8 kv heads, 264 resident blocks.
+        assert_eq!(num_splits_heuristic(32, 32768, 32768, 264), 8);
+        // D4: ragged.
+        assert_eq!(num_splits_heuristic(1024, 8184, 4371, 264), 4);
+        // D1, D2, D5: uniform and enough blocks.
+        assert_eq!(num_splits_heuristic(512, 4096, 4096, 264), 1);
+        assert_eq!(num_splits_heuristic(1024, 2048, 2048, 264), 1);
         // Short contexts are not split below MIN_KEYS_PER_SPLIT keys per split.
-        assert_eq!(num_splits_heuristic(8, 1024, 132), 2);
-        assert_eq!(num_splits_heuristic(1, 1 << 20, 132), MAX_SPLITS);
+        assert_eq!(num_splits_heuristic(8, 1024, 1024, 264), 2);
+        assert_eq!(num_splits_heuristic(1, 1 << 20, 1 << 20, 264), MAX_SPLITS);
+        assert_eq!(num_splits_heuristic(0, 0, 0, 264), 1);
     }
 }
