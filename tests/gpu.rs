@@ -39,14 +39,7 @@ fn rel_error<T: Element>(out: &[T], reference: &[f64]) -> f64 {
 /// The expected cache after a step: `before` with this step's k/v at their slots.
 fn expected_cache<T: Element>(before: &HostKvCache<T>, k: &[T], v: &[T], meta: &AttentionMetadata) -> HostKvCache<T> {
     let mut c = before.clone();
-    let row = c.layout.token_stride();
-    for (t, &slot) in meta.slot_mapping().iter().enumerate() {
-        if slot >= 0 {
-            let s = slot as usize * row;
-            c.key[s..s + row].copy_from_slice(&k[t * row..(t + 1) * row]);
-            c.value[s..s + row].copy_from_slice(&v[t * row..(t + 1) * row]);
-        }
-    }
+    c.write_slots(k, v, meta.slot_mapping());
     c
 }
 

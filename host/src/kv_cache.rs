@@ -65,6 +65,21 @@ impl<T: Element> HostKvCache<T> {
         HostKvCache { layout, key: vec![T::default(); layout.elements()], value: vec![T::default(); layout.elements()] }
     }
 
+    /// `reshape_and_cache` on the host: token `t`'s rows of `k` and `v`
+    /// (`[num_tokens, num_kv_heads, head_dim]`) to slot `slot_mapping[t]`; a negative slot is
+    /// padding and is skipped. The slots were validated with the metadata (inside capacity).
+    pub fn write_slots(&mut self, k: &[T], v: &[T], slot_mapping: &[i64]) {
+        let row = self.layout.token_stride();
+        for (t, &slot) in slot_mapping.iter().enumerate() {
+            if slot < 0 {
+                continue;
+            }
+            let dst = self.layout.offset(slot as usize, 0);
+            self.key[dst..dst + row].copy_from_slice(&k[t * row..(t + 1) * row]);
+            self.value[dst..dst + row].copy_from_slice(&v[t * row..(t + 1) * row]);
+        }
+    }
+
     /// K row of (slot, head).
     pub fn key_row(&self, slot: usize, head: usize) -> &[T] {
         let o = self.layout.offset(slot, head);

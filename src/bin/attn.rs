@@ -188,11 +188,12 @@ fn demo(o: &Opts) -> Result<(), CliError> {
         if cfg.is_mla() { ", MLA" } else { "" }
     );
     println!("backend: {} — {}", sel.backend, sel.reason);
-    if cfg.is_mla() {
-        return Err(CliError::Check(format!(
-            "{} is an MLA model: the demo's mixed batch runs MHA/GQA layers; MLA decode is checked by the property tests",
-            cfg.name
-        )));
+    if let Some(mla) = cfg.mla_spec() {
+        return match dtype {
+            DType::Bf16 => run_mla_demo::<bf16>(&mla, o, sel.backend),
+            DType::F16 => run_mla_demo::<f16>(&mla, o, sel.backend),
+            DType::F32 => run_mla_demo::<f32>(&mla, o, sel.backend),
+        };
     }
     let gpu = if sel.backend.caps().cpu { None } else { gpu };
     match dtype {
@@ -200,6 +201,52 @@ fn demo(o: &Opts) -> Result<(), CliError> {
         DType::F16 => run_demo::<f16>(&cfg, o, sel.backend, gpu),
         DType::F32 => run_demo::<f32>(&cfg, o, sel.backend, gpu),
     }
+}
+
+/// MLA (absorbed form) on the CPU backend, the only one with MLA so far: long-context
+/// decodes, a chunked prefill and a fresh prefill over a latent cache (one head of
+/// kv_lora_rank + rope dims; values are its first kv_lora_rank dims).
+fn run_mla_demo<T: Element>(spec: &attn_backends::MlaSpec, o: &Opts, backend: attn_backends::BackendName) -> Result<(), CliError> {
+    if backend != attn_backends::BackendName::Cpu {
+        return Err(CliError::Check(format!("{backend} has no MLA path yet")));
+    }
+    let shapes = [(4095, 1), (2047, 1), (1023, 1), (511, 1), (256, 16), (0, 16)];
+    let (bs, w) = (o.block_size, spec.latent_dim());
+    let num_blocks = blocks_needed(&shapes, bs) + 16;
+    let layout = KvCacheLayout::new(num_blocks, bs, 1, w)?;
+    let mut rng = Rng::new(o.seed);
+    let step = schedule(&mut rng, &shapes, bs, num_blocks).ok_or_else(|| CliError::Check("block pool too small".into()))?;
+    let meta = MetadataBuilder::new(layout).build(&step)?;
+    let (decodes, chunked, prefills) = meta.counts();
+    println!(
+        "batch: {} requests ({decodes} decodes, {chunked} chunked prefill, {prefills} prefill), {} query tokens x {} heads, latent cache {} x {w}, block size {bs}",
+        meta.num_reqs(),
+        meta.num_tokens(),
+        spec.num_q_heads,
+        meta.seq_lens().iter().map(|&s| s as usize).sum::<usize>()
+    );
+    let n = meta.num_tokens();
+    let mut cache = HostKvCache { layout, key: random_values::<T>(&mut rng, layout.elements()), value: random_values::<T>(&mut rng, layout.elements()) };
+    let latent = random_values::<T>(&mut rng, n * w);
+    let q = random_values::<T>(&mut rng, n * spec.num_q_heads * w);
+    let t = Instant::now();
+    cache.write_slots(&latent, &latent, meta.slot_mapping());
+    let out = attn_backends::backend::cpu::mla_decode_cpu(&q, &cache, &meta, spec)?;
+    let elapsed = t.elapsed();
+    let t = Instant::now();
+    let reference = oracle::paged_mla_reference(&q, &cache, &meta, spec);
+    let oracle_time = t.elapsed();
+    let err = oracle::rel_error(&out, &reference);
+    println!(
+        "result: rel error vs f64 oracle {err:.2e}; MLA absorbed decode {:.2} ms on {backend}; oracle {:.0} ms",
+        elapsed.as_secs_f64() * 1e3,
+        oracle_time.as_secs_f64() * 1e3
+    );
+    let tol = if T::DTYPE == DType::F32 { 1e-4 } else { 1e-2 };
+    if !(err < tol) {
+        return Err(CliError::Check(format!("relative error {err:.3e} (tolerance {tol:.0e})")));
+    }
+    Ok(())
 }
 
 fn run_demo<T: Element>(cfg: &ModelConfig, o: &Opts, backend: attn_backends::BackendName, gpu: Option<Arc<CudaRuntime>>) -> Result<(), CliError> {

@@ -307,7 +307,7 @@ impl<T: Element> CpuImpl<T> {
         }
         self.check(q, k, v, meta, out)?;
         tracing::trace!(tokens = meta.num_tokens(), reqs = meta.num_reqs(), num_splits, "cpu attention step");
-        self.write_cache(k, v, meta);
+        self.cache.write_slots(k, v, meta.slot_mapping());
         self.attend(q, meta, out, num_splits);
         Ok(())
     }
@@ -321,19 +321,6 @@ impl<T: Element> CpuImpl<T> {
         check_len("k", k.len(), n, s.num_kv_heads, s.head_dim, "kv heads")?;
         check_len("v", v.len(), n, s.num_kv_heads, s.head_dim, "kv heads")?;
         check_len("out", out.len(), n, s.num_q_heads, s.head_dim, "query heads")
-    }
-
-    /// `reshape_and_cache`: token `t`'s K/V rows to slot `slot_mapping[t]`; negative = skip.
-    fn write_cache(&mut self, k: &[T], v: &[T], meta: &AttentionMetadata) {
-        let row = self.cache.layout.token_stride();
-        for (t, &slot) in meta.slot_mapping().iter().enumerate() {
-            if slot < 0 {
-                continue;
-            }
-            let dst = self.cache.layout.offset(slot as usize, 0);
-            self.cache.key[dst..dst + row].copy_from_slice(&k[t * row..(t + 1) * row]);
-            self.cache.value[dst..dst + row].copy_from_slice(&v[t * row..(t + 1) * row]);
-        }
     }
 
     fn attend(&self, q: &[T], meta: &AttentionMetadata, out: &mut [T], num_splits: usize) {
