@@ -185,6 +185,15 @@ impl<T: Element> CudaPagedImpl<T> {
         Ok(())
     }
 
+    /// q and out hold `num_tokens x Hq x D` elements, k and v `num_tokens x Hkv x D`.
+    fn check_shapes(&self, num_tokens: usize, q: usize, k: usize, v: usize, out: usize) -> Result<()> {
+        let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
+        check_len("q", q, num_tokens * hq * d)?;
+        check_len("k", k, num_tokens * hkv * d)?;
+        check_len("v", v, num_tokens * hkv * d)?;
+        check_len("out", out, num_tokens * hq * d)
+    }
+
     /// Uploads a step's metadata and plans its launches (split count from the batch and
     /// the SM count). `force_splits` overrides the heuristic (tests, benchmarks).
     pub fn plan(&mut self, meta: &AttentionMetadata, force_splits: Option<usize>) -> Result<DevicePlan> {
@@ -227,14 +236,10 @@ impl<T: Element> CudaPagedImpl<T> {
     /// Launches the step on device tensors: cache write, paged attention, merge if split.
     /// q, out `[num_tokens, Hq, D]`; k, v `[num_tokens, Hkv, D]`.
     pub fn run(&mut self, plan: &DevicePlan, q: &CudaSlice<u16>, k: &CudaSlice<u16>, v: &CudaSlice<u16>, out: &mut CudaSlice<u16>) -> Result<()> {
-        let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
         if plan.layout != self.layout {
             return Err(AttnError::InvalidConfig("plan was made for another cache".into()));
         }
-        check_len("q", q.len(), plan.num_tokens * hq * d)?;
-        check_len("out", out.len(), plan.num_tokens * hq * d)?;
-        check_len("k", k.len(), plan.num_tokens * hkv * d)?;
-        check_len("v", v.len(), plan.num_tokens * hkv * d)?;
+        self.check_shapes(plan.num_tokens, q.len(), k.len(), v.len(), out.len())?;
         if plan.num_tokens == 0 {
             return Ok(());
         }
@@ -353,12 +358,8 @@ impl<T: Element> CudaPagedImpl<T> {
 
     /// `forward` with an explicit split count (tests exercise 1 and many).
     pub fn forward_with_splits(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T], splits: Option<usize>) -> Result<()> {
-        let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
         let n = meta.num_tokens();
-        check_len("q", q.len(), n * hq * d)?;
-        check_len("k", k.len(), n * hkv * d)?;
-        check_len("v", v.len(), n * hkv * d)?;
-        check_len("out", out.len(), n * hq * d)?;
+        self.check_shapes(n, q.len(), k.len(), v.len(), out.len())?;
         let plan = self.plan(meta, splits)?;
         let stream = self.rt.stream().clone();
         let qd = stream.clone_htod(as_u16(q))?;
