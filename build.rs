@@ -127,6 +127,13 @@ fn build() -> Result<(), String> {
     run(&mut cmd)?;
     let linked = target_dir.join(NVPTX).join("release").join("attn_device_kernels.ptx");
 
+    // Only this build's architectures stay in OUT_DIR (the GPU bundle copies them all).
+    for entry in fs::read_dir(&out_dir).map_err(|e| e.to_string())?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("attn_kernels_") && name.ends_with(".ptx") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
     let mut table = String::from(
         "/// The embedded PTX modules: (compute capability, architecture, PTX text), oldest first.\n\
          pub static PTX_MODULES: &[(u32, &str, &str)] = &[\n",

@@ -22,7 +22,8 @@ done <<< "$exes"
 for b in gpu decode attn; do
   [ -x "$out/bin/$b" ] || { echo "gpu-bundle: $b did not build" >&2; exit 1; }
 done
-cp $(ls -t target/release/build/attn-backends-*/out/attn_kernels_*.ptx | head -n 8) "$out/ptx/" 2>/dev/null || true
+ptx_dir=$(dirname "$(ls -t target/release/build/attn-backends-*/out/ptx_modules.rs | head -n 1)")
+cp "$ptx_dir"/attn_kernels_*.ptx "$out/ptx/"
 cp scripts/gpu-run.sh "$out/run.sh"
 git rev-parse --short HEAD > "$out/COMMIT" 2>/dev/null || echo unknown > "$out/COMMIT"
 du -sh "$out"
