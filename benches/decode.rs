@@ -26,6 +26,7 @@ struct Workload {
     id: &'static str,
     q_heads: usize,
     kv_heads: usize,
+    head_dim: usize,
     lens: Vec<usize>,
     /// BENCHMARKS.md's H100 peers, as fractions of copy bandwidth: (cuDNN SDPA contiguous, Triton paged).
     peers: (f64, f64),
@@ -33,11 +34,20 @@ struct Workload {
 
 fn workloads() -> Vec<Workload> {
     vec![
-        Workload { id: "D1", q_heads: 32, kv_heads: 8, lens: vec![4096; 64], peers: (0.985, 0.969) },
-        Workload { id: "D2", q_heads: 32, kv_heads: 8, lens: vec![1024; 256], peers: (0.977, 0.963) },
-        Workload { id: "D3", q_heads: 32, kv_heads: 8, lens: vec![32768; 4], peers: (0.927, 0.878) },
-        Workload { id: "D4", q_heads: 32, kv_heads: 8, lens: ragged_lengths(128, 8192, 128), peers: (0.518, 0.932) },
-        Workload { id: "D5", q_heads: 32, kv_heads: 32, lens: vec![2048; 32], peers: (0.988, 0.969) },
+        Workload { id: "D1", q_heads: 32, kv_heads: 8, head_dim: 128, lens: vec![4096; 64], peers: (0.985, 0.969) },
+        Workload { id: "D2", q_heads: 32, kv_heads: 8, head_dim: 128, lens: vec![1024; 256], peers: (0.977, 0.963) },
+        Workload { id: "D3", q_heads: 32, kv_heads: 8, head_dim: 128, lens: vec![32768; 4], peers: (0.927, 0.878) },
+        Workload { id: "D4", q_heads: 32, kv_heads: 8, head_dim: 128, lens: ragged_lengths(128, 8192, 128), peers: (0.518, 0.932) },
+        Workload { id: "D5", q_heads: 32, kv_heads: 32, head_dim: 128, lens: vec![2048; 32], peers: (0.988, 0.969) },
+    ]
+}
+
+/// Not BENCHMARKS.md workloads (`--extra`): D1's batch at the other compiled head dims, to
+/// see the kernels' other instantiations; no peer figures.
+fn extra_workloads() -> Vec<Workload> {
+    vec![
+        Workload { id: "X1 (D1, Gemma-2 heads 16:8, d256)", q_heads: 16, kv_heads: 8, head_dim: 256, lens: vec![4096; 64], peers: (f64::NAN, f64::NAN) },
+        Workload { id: "X2 (D1 at d64)", q_heads: 32, kv_heads: 8, head_dim: 64, lens: vec![4096; 64], peers: (f64::NAN, f64::NAN) },
     ]
 }
 
@@ -93,6 +103,7 @@ fn main() {
     let json = std::env::args().any(|a| a == "--json");
     // --sweep: also time split counts 1, 2, 4, 8, 16 (to tune the heuristic).
     let sweep = std::env::args().any(|a| a == "--sweep");
+    let extra = std::env::args().any(|a| a == "--extra");
     let rt = match attn_backends::gpu_if_present() {
         Ok(rt) => rt,
         Err(why) => {
@@ -106,8 +117,12 @@ fn main() {
     println!("| workload | splits | time (us) [min, max] | GB/s | of copy | peers on H100: cuDNN / Triton |");
     println!("|---|---|---|---|---|---|");
     let mut rng = Rng::new(2024);
-    for w in workloads() {
-        let d = 128;
+    let mut all = workloads();
+    if extra {
+        all.extend(extra_workloads());
+    }
+    for w in all {
+        let d = w.head_dim;
         let spec = AttnSpec::new(w.q_heads, w.kv_heads, d);
         let shapes: Vec<(usize, usize)> = w.lens.iter().map(|&l| (l - 1, 1)).collect();
         let num_blocks = shapes.iter().map(|&(c, n)| (c + n).div_ceil(BLOCK_SIZE)).sum::<usize>();
