@@ -137,7 +137,7 @@ fn main() {
         let mut out = rt.stream().alloc_zeros::<u16>(n * w.q_heads * d).expect("out");
         let kv_bytes: usize = w.lens.iter().map(|&l| l * w.kv_heads * d * 2 * 2).sum();
         let bytes = (kv_bytes + 2 * n * w.q_heads * d * 2) as f64;
-        let heuristic = imp.plan(&meta, None).expect("plan").num_splits;
+        let heuristic = imp.plan(&meta, None).expect("plan").num_splits();
         let mut split_options = vec![heuristic];
         if heuristic != 1 {
             split_options.push(1);

@@ -132,6 +132,12 @@ fn cases() -> Vec<Case> {
     add("bf16 d128 sliding window 100".into(), s.clone(), true);
     s.splits = Some(4);
     add("bf16 d128 sliding window 100, 4 splits".into(), s, true);
+    let mut s = shape(8, 2, 128);
+    s.spec.sliding_window = Some(1);
+    add("bf16 d128 sliding window 1".into(), s.clone(), true);
+    s.spec.sliding_window = Some(1 << 20);
+    s.splits = Some(3);
+    add("bf16 d128 window past every sequence, 3 splits".into(), s, true);
     let mut s = shape(8, 2, 256);
     s.spec.softcap = Some(5.0);
     s.spec.scale = 1.0;
@@ -148,6 +154,79 @@ fn cases() -> Vec<Case> {
     s.requests = (0..40).map(|i| (17 + 97 * i, 1)).collect();
     add("bf16 d128 40 decodes (Llama-3 heads)".into(), s, true);
     v
+}
+
+/// Requests with no query tokens this step (possible in metadata a caller builds itself) are
+/// skipped by the kernels; the others are computed as usual.
+fn zero_token_requests(rt: &Arc<CudaRuntime>) -> Result<String, String> {
+    let e = |x: AttnError| x.to_string();
+    let spec = AttnSpec::new(8, 2, 128);
+    let layout = KvCacheLayout::new(64, 16, 2, 128).map_err(e)?;
+    // Requests 0 and 2 have no new tokens; 1 decodes at position 40; 3 prefills 5 tokens.
+    let (qsl, seq_lens) = (vec![0, 0, 1, 1, 6], vec![30, 41, 17, 5]);
+    let block_table = vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+    let slots = vec![5 * 16 + 8, 9 * 16, 9 * 16 + 1, 9 * 16 + 2, 9 * 16 + 3, 9 * 16 + 4];
+    let meta = AttentionMetadata::from_parts(layout, qsl, seq_lens, block_table, 3, slots).map_err(e)?;
+    let mut rng = Rng::new(77);
+    let before = HostKvCache { layout, key: random_values::<bf16>(&mut rng, layout.elements()), value: random_values::<bf16>(&mut rng, layout.elements()) };
+    let n = meta.num_tokens();
+    let q = random_values::<bf16>(&mut rng, n * 8 * 128);
+    let k = random_values::<bf16>(&mut rng, n * 2 * 128);
+    let v = random_values::<bf16>(&mut rng, n * 2 * 128);
+    let mut gpu = CudaPagedImpl::<bf16>::new(rt.clone(), spec.clone(), layout).map_err(e)?;
+    gpu.load_cache(&before).map_err(e)?;
+    let mut out = vec![bf16::NAN; n * 8 * 128];
+    gpu.forward_with_splits(&q, &k, &v, &meta, &mut out, Some(2)).map_err(e)?;
+    let reference = oracle::paged_reference(&q, &expected_cache(&before, &k, &v, &meta), &meta, &spec);
+    let err = rel_error(&out, &reference);
+    if err < 1e-2 { Ok(format!("rel err {err:.2e}, tokens {n}")) } else { Err(format!("rel err {err:.2e}")) }
+}
+
+/// One plan serves every layer of a step (its workspace too); a plan from a layer of
+/// another shape, or tensors of the wrong size, are errors before any launch.
+fn plan_shared_by_layers(rt: &Arc<CudaRuntime>) -> Result<String, String> {
+    let e = |x: AttnError| x.to_string();
+    let spec = AttnSpec::new(8, 2, 128);
+    let shapes = vec![(3000, 1), (700, 1), (64, 3)];
+    let num_blocks = blocks_needed(&shapes, 16) + 4;
+    let layout = KvCacheLayout::new(num_blocks, 16, 2, 128).map_err(e)?;
+    let mut rng = Rng::new(99);
+    let step = schedule(&mut rng, &shapes, 16, num_blocks).ok_or("pool")?;
+    let meta = MetadataBuilder::new(layout).build(&step).map_err(e)?;
+    let n = meta.num_tokens();
+    let mut layers = Vec::new();
+    let mut caches = Vec::new();
+    for _ in 0..2 {
+        let mut l = CudaPagedImpl::<bf16>::new(rt.clone(), spec.clone(), layout).map_err(e)?;
+        let c = HostKvCache { layout, key: random_values::<bf16>(&mut rng, layout.elements()), value: random_values::<bf16>(&mut rng, layout.elements()) };
+        l.load_cache(&c).map_err(e)?;
+        layers.push(l);
+        caches.push(c);
+    }
+    let plan = layers[0].plan(&meta, Some(4)).map_err(e)?;
+    let stream = rt.stream().clone();
+    let mut worst = 0.0f64;
+    for (l, c) in layers.iter_mut().zip(&caches) {
+        let q = random_values::<bf16>(&mut rng, n * 8 * 128);
+        let k = random_values::<bf16>(&mut rng, n * 2 * 128);
+        let v = random_values::<bf16>(&mut rng, n * 2 * 128);
+        let bits = |x: &[bf16]| x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
+        let (qd, kd, vd) = (stream.clone_htod(&bits(&q)).map_err(|x| x.to_string())?, stream.clone_htod(&bits(&k)).map_err(|x| x.to_string())?, stream.clone_htod(&bits(&v)).map_err(|x| x.to_string())?);
+        let mut od = stream.clone_htod(&vec![bf16::NAN.to_bits(); n * 8 * 128]).map_err(|x| x.to_string())?;
+        l.run(&plan, &qd, &kd, &vd, &mut od).map_err(e)?;
+        let out: Vec<bf16> = stream.clone_dtoh(&od).map_err(|x| x.to_string())?.into_iter().map(bf16::from_bits).collect();
+        let reference = oracle::paged_reference(&q, &expected_cache(c, &k, &v, &meta), &meta, &spec);
+        worst = worst.max(rel_error(&out, &reference));
+        // Wrong sizes are refused.
+        let short = stream.alloc_zeros::<u16>(8).map_err(|x| x.to_string())?;
+        l.attend(&plan, &short, &mut od).err().ok_or("attend accepted a short q")?;
+    }
+    let other = CudaPagedImpl::<bf16>::new(rt.clone(), AttnSpec::new(16, 2, 128), layout).map_err(e)?;
+    let mut other = other;
+    let q = stream.alloc_zeros::<u16>(n * 16 * 128).map_err(|x| x.to_string())?;
+    let mut o = stream.alloc_zeros::<u16>(n * 16 * 128).map_err(|x| x.to_string())?;
+    let refused = other.attend(&plan, &q, &mut o).err().ok_or("a plan for 8 heads ran on a 16-head layer")?;
+    if worst < 1e-2 { Ok(format!("2 layers, 4 splits, worst rel err {worst:.2e}; refused: `{refused}`")) } else { Err(format!("rel err {worst:.2e}")) }
 }
 
 /// User mistakes are errors before any launch and change nothing.
@@ -176,6 +255,8 @@ fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let mut all = cases();
     all.push(Case { name: "bad input is rejected before launch".into(), run: Box::new(bad_input) });
+    all.push(Case { name: "requests with no query tokens".into(), run: Box::new(zero_token_requests) });
+    all.push(Case { name: "one plan shared by two layers".into(), run: Box::new(plan_shared_by_layers) });
     let all: Vec<Case> = all.into_iter().filter(|c| filter.is_empty() || filter.iter().any(|f| c.name.contains(f.as_str()))).collect();
     let rt = match attn_backends::gpu_if_present() {
         Ok(rt) => rt,

@@ -504,3 +504,48 @@ fn mla_decode_cpu_deepseek_dims() {
     let err = oracle::rel_error(&got, &want);
     assert!(err < 1e-4, "rel error {err:e}");
 }
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// The builder's maps follow the schedule, computed here independently: query_start_loc
+    /// is the prefix sum of new tokens, seq_len = cached + new, the block table row is the
+    /// request's first ceil(seq_len / block_size) block ids, and position p of request r is
+    /// written at block_ids[p / bs] * bs + p % bs. (The oracle reads keys through these maps,
+    /// so they are pinned here rather than trusted.)
+    #[test]
+    fn metadata_maps_follow_the_schedule(seed in any::<u64>(), num_reqs in 1usize..=6, bs_log2 in 0u32..=5) {
+        let bs = 1usize << bs_log2;
+        let mut rng = Rng(seed | 1);
+        let reqs: Vec<(usize, usize)> = (0..num_reqs).map(|_| (rng.range(0, 40), rng.range(1, 20))).collect();
+        let num_blocks: usize = reqs.iter().map(|&(c, n)| (c + n).div_ceil(bs)).sum::<usize>() + 3;
+        let mut pool: Vec<u32> = (0..num_blocks as u32).collect();
+        rng.shuffle(&mut pool);
+        let mut next = 0;
+        let requests: Vec<RequestSchedule> = reqs.iter().map(|&(c, n)| {
+            let k = (c + n).div_ceil(bs) + rng.range(0, 2); // sometimes a spare block id
+            let ids = pool[next.min(pool.len())..(next + k).min(pool.len())].to_vec();
+            next += k;
+            RequestSchedule { num_computed_tokens: c, num_new_tokens: n, block_ids: ids }
+        }).collect();
+        prop_assume!(requests.iter().zip(&reqs).all(|(r, &(c, n))| r.block_ids.len() >= (c + n).div_ceil(bs)));
+        let layout = KvCacheLayout::new(num_blocks, bs, 1, 8).unwrap();
+        let meta = MetadataBuilder::new(layout).build(&SchedulerOutput { requests: requests.clone() }).unwrap();
+        let mut start = 0i32;
+        let mut slots = Vec::new();
+        for (r, req) in requests.iter().enumerate() {
+            let seq = req.num_computed_tokens + req.num_new_tokens;
+            prop_assert_eq!(meta.query_start_loc()[r], start);
+            start += req.num_new_tokens as i32;
+            prop_assert_eq!(meta.seq_lens()[r] as usize, seq);
+            let row = &meta.block_ids(r)[..seq.div_ceil(bs)];
+            let want: Vec<i32> = req.block_ids[..seq.div_ceil(bs)].iter().map(|&b| b as i32).collect();
+            prop_assert_eq!(row, &want[..]);
+            for p in req.num_computed_tokens..seq {
+                slots.push((req.block_ids[p / bs] as usize * bs + p % bs) as i64);
+            }
+        }
+        prop_assert_eq!(*meta.query_start_loc().last().unwrap(), start);
+        prop_assert_eq!(meta.slot_mapping(), &slots[..]);
+    }
+}

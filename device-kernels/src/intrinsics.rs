@@ -219,6 +219,18 @@ pub fn cp_async_wait_group<const N: u32>() {
     unsafe { asm!("cp.async.wait_group {n};", n = const N, options(nostack)) }
 }
 
+/// `cp.async.wait_group n` for an `n` known at compile time after inlining (0 to 3): the
+/// immediate operand cannot come from a const-generic expression.
+#[inline(always)]
+pub fn cp_async_wait_pending(n: usize) {
+    match n {
+        0 => cp_async_wait_group::<0>(),
+        1 => cp_async_wait_group::<1>(),
+        2 => cp_async_wait_group::<2>(),
+        _ => cp_async_wait_group::<3>(),
+    }
+}
+
 /// `ld.shared.v4.u32`: 16 bytes from a shared-window address.
 #[inline(always)]
 pub unsafe fn ld_shared_v4(addr: u32) -> V4 {

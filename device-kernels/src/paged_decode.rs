@@ -32,15 +32,13 @@
 
 use crate::elem::{Bf16, Elem, F16};
 use crate::intrinsics::*;
-use crate::params::{PagedAttnParams, PAGED_ROWS, PAGED_STAGES, PAGED_TILE, PAGED_WARPS};
+use crate::params::{paged_stages, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
 
 const WARPS: usize = PAGED_WARPS as usize;
 /// Query heads per block: the rows of the mma tiles.
 const ROWS: usize = PAGED_ROWS as usize;
 /// Keys per tile.
 const TILE: usize = PAGED_TILE as usize;
-/// Tiles in flight per warp (cp.async pipeline depth).
-const STAGES: usize = PAGED_STAGES as usize;
 const NEG_INIT: f32 = -1.0e30;
 const LOG2E: f32 = core::f32::consts::LOG2_E;
 
@@ -80,9 +78,10 @@ fn quad_sum(x: f32) -> f32 {
     x + shfl_sync_bfly_f32(x, 2)
 }
 
-/// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`.
+/// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`;
+/// `STAGES`: tiles in flight per warp (cp.async pipeline depth), `paged_stages(D)`.
 #[inline(always)]
-unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: usize>(p: &PagedAttnParams) {
+unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: usize, const STAGES: usize>(p: &PagedAttnParams) {
     let chunks = D / 8; // 16-byte chunks per K/V row
     let tile_bytes = TILE * D * 2;
     let tid = thread_idx_x() as usize;
@@ -189,7 +188,7 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
         }
         cp_async_commit_group();
         // Invariant: groups 0..=it are complete: tile t is in stage it % STAGES, for all lanes.
-        cp_async_wait_group::<{ STAGES as u32 - 1 }>();
+        cp_async_wait_pending(STAGES - 1);
         bar_warp_sync();
         let stage = it % STAGES;
 
@@ -214,7 +213,7 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
                     if p.softcap != 0.0 {
                         x = p.softcap * tanh_approx(x * rcp_approx(p.softcap));
                     }
-                    x = (x + slopes[i / 2] * (key as f32 - q_pos as f32)) * LOG2E;
+                    x = (x + slopes[i / 2] * (key as i64 - q_pos as i64) as f32) * LOG2E;
                 }
                 s[j][i] = if key >= kv_begin && key < kv_end { x } else { f32::NEG_INFINITY };
             }
@@ -320,7 +319,7 @@ macro_rules! paged_attention_kernels {
     ($($name:ident: $elem:ty, $d:literal;)*) => {$(
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: PagedAttnParams) {
-            unsafe { paged_attention::<$elem, $d, { $d / 8 }, { $d / 16 }>(&p) }
+            unsafe { paged_attention::<$elem, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }>(&p) }
         }
     )*};
 }

@@ -102,13 +102,19 @@ const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
 pub const PAGED_WARPS: u32 = 4;
 pub const PAGED_ROWS: u32 = 16;
 pub const PAGED_TILE: u32 = 16;
-pub const PAGED_STAGES: u32 = 3;
 
-/// Dynamic shared memory of the paged kernel for head dim `d`: per warp `PAGED_STAGES` K and
-/// V tiles of `PAGED_TILE x d` 16-bit elements; the cross-warp merge
-/// (`PAGED_WARPS * PAGED_ROWS * (d + 2)` f32) reuses it.
+/// Tiles in flight per warp for head dim `d`: 3, or 2 for d > 128 so that d256 fits the
+/// 163 KiB an sm_80 block may have (the per-warp tile pair is 16 KiB there).
+pub const fn paged_stages(d: u32) -> u32 {
+    if d > 128 { 2 } else { 3 }
+}
+
+/// Dynamic shared memory of the paged kernel for head dim `d`: per warp `paged_stages(d)` K
+/// and V tiles of `PAGED_TILE x d` 16-bit elements; the cross-warp merge
+/// (`PAGED_WARPS * PAGED_ROWS * (d + 2)` f32) reuses it. d64: 48 KiB, d128: 96 KiB,
+/// d256: 128 KiB.
 pub const fn paged_smem_bytes(d: u32) -> u32 {
-    let pipeline = PAGED_WARPS * PAGED_STAGES * 2 * PAGED_TILE * d * 2;
+    let pipeline = PAGED_WARPS * paged_stages(d) * 2 * PAGED_TILE * d * 2;
     let merge = PAGED_WARPS * PAGED_ROWS * (d + 2) * 4;
     if pipeline > merge { pipeline } else { merge }
 }

@@ -14,21 +14,35 @@ pub struct KvCacheLayout {
 
 impl KvCacheLayout {
     pub fn new(num_blocks: usize, block_size: usize, num_kv_heads: usize, head_dim: usize) -> Result<Self> {
+        let l = KvCacheLayout { num_blocks, block_size, num_kv_heads, head_dim };
+        l.validate()?;
+        Ok(l)
+    }
+
+    /// What every consumer relies on (the fields are public, so the builder and the backends
+    /// check again): positive sizes, a power-of-two block size, block ids that fit the
+    /// kernels' i32 block table, and a size whose element count does not overflow.
+    pub fn validate(&self) -> Result<()> {
+        let (num_blocks, block_size, num_kv_heads, head_dim) = (self.num_blocks, self.block_size, self.num_kv_heads, self.head_dim);
+        let bad = |m: String| Err(AttnError::InvalidConfig(m));
         if num_blocks == 0 || num_kv_heads == 0 || head_dim == 0 {
-            return Err(AttnError::InvalidConfig(format!(
-                "cache of {num_blocks} blocks, {num_kv_heads} kv heads, head dim {head_dim}: all must be positive"
-            )));
+            return bad(format!("cache of {num_blocks} blocks, {num_kv_heads} kv heads, head dim {head_dim}: all must be positive"));
         }
         if !block_size.is_power_of_two() {
-            return Err(AttnError::InvalidConfig(format!(
-                "block size {block_size} is not a power of two"
-            )));
+            return bad(format!("block size {block_size} is not a power of two"));
         }
-        let l = KvCacheLayout { num_blocks, block_size, num_kv_heads, head_dim };
-        if l.elements() > isize::MAX as usize / 8 {
-            return Err(AttnError::InvalidConfig(format!("cache of {num_blocks} blocks is too large")));
+        if num_blocks > i32::MAX as usize {
+            return bad(format!("{num_blocks} blocks: block ids must fit in i32"));
         }
-        Ok(l)
+        let elements = num_blocks
+            .checked_mul(block_size)
+            .and_then(|x| x.checked_mul(num_kv_heads))
+            .and_then(|x| x.checked_mul(head_dim))
+            .filter(|&e| e <= isize::MAX as usize / 8);
+        if elements.is_none() {
+            return bad(format!("cache of {num_blocks} blocks x {block_size} tokens x {num_kv_heads} heads x {head_dim} dims is too large"));
+        }
+        Ok(())
     }
     pub fn capacity_slots(&self) -> usize {
         self.num_blocks * self.block_size

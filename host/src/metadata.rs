@@ -147,6 +147,7 @@ impl AttentionMetadata {
         block_table_stride: usize,
         slot_mapping: Vec<i64>,
     ) -> Result<Self> {
+        layout.validate()?;
         let mismatch = |what, detail: String| Err(AttnError::LengthMismatch { what, detail });
         let n = seq_lens.len();
         if query_start_loc.len() != n + 1 {
@@ -155,7 +156,7 @@ impl AttentionMetadata {
         if query_start_loc[0] != 0 {
             return mismatch("query_start_loc", format!("starts at {}, not 0", query_start_loc[0]));
         }
-        if block_table.len() != n * block_table_stride {
+        if block_table_stride > i32::MAX as usize || n.checked_mul(block_table_stride) != Some(block_table.len()) {
             return mismatch("block_table", format!("{} entries for {n} requests x stride {block_table_stride}", block_table.len()));
         }
         let num_tokens = *query_start_loc.last().unwrap();
@@ -199,7 +200,9 @@ impl AttentionMetadata {
         Ok(meta)
     }
 
-    /// Every slot inside capacity, none written twice, each where the block table says.
+    /// Every slot inside capacity, none written twice, each where the block table says; no
+    /// request lists a physical block twice, and no write lands on a slot that a request
+    /// reads as context (prefix blocks may be shared, but only for reading).
     fn check_slots(&self) -> Result<()> {
         let capacity = self.layout.capacity_slots();
         let mut seen: HashMap<i64, usize> = HashMap::with_capacity(self.slot_mapping.len());
@@ -229,6 +232,44 @@ impl AttentionMetadata {
                 }
             }
         }
+        // Lowest offset written this step in each physical block, and by which token.
+        let bs = self.layout.block_size;
+        let mut written: HashMap<usize, (usize, usize)> = HashMap::with_capacity(seen.len());
+        for (&slot, &token) in &seen {
+            let (block, off) = (slot as usize / bs, slot as usize % bs);
+            let e = written.entry(block).or_insert((off, token));
+            if off < e.0 {
+                *e = (off, token);
+            }
+        }
+        let mut blocks_of_request: HashMap<i32, usize> = HashMap::new();
+        for r in 0..self.num_reqs() {
+            let ctx = self.context_len(r);
+            let needed = (self.seq_lens[r] as usize).div_ceil(bs);
+            blocks_of_request.clear();
+            for (logical, &b) in self.block_ids(r)[..needed].iter().enumerate() {
+                if let Some(first) = blocks_of_request.insert(b, logical) {
+                    return Err(AttnError::InvalidRequest {
+                        request: r,
+                        detail: format!("block id {b} appears twice in its block table (logical blocks {first} and {logical})"),
+                    });
+                }
+                // Context offsets of this block: [0, ctx_here).
+                let ctx_here = ctx.saturating_sub(logical * bs).min(bs);
+                if let Some(&(off, token)) = written.get(&(b as usize)) {
+                    if off < ctx_here {
+                        return Err(AttnError::InvalidRequest {
+                            request: r,
+                            detail: format!(
+                                "token {token} writes slot {}, which holds this request's context token {}",
+                                b as usize * bs + off,
+                                logical * bs + off
+                            ),
+                        });
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -250,6 +291,7 @@ impl MetadataBuilder {
 
     /// Validates the step and packs it. Errors name the request and the offending value.
     pub fn build(&self, step: &SchedulerOutput) -> Result<AttentionMetadata> {
+        self.layout.validate()?;
         let bs = self.layout.block_size;
         let n = step.requests.len();
         let mut query_start_loc = Vec::with_capacity(n + 1);
@@ -352,6 +394,35 @@ mod tests {
         assert!(matches!(e, AttnError::InvalidRequest { request: 0, .. }), "{e}");
         let e = b.build(&SchedulerOutput { requests: vec![req(0, 2, &[1]), req(1, 1, &[1])] }).unwrap_err();
         assert!(e.to_string().contains("slot 5 is written by tokens 1 and 2"), "{e}");
+    }
+
+    #[test]
+    fn writes_never_land_on_context_and_block_ids_are_not_repeated() {
+        let b = MetadataBuilder::new(layout());
+        // The same block twice in one request's table.
+        let e = b.build(&SchedulerOutput { requests: vec![req(8, 1, &[0, 0, 1])] }).unwrap_err();
+        assert!(e.to_string().contains("block id 0 appears twice"), "{e}");
+        // ... which would let its new tokens overwrite its own context.
+        let e = b.build(&SchedulerOutput { requests: vec![req(4, 4, &[0, 0])] }).unwrap_err();
+        assert!(e.to_string().contains("context token 0"), "{e}");
+        // Request 1 writes slot 4 (block 1, offset 0), which request 0 reads as context.
+        let e = b.build(&SchedulerOutput { requests: vec![req(3, 1, &[1]), req(0, 1, &[1])] }).unwrap_err();
+        assert!(matches!(e, AttnError::InvalidRequest { request: 0, .. }) && e.to_string().contains("slot 4"), "{e}");
+        // Sharing a prefix block for reading is fine: both read block 2, write elsewhere.
+        let ok = b.build(&SchedulerOutput { requests: vec![req(4, 1, &[2, 0]), req(4, 1, &[2, 3])] }).unwrap();
+        assert_eq!(ok.slot_mapping(), &[0, 12]);
+    }
+
+    #[test]
+    fn layouts_that_bypass_new_are_rejected() {
+        let mut l = layout();
+        l.block_size = 3;
+        let e = MetadataBuilder::new(l).build(&SchedulerOutput { requests: vec![req(0, 1, &[0])] }).unwrap_err();
+        assert!(e.to_string().contains("power of two"), "{e}");
+        assert!(KvCacheLayout::new((i32::MAX as usize) + 1, 1, 1, 8).is_err());
+        assert!(KvCacheLayout::new(8192, 16, 1 << 40, 128).is_err());
+        let e = AttentionMetadata::from_parts(layout(), vec![0, 0, 0], vec![0, 0], vec![], 1 << 63, vec![]).unwrap_err();
+        assert!(matches!(e, AttnError::LengthMismatch { what: "block_table", .. }), "{e}");
     }
 
     #[test]

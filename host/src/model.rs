@@ -41,6 +41,9 @@ const KV_HEAD_KEYS: &[&str] = &["num_key_value_heads", "num_kv_heads", "n_head_k
 /// Model width: Llama-style, GPT-2 (`n_embd`), MPT/T5 (`d_model`), BLOOM's early configs (`n_embed`).
 const HIDDEN_KEYS: &[&str] = &["hidden_size", "n_embd", "d_model", "n_embed"];
 
+/// The largest count (heads, dims, window, hidden size) a config may give.
+const MAX_COUNT: usize = 1 << 24;
+
 /// DeepSeek's multi-head latent attention dimensions (from `kv_lora_rank` and friends).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MlaDims {
@@ -75,8 +78,13 @@ pub struct ModelConfig {
     /// From `dtype` or `torch_dtype`; bf16 when the config names none.
     pub dtype: DType,
     /// `None` when the config has none, it is null, or `use_sliding_window` is false.
-    /// Gemma-2 alternates sliding-window and global layers; this is the local layers' window.
+    /// Models that interleave local and global layers (Gemma-2, Gemma-3) give the local
+    /// layers' window here and the interleaving in `global_layer_every`.
     pub sliding_window: Option<usize>,
+    /// With a sliding window: every n-th layer (the n-th, 2n-th, ... counting from 1) is
+    /// global. Gemma-2: 2 (`model_type` gemma2); Gemma-3: `sliding_window_pattern` (6).
+    /// `None`: the window applies to every layer.
+    pub global_layer_every: Option<usize>,
     /// `attn_logit_softcapping` (Gemma-2: 50.0).
     pub softcap: Option<f32>,
     pub alibi: bool,
@@ -110,9 +118,22 @@ impl ModelConfig {
         self.mla.is_some()
     }
 
-    /// The layer's [`AttnSpec`], with the standard ALiBi slopes when the model uses ALiBi.
-    /// For an MLA model this is the decompressed form (use [`ModelConfig::mla_spec`] for
-    /// what the kernels compute).
+    /// The [`AttnSpec`] of layer `layer` (from 0): as [`ModelConfig::attn_spec`], without the
+    /// window on the global layers of models that interleave them.
+    ///
+    /// Example: Gemma-2 (`global_layer_every` 2): layers 0, 2, 4, ... have the 4096 window,
+    /// layers 1, 3, 5, ... none.
+    pub fn attn_spec_for_layer(&self, layer: usize) -> AttnSpec {
+        let mut spec = self.attn_spec();
+        if self.global_layer_every.is_some_and(|n| (layer + 1) % n == 0) {
+            spec.sliding_window = None;
+        }
+        spec
+    }
+
+    /// The [`AttnSpec`] of the model's (local) layers, with the standard ALiBi slopes when the
+    /// model uses ALiBi. For an MLA model this is the decompressed form (use
+    /// [`ModelConfig::mla_spec`] for what the kernels compute).
     pub fn attn_spec(&self) -> AttnSpec {
         AttnSpec {
             num_q_heads: self.num_q_heads,
@@ -175,11 +196,15 @@ impl<'a> Reader<'a> {
         keys.iter().find_map(|k| self.get(k).map(|v| (*k, v)))
     }
 
-    /// A count: a non-negative integer (`32`, or `32.0` as some exporters write it).
+    /// A count: a non-negative integer (`32`, or `32.0` as some exporters write it), at most
+    /// `MAX_COUNT` (no attention dimension or window comes near it; bigger is a broken file).
     fn count(&self, key: &str, v: &Value) -> Result<usize> {
         let n = v.as_u64().or_else(|| v.as_f64().filter(|x| *x >= 0.0 && x.fract() == 0.0 && *x < 1e15).map(|x| x as u64));
-        n.and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| self.err(format!("{} is {v}, expected a non-negative integer", self.field(key))))
+        let n = n.ok_or_else(|| self.err(format!("{} is {v}, expected a non-negative integer", self.field(key))))?;
+        if n > MAX_COUNT as u64 {
+            return Err(self.err(format!("{} is {n}, larger than any real model's ({MAX_COUNT} at most)", self.field(key))));
+        }
+        Ok(n as usize)
     }
 
     fn opt_count(&self, key: &str) -> Result<Option<usize>> {
@@ -274,6 +299,12 @@ fn parse(name: &str, origin: &str, json: &str) -> Result<ModelConfig> {
     };
     let alibi = parse_alibi(&cfg)?;
     let scale = parse_scale(&cfg, head_dim, mla)?;
+    let global_layer_every = match (sliding_window, cfg.opt_count("sliding_window_pattern")?) {
+        (None, _) => None,
+        (Some(_), Some(0 | 1)) => None,
+        (Some(_), Some(n)) => Some(n),
+        (Some(_), None) => cfg.get("model_type").and_then(Value::as_str).filter(|t| *t == "gemma2").map(|_| 2),
+    };
 
     let model = ModelConfig {
         name: name.to_string(),
@@ -282,6 +313,7 @@ fn parse(name: &str, origin: &str, json: &str) -> Result<ModelConfig> {
         head_dim,
         dtype,
         sliding_window,
+        global_layer_every,
         softcap,
         alibi,
         scale,
@@ -328,6 +360,18 @@ fn parse_dtype(cfg: &Reader<'_>, root: &Reader<'_>) -> Result<DType> {
 fn parse_kv_heads(cfg: &Reader<'_>, num_q_heads: usize) -> Result<(&'static str, usize)> {
     if !cfg.flag("new_decoder_architecture")? && cfg.flag("multi_query")? {
         return Ok(("multi_query", 1));
+    }
+    // ChatGLM: `multi_query_attention: true` with `multi_query_group_num` KV heads.
+    if cfg.flag("multi_query_attention")? {
+        if let Some(n) = cfg.opt_count("multi_query_group_num")? {
+            return Ok(("multi_query_group_num", n));
+        }
+    }
+    // MPT: `attn_config.kv_n_heads` (absent: MHA).
+    if let Some(attn) = cfg.nested("attn_config", "attn_config.")? {
+        if let Some(n) = attn.opt_count("kv_n_heads")? {
+            return Ok(("attn_config.kv_n_heads", n));
+        }
     }
     match cfg.first(KV_HEAD_KEYS) {
         Some((k, v)) => Ok((k, cfg.count(k, v)?)),
@@ -718,6 +762,41 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
 }
 
 #[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn gemma2_interleaves_local_and_global_layers() {
+        let g = preset("gemma-2-9b").unwrap();
+        assert_eq!(g.global_layer_every, Some(2));
+        assert_eq!(g.attn_spec_for_layer(0).sliding_window, Some(4096));
+        assert_eq!(g.attn_spec_for_layer(1).sliding_window, None);
+        let m = preset("mistral-7b").unwrap();
+        assert_eq!(m.attn_spec_for_layer(1).sliding_window, Some(4096));
+        let g3 = ModelConfig::from_json_str("g3", r#"{"num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "sliding_window": 1024, "sliding_window_pattern": 6}"#).unwrap();
+        assert_eq!((g3.attn_spec_for_layer(4).sliding_window, g3.attn_spec_for_layer(5).sliding_window), (Some(1024), None));
+    }
+
+    #[test]
+    fn chatglm_and_mpt_kv_heads() {
+        let glm = ModelConfig::from_json_str("glm", r#"{"num_attention_heads": 32, "hidden_size": 4096, "multi_query_attention": true, "multi_query_group_num": 2}"#).unwrap();
+        assert_eq!((glm.num_kv_heads, glm.head_dim), (2, 128));
+        let mpt = ModelConfig::from_json_str("mpt", r#"{"n_heads": 32, "d_model": 4096, "attn_config": {"kv_n_heads": 8}}"#).unwrap();
+        assert_eq!(mpt.num_kv_heads, 8);
+    }
+
+    #[test]
+    fn absurd_counts_are_errors_not_panics() {
+        let e = ModelConfig::from_json_str("x", r#"{"num_attention_heads": 4, "head_dim": 4611686018427387904}"#).unwrap_err();
+        assert!(e.to_string().contains("larger than any real model"), "{e}");
+        let e = ModelConfig::from_json_str("x", r#"{"n_head": 100000000000, "hidden_size": 4096, "model_type": "bloom"}"#).unwrap_err();
+        assert!(e.to_string().contains("larger than any real model"), "{e}");
+        let e = ModelConfig::from_json_str("x", r#"{"num_attention_heads": 4, "hidden_size": 64, "kv_lora_rank": 512, "qk_rope_head_dim": 18446744073709551615, "qk_nope_head_dim": 128, "v_head_dim": 128}"#).unwrap_err();
+        assert!(e.to_string().contains("larger than any real model"), "{e}");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -829,8 +908,10 @@ mod tests {
         assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim), (32, 32, 128));
         assert!(m.alibi);
         assert_eq!(m.dtype, DType::Bf16, "no torch_dtype: the default");
+        // 32 heads: slope i (from 1) is 2^(-8 i / 32).
         let slopes = m.attn_spec().alibi_slopes.unwrap();
-        assert_eq!(slopes, alibi_slopes(32));
+        assert_eq!(slopes.len(), 32);
+        assert!((slopes[0] - 2f32.powf(-0.25)).abs() < 1e-6 && (slopes[31] - 2f32.powi(-8)).abs() < 1e-9, "{slopes:?}");
     }
 
     #[test]

@@ -99,6 +99,17 @@ impl fmt::Display for Requirements {
     }
 }
 
+/// The most dynamic shared memory one block may opt into, per compute capability (CUDA
+/// programming guide, "Technical Specifications"): 163 KiB on sm_80 / sm_87, 227 KiB on
+/// sm_90 / sm_100 / sm_103, 99 KiB on sm_86 / sm_89 / sm_120 and anything not listed.
+pub fn max_shared_memory_per_block(cc: u32) -> usize {
+    match cc {
+        80 | 87 => 166_912,
+        90 | 100 | 103 => 232_448,
+        _ => 101_376,
+    }
+}
+
 /// Compute capability 80 -> "8.0", 100 -> "10.0".
 fn cc_string(cc: u32) -> String {
     format!("{}.{}", cc / 10, cc % 10)
@@ -150,6 +161,14 @@ pub fn check(caps: &BackendCaps, platform: Platform, req: &Requirements) -> Vec<
         // `head_dims` lists the MHA/GQA instantiations; MLA's latent width is the MLA kernel's own.
         if !caps.head_dims.is_empty() && !caps.head_dims.contains(&req.head_dim) {
             why.push(format!("head dim {} not in [{}]", req.head_dim, join(caps.head_dims)));
+        } else if let (Some(smem), Some(cc)) = (caps.shared_memory_bytes, platform.compute_capability()) {
+            let (need, limit) = (smem(req.head_dim), max_shared_memory_per_block(cc));
+            if need > limit {
+                why.push(format!(
+                    "head dim {} needs {need} bytes of shared memory per block, sm_{cc} allows {limit}",
+                    req.head_dim
+                ));
+            }
         }
     }
     for (wanted, supported, what) in [
@@ -299,10 +318,35 @@ pub fn parse_platform(s: &str) -> Option<Platform> {
             return None;
         }
         let (major, minor) = digits.split_at(digits.len() - 1);
-        return Some(Platform::Cuda { major: major.parse().ok()?, minor: minor.parse().ok()? });
+        return cuda_platform(major.parse().ok()?, minor.parse().ok()?);
     }
     let (major, minor) = s.split_once('.')?;
-    Some(Platform::Cuda { major: major.parse().ok()?, minor: minor.parse().ok()? })
+    cuda_platform(major.parse().ok()?, minor.parse().ok()?)
+}
+
+/// A CUDA platform with a plausible compute capability (major 1..=99, minor 0..=9).
+fn cuda_platform(major: u32, minor: u32) -> Option<Platform> {
+    ((1..=99).contains(&major) && minor <= 9).then_some(Platform::Cuda { major, minor })
+}
+
+#[cfg(test)]
+mod smem_tests {
+    use super::*;
+    use crate::model::preset;
+
+    #[test]
+    fn head_dim_256_needs_the_shared_memory_of_sm80_or_sm90() {
+        let req = Requirements::for_model(&preset("gemma-2-9b").unwrap(), 16);
+        for (major, minor, ok) in [(8, 0, true), (9, 0, true), (8, 6, false), (8, 9, false)] {
+            let sel = select(Platform::Cuda { major, minor }, &req, None).unwrap();
+            assert_eq!(sel.backend == BackendName::CudaPaged, ok, "sm_{major}{minor}: {}", sel.reason);
+            if !ok {
+                assert!(sel.reason.contains("shared memory"), "{}", sel.reason);
+            }
+        }
+        let llama = Requirements::for_model(&preset("llama-3-8b").unwrap(), 16);
+        assert_eq!(select(Platform::Cuda { major: 8, minor: 6 }, &llama, None).unwrap().backend, BackendName::CudaPaged);
+    }
 }
 
 #[cfg(test)]

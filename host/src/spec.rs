@@ -3,6 +3,29 @@
 
 use crate::error::{AttnError, Result};
 
+#[cfg(test)]
+mod tests {
+    use super::alibi_slopes;
+
+    #[test]
+    fn alibi_slopes_by_hand() {
+        // 8 heads: 2^-1, 2^-2, ..., 2^-8.
+        assert_eq!(alibi_slopes(8), (1..=8).map(|i| 0.5f32.powi(i)).collect::<Vec<_>>());
+        // 12 heads: the 8 above, then every other slope of 16 heads: 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5.
+        let s = alibi_slopes(12);
+        assert_eq!(s.len(), 12);
+        for (i, e) in [0.5f64, 1.5, 2.5, 3.5].into_iter().enumerate() {
+            assert!((s[8 + i] as f64 - 2f64.powf(-e)).abs() < 1e-6, "slope {}: {}", 8 + i, s[8 + i]);
+        }
+        assert!(alibi_slopes(0).is_empty());
+    }
+}
+
+/// Largest head count and head dim any backend is asked to consider (sanity bounds for
+/// configs read from files).
+pub const MAX_HEADS: usize = 1 << 16;
+pub const MAX_HEAD_DIM: usize = 1 << 16;
+
 /// One attention layer of a model (MHA / GQA / MQA).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttnSpec {
@@ -45,6 +68,12 @@ impl AttnSpec {
                 self.num_q_heads, self.num_kv_heads, self.head_dim
             ));
         }
+        if self.num_q_heads > MAX_HEADS || self.head_dim > MAX_HEAD_DIM {
+            return bad(format!(
+                "{} query heads, head dim {}: at most {MAX_HEADS} heads and head dim {MAX_HEAD_DIM}",
+                self.num_q_heads, self.head_dim
+            ));
+        }
         if self.num_q_heads % self.num_kv_heads != 0 {
             return bad(format!(
                 "{} query heads are not a multiple of {} kv heads",
@@ -71,8 +100,13 @@ impl AttnSpec {
     }
 }
 
-/// The standard ALiBi slopes for `n` heads (Press et al.; as in BLOOM and MPT).
+/// The standard ALiBi slopes for `n` heads (Press et al.; as in BLOOM and MPT): for a power
+/// of two `n`, `2^(-8 i / n)` for `i = 1..=n`; otherwise those of the largest power of two
+/// below `n`, then every other slope of twice that.
 pub fn alibi_slopes(n: usize) -> Vec<f32> {
+    if n == 0 {
+        return Vec::new();
+    }
     let closest = 1usize << (usize::BITS - 1 - n.leading_zeros());
     let base = 2f64.powf(-8.0 / closest as f64);
     let mut s: Vec<f32> = (1..=closest).map(|i| base.powi(i as i32) as f32).collect();

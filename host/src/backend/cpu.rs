@@ -45,6 +45,7 @@ pub static CAPS: BackendCaps = BackendCaps {
     softcap: true,
     alibi: true,
     block_sizes: (1, 1024),
+    shared_memory_bytes: None,
 };
 
 /// Initial running max: finite (as on the GPU), so that merging empty states gives 0, not NaN.
@@ -157,7 +158,7 @@ fn attend_core<T: Element>(q: &[f32], q_pos: usize, sc: &Scoring, src: &KvSource
                 x = cap * (x / cap).tanh();
             }
             if let Some(slope) = sc.slope {
-                x += slope * (t as f32 - q_pos as f32);
+                x += slope * (t as i64 - q_pos as i64) as f32;
             }
             *s = x;
             mx = mx.max(x);
@@ -220,10 +221,11 @@ fn token_positions(meta: &AttentionMetadata) -> Vec<(usize, usize)> {
 }
 
 fn check_len(what: &'static str, got: usize, tokens: usize, heads: usize, dim: usize, heads_name: &str) -> Result<()> {
-    let want = tokens * heads * dim;
-    if got == want {
+    let want = tokens.checked_mul(heads).and_then(|x| x.checked_mul(dim));
+    if want == Some(got) {
         return Ok(());
     }
+    let want = want.map_or("more than usize can hold".to_string(), |w| w.to_string());
     Err(AttnError::LengthMismatch {
         what,
         detail: format!("{got} elements, but {tokens} tokens x {heads} {heads_name} x {dim} head dim = {want}"),
@@ -251,12 +253,14 @@ pub struct CpuImpl<T> {
 impl<T: Element> CpuImpl<T> {
     /// A layer with a zeroed cache of `layout`, whose kv heads and head dim must be the spec's.
     pub fn new(spec: AttnSpec, layout: KvCacheLayout) -> Result<Self> {
+        layout.validate()?;
         Self::with_cache(spec, HostKvCache::zeros(layout))
     }
 
     /// A layer over an existing cache (a restored one; tests pre-fill contexts this way).
     pub fn with_cache(spec: AttnSpec, cache: HostKvCache<T>) -> Result<Self> {
         spec.validate()?;
+        cache.layout.validate()?;
         let l = &cache.layout;
         if l.num_kv_heads != spec.num_kv_heads || l.head_dim != spec.head_dim {
             return Err(AttnError::InvalidConfig(format!(

@@ -19,7 +19,7 @@ use crate::params::{
     paged_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS,
 };
 use crate::spec::AttnSpec;
-use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -40,7 +40,12 @@ pub static CAPS: BackendCaps = BackendCaps {
     softcap: true,
     alibi: true,
     block_sizes: (1, 256),
+    shared_memory_bytes: Some(shared_memory_bytes),
 };
+
+fn shared_memory_bytes(head_dim: usize) -> usize {
+    paged_smem_bytes(head_dim as u32) as usize
+}
 
 /// Keys one split should at least cover: below this the merge costs more than it saves.
 pub const MIN_KEYS_PER_SPLIT: usize = 512;
@@ -80,8 +85,9 @@ fn kernel_name(tag: &str, head_dim: usize) -> String {
     format!("paged_attention_{tag}_d{head_dim}")
 }
 
-/// A step's metadata on the device, and the launch plan derived from it. Reusable by every
-/// layer of the step.
+/// A step's metadata on the device, the launch plan derived from it, and the split-KV
+/// workspace it needs. Reusable by every layer of the step that has the planning layer's
+/// cache layout, query heads and head dim (checked at each launch).
 pub struct DevicePlan {
     query_start_loc: CudaSlice<i32>,
     seq_lens: CudaSlice<i32>,
@@ -91,7 +97,21 @@ pub struct DevicePlan {
     num_seqs: usize,
     num_tokens: usize,
     layout: KvCacheLayout,
-    pub num_splits: usize,
+    num_q_heads: usize,
+    head_dim: usize,
+    num_splits: usize,
+    /// `num_splits x num_tokens x num_q_heads` rows of `head_dim` f32 partial outputs, and of
+    /// (m, l) pairs; allocated only when split.
+    workspace: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
+}
+
+impl DevicePlan {
+    pub fn num_splits(&self) -> usize {
+        self.num_splits
+    }
+    pub fn num_tokens(&self) -> usize {
+        self.num_tokens
+    }
 }
 
 /// One layer on the CUDA paged backend; owns the layer's paged cache on the device.
@@ -104,9 +124,6 @@ pub struct CudaPagedImpl<T> {
     key_cache: CudaSlice<u16>,
     value_cache: CudaSlice<u16>,
     alibi: Option<CudaSlice<f32>>,
-    /// Split-KV workspace (partial outputs, (m, l) pairs), grown on demand.
-    partial_out: Option<CudaSlice<f32>>,
-    partial_ml: Option<CudaSlice<f32>>,
     _elem: PhantomData<T>,
 }
 
@@ -134,6 +151,7 @@ impl<T: Element> CudaPagedImpl<T> {
     /// the backend cannot serve `spec` (dtype, head dim) or the layout disagrees with it.
     pub fn new(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout) -> Result<Self> {
         spec.validate()?;
+        layout.validate()?;
         let Some(_) = T::KERNEL_TAG else {
             return Err(AttnError::UnsupportedDType { dtype: T::DTYPE, backend: "CUDA_PAGED", supported: "f16, bf16" });
         };
@@ -152,6 +170,13 @@ impl<T: Element> CudaPagedImpl<T> {
         // More than 48 KiB of dynamic shared memory must be asked for per kernel; the
         // occupancy that results feeds the split heuristic.
         let smem = paged_smem_bytes(spec.head_dim as u32);
+        let smem_max = rt.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        if smem as i64 > smem_max as i64 {
+            return Err(AttnError::Unsupported {
+                backend: "CUDA_PAGED",
+                reason: format!("head dim {} needs {smem} bytes of shared memory per block; {} allows {smem_max}", spec.head_dim, rt.device_name()),
+            });
+        }
         let kernel = rt.function(&kernel_name(T::KERNEL_TAG.unwrap_or_default(), spec.head_dim))?;
         kernel.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
         let per_sm = kernel.occupancy_max_active_blocks_per_multiprocessor(PAGED_WARPS * 32, smem as usize, None)?;
@@ -163,7 +188,7 @@ impl<T: Element> CudaPagedImpl<T> {
             Some(s) => Some(stream.clone_htod(s)?),
             None => None,
         };
-        Ok(CudaPagedImpl { rt, resident_blocks, spec, layout, key_cache, value_cache, alibi, partial_out: None, partial_ml: None, _elem: PhantomData })
+        Ok(CudaPagedImpl { rt, resident_blocks, spec, layout, key_cache, value_cache, alibi, _elem: PhantomData })
     }
 
     pub fn runtime(&self) -> &Arc<CudaRuntime> {
@@ -179,6 +204,8 @@ impl<T: Element> CudaPagedImpl<T> {
         if cache.layout != self.layout {
             return Err(AttnError::InvalidConfig(format!("cache layout {:?} differs from the layer's {:?}", cache.layout, self.layout)));
         }
+        check_len("key cache", cache.key.len(), self.layout.elements())?;
+        check_len("value cache", cache.value.len(), self.layout.elements())?;
         let stream = self.rt.stream();
         stream.memcpy_htod(as_u16(&cache.key), &mut self.key_cache)?;
         stream.memcpy_htod(as_u16(&cache.value), &mut self.value_cache)?;
@@ -188,10 +215,12 @@ impl<T: Element> CudaPagedImpl<T> {
     /// q and out hold `num_tokens x Hq x D` elements, k and v `num_tokens x Hkv x D`.
     fn check_shapes(&self, num_tokens: usize, q: usize, k: usize, v: usize, out: usize) -> Result<()> {
         let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
-        check_len("q", q, num_tokens * hq * d)?;
-        check_len("k", k, num_tokens * hkv * d)?;
-        check_len("v", v, num_tokens * hkv * d)?;
-        check_len("out", out, num_tokens * hq * d)
+        // Spec and layout are bounded (validated), so only num_tokens can make these overflow.
+        let rows = |heads: usize| num_tokens.checked_mul(heads * d).unwrap_or(usize::MAX);
+        check_len("q", q, rows(hq))?;
+        check_len("k", k, rows(hkv))?;
+        check_len("v", v, rows(hkv))?;
+        check_len("out", out, rows(hq))
     }
 
     /// Uploads a step's metadata and plans its launches (split count from the batch and
@@ -211,6 +240,13 @@ impl<T: Element> CudaPagedImpl<T> {
             None => num_splits_heuristic(blocks, meta.max_seq_len(), mean_seq_len, self.resident_blocks),
         };
         let stream = self.rt.stream();
+        let (hq, d) = (self.spec.num_q_heads, self.spec.head_dim);
+        let workspace = if num_splits > 1 {
+            let rows = num_splits * meta.num_tokens() * hq;
+            Some((stream.alloc_zeros::<f32>(rows * d)?, stream.alloc_zeros::<f32>(rows * 2)?))
+        } else {
+            None
+        };
         let plan = DevicePlan {
             query_start_loc: stream.clone_htod(meta.query_start_loc())?,
             seq_lens: stream.clone_htod(meta.seq_lens())?,
@@ -220,15 +256,11 @@ impl<T: Element> CudaPagedImpl<T> {
             num_seqs: meta.num_reqs(),
             num_tokens: meta.num_tokens(),
             layout: *meta.layout(),
+            num_q_heads: hq,
+            head_dim: d,
             num_splits,
+            workspace,
         };
-        if num_splits > 1 {
-            let rows = num_splits * plan.num_tokens * self.spec.num_q_heads;
-            if self.partial_out.as_ref().is_none_or(|w| w.len() < rows * self.spec.head_dim) {
-                self.partial_out = Some(stream.alloc_zeros::<f32>(rows * self.spec.head_dim)?);
-                self.partial_ml = Some(stream.alloc_zeros::<f32>(rows * 2)?);
-            }
-        }
         tracing::debug!(tokens = plan.num_tokens, seqs = plan.num_seqs, splits = num_splits, "planned step");
         Ok(plan)
     }
@@ -236,15 +268,13 @@ impl<T: Element> CudaPagedImpl<T> {
     /// Launches the step on device tensors: cache write, paged attention, merge if split.
     /// q, out `[num_tokens, Hq, D]`; k, v `[num_tokens, Hkv, D]`.
     pub fn run(&mut self, plan: &DevicePlan, q: &CudaSlice<u16>, k: &CudaSlice<u16>, v: &CudaSlice<u16>, out: &mut CudaSlice<u16>) -> Result<()> {
-        if plan.layout != self.layout {
-            return Err(AttnError::InvalidConfig("plan was made for another cache".into()));
-        }
+        self.check_plan(plan)?;
         self.check_shapes(plan.num_tokens, q.len(), k.len(), v.len(), out.len())?;
         if plan.num_tokens == 0 {
             return Ok(());
         }
         self.write_cache(plan, k, v)?;
-        self.attend(plan, q, out)
+        self.launch_attention(plan, q, out)
     }
 
     fn write_cache(&mut self, plan: &DevicePlan, k: &CudaSlice<u16>, v: &CudaSlice<u16>) -> Result<()> {
@@ -279,8 +309,32 @@ impl<T: Element> CudaPagedImpl<T> {
         Ok(())
     }
 
+    /// A plan fits this layer: same cache layout, query heads and head dim (so its metadata
+    /// and workspace do too).
+    fn check_plan(&self, plan: &DevicePlan) -> Result<()> {
+        if plan.layout != self.layout || plan.num_q_heads != self.spec.num_q_heads || plan.head_dim != self.spec.head_dim {
+            return Err(AttnError::InvalidConfig(format!(
+                "plan made for cache {:?}, {} query heads, head dim {}; this layer has cache {:?}, {} query heads, head dim {}",
+                plan.layout, plan.num_q_heads, plan.head_dim, self.layout, self.spec.num_q_heads, self.spec.head_dim
+            )));
+        }
+        Ok(())
+    }
+
     /// Attention alone (no cache write) over a planned step: what the decode benchmarks time.
+    /// q, out `[num_tokens, Hq, D]`, checked like `run`'s.
     pub fn attend(&mut self, plan: &DevicePlan, q: &CudaSlice<u16>, out: &mut CudaSlice<u16>) -> Result<()> {
+        self.check_plan(plan)?;
+        let n = plan.num_tokens * self.spec.num_q_heads * self.spec.head_dim;
+        check_len("q", q.len(), n)?;
+        check_len("out", out.len(), n)?;
+        if plan.num_tokens == 0 {
+            return Ok(());
+        }
+        self.launch_attention(plan, q, out)
+    }
+
+    fn launch_attention(&mut self, plan: &DevicePlan, q: &CudaSlice<u16>, out: &mut CudaSlice<u16>) -> Result<()> {
         let stream = self.rt.stream().clone();
         let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
         let tag = T::KERNEL_TAG.expect("checked at construction");
@@ -295,8 +349,8 @@ impl<T: Element> CudaPagedImpl<T> {
         let (qsl, _g7) = plan.query_start_loc.device_ptr(&stream);
         let alibi = self.alibi.as_ref().map(|a| a.device_ptr(&stream));
         let split = plan.num_splits > 1;
-        let po = self.partial_out.as_ref().filter(|_| split).map(|w| w.device_ptr(&stream));
-        let pml = self.partial_ml.as_ref().filter(|_| split).map(|w| w.device_ptr(&stream));
+        let po = plan.workspace.as_ref().map(|w| w.0.device_ptr(&stream));
+        let pml = plan.workspace.as_ref().map(|w| w.1.device_ptr(&stream));
         let p = PagedAttnParams {
             q: qp,
             out: op,

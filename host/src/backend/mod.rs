@@ -102,6 +102,9 @@ pub struct BackendCaps {
     pub alibi: bool,
     /// Block sizes: powers of two in this inclusive range.
     pub block_sizes: (usize, usize),
+    /// Dynamic shared memory a block of the backend's kernel needs for a head dim (the
+    /// selector compares it with the architecture's per-block limit); `None` on the CPU.
+    pub shared_memory_bytes: Option<fn(usize) -> usize>,
 }
 
 /// `AttentionMetadataBuilder`: scheduler output -> this backend's metadata for one step.
