@@ -20,7 +20,7 @@ use crate::params::{
 };
 use crate::spec::AttnSpec;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -124,6 +124,10 @@ pub struct CudaPagedImpl<T> {
     key_cache: CudaSlice<u16>,
     value_cache: CudaSlice<u16>,
     alibi: Option<CudaSlice<f32>>,
+    /// The three kernels of a step, looked up once.
+    cache_write_fn: CudaFunction,
+    attention_fn: CudaFunction,
+    merge_fn: CudaFunction,
     _elem: PhantomData<T>,
 }
 
@@ -177,7 +181,8 @@ impl<T: Element> CudaPagedImpl<T> {
                 reason: format!("head dim {} needs {smem} bytes of shared memory per block; {} allows {smem_max}", spec.head_dim, rt.device_name()),
             });
         }
-        let kernel = rt.function(&kernel_name(T::KERNEL_TAG.unwrap_or_default(), spec.head_dim))?;
+        let tag = T::KERNEL_TAG.unwrap_or_default();
+        let kernel = rt.function(&kernel_name(tag, spec.head_dim))?;
         kernel.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
         let per_sm = kernel.occupancy_max_active_blocks_per_multiprocessor(PAGED_WARPS * 32, smem as usize, None)?;
         let resident_blocks = (per_sm.max(1) * rt.num_sms()) as usize;
@@ -188,7 +193,21 @@ impl<T: Element> CudaPagedImpl<T> {
             Some(s) => Some(stream.clone_htod(s)?),
             None => None,
         };
-        Ok(CudaPagedImpl { rt, resident_blocks, spec, layout, key_cache, value_cache, alibi, _elem: PhantomData })
+        let cache_write_fn = rt.function("reshape_and_cache_b16")?;
+        let merge_fn = rt.function(&format!("merge_splits_{tag}"))?;
+        Ok(CudaPagedImpl {
+            rt,
+            resident_blocks,
+            spec,
+            layout,
+            key_cache,
+            value_cache,
+            alibi,
+            cache_write_fn,
+            attention_fn: kernel,
+            merge_fn,
+            _elem: PhantomData,
+        })
     }
 
     pub fn runtime(&self) -> &Arc<CudaRuntime> {
@@ -301,11 +320,10 @@ impl<T: Element> CudaPagedImpl<T> {
             head_dim: l.head_dim as u32,
             block_size: l.block_size as u32,
         };
-        let f = self.rt.function("reshape_and_cache_b16")?;
         let cfg = LaunchConfig { grid_dim: (plan.num_tokens as u32, 1, 1), block_dim: (CACHE_WRITE_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: p's pointers are live device buffers of the sizes checked in `run` and at
         // construction; every non-negative slot was validated against the cache capacity.
-        unsafe { stream.launch_builder(&f).arg(&p).launch(cfg) }?;
+        unsafe { stream.launch_builder(&self.cache_write_fn).arg(&p).launch(cfg) }?;
         Ok(())
     }
 
@@ -337,7 +355,6 @@ impl<T: Element> CudaPagedImpl<T> {
     fn launch_attention(&mut self, plan: &DevicePlan, q: &CudaSlice<u16>, out: &mut CudaSlice<u16>) -> Result<()> {
         let stream = self.rt.stream().clone();
         let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
-        let tag = T::KERNEL_TAG.expect("checked at construction");
         let l = self.layout;
         let tiles = self.spec.group_size().div_ceil(PAGED_ROWS as usize);
         let (qp, _g1) = q.device_ptr(&stream);
@@ -380,7 +397,6 @@ impl<T: Element> CudaPagedImpl<T> {
             scale: self.spec.scale,
             softcap: self.spec.softcap.unwrap_or(0.0),
         };
-        let f = self.rt.function(&kernel_name(tag, d))?;
         let cfg = LaunchConfig {
             grid_dim: (plan.num_tokens as u32, (hkv * tiles) as u32, plan.num_splits as u32),
             block_dim: (PAGED_WARPS * 32, 1, 1),
@@ -389,7 +405,7 @@ impl<T: Element> CudaPagedImpl<T> {
         // SAFETY: buffers sized as checked in `run`; the metadata was validated by the
         // builder (block ids inside the cache, seq_lens >= query lengths); the workspace
         // holds num_splits x num_tokens x Hq rows when split.
-        unsafe { stream.launch_builder(&f).arg(&p).launch(cfg) }?;
+        unsafe { stream.launch_builder(&self.attention_fn).arg(&p).launch(cfg) }?;
         if split {
             let m = MergeParams {
                 partial_out: p.partial_out,
@@ -402,10 +418,9 @@ impl<T: Element> CudaPagedImpl<T> {
                 head_dim: d as u32,
                 num_splits: plan.num_splits as u32,
             };
-            let f = self.rt.function(&format!("merge_splits_{tag}"))?;
             let cfg = LaunchConfig { grid_dim: (plan.num_tokens as u32, hq as u32, 1), block_dim: ((d / 8) as u32, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: the workspace was fully written by the split launch above.
-            unsafe { stream.launch_builder(&f).arg(&m).launch(cfg) }?;
+            unsafe { stream.launch_builder(&self.merge_fn).arg(&m).launch(cfg) }?;
         }
         Ok(())
     }
