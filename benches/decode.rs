@@ -154,9 +154,10 @@ fn main() {
             let (ms, lo, hi) = timer.time(|| imp.attend(&plan, &q, &mut out));
             let gbs = bytes / (ms * 1e-3) / 1e9;
             let tag = if splits == heuristic { "" } else { " (forced)" };
+            let peers = if w.peers.0.is_nan() { "-".to_string() } else { format!("{:.3} / {:.3}", w.peers.0, w.peers.1) };
             println!(
-                "| {} | {}{} | {:.1} [{:.1}, {:.1}] | {:.0} | {:.3} | {:.3} / {:.3} |",
-                w.id, splits, tag, ms * 1e3, lo * 1e3, hi * 1e3, gbs, gbs / copy, w.peers.0, w.peers.1
+                "| {} | {}{} | {:.1} [{:.1}, {:.1}] | {:.0} | {:.3} | {} |",
+                w.id, splits, tag, ms * 1e3, lo * 1e3, hi * 1e3, gbs, gbs / copy, peers
             );
             if json {
                 println!(

@@ -8,7 +8,7 @@ out=gpu-bundle
 rm -rf "$out" && mkdir -p "$out/bin" "$out/ptx"
 exes=$( (cargo test --release --no-run --test gpu --message-format=json &&
          cargo bench --no-run --bench decode --message-format=json &&
-         cargo build --release --bin attn --message-format=json) |
+         cargo build --release --bin attn --example 02_gpu_plan_run --message-format=json) |
   python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -24,6 +24,7 @@ if [ "${1:-}" != quick ]; then
 fi
 ./bin/attn demo 2>&1 | tee "$log/demo.txt" || status=1
 ./bin/attn demo --dtype f16 --model mistral-7b 2>&1 | tee -a "$log/demo.txt" || status=1
+./bin/02_gpu_plan_run 2>&1 | tee -a "$log/demo.txt" || status=1
 ./bin/decode --json --extra 2>&1 | tee "$log/bench-decode.txt" || status=1
 echo "run.sh status $status" | tee -a "$log/summary.txt"
 exit $status
