@@ -219,6 +219,16 @@ pub fn cp_async_wait_group<const N: u32>() {
     unsafe { asm!("cp.async.wait_group {n};", n = const N, options(nostack)) }
 }
 
+/// `st.shared.v4.u32`: 16 bytes to a shared-window address.
+#[inline(always)]
+pub unsafe fn st_shared_v4(addr: u32, v: V4) {
+    unsafe {
+        asm!("st.shared.v4.u32 [{p}], {{{a}, {b}, {c}, {d}}};", p = in(reg32) addr,
+             a = in(reg32) v.0[0], b = in(reg32) v.0[1], c = in(reg32) v.0[2], d = in(reg32) v.0[3],
+             options(nostack));
+    }
+}
+
 /// `cp.async.wait_group n` for an `n` known at compile time after inlining (0 to 3): the
 /// immediate operand cannot come from a const-generic expression.
 #[inline(always)]

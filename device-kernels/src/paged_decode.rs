@@ -32,7 +32,7 @@
 
 use crate::elem::{Bf16, Elem, F16};
 use crate::intrinsics::*;
-use crate::params::{paged_stages, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
+use crate::params::{paged_q_in_smem, paged_stages, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
 
 const WARPS: usize = PAGED_WARPS as usize;
 /// Query heads per block: the rows of the mma tiles.
@@ -79,9 +79,12 @@ fn quad_sum(x: f32) -> f32 {
 }
 
 /// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`;
-/// `STAGES`: tiles in flight per warp (cp.async pipeline depth), `paged_stages(D)`.
+/// `STAGES`: tiles in flight per warp (cp.async pipeline depth), `paged_stages(D)`;
+/// `Q_SMEM`: Q read from shared memory rather than held in registers, `paged_q_in_smem(D)`.
 #[inline(always)]
-unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: usize, const STAGES: usize>(p: &PagedAttnParams) {
+unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: usize, const STAGES: usize, const Q_SMEM: bool>(
+    p: &PagedAttnParams,
+) {
     let chunks = D / 8; // 16-byte chunks per K/V row
     let tile_bytes = TILE * D * 2;
     let tid = thread_idx_x() as usize;
@@ -116,7 +119,9 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
     let t_begin = first_tile + split * per_split;
     let t_end = if t_begin + per_split < first_tile + n_tiles { t_begin + per_split } else { first_tile + n_tiles };
 
-    // Q as A fragments: qa[ks] = rows (r0, r0 + 8) x dims ks*16 + (col, col + 8).
+    // Q as A fragments: qa[ks] = rows (r0, r0 + 8) x dims ks*16 + (col, col + 8), held in
+    // registers; or, when `Q_SMEM` (d256, where they would not fit beside the output
+    // fragments), a [ROWS x D] tile in shared memory read with ldmatrix at every k-step.
     let q_row = |r: usize, d: usize| -> u32 {
         if r < ng {
             let off = token as u64 * p.q_token_stride + (head0 + r) as u64 * p.q_head_stride + d as u64;
@@ -126,8 +131,10 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
         }
     };
     let mut qa = [[0u32; 4]; KS];
-    for ks in 0..KS {
-        qa[ks] = [q_row(r0, ks * 16 + col), q_row(r0 + 8, ks * 16 + col), q_row(r0, ks * 16 + 8 + col), q_row(r0 + 8, ks * 16 + 8 + col)];
+    if !Q_SMEM {
+        for ks in 0..KS {
+            qa[ks] = [q_row(r0, ks * 16 + col), q_row(r0 + 8, ks * 16 + col), q_row(r0, ks * 16 + 8 + col), q_row(r0 + 8, ks * 16 + 8 + col)];
+        }
     }
     let plain = p.softcap == 0.0 && p.alibi_slopes == 0;
     let s_mul = if plain { p.scale * LOG2E } else { p.scale };
@@ -149,6 +156,28 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
     let at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
         pipe + ((stage * 2 + kv) * tile_bytes + r * D * 2 + ((c ^ (r % 8)) * 16)) as u32
     };
+    // The Q tile, after every warp's pipeline, same swizzle; rows past the group are zero.
+    let q_tile = cvta_to_shared(smem) + (WARPS * STAGES * 2 * tile_bytes) as u32;
+    let q_at = |r: usize, c: usize| -> u32 { q_tile + (r * D * 2 + ((c ^ (r % 8)) * 16)) as u32 };
+    if Q_SMEM {
+        let mut u = tid;
+        while u < ROWS * chunks {
+            let (r, c) = (u / chunks, u % chunks);
+            let v = if r < ng {
+                let off = token as u64 * p.q_token_stride + (head0 + r) as u64 * p.q_head_stride + (c * 8) as u64;
+                unsafe { ld_global_nc_v4((p.q as *const u16).add(off as usize)) }
+            } else {
+                V4::ZERO
+            };
+            unsafe { st_shared_v4(q_at(r, c), v) };
+            u += WARPS * 32;
+        }
+        bar_sync();
+    }
+    // ldmatrix lane -> row for A-like 16x16 operands: matrices (rows 0-7, chunk 2k),
+    // (rows 8-15, 2k), (rows 0-7, 2k+1), (rows 8-15, 2k+1).
+    let arow = ((lane / 8) % 2) * 8 + lane % 8;
+    let ahalf = lane / 16;
     let bt_row = seq * p.block_table_stride as usize;
     let page_mask = (1usize << p.block_size_log2) - 1;
     let head_off = kv_head as u64 * p.cache_head_stride;
@@ -198,9 +227,10 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
         let lrow = (lane / 16) * 8 + lane % 8;
         let lhalf = (lane / 8) % 2;
         for ks in 0..KS {
+            let a = if Q_SMEM { unsafe { ldmatrix_x4(q_at(arow, 2 * ks + ahalf)) } } else { qa[ks] };
             let b = unsafe { ldmatrix_x4(at(stage, 0, lrow, 2 * ks + lhalf)) };
-            s[0] = E::mma(qa[ks], [b[0], b[1]], s[0]);
-            s[1] = E::mma(qa[ks], [b[2], b[3]], s[1]);
+            s[0] = E::mma(a, [b[0], b[1]], s[0]);
+            s[1] = E::mma(a, [b[2], b[3]], s[1]);
         }
 
         // Scores in log2 units, masked outside the key range; s[j][i]: row r0 + 8 (i / 2),
@@ -240,10 +270,8 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
         }
         // O += P V: ldmatrix.trans x4 per pair of 8-dim n-tiles: matrices (keys 0-7, chunk
         // 2dp), (keys 8-15, 2dp), (keys 0-7, 2dp+1), (keys 8-15, 2dp+1).
-        let vrow = ((lane / 8) % 2) * 8 + lane % 8;
-        let vhalf = lane / 16;
         for dp in 0..NT / 2 {
-            let b = unsafe { ldmatrix_x4_trans(at(stage, 1, vrow, 2 * dp + vhalf)) };
+            let b = unsafe { ldmatrix_x4_trans(at(stage, 1, arow, 2 * dp + ahalf)) };
             o[2 * dp] = E::mma(pa, [b[0], b[1]], o[2 * dp]);
             o[2 * dp + 1] = E::mma(pa, [b[2], b[3]], o[2 * dp + 1]);
         }
@@ -319,7 +347,9 @@ macro_rules! paged_attention_kernels {
     ($($name:ident: $elem:ty, $d:literal;)*) => {$(
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: PagedAttnParams) {
-            unsafe { paged_attention::<$elem, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }>(&p) }
+            unsafe {
+                paged_attention::<$elem, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }, { paged_q_in_smem($d) }>(&p)
+            }
         }
     )*};
 }

@@ -109,12 +109,19 @@ pub const fn paged_stages(d: u32) -> u32 {
     if d > 128 { 2 } else { 3 }
 }
 
+/// Whether the paged kernel keeps Q in shared memory (d > 128: its register fragments would
+/// not fit beside the output's) rather than in registers.
+pub const fn paged_q_in_smem(d: u32) -> bool {
+    d > 128
+}
+
 /// Dynamic shared memory of the paged kernel for head dim `d`: per warp `paged_stages(d)` K
-/// and V tiles of `PAGED_TILE x d` 16-bit elements; the cross-warp merge
-/// (`PAGED_WARPS * PAGED_ROWS * (d + 2)` f32) reuses it. d64: 48 KiB, d128: 96 KiB,
-/// d256: 128 KiB.
+/// and V tiles of `PAGED_TILE x d` 16-bit elements, then the Q tile (`PAGED_ROWS x d`) if
+/// `paged_q_in_smem(d)`; the cross-warp merge (`PAGED_WARPS * PAGED_ROWS * (d + 2)` f32)
+/// reuses the pipelines' space. d64: 48 KiB, d128: 96 KiB, d256: 136 KiB.
 pub const fn paged_smem_bytes(d: u32) -> u32 {
-    let pipeline = PAGED_WARPS * paged_stages(d) * 2 * PAGED_TILE * d * 2;
+    let q_tile = if paged_q_in_smem(d) { PAGED_ROWS * d * 2 } else { 0 };
+    let pipeline = PAGED_WARPS * paged_stages(d) * 2 * PAGED_TILE * d * 2 + q_tile;
     let merge = PAGED_WARPS * PAGED_ROWS * (d + 2) * 4;
     if pipeline > merge { pipeline } else { merge }
 }
