@@ -14,48 +14,25 @@ use attn_backends::backend::cpu::{self, CpuImpl, PartialState};
 use attn_backends::metadata::{AttentionMetadata, MetadataBuilder, RequestSchedule, SchedulerOutput};
 use attn_backends::oracle::{self, DenseShape, Mask, MlaInputs};
 use attn_backends::spec::alibi_slopes;
+use attn_backends::workload::{random_values, Rng};
 use attn_backends::{AttentionImpl, AttnSpec, Element, HostKvCache, KvCacheLayout, MlaSpec};
 use half::bf16;
 use proptest::prelude::*;
 use proptest::sample::select;
 use std::collections::HashSet;
 
-/// SplitMix64: the test's own source of input values, seeded by proptest.
-struct Rng(u64);
+/// Input values from the project's SplitMix64 (`workload::Rng`), seeded by proptest.
+trait Values {
+    fn vec<T: Element>(&mut self, n: usize) -> Vec<T>;
+    fn vec_f64(&mut self, n: usize) -> Vec<f64>;
+}
 
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n`.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-    /// Uniform in [-1, 1], never exactly 0.
-    fn value(&mut self) -> f32 {
-        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        let x = 2.0 * u - 1.0;
-        if x == 0.0 { 0.5 } else { x }
-    }
+impl Values for Rng {
     fn vec<T: Element>(&mut self, n: usize) -> Vec<T> {
-        (0..n).map(|_| T::from_f32(self.value())).collect()
+        random_values(self, n)
     }
     fn vec_f64(&mut self, n: usize) -> Vec<f64> {
-        (0..n).map(|_| self.value() as f64).collect()
-    }
-    fn shuffle<X>(&mut self, v: &mut [X]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i + 1);
-            v.swap(i, j);
-        }
+        (0..n).map(|_| self.uniform() as f64).collect()
     }
 }
 
@@ -156,7 +133,7 @@ fn to_f64<T: Element>(x: &[T]) -> Vec<f64> {
 /// One random batch through `CpuImpl` (with `num_splits`) and through the oracle.
 /// Returns (backend output, oracle output).
 fn paged_vs_oracle<T: Element>(seed: u64, num_reqs: usize, l: &Layer, num_splits: usize) -> (Vec<T>, Vec<f64>) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let reqs: Vec<(usize, usize)> = (0..num_reqs)
         .map(|_| {
             let ctx = rng.range(0, 48);
@@ -222,7 +199,7 @@ proptest! {
     /// the same cache.
     #[test]
     fn chunked_prefill_equals_one_shot(seed in any::<u64>(), l in layer(vec![8, 16]), distractor in any::<bool>()) {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let total = rng.range(1, 24);
         let mut chunks = Vec::new();
         let mut done = 0;
@@ -308,7 +285,7 @@ proptest! {
     /// parts allowed), merged in a shuffled order or as a random tree, == dense attention.
     #[test]
     fn split_states_merge_in_any_order(seed in any::<u64>(), l in layer(vec![8, 16]), parts in 1usize..=8) {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let seq_len = rng.range(1, 80);
         let (layout, step) = schedule(&mut rng, &[(seq_len - 1, 1)], &l, 1);
         let meta = MetadataBuilder::new(layout).build(&step).unwrap();
@@ -378,7 +355,7 @@ proptest! {
         block_size in select(vec![1usize, 4, 16]),
         num_reqs in 1usize..=3,
     ) {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let spec = MlaSpec { num_q_heads: heads, kv_lora_rank: rank, qk_rope_head_dim: rope, qk_nope_head_dim: nope, v_head_dim: dv, scale: 1.0 / ((nope + rope) as f32).sqrt() };
         let w = spec.latent_dim();
         let w_uk = rng.vec_f64(heads * nope * rank);
@@ -432,7 +409,7 @@ proptest! {
 }
 
 fn check_cache_write<T: Element + PartialEq>(seed: u64, l: &Layer, num_reqs: usize, pad_one_in: usize) -> Result<(), TestCaseError> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let reqs: Vec<(usize, usize)> = (0..num_reqs).map(|_| (rng.range(0, 12), rng.range(1, 6))).collect();
     let spare = rng.range(0, 2);
     let (layout, step) = schedule(&mut rng, &reqs, l, spare);
@@ -486,7 +463,7 @@ fn check_cache_write<T: Element + PartialEq>(seed: u64, l: &Layer, num_reqs: usi
 /// d. At DeepSeek-V3's latent width (512 + 64), several heads, a chunked-prefill row mix.
 #[test]
 fn mla_decode_cpu_deepseek_dims() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let spec = MlaSpec { num_q_heads: 4, kv_lora_rank: 512, qk_rope_head_dim: 64, qk_nope_head_dim: 128, v_head_dim: 128, scale: 1.0 / 192f32.sqrt() };
     let w = spec.latent_dim();
     let layout = KvCacheLayout::new(8, 16, 1, w).unwrap();
@@ -516,7 +493,7 @@ proptest! {
     #[test]
     fn metadata_maps_follow_the_schedule(seed in any::<u64>(), num_reqs in 1usize..=6, bs_log2 in 0u32..=5) {
         let bs = 1usize << bs_log2;
-        let mut rng = Rng(seed | 1);
+        let mut rng = Rng::new(seed | 1);
         let reqs: Vec<(usize, usize)> = (0..num_reqs).map(|_| (rng.range(0, 40), rng.range(1, 20))).collect();
         let num_blocks: usize = reqs.iter().map(|&(c, n)| (c + n).div_ceil(bs)).sum::<usize>() + 3;
         let mut pool: Vec<u32> = (0..num_blocks as u32).collect();
