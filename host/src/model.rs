@@ -41,8 +41,23 @@ const KV_HEAD_KEYS: &[&str] = &["num_key_value_heads", "num_kv_heads", "n_head_k
 /// Model width: Llama-style, GPT-2 (`n_embd`), MPT/T5 (`d_model`), BLOOM's early configs (`n_embed`).
 const HIDDEN_KEYS: &[&str] = &["hidden_size", "n_embd", "d_model", "n_embed"];
 
-/// The largest count (heads, dims, window, hidden size) a config may give.
+/// The largest count of any kind (window, hidden size, ...) a config may give; the fields
+/// below have tighter limits of their own.
 const MAX_COUNT: usize = 1 << 24;
+
+/// Limits on the fields that size tensors, checked when a config is read, before anything is
+/// allocated (a config with 65536 heads of dim 8192 would otherwise pass here and abort the
+/// process when its cache is allocated). Each is several times what any released model uses,
+/// and tighter than [`crate::spec::MAX_HEADS`] / [`crate::spec::MAX_HEAD_DIM`], which bound
+/// hand-built specs.
+///
+/// Query heads: Llama-3-405B and DeepSeek-V3 have 128, Falcon-180B 232.
+pub const MAX_Q_HEADS: usize = 1024;
+/// Per-head width (`head_dim`, `hidden_size / heads`, and MLA's `qk_rope_head_dim`,
+/// `qk_nope_head_dim`, `v_head_dim` and their query/key sum): real models use 64 to 256.
+pub const MAX_HEAD_DIM: usize = 1024;
+/// MLA latent rank (`kv_lora_rank`): DeepSeek-V2/V3 and Kimi-K2 use 512.
+pub const MAX_KV_LORA_RANK: usize = 4096;
 
 /// DeepSeek's multi-head latent attention dimensions (from `kv_lora_rank` and friends).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -118,6 +133,74 @@ impl ModelConfig {
         self.mla.is_some()
     }
 
+    /// The dtype to serve the model in, and why: `requested` (the user's `--dtype`) when
+    /// given; otherwise the config's dtype, except that a float32 checkpoint is served in
+    /// bf16, as vLLM's `--dtype auto` does (Gemma-2's configs say float32: the dtype it was
+    /// trained in, not the one anyone serves it in). The same rule holds on every platform,
+    /// so that a CPU run checks what a GPU run would compute.
+    ///
+    /// ```
+    /// use attn_host::{dtype::DType, model::ModelConfig};
+    /// let m = ModelConfig::from_json_str("g", r#"{"n_head": 8, "n_embd": 512, "torch_dtype": "float32"}"#).unwrap();
+    /// assert_eq!(m.serving_dtype(None).0, DType::Bf16);
+    /// assert_eq!(m.serving_dtype(Some(DType::F32)).0, DType::F32);
+    /// ```
+    pub fn serving_dtype(&self, requested: Option<DType>) -> (DType, String) {
+        match (requested, self.dtype) {
+            (Some(d), c) if d == c => (d, format!("--dtype {d}, the config's dtype too")),
+            (Some(d), c) => (d, format!("--dtype {d}; the config says {c}")),
+            (None, DType::F32) => (
+                DType::Bf16,
+                "the config says f32 (a training dtype): served in bf16 as vLLM's --dtype auto does; --dtype f32 keeps f32".into(),
+            ),
+            (None, c) => (c, "the config's dtype; bf16 where it names none".into()),
+        }
+    }
+
+    /// What was understood of the model, on one line: heads, head dim, window, soft-cap,
+    /// scale, ALiBi, MLA dims, dtype. For example (Gemma-2-9B):
+    /// `16 query heads, 8 KV heads (GQA, 2 query heads per KV head), head dim 256, sliding
+    /// window 4096 on local layers (every 2nd layer global), logits soft-cap 50, softmax scale
+    /// 0.0625, no ALiBi, config dtype bf16`.
+    pub fn summary(&self) -> String {
+        let mut s = format!("{} query heads, ", self.num_q_heads);
+        match self.mla {
+            Some(m) => s.push_str(&format!(
+                "MLA: kv_lora_rank {}, qk_rope_head_dim {}, qk_nope_head_dim {}, v_head_dim {} \
+                 (one latent KV head of {} + {} = {} dims cached per token; query/key head dim {})",
+                m.kv_lora_rank,
+                m.qk_rope_head_dim,
+                m.qk_nope_head_dim,
+                m.v_head_dim,
+                m.kv_lora_rank,
+                m.qk_rope_head_dim,
+                m.latent_dim(),
+                m.qk_head_dim()
+            )),
+            None => {
+                let kind = match (self.num_kv_heads, self.num_q_heads / self.num_kv_heads) {
+                    (1, _) => "MQA".to_string(),
+                    (_, 1) => "MHA".to_string(),
+                    (_, g) => format!("GQA, {g} query heads per KV head"),
+                };
+                s.push_str(&format!("{} KV heads ({kind}), head dim {}", self.num_kv_heads, self.head_dim));
+            }
+        }
+        match (self.sliding_window, self.global_layer_every) {
+            (None, _) => s.push_str(", no sliding window"),
+            (Some(w), None) => s.push_str(&format!(", sliding window {w}")),
+            (Some(w), Some(n)) => s.push_str(&format!(", sliding window {w} on local layers (every {}{} layer global)", n, ordinal_suffix(n))),
+        }
+        match self.softcap {
+            Some(c) => s.push_str(&format!(", logits soft-cap {c}")),
+            None => s.push_str(", no soft-cap"),
+        }
+        s.push_str(&format!(", softmax scale {}", self.scale));
+        s.push_str(if self.alibi { ", ALiBi" } else { ", no ALiBi" });
+        s.push_str(&format!(", config dtype {}", self.dtype));
+        s
+    }
+
     /// The [`AttnSpec`] of layer `layer` (from 0): as [`ModelConfig::attn_spec`], without the
     /// window on the global layers of models that interleave them.
     ///
@@ -156,6 +239,17 @@ impl ModelConfig {
             v_head_dim: m.v_head_dim,
             scale: self.scale,
         })
+    }
+}
+
+/// 1 -> "st", 2 -> "nd", 3 -> "rd", 11 -> "th", 6 -> "th".
+fn ordinal_suffix(n: usize) -> &'static str {
+    match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
     }
 }
 
@@ -207,6 +301,17 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
+    /// `n` (read from `key`) if it is at most `max`, else an error naming the field and the limit.
+    fn at_most(&self, key: &str, n: usize, max: usize, what: &str) -> Result<usize> {
+        if n > max {
+            return Err(self.err(format!(
+                "{} is {n}, larger than any real model's: at most {max} {what} are accepted",
+                self.field(key)
+            )));
+        }
+        Ok(n)
+    }
+
     fn opt_count(&self, key: &str) -> Result<Option<usize>> {
         self.get(key).map(|v| self.count(key, v)).transpose()
     }
@@ -219,6 +324,46 @@ impl<'a> Reader<'a> {
         self.get(key)
             .map(|v| v.as_f64().ok_or_else(|| self.err(format!("{} is {v}, expected a number", self.field(key)))))
             .transpose()
+    }
+
+    /// A number that must be a positive normal `f32` (soft-caps, scales, factors): not zero,
+    /// not negative, not so large it overflows `f32`, not so small it is subnormal there.
+    fn opt_positive_f32(&self, key: &str) -> Result<Option<f64>> {
+        let Some(x) = self.opt_number(key)? else { return Ok(None) };
+        if !(x > 0.0) {
+            return Err(self.err(format!("{} is {x}, expected a positive number", self.field(key))));
+        }
+        self.f32_representable(key, x)?;
+        Ok(Some(x))
+    }
+
+    /// A number that must be a finite `f32`, and if not zero, a normal one.
+    fn opt_finite_f32(&self, key: &str) -> Result<Option<f64>> {
+        let Some(x) = self.opt_number(key)? else { return Ok(None) };
+        if x != 0.0 {
+            self.f32_representable(key, x)?;
+        }
+        Ok(Some(x))
+    }
+
+    /// `x` (non-zero) survives the conversion to `f32`: neither infinite nor zero/subnormal.
+    fn f32_representable(&self, key: &str, x: f64) -> Result<()> {
+        let y = x as f32;
+        if !y.is_finite() {
+            return Err(self.err(format!(
+                "{} is {x:e}, which overflows f32 (largest magnitude {:e})",
+                self.field(key),
+                f32::MAX
+            )));
+        }
+        if !y.is_normal() {
+            return Err(self.err(format!(
+                "{} is {x:e}, which is zero or subnormal as an f32 (smallest normal magnitude {:e})",
+                self.field(key),
+                f32::MIN_POSITIVE
+            )));
+        }
+        Ok(())
     }
 
     /// A boolean flag; absent or null is false.
@@ -267,6 +412,7 @@ fn parse(name: &str, origin: &str, json: &str) -> Result<ModelConfig> {
     if num_q_heads == 0 {
         return Err(cfg.err(format!("{} is 0; a model needs at least one attention head", cfg.field(q_key))));
     }
+    cfg.at_most(q_key, num_q_heads, MAX_Q_HEADS, "query heads")?;
 
     let (kv_key, num_kv_heads) = parse_kv_heads(&cfg, num_q_heads)?;
     if num_kv_heads == 0 {
@@ -287,16 +433,10 @@ fn parse(name: &str, origin: &str, json: &str) -> Result<ModelConfig> {
     };
 
     let sliding_window = parse_sliding_window(&cfg)?;
-    let softcap = match cfg.opt_number("attn_logit_softcapping")? {
-        None => None,
-        Some(c) if c.is_finite() && c > 0.0 => Some(c as f32),
-        Some(c) => {
-            return Err(cfg.err(format!(
-                "{} is {c}, expected a positive number (or null for none)",
-                cfg.field("attn_logit_softcapping")
-            )));
-        }
-    };
+    let softcap = cfg.opt_positive_f32("attn_logit_softcapping")?.map(|c| c as f32);
+    // Gemma-2's soft-cap of the final logits is not attention's business, but a value no f32
+    // can hold marks a broken file: say so here, naming the field, rather than never.
+    cfg.opt_positive_f32("final_logit_softcapping")?;
     let alibi = parse_alibi(&cfg)?;
     let scale = parse_scale(&cfg, head_dim, mla)?;
     let global_layer_every = match (sliding_window, cfg.opt_count("sliding_window_pattern")?) {
@@ -319,6 +459,14 @@ fn parse(name: &str, origin: &str, json: &str) -> Result<ModelConfig> {
         scale,
         mla,
     };
+    // Everything a multi-head backend relies on holds by construction; a failure here is a
+    // parser bug, reported against the file rather than later against nothing. (An MLA
+    // model's dims and scale were checked above; its decompressed spec is not what runs.)
+    if !model.is_mla() {
+        if let Err(e) = model.attn_spec().validate() {
+            return Err(cfg.err(e.to_string()));
+        }
+    }
     tracing::debug!(?model, "parsed model config from {origin}");
     Ok(model)
 }
@@ -385,7 +533,7 @@ fn parse_head_dim(cfg: &Reader<'_>, q_key: &str, num_q_heads: usize) -> Result<u
         if d == 0 {
             return Err(cfg.err(format!("{} is 0", cfg.field("head_dim"))));
         }
-        return Ok(d);
+        return cfg.at_most("head_dim", d, MAX_HEAD_DIM, "dims per head");
     }
     let Some((h_key, v)) = cfg.first(HIDDEN_KEYS) else {
         return Err(cfg.err(format!(
@@ -402,7 +550,15 @@ fn parse_head_dim(cfg: &Reader<'_>, q_key: &str, num_q_heads: usize) -> Result<u
             cfg.field(q_key)
         )));
     }
-    Ok(hidden / num_q_heads)
+    let head_dim = hidden / num_q_heads;
+    if head_dim > MAX_HEAD_DIM {
+        return Err(cfg.err(format!(
+            "{} {hidden} / {} {num_q_heads} gives head dim {head_dim}, larger than any real model's: at most {MAX_HEAD_DIM} dims per head are accepted",
+            cfg.field(h_key),
+            cfg.field(q_key)
+        )));
+    }
+    Ok(head_dim)
 }
 
 /// MLA when `kv_lora_rank` is set; then the other three dims are required.
@@ -424,6 +580,21 @@ fn parse_mla(cfg: &Reader<'_>) -> Result<Option<MlaDims>> {
         if n == 0 {
             return Err(cfg.err(format!("{} is 0", cfg.field(key))));
         }
+        if key == "kv_lora_rank" {
+            cfg.at_most(key, n, MAX_KV_LORA_RANK, "latent dims")?;
+        } else {
+            cfg.at_most(key, n, MAX_HEAD_DIM, "dims per head")?;
+        }
+    }
+    if dims.qk_head_dim() > MAX_HEAD_DIM {
+        return Err(cfg.err(format!(
+            "{} {} + {} {} is {}, larger than any real model's: at most {MAX_HEAD_DIM} query/key dims per head are accepted",
+            cfg.field("qk_nope_head_dim"),
+            dims.qk_nope_head_dim,
+            cfg.field("qk_rope_head_dim"),
+            dims.qk_rope_head_dim,
+            dims.qk_head_dim()
+        )));
     }
     Ok(Some(dims))
 }
@@ -457,34 +628,38 @@ fn parse_alibi(cfg: &Reader<'_>) -> Result<bool> {
 }
 
 /// The softmax scale; see [`ModelConfig::scale`].
+///
+/// Every input must be a number `f32` can hold (see [`Reader::opt_positive_f32`]), and so
+/// must the scale they give; errors name the fields it came from.
 fn parse_scale(cfg: &Reader<'_>, head_dim: usize, mla: Option<MlaDims>) -> Result<f32> {
-    let positive = |key: &str, x: f64| {
-        if x.is_finite() && x > 0.0 {
-            Ok(x)
-        } else {
-            Err(cfg.err(format!("{} is {x}, expected a positive number", cfg.field(key))))
-        }
-    };
-    if let Some(m) = mla {
-        let mscale = match cfg.nested("rope_scaling", "rope_scaling.")? {
+    let (scale, from) = if let Some(m) = mla {
+        match cfg.nested("rope_scaling", "rope_scaling.")? {
             Some(rs) => {
-                let factor = rs.opt_number("factor")?.unwrap_or(1.0);
-                let mscale_all_dim = rs.opt_number("mscale_all_dim")?.unwrap_or(0.0);
-                yarn_mscale(factor, mscale_all_dim)
+                let factor = rs.opt_positive_f32("factor")?.unwrap_or(1.0);
+                let mscale_all_dim = rs.opt_finite_f32("mscale_all_dim")?.unwrap_or(0.0);
+                let mscale = yarn_mscale(factor, mscale_all_dim);
+                let from = format!(
+                    "from {} {factor} and {} {mscale_all_dim} (YaRN mscale^2 / sqrt({}))",
+                    rs.field("factor"),
+                    rs.field("mscale_all_dim"),
+                    m.qk_head_dim()
+                );
+                (mscale * mscale / (m.qk_head_dim() as f64).sqrt(), from)
             }
-            None => 1.0,
-        };
-        return Ok((mscale * mscale / (m.qk_head_dim() as f64).sqrt()) as f32);
-    }
-    if let Some(q) = cfg.opt_number("query_pre_attn_scalar")? {
-        return Ok((1.0 / positive("query_pre_attn_scalar", q)?.sqrt()) as f32);
-    }
-    if let Some(attn) = cfg.nested("attn_config", "attn_config.")? {
-        if let Some(s) = attn.opt_number("softmax_scale")? {
-            return Ok(positive("attn_config.softmax_scale", s)? as f32);
+            None => (1.0 / (m.qk_head_dim() as f64).sqrt(), String::new()),
         }
+    } else if let Some(q) = cfg.opt_positive_f32("query_pre_attn_scalar")? {
+        (1.0 / q.sqrt(), format!("from {} {q}", cfg.field("query_pre_attn_scalar")))
+    } else if let Some(s) = cfg.nested("attn_config", "attn_config.")?.map(|a| a.opt_positive_f32("softmax_scale")).transpose()?.flatten() {
+        (s, String::new())
+    } else {
+        (1.0 / (head_dim as f64).sqrt(), String::new())
+    };
+    let s = scale as f32;
+    if !(s.is_normal() && s > 0.0) {
+        return Err(cfg.err(format!("the softmax scale {from} is {scale:e}, which is not a positive normal f32")));
     }
-    Ok((1.0 / (head_dim as f64).sqrt()) as f32)
+    Ok(s)
 }
 
 /// DeepSeek's YaRN attention-temperature correction: the softmax scale is multiplied by
@@ -1082,5 +1257,129 @@ mod tests {
         assert_eq!(yarn_mscale(1.0, 1.0), 1.0);
         assert_eq!(yarn_mscale(40.0, 0.0), 1.0);
         assert!((yarn_mscale(40.0, 1.0) - 1.368_888).abs() < 1e-6);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        match ModelConfig::from_json_str("cfg.json", json) {
+            Ok(m) => panic!("expected {json} to fail, got {m:?}"),
+            Err(e @ AttnError::ModelConfig { .. }) => e.to_string(),
+            Err(e) => panic!("wrong variant: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn huge_counts_are_rejected_when_read_naming_field_and_limit() {
+        let e = err(r#"{"num_attention_heads": 65536, "head_dim": 128}"#);
+        assert!(e.contains("cfg.json") && e.contains("`num_attention_heads` is 65536") && e.contains("1024"), "{e}");
+        let e = err(r#"{"num_attention_heads": 32, "head_dim": 8192}"#);
+        assert!(e.contains("`head_dim` is 8192") && e.contains("at most 1024"), "{e}");
+        // Derived from the width: 32 heads of 4096 dims.
+        let e = err(r#"{"num_attention_heads": 32, "hidden_size": 131072}"#);
+        assert!(e.contains("`hidden_size` 131072") && e.contains("head dim 4096") && e.contains("1024"), "{e}");
+        let mla = |rank: u64, rope: u64, nope: u64| {
+            format!(
+                r#"{{"num_attention_heads": 16, "kv_lora_rank": {rank}, "qk_rope_head_dim": {rope},
+                     "qk_nope_head_dim": {nope}, "v_head_dim": 128}}"#
+            )
+        };
+        let e = err(&mla(1 << 24, 64, 128));
+        assert!(e.contains("`kv_lora_rank` is 16777216") && e.contains(&MAX_KV_LORA_RANK.to_string()), "{e}");
+        let e = err(&mla(512, 2048, 128));
+        assert!(e.contains("`qk_rope_head_dim` is 2048"), "{e}");
+        let e = err(&mla(512, 640, 640));
+        assert!(e.contains("qk_nope_head_dim") && e.contains("1280"), "{e}");
+        // At the limits: accepted.
+        let m = ModelConfig::from_json_str("x", r#"{"num_attention_heads": 1024, "num_key_value_heads": 8, "head_dim": 1024}"#).unwrap();
+        assert_eq!((m.num_q_heads, m.head_dim), (MAX_Q_HEADS, MAX_HEAD_DIM));
+        let m = ModelConfig::from_json_str("x", &mla(4096, 64, 128)).unwrap();
+        assert_eq!(m.mla.unwrap().kv_lora_rank, MAX_KV_LORA_RANK);
+    }
+
+    #[test]
+    fn huge_counts_from_a_file_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("attn-model-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("huge.json");
+        std::fs::write(&f, r#"{"num_attention_heads": 65536, "num_key_value_heads": 65536, "head_dim": 8192}"#).unwrap();
+        let e = ModelConfig::from_file(&f).unwrap_err().to_string();
+        assert!(e.contains("huge.json") && e.contains("num_attention_heads") && e.contains("1024"), "{e}");
+        std::fs::write(&f, r#"{"num_attention_heads": 8, "head_dim": 64, "attn_logit_softcapping": 1e300}"#).unwrap();
+        let e = ModelConfig::from_file(&f).unwrap_err().to_string();
+        assert!(e.contains("huge.json") && e.contains("`attn_logit_softcapping`") && e.contains("overflows f32"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn floats_out_of_f32_range_are_rejected_naming_the_field() {
+        let base = r#""num_attention_heads": 8, "head_dim": 64"#;
+        for (field, json) in [
+            ("`attn_logit_softcapping`", r#""attn_logit_softcapping": VAL"#),
+            ("`final_logit_softcapping`", r#""final_logit_softcapping": VAL"#),
+            ("`query_pre_attn_scalar`", r#""query_pre_attn_scalar": VAL"#),
+            ("`attn_config.softmax_scale`", r#""attn_config": {"softmax_scale": VAL}"#),
+        ] {
+            for (val, why) in [("1e300", "overflows f32"), ("-1e300", "positive"), ("1e-300", "subnormal"), ("1e-40", "subnormal"), ("0", "positive")] {
+                let e = err(&format!("{{{base}, {}}}", json.replace("VAL", val)));
+                assert!(e.contains(field) && e.contains(why), "{field} = {val}: {e}");
+            }
+        }
+        let mla = |rs: &str| {
+            format!(
+                r#"{{"num_attention_heads": 16, "kv_lora_rank": 512, "qk_rope_head_dim": 64,
+                     "qk_nope_head_dim": 128, "v_head_dim": 128, "rope_scaling": {{{rs}}}}}"#
+            )
+        };
+        let e = err(&mla(r#""factor": 40, "mscale_all_dim": 1e300"#));
+        assert!(e.contains("`rope_scaling.mscale_all_dim`") && e.contains("overflows f32"), "{e}");
+        let e = err(&mla(r#""factor": 40, "mscale_all_dim": 1e-300"#));
+        assert!(e.contains("`rope_scaling.mscale_all_dim`") && e.contains("subnormal"), "{e}");
+        let e = err(&mla(r#""factor": 1e300, "mscale_all_dim": 1"#));
+        assert!(e.contains("`rope_scaling.factor`") && e.contains("overflows f32"), "{e}");
+        // Each input fits f32, the scale they give does not: named by its inputs.
+        let e = err(&mla(r#""factor": 40, "mscale_all_dim": 1e30"#));
+        assert!(e.contains("softmax scale") && e.contains("`rope_scaling.mscale_all_dim`") && e.contains("not a positive normal f32"), "{e}");
+        // mscale_all_dim 0 is DeepSeek-V2-Lite's "no correction": fine.
+        let m = ModelConfig::from_json_str("x", &mla(r#""factor": 40, "mscale_all_dim": 0"#)).unwrap();
+        assert!((m.scale - 1.0 / 192f32.sqrt()).abs() < 1e-7);
+        // Large but representable values are accepted.
+        let m = ModelConfig::from_json_str("x", r#"{"num_attention_heads": 8, "head_dim": 64, "attn_logit_softcapping": 3e38}"#).unwrap();
+        assert_eq!(m.softcap, Some(3e38));
+    }
+
+    #[test]
+    fn float32_checkpoints_are_served_in_bf16_unless_asked() {
+        let m = ModelConfig::from_json_str("g", r#"{"n_head": 8, "n_embd": 512, "torch_dtype": "float32"}"#).unwrap();
+        assert_eq!(m.dtype, DType::F32, "the config's own dtype is kept as read");
+        let (d, why) = m.serving_dtype(None);
+        assert_eq!(d, DType::Bf16);
+        assert!(why.contains("f32") && why.contains("auto"), "{why}");
+        assert_eq!(m.serving_dtype(Some(DType::F32)).0, DType::F32);
+        assert_eq!(m.serving_dtype(Some(DType::F16)).0, DType::F16);
+        let h = ModelConfig::from_json_str("h", r#"{"n_head": 8, "n_embd": 512, "torch_dtype": "float16"}"#).unwrap();
+        assert_eq!(h.serving_dtype(None).0, DType::F16);
+        assert_eq!(preset("llama-3-8b").unwrap().serving_dtype(None).0, DType::Bf16);
+    }
+
+    #[test]
+    fn summary_says_what_was_understood() {
+        let g = preset("gemma-2-9b").unwrap().summary();
+        for want in ["16 query heads", "8 KV heads (GQA, 2 query heads per KV head)", "head dim 256", "sliding window 4096", "every 2nd layer global", "soft-cap 50", "softmax scale 0.0625", "no ALiBi"] {
+            assert!(g.contains(want), "{want}: {g}");
+        }
+        let d = preset("deepseek-v3").unwrap().summary();
+        for want in ["128 query heads", "MLA", "kv_lora_rank 512", "qk_rope_head_dim 64", "qk_nope_head_dim 128", "v_head_dim 128", "576", "softmax scale 0.135"] {
+            assert!(d.contains(want), "{want}: {d}");
+        }
+        assert!(!d.contains("KV heads ("), "{d}");
+        let f = preset("falcon-7b").unwrap().summary();
+        assert!(f.contains("71 query heads, 1 KV heads (MQA)") && f.contains("head dim 64"), "{f}");
+        let b = preset("bloom-7b1").unwrap().summary();
+        assert!(b.contains("(MHA)") && b.contains(", ALiBi") && b.contains("no sliding window"), "{b}");
+        assert_eq!((ordinal_suffix(1), ordinal_suffix(6), ordinal_suffix(12), ordinal_suffix(22)), ("st", "th", "th", "nd"));
     }
 }

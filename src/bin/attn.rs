@@ -4,9 +4,12 @@
 //!   a realistic mixed batch (long-context decodes, a chunked prefill, a fresh prefill)
 //!   through metadata builder -> selector -> backend, on the GPU when one is present,
 //!   checked against the f64 oracle; prints the backend and why, the error and the time.
-//! - `attn select [--model NAME | --config FILE] [--block-size N]`: the
-//!   (platform x dtype x model) -> backend matrix (all presets unless one model is named).
+//! - `attn select [--model NAME | --config FILE] [--dtype D] [--block-size N]`: the
+//!   (platform x dtype x model) -> backend matrix (all presets unless one model is named;
+//!   every dtype unless one is given).
 //! - `attn presets`: the built-in model presets.
+//! - `attn <command> --help`: the command's options. An option a command does not take is a
+//!   usage error (exit 2); a closed stdout (`attn select | head -1`) ends a command quietly.
 //!
 //! `ATTN_BACKEND=<NAME>` forces a backend; `RUST_LOG=debug` shows diagnostics.
 
@@ -16,29 +19,124 @@ use attn_backends::layer::Attention;
 use attn_backends::model::{self, ModelConfig};
 use attn_backends::selector::{self, Requirements};
 use attn_backends::workload::{blocks_needed, random_values, schedule, Rng};
-use attn_backends::{cuda::CudaRuntime, oracle, AttnError, Element, HostKvCache, KvCacheLayout, MetadataBuilder};
+use attn_backends::{cuda::CudaRuntime, oracle, AttnError, AttnSpec, BackendName, Element, HostKvCache, KvCacheLayout, MetadataBuilder, MlaSpec};
 use half::{bf16, f16};
+use std::fmt;
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 const USAGE: &str = "usage:
   attn demo   [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--cpu] [--seed N] [--block-size N]
-  attn select [--model NAME | --config FILE] [--block-size N]
+  attn select [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--block-size N]
   attn presets
+  attn <command> --help
 environment: ATTN_BACKEND=<NAME> forces a backend (CUDA_PAGED, CPU); RUST_LOG=info|debug";
+
+/// The subcommands, each with the options it takes and its help text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    Demo,
+    Select,
+    Presets,
+}
+
+impl Command {
+    fn parse(s: &str) -> Option<Command> {
+        match s {
+            "demo" => Some(Command::Demo),
+            "select" => Some(Command::Select),
+            "presets" => Some(Command::Presets),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Command::Demo => "demo",
+            Command::Select => "select",
+            Command::Presets => "presets",
+        }
+    }
+
+    /// The options this command takes (all but `--cpu` take a value).
+    fn options(self) -> &'static [&'static str] {
+        match self {
+            Command::Demo => &["--model", "--config", "--dtype", "--cpu", "--seed", "--block-size"],
+            Command::Select => &["--model", "--config", "--dtype", "--block-size"],
+            Command::Presets => &[],
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Command::Demo => "usage: attn demo [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--cpu] [--seed N] [--block-size N]
+
+Runs one realistic mixed batch (long-context decodes, a chunked prefill, a fresh prefill)
+through metadata builder -> selector -> backend, on the GPU when one is present, and checks
+it against the f64 oracle. Prints what it understood of the model, the dtype and why, the
+backend and why, the error and the time.
+
+  --model NAME     a built-in preset (attn presets); default llama-3-8b
+  --config FILE    a Hugging Face config.json, or a checkpoint directory holding one
+  --dtype D        bf16, f16 or f32; default: the config's dtype, float32 served as bf16
+  --cpu            run on the CPU backend even when a GPU is present
+  --seed N         random inputs' seed (default 1)
+  --block-size N   tokens per KV-cache block (default 16)
+  -h, --help       this text",
+            Command::Select => "usage: attn select [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--block-size N]
+
+Prints the (platform x dtype x model) -> backend table with the reasons, for every preset
+unless one model is named, and first what was understood of each model.
+
+  --model NAME     a built-in preset (attn presets)
+  --config FILE    a Hugging Face config.json, or a checkpoint directory holding one
+  --dtype D        only this dtype's rows (bf16, f16, f32); default all three
+  --block-size N   tokens per KV-cache block (default 16)
+  -h, --help       this text",
+            Command::Presets => "usage: attn presets
+
+Lists the built-in model presets, one name a line.
+
+  -h, --help       this text",
+        }
+    }
+}
 
 #[derive(Debug)]
 enum CliError {
     Usage(String),
     Attn(AttnError),
     Check(String),
+    /// The reader of stdout went away (`attn select | head -1`): stop quietly, successfully.
+    Closed,
+    /// Writing stdout failed otherwise.
+    Output(std::io::Error),
 }
 
 impl From<AttnError> for CliError {
     fn from(e: AttnError) -> Self {
         CliError::Attn(e)
     }
+}
+
+/// Writes one line to stdout. A closed pipe ends the command quietly (`CliError::Closed`)
+/// instead of panicking as `println!` does.
+fn out(args: fmt::Arguments<'_>) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.write_all(b"\n")) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::Closed),
+        Err(e) => Err(CliError::Output(e)),
+    }
+}
+
+/// `println!` through [`out`], returning from the function on a closed pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        out(format_args!($($arg)*))?
+    };
 }
 
 struct Opts {
@@ -50,28 +148,85 @@ struct Opts {
     block_size: usize,
 }
 
-fn parse(args: &[String]) -> Result<Opts, CliError> {
+/// What the command line asks for: a command with its options, or a help text.
+enum Parsed {
+    Run(Command, Opts),
+    Help(&'static str),
+}
+
+fn parse_args(args: &[String]) -> Result<Parsed, CliError> {
+    let Some(first) = args.first() else { return Err(CliError::Usage("no command given".into())) };
+    let cmd = match first.as_str() {
+        "-h" | "--help" => return Ok(Parsed::Help(USAGE)),
+        "help" => {
+            return match args.get(1) {
+                None => Ok(Parsed::Help(USAGE)),
+                Some(c) => Command::parse(c)
+                    .map(|c| Parsed::Help(c.help()))
+                    .ok_or_else(|| CliError::Usage(format!("unknown command `{c}`"))),
+            };
+        }
+        c => Command::parse(c).ok_or_else(|| CliError::Usage(format!("unknown command `{c}`")))?,
+    };
+    let rest = &args[1..];
+    // Help wins over anything else on the line, so that `attn demo --bogus --help` helps.
+    if rest.iter().any(|a| a == "-h" || a == "--help") {
+        return Ok(Parsed::Help(cmd.help()));
+    }
+    Ok(Parsed::Run(cmd, parse_opts(cmd, rest)?))
+}
+
+/// The options of `cmd`, as `--name value` or `--name=value`; an option `cmd` does not take
+/// is a usage error naming it.
+fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
     let mut o = Opts { model: None, config: None, dtype: None, cpu: false, seed: 1, block_size: 16 };
+    let takes = || {
+        if cmd.options().is_empty() {
+            "it takes no options".to_string()
+        } else {
+            format!("it takes {}", cmd.options().join(", "))
+        }
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = |name: &str| it.next().cloned().ok_or_else(|| CliError::Usage(format!("{name} needs a value")));
-        match a.as_str() {
-            "--model" => o.model = Some(val("--model")?),
-            "--config" => o.config = Some(val("--config")?),
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        if !name.starts_with('-') {
+            return Err(CliError::Usage(format!("`attn {}`: unexpected argument `{a}` ({})", cmd.name(), takes())));
+        }
+        if !cmd.options().contains(&name) {
+            let known = [Command::Demo, Command::Select].iter().any(|c| c.options().contains(&name));
+            return Err(CliError::Usage(format!(
+                "`attn {}` does not take `{name}`{} ({})",
+                cmd.name(),
+                if known { "" } else { ", an unknown option" },
+                takes()
+            )));
+        }
+        if name == "--cpu" {
+            if inline.is_some() {
+                return Err(CliError::Usage("--cpu takes no value".into()));
+            }
+            o.cpu = true;
+            continue;
+        }
+        let v = match inline {
+            Some(v) => v,
+            None => it.next().cloned().ok_or_else(|| CliError::Usage(format!("{name} needs a value")))?,
+        };
+        match name {
+            "--model" => o.model = Some(v),
+            "--config" => o.config = Some(v),
             "--dtype" => {
-                let v = val("--dtype")?;
-                o.dtype = Some(DType::parse(&v).ok_or_else(|| CliError::Usage(format!("unknown dtype `{v}` (bf16, f16, f32)")))?);
+                o.dtype = Some(DType::parse(&v).ok_or_else(|| CliError::Usage(format!("--dtype: unknown dtype `{v}` (bf16, f16, f32)")))?);
             }
-            "--cpu" => o.cpu = true,
-            "--seed" => {
-                let v = val("--seed")?;
-                o.seed = v.parse().map_err(|_| CliError::Usage(format!("--seed: `{v}` is not a number")))?;
-            }
+            "--seed" => o.seed = v.parse().map_err(|_| CliError::Usage(format!("--seed: `{v}` is not a number")))?,
             "--block-size" => {
-                let v = val("--block-size")?;
                 o.block_size = v.parse().map_err(|_| CliError::Usage(format!("--block-size: `{v}` is not a number")))?;
             }
-            other => return Err(CliError::Usage(format!("unknown argument `{other}`"))),
+            _ => unreachable!("{name} is in {:?}", cmd.options()),
         }
     }
     if o.model.is_some() && o.config.is_some() {
@@ -94,37 +249,40 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("demo") => parse(&args[1..]).and_then(|o| demo(&o)),
-        Some("select") => parse(&args[1..]).and_then(|o| select(&o)),
-        Some("presets") => {
-            for name in model::preset_names() {
-                println!("{name}");
-            }
-            Ok(())
-        }
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => Err(CliError::Usage(format!("unknown command `{other}`"))),
-        None => Err(CliError::Usage("no command given".into())),
-    };
+    let result = parse_args(&args).and_then(|parsed| match parsed {
+        Parsed::Help(text) => out(format_args!("{text}")),
+        Parsed::Run(Command::Demo, o) => demo(&o),
+        Parsed::Run(Command::Select, o) => select(&o),
+        Parsed::Run(Command::Presets, _) => presets(),
+    });
+    // stderr may be closed too: never panic over a message.
+    let mut stderr = std::io::stderr().lock();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(CliError::Closed) => ExitCode::SUCCESS,
         Err(CliError::Usage(m)) => {
-            eprintln!("attn: {m}\n{USAGE}");
+            let _ = writeln!(stderr, "attn: {m}\n{USAGE}");
             ExitCode::from(2)
         }
         Err(CliError::Attn(e)) => {
-            eprintln!("attn: error: {e}");
+            let _ = writeln!(stderr, "attn: error: {e}");
             ExitCode::from(1)
         }
         Err(CliError::Check(m)) => {
-            eprintln!("attn: check failed: {m}");
+            let _ = writeln!(stderr, "attn: check failed: {m}");
+            ExitCode::from(1)
+        }
+        Err(CliError::Output(e)) => {
+            let _ = writeln!(stderr, "attn: error writing the output: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+fn presets() -> Result<(), CliError> {
+    for name in model::preset_names() {
+        outln!("{name}");
+    }
+    Ok(())
 }
 
 fn select(o: &Opts) -> Result<(), CliError> {
@@ -134,23 +292,30 @@ fn select(o: &Opts) -> Result<(), CliError> {
         model::preset_names().iter().map(|n| model::preset(n)).collect::<Result<Vec<_>, _>>()?
     };
     let platforms = [Platform::Cuda { major: 9, minor: 0 }, Platform::Cuda { major: 8, minor: 0 }, Platform::Cpu];
-    let dtypes = [DType::Bf16, DType::F16, DType::F32];
-    let forced = std::env::var(selector::ENV_VAR).ok().filter(|s| !s.is_empty());
-    if let Some(f) = &forced {
-        println!("{}={f} (forced)", selector::ENV_VAR);
+    let all = [DType::Bf16, DType::F16, DType::F32];
+    let dtypes: &[DType] = match &o.dtype {
+        Some(d) => std::slice::from_ref(d),
+        None => &all,
+    };
+    let forced = std::env::var(selector::ENV_VAR).ok().filter(|s| !s.trim().is_empty());
+    for m in &models {
+        let (dtype, why) = m.serving_dtype(o.dtype);
+        outln!("model {}: {}; served in {dtype} ({why})", m.name, m.summary());
     }
-    println!("| platform | dtype | model | backend | reason |");
-    println!("|---|---|---|---|---|");
+    if let Some(f) = &forced {
+        outln!("{}={f} (forced)", selector::ENV_VAR);
+    }
+    outln!("| platform | dtype | model | backend | reason |");
+    outln!("|---|---|---|---|---|");
     for m in &models {
         for &p in &platforms {
-            for &d in &dtypes {
-                let mut req = Requirements::for_model(m, o.block_size);
-                req.dtype = d;
+            for &d in dtypes {
+                let req = Requirements { dtype: d, ..Requirements::for_model(m, o.block_size) };
                 let (backend, why) = match selector::select(p, &req, forced.as_deref()) {
                     Ok(s) => (s.backend.to_string(), s.reason),
                     Err(e) => ("-".to_string(), e.to_string()),
                 };
-                println!("| {p} | {d} | {} | {backend} | {why} |", m.name);
+                outln!("| {p} | {d} | {} | {backend} | {why} |", m.name);
             }
         }
     }
@@ -159,48 +324,62 @@ fn select(o: &Opts) -> Result<(), CliError> {
 
 fn demo(o: &Opts) -> Result<(), CliError> {
     let cfg = load_model(o)?;
-    let dtype = o.dtype.unwrap_or(cfg.dtype);
+    outln!("model: {}: {}", cfg.name, cfg.summary());
+    let (dtype, why) = cfg.serving_dtype(o.dtype);
+    outln!("dtype: {dtype} ({why})");
     let gpu: Option<Arc<CudaRuntime>> = if o.cpu {
-        println!("platform: CPU (--cpu)");
+        outln!("platform: CPU (--cpu)");
         None
     } else {
         match attn_backends::gpu_if_present() {
             Ok(rt) => {
-                println!("platform: {} ({}, {} SMs, kernels {})", rt.device_name(), rt.platform(), rt.num_sms(), rt.arch());
+                outln!("platform: {} ({}, {} SMs, kernels {})", rt.device_name(), rt.platform(), rt.num_sms(), rt.arch());
                 Some(rt)
             }
             Err(why) => {
-                println!("platform: CPU ({why})");
+                outln!("platform: CPU ({why})");
                 None
             }
         }
     };
     let platform = gpu.as_ref().map_or(Platform::Cpu, |rt| rt.platform());
-    let mut req = Requirements::for_model(&cfg, o.block_size);
-    req.dtype = dtype;
+    let req = Requirements { dtype, ..Requirements::for_model(&cfg, o.block_size) };
     let sel = selector::select_from_env(platform, &req)?;
-    println!(
-        "model: {} ({} q heads, {} kv heads, head dim {}{}), dtype {dtype}",
-        cfg.name,
-        cfg.num_q_heads,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-        if cfg.is_mla() { ", MLA" } else { "" }
-    );
-    println!("backend: {} — {}", sel.backend, sel.reason);
-    if let Some(mla) = cfg.mla_spec() {
-        return match dtype {
+    outln!("backend: {} — {}", sel.backend, sel.reason);
+    // An MLA model runs the absorbed-form MLA path, never a plain MHA layer (whose spec
+    // would be the decompressed heads, not what MLA caches).
+    match cfg.mla_spec() {
+        Some(mla) => match dtype {
             DType::Bf16 => run_mla_demo::<bf16>(&mla, o, sel.backend),
             DType::F16 => run_mla_demo::<f16>(&mla, o, sel.backend),
             DType::F32 => run_mla_demo::<f32>(&mla, o, sel.backend),
-        };
+        },
+        None => {
+            let spec = cfg.attn_spec();
+            let gpu = if sel.backend.caps().cpu { None } else { gpu };
+            match dtype {
+                DType::Bf16 => run_demo::<bf16>(spec, o, sel.backend, gpu),
+                DType::F16 => run_demo::<f16>(spec, o, sel.backend, gpu),
+                DType::F32 => run_demo::<f32>(spec, o, sel.backend, gpu),
+            }
+        }
     }
-    let gpu = if sel.backend.caps().cpu { None } else { gpu };
-    match dtype {
-        DType::Bf16 => run_demo::<bf16>(&cfg, o, sel.backend, gpu),
-        DType::F16 => run_demo::<f16>(&cfg, o, sel.backend, gpu),
-        DType::F32 => run_demo::<f32>(&cfg, o, sel.backend, gpu),
-    }
+}
+
+/// Host memory the demo may use for its caches and tensors. A model within the config limits
+/// (up to 1024 KV heads of 1024 dims) can still need hundreds of GiB for the demo's 18k
+/// cached tokens: refuse that before allocating, rather than abort in the allocator.
+const DEMO_MEMORY_LIMIT: u64 = 4 << 30;
+
+/// What the demo's cache is: `1153 blocks x 16 tokens, each 8 KV heads x head dim 128`.
+struct CacheShape {
+    /// "KV heads x head dim 128" or "one latent head of 576 dims".
+    row: String,
+    /// Query heads of the step's queries (for the memory estimate).
+    q_heads: usize,
+    /// Copies of the whole K and V cache the run holds at once (host copy, the backend's
+    /// own, the snapshot checked afterwards).
+    cache_copies: u64,
 }
 
 /// The demo's step: requests of `shapes` (cached, new tokens) over a cache of `kv_heads` x
@@ -211,14 +390,30 @@ fn demo_step<T: Element>(
     block_size: usize,
     kv_heads: usize,
     head_dim: usize,
+    what: &CacheShape,
 ) -> Result<(attn_backends::AttentionMetadata, HostKvCache<T>), CliError> {
     let num_blocks = blocks_needed(shapes, block_size) + 16;
     let layout = KvCacheLayout::new(num_blocks, block_size, kv_heads, head_dim)?;
     let step = schedule(rng, shapes, block_size, num_blocks).ok_or_else(|| CliError::Check("block pool too small".into()))?;
     let meta = MetadataBuilder::new(layout).build(&step)?;
+    let n = meta.num_tokens() as u64;
+    let size = T::DTYPE.size_bytes() as u64;
+    // K and V caches per copy; q, k, v and the output; the f64 reference output.
+    let bytes = (layout.elements() as u64).saturating_mul(2 * size * what.cache_copies).saturating_add(
+        n.saturating_mul(head_dim as u64).saturating_mul((2 * what.q_heads + 2 * kv_heads) as u64 * size + 8 * what.q_heads as u64),
+    );
+    let shape = format!("{num_blocks} blocks x {block_size} tokens, each token {}", what.row);
+    if bytes > DEMO_MEMORY_LIMIT {
+        return Err(CliError::Attn(AttnError::InvalidConfig(format!(
+            "the demo's cache of {shape} in {} needs {:.1} GiB of host memory with its copies and tensors; the demo allows {} GiB",
+            T::DTYPE,
+            bytes as f64 / (1u64 << 30) as f64,
+            DEMO_MEMORY_LIMIT >> 30
+        ))));
+    }
     let (decodes, chunked, prefills) = meta.counts();
-    println!(
-        "batch: {} requests ({decodes} decodes, {chunked} chunked prefill, {prefills} prefill), {} query tokens, {} keys in a cache of {kv_heads} x {head_dim}, block size {block_size}",
+    outln!(
+        "batch: {} requests ({decodes} decodes, {chunked} chunked prefill, {prefills} prefill), {} query tokens, {} keys; paged cache of {shape}",
         meta.num_reqs(),
         meta.num_tokens(),
         meta.seq_lens().iter().map(|&s| s as usize).sum::<usize>()
@@ -236,14 +431,22 @@ fn within_tolerance<T: Element>(err: f64) -> Result<(), CliError> {
 /// MLA (absorbed form) on the CPU backend, the only one with MLA so far: long-context
 /// decodes, a chunked prefill and a fresh prefill over a latent cache (one head of
 /// kv_lora_rank + rope dims; values are its first kv_lora_rank dims).
-fn run_mla_demo<T: Element>(spec: &attn_backends::MlaSpec, o: &Opts, backend: attn_backends::BackendName) -> Result<(), CliError> {
-    if backend != attn_backends::BackendName::Cpu {
-        return Err(CliError::Check(format!("{backend} has no MLA path yet")));
+fn run_mla_demo<T: Element>(spec: &MlaSpec, o: &Opts, backend: BackendName) -> Result<(), CliError> {
+    if backend != BackendName::Cpu {
+        return Err(CliError::Attn(AttnError::Unsupported {
+            backend: backend.as_str(),
+            reason: "the demo's MLA path runs on the CPU backend only (mla_decode_cpu)".into(),
+        }));
     }
     let shapes = [(4095, 1), (2047, 1), (1023, 1), (511, 1), (256, 16), (0, 16)];
     let w = spec.latent_dim();
     let mut rng = Rng::new(o.seed);
-    let (meta, mut cache) = demo_step::<T>(&mut rng, &shapes, o.block_size, 1, w)?;
+    let what = CacheShape {
+        row: format!("one latent head of {} + {} = {w} dims", spec.kv_lora_rank, spec.qk_rope_head_dim),
+        q_heads: spec.num_q_heads,
+        cache_copies: 1,
+    };
+    let (meta, mut cache) = demo_step::<T>(&mut rng, &shapes, o.block_size, 1, w, &what)?;
     let n = meta.num_tokens();
     let latent = random_values::<T>(&mut rng, n * w);
     let q = random_values::<T>(&mut rng, n * spec.num_q_heads * w);
@@ -255,7 +458,7 @@ fn run_mla_demo<T: Element>(spec: &attn_backends::MlaSpec, o: &Opts, backend: at
     let reference = oracle::paged_mla_reference(&q, &cache, &meta, spec);
     let oracle_time = t.elapsed();
     let err = oracle::rel_error(&out, &reference);
-    println!(
+    outln!(
         "result: rel error vs f64 oracle {err:.2e}; MLA absorbed decode {:.2} ms on {backend}; oracle {:.0} ms",
         elapsed.as_secs_f64() * 1e3,
         oracle_time.as_secs_f64() * 1e3
@@ -263,19 +466,25 @@ fn run_mla_demo<T: Element>(spec: &attn_backends::MlaSpec, o: &Opts, backend: at
     within_tolerance::<T>(err)
 }
 
-fn run_demo<T: Element>(cfg: &ModelConfig, o: &Opts, backend: attn_backends::BackendName, gpu: Option<Arc<CudaRuntime>>) -> Result<(), CliError> {
-    let spec = cfg.attn_spec();
+/// An MHA/GQA/MQA model's layer (`spec` from a model without MLA) on `backend`.
+fn run_demo<T: Element>(spec: AttnSpec, o: &Opts, backend: BackendName, gpu: Option<Arc<CudaRuntime>>) -> Result<(), CliError> {
     // Long-context decodes, a chunked prefill (1024 cached + 128 new), a fresh prefill.
     let shapes = [(8191, 1), (4095, 1), (2999, 1), (1499, 1), (1024, 128), (0, 96)];
     let mut rng = Rng::new(o.seed);
+    let what = CacheShape {
+        row: format!("{} KV heads x head dim {}", spec.num_kv_heads, spec.head_dim),
+        q_heads: spec.num_q_heads,
+        cache_copies: 3,
+    };
     // The cache holds each request's earlier tokens (random), the step writes the new ones.
-    let (meta, cache) = demo_step::<T>(&mut rng, &shapes, o.block_size, spec.num_kv_heads, spec.head_dim)?;
+    let (meta, cache) = demo_step::<T>(&mut rng, &shapes, o.block_size, spec.num_kv_heads, spec.head_dim, &what)?;
     let layout = *meta.layout();
     let n = meta.num_tokens();
     let q = random_values::<T>(&mut rng, n * spec.num_q_heads * spec.head_dim);
     let k = random_values::<T>(&mut rng, n * spec.num_kv_heads * spec.head_dim);
     let v = random_values::<T>(&mut rng, n * spec.num_kv_heads * spec.head_dim);
 
+    let on_gpu = gpu.is_some();
     let mut layer = Attention::<T>::new(backend, spec.clone(), layout, gpu)?;
     layer.load_cache(&cache)?;
     // First call pays one-time costs (module load, allocation); the second is timed.
@@ -295,10 +504,11 @@ fn run_demo<T: Element>(cfg: &ModelConfig, o: &Opts, backend: attn_backends::Bac
         let s = s as usize * row;
         after.key[s..s + row].iter().zip(&k[t * row..(t + 1) * row]).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits())
     });
-    println!(
-        "result: rel error vs f64 oracle {err:.2e}; cache write {}; forward {:.2} ms on {backend} (host<->device copies included for CUDA); oracle {:.0} ms",
+    outln!(
+        "result: rel error vs f64 oracle {err:.2e}; cache write {}; forward {:.2} ms on {backend}{}; oracle {:.0} ms",
         if written { "verified" } else { "WRONG" },
         elapsed.as_secs_f64() * 1e3,
+        if on_gpu { " (host<->device copies included)" } else { "" },
         oracle_time.as_secs_f64() * 1e3
     );
     if !written {

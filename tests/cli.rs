@@ -1,0 +1,232 @@
+//! The `attn` binary as a user runs it: exit codes, what it prints, and what it refuses.
+//! Every run that could reach a GPU passes `--cpu`, so the results are the same everywhere.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+const ATTN: &str = env!("CARGO_BIN_EXE_attn");
+
+fn attn(args: &[&str]) -> Output {
+    Command::new(ATTN)
+        .args(args)
+        .env_remove("ATTN_BACKEND")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runs the attn binary")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Exit code, stdout, stderr.
+fn run(args: &[&str]) -> (i32, String, String) {
+    let o = attn(args);
+    (o.status.code().unwrap_or(-1), text(&o.stdout), text(&o.stderr))
+}
+
+/// A config file in a directory of this test's own.
+fn config(name: &str, json: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("attn-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+fn assert_no_panic(stderr: &str) {
+    assert!(!stderr.contains("panicked") && !stderr.contains("memory allocation"), "{stderr}");
+}
+
+#[test]
+fn huge_counts_are_refused_when_the_file_is_read() {
+    let f = config("huge.json", r#"{"num_attention_heads": 65536, "num_key_value_heads": 65536, "head_dim": 8192}"#);
+    let f = f.to_str().unwrap();
+    for cmd in ["demo", "select"] {
+        let mut args = vec![cmd, "--config", f];
+        if cmd == "demo" {
+            args.push("--cpu");
+        }
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 1, "{cmd}: {out}{err}");
+        assert_no_panic(&err);
+        assert!(err.contains("huge.json") && err.contains("`num_attention_heads` is 65536") && err.contains("1024"), "{cmd}: {err}");
+        assert!(!out.contains("| CPU |"), "{cmd} must not claim a backend can serve it: {out}");
+    }
+    let f = config("huge-dim.json", r#"{"num_attention_heads": 32, "head_dim": 8192}"#);
+    let (code, _, err) = run(&["demo", "--cpu", "--config", f.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("huge-dim.json") && err.contains("`head_dim` is 8192") && err.contains("1024"), "{err}");
+    let f = config(
+        "huge-mla.json",
+        r#"{"num_attention_heads": 16, "kv_lora_rank": 16777216, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128, "v_head_dim": 128}"#,
+    );
+    let (code, _, err) = run(&["demo", "--cpu", "--config", f.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("huge-mla.json") && err.contains("`kv_lora_rank` is 16777216") && err.contains("4096"), "{err}");
+}
+
+#[test]
+fn a_model_within_the_limits_too_big_for_the_demo_is_an_error_not_an_abort() {
+    let f = config("big.json", r#"{"num_attention_heads": 1024, "num_key_value_heads": 1024, "head_dim": 1024}"#);
+    let (code, _, err) = run(&["demo", "--cpu", "--config", f.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert_no_panic(&err);
+    assert!(err.contains("GiB") && err.contains("1024 KV heads x head dim 1024"), "{err}");
+}
+
+#[test]
+fn floats_out_of_f32_range_are_refused_naming_file_and_field() {
+    for (field, json) in [
+        ("attn_logit_softcapping", r#"{"num_attention_heads": 8, "head_dim": 64, "attn_logit_softcapping": 1e300}"#),
+        ("final_logit_softcapping", r#"{"num_attention_heads": 8, "head_dim": 64, "final_logit_softcapping": 1e300}"#),
+        ("query_pre_attn_scalar", r#"{"num_attention_heads": 8, "head_dim": 64, "query_pre_attn_scalar": 1e-300}"#),
+        ("attn_config.softmax_scale", r#"{"n_heads": 8, "d_model": 512, "attn_config": {"softmax_scale": 1e300}}"#),
+        (
+            "rope_scaling.mscale_all_dim",
+            r#"{"num_attention_heads": 16, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+                "v_head_dim": 128, "rope_scaling": {"factor": 40, "mscale_all_dim": 1e300}}"#,
+        ),
+    ] {
+        let f = config("floaty.json", json);
+        for cmd in ["demo", "select"] {
+            let mut args = vec![cmd, "--config", f.to_str().unwrap()];
+            if cmd == "demo" {
+                args.push("--cpu");
+            }
+            let (code, _, err) = run(&args);
+            assert_eq!(code, 1, "{field} {cmd}: {err}");
+            assert!(err.contains("floaty.json") && err.contains(&format!("`{field}`")), "{field} {cmd}: {err}");
+        }
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    for cmd in ["select", "presets"] {
+        // The reader is gone before the first line is written: every write fails with EPIPE.
+        let mut child = Command::new(ATTN)
+            .arg(cmd)
+            .env_remove("ATTN_BACKEND")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{cmd}: {err}");
+        assert!(err.is_empty(), "{cmd} should say nothing: {err}");
+    }
+    // And as the user typed it, where a shell is at hand.
+    if let Ok(o) = Command::new("bash").args(["-c", "set -o pipefail; \"$0\" select | head -1; \"$0\" presets | head -1", ATTN]).output() {
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert!(!text(&o.stderr).contains("panicked"), "{}", text(&o.stderr));
+        assert_eq!(text(&o.stdout).lines().count(), 2, "{}", text(&o.stdout));
+    }
+}
+
+#[test]
+fn help_for_every_command() {
+    for cmd in ["demo", "select", "presets"] {
+        for flag in ["--help", "-h"] {
+            let (code, out, err) = run(&[cmd, flag]);
+            assert_eq!(code, 0, "{cmd} {flag}: {err}");
+            assert!(out.starts_with(&format!("usage: attn {cmd}")), "{cmd} {flag}: {out}");
+        }
+        let (code, out, _) = run(&["help", cmd]);
+        assert_eq!(code, 0);
+        assert!(out.starts_with(&format!("usage: attn {cmd}")), "{out}");
+    }
+    // Help wins over anything else on the line.
+    let (code, out, _) = run(&["demo", "--bogus", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--block-size"), "{out}");
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("attn demo") && out.contains("attn select") && out.contains("attn presets"), "{out}");
+}
+
+#[test]
+fn options_a_command_does_not_take_are_usage_errors() {
+    for (args, named) in [
+        (&["select", "--cpu"][..], "--cpu"),
+        (&["select", "--seed", "3"][..], "--seed"),
+        (&["presets", "--model", "llama-3-8b"][..], "--model"),
+        (&["demo", "--bogus"][..], "--bogus"),
+        (&["demo", "stray"][..], "stray"),
+        (&["select", "--dtype", "int8"][..], "int8"),
+        (&["demo", "--seed"][..], "--seed"),
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(named), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn select_honours_dtype_and_prints_the_model() {
+    let (code, out, err) = run(&["select", "--model", "gemma-2-9b", "--dtype", "f16"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| CUDA") || l.starts_with("| CPU")).collect();
+    assert_eq!(rows.len(), 3, "one row per platform: {out}");
+    assert!(rows.iter().all(|r| r.contains("| f16 |")), "{out}");
+    for want in ["16 query heads", "8 KV heads", "head dim 256", "sliding window 4096", "soft-cap 50", "softmax scale 0.0625", "no ALiBi"] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    let (_, out, _) = run(&["select", "--model", "llama-3-8b"]);
+    let rows = out.lines().filter(|l| l.starts_with("| CUDA") || l.starts_with("| CPU")).count();
+    assert_eq!(rows, 9, "every dtype without --dtype: {out}");
+    let (_, out, _) = run(&["select", "--dtype=bf16"]);
+    assert!(out.lines().filter(|l| l.starts_with("| CPU")).all(|l| l.contains("| bf16 |")), "{out}");
+}
+
+#[test]
+fn a_float32_checkpoint_is_served_in_bf16_unless_asked() {
+    let f = config(
+        "gemma2-f32.json",
+        r#"{"model_type": "gemma2", "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64,
+            "torch_dtype": "float32", "attn_logit_softcapping": 50.0, "query_pre_attn_scalar": 64, "sliding_window": 1024}"#,
+    );
+    let f = f.to_str().unwrap();
+    let (code, out, err) = run(&["demo", "--cpu", "--config", f]);
+    assert_eq!(code, 0, "{out}{err}");
+    let dtype_line = out.lines().find(|l| l.starts_with("dtype:")).unwrap_or_else(|| panic!("{out}"));
+    assert!(dtype_line.starts_with("dtype: bf16") && dtype_line.contains("f32"), "{dtype_line}");
+    assert!(out.contains("supports bf16"), "{out}");
+    let (code, out, err) = run(&["demo", "--cpu", "--config", f, "--dtype", "f32"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("dtype: f32 (--dtype f32"), "{out}");
+    assert!(out.contains("supports f32"), "{out}");
+}
+
+#[test]
+fn demo_says_what_it_understood_and_what_the_cache_counts() {
+    let (code, out, err) = run(&["demo", "--cpu", "--model", "mistral-7b"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for want in ["32 query heads", "8 KV heads", "head dim 128", "sliding window 4096", "no soft-cap", "softmax scale", "no ALiBi"] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert!(out.contains("blocks x 16 tokens, each token 8 KV heads x head dim 128"), "{out}");
+    assert!(!out.contains("device"), "a CPU run has no host-device copies: {out}");
+}
+
+#[test]
+fn an_mla_model_runs_the_mla_path() {
+    let (code, out, err) = run(&["demo", "--cpu", "--model", "deepseek-v3"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for want in ["128 query heads", "MLA", "kv_lora_rank 512", "qk_rope_head_dim 64", "qk_nope_head_dim 128", "v_head_dim 128"] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert!(out.contains("one latent head of 512 + 64 = 576 dims"), "{out}");
+    assert!(out.contains("MLA absorbed decode"), "{out}");
+    assert!(!out.contains("cache write verified"), "the MHA layer's check ran: {out}");
+    // A backend without MLA is refused, never run as MHA.
+    let o = Command::new(ATTN).args(["demo", "--cpu", "--model", "deepseek-v3"]).env("ATTN_BACKEND", "CUDA_PAGED").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("MLA"), "{}", text(&o.stderr));
+    assert!(!text(&o.stdout).contains("result:"), "{}", text(&o.stdout));
+}
