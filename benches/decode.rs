@@ -12,7 +12,7 @@
 use attn_backends::backend::cuda_paged::CudaPagedImpl;
 use attn_backends::cuda::CudaRuntime;
 use attn_backends::workload::{ragged_lengths, schedule, Rng};
-use attn_backends::{AttnSpec, HostKvCache, KvCacheLayout, MetadataBuilder};
+use attn_backends::{AttnSpec, BackendName, DType, HostKvCache, KvCacheLayout, MetadataBuilder, PlanOptions, Step, StepLimits};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
@@ -132,12 +132,13 @@ fn main() {
         let mut imp = CudaPagedImpl::<bf16>::new(rt.clone(), spec.clone(), layout).expect("backend");
         imp.load_cache(&random_cache(layout, &mut rng)).expect("cache upload");
         let n = meta.num_tokens();
-        let q: Vec<u16> = (0..n * w.q_heads * d).map(|_| bf16::from_f32(rng.uniform()).to_bits()).collect();
+        let q: Vec<bf16> = (0..n * w.q_heads * d).map(|_| bf16::from_f32(rng.uniform())).collect();
         let q = rt.stream().clone_htod(&q).expect("q");
-        let mut out = rt.stream().alloc_zeros::<u16>(n * w.q_heads * d).expect("out");
+        let mut out = rt.stream().alloc_zeros::<bf16>(n * w.q_heads * d).expect("out");
+        let mut step = Step::new(BackendName::CudaPaged, DType::Bf16, &spec, layout, StepLimits::for_metadata(&meta), Some(rt.clone())).expect("step");
         let kv_bytes: usize = w.lens.iter().map(|&l| l * w.kv_heads * d * 2 * 2).sum();
         let bytes = (kv_bytes + 2 * n * w.q_heads * d * 2) as f64;
-        let heuristic = imp.plan(&meta, None).expect("plan").num_splits();
+        let heuristic = step.prepare(&meta).expect("plan").num_splits;
         let mut split_options = vec![heuristic];
         if heuristic != 1 {
             split_options.push(1);
@@ -150,8 +151,8 @@ fn main() {
             }
         }
         for splits in split_options {
-            let plan = imp.plan(&meta, Some(splits)).expect("plan");
-            let (ms, lo, hi) = timer.time(|| imp.attend(&plan, &q, &mut out));
+            step.prepare_with(&meta, PlanOptions { force_splits: Some(splits) }).expect("plan");
+            let (ms, lo, hi) = timer.time(|| imp.attend(&step, &q, &mut out));
             let gbs = bytes / (ms * 1e-3) / 1e9;
             let tag = if splits == heuristic { "" } else { " (forced)" };
             let peers = if w.peers.0.is_nan() { "-".to_string() } else { format!("{:.3} / {:.3}", w.peers.0, w.peers.1) };

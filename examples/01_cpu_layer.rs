@@ -40,7 +40,7 @@ fn main() -> attn_backends::Result<()> {
     let v = random_values::<f32>(&mut rng, n * spec.num_kv_heads * spec.head_dim);
     let out = layer.forward(&q, &k, &v, &meta)?;
 
-    let reference = oracle::paged_reference(&q, &layer.cache_snapshot()?, &meta, &spec);
+    let reference = oracle::paged_reference(&q, &layer.cache_snapshot()?, &meta, &spec)?;
     println!("{} output rows; relative error vs the f64 oracle: {:.2e}", n * spec.num_q_heads, oracle::rel_error(&out, &reference));
     Ok(())
 }

@@ -1,15 +1,15 @@
-//! 02: the CUDA backend's plan / run split, on device tensors, for every layer of a step.
-//!
-//! `plan` uploads a step's metadata once and decides the split count (flash-decoding) from
-//! the batch and the device; `run` only launches (cache write, paged attention, merge) and
-//! serves each layer. Without a CUDA device it says so and exits.
+//! 02: a decode step on the GPU as an engine runs it: one `Step` prepared per step (plan +
+//! one upload into persistent buffers), every layer launched on device tensors, then the
+//! same step captured once in a CUDA graph and replayed for the next step with new metadata
+//! and inputs written into the same buffers. Without a CUDA device it says so and exits.
 //!
 //! `cargo run --release --example 02_gpu_plan_run`
 
-use attn_backends::backend::cuda_paged::CudaPagedImpl;
+use attn_backends::layer::Attention;
 use attn_backends::metadata::MetadataBuilder;
 use attn_backends::workload::{blocks_needed, random_values, schedule, Rng};
-use attn_backends::{AttnSpec, KvCacheLayout};
+use attn_backends::{AttnSpec, BackendName, KvCacheLayout, PlanOptions, StepLimits};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use half::bf16;
 
 fn main() -> attn_backends::Result<()> {
@@ -21,30 +21,54 @@ fn main() -> attn_backends::Result<()> {
         }
     };
     let spec = AttnSpec::new(32, 8, 128);
-    // 4 long decodes: few blocks, so the planner splits the keys.
+    // 4 long decodes (few blocks, so the planner splits the keys); one more token next step.
     let shapes = [(16383, 1), (12000, 1), (9000, 1), (20000, 1)];
-    let num_blocks = blocks_needed(&shapes, 16);
+    let num_blocks = blocks_needed(&shapes, 16) + 4;
     let layout = KvCacheLayout::new(num_blocks, 16, spec.num_kv_heads, spec.head_dim)?;
-    let meta = MetadataBuilder::new(layout).build(&schedule(&mut Rng::new(3), &shapes, 16, num_blocks).expect("enough blocks"))?;
+    let sched = schedule(&mut Rng::new(3), &shapes, 16, num_blocks).expect("enough blocks");
+    let builder = MetadataBuilder::new(layout);
 
-    let mut layers = (0..4).map(|_| CudaPagedImpl::<bf16>::new(rt.clone(), spec.clone(), layout)).collect::<Result<Vec<_>, _>>()?;
-    let plan = layers[0].plan(&meta, None)?;
-    println!("{} on {}: {} query tokens, {} splits", rt.arch(), rt.device_name(), plan.num_tokens(), plan.num_splits());
+    let mut layers = (0..4).map(|_| Attention::<bf16>::new(BackendName::CudaPaged, spec.clone(), layout, Some(rt.clone()))).collect::<Result<Vec<_>, _>>()?;
+    let mut step = layers[0].new_step(StepLimits::new(4, 4, 32768, 16))?;
+    let plan = step.prepare(&builder.build(&sched)?)?.clone();
+    println!("{} on {}: {} query tokens, {} splits, launches per layer:", rt.arch(), rt.device_name(), plan.num_tokens, plan.num_splits);
+    for l in &plan.launches {
+        println!("  {l}");
+    }
 
-    // This step's q, k, v on the device (random bf16 bits here; a model's activations there).
+    // This step's q, k, v on the device (random here; a model's activations there).
     let stream = rt.stream().clone();
-    let n = meta.num_tokens();
+    let n = plan.num_tokens;
     let mut rng = Rng::new(4);
-    let mut device_rows = |heads: usize| {
-        let host: Vec<u16> = random_values::<bf16>(&mut rng, n * heads * spec.head_dim).iter().map(|x| x.to_bits()).collect();
-        stream.clone_htod(&host)
-    };
+    let mut device_rows = |heads: usize| stream.clone_htod(&random_values::<bf16>(&mut rng, n * heads * spec.head_dim));
     let (q, k, v) = (device_rows(spec.num_q_heads)?, device_rows(spec.num_kv_heads)?, device_rows(spec.num_kv_heads)?);
-    let mut out = stream.alloc_zeros::<u16>(n * spec.num_q_heads * spec.head_dim)?;
+    let mut out = stream.alloc_zeros::<bf16>(n * spec.num_q_heads * spec.head_dim)?;
     for layer in &mut layers {
-        layer.run(&plan, &q, &k, &v, &mut out)?;
+        layer.forward_device(&step, &q, &k, &v, &mut out)?;
     }
     stream.synchronize()?;
-    println!("ran {} layers on one plan", layers.len());
+    println!("eager: ran {} layers on one plan", layers.len());
+
+    // Next step, captured: one more token per request, the same split count.
+    let mut next = sched.clone();
+    for r in &mut next.requests {
+        r.num_computed_tokens += 1;
+    }
+    let opts = PlanOptions { force_splits: Some(plan.num_splits) };
+    step.prepare_with(&builder.build(&next)?, opts)?;
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    for layer in &mut layers {
+        layer.forward_device(&step, &q, &k, &v, &mut out)?;
+    }
+    let graph = stream.end_capture(CUgraphInstantiate_flags(0))?.expect("a captured graph");
+    graph.launch()?;
+    // And the step after: new metadata into the same buffers, replayed.
+    for r in &mut next.requests {
+        r.num_computed_tokens += 1;
+    }
+    step.prepare_with(&builder.build(&next)?, opts)?;
+    graph.launch()?;
+    stream.synchronize()?;
+    println!("graph: captured {} layers once, replayed for 2 steps", layers.len());
     Ok(())
 }

@@ -152,7 +152,7 @@ fn paged_vs_oracle<T: Element>(seed: u64, num_reqs: usize, l: &Layer, num_splits
     let v: Vec<T> = rng.vec(n * l.hkv * l.d);
     let mut expected_cache = cache.clone();
     write_expected(&mut expected_cache, &k, &v, &meta);
-    let reference = oracle::paged_reference(&q, &expected_cache, &meta, &spec);
+    let reference = oracle::paged_reference(&q, &expected_cache, &meta, &spec).unwrap();
 
     let mut attn = CpuImpl::with_cache(spec, cache).unwrap();
     let mut out = vec![T::from_f32(f32::NAN); q.len()];

@@ -1,8 +1,13 @@
 //! CUDA runtime: the driver (loaded dynamically through cudarc, so nothing CUDA is needed to
 //! build or to run the CPU paths), the device's properties, and the kernel module built for
 //! it, loaded once per context.
+//!
+//! All work goes to one stream of the runtime, created for it (not the legacy default
+//! stream, which cannot be captured into a CUDA graph). cudarc's per-buffer event tracking
+//! is turned off for the context: with one stream it orders nothing, and its event waits
+//! would break a capture.
 
-use crate::backend::Platform;
+use crate::platform::Platform;
 use crate::error::{AttnError, Result};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr};
@@ -67,6 +72,9 @@ impl CudaRuntime {
             return Err(AttnError::NoCuda(format!("device {ordinal} requested, {count} present")));
         }
         let ctx = CudaContext::new(ordinal)?;
+        // SAFETY: before any buffer exists; every buffer of this context is then used on the
+        // runtime's one stream, which orders all work on it.
+        unsafe { ctx.disable_event_tracking() };
         let cc = ctx.compute_capability()?;
         let (_, arch, ptx) = pick_module(modules, cc.0, cc.1)?;
         let module = ctx.load_module(Ptx::from_src(ptx))?;
@@ -74,7 +82,7 @@ impl CudaRuntime {
         let name = ctx.name()?;
         tracing::info!(device = %name, arch, sms = num_sms, "CUDA runtime ready");
         Ok(Arc::new(CudaRuntime {
-            stream: ctx.default_stream(),
+            stream: ctx.new_stream()?,
             ctx,
             module,
             arch,

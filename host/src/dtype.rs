@@ -59,7 +59,7 @@ impl fmt::Display for KvCacheDType {
 }
 
 /// A host element type the backends compute on (in f32; the oracle in f64).
-pub trait Element: Copy + Send + Sync + Default + fmt::Debug + 'static {
+pub trait Element: Copy + Send + Sync + Default + fmt::Debug + cudarc::driver::DeviceRepr + 'static {
     const DTYPE: DType;
     /// The kernels' name for this type (`paged_attention_<tag>_d128`); `None` if no GPU
     /// kernel is instantiated for it.

@@ -52,6 +52,9 @@ pub enum AttnError {
     #[error("{0}")]
     Shape(String),
 
+    #[error("step too large: {0}")]
+    StepTooLarge(String),
+
     #[error("no CUDA device is usable: {0}")]
     NoCuda(String),
 

@@ -81,9 +81,23 @@ impl<T: Element> HostKvCache<T> {
 
     /// `reshape_and_cache` on the host: token `t`'s rows of `k` and `v`
     /// (`[num_tokens, num_kv_heads, head_dim]`) to slot `slot_mapping[t]`; a negative slot is
-    /// padding and is skipped. The slots were validated with the metadata (inside capacity).
-    pub fn write_slots(&mut self, k: &[T], v: &[T], slot_mapping: &[i64]) {
+    /// padding and is skipped. Checks everything first and writes nothing on an error: k and
+    /// v hold one row per slot, and every slot lies inside the cache.
+    pub fn write_slots(&mut self, k: &[T], v: &[T], slot_mapping: &[i64]) -> Result<()> {
         let row = self.layout.token_stride();
+        let want = slot_mapping.len().checked_mul(row);
+        for (what, got) in [("k", k.len()), ("v", v.len())] {
+            if Some(got) != want {
+                return Err(AttnError::LengthMismatch {
+                    what,
+                    detail: format!("{got} elements for {} slots of {} kv heads x head dim {}", slot_mapping.len(), self.layout.num_kv_heads, self.layout.head_dim),
+                });
+            }
+        }
+        let capacity = self.layout.capacity_slots();
+        if let Some((token, &slot)) = slot_mapping.iter().enumerate().find(|&(_, &s)| s >= 0 && s as usize >= capacity) {
+            return Err(AttnError::SlotOutOfRange { token, slot, capacity });
+        }
         for (t, &slot) in slot_mapping.iter().enumerate() {
             if slot < 0 {
                 continue;
@@ -92,6 +106,7 @@ impl<T: Element> HostKvCache<T> {
             self.key[dst..dst + row].copy_from_slice(&k[t * row..(t + 1) * row]);
             self.value[dst..dst + row].copy_from_slice(&v[t * row..(t + 1) * row]);
         }
+        Ok(())
     }
 
     /// K row of (slot, head).
@@ -102,5 +117,26 @@ impl<T: Element> HostKvCache<T> {
     pub fn value_row(&self, slot: usize, head: usize) -> &[T] {
         let o = self.layout.offset(slot, head);
         &self.value[o..o + self.layout.head_dim]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_slots_checks_before_writing() {
+        let layout = KvCacheLayout::new(2, 2, 1, 2).unwrap();
+        let mut c = HostKvCache::<f32>::zeros(layout);
+        let kv = [1.0f32, 2.0, 3.0, 4.0];
+        // Slot 4 is past the 4-slot capacity: an error naming token and slot; nothing written.
+        let e = c.write_slots(&kv, &kv, &[1, 4]).unwrap_err();
+        assert!(matches!(e, AttnError::SlotOutOfRange { token: 1, slot: 4, capacity: 4 }), "{e}");
+        let e = c.write_slots(&kv[..3], &kv, &[1, 2]).unwrap_err();
+        assert!(matches!(e, AttnError::LengthMismatch { what: "k", .. }), "{e}");
+        assert!(c.key.iter().chain(&c.value).all(|&x| x == 0.0));
+        // Padding (-1) is skipped; token 1 lands at slot 2 (block 1, offset 0).
+        c.write_slots(&kv, &kv, &[-1, 2]).unwrap();
+        assert_eq!(c.key, vec![0.0, 0.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0]);
     }
 }

@@ -1,52 +1,57 @@
 //! The `Attention` layer: what a model calls, whatever the backend.
 //!
-//! ```no_run
-//! use attn_host::{layer::Attention, spec::AttnSpec, kv_cache::KvCacheLayout, BackendName};
+//! Once per step the [`Step`] is prepared (plan + one upload); then every layer runs on it:
+//! [`Attention::forward_device`] on device tensors (the GPU path: launches only, capturable
+//! in a CUDA graph), [`Attention::forward_host`] on host slices (the CPU backend; tests and
+//! examples on a GPU). [`Attention::forward`] is the one-shot convenience that plans a step
+//! of its own for each call.
+//!
+//! ```
+//! use attn_host::{layer::Attention, spec::AttnSpec, kv_cache::KvCacheLayout, BackendName, Step, StepLimits};
 //! use attn_host::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
 //! let spec = AttnSpec::new(8, 2, 64);
 //! let layout = KvCacheLayout::new(16, 16, 2, 64).unwrap();
-//! let mut layer = Attention::<f32>::new(BackendName::Cpu, spec, layout, None).unwrap();
-//! // plan once per step ...
-//! let step = SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 0, num_new_tokens: 3, block_ids: vec![4] }] };
-//! let meta = MetadataBuilder::new(layout).build(&step).unwrap();
+//! let mut layers: Vec<Attention<f32>> = (0..2).map(|_| Attention::new(BackendName::Cpu, spec.clone(), layout, None).unwrap()).collect();
+//! // once: a step context sized for the largest step (tokens, requests, longest sequence)
+//! let mut step = Step::new(BackendName::Cpu, attn_host::DType::F32, &spec, layout, StepLimits::new(64, 4, 256, 16), None).unwrap();
+//! // per step: plan once ...
+//! let sched = SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 0, num_new_tokens: 3, block_ids: vec![4] }] };
+//! step.prepare(&MetadataBuilder::new(layout).build(&sched).unwrap()).unwrap();
 //! // ... run for every layer
 //! let (q, k, v) = (vec![0.5f32; 3 * 8 * 64], vec![0.25f32; 3 * 2 * 64], vec![1.0f32; 3 * 2 * 64]);
-//! let out = layer.forward(&q, &k, &v, &meta).unwrap();
-//! assert_eq!(out.len(), q.len());
+//! let mut out = vec![0.0f32; q.len()];
+//! for layer in &mut layers {
+//!     layer.forward_host(&step, &q, &k, &v, &mut out).unwrap();
+//! }
+//! assert!(out.iter().all(|&x| (x - 1.0).abs() < 1e-6));
 //! ```
 
-use crate::backend::cpu::CpuImpl;
-use crate::backend::cuda_paged::CudaPagedImpl;
-use crate::backend::{AttentionImpl, BackendName};
+use crate::backend::{AttentionImpl, BackendName, DeviceTensors};
 use crate::cuda::CudaRuntime;
 use crate::dtype::Element;
-use crate::error::{AttnError, Result};
+use crate::error::Result;
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::spec::AttnSpec;
+use crate::step::{Step, StepLimits};
+use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
 pub struct Attention<T: Element> {
     spec: AttnSpec,
+    layout: KvCacheLayout,
+    gpu: Option<Arc<CudaRuntime>>,
     imp: Box<dyn AttentionImpl<T>>,
 }
 
 impl<T: Element> Attention<T> {
     /// A layer on `backend`, with its paged cache of `layout` allocated in that backend's
-    /// memory. CUDA backends need the runtime of the device to run on.
+    /// memory, once the backend's capability row accepted the layer (an MLA layer, a head dim
+    /// or dtype without a kernel, a window the backend lacks: errors naming it). CUDA
+    /// backends need the runtime of the device to run on.
     pub fn new(backend: BackendName, spec: AttnSpec, layout: KvCacheLayout, gpu: Option<Arc<CudaRuntime>>) -> Result<Self> {
-        let imp: Box<dyn AttentionImpl<T>> = match backend {
-            BackendName::Cpu => Box::new(CpuImpl::<T>::new(spec.clone(), layout)?),
-            BackendName::CudaPaged => {
-                let rt = gpu.ok_or_else(|| AttnError::NoCuda("backend CUDA_PAGED needs a CUDA device".into()))?;
-                Box::new(CudaPagedImpl::<T>::new(rt, spec.clone(), layout)?)
-            }
-        };
-        Ok(Attention { spec, imp })
-    }
-
-    pub fn from_impl(spec: AttnSpec, imp: Box<dyn AttentionImpl<T>>) -> Self {
-        Attention { spec, imp }
+        let imp = backend.make_impl::<T>(&spec, layout, gpu.clone())?;
+        Ok(Attention { spec, layout, gpu, imp })
     }
 
     pub fn backend(&self) -> BackendName {
@@ -55,18 +60,41 @@ impl<T: Element> Attention<T> {
     pub fn spec(&self) -> &AttnSpec {
         &self.spec
     }
+    pub fn layout(&self) -> &KvCacheLayout {
+        &self.layout
+    }
 
-    /// One step: this step's `k`, `v` into the cache, then `q` attends over it.
-    /// Returns `out` `[num_tokens, num_q_heads, head_dim]`.
+    /// A step context for this layer's backend, shape and cache layout (every layer of the
+    /// same shape can run on it).
+    pub fn new_step(&self, limits: StepLimits) -> Result<Step> {
+        Step::new(self.backend(), T::DTYPE, &self.spec, self.layout, limits, self.gpu.clone())
+    }
+
+    /// One layer of a prepared step on device tensors: this step's `k`, `v` into the cache,
+    /// then `q` attends over it into `out` (written in place). Launches only.
+    pub fn forward_device(&mut self, step: &Step, q: &CudaSlice<T>, k: &CudaSlice<T>, v: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
+        self.imp.run_device(step, DeviceTensors { q, k, v, out })
+    }
+
+    /// One layer of a prepared step on host slices (`out` has q's shape).
+    pub fn forward_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
+        self.imp.run_host(step, q, k, v, out)
+    }
+
+    /// One-shot: plans a step of its own for `meta` (on a GPU: allocates its buffers and
+    /// uploads), runs, returns `out` `[num_tokens, num_q_heads, head_dim]`. For trying the
+    /// library and for tests; a model prepares one [`Step`] per step for all its layers.
     pub fn forward(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata) -> Result<Vec<T>> {
         let mut out = vec![T::default(); meta.num_tokens() * self.spec.num_q_heads * self.spec.head_dim];
-        self.imp.forward(q, k, v, meta, &mut out)?;
+        self.forward_into(q, k, v, meta, &mut out)?;
         Ok(out)
     }
 
     /// As [`Attention::forward`], into a caller's buffer.
     pub fn forward_into(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T]) -> Result<()> {
-        self.imp.forward(q, k, v, meta, out)
+        let mut step = self.new_step(StepLimits::for_metadata(meta))?;
+        step.prepare(meta)?;
+        self.forward_host(&step, q, k, v, out)
     }
 
     /// Replaces the layer's whole cache (same layout) with host contents.
@@ -76,5 +104,50 @@ impl<T: Element> Attention<T> {
 
     pub fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
         self.imp.cache_snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::AttnError;
+    use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
+
+    #[test]
+    fn an_mla_model_is_never_run_as_mha() {
+        // README's "Using it" with deepseek-v3: the selector picks the CPU (it serves MLA),
+        // but the multi-head layer must refuse the MLA spec rather than run 128 x 192 MHA.
+        let cfg = crate::model::preset("deepseek-v3").unwrap();
+        let spec = cfg.attn_spec();
+        let layout = KvCacheLayout::new(8, 16, spec.num_kv_heads, spec.head_dim).unwrap();
+        let e = Attention::<half::bf16>::new(BackendName::Cpu, spec, layout, None).err().expect("MLA refused");
+        assert!(matches!(e, AttnError::Unsupported { .. }) && e.to_string().contains("MLA"), "{e}");
+    }
+
+    #[test]
+    fn a_step_serves_only_layers_of_its_shape_and_after_prepare() {
+        let spec = AttnSpec::new(4, 2, 8);
+        let layout = KvCacheLayout::new(4, 16, 2, 8).unwrap();
+        let mut layer = Attention::<f32>::new(BackendName::Cpu, spec.clone(), layout, None).unwrap();
+        let mut step = layer.new_step(StepLimits::new(4, 2, 32, 16)).unwrap();
+        let (q, kv) = (vec![0.5f32; 4 * 8], vec![0.25f32; 2 * 8]);
+        let mut out = vec![0.0f32; q.len()];
+        let e = layer.forward_host(&step, &q, &kv, &kv, &mut out).unwrap_err();
+        assert!(e.to_string().contains("not prepared"), "{e}");
+        let sched = SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 3, num_new_tokens: 1, block_ids: vec![2] }] };
+        let meta = MetadataBuilder::new(layout).build(&sched).unwrap();
+        let plan = step.prepare(&meta).unwrap().clone();
+        assert_eq!((plan.num_tokens, plan.num_splits, plan.launches.len()), (1, 1, 0));
+        layer.forward_host(&step, &q, &kv, &kv, &mut out).unwrap();
+        // A layer of another shape is refused by the step.
+        let mut other = Attention::<f32>::new(BackendName::Cpu, AttnSpec::new(2, 2, 8), layout, None).unwrap();
+        let e = other.forward_host(&step, &q[..16], &kv, &kv, &mut out[..16]).unwrap_err();
+        assert!(e.to_string().contains("step prepared for"), "{e}");
+        // A step beyond the limits names the limit.
+        let big = SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 40, num_new_tokens: 1, block_ids: vec![0, 1, 3] }] };
+        let e = step.prepare(&MetadataBuilder::new(layout).build(&big).unwrap()).unwrap_err();
+        assert!(matches!(e, AttnError::StepTooLarge(_)) && e.to_string().contains("max_blocks_per_req = 2"), "{e}");
+        // The CPU backend runs on host tensors only.
+        assert!(step.device_props().is_none());
     }
 }

@@ -2,7 +2,9 @@
 //! (CPU on rayon; CUDA through the Rust-compiled PTX kernels and cudarc), and the f64 oracle.
 //!
 //! Plan, then run: [`metadata::MetadataBuilder`] turns a scheduler's step into validated
-//! maps once; [`layer::Attention`] runs the selected backend over them for every layer.
+//! maps once; [`step::Step::prepare`] plans the step and uploads the maps once into the
+//! step's persistent buffers; [`layer::Attention`] runs the selected backend over them for
+//! every layer, launches only (capturable in a CUDA graph on the GPU).
 
 pub mod backend;
 pub mod cuda;
@@ -13,15 +15,19 @@ pub mod layer;
 pub mod metadata;
 pub mod model;
 pub mod oracle;
+pub mod platform;
 pub mod selector;
 pub mod spec;
+pub mod step;
 pub mod workload;
 
 /// Kernel parameter blocks shared with the device crate (the same source file).
 #[path = "../../device-kernels/src/params.rs"]
 pub mod params;
 
-pub use backend::{AttentionImpl, BackendName, Platform};
+pub use backend::{AttentionImpl, BackendName, DeviceTensors};
+pub use platform::{DeviceProps, Platform};
+pub use step::{PlanOptions, Step, StepLimits, StepPlan};
 pub use dtype::{DType, Element, KvCacheDType};
 pub use error::{AttnError, Result};
 pub use kv_cache::{HostKvCache, KvCacheLayout};

@@ -171,6 +171,10 @@ impl AttentionMetadata {
             if q < 0 {
                 return Err(AttnError::InvalidRequest { request: r, detail: format!("query_start_loc decreases ({} -> {})", query_start_loc[r], query_start_loc[r + 1]) });
             }
+            if q == 0 {
+                // As the builder: a request in a step computes at least one token.
+                return Err(AttnError::InvalidRequest { request: r, detail: "schedules no new tokens (query_start_loc does not advance)".into() });
+            }
             if s < q {
                 return Err(AttnError::InvalidRequest { request: r, detail: format!("seq_len {s} is shorter than its {q} new tokens") });
             }
@@ -432,6 +436,11 @@ mod tests {
         assert!(matches!(e, AttnError::SlotOutOfRange { token: 0, slot: 16, capacity: 16 }), "{e}");
         let e = AttentionMetadata::from_parts(l, vec![0, 2], vec![1], vec![0], 1, vec![0, 1]).unwrap_err();
         assert!(matches!(e, AttnError::InvalidRequest { request: 0, .. }), "{e}");
+        let e = AttentionMetadata::from_parts(l, vec![0, 1], vec![1], vec![0], 1, vec![]).unwrap_err();
+        assert!(matches!(e, AttnError::LengthMismatch { .. }), "{e}");
+        // A request with no new tokens, which the builder refuses too.
+        let e = AttentionMetadata::from_parts(l, vec![0, 1, 1], vec![1, 3], vec![0, 1], 1, vec![0]).unwrap_err();
+        assert!(matches!(e, AttnError::InvalidRequest { request: 1, .. }), "{e}");
         let e = AttentionMetadata::from_parts(l, vec![0, 1], vec![1], vec![0], 1, vec![]).unwrap_err();
         assert!(matches!(e, AttnError::LengthMismatch { what: "slot_mapping", .. }), "{e}");
         let ok = AttentionMetadata::from_parts(l, vec![0, 1], vec![1], vec![2], 1, vec![-1]).unwrap();

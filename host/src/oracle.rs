@@ -22,6 +22,7 @@
 //! ```
 
 use crate::dtype::Element;
+use crate::error::{AttnError, Result};
 use crate::kv_cache::HostKvCache;
 use crate::metadata::AttentionMetadata;
 use crate::spec::{AttnSpec, MlaSpec};
@@ -163,11 +164,24 @@ fn query_positions(meta: &AttentionMetadata, r: usize) -> Vec<usize> {
 ///
 /// For each request: gathers its keys `0..seq_len` through the block table into dense f64
 /// K/V, builds the explicit causal (+ window, + ALiBi) mask and calls [`attention`].
-pub fn paged_reference<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &AttnSpec) -> Vec<f64> {
+///
+/// A cache or q that does not match `spec` and `meta` is an error, not a panic.
+pub fn paged_reference<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &AttnSpec) -> Result<Vec<f64>> {
+    spec.validate()?;
     let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
-    assert_eq!(cache.layout.num_kv_heads, hkv, "cache kv heads vs spec");
-    assert_eq!(cache.layout.head_dim, d, "cache head dim vs spec");
-    assert_eq!(q.len(), meta.num_tokens() * hq * d, "q is [num_tokens, Hq, D]");
+    if cache.layout.num_kv_heads != hkv || cache.layout.head_dim != d || cache.layout != *meta.layout() {
+        return Err(AttnError::Shape(format!(
+            "oracle: cache {:?} and metadata for {:?} do not both match the spec's {hkv} kv heads x head dim {d}",
+            cache.layout,
+            meta.layout()
+        )));
+    }
+    if cache.key.len() != cache.layout.elements() || cache.value.len() != cache.layout.elements() {
+        return Err(AttnError::LengthMismatch { what: "oracle cache", detail: format!("{} key, {} value elements for {}", cache.key.len(), cache.value.len(), cache.layout.elements()) });
+    }
+    if Some(q.len()) != meta.num_tokens().checked_mul(hq * d) {
+        return Err(AttnError::LengthMismatch { what: "oracle q", detail: format!("{} elements, expected {} tokens x {hq} heads x {d}", q.len(), meta.num_tokens()) });
+    }
     let mut out = vec![0.0; q.len()];
     for r in 0..meta.num_reqs() {
         let lk = meta.seq_lens()[r] as usize;
@@ -202,7 +216,7 @@ pub fn paged_reference<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &Atten
         let (o, _) = attention(&qd, &k, &v, &shape, &mask);
         out[t0 * hq * d..(t0 + lq) * hq * d].copy_from_slice(&o);
     }
-    out
+    Ok(out)
 }
 
 /// `||out - reference|| / ||reference||` (Euclidean norms). A non-finite value in `out`, or
@@ -496,8 +510,11 @@ mod tests {
         let mut cache = HostKvCache::<f32>::zeros(layout);
         cache.value = vec![100.0, 100.0, 2.0, 6.0];
         let spec = AttnSpec::new(1, 1, 1);
-        let out = paged_reference(&[0.0f32], &cache, &meta, &spec);
+        let out = paged_reference(&[0.0f32], &cache, &meta, &spec).unwrap();
         assert!(close(&out, &[4.0]), "{out:?}");
+        // A caller's wrong q length or cache geometry is an error, not a panic.
+        assert!(matches!(paged_reference(&[0.0f32, 1.0], &cache, &meta, &spec), Err(AttnError::LengthMismatch { .. })));
+        assert!(matches!(paged_reference(&[0.0f32], &cache, &meta, &AttnSpec::new(2, 2, 1)), Err(AttnError::Shape(_))));
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! assert!(sel.reason.contains("head dim 96 not in [64, 128, 256]"));
 //! ```
 
-use crate::backend::{BackendCaps, BackendName, Platform};
+use crate::backend::{BackendCaps, BackendName};
+use crate::platform::Platform;
 use crate::dtype::{DType, KvCacheDType};
 use crate::error::{AttnError, Result};
 use crate::model::ModelConfig;
@@ -71,6 +72,23 @@ impl Requirements {
             sliding_window: model.sliding_window.is_some(),
             softcap: model.softcap.is_some(),
             alibi: model.alibi,
+            block_size,
+        }
+    }
+}
+
+impl Requirements {
+    /// What one layer of `spec` in `dtype` over a cache of `block_size`-token blocks asks
+    /// (MHA/GQA; the same dtype for the cache).
+    pub fn for_layer(spec: &crate::spec::AttnSpec, dtype: DType, block_size: usize) -> Requirements {
+        Requirements {
+            dtype,
+            kv_cache_dtype: KvCacheDType::Auto,
+            head_dim: spec.head_dim,
+            mla: false,
+            sliding_window: spec.sliding_window.is_some(),
+            softcap: spec.softcap.is_some(),
+            alibi: spec.alibi_slopes.is_some(),
             block_size,
         }
     }

@@ -40,6 +40,10 @@ pub struct AttnSpec {
     pub softcap: Option<f32>,
     /// ALiBi: `s += slope[h] * (key_pos - query_pos)`; one slope per query head.
     pub alibi_slopes: Option<Vec<f32>>,
+    /// Set on the layers of an MLA model (the decompressed form above is then not what is
+    /// cached or computed): the multi-head layer refuses such a spec rather than run MLA as
+    /// MHA; its absorbed form is this [`MlaSpec`].
+    pub mla: Option<MlaSpec>,
 }
 
 impl AttnSpec {
@@ -52,6 +56,7 @@ impl AttnSpec {
             sliding_window: None,
             softcap: None,
             alibi_slopes: None,
+            mla: None,
         }
     }
 

@@ -20,13 +20,19 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    /// Uniform in [0, n).
+    /// Uniform in `[0, n)`. Cannot fail: `n = 0` (an empty range, which has no index) gives
+    /// 0, as `n = 1` does, rather than dividing by zero.
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
-    /// Uniform in `lo..=hi`.
+    /// Uniform in `lo..=hi`. Cannot fail: bounds in the wrong order are swapped, and
+    /// `0..=usize::MAX` is drawn without overflow.
     pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
+        let (lo, hi) = (lo.min(hi), lo.max(hi));
+        match (hi - lo).checked_add(1) {
+            Some(span) => lo + self.below(span),
+            None => self.next_u64() as usize,
+        }
     }
     /// Uniform in [-1, 1).
     pub fn uniform(&mut self) -> f32 {
@@ -93,5 +99,17 @@ mod tests {
         assert_eq!(&l[..5], &[6375, 4417, 5365, 5284, 6633]);
         assert_eq!(l.iter().sum::<usize>(), 559_504);
         assert_eq!((*l.iter().min().unwrap(), *l.iter().max().unwrap()), (253, 8184));
+    }
+
+    #[test]
+    fn rng_bounds_cannot_fail() {
+        let mut r = Rng::new(3);
+        assert_eq!(r.below(0), 0);
+        assert_eq!(r.below(1), 0);
+        for _ in 0..100 {
+            assert!((4..=9).contains(&r.range(9, 4)));
+            assert!(r.below(7) < 7);
+        }
+        let _ = r.range(0, usize::MAX);
     }
 }

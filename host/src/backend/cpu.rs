@@ -4,8 +4,10 @@
 //! cache through the slot mapping (negative slots skipped), then for every (token, query
 //! head) in parallel run an online softmax in f32 over the request's visible keys, read
 //! through its block table a page at a time. With `num_splits > 1` each row's keys are cut
-//! into contiguous partitions whose mergeable states ([`PartialState`]) are combined by
-//! [`merge`], exactly the flash-decoding split the GPU runs.
+//! into partitions whose mergeable states ([`PartialState`]) are combined by [`merge`]; the
+//! cut is the GPU kernel's ([`split_range`]: whole 16-key tiles, aligned to absolute key
+//! positions, `ceil(tiles / splits)` tiles per split). The split count is the plan's
+//! ([`plan`]): 1 unless the caller forces one; the CPU has no occupancy to balance.
 //!
 //! ```
 //! use attn_host::backend::cpu::CpuImpl;
@@ -13,13 +15,11 @@
 //! let spec = AttnSpec::new(2, 1, 4);
 //! let layout = KvCacheLayout::new(4, 2, 1, 4).unwrap();
 //! let mut attn = CpuImpl::<f32>::new(spec, layout).unwrap();
-//! // Plan once per step ...
-//! let step = SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 0, num_new_tokens: 3, block_ids: vec![2, 0] }] };
-//! let meta = MetadataBuilder::new(layout).build(&step).unwrap();
-//! // ... run every layer over it.
+//! let sched = SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 0, num_new_tokens: 3, block_ids: vec![2, 0] }] };
+//! let meta = MetadataBuilder::new(layout).build(&sched).unwrap();
 //! let (q, kv) = (vec![0.5f32; 3 * 2 * 4], vec![0.25f32; 3 * 4]);
 //! let mut out = vec![0.0f32; q.len()];
-//! attn.forward(&q, &kv, &kv, &meta, &mut out).unwrap();
+//! attn.forward_split(&q, &kv, &kv, &meta, &mut out, 1).unwrap();
 //! assert!(out.iter().all(|&x| (x - 0.25).abs() < 1e-6));
 //! ```
 
@@ -28,7 +28,9 @@ use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
+use crate::params::PAGED_TILE;
 use crate::spec::{AttnSpec, MlaSpec};
+use crate::step::{LayerShape, PlanOptions, Step, StepPlan};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -111,13 +113,32 @@ pub fn visible_keys(q_pos: usize, window: Option<usize>) -> Range<usize> {
     begin..end
 }
 
-/// Split `split` of `num_splits` contiguous, near-equal parts of `keys` (as the GPU cuts
-/// them: `ceil(len / num_splits)` keys each, so trailing splits may be empty).
-/// Example: 10 keys in 4 splits -> 3, 3, 3, 1.
+/// Split `split` of `num_splits` parts of `keys`, cut as the GPU's paged kernel cuts them:
+/// the 16-key tiles (`PAGED_TILE`, aligned to absolute key positions) that `keys` touches are
+/// dealt `ceil(tiles / num_splits)` to a split, and each split keeps its tiles' part of
+/// `keys`; trailing splits may be empty.
+/// Example: keys 3..40 touch tiles 0, 1, 2; in 2 splits: 3..32 and 32..40.
 pub fn split_range(keys: Range<usize>, num_splits: usize, split: usize) -> Range<usize> {
-    let per = keys.len().div_ceil(num_splits.max(1));
-    let start = (keys.start + split * per).min(keys.end);
-    start..(start + per).min(keys.end)
+    let tile = PAGED_TILE as usize;
+    if keys.is_empty() {
+        return keys.end..keys.end;
+    }
+    let first = keys.start / tile;
+    let tiles = keys.end.div_ceil(tile) - first;
+    let per = tiles.div_ceil(num_splits.max(1));
+    let (t0, t1) = ((first + split * per).min(first + tiles), (first + (split + 1) * per).min(first + tiles));
+    let start = (t0 * tile).clamp(keys.start, keys.end);
+    start..(t1 * tile).clamp(start, keys.end)
+}
+
+/// The CPU backend's plan: no launches; the split count is forced or 1.
+pub fn plan(meta: &AttentionMetadata, opts: &PlanOptions) -> Result<StepPlan> {
+    let num_splits = match opts.force_splits {
+        Some(0) => return Err(AttnError::InvalidConfig("num_splits must be at least 1".into())),
+        Some(s) => s,
+        None => 1,
+    };
+    Ok(StepPlan { backend: BackendName::Cpu, num_tokens: meta.num_tokens(), num_reqs: meta.num_reqs(), num_splits, launches: Vec::new(), workspace_bytes: 0 })
 }
 
 /// How one query row's scores are formed.
@@ -303,7 +324,13 @@ impl<T: Element> CpuImpl<T> {
         Ok(())
     }
 
-    /// [`AttentionImpl::forward`] with each row's keys cut into `num_splits` partitions
+    /// One step on this layer over `meta` directly (no [`Step`]): the cache write, then
+    /// attention without splits.
+    pub fn forward(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T]) -> Result<()> {
+        self.forward_split(q, k, v, meta, out, 1)
+    }
+
+    /// [`CpuImpl::forward`] with each row's keys cut into `num_splits` partitions
     /// whose states are merged (flash-decoding); `num_splits = 1` is the plain forward.
     pub fn forward_split(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T], num_splits: usize) -> Result<()> {
         if num_splits == 0 {
@@ -311,7 +338,7 @@ impl<T: Element> CpuImpl<T> {
         }
         self.check(q, k, v, meta, out)?;
         tracing::trace!(tokens = meta.num_tokens(), reqs = meta.num_reqs(), num_splits, "cpu attention step");
-        self.cache.write_slots(k, v, meta.slot_mapping());
+        self.cache.write_slots(k, v, meta.slot_mapping())?;
         self.attend(q, meta, out, num_splits);
         Ok(())
     }
@@ -355,8 +382,9 @@ impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
         BackendName::Cpu
     }
 
-    fn forward(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T]) -> Result<()> {
-        self.forward_split(q, k, v, meta, out, 1)
+    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
+        let (plan, meta) = step.for_layer(BackendName::Cpu, &LayerShape::of(&self.spec), &self.cache.layout)?;
+        self.forward_split(q, k, v, meta, out, plan.num_splits)
     }
 
     fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
@@ -443,9 +471,14 @@ mod tests {
 
     #[test]
     fn split_ranges_cover_the_keys() {
-        let parts: Vec<_> = (0..4).map(|s| split_range(3..13, 4, s)).collect();
-        assert_eq!(parts, vec![3..6, 6..9, 9..12, 12..13]);
+        // Keys 3..40 touch tiles 0..3 (16 keys each): 2 splits take 2 tiles and 1.
+        let parts: Vec<_> = (0..2).map(|s| split_range(3..40, 2, s)).collect();
+        assert_eq!(parts, vec![3..32, 32..40]);
+        // Keys 20..100 touch tiles 1..7 (6 tiles) in 4 splits: 2, 2, 2 tiles and none.
+        let parts: Vec<_> = (0..4).map(|s| split_range(20..100, 4, s)).collect();
+        assert_eq!(parts, vec![20..48, 48..80, 80..100, 100..100]);
         assert_eq!(split_range(0..2, 4, 3), 2..2);
+        assert_eq!(split_range(5..5, 3, 0), 5..5);
         assert_eq!(visible_keys(5, Some(2)), 4..6);
         assert_eq!(visible_keys(1, Some(8)), 0..2);
         assert_eq!(visible_keys(3, None), 0..4);
@@ -465,17 +498,17 @@ mod tests {
         let good = vec![1.0f32; 2 * 2 * 2];
         let kv = vec![1.0f32; 2 * 2];
         let mut out = vec![0.0f32; 8];
-        let e = c.forward(&good[..7], &kv, &kv, &meta, &mut out).unwrap_err();
+        let e = c.forward_split(&good[..7], &kv, &kv, &meta, &mut out, 1).unwrap_err();
         assert!(matches!(e, AttnError::LengthMismatch { what: "q", .. }), "{e}");
         assert!(e.to_string().contains("7 elements") && e.to_string().contains("= 8"), "{e}");
-        let e = c.forward(&good, &kv, &kv[..3], &meta, &mut out).unwrap_err();
+        let e = c.forward_split(&good, &kv, &kv[..3], &meta, &mut out, 1).unwrap_err();
         assert!(matches!(e, AttnError::LengthMismatch { what: "v", .. }), "{e}");
-        let e = c.forward(&good, &kv, &kv, &meta, &mut out[..6]).unwrap_err();
+        let e = c.forward_split(&good, &kv, &kv, &meta, &mut out[..6], 1).unwrap_err();
         assert!(matches!(e, AttnError::LengthMismatch { what: "out", .. }), "{e}");
         let other = MetadataBuilder::new(KvCacheLayout::new(3, 2, 1, 2).unwrap())
             .build(&SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 1, num_new_tokens: 2, block_ids: vec![1, 0] }] })
             .unwrap();
-        let e = c.forward(&good, &kv, &kv, &other, &mut out).unwrap_err();
+        let e = c.forward_split(&good, &kv, &kv, &other, &mut out, 1).unwrap_err();
         assert!(matches!(e, AttnError::Shape(_)), "{e}");
         assert!(c.cache().key.iter().chain(&c.cache().value).all(|&x| x == 0.0));
         assert!(out.iter().all(|&x| x == 0.0));
@@ -500,7 +533,7 @@ mod tests {
         let k = vec![0.0f32; 4];
         let v = vec![2.0, 2.0, 4.0, 4.0];
         let mut out = vec![0.0f32; 8];
-        c.forward(&q, &k, &v, &meta, &mut out).unwrap();
+        c.forward_split(&q, &k, &v, &meta, &mut out, 1).unwrap();
         let want = [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0];
         assert!(out.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{out:?}");
         let mut split = vec![0.0f32; 8];
@@ -532,7 +565,7 @@ mod tests {
         for splits in [1, 5] {
             let mut out = vec![f32::NAN; q.len()];
             c.forward_split(&q, &kv, &kv, &meta, &mut out, splits).unwrap();
-            let want = crate::oracle::paged_reference(&q, c.cache(), &meta, &spec);
+            let want = crate::oracle::paged_reference(&q, c.cache(), &meta, &spec).unwrap();
             let err = crate::oracle::rel_error(&out, &want);
             assert!(err < 1e-5, "{splits} splits: rel error {err:e}");
         }

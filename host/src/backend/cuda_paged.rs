@@ -6,10 +6,13 @@
 //!   fresh prefill, exact but not yet fast);
 //! - `merge_splits_<dtype>`: flash-decoding's merge when the plan splits the keys.
 //!
-//! Plan, then run: [`CudaPagedImpl::plan`] uploads a step's metadata once and decides the
-//! split count; [`CudaPagedImpl::run`] only launches, and serves every layer of the step.
+//! Plan, then run: [`plan`] is a pure function of a step's metadata, the layer's shape and
+//! the device's properties (split count, grids, workspace); [`DeviceMetadata`] is the
+//! step's metadata on the device, in buffers sized once for the step limits and refilled by
+//! one asynchronous upload per step; [`CudaPagedImpl::run_device`] only launches, for every
+//! layer of the step, and can be captured in a CUDA graph.
 
-use super::{AttentionImpl, BackendCaps, BackendName};
+use super::{AttentionImpl, BackendCaps, BackendName, DeviceTensors};
 use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
@@ -18,9 +21,11 @@ use crate::metadata::AttentionMetadata;
 use crate::params::{
     paged_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS,
 };
+use crate::platform::DeviceProps;
 use crate::spec::AttnSpec;
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use crate::step::{KernelLaunch, LayerShape, PlanOptions, Step, StepLimits, StepPlan};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
+use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -80,46 +85,203 @@ pub fn num_splits_heuristic(blocks: usize, max_seq_len: usize, mean_seq_len: usi
     wanted.min(by_length).min(MAX_SPLITS).max(1)
 }
 
-/// The paged-attention kernel for a dtype tag and head dim (device crate's table).
-fn kernel_name(tag: &str, head_dim: usize) -> String {
-    format!("paged_attention_{tag}_d{head_dim}")
+/// The kernels' dtype tag (`bf16`, `f16`); `None` for a dtype with no kernel.
+fn dtype_tag(dtype: DType) -> Option<&'static str> {
+    match dtype {
+        DType::Bf16 => Some("bf16"),
+        DType::F16 => Some("f16"),
+        DType::F32 => None,
+    }
 }
 
-/// A step's metadata on the device, the launch plan derived from it, and the split-KV
-/// workspace it needs. Reusable by every layer of the step that has the planning layer's
-/// cache layout, query heads and head dim (checked at each launch).
-pub struct DevicePlan {
+/// The paged-attention kernel for a dtype tag and head dim (device crate's table).
+pub fn attention_kernel(tag: &str, head_dim: usize) -> String {
+    format!("paged_attention_{tag}_d{head_dim}")
+}
+pub const CACHE_WRITE_KERNEL: &str = "reshape_and_cache_b16";
+pub fn merge_kernel(tag: &str) -> String {
+    format!("merge_splits_{tag}")
+}
+
+/// The attention kernel of `dtype` and `head_dim`, with its dynamic shared memory opted
+/// into (past 48 KiB that must be asked for per kernel); an error if the device allows less.
+fn attention_function(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result<CudaFunction> {
+    let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_PAGED", supported: "f16, bf16" })?;
+    let smem = paged_smem_bytes(head_dim as u32);
+    let smem_max = rt.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+    if smem as i64 > smem_max as i64 {
+        return Err(AttnError::Unsupported {
+            backend: "CUDA_PAGED",
+            reason: format!("head dim {head_dim} needs {smem} bytes of shared memory per block; {} allows {smem_max}", rt.device_name()),
+        });
+    }
+    let f = rt.function(&attention_kernel(tag, head_dim))?;
+    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
+    Ok(f)
+}
+
+/// The device's properties a plan reads: SMs, and blocks of the attention kernel per SM
+/// (the driver's occupancy calculator).
+pub fn device_props(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result<DeviceProps> {
+    let f = attention_function(rt, dtype, head_dim)?;
+    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PAGED_WARPS * 32, paged_smem_bytes(head_dim as u32) as usize, None)?;
+    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1) })
+}
+
+/// The plan of a step for layers of `shape` in `dtype` (pure: tested on the CPU).
+///
+/// Every row goes to the paged kernel (one query token per block, the GQA group's heads as
+/// tile rows): grid `(tokens, kv heads x head tiles, splits)`. The split count is the
+/// heuristic's ([`num_splits_heuristic`]) or the forced one, and never more than the
+/// workspace holds (`limits.split_rows / tokens`); split steps add the merge, grid
+/// `(tokens, q heads)`. Before them, the cache write, grid `(tokens)`.
+pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions) -> Result<StepPlan> {
+    let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_PAGED", supported: "f16, bf16" })?;
+    let (n, hq, hkv, d) = (meta.num_tokens(), shape.num_q_heads, shape.num_kv_heads, shape.head_dim);
+    let tiles = shape.group_size().div_ceil(PAGED_ROWS as usize);
+    let blocks = n * hkv * tiles;
+    let fit = limits.split_rows.checked_div(n).unwrap_or(MAX_SPLITS).clamp(1, MAX_SPLITS);
+    let num_splits = match opts.force_splits {
+        Some(s) if !(1..=MAX_SPLITS).contains(&s) => {
+            return Err(AttnError::InvalidConfig(format!("{s} splits: must be in 1..={MAX_SPLITS}")));
+        }
+        Some(s) if s > fit => {
+            return Err(AttnError::StepTooLarge(format!(
+                "{s} splits of {n} tokens need {} workspace rows, the step limit split_rows is {}",
+                s * n,
+                limits.split_rows
+            )));
+        }
+        Some(s) => s,
+        None => {
+            let mean = meta.seq_lens().iter().map(|&s| s as usize).sum::<usize>() / meta.num_reqs().max(1);
+            num_splits_heuristic(blocks, meta.max_seq_len(), mean, props.resident_blocks()).min(fit)
+        }
+    };
+    let mut launches = Vec::new();
+    if n > 0 {
+        let rows = 0..n;
+        launches.push(KernelLaunch { kernel: CACHE_WRITE_KERNEL.into(), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, rows: rows.clone() });
+        launches.push(KernelLaunch {
+            kernel: attention_kernel(tag, d),
+            grid: (n as u32, (hkv * tiles) as u32, num_splits as u32),
+            block: PAGED_WARPS * 32,
+            shared_mem_bytes: paged_smem_bytes(d as u32),
+            rows: rows.clone(),
+        });
+        if num_splits > 1 {
+            launches.push(KernelLaunch { kernel: merge_kernel(tag), grid: (n as u32, hq as u32, 1), block: (d / 8) as u32, shared_mem_bytes: 0, rows });
+        }
+    }
+    let workspace_bytes = if num_splits > 1 { num_splits * n * hq * (d + 2) * std::mem::size_of::<f32>() } else { 0 };
+    Ok(StepPlan { backend: BackendName::CudaPaged, num_tokens: n, num_reqs: meta.num_reqs(), num_splits, launches, workspace_bytes })
+}
+
+fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    // Event tracking is off in the runtime's context (one stream), so the guard records nothing.
+    s.device_ptr(stream).0
+}
+
+/// A step's metadata on the device, in buffers sized once for [`StepLimits`], and the
+/// split workspace: what every layer of the step reads. The block table is stored with the
+/// fixed stride `max_blocks_per_req`, so the kernels' arguments do not depend on the step's
+/// own stride.
+pub struct DeviceMetadata {
+    rt: Arc<CudaRuntime>,
     query_start_loc: CudaSlice<i32>,
     seq_lens: CudaSlice<i32>,
     block_table: CudaSlice<i32>,
     slot_mapping: CudaSlice<i64>,
+    /// `split_rows x Hq` rows of `head_dim` f32 partial outputs, and of (m, l) pairs.
+    partial_out: CudaSlice<f32>,
+    partial_ml: CudaSlice<f32>,
+    /// Page-locked staging of the four maps (the copies from it are asynchronous).
+    staging_i32: PinnedHostSlice<i32>,
+    staging_slots: PinnedHostSlice<i64>,
+    /// Recorded after each upload: the staging memory may be rewritten once it completed.
+    uploaded: CudaEvent,
     block_table_stride: usize,
-    num_seqs: usize,
-    num_tokens: usize,
-    layout: KvCacheLayout,
-    num_q_heads: usize,
-    head_dim: usize,
-    num_splits: usize,
-    /// `num_splits x num_tokens x num_q_heads` rows of `head_dim` f32 partial outputs, and of
-    /// (m, l) pairs; allocated only when split.
-    workspace: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
 }
 
-impl DevicePlan {
-    pub fn num_splits(&self) -> usize {
-        self.num_splits
+impl DeviceMetadata {
+    pub fn new(rt: Arc<CudaRuntime>, shape: LayerShape, limits: &StepLimits) -> Result<Self> {
+        limits.validate()?;
+        let stream = rt.stream().clone();
+        let bt = limits.max_reqs * limits.max_blocks_per_req;
+        let rows = limits.split_rows.checked_mul(shape.num_q_heads).ok_or_else(|| AttnError::InvalidConfig("workspace size overflows".into()))?;
+        let i32s = (limits.max_reqs + 1) + limits.max_reqs + bt;
+        // SAFETY: the staging memory is written before it is read (each upload fills what it copies).
+        let (staging_i32, staging_slots) = unsafe { (rt.context().alloc_pinned::<i32>(i32s)?, rt.context().alloc_pinned::<i64>(limits.max_tokens)?) };
+        let m = DeviceMetadata {
+            query_start_loc: stream.alloc_zeros(limits.max_reqs + 1)?,
+            seq_lens: stream.alloc_zeros(limits.max_reqs)?,
+            block_table: stream.alloc_zeros(bt)?,
+            slot_mapping: stream.alloc_zeros(limits.max_tokens)?,
+            partial_out: stream.alloc_zeros(rows * shape.head_dim)?,
+            partial_ml: stream.alloc_zeros(rows * 2)?,
+            staging_i32,
+            staging_slots,
+            uploaded: rt.context().new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?,
+            block_table_stride: limits.max_blocks_per_req,
+            rt,
+        };
+        m.uploaded.record(&stream)?;
+        tracing::debug!(?limits, bytes = m.bytes(), "step buffers allocated");
+        Ok(m)
     }
-    pub fn num_tokens(&self) -> usize {
-        self.num_tokens
+
+    /// Device bytes held (metadata and workspace).
+    pub fn bytes(&self) -> usize {
+        4 * (self.query_start_loc.len() + self.seq_lens.len() + self.block_table.len() + self.partial_out.len() + self.partial_ml.len()) + 8 * self.slot_mapping.len()
+    }
+
+    /// Copies a step's maps into the persistent buffers (the caller checked the limits):
+    /// waits for the previous upload to leave the staging memory, fills it, and enqueues the
+    /// copies on the runtime's stream, ahead of the step's launches.
+    pub fn upload(&mut self, meta: &AttentionMetadata, limits: &StepLimits) -> Result<()> {
+        limits.check(meta)?;
+        self.uploaded.synchronize()?;
+        let (r, stride, bs) = (meta.num_reqs(), self.block_table_stride, meta.layout().block_size);
+        let staging = self.staging_i32.as_mut_slice()?;
+        let (qsl, rest) = staging.split_at_mut(limits.max_reqs + 1);
+        let (seq, bt) = rest.split_at_mut(limits.max_reqs);
+        qsl[..=r].copy_from_slice(meta.query_start_loc());
+        seq[..r].copy_from_slice(meta.seq_lens());
+        for req in 0..r {
+            let used = (meta.seq_lens()[req] as usize).div_ceil(bs);
+            let row = &mut bt[req * stride..(req + 1) * stride];
+            row[..used].copy_from_slice(&meta.block_ids(req)[..used]);
+            row[used..].fill(0);
+        }
+        let n = meta.num_tokens();
+        self.staging_slots.as_mut_slice()?[..n].copy_from_slice(meta.slot_mapping());
+        let stream = self.rt.stream().clone();
+        let (qsl, seq, bt) = (&qsl[..=r], &seq[..r], &bt[..r * stride]);
+        let slots = &self.staging_slots.as_slice()?[..n];
+        // SAFETY: each destination holds at least its source (sizes from the limits, checked
+        // above); the staging memory is page-locked and is not written again before
+        // `uploaded`, recorded after these copies, completes.
+        unsafe {
+            use cudarc::driver::result::memcpy_htod_async as htod;
+            htod(ptr(&self.query_start_loc, &stream), qsl, stream.cu_stream())?;
+            if r > 0 {
+                htod(ptr(&self.seq_lens, &stream), seq, stream.cu_stream())?;
+                htod(ptr(&self.block_table, &stream), bt, stream.cu_stream())?;
+            }
+            if n > 0 {
+                htod(ptr(&self.slot_mapping, &stream), slots, stream.cu_stream())?;
+            }
+        }
+        self.uploaded.record(&stream)?;
+        Ok(())
     }
 }
 
 /// One layer on the CUDA paged backend; owns the layer's paged cache on the device.
 pub struct CudaPagedImpl<T> {
     rt: Arc<CudaRuntime>,
-    /// Blocks of the paged kernel that fit on the device at once (SMs x blocks per SM).
-    resident_blocks: usize,
     spec: AttnSpec,
+    shape: LayerShape,
     layout: KvCacheLayout,
     key_cache: CudaSlice<u16>,
     value_cache: CudaSlice<u16>,
@@ -127,6 +289,7 @@ pub struct CudaPagedImpl<T> {
     /// The three kernels of a step, looked up once.
     cache_write_fn: CudaFunction,
     attention_fn: CudaFunction,
+    attention_name: String,
     merge_fn: CudaFunction,
     _elem: PhantomData<T>,
 }
@@ -150,42 +313,24 @@ fn check_len(what: &'static str, got: usize, want: usize) -> Result<()> {
     Ok(())
 }
 
+/// A device tensor holds at least `rows` rows of `row` elements, in whole rows.
+fn check_rows(what: &'static str, len: usize, rows: usize, row: usize) -> Result<()> {
+    if len < rows * row || len % row != 0 {
+        return Err(AttnError::LengthMismatch {
+            what,
+            detail: format!("{len} elements: not whole rows of {row}, or fewer than the step's {rows} tokens need"),
+        });
+    }
+    Ok(())
+}
+
 impl<T: Element> CudaPagedImpl<T> {
-    /// Allocates the layer's cache (zeroed) on the device. Errors before any allocation if
-    /// the backend cannot serve `spec` (dtype, head dim) or the layout disagrees with it.
+    /// Allocates the layer's cache (zeroed) on the device, after the capability row accepted
+    /// the layer (dtype, head dim, features, block size) and the device's shared memory.
     pub fn new(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout) -> Result<Self> {
-        spec.validate()?;
-        layout.validate()?;
-        let Some(_) = T::KERNEL_TAG else {
-            return Err(AttnError::UnsupportedDType { dtype: T::DTYPE, backend: "CUDA_PAGED", supported: "f16, bf16" });
-        };
-        if !HEAD_DIMS.contains(&spec.head_dim) {
-            return Err(AttnError::UnsupportedHeadDim { head_dim: spec.head_dim, backend: "CUDA_PAGED", supported: HEAD_DIMS });
-        }
-        if layout.num_kv_heads != spec.num_kv_heads || layout.head_dim != spec.head_dim {
-            return Err(AttnError::InvalidConfig(format!(
-                "cache layout ({} kv heads, head dim {}) disagrees with the layer ({} kv heads, head dim {})",
-                layout.num_kv_heads, layout.head_dim, spec.num_kv_heads, spec.head_dim
-            )));
-        }
-        if layout.block_size > CAPS.block_sizes.1 {
-            return Err(AttnError::InvalidConfig(format!("block size {} above {}", layout.block_size, CAPS.block_sizes.1)));
-        }
-        // More than 48 KiB of dynamic shared memory must be asked for per kernel; the
-        // occupancy that results feeds the split heuristic.
-        let smem = paged_smem_bytes(spec.head_dim as u32);
-        let smem_max = rt.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
-        if smem as i64 > smem_max as i64 {
-            return Err(AttnError::Unsupported {
-                backend: "CUDA_PAGED",
-                reason: format!("head dim {} needs {smem} bytes of shared memory per block; {} allows {smem_max}", spec.head_dim, rt.device_name()),
-            });
-        }
+        CAPS.check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
         let tag = T::KERNEL_TAG.unwrap_or_default();
-        let kernel = rt.function(&kernel_name(tag, spec.head_dim))?;
-        kernel.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
-        let per_sm = kernel.occupancy_max_active_blocks_per_multiprocessor(PAGED_WARPS * 32, smem as usize, None)?;
-        let resident_blocks = (per_sm.max(1) * rt.num_sms()) as usize;
+        let attention_fn = attention_function(&rt, T::DTYPE, spec.head_dim)?;
         let stream = rt.stream().clone();
         let key_cache = stream.alloc_zeros::<u16>(layout.elements())?;
         let value_cache = stream.alloc_zeros::<u16>(layout.elements())?;
@@ -193,19 +338,18 @@ impl<T: Element> CudaPagedImpl<T> {
             Some(s) => Some(stream.clone_htod(s)?),
             None => None,
         };
-        let cache_write_fn = rt.function("reshape_and_cache_b16")?;
-        let merge_fn = rt.function(&format!("merge_splits_{tag}"))?;
         Ok(CudaPagedImpl {
+            cache_write_fn: rt.function(CACHE_WRITE_KERNEL)?,
+            merge_fn: rt.function(&merge_kernel(tag))?,
+            attention_fn,
+            attention_name: attention_kernel(tag, spec.head_dim),
             rt,
-            resident_blocks,
+            shape: LayerShape::of(&spec),
             spec,
             layout,
             key_cache,
             value_cache,
             alibi,
-            cache_write_fn,
-            attention_fn: kernel,
-            merge_fn,
             _elem: PhantomData,
         })
     }
@@ -231,217 +375,128 @@ impl<T: Element> CudaPagedImpl<T> {
         Ok(())
     }
 
-    /// q and out hold `num_tokens x Hq x D` elements, k and v `num_tokens x Hkv x D`.
-    fn check_shapes(&self, num_tokens: usize, q: usize, k: usize, v: usize, out: usize) -> Result<()> {
-        let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
-        // Spec and layout are bounded (validated), so only num_tokens can make these overflow.
-        let rows = |heads: usize| num_tokens.checked_mul(heads * d).unwrap_or(usize::MAX);
-        check_len("q", q, rows(hq))?;
-        check_len("k", k, rows(hkv))?;
-        check_len("v", v, rows(hkv))?;
-        check_len("out", out, rows(hq))
-    }
-
-    /// Uploads a step's metadata and plans its launches (split count from the batch and
-    /// the SM count). `force_splits` overrides the heuristic (tests, benchmarks).
-    pub fn plan(&mut self, meta: &AttentionMetadata, force_splits: Option<usize>) -> Result<DevicePlan> {
-        if *meta.layout() != self.layout {
-            return Err(AttnError::InvalidConfig(format!(
-                "metadata was built for cache {:?}, the layer's cache is {:?}", meta.layout(), self.layout
-            )));
+    /// Copies another layer's cache (same layout) on the device: benchmarks give many layers
+    /// one random context without uploading it once per layer.
+    pub fn copy_cache_from(&mut self, other: &CudaPagedImpl<T>) -> Result<()> {
+        if other.layout != self.layout {
+            return Err(AttnError::InvalidConfig(format!("cache layout {:?} differs from the layer's {:?}", other.layout, self.layout)));
         }
-        let tiles = self.spec.group_size().div_ceil(PAGED_ROWS as usize);
-        let blocks = meta.num_tokens() * self.spec.num_kv_heads * tiles;
-        let mean_seq_len = meta.seq_lens().iter().map(|&s| s as usize).sum::<usize>() / meta.num_reqs().max(1);
-        let num_splits = match force_splits {
-            Some(s) if (1..=MAX_SPLITS).contains(&s) => s,
-            Some(s) => return Err(AttnError::InvalidConfig(format!("{s} splits: must be in 1..={MAX_SPLITS}"))),
-            None => num_splits_heuristic(blocks, meta.max_seq_len(), mean_seq_len, self.resident_blocks),
-        };
-        let stream = self.rt.stream();
-        let (hq, d) = (self.spec.num_q_heads, self.spec.head_dim);
-        let workspace = if num_splits > 1 {
-            let rows = num_splits * meta.num_tokens() * hq;
-            Some((stream.alloc_zeros::<f32>(rows * d)?, stream.alloc_zeros::<f32>(rows * 2)?))
-        } else {
-            None
-        };
-        let plan = DevicePlan {
-            query_start_loc: stream.clone_htod(meta.query_start_loc())?,
-            seq_lens: stream.clone_htod(meta.seq_lens())?,
-            block_table: stream.clone_htod(if meta.block_table().is_empty() { &[0i32][..] } else { meta.block_table() })?,
-            slot_mapping: stream.clone_htod(if meta.slot_mapping().is_empty() { &[-1i64][..] } else { meta.slot_mapping() })?,
-            block_table_stride: meta.block_table_stride(),
-            num_seqs: meta.num_reqs(),
-            num_tokens: meta.num_tokens(),
-            layout: *meta.layout(),
-            num_q_heads: hq,
-            head_dim: d,
-            num_splits,
-            workspace,
-        };
-        tracing::debug!(tokens = plan.num_tokens, seqs = plan.num_seqs, splits = num_splits, "planned step");
-        Ok(plan)
-    }
-
-    /// Launches the step on device tensors: cache write, paged attention, merge if split.
-    /// q, out `[num_tokens, Hq, D]`; k, v `[num_tokens, Hkv, D]`.
-    pub fn run(&mut self, plan: &DevicePlan, q: &CudaSlice<u16>, k: &CudaSlice<u16>, v: &CudaSlice<u16>, out: &mut CudaSlice<u16>) -> Result<()> {
-        self.check_plan(plan)?;
-        self.check_shapes(plan.num_tokens, q.len(), k.len(), v.len(), out.len())?;
-        if plan.num_tokens == 0 {
-            return Ok(());
-        }
-        self.write_cache(plan, k, v)?;
-        self.launch_attention(plan, q, out)
-    }
-
-    fn write_cache(&mut self, plan: &DevicePlan, k: &CudaSlice<u16>, v: &CudaSlice<u16>) -> Result<()> {
         let stream = self.rt.stream().clone();
-        let l = self.layout;
-        let (kp, _g1) = k.device_ptr(&stream);
-        let (vp, _g2) = v.device_ptr(&stream);
-        let (sp, _g3) = plan.slot_mapping.device_ptr(&stream);
-        let (kc, _g4) = self.key_cache.device_ptr_mut(&stream);
-        let (vc, _g5) = self.value_cache.device_ptr_mut(&stream);
-        let p = CacheWriteParams {
-            key: kp,
-            value: vp,
-            key_cache: kc,
-            value_cache: vc,
-            slot_mapping: sp,
-            src_token_stride: (l.num_kv_heads * l.head_dim) as u64,
-            src_head_stride: l.head_dim as u64,
-            cache_block_stride: l.block_stride() as u64,
-            cache_token_stride: l.token_stride() as u64,
-            cache_head_stride: l.head_stride() as u64,
-            num_tokens: plan.num_tokens as u32,
-            num_kv_heads: l.num_kv_heads as u32,
-            head_dim: l.head_dim as u32,
-            block_size: l.block_size as u32,
-        };
-        let cfg = LaunchConfig { grid_dim: (plan.num_tokens as u32, 1, 1), block_dim: (CACHE_WRITE_THREADS, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: p's pointers are live device buffers of the sizes checked in `run` and at
-        // construction; every non-negative slot was validated against the cache capacity.
-        unsafe { stream.launch_builder(&self.cache_write_fn).arg(&p).launch(cfg) }?;
+        stream.memcpy_dtod(&other.key_cache, &mut self.key_cache)?;
+        stream.memcpy_dtod(&other.value_cache, &mut self.value_cache)?;
         Ok(())
     }
 
-    /// A plan fits this layer: same cache layout, query heads and head dim (so its metadata
-    /// and workspace do too).
-    fn check_plan(&self, plan: &DevicePlan) -> Result<()> {
-        if plan.layout != self.layout || plan.num_q_heads != self.spec.num_q_heads || plan.head_dim != self.spec.head_dim {
-            return Err(AttnError::InvalidConfig(format!(
-                "plan made for cache {:?}, {} query heads, head dim {}; this layer has cache {:?}, {} query heads, head dim {}",
-                plan.layout, plan.num_q_heads, plan.head_dim, self.layout, self.spec.num_q_heads, self.spec.head_dim
-            )));
+    /// Launches the planned step on device tensors: cache write, paged attention, merge if
+    /// split. Checks first (the step fits the layer, the tensors hold the step's rows);
+    /// then only kernel launches on the runtime's stream.
+    pub fn run(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
+        let (plan, meta) = step.for_layer(BackendName::CudaPaged, &self.shape, &self.layout)?;
+        let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
+        let n = plan.num_tokens;
+        let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
+        check_rows("q", t.q.len(), n, hq * d)?;
+        check_rows("k", t.k.len(), n, hkv * d)?;
+        check_rows("v", t.v.len(), n, hkv * d)?;
+        check_rows("out", t.out.len(), n, hq * d)?;
+        debug_assert_eq!(meta.num_tokens(), n);
+        for launch in &plan.launches {
+            self.launch(launch, plan, dev, &t)?;
         }
         Ok(())
     }
 
-    /// Attention alone (no cache write) over a planned step: what the decode benchmarks time.
-    /// q, out `[num_tokens, Hq, D]`, checked like `run`'s.
-    pub fn attend(&mut self, plan: &DevicePlan, q: &CudaSlice<u16>, out: &mut CudaSlice<u16>) -> Result<()> {
-        self.check_plan(plan)?;
-        let n = plan.num_tokens * self.spec.num_q_heads * self.spec.head_dim;
-        check_len("q", q.len(), n)?;
-        check_len("out", out.len(), n)?;
-        if plan.num_tokens == 0 {
-            return Ok(());
+    /// Attention alone (no cache write) over a prepared step: what the decode benchmarks time.
+    pub fn attend(&mut self, step: &Step, q: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
+        let (plan, _) = step.for_layer(BackendName::CudaPaged, &self.shape, &self.layout)?;
+        let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
+        let row = self.shape.num_q_heads * self.shape.head_dim;
+        check_rows("q", q.len(), plan.num_tokens, row)?;
+        check_rows("out", out.len(), plan.num_tokens, row)?;
+        let t = DeviceTensors { q, k: q, v: q, out };
+        for launch in plan.launches.iter().filter(|l| l.kernel != CACHE_WRITE_KERNEL) {
+            self.launch(launch, plan, dev, &t)?;
         }
-        self.launch_attention(plan, q, out)
+        Ok(())
     }
 
-    fn launch_attention(&mut self, plan: &DevicePlan, q: &CudaSlice<u16>, out: &mut CudaSlice<u16>) -> Result<()> {
+    /// One planned launch, its arguments from the step's buffers and the layer's.
+    fn launch(&self, launch: &KernelLaunch, plan: &StepPlan, dev: &DeviceMetadata, t: &DeviceTensors<'_, T>) -> Result<()> {
         let stream = self.rt.stream().clone();
-        let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
         let l = self.layout;
-        let tiles = self.spec.group_size().div_ceil(PAGED_ROWS as usize);
-        let (qp, _g1) = q.device_ptr(&stream);
-        let (op, _g2) = out.device_ptr_mut(&stream);
-        let (kc, _g3) = self.key_cache.device_ptr(&stream);
-        let (vc, _g4) = self.value_cache.device_ptr(&stream);
-        let (bt, _g5) = plan.block_table.device_ptr(&stream);
-        let (sl, _g6) = plan.seq_lens.device_ptr(&stream);
-        let (qsl, _g7) = plan.query_start_loc.device_ptr(&stream);
-        let alibi = self.alibi.as_ref().map(|a| a.device_ptr(&stream));
-        let split = plan.num_splits > 1;
-        let po = plan.workspace.as_ref().map(|w| w.0.device_ptr(&stream));
-        let pml = plan.workspace.as_ref().map(|w| w.1.device_ptr(&stream));
-        let p = PagedAttnParams {
-            q: qp,
-            out: op,
-            key_cache: kc,
-            value_cache: vc,
-            block_table: bt,
-            seq_lens: sl,
-            query_start_loc: qsl,
-            alibi_slopes: alibi.as_ref().map_or(0, |a| a.0),
-            partial_out: po.as_ref().map_or(0, |a| a.0),
-            partial_ml: pml.as_ref().map_or(0, |a| a.0),
-            q_token_stride: (hq * d) as u64,
-            q_head_stride: d as u64,
-            out_token_stride: (hq * d) as u64,
-            out_head_stride: d as u64,
-            cache_block_stride: l.block_stride() as u64,
-            cache_token_stride: l.token_stride() as u64,
-            cache_head_stride: l.head_stride() as u64,
-            block_table_stride: plan.block_table_stride as u32,
-            num_seqs: plan.num_seqs as u32,
-            num_tokens: plan.num_tokens as u32,
-            num_q_heads: hq as u32,
-            num_kv_heads: hkv as u32,
-            block_size_log2: l.block_size.trailing_zeros(),
-            sliding_window: self.spec.sliding_window.unwrap_or(0).min(u32::MAX as usize) as u32,
-            num_splits: plan.num_splits as u32,
-            scale: self.spec.scale,
-            softcap: self.spec.softcap.unwrap_or(0.0),
-        };
-        let cfg = LaunchConfig {
-            grid_dim: (plan.num_tokens as u32, (hkv * tiles) as u32, plan.num_splits as u32),
-            block_dim: (PAGED_WARPS * 32, 1, 1),
-            shared_mem_bytes: paged_smem_bytes(d as u32),
-        };
-        // SAFETY: buffers sized as checked in `run`; the metadata was validated by the
-        // builder (block ids inside the cache, seq_lens >= query lengths); the workspace
-        // holds num_splits x num_tokens x Hq rows when split.
-        unsafe { stream.launch_builder(&self.attention_fn).arg(&p).launch(cfg) }?;
-        if split {
-            let m = MergeParams {
-                partial_out: p.partial_out,
-                partial_ml: p.partial_ml,
-                out: op,
+        let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
+        let cfg = LaunchConfig { grid_dim: launch.grid, block_dim: (launch.block, 1, 1), shared_mem_bytes: launch.shared_mem_bytes };
+        let n = plan.num_tokens as u32;
+        if launch.kernel == CACHE_WRITE_KERNEL {
+            let p = CacheWriteParams {
+                key: ptr(t.k, &stream),
+                value: ptr(t.v, &stream),
+                key_cache: ptr(&self.key_cache, &stream),
+                value_cache: ptr(&self.value_cache, &stream),
+                slot_mapping: ptr(&dev.slot_mapping, &stream),
+                src_token_stride: (hkv * d) as u64,
+                src_head_stride: d as u64,
+                cache_block_stride: l.block_stride() as u64,
+                cache_token_stride: l.token_stride() as u64,
+                cache_head_stride: l.head_stride() as u64,
+                num_tokens: n,
+                num_kv_heads: hkv as u32,
+                head_dim: d as u32,
+                block_size: l.block_size as u32,
+            };
+            // SAFETY: k, v hold the step's rows (checked by the caller); the cache is the
+            // layer's; every non-negative slot was validated against the capacity when the
+            // metadata was built, and the slot buffer holds the step's tokens.
+            unsafe { stream.launch_builder(&self.cache_write_fn).arg(&p).launch(cfg) }?;
+        } else if launch.kernel == self.attention_name {
+            let p = PagedAttnParams {
+                q: ptr(t.q, &stream),
+                out: ptr(t.out, &stream),
+                key_cache: ptr(&self.key_cache, &stream),
+                value_cache: ptr(&self.value_cache, &stream),
+                block_table: ptr(&dev.block_table, &stream),
+                seq_lens: ptr(&dev.seq_lens, &stream),
+                query_start_loc: ptr(&dev.query_start_loc, &stream),
+                alibi_slopes: self.alibi.as_ref().map_or(0, |a| ptr(a, &stream)),
+                partial_out: ptr(&dev.partial_out, &stream),
+                partial_ml: ptr(&dev.partial_ml, &stream),
+                q_token_stride: (hq * d) as u64,
+                q_head_stride: d as u64,
                 out_token_stride: (hq * d) as u64,
                 out_head_stride: d as u64,
-                num_tokens: plan.num_tokens as u32,
+                cache_block_stride: l.block_stride() as u64,
+                cache_token_stride: l.token_stride() as u64,
+                cache_head_stride: l.head_stride() as u64,
+                block_table_stride: dev.block_table_stride as u32,
+                num_seqs: plan.num_reqs as u32,
+                num_tokens: n,
+                num_q_heads: hq as u32,
+                num_kv_heads: hkv as u32,
+                block_size_log2: l.block_size.trailing_zeros(),
+                sliding_window: self.spec.sliding_window.unwrap_or(0).min(u32::MAX as usize) as u32,
+                num_splits: plan.num_splits as u32,
+                scale: self.spec.scale,
+                softcap: self.spec.softcap.unwrap_or(0.0),
+            };
+            // SAFETY: q, out hold the step's rows; the metadata buffers hold the step's maps
+            // (validated: block ids inside the cache, seq_lens >= query lengths); the plan
+            // never splits past the workspace (num_splits x tokens <= split_rows).
+            unsafe { stream.launch_builder(&self.attention_fn).arg(&p).launch(cfg) }?;
+        } else {
+            let m = MergeParams {
+                partial_out: ptr(&dev.partial_out, &stream),
+                partial_ml: ptr(&dev.partial_ml, &stream),
+                out: ptr(t.out, &stream),
+                out_token_stride: (hq * d) as u64,
+                out_head_stride: d as u64,
+                num_tokens: n,
                 num_q_heads: hq as u32,
                 head_dim: d as u32,
                 num_splits: plan.num_splits as u32,
             };
-            let cfg = LaunchConfig { grid_dim: (plan.num_tokens as u32, hq as u32, 1), block_dim: ((d / 8) as u32, 1, 1), shared_mem_bytes: 0 };
-            // SAFETY: the workspace was fully written by the split launch above.
+            // SAFETY: the split launch before it wrote num_splits x tokens x Hq workspace rows.
             unsafe { stream.launch_builder(&self.merge_fn).arg(&m).launch(cfg) }?;
         }
-        Ok(())
-    }
-
-    /// `forward` with an explicit split count (tests exercise 1 and many).
-    pub fn forward_with_splits(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T], splits: Option<usize>) -> Result<()> {
-        let n = meta.num_tokens();
-        self.check_shapes(n, q.len(), k.len(), v.len(), out.len())?;
-        let plan = self.plan(meta, splits)?;
-        let stream = self.rt.stream().clone();
-        let qd = stream.clone_htod(as_u16(q))?;
-        let kd = stream.clone_htod(as_u16(k))?;
-        let vd = stream.clone_htod(as_u16(v))?;
-        // The device output starts as the caller's `out` (tests poison it with NaN, so an
-        // element the kernels fail to write shows).
-        let mut od = if out.is_empty() { stream.alloc_zeros::<u16>(1)? } else { stream.clone_htod(as_u16(out))? };
-        if n > 0 {
-            self.run(&plan, &qd, &kd, &vd, &mut od)?;
-        }
-        stream.memcpy_dtoh(&od.slice(0..out.len()), as_u16_mut(out))?;
-        stream.synchronize()?;
         Ok(())
     }
 }
@@ -451,8 +506,30 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
         BackendName::CudaPaged
     }
 
-    fn forward(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T]) -> Result<()> {
-        self.forward_with_splits(q, k, v, meta, out, None)
+    /// Copies q, k, v (and out, so that an element the kernels fail to write keeps the
+    /// caller's value: tests poison it) to the device, runs, copies out back, synchronizes.
+    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
+        let (plan, _) = step.for_layer(BackendName::CudaPaged, &self.shape, &self.layout)?;
+        let n = plan.num_tokens;
+        let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
+        check_len("q", q.len(), n * hq * d)?;
+        check_len("k", k.len(), n * hkv * d)?;
+        check_len("v", v.len(), n * hkv * d)?;
+        check_len("out", out.len(), n * hq * d)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let stream = self.rt.stream().clone();
+        let (qd, kd, vd) = (stream.clone_htod(q)?, stream.clone_htod(k)?, stream.clone_htod(v)?);
+        let mut od = stream.clone_htod(&*out)?;
+        self.run(step, DeviceTensors { q: &qd, k: &kd, v: &vd, out: &mut od })?;
+        stream.memcpy_dtoh(&od, out)?;
+        stream.synchronize()?;
+        Ok(())
+    }
+
+    fn run_device(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
+        self.run(step, t)
     }
 
     fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
@@ -472,6 +549,88 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
+
+    /// Metadata for requests of `(cached, new)` tokens, block size 16, blocks in order.
+    fn meta(reqs: &[(usize, usize)]) -> AttentionMetadata {
+        let blocks: usize = reqs.iter().map(|&(c, n)| (c + n).div_ceil(16)).sum();
+        let layout = KvCacheLayout::new(blocks.max(1), 16, 8, 128).unwrap();
+        let mut next = 0u32;
+        let requests = reqs
+            .iter()
+            .map(|&(c, n)| {
+                let b = (c + n).div_ceil(16) as u32;
+                next += b;
+                RequestSchedule { num_computed_tokens: c, num_new_tokens: n, block_ids: (next - b..next).collect() }
+            })
+            .collect();
+        MetadataBuilder::new(layout).build(&SchedulerOutput { requests }).unwrap()
+    }
+    const LLAMA: LayerShape = LayerShape { num_q_heads: 32, num_kv_heads: 8, head_dim: 128 };
+
+    #[test]
+    fn plan_worked_examples() {
+        let smem = paged_smem_bytes(128);
+        // D1 on an H100: 64 decodes of 4096 keys; 64 x 8 x 1 = 512 blocks >= 264 resident: no split.
+        let m = meta(&vec![(4095, 1); 64]);
+        let limits = StepLimits::new(64, 64, 4096, 16);
+        let p = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions::default()).unwrap();
+        assert_eq!((p.num_tokens, p.num_reqs, p.num_splits, p.workspace_bytes), (64, 64, 1, 0));
+        assert_eq!(
+            p.launches,
+            vec![
+                KernelLaunch { kernel: "reshape_and_cache_b16".into(), grid: (64, 1, 1), block: 128, shared_mem_bytes: 0, rows: 0..64 },
+                KernelLaunch { kernel: "paged_attention_bf16_d128".into(), grid: (64, 8, 1), block: 128, shared_mem_bytes: smem, rows: 0..64 },
+            ]
+        );
+        // D3: 4 x 32768 keys: 32 blocks fill 264 / 32 = 8 splits, so the merge follows;
+        // workspace 8 splits x 4 tokens x 32 heads x (128 + 2) f32.
+        let m = meta(&vec![(32767, 1); 4]);
+        let limits = StepLimits::new(4, 4, 32768, 16);
+        let p = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions::default()).unwrap();
+        assert_eq!((p.num_splits, p.workspace_bytes), (8, 8 * 4 * 32 * 130 * 4));
+        assert_eq!(p.launches[1].grid, (4, 8, 8));
+        assert_eq!(p.launches[2], KernelLaunch { kernel: "merge_splits_f16".into(), grid: (4, 32, 1), block: 16, shared_mem_bytes: 0, rows: 0..4 });
+        // The workspace caps the split: 20 split rows hold 5 splits of 4 tokens.
+        let mut small = limits;
+        small.split_rows = 20;
+        let p = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &small, &PlanOptions::default()).unwrap();
+        assert_eq!(p.num_splits, 5);
+        // Forced splits beyond the workspace are an error naming the limit; 0 or 33 invalid.
+        let e = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &small, &PlanOptions { force_splits: Some(6) }).unwrap_err();
+        assert!(matches!(e, AttnError::StepTooLarge(_)) && e.to_string().contains("split_rows"), "{e}");
+        for s in [0, 33] {
+            assert!(plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(s) }).is_err());
+        }
+        // A 40-head GQA 20:1 model needs two tiles of 16 heads per kv head (grid y = 2 x 2).
+        let gqa = LayerShape { num_q_heads: 40, num_kv_heads: 2, head_dim: 128 };
+        let p = plan(&meta(&[(100, 1)]), &gqa, DType::Bf16, &DeviceProps::H100, &StepLimits::new(1, 1, 101, 16), &PlanOptions { force_splits: Some(1) }).unwrap();
+        assert_eq!(p.launches[1].grid, (1, 4, 1));
+        // Mixed: a chunked prefill and a fresh prefill are rows of the same launches.
+        let m = meta(&[(40, 24), (0, 33), (1000, 1)]);
+        let p = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions { force_splits: Some(1) }).unwrap();
+        assert_eq!((p.num_tokens, p.launches.len(), p.launches[1].rows.clone()), (58, 2, 0..58));
+        // f32 has no kernel.
+        assert!(plan(&m, &LLAMA, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default()).is_err());
+        // The plan of the same metadata is the same (a graph captured for it replays it).
+        let a = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions::default()).unwrap();
+        let b = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions::default()).unwrap();
+        assert!(a.same_launches(&b));
+    }
+
+    #[test]
+    fn step_limits_name_the_limit() {
+        let m = meta(&[(100, 1), (3000, 1)]);
+        let limits = StepLimits::new(8, 2, 1024, 16);
+        let e = limits.check(&m).unwrap_err();
+        assert!(e.to_string().contains("max_blocks_per_req = 64") && e.to_string().contains("request 1"), "{e}");
+        let e = StepLimits::new(1, 2, 4096, 16).check(&m).unwrap_err();
+        assert!(e.to_string().contains("max_tokens = 1"), "{e}");
+        let e = StepLimits::new(8, 1, 4096, 16).check(&m).unwrap_err();
+        assert!(e.to_string().contains("max_reqs = 1"), "{e}");
+        assert!(StepLimits::new(8, 2, 4096, 16).check(&m).is_ok());
+        assert!(StepLimits::new(0, 2, 4096, 16).validate().is_err());
+    }
 
     #[test]
     fn split_heuristic_examples() {

@@ -3,48 +3,32 @@
 //! | role | here |
 //! |------|------|
 //! | `Attention` layer | [`crate::layer::Attention`]: what the model calls; backend-agnostic |
-//! | `AttentionBackend` | a [`BackendCaps`] row (what it supports) + a module holding the rest |
+//! | `AttentionBackend` | [`BackendName`]: its capability row ([`BackendCaps`]), its planner and its impl's constructor |
 //! | `AttentionImpl` | [`AttentionImpl`]: the forward that writes the cache and launches kernels |
-//! | `AttentionMetadataBuilder` | [`AttentionMetadataBuilder`]: scheduler output -> this backend's metadata |
+//! | `AttentionMetadataBuilder` | [`MetadataBuilder`] (the maps, once per step) + the backend's planner, run by [`crate::step::Step::prepare`] |
 //!
 //! One module per backend: `cpu` (rayon, any platform) and `cuda_paged` (the Rust PTX
-//! kernels). Each holds its capabilities, its metadata needs and its launch configuration.
+//! kernels). Each holds its capability row, its planner (a pure function of the metadata and
+//! the device's properties) and its launch configuration. This module is the one place that
+//! maps a backend's name to them.
 
+use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
-use crate::error::Result;
-use crate::kv_cache::HostKvCache;
+use crate::error::{AttnError, Result};
+use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::{AttentionMetadata, MetadataBuilder, SchedulerOutput};
+use crate::platform::DeviceProps;
+use crate::selector::Requirements;
+use crate::spec::AttnSpec;
+use crate::step::{LayerShape, PlanOptions, Step, StepLimits, StepPlan};
+use cudarc::driver::CudaSlice;
 use std::fmt;
+use std::sync::Arc;
+
+pub use crate::platform::Platform;
 
 pub mod cpu;
 pub mod cuda_paged;
-
-/// Where attention runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Platform {
-    Cpu,
-    /// A CUDA device of this compute capability.
-    Cuda { major: u32, minor: u32 },
-}
-
-impl Platform {
-    /// Compute capability as a number, e.g. 90 for 9.0; `None` on the CPU.
-    pub fn compute_capability(&self) -> Option<u32> {
-        match self {
-            Platform::Cpu => None,
-            Platform::Cuda { major, minor } => Some(major * 10 + minor),
-        }
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Platform::Cpu => f.write_str("CPU"),
-            Platform::Cuda { major, minor } => write!(f, "CUDA sm_{major}{minor}"),
-        }
-    }
-}
 
 /// The backends, by the names `ATTN_BACKEND` accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,6 +60,32 @@ impl BackendName {
             BackendName::Cpu => &cpu::CAPS,
         }
     }
+
+    /// The backend's plan of a step (a pure function; `props` is the device's, `None` on
+    /// the CPU).
+    pub fn plan(self, meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: Option<&DeviceProps>, limits: &StepLimits, opts: &PlanOptions) -> Result<StepPlan> {
+        match self {
+            BackendName::Cpu => cpu::plan(meta, opts),
+            BackendName::CudaPaged => {
+                let props = props.ok_or_else(|| AttnError::NoCuda("planning CUDA_PAGED needs the device's properties".into()))?;
+                cuda_paged::plan(meta, shape, dtype, props, limits, opts)
+            }
+        }
+    }
+
+    /// A layer's impl on this backend, with its cache of `layout` in the backend's memory,
+    /// after the capability row accepted the layer.
+    pub fn make_impl<T: Element>(self, spec: &AttnSpec, layout: KvCacheLayout, gpu: Option<Arc<CudaRuntime>>) -> Result<Box<dyn AttentionImpl<T>>> {
+        let platform = gpu.as_ref().map_or(Platform::Cpu, |rt| rt.platform());
+        self.caps().check_layer(platform, T::DTYPE, spec, &layout)?;
+        Ok(match self {
+            BackendName::Cpu => Box::new(cpu::CpuImpl::<T>::new(spec.clone(), layout)?),
+            BackendName::CudaPaged => {
+                let rt = gpu.ok_or_else(|| AttnError::NoCuda(format!("backend {self} needs a CUDA device")))?;
+                Box::new(cuda_paged::CudaPagedImpl::<T>::new(rt, spec.clone(), layout)?)
+            }
+        })
+    }
 }
 
 impl fmt::Display for BackendName {
@@ -84,7 +94,9 @@ impl fmt::Display for BackendName {
     }
 }
 
-/// A backend's row in the selector's table: everything it can and cannot serve.
+/// A backend's row in the selector's table: everything it can and cannot serve. The one
+/// place a backend's limits live: the selector ([`crate::selector::check`]) and the
+/// constructors ([`BackendCaps::check_layer`]) both read it.
 #[derive(Clone, Debug)]
 pub struct BackendCaps {
     pub name: BackendName,
@@ -107,8 +119,41 @@ pub struct BackendCaps {
     pub shared_memory_bytes: Option<fn(usize) -> usize>,
 }
 
+impl BackendCaps {
+    /// Whether this backend serves a layer of `spec` in `dtype` over a cache of `layout` on
+    /// `platform`: the selector's check of the same row, and the layout against the spec.
+    /// An error listing every reason otherwise.
+    pub fn check_layer(&self, platform: Platform, dtype: DType, spec: &AttnSpec, layout: &KvCacheLayout) -> Result<()> {
+        spec.validate()?;
+        layout.validate()?;
+        if let Some(m) = &spec.mla {
+            return Err(AttnError::Unsupported {
+                backend: self.name.as_str(),
+                reason: format!(
+                    "the layer is MLA (kv_lora_rank {}, rope dim {}, latent cache of one head of {} dims): the multi-head Attention layer \
+                     would compute it as MHA over {} KV heads of {} dims, which is not what the model caches. MLA decode runs in \
+                     absorbed form through backend::cpu::mla_decode_cpu (no GPU MLA backend yet)",
+                    m.kv_lora_rank, m.qk_rope_head_dim, m.latent_dim(), spec.num_kv_heads, spec.head_dim
+                ),
+            });
+        }
+        if layout.num_kv_heads != spec.num_kv_heads || layout.head_dim != spec.head_dim {
+            return Err(AttnError::InvalidConfig(format!(
+                "cache layout ({} kv heads, head dim {}) disagrees with the layer ({} kv heads, head dim {})",
+                layout.num_kv_heads, layout.head_dim, spec.num_kv_heads, spec.head_dim
+            )));
+        }
+        let why = crate::selector::check(self, platform, &Requirements::for_layer(spec, dtype, layout.block_size));
+        if why.is_empty() {
+            return Ok(());
+        }
+        Err(AttnError::Unsupported { backend: self.name.as_str(), reason: why.join("; ") })
+    }
+}
+
 /// `AttentionMetadataBuilder`: scheduler output -> this backend's metadata for one step.
-/// The common maps come from [`MetadataBuilder`]; a backend adds its own plan.
+/// The common maps come from [`MetadataBuilder`]; a backend's plan is added by
+/// [`Step::prepare`].
 pub trait AttentionMetadataBuilder {
     type Metadata;
     fn build(&self, step: &SchedulerOutput) -> Result<Self::Metadata>;
@@ -121,16 +166,36 @@ impl AttentionMetadataBuilder for MetadataBuilder {
     }
 }
 
+/// A layer's tensors on the device: q, out `[num_tokens, num_q_heads, head_dim]`, k, v
+/// `[num_tokens, num_kv_heads, head_dim]` (at least that many rows: buffers sized for the
+/// largest step serve smaller ones, as CUDA graphs need).
+pub struct DeviceTensors<'a, T> {
+    pub q: &'a CudaSlice<T>,
+    pub k: &'a CudaSlice<T>,
+    pub v: &'a CudaSlice<T>,
+    pub out: &'a mut CudaSlice<T>,
+}
+
 /// `AttentionImpl`: one layer's forward on one backend. The impl owns the layer's paged KV
-/// cache (in the backend's memory).
+/// cache (in the backend's memory). Both runs follow the step's plan: they write this step's
+/// k, v into the cache at the slot mapping, then attend q over the cache, causally from
+/// each request's context length. Shapes are checked against the layer and the step before
+/// anything is written; a run allocates nothing and uploads nothing.
 pub trait AttentionImpl<T: Element>: Send {
     fn backend(&self) -> BackendName;
 
-    /// One step: write `k`, `v` (`[num_tokens, num_kv_heads, head_dim]`) into the cache at
-    /// `meta.slot_mapping()`, then attend `q` (`[num_tokens, num_q_heads, head_dim]`) over
-    /// the cache, causally from each request's context length; `out` has q's shape.
-    /// Shapes and metadata are checked against the layer before anything is written.
-    fn forward(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T]) -> Result<()>;
+    /// One step on host tensors: q, out `[num_tokens, num_q_heads, head_dim]`, k, v
+    /// `[num_tokens, num_kv_heads, head_dim]`. The CPU backend's path; a GPU backend copies
+    /// through the device (tests, examples) and synchronizes.
+    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()>;
+
+    /// One step on device tensors, launches only: no allocation, no upload, no host
+    /// synchronization, so it can be captured in a CUDA graph. Backends that run on the host
+    /// return an error.
+    fn run_device(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
+        let _ = (step, t);
+        Err(AttnError::Unsupported { backend: self.backend().as_str(), reason: "runs on host tensors; use forward_host".into() })
+    }
 
     /// A host copy of the cache (tests, debugging).
     fn cache_snapshot(&self) -> Result<HostKvCache<T>>;
