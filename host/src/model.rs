@@ -226,6 +226,7 @@ impl ModelConfig {
             sliding_window: self.sliding_window,
             softcap: self.softcap,
             alibi_slopes: self.alibi.then(|| alibi_slopes(self.num_q_heads)),
+            mla: self.mla_spec(),
         }
     }
 

@@ -451,7 +451,7 @@ fn run_mla_demo<T: Element>(spec: &MlaSpec, o: &Opts, backend: BackendName) -> R
     let latent = random_values::<T>(&mut rng, n * w);
     let q = random_values::<T>(&mut rng, n * spec.num_q_heads * w);
     let t = Instant::now();
-    cache.write_slots(&latent, &latent, meta.slot_mapping());
+    cache.write_slots(&latent, &latent, meta.slot_mapping())?;
     let out = attn_backends::backend::cpu::mla_decode_cpu(&q, &cache, &meta, spec)?;
     let elapsed = t.elapsed();
     let t = Instant::now();
@@ -495,7 +495,7 @@ fn run_demo<T: Element>(spec: AttnSpec, o: &Opts, backend: BackendName, gpu: Opt
     let elapsed = t.elapsed();
     let after = layer.cache_snapshot()?;
     let t = Instant::now();
-    let reference = oracle::paged_reference(&q, &after, &meta, &spec);
+    let reference = oracle::paged_reference(&q, &after, &meta, &spec)?;
     let oracle_time = t.elapsed();
     let err = oracle::rel_error(&out.iter().map(|x| x.to_f64()).collect::<Vec<_>>(), &reference);
     // The step's own tokens must be in the cache where the slot mapping says.
