@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine: the pinned nightly (rust-src, llvm-tools) that builds the kernels,
-# and ptxas (from NVIDIA's PyPI wheel, no CUDA toolkit) that checks the PTX. Idempotent.
+# stable (what scripts/check-downstream.sh builds a consumer with), and ptxas (from NVIDIA's
+# PyPI wheel, no CUDA toolkit) that checks the PTX. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
@@ -8,6 +9,10 @@ if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1 \
    || ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q '^llvm-tools' \
    || ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q '^rust-src'; then
   rustup toolchain install "$toolchain" --profile minimal -c rust-src -c llvm-tools
+fi
+# Stable: what a downstream user builds with (scripts/check-downstream.sh).
+if ! rustup run stable rustc --version >/dev/null 2>&1; then
+  rustup toolchain install stable --profile minimal
 fi
 ptxas=.tools/ptxas/bin/ptxas
 if [ ! -x "$ptxas" ]; then
@@ -25,4 +30,4 @@ os.chmod('.tools/ptxas/bin/ptxas', 0o755)
 PY
   rm -rf .tools/wheels
 fi
-echo "setup: toolchain $toolchain (rust-src, llvm-tools), ptxas $($ptxas --version | tail -1)"
+echo "setup: toolchain $toolchain (rust-src, llvm-tools), $(rustup run stable rustc --version), ptxas $($ptxas --version | tail -1)"
