@@ -23,9 +23,14 @@ fn main() -> attn_backends::Result<()> {
     let spec = AttnSpec::new(32, 8, 128);
     // 4 long decodes (few blocks, so the planner splits the keys); one more token next step.
     let shapes = [(16383, 1), (12000, 1), (9000, 1), (20000, 1)];
-    let num_blocks = blocks_needed(&shapes, 16) + 4;
+    // Blocks for two more tokens per request (the two steps after this one).
+    let later: Vec<(usize, usize)> = shapes.iter().map(|&(c, n)| (c + 2, n)).collect();
+    let num_blocks = blocks_needed(&later, 16);
     let layout = KvCacheLayout::new(num_blocks, 16, spec.num_kv_heads, spec.head_dim)?;
-    let sched = schedule(&mut Rng::new(3), &shapes, 16, num_blocks).expect("enough blocks");
+    let mut sched = schedule(&mut Rng::new(3), &later, 16, num_blocks).expect("enough blocks");
+    for (r, &(c, _)) in sched.requests.iter_mut().zip(&shapes) {
+        r.num_computed_tokens = c;
+    }
     let builder = MetadataBuilder::new(layout);
 
     let mut layers = (0..4).map(|_| Attention::<bf16>::new(BackendName::CudaPaged, spec.clone(), layout, Some(rt.clone()))).collect::<Result<Vec<_>, _>>()?;

@@ -370,9 +370,10 @@ fn bad_input(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     if unchanged.key.iter().zip(&before.key).any(|(a, b)| a.to_bits() != b.to_bits()) {
         return Err("cache changed by a rejected step".into());
     }
-    // A step larger than its limits names the limit.
+    // A step larger than its limits names the limit: 20 tokens need 2 blocks, 1 allowed.
+    let long = AttentionMetadata::from_parts(layout, vec![0, 1], vec![20], vec![3, 4], 2, vec![4 * 16 + 3]).map_err(|e| e.to_string())?;
     let mut step = gpu.new_step(StepLimits::new(1, 1, 16, 16)).map_err(|e| e.to_string())?;
-    let e1 = step.prepare(&meta).err().ok_or("a step past max_blocks_per_req accepted")?;
+    let e1 = step.prepare(&long).err().ok_or("a step past max_blocks_per_req accepted")?;
     let e2 = Attention::<bf16>::new(BackendName::CudaPaged, AttnSpec::new(8, 2, 96), KvCacheLayout::new(8, 16, 2, 96).unwrap(), Some(rt.clone())).err().ok_or("head dim 96 accepted")?;
     let e3 = Attention::<f32>::new(BackendName::CudaPaged, spec, layout, Some(rt.clone())).err().ok_or("f32 accepted")?;
     Ok(format!("rejected: `{err}`; `{e1}`; `{e2}`; `{e3}`"))
