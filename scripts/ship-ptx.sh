@@ -21,11 +21,12 @@ archs=$(sed -n 's/^const DEFAULT_ARCHS: &str = "\(.*\)";/\1/p' build.rs)
 [ -n "$archs" ] || { echo "ship-ptx: no DEFAULT_ARCHS in build.rs" >&2; exit 1; }
 work=${ATTN_SHIP_DIR:-target/ship-ptx}
 mkdir -p "$work/out"
+work=$(cd "$work" && pwd)
 rm -f "$work"/out/attn_kernels_*.ptx "$work/out/SOURCES"
 # build.rs needs nothing but std: the pinned toolchain compiles it, then it runs as cargo would.
 rustc --edition 2024 -O --crate-name build_script_build build.rs -o "$work/build-script"
 env -u ATTN_PTX_FROM -u RUSTUP_TOOLCHAIN ATTN_PTX_FROM=build ATTN_CUDA_ARCHS="$archs" \
-  CARGO_MANIFEST_DIR="$PWD" OUT_DIR="$PWD/$work/out" HOST="${HOST:-x86_64-unknown-linux-gnu}" \
+  CARGO_MANIFEST_DIR="$PWD" OUT_DIR="$work/out" HOST="${HOST:-x86_64-unknown-linux-gnu}" \
   "$work/build-script" >"$work/build.log"
 fresh=("$work/out/SOURCES")
 shipped=(ptx/SOURCES)
