@@ -5,7 +5,7 @@
 //! | `Attention` layer | [`crate::layer::Attention`]: what the model calls; backend-agnostic |
 //! | `AttentionBackend` | [`BackendName`]: its capability row ([`BackendCaps`]), its planner and its impl's constructor |
 //! | `AttentionImpl` | [`AttentionImpl`]: the forward that writes the cache and launches kernels |
-//! | `AttentionMetadataBuilder` | [`MetadataBuilder`] (the maps, once per step) + the backend's planner, run by [`crate::step::Step::prepare`] |
+//! | `AttentionMetadataBuilder` | folded into two callers' steps: [`crate::metadata::MetadataBuilder`] (scheduler output -> the validated maps, once per step) and [`BackendName::plan`] (maps -> this backend's launches), both run before [`crate::step::Step::prepare`] uploads |
 //!
 //! One module per backend: `cpu` (rayon, any platform) and `cuda_paged` (the Rust PTX
 //! kernels). Each holds its capability row, its planner (a pure function of the metadata and
@@ -16,7 +16,7 @@ use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
-use crate::metadata::{AttentionMetadata, MetadataBuilder, SchedulerOutput};
+use crate::metadata::AttentionMetadata;
 use crate::platform::DeviceProps;
 use crate::selector::Requirements;
 use crate::spec::AttnSpec;
@@ -148,21 +148,6 @@ impl BackendCaps {
             return Ok(());
         }
         Err(AttnError::Unsupported { backend: self.name.as_str(), reason: why.join("; ") })
-    }
-}
-
-/// `AttentionMetadataBuilder`: scheduler output -> this backend's metadata for one step.
-/// The common maps come from [`MetadataBuilder`]; a backend's plan is added by
-/// [`Step::prepare`].
-pub trait AttentionMetadataBuilder {
-    type Metadata;
-    fn build(&self, step: &SchedulerOutput) -> Result<Self::Metadata>;
-}
-
-impl AttentionMetadataBuilder for MetadataBuilder {
-    type Metadata = AttentionMetadata;
-    fn build(&self, step: &SchedulerOutput) -> Result<AttentionMetadata> {
-        MetadataBuilder::build(self, step)
     }
 }
 
