@@ -117,7 +117,7 @@ fn cases() -> Vec<Case> {
     };
     for bf in [true, false] {
         let dt = if bf { "bf16" } else { "f16" };
-        for d in [64, 128, 256] {
+        for d in [64, 96, 128, 256] {
             for (hq, hkv) in [(8, 2), (4, 4)] {
                 add(format!("{dt} d{d} gqa {hq}:{hkv}"), shape(hq, hkv, d), bf);
                 let mut s = shape(hq, hkv, d);
@@ -158,6 +158,37 @@ fn cases() -> Vec<Case> {
     let mut s = shape(32, 8, 128);
     s.requests = (0..40).map(|i| (17 + 97 * i, 1)).collect();
     add("bf16 d128 40 decodes (Llama-3 heads)".into(), s, true);
+
+    // Prefill shapes that break tiling: query lengths around the 16-row and 64-key tiles,
+    // cached lengths that are multiples of neither, a decode in the same batch.
+    let ragged = vec![(0, 15), (7, 17), (100, 63), (0, 64), (33, 65), (0, 127), (250, 129), (0, 1000), (13, 1)];
+    let prefill = |hq: usize, hkv: usize, d: usize| Shape { spec: AttnSpec::new(hq, hkv, d), block_size: 16, requests: ragged.clone(), splits: None };
+    for (d, hq, hkv) in [(64, 4, 4), (96, 8, 2), (128, 14, 2), (128, 8, 2), (256, 16, 2), (128, 8, 1)] {
+        let g = hq / hkv;
+        add(format!("prefill bf16 d{d} gqa {g}:1 ragged"), prefill(hq, hkv, d), true);
+    }
+    add("prefill f16 d64 gqa 4:1 ragged".into(), prefill(8, 2, 64), false);
+    add("prefill f16 d128 gqa 1:1 ragged".into(), prefill(4, 4, 128), false);
+    for w in [5, 37, 300] {
+        let mut s = prefill(8, 2, 128);
+        s.spec.sliding_window = Some(w);
+        add(format!("prefill bf16 d128 window {w}"), s, true);
+    }
+    for bs in [32, 64] {
+        let mut s = prefill(8, 2, 128);
+        s.block_size = bs;
+        add(format!("prefill bf16 d128 block size {bs}"), s, true);
+    }
+    let mut s = prefill(8, 2, 128);
+    s.spec.softcap = Some(30.0);
+    add("prefill bf16 d128 soft-cap 30".into(), s, true);
+    let mut s = prefill(8, 8, 64);
+    s.spec.alibi_slopes = Some(attn_backends::spec::alibi_slopes(8));
+    add("prefill f16 d64 ALiBi".into(), s, false);
+    let s = Shape { spec: AttnSpec::new(4, 1, 64), block_size: 16, requests: vec![(0, 4097), (61, 2)], splits: None };
+    add("prefill bf16 d64 4097 tokens".into(), s, true);
+    let s = Shape { spec: AttnSpec::new(71, 1, 64), block_size: 16, requests: vec![(0, 40), (5, 3), (90, 1)], splits: None };
+    add("prefill bf16 d64 Falcon 71:1 (two head tiles)".into(), s, true);
     v
 }
 
@@ -374,7 +405,7 @@ fn bad_input(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     let long = AttentionMetadata::from_parts(layout, vec![0, 1], vec![20], vec![3, 4], 2, vec![4 * 16 + 3]).map_err(|e| e.to_string())?;
     let mut step = gpu.new_step(StepLimits::new(1, 1, 16, 16)).map_err(|e| e.to_string())?;
     let e1 = step.prepare(&long).err().ok_or("a step past max_blocks_per_req accepted")?;
-    let e2 = Attention::<bf16>::new(BackendName::CudaPaged, AttnSpec::new(8, 2, 96), KvCacheLayout::new(8, 16, 2, 96).unwrap(), Some(rt.clone())).err().ok_or("head dim 96 accepted")?;
+    let e2 = Attention::<bf16>::new(BackendName::CudaPaged, AttnSpec::new(8, 2, 80), KvCacheLayout::new(8, 16, 2, 80).unwrap(), Some(rt.clone())).err().ok_or("head dim 80 accepted")?;
     let e3 = Attention::<f32>::new(BackendName::CudaPaged, spec, layout, Some(rt.clone())).err().ok_or("f32 accepted")?;
     Ok(format!("rejected: `{err}`; `{e1}`; `{e2}`; `{e3}`"))
 }

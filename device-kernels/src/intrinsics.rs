@@ -60,6 +60,28 @@ pub fn ex2_approx(x: f32) -> f32 {
     y
 }
 
+/// `fma.rn.f32`: `a * b + c`, one rounding.
+#[inline(always)]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    let y: f32;
+    unsafe {
+        asm!("fma.rn.f32 {y}, {a}, {b}, {c};", y = out(reg32) y, a = in(reg32) a, b = in(reg32) b, c = in(reg32) c,
+             options(pure, nomem, nostack));
+    }
+    y
+}
+
+/// `lg2.approx.ftz.f32`: log2 x (+0 -> -inf).
+#[inline(always)]
+pub fn lg2_approx(x: f32) -> f32 {
+    let y: f32;
+    unsafe {
+        asm!("lg2.approx.ftz.f32 {y}, {x};", y = out(reg32) y, x = in(reg32) x,
+             options(pure, nomem, nostack));
+    }
+    y
+}
+
 /// `tanh.approx.f32` (sm_75+).
 #[inline(always)]
 pub fn tanh_approx(x: f32) -> f32 {

@@ -17,6 +17,7 @@ mod elem;
 pub mod cache_write;
 pub mod paged_decode;
 pub mod merge;
+pub mod flash_prefill;
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

@@ -4,7 +4,8 @@
 //! (m_s, l_s): running max in log2 units and denominator. The merged output is
 //! `sum_s w_s o_s / sum_s w_s` with `w_s = l_s * 2^(m_s - max_s m_s)`; the result does not
 //! depend on the order of the splits, and an empty split (l_s = 0) contributes nothing.
-//! Grid: x = token, y = query head; block: D/8 threads, 8 dims each.
+//! Grid: x = workspace row (its token through `token_map`, or itself), y = query head;
+//! block: D/8 threads, 8 dims each.
 
 use crate::elem::{Bf16, Elem, F16};
 use crate::intrinsics::*;
@@ -12,14 +13,15 @@ use crate::params::MergeParams;
 
 #[inline(always)]
 unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
-    let token = block_idx_x() as u64;
+    let slot = block_idx_x() as u64;
+    let token = if p.token_map != 0 { (unsafe { *(p.token_map as *const i32).add(slot as usize) }) as u64 } else { slot };
     let head = block_idx_y() as u64;
     let ds = thread_idx_x() as usize * 8;
     if ds >= p.head_dim as usize {
         return;
     }
     let rows = p.num_tokens as u64 * p.num_q_heads as u64;
-    let row = token * p.num_q_heads as u64 + head;
+    let row = slot * p.num_q_heads as u64 + head;
     let ml = p.partial_ml as *const f32;
     let mut mmax = -1.0e30f32;
     for s in 0..p.num_splits as u64 {

@@ -22,7 +22,8 @@
 //!   is the column-major B of `Q K^T`); `V` tile -> B fragments with `ldmatrix.trans`;
 //! - online softmax per row (head) on the f32 score fragments, in log2 units.
 //!
-//! Grid: x = query token, y = kv head x tile of `ROWS` query heads, z = split.
+//! Grid: x = query token (or its index in `token_map`), y = kv head x tile of `ROWS` query
+//! heads, z = split.
 //! Block: `WARPS` warps; warp `w` takes key tiles `w, w + WARPS, ...` of its split, each
 //! through its own `STAGES`-deep cp.async pipeline in shared memory (K and V tiles, 16-byte
 //! chunks XOR-swizzled by row so `ldmatrix` is free of bank conflicts). The pipelines' space
@@ -32,7 +33,7 @@
 
 use crate::elem::{Bf16, Elem, F16};
 use crate::intrinsics::*;
-use crate::params::{paged_q_in_smem, paged_stages, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
+use crate::params::{paged_q_in_smem, paged_row_chunks, paged_stages, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
 
 const WARPS: usize = PAGED_WARPS as usize;
 /// Query heads per block: the rows of the mma tiles.
@@ -67,13 +68,13 @@ pub(crate) unsafe fn find_request(query_start_loc: u64, num_seqs: u32, token: u3
 
 /// Maximum of `x` over the 4 lanes of a quad (the lanes sharing a fragment row).
 #[inline(always)]
-fn quad_max(x: f32) -> f32 {
+pub(crate) fn quad_max(x: f32) -> f32 {
     let x = x.max(shfl_sync_bfly_f32(x, 1));
     x.max(shfl_sync_bfly_f32(x, 2))
 }
 
 #[inline(always)]
-fn quad_sum(x: f32) -> f32 {
+pub(crate) fn quad_sum(x: f32) -> f32 {
     let x = x + shfl_sync_bfly_f32(x, 1);
     x + shfl_sync_bfly_f32(x, 2)
 }
@@ -86,7 +87,9 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
     p: &PagedAttnParams,
 ) {
     let chunks = D / 8; // 16-byte chunks per K/V row
-    let tile_bytes = TILE * D * 2;
+    // Shared-memory rows take a power of two of chunks, so the XOR swizzle stays in the row.
+    let row_bytes = paged_row_chunks(D as u32) as usize * 16;
+    let tile_bytes = TILE * row_bytes;
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
     let warp = tid / 32;
@@ -95,7 +98,10 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
     let r0 = lane / 4;
     let col = 2 * (lane % 4);
 
-    let token = block_idx_x();
+    // This block's row of the workspace, and its query token (through the step's map of
+    // decode rows when the step also has prefill rows).
+    let slot = block_idx_x();
+    let token = if p.token_map != 0 { (unsafe { ld_i32(p.token_map, slot as usize) }) as u32 } else { slot };
     let split = block_idx_z() as usize;
     let group = div_nz(p.num_q_heads as usize, p.num_kv_heads as usize);
     let tiles_per_group = group.div_ceil(ROWS);
@@ -150,15 +156,15 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
     let mut o = [[0.0f32; 4]; NT];
 
     // The K/V pipeline of this warp. Row `r`'s 16-byte chunk `c` of a tile lives at
-    // r * D * 2 + ((c ^ (r % 8)) * 16): the 8 rows one ldmatrix reads hit 8 distinct banks.
+    // r * row_bytes + ((c ^ (r % 8)) * 16): the 8 rows one ldmatrix reads hit 8 distinct banks.
     let smem = dynamic_shared_f32();
     let pipe = cvta_to_shared(smem) + (warp * STAGES * 2 * tile_bytes) as u32;
     let at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
-        pipe + ((stage * 2 + kv) * tile_bytes + r * D * 2 + ((c ^ (r % 8)) * 16)) as u32
+        pipe + ((stage * 2 + kv) * tile_bytes + r * row_bytes + ((c ^ (r % 8)) * 16)) as u32
     };
     // The Q tile, after every warp's pipeline, same swizzle; rows past the group are zero.
     let q_tile = cvta_to_shared(smem) + (WARPS * STAGES * 2 * tile_bytes) as u32;
-    let q_at = |r: usize, c: usize| -> u32 { q_tile + (r * D * 2 + ((c ^ (r % 8)) * 16)) as u32 };
+    let q_at = |r: usize, c: usize| -> u32 { q_tile + (r * row_bytes + ((c ^ (r % 8)) * 16)) as u32 };
     if Q_SMEM {
         let mut u = tid;
         while u < ROWS * chunks {
@@ -327,7 +333,7 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
             let off = token as u64 * p.out_token_stride + head * p.out_head_stride + ds as u64;
             unsafe { st_global_v4((p.out as *mut u16).add(off as usize) as *mut u32, E::pack8(&acc)) };
         } else {
-            let row_idx = (split as u64 * p.num_tokens as u64 + token as u64) * p.num_q_heads as u64 + head;
+            let row_idx = (split as u64 * p.num_tokens as u64 + slot as u64) * p.num_q_heads as u64 + head;
             let po = (p.partial_out as *mut f32).wrapping_add((row_idx * D as u64) as usize + ds);
             unsafe {
                 st_global_v4(po as *mut u32, V4([acc[0].to_bits(), acc[1].to_bits(), acc[2].to_bits(), acc[3].to_bits()]));
@@ -358,9 +364,11 @@ macro_rules! paged_attention_kernels {
 // `Element::KERNEL_TAG` name the same entries.
 paged_attention_kernels! {
     paged_attention_bf16_d64: Bf16, 64;
+    paged_attention_bf16_d96: Bf16, 96;
     paged_attention_bf16_d128: Bf16, 128;
     paged_attention_bf16_d256: Bf16, 256;
     paged_attention_f16_d64: F16, 64;
+    paged_attention_f16_d96: F16, 96;
     paged_attention_f16_d128: F16, 128;
     paged_attention_f16_d256: F16, 256;
 }

@@ -56,6 +56,10 @@ pub struct PagedAttnParams {
     /// `f32 [num_splits, num_tokens, num_q_heads, 2]` (running max in log2 units, denominator).
     pub partial_out: u64,
     pub partial_ml: u64,
+    /// `i32 [grid x]`: the query token of each block (the step's decode rows, when other
+    /// rows go to the prefill kernel), or 0 for the identity. The split workspace is indexed
+    /// by the block, `num_tokens` being the grid's x.
+    pub token_map: u64,
     pub q_token_stride: u64,
     pub q_head_stride: u64,
     pub out_token_stride: u64,
@@ -83,6 +87,8 @@ pub struct PagedAttnParams {
 pub struct MergeParams {
     pub partial_out: u64,
     pub partial_ml: u64,
+    /// As `PagedAttnParams::token_map`: the output token of each row of the workspace, or 0.
+    pub token_map: u64,
     pub out: u64,
     pub out_token_stride: u64,
     pub out_head_stride: u64,
@@ -93,8 +99,9 @@ pub struct MergeParams {
 }
 
 const _: () = assert!(core::mem::size_of::<CacheWriteParams>() == 96);
-const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 176);
-const _: () = assert!(core::mem::size_of::<MergeParams>() == 56);
+const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 184);
+const _: () = assert!(core::mem::size_of::<MergeParams>() == 64);
+const _: () = assert!(core::mem::size_of::<PrefillParams>() == 176);
 const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
 
 /// Paged attention: warps per block, query heads per block (the rows of the m16n8k16
@@ -115,15 +122,98 @@ pub const fn paged_q_in_smem(d: u32) -> bool {
     d > 128
 }
 
+/// 16-byte chunks per shared-memory row of the paged kernel: the head dim's, rounded up to a
+/// power of two (the XOR swizzle of a chunk stays inside its row; d96 rows take 128 dims).
+pub const fn paged_row_chunks(d: u32) -> u32 {
+    (d / 8).next_power_of_two()
+}
+
 /// Dynamic shared memory of the paged kernel for head dim `d`: per warp `paged_stages(d)` K
 /// and V tiles of `PAGED_TILE x d` 16-bit elements, then the Q tile (`PAGED_ROWS x d`) if
 /// `paged_q_in_smem(d)`; the cross-warp merge (`PAGED_WARPS * PAGED_ROWS * (d + 2)` f32)
-/// reuses the pipelines' space. d64: 48 KiB, d128: 96 KiB, d256: 136 KiB.
+/// reuses the pipelines' space. d64: 48 KiB, d96 and d128: 96 KiB, d256: 136 KiB.
 pub const fn paged_smem_bytes(d: u32) -> u32 {
-    let q_tile = if paged_q_in_smem(d) { PAGED_ROWS * d * 2 } else { 0 };
-    let pipeline = PAGED_WARPS * paged_stages(d) * 2 * PAGED_TILE * d * 2 + q_tile;
+    let row = paged_row_chunks(d) * 16;
+    let q_tile = if paged_q_in_smem(d) { PAGED_ROWS * row } else { 0 };
+    let pipeline = PAGED_WARPS * paged_stages(d) * 2 * PAGED_TILE * row + q_tile;
     let merge = PAGED_WARPS * PAGED_ROWS * (d + 2) * 4;
     if pipeline > merge { pipeline } else { merge }
+}
+
+/// Flash prefill: a thread block owns `PREFILL_ROWS` query rows (`16` per warp), the
+/// (token, query head) pairs of one tile: `heads_per_tile` heads of one kv head's group for
+/// each of `tokens_per_tile` consecutive query tokens of one request. Rows share every K/V
+/// tile of `prefill_keys(d)` keys, loaded once per block through a `prefill_stages(d)`-deep
+/// cp.async pipeline.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrefillParams {
+    /// `[num_tokens, num_q_heads, head_dim]`, in and out.
+    pub q: u64,
+    pub out: u64,
+    /// `[num_blocks, block_size, num_kv_heads, head_dim]`.
+    pub key_cache: u64,
+    pub value_cache: u64,
+    /// As in `PagedAttnParams`.
+    pub block_table: u64,
+    pub seq_lens: u64,
+    pub query_start_loc: u64,
+    pub alibi_slopes: u64,
+    /// `i32 [grid x, 2]`: (request, first query token) of each tile.
+    pub tiles: u64,
+    /// `f32 [num_tokens, num_q_heads]` log-sum-exp of each row's scores (natural log), or 0.
+    pub lse: u64,
+    pub q_token_stride: u64,
+    pub q_head_stride: u64,
+    pub out_token_stride: u64,
+    pub out_head_stride: u64,
+    pub cache_block_stride: u64,
+    pub cache_token_stride: u64,
+    pub cache_head_stride: u64,
+    pub block_table_stride: u32,
+    pub num_q_heads: u32,
+    pub num_kv_heads: u32,
+    pub block_size_log2: u32,
+    /// Keys a query may see to its left, itself included; 0 = unlimited.
+    pub sliding_window: u32,
+    /// Query heads of the group in one tile (`min(group, PREFILL_ROWS)`); grid y is
+    /// `num_kv_heads * ceil(group / heads_per_tile)`.
+    pub heads_per_tile: u32,
+    /// Query tokens in one tile: `PREFILL_ROWS / heads_per_tile`.
+    pub tokens_per_tile: u32,
+    pub scale: f32,
+    pub softcap: f32,
+    pub _pad: u32,
+}
+
+pub const PREFILL_WARPS: u32 = 4;
+/// Query rows per block: 16 per warp (the rows of its m16n8k16 tiles).
+pub const PREFILL_ROWS: u32 = 16 * PREFILL_WARPS;
+
+/// Keys per K/V tile of the prefill kernel.
+pub const fn prefill_keys(d: u32) -> u32 {
+    if d > 64 { 32 } else { 64 }
+}
+/// K/V tiles in flight (cp.async pipeline depth).
+pub const fn prefill_stages(d: u32) -> u32 {
+    if d > 128 { 2 } else { 4 }
+}
+/// Whether the prefill kernel reads Q's fragments from shared memory at every k-step (d > 64)
+/// rather than holding them in registers: beside the output and score fragments they would
+/// spill.
+pub const fn prefill_q_in_smem(d: u32) -> bool {
+    d > 64
+}
+/// 16-byte chunks per row in shared memory: the head dim's, rounded up to a power of two
+/// (so the XOR swizzle of a chunk stays inside its row; d96 rows take 128 dims' room).
+pub const fn prefill_row_chunks(d: u32) -> u32 {
+    (d / 8).next_power_of_two()
+}
+/// Dynamic shared memory of the prefill kernel: the Q tile (`PREFILL_ROWS` rows) and
+/// `prefill_stages(d)` pairs of K and V tiles. d64: 56 KiB, d128: 80 KiB, d256: 96 KiB.
+pub const fn prefill_smem_bytes(d: u32) -> u32 {
+    let row = prefill_row_chunks(d) * 16;
+    PREFILL_ROWS * row + prefill_stages(d) * 2 * prefill_keys(d) * row
 }
 
 /// Threads per block of the cache-write kernel.

@@ -23,6 +23,7 @@ pub type PtxModule = (u32, &'static str, &'static str);
 unsafe impl DeviceRepr for crate::params::CacheWriteParams {}
 unsafe impl DeviceRepr for crate::params::PagedAttnParams {}
 unsafe impl DeviceRepr for crate::params::MergeParams {}
+unsafe impl DeviceRepr for crate::params::PrefillParams {}
 
 /// Whether a CUDA driver library can be loaded here (false on CI machines). Checked before
 /// anything touches cudarc, which panics when the library is missing.

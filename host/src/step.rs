@@ -22,7 +22,6 @@ use crate::metadata::AttentionMetadata;
 use crate::platform::{DeviceProps, Platform};
 use crate::spec::AttnSpec;
 use std::fmt;
-use std::ops::Range;
 use std::sync::Arc;
 
 /// The largest step a [`Step`] serves; device buffers are sized from these once.
@@ -121,23 +120,32 @@ impl LayerShape {
     }
 }
 
-/// One kernel launch of a layer's step: which kernel, its grid, and which query-token rows
-/// of the step it serves.
+/// One kernel launch of a layer's step: which kernel, its grid, and how many query tokens
+/// it serves (which ones: [`StepPlan::decode_tokens`], [`StepPlan::prefill_tiles`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelLaunch {
     pub kernel: String,
     pub grid: (u32, u32, u32),
     pub block: u32,
     pub shared_mem_bytes: u32,
-    /// Query-token rows served (the cache write's are the tokens it stores).
-    pub rows: Range<usize>,
+    /// Query tokens served (the cache write's: the tokens it stores).
+    pub tokens: usize,
 }
 
 impl fmt::Display for KernelLaunch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (x, y, z) = self.grid;
-        write!(f, "{} grid ({x}, {y}, {z}) x {} threads, {} B shared, rows {:?}", self.kernel, self.block, self.shared_mem_bytes, self.rows)
+        write!(f, "{} grid ({x}, {y}, {z}) x {} threads, {} B shared, {} tokens", self.kernel, self.block, self.shared_mem_bytes, self.tokens)
     }
+}
+
+/// A tile of the prefill kernel: `tokens` consecutive query tokens of `request`, from the
+/// step's token `first_token`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefillTile {
+    pub request: u32,
+    pub first_token: u32,
+    pub tokens: u32,
 }
 
 /// What every layer of a step launches, decided once per step.
@@ -150,6 +158,11 @@ pub struct StepPlan {
     pub num_splits: usize,
     /// Per layer, in order (empty on the CPU backend, which launches nothing).
     pub launches: Vec<KernelLaunch>,
+    /// The query tokens the decode kernel serves, in its grid's order (all of them when no
+    /// request goes to the prefill kernel).
+    pub decode_tokens: Vec<u32>,
+    /// The prefill kernel's tiles, in launch order (longest key range first).
+    pub prefill_tiles: Vec<PrefillTile>,
     /// Workspace the plan uses (partial outputs and their (max, sum) pairs when split).
     pub workspace_bytes: usize,
 }
@@ -158,7 +171,12 @@ impl StepPlan {
     /// Whether a CUDA graph captured for `self` replays `other`: the same launches (kernel,
     /// grid, rows) and hence the same kernel arguments, the buffers being the step's own.
     pub fn same_launches(&self, other: &StepPlan) -> bool {
-        self.backend == other.backend && self.num_tokens == other.num_tokens && self.num_reqs == other.num_reqs && self.launches == other.launches
+        self.backend == other.backend
+            && self.num_tokens == other.num_tokens
+            && self.num_reqs == other.num_reqs
+            && self.launches == other.launches
+            && self.decode_tokens == other.decode_tokens
+            && self.prefill_tiles == other.prefill_tiles
     }
 }
 
@@ -212,7 +230,7 @@ impl Step {
         self.limits.check(meta)?;
         let plan = self.backend.plan(meta, &self.shape, self.dtype, self.props.as_ref(), &self.limits, &opts)?;
         if let Some(dev) = &mut self.device {
-            dev.upload(meta, &self.limits)?;
+            dev.upload(meta, &plan, &self.limits)?;
         }
         self.meta = Some(meta.clone());
         Ok(self.plan.insert(plan))

@@ -138,7 +138,16 @@ pub fn plan(meta: &AttentionMetadata, opts: &PlanOptions) -> Result<StepPlan> {
         Some(s) => s,
         None => 1,
     };
-    Ok(StepPlan { backend: BackendName::Cpu, num_tokens: meta.num_tokens(), num_reqs: meta.num_reqs(), num_splits, launches: Vec::new(), workspace_bytes: 0 })
+    Ok(StepPlan {
+        backend: BackendName::Cpu,
+        num_tokens: meta.num_tokens(),
+        num_reqs: meta.num_reqs(),
+        num_splits,
+        launches: Vec::new(),
+        decode_tokens: Vec::new(),
+        prefill_tiles: Vec::new(),
+        workspace_bytes: 0,
+    })
 }
 
 /// How one query row's scores are formed.

@@ -19,18 +19,20 @@ use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::{
-    paged_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS,
+    paged_smem_bytes, prefill_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, PrefillParams, CACHE_WRITE_THREADS, PAGED_ROWS,
+    PAGED_WARPS, PREFILL_ROWS, PREFILL_WARPS,
 };
 use crate::platform::DeviceProps;
 use crate::spec::AttnSpec;
-use crate::step::{KernelLaunch, LayerShape, PlanOptions, Step, StepLimits, StepPlan};
+use crate::step::{KernelLaunch, LayerShape, PlanOptions, PrefillTile, Step, StepLimits, StepPlan};
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// Head dims with a compiled kernel (the device crate's instantiation table).
-pub const HEAD_DIMS: &[usize] = &[64, 128, 256];
+/// Head dims with compiled kernels (the device crate's instantiation tables, decode and
+/// prefill).
+pub const HEAD_DIMS: &[usize] = &[64, 96, 128, 256];
 
 pub static CAPS: BackendCaps = BackendCaps {
     name: BackendName::CudaPaged,
@@ -48,8 +50,9 @@ pub static CAPS: BackendCaps = BackendCaps {
     shared_memory_bytes: Some(shared_memory_bytes),
 };
 
+/// The larger of the decode and prefill kernels' dynamic shared memory.
 fn shared_memory_bytes(head_dim: usize) -> usize {
-    paged_smem_bytes(head_dim as u32) as usize
+    paged_smem_bytes(head_dim as u32).max(prefill_smem_bytes(head_dim as u32)) as usize
 }
 
 /// Keys one split should at least cover: below this the merge costs more than it saves.
@@ -103,21 +106,29 @@ pub fn merge_kernel(tag: &str) -> String {
     format!("merge_splits_{tag}")
 }
 
-/// The attention kernel of `dtype` and `head_dim`, with its dynamic shared memory opted
-/// into (past 48 KiB that must be asked for per kernel); an error if the device allows less.
-fn attention_function(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result<CudaFunction> {
-    let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_PAGED", supported: "f16, bf16" })?;
-    let smem = paged_smem_bytes(head_dim as u32);
+pub fn prefill_kernel(tag: &str, head_dim: usize) -> String {
+    format!("flash_prefill_{tag}_d{head_dim}")
+}
+
+/// A kernel with `smem` bytes of dynamic shared memory opted into (past 48 KiB that must be
+/// asked for per kernel); an error if the device allows less.
+fn function_with_smem(rt: &CudaRuntime, name: &str, smem: u32, head_dim: usize) -> Result<CudaFunction> {
     let smem_max = rt.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
     if smem as i64 > smem_max as i64 {
         return Err(AttnError::Unsupported {
             backend: "CUDA_PAGED",
-            reason: format!("head dim {head_dim} needs {smem} bytes of shared memory per block; {} allows {smem_max}", rt.device_name()),
+            reason: format!("head dim {head_dim}: {name} needs {smem} bytes of shared memory per block; {} allows {smem_max}", rt.device_name()),
         });
     }
-    let f = rt.function(&attention_kernel(tag, head_dim))?;
+    let f = rt.function(name)?;
     f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
     Ok(f)
+}
+
+/// The decode (paged attention) kernel of `dtype` and `head_dim`, shared memory opted into.
+fn attention_function(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result<CudaFunction> {
+    let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_PAGED", supported: "f16, bf16" })?;
+    function_with_smem(rt, &attention_kernel(tag, head_dim), paged_smem_bytes(head_dim as u32), head_dim)
 }
 
 /// The device's properties a plan reads: SMs, and blocks of the attention kernel per SM
@@ -128,53 +139,109 @@ pub fn device_props(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result<D
     Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1) })
 }
 
+/// Requests with at least this many query tokens go to the prefill kernel; the others (a
+/// decode's one token) to the paged decode kernel.
+pub const PREFILL_MIN_QUERY_LEN: usize = 2;
+
+/// The prefill kernel's tile for a GQA group of `group` query heads: (heads per tile, tokens
+/// per tile) = `(min(group, 64), 64 / that)`. Example: Llama-3 (group 4): 4 heads x 16 tokens;
+/// MHA: 1 x 64; Falcon-7B (71:1): 64 heads x 1 token, two head tiles.
+pub fn prefill_tiling(group: usize) -> (usize, usize) {
+    let rows = PREFILL_ROWS as usize;
+    let hpt = group.clamp(1, rows);
+    (hpt, rows / hpt)
+}
+
 /// The plan of a step for layers of `shape` in `dtype` (pure: tested on the CPU).
 ///
-/// Every row goes to the paged kernel (one query token per block, the GQA group's heads as
-/// tile rows): grid `(tokens, kv heads x head tiles, splits)`. The split count is the
-/// heuristic's ([`num_splits_heuristic`]) or the forced one, and never more than the
-/// workspace holds (`limits.split_rows / tokens`); split steps add the merge, grid
-/// `(tokens, q heads)`. Before them, the cache write, grid `(tokens)`.
+/// Rows: a request with `PREFILL_MIN_QUERY_LEN` or more query tokens goes to the flash
+/// prefill kernel, cut into tiles of [`prefill_tiling`] tokens, launched longest key range
+/// first; one-token requests go to the paged decode kernel (one query token per block, the
+/// GQA group's heads as tile rows): grid `(decode tokens, kv heads x head tiles, splits)`.
+/// The split count is the heuristic's ([`num_splits_heuristic`], over the decode rows) or
+/// the forced one, and never more than the workspace holds (`limits.split_rows / decode
+/// tokens`); split steps add the merge, grid `(decode tokens, q heads)`. Before them all, the
+/// cache write, grid `(tokens)`.
 pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions) -> Result<StepPlan> {
     let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_PAGED", supported: "f16, bf16" })?;
     let (n, hq, hkv, d) = (meta.num_tokens(), shape.num_q_heads, shape.num_kv_heads, shape.head_dim);
+    let (hpt, tpt) = prefill_tiling(shape.group_size());
+
+    // Which kernel serves which rows.
+    let mut decode_tokens = Vec::new();
+    let mut prefill_tiles = Vec::new();
+    let mut keys_of_tile = Vec::new();
+    let (mut dec_max, mut dec_sum) = (0usize, 0usize);
+    for r in 0..meta.num_reqs() {
+        let (q0, ql) = (meta.query_start_loc()[r] as usize, meta.query_len(r));
+        let seq = meta.seq_lens()[r] as usize;
+        if ql >= PREFILL_MIN_QUERY_LEN {
+            for t in (0..ql).step_by(tpt) {
+                let tokens = tpt.min(ql - t);
+                prefill_tiles.push(PrefillTile { request: r as u32, first_token: (q0 + t) as u32, tokens: tokens as u32 });
+                // Keys the tile reads: up to its last token's position (+1).
+                keys_of_tile.push(seq - ql + t + tokens);
+            }
+        } else {
+            decode_tokens.extend((q0..q0 + ql).map(|t| t as u32));
+            dec_max = dec_max.max(seq);
+            dec_sum += seq * ql;
+        }
+    }
+    let mut order: Vec<usize> = (0..prefill_tiles.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(keys_of_tile[i]));
+    let prefill_tiles: Vec<PrefillTile> = order.into_iter().map(|i| prefill_tiles[i]).collect();
+
+    let nd = decode_tokens.len();
     let tiles = shape.group_size().div_ceil(PAGED_ROWS as usize);
-    let blocks = n * hkv * tiles;
-    let fit = limits.split_rows.checked_div(n).unwrap_or(MAX_SPLITS).clamp(1, MAX_SPLITS);
+    let fit = limits.split_rows.checked_div(nd).unwrap_or(MAX_SPLITS).clamp(1, MAX_SPLITS);
     let num_splits = match opts.force_splits {
         Some(s) if !(1..=MAX_SPLITS).contains(&s) => {
             return Err(AttnError::InvalidConfig(format!("{s} splits: must be in 1..={MAX_SPLITS}")));
         }
         Some(s) if s > fit => {
             return Err(AttnError::StepTooLarge(format!(
-                "{s} splits of {n} tokens need {} workspace rows, the step limit split_rows is {}",
-                s * n,
+                "{s} splits of {nd} decode tokens need {} workspace rows, the step limit split_rows is {}",
+                s * nd,
                 limits.split_rows
             )));
         }
         Some(s) => s,
-        None => {
-            let mean = meta.seq_lens().iter().map(|&s| s as usize).sum::<usize>() / meta.num_reqs().max(1);
-            num_splits_heuristic(blocks, meta.max_seq_len(), mean, props.resident_blocks()).min(fit)
-        }
+        None => num_splits_heuristic(nd * hkv * tiles, dec_max, dec_sum / nd.max(1), props.resident_blocks()).min(fit),
     };
     let mut launches = Vec::new();
     if n > 0 {
-        let rows = 0..n;
-        launches.push(KernelLaunch { kernel: CACHE_WRITE_KERNEL.into(), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, rows: rows.clone() });
+        launches.push(KernelLaunch { kernel: CACHE_WRITE_KERNEL.into(), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
+    }
+    if nd > 0 {
         launches.push(KernelLaunch {
             kernel: attention_kernel(tag, d),
-            grid: (n as u32, (hkv * tiles) as u32, num_splits as u32),
+            grid: (nd as u32, (hkv * tiles) as u32, num_splits as u32),
             block: PAGED_WARPS * 32,
             shared_mem_bytes: paged_smem_bytes(d as u32),
-            rows: rows.clone(),
+            tokens: nd,
         });
         if num_splits > 1 {
-            launches.push(KernelLaunch { kernel: merge_kernel(tag), grid: (n as u32, hq as u32, 1), block: (d / 8) as u32, shared_mem_bytes: 0, rows });
+            launches.push(KernelLaunch { kernel: merge_kernel(tag), grid: (nd as u32, hq as u32, 1), block: (d / 8) as u32, shared_mem_bytes: 0, tokens: nd });
         }
     }
-    let workspace_bytes = if num_splits > 1 { num_splits * n * hq * (d + 2) * std::mem::size_of::<f32>() } else { 0 };
-    Ok(StepPlan { backend: BackendName::CudaPaged, num_tokens: n, num_reqs: meta.num_reqs(), num_splits, launches, workspace_bytes })
+    if !prefill_tiles.is_empty() {
+        launches.push(KernelLaunch {
+            kernel: prefill_kernel(tag, d),
+            grid: (prefill_tiles.len() as u32, (hkv * shape.group_size().div_ceil(hpt)) as u32, 1),
+            block: PREFILL_WARPS * 32,
+            shared_mem_bytes: prefill_smem_bytes(d as u32),
+            tokens: n - nd,
+        });
+    }
+    let workspace_bytes = if num_splits > 1 { num_splits * nd * hq * (d + 2) * std::mem::size_of::<f32>() } else { 0 };
+    Ok(StepPlan { backend: BackendName::CudaPaged, num_tokens: n, num_reqs: meta.num_reqs(), num_splits, launches, decode_tokens, prefill_tiles, workspace_bytes })
+}
+
+/// The decode kernel's token map: the step's decode rows when some rows go to the prefill
+/// kernel, else none (0: block x is the token).
+fn token_map(plan: &StepPlan, dev: &DeviceMetadata, stream: &CudaStream) -> u64 {
+    if plan.prefill_tiles.is_empty() { 0 } else { ptr(&dev.decode_map, stream) }
 }
 
 fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
@@ -192,6 +259,10 @@ pub struct DeviceMetadata {
     seq_lens: CudaSlice<i32>,
     block_table: CudaSlice<i32>,
     slot_mapping: CudaSlice<i64>,
+    /// The plan's rows: the decode kernel's tokens (when the step also has prefill rows) and
+    /// the prefill kernel's tiles as (request, first token) pairs.
+    decode_map: CudaSlice<i32>,
+    prefill_tiles: CudaSlice<i32>,
     /// `split_rows x Hq` rows of `head_dim` f32 partial outputs, and of (m, l) pairs.
     partial_out: CudaSlice<f32>,
     partial_ml: CudaSlice<f32>,
@@ -209,7 +280,7 @@ impl DeviceMetadata {
         let stream = rt.stream().clone();
         let bt = limits.max_reqs * limits.max_blocks_per_req;
         let rows = limits.split_rows.checked_mul(shape.num_q_heads).ok_or_else(|| AttnError::InvalidConfig("workspace size overflows".into()))?;
-        let i32s = (limits.max_reqs + 1) + limits.max_reqs + bt;
+        let i32s = (limits.max_reqs + 1) + limits.max_reqs + bt + 3 * limits.max_tokens;
         // SAFETY: the staging memory is written before it is read (each upload fills what it copies).
         let (staging_i32, staging_slots) = unsafe { (rt.context().alloc_pinned::<i32>(i32s)?, rt.context().alloc_pinned::<i64>(limits.max_tokens)?) };
         let m = DeviceMetadata {
@@ -217,6 +288,8 @@ impl DeviceMetadata {
             seq_lens: stream.alloc_zeros(limits.max_reqs)?,
             block_table: stream.alloc_zeros(bt)?,
             slot_mapping: stream.alloc_zeros(limits.max_tokens)?,
+            decode_map: stream.alloc_zeros(limits.max_tokens)?,
+            prefill_tiles: stream.alloc_zeros(2 * limits.max_tokens)?,
             partial_out: stream.alloc_zeros(rows * shape.head_dim)?,
             partial_ml: stream.alloc_zeros(rows * 2)?,
             staging_i32,
@@ -232,19 +305,39 @@ impl DeviceMetadata {
 
     /// Device bytes held (metadata and workspace).
     pub fn bytes(&self) -> usize {
-        4 * (self.query_start_loc.len() + self.seq_lens.len() + self.block_table.len() + self.partial_out.len() + self.partial_ml.len()) + 8 * self.slot_mapping.len()
+        4 * (self.query_start_loc.len()
+            + self.seq_lens.len()
+            + self.block_table.len()
+            + self.decode_map.len()
+            + self.prefill_tiles.len()
+            + self.partial_out.len()
+            + self.partial_ml.len())
+            + 8 * self.slot_mapping.len()
     }
 
     /// Copies a step's maps into the persistent buffers (the caller checked the limits):
     /// waits for the previous upload to leave the staging memory, fills it, and enqueues the
     /// copies on the runtime's stream, ahead of the step's launches.
-    pub fn upload(&mut self, meta: &AttentionMetadata, limits: &StepLimits) -> Result<()> {
+    pub fn upload(&mut self, meta: &AttentionMetadata, plan: &StepPlan, limits: &StepLimits) -> Result<()> {
         limits.check(meta)?;
         self.uploaded.synchronize()?;
         let (r, stride, bs) = (meta.num_reqs(), self.block_table_stride, meta.layout().block_size);
         let staging = self.staging_i32.as_mut_slice()?;
         let (qsl, rest) = staging.split_at_mut(limits.max_reqs + 1);
-        let (seq, bt) = rest.split_at_mut(limits.max_reqs);
+        let (seq, rest) = rest.split_at_mut(limits.max_reqs);
+        let (bt, rest) = rest.split_at_mut(limits.max_reqs * stride);
+        let (dmap, tiles) = rest.split_at_mut(limits.max_tokens);
+        // The decode map only matters when some rows go elsewhere (else the kernels run
+        // without one); tiles are (request, first token).
+        let nd = if plan.prefill_tiles.is_empty() { 0 } else { plan.decode_tokens.len() };
+        for (dst, &t) in dmap.iter_mut().zip(&plan.decode_tokens[..nd]) {
+            *dst = t as i32;
+        }
+        let nt = plan.prefill_tiles.len();
+        for (dst, t) in tiles.chunks_exact_mut(2).zip(&plan.prefill_tiles) {
+            dst[0] = t.request as i32;
+            dst[1] = t.first_token as i32;
+        }
         qsl[..=r].copy_from_slice(meta.query_start_loc());
         seq[..r].copy_from_slice(meta.seq_lens());
         for req in 0..r {
@@ -256,7 +349,7 @@ impl DeviceMetadata {
         let n = meta.num_tokens();
         self.staging_slots.as_mut_slice()?[..n].copy_from_slice(meta.slot_mapping());
         let stream = self.rt.stream().clone();
-        let (qsl, seq, bt) = (&qsl[..=r], &seq[..r], &bt[..r * stride]);
+        let (qsl, seq, bt, dmap, tiles) = (&qsl[..=r], &seq[..r], &bt[..r * stride], &dmap[..nd], &tiles[..2 * nt]);
         let slots = &self.staging_slots.as_slice()?[..n];
         // SAFETY: each destination holds at least its source (sizes from the limits, checked
         // above); the staging memory is page-locked and is not written again before
@@ -270,6 +363,12 @@ impl DeviceMetadata {
             }
             if n > 0 {
                 htod(ptr(&self.slot_mapping, &stream), slots, stream.cu_stream())?;
+            }
+            if nd > 0 {
+                htod(ptr(&self.decode_map, &stream), dmap, stream.cu_stream())?;
+            }
+            if nt > 0 {
+                htod(ptr(&self.prefill_tiles, &stream), tiles, stream.cu_stream())?;
             }
         }
         self.uploaded.record(&stream)?;
@@ -290,6 +389,8 @@ pub struct CudaPagedImpl<T> {
     cache_write_fn: CudaFunction,
     attention_fn: CudaFunction,
     attention_name: String,
+    prefill_fn: CudaFunction,
+    prefill_name: String,
     merge_fn: CudaFunction,
     _elem: PhantomData<T>,
 }
@@ -343,6 +444,8 @@ impl<T: Element> CudaPagedImpl<T> {
             merge_fn: rt.function(&merge_kernel(tag))?,
             attention_fn,
             attention_name: attention_kernel(tag, spec.head_dim),
+            prefill_fn: function_with_smem(&rt, &prefill_kernel(tag, spec.head_dim), prefill_smem_bytes(spec.head_dim as u32), spec.head_dim)?,
+            prefill_name: prefill_kernel(tag, spec.head_dim),
             rt,
             shape: LayerShape::of(&spec),
             spec,
@@ -460,6 +563,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 alibi_slopes: self.alibi.as_ref().map_or(0, |a| ptr(a, &stream)),
                 partial_out: ptr(&dev.partial_out, &stream),
                 partial_ml: ptr(&dev.partial_ml, &stream),
+                token_map: token_map(plan, dev, &stream),
                 q_token_stride: (hq * d) as u64,
                 q_head_stride: d as u64,
                 out_token_stride: (hq * d) as u64,
@@ -469,7 +573,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 cache_head_stride: l.head_stride() as u64,
                 block_table_stride: dev.block_table_stride as u32,
                 num_seqs: plan.num_reqs as u32,
-                num_tokens: n,
+                num_tokens: launch.tokens as u32,
                 num_q_heads: hq as u32,
                 num_kv_heads: hkv as u32,
                 block_size_log2: l.block_size.trailing_zeros(),
@@ -482,14 +586,49 @@ impl<T: Element> CudaPagedImpl<T> {
             // (validated: block ids inside the cache, seq_lens >= query lengths); the plan
             // never splits past the workspace (num_splits x tokens <= split_rows).
             unsafe { stream.launch_builder(&self.attention_fn).arg(&p).launch(cfg) }?;
+        } else if launch.kernel == self.prefill_name {
+            let (hpt, tpt) = prefill_tiling(self.shape.group_size());
+            let p = PrefillParams {
+                q: ptr(t.q, &stream),
+                out: ptr(t.out, &stream),
+                key_cache: ptr(&self.key_cache, &stream),
+                value_cache: ptr(&self.value_cache, &stream),
+                block_table: ptr(&dev.block_table, &stream),
+                seq_lens: ptr(&dev.seq_lens, &stream),
+                query_start_loc: ptr(&dev.query_start_loc, &stream),
+                alibi_slopes: self.alibi.as_ref().map_or(0, |a| ptr(a, &stream)),
+                tiles: ptr(&dev.prefill_tiles, &stream),
+                lse: 0,
+                q_token_stride: (hq * d) as u64,
+                q_head_stride: d as u64,
+                out_token_stride: (hq * d) as u64,
+                out_head_stride: d as u64,
+                cache_block_stride: l.block_stride() as u64,
+                cache_token_stride: l.token_stride() as u64,
+                cache_head_stride: l.head_stride() as u64,
+                block_table_stride: dev.block_table_stride as u32,
+                num_q_heads: hq as u32,
+                num_kv_heads: hkv as u32,
+                block_size_log2: l.block_size.trailing_zeros(),
+                sliding_window: self.spec.sliding_window.unwrap_or(0).min(u32::MAX as usize) as u32,
+                heads_per_tile: hpt as u32,
+                tokens_per_tile: tpt as u32,
+                scale: self.spec.scale,
+                softcap: self.spec.softcap.unwrap_or(0.0),
+                _pad: 0,
+            };
+            // SAFETY: q, out hold the step's rows; the tiles buffer holds the plan's tiles,
+            // each inside its request's query tokens; block ids and lengths validated.
+            unsafe { stream.launch_builder(&self.prefill_fn).arg(&p).launch(cfg) }?;
         } else {
             let m = MergeParams {
                 partial_out: ptr(&dev.partial_out, &stream),
                 partial_ml: ptr(&dev.partial_ml, &stream),
+                token_map: token_map(plan, dev, &stream),
                 out: ptr(t.out, &stream),
                 out_token_stride: (hq * d) as u64,
                 out_head_stride: d as u64,
-                num_tokens: n,
+                num_tokens: launch.tokens as u32,
                 num_q_heads: hq as u32,
                 head_dim: d as u32,
                 num_splits: plan.num_splits as u32,
@@ -579,8 +718,8 @@ mod tests {
         assert_eq!(
             p.launches,
             vec![
-                KernelLaunch { kernel: "reshape_and_cache_b16".into(), grid: (64, 1, 1), block: 128, shared_mem_bytes: 0, rows: 0..64 },
-                KernelLaunch { kernel: "paged_attention_bf16_d128".into(), grid: (64, 8, 1), block: 128, shared_mem_bytes: smem, rows: 0..64 },
+                KernelLaunch { kernel: "reshape_and_cache_b16".into(), grid: (64, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 64 },
+                KernelLaunch { kernel: "paged_attention_bf16_d128".into(), grid: (64, 8, 1), block: 128, shared_mem_bytes: smem, tokens: 64 },
             ]
         );
         // D3: 4 x 32768 keys: 32 blocks fill 264 / 32 = 8 splits, so the merge follows;
@@ -590,7 +729,7 @@ mod tests {
         let p = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions::default()).unwrap();
         assert_eq!((p.num_splits, p.workspace_bytes), (8, 8 * 4 * 32 * 130 * 4));
         assert_eq!(p.launches[1].grid, (4, 8, 8));
-        assert_eq!(p.launches[2], KernelLaunch { kernel: "merge_splits_f16".into(), grid: (4, 32, 1), block: 16, shared_mem_bytes: 0, rows: 0..4 });
+        assert_eq!(p.launches[2], KernelLaunch { kernel: "merge_splits_f16".into(), grid: (4, 32, 1), block: 16, shared_mem_bytes: 0, tokens: 4 });
         // The workspace caps the split: 20 split rows hold 5 splits of 4 tokens.
         let mut small = limits;
         small.split_rows = 20;
@@ -606,10 +745,27 @@ mod tests {
         let gqa = LayerShape { num_q_heads: 40, num_kv_heads: 2, head_dim: 128 };
         let p = plan(&meta(&[(100, 1)]), &gqa, DType::Bf16, &DeviceProps::H100, &StepLimits::new(1, 1, 101, 16), &PlanOptions { force_splits: Some(1) }).unwrap();
         assert_eq!(p.launches[1].grid, (1, 4, 1));
-        // Mixed: a chunked prefill and a fresh prefill are rows of the same launches.
+        // Mixed: a chunked prefill (24 tokens on 40 cached), a fresh prefill (33 tokens) and a
+        // decode. Llama-3's group of 4 heads makes prefill tiles of 4 heads x 16 tokens: 2 + 3
+        // tiles, longest key range first; the decode's token (57) goes to the decode kernel.
         let m = meta(&[(40, 24), (0, 33), (1000, 1)]);
         let p = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions { force_splits: Some(1) }).unwrap();
-        assert_eq!((p.num_tokens, p.launches.len(), p.launches[1].rows.clone()), (58, 2, 0..58));
+        assert_eq!(p.decode_tokens, vec![57]);
+        let tile = |request, first_token, tokens| PrefillTile { request, first_token, tokens };
+        assert_eq!(p.prefill_tiles, vec![tile(0, 16, 8), tile(0, 0, 16), tile(1, 56, 1), tile(1, 40, 16), tile(1, 24, 16)]);
+        assert_eq!(
+            p.launches,
+            vec![
+                KernelLaunch { kernel: "reshape_and_cache_b16".into(), grid: (58, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 58 },
+                KernelLaunch { kernel: "paged_attention_bf16_d128".into(), grid: (1, 8, 1), block: 128, shared_mem_bytes: smem, tokens: 1 },
+                KernelLaunch { kernel: "flash_prefill_bf16_d128".into(), grid: (5, 8, 1), block: 128, shared_mem_bytes: prefill_smem_bytes(128), tokens: 57 },
+            ]
+        );
+        // Tiling by group: MHA 1 head x 64 tokens; Falcon-7B's 71:1 two tiles of 64 heads.
+        assert_eq!((prefill_tiling(1), prefill_tiling(4), prefill_tiling(7), prefill_tiling(71)), ((1, 64), (4, 16), (7, 9), (64, 1)));
+        let falcon = LayerShape { num_q_heads: 71, num_kv_heads: 1, head_dim: 64 };
+        let p = plan(&meta(&[(0, 3)]), &falcon, DType::Bf16, &DeviceProps::H100, &StepLimits::new(4, 1, 16, 16), &PlanOptions::default()).unwrap();
+        assert_eq!((p.launches[1].grid, p.prefill_tiles.len()), ((3, 2, 1), 3));
         // f32 has no kernel.
         assert!(plan(&m, &LLAMA, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default()).is_err());
         // The plan of the same metadata is the same (a graph captured for it replays it).

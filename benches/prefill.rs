@@ -1,0 +1,113 @@
+//! Prefill benchmarks P1-P5 of BENCHMARKS.md on a CUDA device (custom harness).
+//!
+//! bf16, causal, paged KV cache (block size 16, block tables from a shuffled pool), random
+//! inputs. The step's K/V are in the cache (P1-P4: the prompt itself, as a fresh prefill
+//! writes it; P5: 2048 cached tokens + the 512 new ones per request); the timed work is the
+//! attention launches of one layer (`CudaPagedImpl::attend`: the flash prefill kernel), CUDA
+//! events, median of REPS after a warm-up. FLOPs as BENCHMARKS.md counts them:
+//! `4 x q_heads x head_dim x (sum over queries of the keys each attends to)`. Peers:
+//! BENCHMARKS.md's H100 figures (PyTorch SDPA: cuDNN and its FlashAttention-2 backend).
+//!
+//! `cargo bench --bench prefill [-- --json]`
+
+use attn_backends::backend::cuda_paged::CudaPagedImpl;
+use attn_backends::workload::{random_values, schedule, Rng};
+use attn_backends::{AttnSpec, BackendName, DType, HostKvCache, KvCacheLayout, MetadataBuilder, Step, StepLimits};
+use cudarc::driver::sys::CUevent_flags;
+use half::bf16;
+use std::time::{Duration, Instant};
+
+const REPS: usize = 20;
+const BLOCK_SIZE: usize = 16;
+
+struct Workload {
+    id: &'static str,
+    q_heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// (cached tokens, new tokens) per request.
+    requests: Vec<(usize, usize)>,
+    /// BENCHMARKS.md's H100 figures, TFLOP/s: (cuDNN, FlashAttention-2 backend).
+    peers: (f64, f64),
+}
+
+fn workloads() -> Vec<Workload> {
+    vec![
+        Workload { id: "P1", q_heads: 32, kv_heads: 8, head_dim: 128, requests: vec![(0, 4096); 4], peers: (592.0, 329.0) },
+        Workload { id: "P2", q_heads: 32, kv_heads: 32, head_dim: 128, requests: vec![(0, 1024); 16], peers: (450.0, 266.0) },
+        Workload { id: "P3", q_heads: 32, kv_heads: 8, head_dim: 128, requests: vec![(0, 16384)], peers: (566.0, 336.0) },
+        Workload { id: "P4", q_heads: 32, kv_heads: 8, head_dim: 64, requests: vec![(0, 4096); 4], peers: (438.0, 288.0) },
+        Workload { id: "P5", q_heads: 32, kv_heads: 8, head_dim: 128, requests: vec![(2048, 512); 8], peers: (f64::NAN, f64::NAN) },
+    ]
+}
+
+fn main() {
+    let json = std::env::args().any(|a| a == "--json");
+    let rt = match attn_backends::gpu_if_present() {
+        Ok(rt) => rt,
+        Err(why) => {
+            println!("prefill bench: SKIPPED: {why}");
+            return;
+        }
+    };
+    let stream = rt.stream().clone();
+    let ctx = stream.context().clone();
+    println!("device: {} ({}, {} SMs)", rt.device_name(), rt.arch(), rt.num_sms());
+    println!("| workload | time (us) [min, max] | TFLOP/s | peers on H100: cuDNN / FA2 (of cuDNN, of FA2) |");
+    println!("|---|---|---|---|");
+    let mut rng = Rng::new(11);
+    let mut p1 = f64::NAN;
+    for w in workloads() {
+        let d = w.head_dim;
+        let spec = AttnSpec::new(w.q_heads, w.kv_heads, d);
+        let num_blocks = w.requests.iter().map(|&(c, n)| (c + n).div_ceil(BLOCK_SIZE)).sum::<usize>();
+        let layout = KvCacheLayout::new(num_blocks, BLOCK_SIZE, w.kv_heads, d).expect("layout");
+        let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &w.requests, BLOCK_SIZE, num_blocks).expect("blocks")).expect("metadata");
+        let mut imp = CudaPagedImpl::<bf16>::new(rt.clone(), spec.clone(), layout).expect("backend");
+        let cache = HostKvCache { layout, key: random_values(&mut rng, layout.elements()), value: random_values(&mut rng, layout.elements()) };
+        imp.load_cache(&cache).expect("cache");
+        let n = meta.num_tokens();
+        let q = stream.clone_htod(&random_values::<bf16>(&mut rng, n * w.q_heads * d)).expect("q");
+        let mut out = stream.alloc_zeros::<bf16>(n * w.q_heads * d).expect("out");
+        let mut step = Step::new(BackendName::CudaPaged, DType::Bf16, &spec, layout, StepLimits::for_metadata(&meta), Some(rt.clone())).expect("step");
+        let plan = step.prepare(&meta).expect("plan").clone();
+        // Keys attended, summed over queries: query i of a request with c cached sees c + i + 1.
+        let pairs: f64 = w.requests.iter().map(|&(c, q)| (0..q).map(|i| (c + i + 1) as f64).sum::<f64>()).sum();
+        let flops = 4.0 * w.q_heads as f64 * d as f64 * pairs;
+        let warm_until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < warm_until {
+            imp.attend(&step, &q, &mut out).expect("launch");
+            stream.synchronize().expect("sync");
+        }
+        let mut us = Vec::with_capacity(REPS);
+        for _ in 0..REPS {
+            let a = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
+            let b = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
+            a.record(&stream).expect("record");
+            imp.attend(&step, &q, &mut out).expect("launch");
+            b.record(&stream).expect("record");
+            b.synchronize().expect("sync");
+            us.push(a.elapsed_ms(&b).expect("elapsed") as f64 * 1e3);
+        }
+        us.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        let med = us[REPS / 2];
+        let tflops = flops / (med * 1e-6) / 1e12;
+        if w.id == "P1" {
+            p1 = tflops;
+        }
+        let peers = if w.peers.0.is_nan() {
+            format!("- (of P1: {:.2})", tflops / p1)
+        } else {
+            format!("{:.0} / {:.0} ({:.2}, {:.2})", w.peers.0, w.peers.1, tflops / w.peers.0, tflops / w.peers.1)
+        };
+        println!("| {} | {:.1} [{:.1}, {:.1}] | {:.1} | {} |", w.id, med, us[0], us[REPS - 1], tflops, peers);
+        let kernel = plan.launches.iter().map(|l| l.kernel.as_str()).filter(|k| k.starts_with("flash") || k.starts_with("paged")).collect::<Vec<_>>().join("+");
+        if json {
+            println!(
+                "{{\"bench\":\"prefill\",\"workload\":\"{}\",\"device\":\"{}\",\"kernel\":\"{kernel}\",\"median_us\":{med:.2},\"tflops\":{tflops:.2}}}",
+                w.id,
+                rt.device_name()
+            );
+        }
+    }
+}
