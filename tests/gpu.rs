@@ -188,7 +188,9 @@ fn cases() -> Vec<Case> {
     let s = Shape { spec: AttnSpec::new(4, 1, 64), block_size: 16, requests: vec![(0, 4097), (61, 2)], splits: None };
     add("prefill bf16 d64 4097 tokens".into(), s, true);
     let s = Shape { spec: AttnSpec::new(71, 1, 64), block_size: 16, requests: vec![(0, 40), (5, 3), (90, 1)], splits: None };
-    add("prefill bf16 d64 Falcon 71:1 (two head tiles)".into(), s, true);
+    add("prefill bf16 d64 Falcon 71:1 (one token per tile)".into(), s, true);
+    let s = Shape { spec: AttnSpec::new(136, 1, 64), block_size: 16, requests: vec![(0, 9), (30, 2), (7, 1)], splits: None };
+    add("prefill bf16 d64 group 136 (two head tiles)".into(), s, true);
     v
 }
 

@@ -90,16 +90,15 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
 
     // K/V tile `t` into `stage`: key rows gathered through the block table; keys outside
     // [kv_begin, kv_end) copy a valid row instead and are masked. Thread -> one key row
-    // (`TPR` threads per row) and `CPT` consecutive 16-byte chunks of it: one block-table
+    // (`tpr` threads per row) and every `tpr`-th 16-byte chunk of it: one block-table
     // lookup per thread and tile.
     let bt_row = req * p.block_table_stride as usize;
     let page_mask = (1usize << p.block_size_log2) - 1;
     let head_off = kv_head as u64 * p.cache_head_stride;
     const THREADS: usize = WARPS * 32;
     let tpr = THREADS / BN;
-    let cpt = chunks / tpr;
     let my_row = tid / tpr;
-    let my_chunk0 = (tid % tpr) * cpt;
+    let my_chunk0 = tid % tpr;
     let my_dst = (my_row * row_bytes) as u32;
     let my_x = my_row % 8;
     let issue = |t: usize, stage: usize| {
@@ -110,11 +109,14 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
         let (ksrc, vsrc) = unsafe { ((p.key_cache as *const u16).add(off), (p.value_cache as *const u16).add(off)) };
         let kdst = kv_base + (stage * 2 * BN * row_bytes) as u32 + my_dst;
         let vdst = kdst + (BN * row_bytes) as u32;
-        for k in 0..cpt {
-            let sw = (((my_chunk0 + k) ^ my_x) * 16) as u32;
-            unsafe {
-                cp_async_cg_16(kdst + sw, ksrc.add(8 * k));
-                cp_async_cg_16(vdst + sw, vsrc.add(8 * k));
+        for k in 0..chunks.div_ceil(tpr) {
+            let c = my_chunk0 + k * tpr;
+            if c < chunks {
+                let sw = ((c ^ my_x) * 16) as u32;
+                unsafe {
+                    cp_async_cg_16(kdst + sw, ksrc.add(8 * (c - my_chunk0)));
+                    cp_async_cg_16(vdst + sw, vsrc.add(8 * (c - my_chunk0)));
+                }
             }
         }
     };
@@ -243,7 +245,9 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
             }
         }
         // Online softmax per row: new max (log2 units), rescale, probabilities in place:
-        // p = 2^(s * mul - m), one FFMA and one EX2 per score.
+        // p = 2^(s * s_exp - m), one FFMA and one EX2 per score. (Skipping the rescale where
+        // no row's max moved, decided by a warp vote, measured slower: the branch keeps the
+        // multiplies from interleaving with the P V products.)
         for h in 0..2 {
             let mut mx = NEG_INIT;
             for j in 0..NB {

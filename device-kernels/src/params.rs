@@ -186,7 +186,7 @@ pub struct PrefillParams {
     pub _pad: u32,
 }
 
-pub const PREFILL_WARPS: u32 = 4;
+pub const PREFILL_WARPS: u32 = 8;
 /// Query rows per block: 16 per warp (the rows of its m16n8k16 tiles).
 pub const PREFILL_ROWS: u32 = 16 * PREFILL_WARPS;
 
@@ -210,7 +210,7 @@ pub const fn prefill_row_chunks(d: u32) -> u32 {
     (d / 8).next_power_of_two()
 }
 /// Dynamic shared memory of the prefill kernel: the Q tile (`PREFILL_ROWS` rows) and
-/// `prefill_stages(d)` pairs of K and V tiles. d64: 56 KiB, d128: 80 KiB, d256: 96 KiB.
+/// `prefill_stages(d)` pairs of K and V tiles. d64: 80 KiB, d96 and d128: 96 KiB, d256: 128 KiB.
 pub const fn prefill_smem_bytes(d: u32) -> u32 {
     let row = prefill_row_chunks(d) * 16;
     PREFILL_ROWS * row + prefill_stages(d) * 2 * prefill_keys(d) * row

@@ -144,8 +144,9 @@ pub fn device_props(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result<D
 pub const PREFILL_MIN_QUERY_LEN: usize = 2;
 
 /// The prefill kernel's tile for a GQA group of `group` query heads: (heads per tile, tokens
-/// per tile) = `(min(group, 64), 64 / that)`. Example: Llama-3 (group 4): 4 heads x 16 tokens;
-/// MHA: 1 x 64; Falcon-7B (71:1): 64 heads x 1 token, two head tiles.
+/// per tile) = `(min(group, 128), 128 / that)` (`PREFILL_ROWS` = 128 rows). Example: Llama-3
+/// (group 4): 4 heads x 32 tokens; MHA: 1 x 128; Falcon-7B (71:1): 71 heads x 1 token; a
+/// group of 136: two head tiles of 128 and 8 heads.
 pub fn prefill_tiling(group: usize) -> (usize, usize) {
     let rows = PREFILL_ROWS as usize;
     let hpt = group.clamp(1, rows);
@@ -746,25 +747,26 @@ mod tests {
         let p = plan(&meta(&[(100, 1)]), &gqa, DType::Bf16, &DeviceProps::H100, &StepLimits::new(1, 1, 101, 16), &PlanOptions { force_splits: Some(1) }).unwrap();
         assert_eq!(p.launches[1].grid, (1, 4, 1));
         // Mixed: a chunked prefill (24 tokens on 40 cached), a fresh prefill (33 tokens) and a
-        // decode. Llama-3's group of 4 heads makes prefill tiles of 4 heads x 16 tokens: 2 + 3
+        // decode. Llama-3's group of 4 heads makes prefill tiles of 4 heads x 32 tokens: 1 + 2
         // tiles, longest key range first; the decode's token (57) goes to the decode kernel.
         let m = meta(&[(40, 24), (0, 33), (1000, 1)]);
         let p = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions { force_splits: Some(1) }).unwrap();
         assert_eq!(p.decode_tokens, vec![57]);
         let tile = |request, first_token, tokens| PrefillTile { request, first_token, tokens };
-        assert_eq!(p.prefill_tiles, vec![tile(0, 16, 8), tile(0, 0, 16), tile(1, 56, 1), tile(1, 40, 16), tile(1, 24, 16)]);
+        assert_eq!(p.prefill_tiles, vec![tile(0, 0, 24), tile(1, 56, 1), tile(1, 24, 32)]);
         assert_eq!(
             p.launches,
             vec![
                 KernelLaunch { kernel: "reshape_and_cache_b16".into(), grid: (58, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 58 },
                 KernelLaunch { kernel: "paged_attention_bf16_d128".into(), grid: (1, 8, 1), block: 128, shared_mem_bytes: smem, tokens: 1 },
-                KernelLaunch { kernel: "flash_prefill_bf16_d128".into(), grid: (5, 8, 1), block: 128, shared_mem_bytes: prefill_smem_bytes(128), tokens: 57 },
+                KernelLaunch { kernel: "flash_prefill_bf16_d128".into(), grid: (3, 8, 1), block: 256, shared_mem_bytes: prefill_smem_bytes(128), tokens: 57 },
             ]
         );
-        // Tiling by group: MHA 1 head x 64 tokens; Falcon-7B's 71:1 two tiles of 64 heads.
-        assert_eq!((prefill_tiling(1), prefill_tiling(4), prefill_tiling(7), prefill_tiling(71)), ((1, 64), (4, 16), (7, 9), (64, 1)));
-        let falcon = LayerShape { num_q_heads: 71, num_kv_heads: 1, head_dim: 64 };
-        let p = plan(&meta(&[(0, 3)]), &falcon, DType::Bf16, &DeviceProps::H100, &StepLimits::new(4, 1, 16, 16), &PlanOptions::default()).unwrap();
+        // Tiling by group: MHA 1 head x 128 tokens; Falcon-7B's 71:1 one token of 71 heads; a
+        // group of 136 two head tiles (grid y = 2 per kv head).
+        assert_eq!((prefill_tiling(1), prefill_tiling(4), prefill_tiling(7), prefill_tiling(71)), ((1, 128), (4, 32), (7, 18), (71, 1)));
+        let wide = LayerShape { num_q_heads: 136, num_kv_heads: 1, head_dim: 64 };
+        let p = plan(&meta(&[(0, 3)]), &wide, DType::Bf16, &DeviceProps::H100, &StepLimits::new(4, 1, 16, 16), &PlanOptions::default()).unwrap();
         assert_eq!((p.launches[1].grid, p.prefill_tiles.len()), ((3, 2, 1), 3));
         // f32 has no kernel.
         assert!(plan(&m, &LLAMA, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default()).is_err());
