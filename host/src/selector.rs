@@ -12,10 +12,10 @@
 //! use attn_host::selector::{select, Requirements};
 //! use attn_host::{BackendName, Platform};
 //!
-//! let req = Requirements::for_model(&preset("phi-3-mini").unwrap(), 16);
+//! let req = Requirements::for_model(&preset("deepseek-v3").unwrap(), 16);
 //! let sel = select(Platform::Cuda { major: 9, minor: 0 }, &req, None).unwrap();
 //! assert_eq!(sel.backend, BackendName::Cpu);
-//! assert!(sel.reason.contains("head dim 96 not in [64, 128, 256]"));
+//! assert!(sel.reason.contains("CUDA_PAGED: MLA not supported"));
 //! ```
 
 use crate::backend::{BackendCaps, BackendName};
@@ -239,6 +239,7 @@ pub fn select(platform: Platform, req: &Requirements, forced: Option<&str>) -> R
             if !rejected.is_empty() {
                 reason.push_str(&format!(" (rejected {})", describe_rejections(&rejected)));
             }
+            reason.push_str(&format!("; kernels: {}", backend.caps().kernels));
             return Ok(Selection { backend, reason, rejected });
         }
         tracing::debug!(%backend, %platform, reasons = ?why, "backend rejected");
@@ -258,7 +259,7 @@ fn select_forced(platform: Platform, req: &Requirements, name: &str) -> Result<S
     if why.is_empty() {
         return Ok(Selection {
             backend,
-            reason: format!("forced by {ENV_VAR}={backend}; supports {req} on {platform}"),
+            reason: format!("forced by {ENV_VAR}={backend}; supports {req} on {platform}; kernels: {}", backend.caps().kernels),
             rejected: Vec::new(),
         });
     }
@@ -425,10 +426,14 @@ mod tests {
     }
 
     #[test]
-    fn phi3_head_dim_96_on_sm90_falls_back_to_cpu() {
+    fn phi3_head_dim_96_is_served_by_the_gpu_and_80_is_not() {
         let sel = select(SM90, &req("phi-3-mini"), None).unwrap();
+        assert_eq!(sel.backend, BackendName::CudaPaged);
+        assert!(sel.reason.contains("head dim 96") && sel.reason.contains("flash_prefill"), "{}", sel.reason);
+        let r = Requirements { head_dim: 80, ..req("phi-3-mini") };
+        let sel = select(SM90, &r, None).unwrap();
         assert_eq!(sel.backend, BackendName::Cpu);
-        assert!(sel.reason.contains("head dim 96 not in [64, 128, 256]"), "{}", sel.reason);
+        assert!(sel.reason.contains("head dim 80 not in [64, 96, 128, 256]"), "{}", sel.reason);
     }
 
     #[test]
@@ -453,7 +458,7 @@ mod tests {
         let r = Requirements {
             dtype: DType::F32,
             kv_cache_dtype: KvCacheDType::Fp8E4m3,
-            head_dim: 96,
+            head_dim: 80,
             block_size: 24,
             ..req("llama-3-8b")
         };
@@ -464,7 +469,7 @@ mod tests {
                 "needs CUDA compute capability >= 8.0, platform is CPU",
                 "dtype f32 not supported (f16, bf16)",
                 "KV cache dtype fp8_e4m3 not supported (auto)",
-                "head dim 96 not in [64, 128, 256]",
+                "head dim 80 not in [64, 96, 128, 256]",
                 "block size 24 is not a power of two in [1, 256]",
             ]
         );
@@ -518,7 +523,7 @@ mod tests {
         let sel = select(SM90, &req("llama-3-8b"), Some("cuda_paged")).unwrap();
         assert_eq!(sel.backend, BackendName::CudaPaged);
         // Blank means not forced.
-        assert_eq!(select(SM90, &req("phi-3-mini"), Some("  ")).unwrap().backend, BackendName::Cpu);
+        assert_eq!(select(SM90, &req("phi-3-mini"), Some("  ")).unwrap().backend, BackendName::CudaPaged);
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub static CAPS: BackendCaps = BackendCaps {
     alibi: true,
     block_sizes: (1, 1024),
     shared_memory_bytes: None,
+    kernels: "every row (decode or prefill) -> an f32 online softmax per (token, query head) on rayon, through the block table",
 };
 
 /// Initial running max: finite (as on the GPU), so that merging empty states gives 0, not NaN.

@@ -48,6 +48,8 @@ pub static CAPS: BackendCaps = BackendCaps {
     alibi: true,
     block_sizes: (1, 256),
     shared_memory_bytes: Some(shared_memory_bytes),
+    kernels: "prefill rows (requests with 2 or more new tokens) -> flash_prefill: 128-row tiles of (token, GQA head) pairs sharing each K/V tile, mma.sync, causal tiles skipped; \
+              decode rows (1 new token) -> paged_attention: the GQA group's heads as the rows of the tensor-core tiles, split-KV + merge when the decode rows alone do not fill the GPU",
 };
 
 /// The larger of the decode and prefill kernels' dynamic shared memory.

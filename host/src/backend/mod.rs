@@ -117,6 +117,8 @@ pub struct BackendCaps {
     /// Dynamic shared memory a block of the backend's kernel needs for a head dim (the
     /// selector compares it with the architecture's per-block limit); `None` on the CPU.
     pub shared_memory_bytes: Option<fn(usize) -> usize>,
+    /// Which kernel serves which rows of a step, and why (shown by `attn select`).
+    pub kernels: &'static str,
 }
 
 impl BackendCaps {
