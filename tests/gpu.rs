@@ -386,6 +386,23 @@ fn determinism(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     Ok(format!("{runs} runs (1, 3, 8 splits) bit-identical per split count"))
 }
 
+/// Every kernel the host names (dtype x head dim x family) is in the loaded module.
+fn every_kernel_loads(rt: &Arc<CudaRuntime>) -> Result<String, String> {
+    use attn_backends::backend::cuda_paged::{attention_kernel, merge_kernel, prefill_kernel, CACHE_WRITE_KERNEL, HEAD_DIMS};
+    let mut names = vec![CACHE_WRITE_KERNEL.to_string()];
+    for tag in ["bf16", "f16"] {
+        names.push(merge_kernel(tag));
+        for &d in HEAD_DIMS {
+            names.push(attention_kernel(tag, d));
+            names.push(prefill_kernel(tag, d));
+        }
+    }
+    for n in &names {
+        rt.function(n).map_err(|e| format!("{n}: {e}"))?;
+    }
+    Ok(format!("{} kernels from the {} module", names.len(), rt.arch()))
+}
+
 /// User mistakes are errors before any launch and change nothing.
 fn bad_input(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     let spec = AttnSpec::new(8, 2, 128);
@@ -416,6 +433,7 @@ fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let mut all = cases();
     all.push(Case { name: "bad input is rejected before launch".into(), run: Box::new(bad_input) });
+    all.push(Case { name: "every kernel loads".into(), run: Box::new(every_kernel_loads) });
     all.push(Case { name: "one step shared by two layers".into(), run: Box::new(step_shared_by_layers) });
     all.push(Case { name: "cuda graph replay".into(), run: Box::new(graph_replay) });
     all.push(Case { name: "determinism".into(), run: Box::new(determinism) });
