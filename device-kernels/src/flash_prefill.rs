@@ -24,7 +24,7 @@
 use crate::elem::{Bf16, Elem, F16};
 use crate::intrinsics::*;
 use crate::paged_decode::{ld_i32, quad_max, quad_sum};
-use crate::params::{prefill_keys, prefill_q_in_smem, prefill_row_chunks, prefill_stages, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
+use crate::params::{prefill_keys, prefill_q_in_smem, smem_row_chunks, prefill_stages, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
 
 const WARPS: usize = PREFILL_WARPS as usize;
 const ROWS: usize = PREFILL_ROWS as usize;
@@ -316,7 +316,7 @@ macro_rules! flash_prefill_kernels {
                 flash_prefill::<
                     $elem, $d, { $d / 8 }, { $d / 16 },
                     { prefill_keys($d) as usize }, { prefill_keys($d) as usize / 8 }, { prefill_stages($d) as usize },
-                    { prefill_row_chunks($d) as usize }, { prefill_q_in_smem($d) },
+                    { smem_row_chunks($d) as usize }, { prefill_q_in_smem($d) },
                 >(&p)
             }
         }

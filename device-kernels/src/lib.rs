@@ -1,9 +1,11 @@
 //! attn-backends device kernels: `#![no_std]` Rust compiled to PTX by `../build.rs`.
 //!
 //! One file per kernel family: `cache_write` (reshape_and_cache), `paged_decode` (paged
-//! attention on tensor cores, split-KV), `merge` (flash-decoding's merge). `intrinsics` is the
-//! only place with inline PTX; `elem` maps f16/bf16 onto it; `params` is shared with the host
-//! crate, which names the entry points (`paged_attention_<dtype>_d<head dim>`,
+//! attention on tensor cores, split-KV), `flash_prefill` (FlashAttention-2 tiling over the
+//! paged cache, varlen and causal with a start offset), `merge` (flash-decoding's merge).
+//! `intrinsics` is the only place with inline PTX; `elem` maps f16/bf16 onto it; `params` is
+//! shared with the host crate, which names the entry points
+//! (`paged_attention_<dtype>_d<head dim>`, `flash_prefill_<dtype>_d<head dim>`,
 //! `merge_splits_<dtype>`, `reshape_and_cache_b16`) in `attn_host::backend::cuda_paged`.
 #![no_std]
 #![feature(abi_ptx, asm_experimental_arch, stdarch_nvptx, core_intrinsics)]

@@ -33,7 +33,7 @@
 
 use crate::elem::{Bf16, Elem, F16};
 use crate::intrinsics::*;
-use crate::params::{paged_q_in_smem, paged_row_chunks, paged_stages, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
+use crate::params::{paged_q_in_smem, smem_row_chunks, paged_stages, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
 
 const WARPS: usize = PAGED_WARPS as usize;
 /// Query heads per block: the rows of the mma tiles.
@@ -88,7 +88,7 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
 ) {
     let chunks = D / 8; // 16-byte chunks per K/V row
     // Shared-memory rows take a power of two of chunks, so the XOR swizzle stays in the row.
-    let row_bytes = paged_row_chunks(D as u32) as usize * 16;
+    let row_bytes = smem_row_chunks(D as u32) as usize * 16;
     let tile_bytes = TILE * row_bytes;
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;

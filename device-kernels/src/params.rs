@@ -122,9 +122,10 @@ pub const fn paged_q_in_smem(d: u32) -> bool {
     d > 128
 }
 
-/// 16-byte chunks per shared-memory row of the paged kernel: the head dim's, rounded up to a
-/// power of two (the XOR swizzle of a chunk stays inside its row; d96 rows take 128 dims).
-pub const fn paged_row_chunks(d: u32) -> u32 {
+/// 16-byte chunks per shared-memory row of a K, V or Q tile (every kernel's): the head dim's,
+/// rounded up to a power of two, so that the XOR swizzle of a chunk by its row (`c ^ r % 8`)
+/// stays inside the row; d96 rows take 128 dims' room.
+pub const fn smem_row_chunks(d: u32) -> u32 {
     (d / 8).next_power_of_two()
 }
 
@@ -133,7 +134,7 @@ pub const fn paged_row_chunks(d: u32) -> u32 {
 /// `paged_q_in_smem(d)`; the cross-warp merge (`PAGED_WARPS * PAGED_ROWS * (d + 2)` f32)
 /// reuses the pipelines' space. d64: 48 KiB, d96 and d128: 96 KiB, d256: 136 KiB.
 pub const fn paged_smem_bytes(d: u32) -> u32 {
-    let row = paged_row_chunks(d) * 16;
+    let row = smem_row_chunks(d) * 16;
     let q_tile = if paged_q_in_smem(d) { PAGED_ROWS * row } else { 0 };
     let pipeline = PAGED_WARPS * paged_stages(d) * 2 * PAGED_TILE * row + q_tile;
     let merge = PAGED_WARPS * PAGED_ROWS * (d + 2) * 4;
@@ -204,15 +205,10 @@ pub const fn prefill_stages(d: u32) -> u32 {
 pub const fn prefill_q_in_smem(d: u32) -> bool {
     d > 64
 }
-/// 16-byte chunks per row in shared memory: the head dim's, rounded up to a power of two
-/// (so the XOR swizzle of a chunk stays inside its row; d96 rows take 128 dims' room).
-pub const fn prefill_row_chunks(d: u32) -> u32 {
-    (d / 8).next_power_of_two()
-}
 /// Dynamic shared memory of the prefill kernel: the Q tile (`PREFILL_ROWS` rows) and
 /// `prefill_stages(d)` pairs of K and V tiles. d64: 80 KiB, d96 and d128: 96 KiB, d256: 128 KiB.
 pub const fn prefill_smem_bytes(d: u32) -> u32 {
-    let row = prefill_row_chunks(d) * 16;
+    let row = smem_row_chunks(d) * 16;
     PREFILL_ROWS * row + prefill_stages(d) * 2 * prefill_keys(d) * row
 }
 

@@ -1,10 +1,11 @@
 //! CUDA paged backend: the Rust PTX kernels of `device-kernels/`.
 //!
 //! - `reshape_and_cache_b16`: this step's K/V into the cache through the slot mapping;
-//! - `paged_attention_<dtype>_d<head_dim>`: one query token per block over the block table,
-//!   the GQA group's heads as tensor-core tile rows (decode; also the rows of a chunked or
-//!   fresh prefill, exact but not yet fast);
-//! - `merge_splits_<dtype>`: flash-decoding's merge when the plan splits the keys.
+//! - `paged_attention_<dtype>_d<head_dim>`: the decode rows, one query token per block over
+//!   the block table, the GQA group's heads as tensor-core tile rows;
+//! - `merge_splits_<dtype>`: flash-decoding's merge when the plan splits the decode rows' keys;
+//! - `flash_prefill_<dtype>_d<head_dim>`: the rows of requests with two or more new tokens
+//!   (chunked or fresh prefill), 128 (token, head) rows per block over shared K/V tiles.
 //!
 //! Plan, then run: [`plan`] is a pure function of a step's metadata, the layer's shape and
 //! the device's properties (split count, grids, workspace); [`DeviceMetadata`] is the
