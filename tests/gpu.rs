@@ -386,6 +386,41 @@ fn determinism(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     Ok(format!("{runs} runs (1, 3, 8 splits) bit-identical per split count"))
 }
 
+/// The optional log-sum-exp output, from each kernel that can write it (the decode kernel
+/// unsplit, the merge when split, the prefill kernel), against the f64 oracle's.
+fn log_sum_exp(rt: &Arc<CudaRuntime>) -> Result<String, String> {
+    let e = |x: AttnError| x.to_string();
+    let mut spec = AttnSpec::new(8, 2, 128);
+    spec.softcap = Some(20.0);
+    let shapes = vec![(500, 1), (37, 1), (40, 24), (0, 65), (3000, 1)];
+    let num_blocks = blocks_needed(&shapes, 16) + 5;
+    let layout = KvCacheLayout::new(num_blocks, 16, 2, 128).map_err(e)?;
+    let mut rng = Rng::new(404);
+    let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &shapes, 16, num_blocks).ok_or("pool")?).map_err(e)?;
+    let n = meta.num_tokens();
+    let (mut layers, caches) = random_layers(rt, &spec, layout, 1, &mut rng)?;
+    let mut step = layers[0].new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
+    let (q, k, v) = (random_values::<bf16>(&mut rng, n * 8 * 128), random_values::<bf16>(&mut rng, n * 2 * 128), random_values::<bf16>(&mut rng, n * 2 * 128));
+    let (qd, kd, vd) = (to_device(rt, &q)?, to_device(rt, &k)?, to_device(rt, &v)?);
+    let (want_out, want_lse) = oracle::paged_reference_lse(&q, &expected_cache(&caches[0], &k, &v, &meta), &meta, &spec).map_err(e)?;
+    let mut worst = (0.0f64, 0.0f64);
+    for splits in [1, 3] {
+        layers[0].load_cache(&caches[0]).map_err(e)?;
+        step.prepare_with(&meta, PlanOptions { force_splits: Some(splits) }).map_err(e)?;
+        let mut od = to_device(rt, &vec![bf16::NAN; n * 8 * 128])?;
+        let mut ld = to_device(rt, &vec![f32::NAN; n * 8])?;
+        layers[0].forward_device_lse(&step, &qd, &kd, &vd, &mut od, &mut ld).map_err(e)?;
+        let (out, lse) = (to_host(rt, &od)?, to_host(rt, &ld)?);
+        let lse_err = lse.iter().zip(&want_lse).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0f64, |a, b| if b.is_nan() { f64::INFINITY } else { a.max(b) });
+        worst = (worst.0.max(rel_error(&out, &want_out)), worst.1.max(lse_err));
+    }
+    if worst.0 < 1e-2 && worst.1 < 1e-2 {
+        Ok(format!("1 and 3 splits, decode and prefill rows: out rel err {:.2e}, lse max abs err {:.2e}", worst.0, worst.1))
+    } else {
+        Err(format!("out rel err {:.2e}, lse max abs err {:.2e}", worst.0, worst.1))
+    }
+}
+
 /// Every kernel the host names (dtype x head dim x family) is in the loaded module.
 fn every_kernel_loads(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     use attn_backends::backend::cuda_paged::{attention_kernel, merge_kernel, prefill_kernel, CACHE_WRITE_KERNEL, HEAD_DIMS};
@@ -434,6 +469,7 @@ fn main() {
     let mut all = cases();
     all.push(Case { name: "bad input is rejected before launch".into(), run: Box::new(bad_input) });
     all.push(Case { name: "every kernel loads".into(), run: Box::new(every_kernel_loads) });
+    all.push(Case { name: "log-sum-exp output".into(), run: Box::new(log_sum_exp) });
     all.push(Case { name: "one step shared by two layers".into(), run: Box::new(step_shared_by_layers) });
     all.push(Case { name: "cuda graph replay".into(), run: Box::new(graph_replay) });
     all.push(Case { name: "determinism".into(), run: Box::new(determinism) });

@@ -22,15 +22,14 @@
 //! cache, block_size a power of two, rows 16-byte aligned, seq_lens >= query lengths.
 
 use crate::elem::{Bf16, Elem, F16};
+use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
-use crate::paged_decode::{ld_i32, quad_max, quad_sum};
-use crate::params::{prefill_keys, prefill_q_in_smem, smem_row_chunks, prefill_stages, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
+use crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
+use crate::softmax::{p_fragment, rescale, RowState, LOG2E};
+use crate::tile::{swizzled, LdmLane};
 
 const WARPS: usize = PREFILL_WARPS as usize;
 const ROWS: usize = PREFILL_ROWS as usize;
-const NEG_INIT: f32 = -1.0e30;
-const LOG2E: f32 = core::f32::consts::LOG2_E;
-const LN2: f32 = core::f32::consts::LN_2;
 
 /// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`; `BN`: keys
 /// per K/V tile, `NB = BN / 8` score n-tiles; `STAGES`: tiles in flight; `RC`: 16-byte chunks per shared-memory row;
@@ -76,46 +75,41 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
     let kv_end = max_pos + 1;
     let window = p.sliding_window as usize;
     let kv_begin = if window > 0 && min_pos + 1 > window { min_pos + 1 - window } else { 0 };
-    let t_first = kv_begin / BN;
-    let n_tiles = (kv_end - 1) / BN + 1 - t_first;
+    let (t_first, n_tiles) = tile_range(kv_begin, kv_end, BN);
 
-    // Shared memory: the Q tile [ROWS x RC chunks], then STAGES pairs of K, V tiles
-    // [BN x RC chunks]; chunk c of row r at r * row_bytes + (c ^ (r % 8)) * 16.
+    // Shared memory: the Q tile [ROWS rows], then STAGES pairs of K, V tiles [BN rows], rows
+    // of RC swizzled chunks (`tile::swizzled`).
     let smem = cvta_to_shared(dynamic_shared_f32());
-    let q_at = |r: usize, c: usize| -> u32 { smem + (r * row_bytes + ((c ^ (r % 8)) * 16)) as u32 };
     let kv_base = smem + (ROWS * row_bytes) as u32;
-    let kv_at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
-        kv_base + ((stage * 2 + kv) * BN * row_bytes + r * row_bytes + ((c ^ (r % 8)) * 16)) as u32
-    };
+    let k_tile = |stage: usize| kv_base + (stage * 2 * BN * row_bytes) as u32;
+    let v_tile = |stage: usize| kv_base + ((stage * 2 + 1) * BN * row_bytes) as u32;
 
-    // K/V tile `t` into `stage`: key rows gathered through the block table; keys outside
-    // [kv_begin, kv_end) copy a valid row instead and are masked. Thread -> one key row
-    // (`tpr` threads per row) and every `tpr`-th 16-byte chunk of it: one block-table
-    // lookup per thread and tile.
-    let bt_row = req * p.block_table_stride as usize;
-    let page_mask = (1usize << p.block_size_log2) - 1;
-    let head_off = kv_head as u64 * p.cache_head_stride;
+    // K/V tile `t` into `stage`, rows gathered through the block table (keys outside
+    // [kv_begin, kv_end) copy a valid row and are masked). Thread -> one key row (`tpr`
+    // threads per row) and every `tpr`-th 16-byte chunk of it: one block-table lookup per
+    // thread and tile.
+    let keys = PagedKeys {
+        block_table: p.block_table,
+        bt_row: req * p.block_table_stride as usize,
+        block_size_log2: p.block_size_log2,
+        block_stride: p.cache_block_stride,
+        token_stride: p.cache_token_stride,
+        head_off: kv_head as u64 * p.cache_head_stride,
+    };
     const THREADS: usize = WARPS * 32;
     let tpr = THREADS / BN;
-    let my_row = tid / tpr;
-    let my_chunk0 = tid % tpr;
-    let my_dst = (my_row * row_bytes) as u32;
-    let my_x = my_row % 8;
+    let (my_row, my_chunk0) = (tid / tpr, tid % tpr);
     let issue = |t: usize, stage: usize| {
-        let key = t * BN + my_row;
-        let kc = if key < kv_begin { kv_begin } else if key >= kv_end { kv_end - 1 } else { key };
-        let phys = unsafe { ld_i32(p.block_table, bt_row + (kc >> p.block_size_log2)) };
-        let off = (phys as u64 * p.cache_block_stride + (kc & page_mask) as u64 * p.cache_token_stride + head_off) as usize + my_chunk0 * 8;
+        let off = keys.offset(clamp_key(t * BN + my_row, kv_begin, kv_end));
         let (ksrc, vsrc) = unsafe { ((p.key_cache as *const u16).add(off), (p.value_cache as *const u16).add(off)) };
-        let kdst = kv_base + (stage * 2 * BN * row_bytes) as u32 + my_dst;
-        let vdst = kdst + (BN * row_bytes) as u32;
+        let (kdst, vdst) = (k_tile(stage), v_tile(stage));
         for k in 0..chunks.div_ceil(tpr) {
             let c = my_chunk0 + k * tpr;
             if c < chunks {
-                let sw = ((c ^ my_x) * 16) as u32;
+                let sw = swizzled(my_row, c, row_bytes) as u32;
                 unsafe {
-                    cp_async_cg_16(kdst + sw, ksrc.add(8 * (c - my_chunk0)));
-                    cp_async_cg_16(vdst + sw, vsrc.add(8 * (c - my_chunk0)));
+                    cp_async_cg_16(kdst + sw, ksrc.add(8 * c));
+                    cp_async_cg_16(vdst + sw, vsrc.add(8 * c));
                 }
             }
         }
@@ -138,29 +132,18 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
         } else {
             V4::ZERO
         };
-        unsafe { st_shared_v4(q_at(m, c), v) };
+        unsafe { st_shared_v4(smem + swizzled(m, c, row_bytes) as u32, v) };
         u += WARPS * 32;
     }
     bar_sync();
-    // ldmatrix lane -> row for A-like 16x16 operands (Q, and V read transposed): matrices
-    // (rows 0-7, chunk 2k), (rows 8-15, 2k), (rows 0-7, 2k+1), (rows 8-15, 2k+1); for K as B:
-    // (keys 0-7, chunk 2k), (keys 0-7, 2k+1), (keys 8-15, 2k), (keys 8-15, 2k+1). Every row
-    // a lane addresses is lane % 8 modulo 8, so chunk `2k + half` of it sits at byte
-    // `((2k + half) ^ (lane % 8)) * 16 = (half ^ lane % 8) * 16 ^ 32 k` of the row: a lane
-    // constant XOR a compile-time one. Addresses are 32-bit shared-window offsets.
-    let x8 = (lane % 8) as u32;
-    let rb = row_bytes as u32;
-    let a_row = ((((lane / 8) % 2) * 8 + lane % 8) as u32) * rb;
-    let a_x = (((lane / 16) as u32) ^ x8) * 16;
-    let k_row = ((((lane / 16) * 8 + lane % 8) as u32)) * rb;
-    let k_x = ((((lane / 8) % 2) as u32) ^ x8) * 16;
+    // This lane's ldmatrix addressing; its warp's 16 rows of Q.
+    let ldm = LdmLane::new(lane, row_bytes);
     let wrow = 16 * warp;
-    let q_lane = smem + (wrow as u32) * rb + a_row;
-    let q_a = |ks: usize| -> u32 { q_lane + (a_x ^ (32 * ks as u32)) };
+    let q_rows = smem + (wrow * row_bytes) as u32;
     let mut qa = [[0u32; 4]; KS];
     if !Q_SMEM {
         for ks in 0..KS {
-            qa[ks] = unsafe { ldmatrix_x4(q_a(ks)) };
+            qa[ks] = unsafe { ldmatrix_x4(ldm.a(q_rows, ks)) };
         }
     }
 
@@ -184,10 +167,8 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
     // already modified into log2 units.
     let s_exp = if plain { p.scale * LOG2E } else { 1.0 };
 
-    // Online-softmax state of rows r0, r0 + 8: running max (log2 units; the 4 quad lanes
-    // agree), this lane's part of the denominator, and the output fragments.
-    let mut m = [NEG_INIT; 2];
-    let mut l = [0.0f32; 2];
+    // Online-softmax state of rows r0, r0 + 8, and their output fragments.
+    let mut rows = RowState::new();
     let mut o = [[0.0f32; 4]; NT];
 
     for i in 0..n_tiles {
@@ -201,16 +182,15 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
         cp_async_commit_group();
         let stage = i % STAGES;
         let key0 = (t_first + i) * BN;
-        // This lane's rows of this stage's K and V tiles.
-        let k_lane = kv_base + (stage * 2 * BN * row_bytes) as u32 + k_row;
-        let v_lane = kv_base + ((stage * 2 + 1) * BN * row_bytes) as u32 + a_row;
+        // This lane's rows of the stage's K and V tiles.
+        let (k_rows, v_rows) = (k_tile(stage) + ldm.b_row, v_tile(stage) + ldm.a_row);
 
         // S = Q K^T for BN keys: n-tile j holds keys key0 + 8 j ...
         let mut s = [[0.0f32; 4]; NB];
         for ks in 0..KS {
-            let a = if Q_SMEM { unsafe { ldmatrix_x4(q_a(ks)) } } else { qa[ks] };
+            let a = if Q_SMEM { unsafe { ldmatrix_x4(ldm.a(q_rows, ks)) } } else { qa[ks] };
             for j in 0..BN / 16 {
-                let b = unsafe { ldmatrix_x4(k_lane + (16 * j as u32) * rb + (k_x ^ (32 * ks as u32))) };
+                let b = unsafe { ldmatrix_x4(k_rows + (16 * j * row_bytes) as u32 + (ldm.b_x ^ (32 * ks as u32))) };
                 s[2 * j] = E::mma(a, [b[0], b[1]], s[2 * j]);
                 s[2 * j + 1] = E::mma(a, [b[2], b[3]], s[2 * j + 1]);
             }
@@ -244,42 +224,16 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
                 }
             }
         }
-        // Online softmax per row: new max (log2 units), rescale, probabilities in place:
-        // p = 2^(s * s_exp - m), one FFMA and one EX2 per score. (Skipping the rescale where
-        // no row's max moved, decided by a warp vote, measured slower: the branch keeps the
-        // multiplies from interleaving with the P V products.)
-        for h in 0..2 {
-            let mut mx = NEG_INIT;
-            for j in 0..NB {
-                mx = mx.max(s[j][2 * h]).max(s[j][2 * h + 1]);
-            }
-            let m_new = m[h].max(quad_max(mx) * s_exp);
-            let corr = ex2_approx(m[h] - m_new);
-            m[h] = m_new;
-            let mut rowsum = 0.0f32;
-            for j in 0..NB {
-                let a = ex2_approx(fma(s[j][2 * h], s_exp, -m_new));
-                let b = ex2_approx(fma(s[j][2 * h + 1], s_exp, -m_new));
-                s[j][2 * h] = a;
-                s[j][2 * h + 1] = b;
-                rowsum += a + b;
-            }
-            l[h] = l[h] * corr + rowsum;
-            for nt in 0..NT {
-                o[nt][2 * h] *= corr;
-                o[nt][2 * h + 1] *= corr;
-            }
-        }
+        // Online softmax: new maxima, probabilities in place, the output rescaled. (Skipping
+        // the rescale where no row's max moved, decided by a warp vote, measured slower: the
+        // branch keeps the multiplies from interleaving with the P V products.)
+        let corr = rows.update(&mut s, s_exp);
+        rescale(&mut o, corr);
         // O += P V, 16 keys at a time: P's A fragment from n-tiles 2 kc, 2 kc + 1.
         for kc in 0..BN / 16 {
-            let pa = [
-                E::from_f32x2(s[2 * kc][0], s[2 * kc][1]),
-                E::from_f32x2(s[2 * kc][2], s[2 * kc][3]),
-                E::from_f32x2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                E::from_f32x2(s[2 * kc + 1][2], s[2 * kc + 1][3]),
-            ];
+            let pa = p_fragment::<E, NB>(&s, kc);
             for dp in 0..NT / 2 {
-                let b = unsafe { ldmatrix_x4_trans(v_lane + (16 * kc as u32) * rb + (a_x ^ (32 * dp as u32))) };
+                let b = unsafe { ldmatrix_x4_trans(v_rows + (16 * kc * row_bytes) as u32 + (ldm.a_x ^ (32 * dp as u32))) };
                 o[2 * dp] = E::mma(pa, [b[0], b[1]], o[2 * dp]);
                 o[2 * dp + 1] = E::mma(pa, [b[2], b[3]], o[2 * dp + 1]);
             }
@@ -290,7 +244,7 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
     // Normalise and store this lane's two rows; the log-sum-exp if asked for.
     for h in 0..2 {
         let mrow = wrow + r0 + 8 * h;
-        let lsum = quad_sum(l[h]);
+        let lsum = rows.denominator(h);
         if !row_valid(mrow) {
             continue;
         }
@@ -302,8 +256,7 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
             unsafe { *((p.out as *mut u16).add((base + (nt * 8 + col) as u64) as usize) as *mut u32) = v };
         }
         if p.lse != 0 && lane % 4 == 0 {
-            let lse = if lsum > 0.0 { (m[h] + lg2_approx(lsum)) * LN2 } else { f32::NEG_INFINITY };
-            unsafe { *(p.lse as *mut f32).add((token * p.num_q_heads as u64 + head) as usize) = lse };
+            unsafe { *(p.lse as *mut f32).add((token * p.num_q_heads as u64 + head) as usize) = rows.lse(h, lsum) };
         }
     }
 }

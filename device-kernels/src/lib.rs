@@ -3,6 +3,9 @@
 //! One file per kernel family: `cache_write` (reshape_and_cache), `paged_decode` (paged
 //! attention on tensor cores, split-KV), `flash_prefill` (FlashAttention-2 tiling over the
 //! paged cache, varlen and causal with a start offset), `merge` (flash-decoding's merge).
+//! They are composed of shared building blocks: `tile` (swizzled shared-memory tiles and the
+//! lanes' `ldmatrix` addressing), `softmax` (the online-softmax row state on mma fragments,
+//! its rescale and the P fragment), `gather` (request lookup, paged key addressing).
 //! `intrinsics` is the only place with inline PTX; `elem` maps f16/bf16 onto it; `params` is
 //! shared with the host crate, which names the entry points
 //! (`paged_attention_<dtype>_d<head dim>`, `flash_prefill_<dtype>_d<head dim>`,
@@ -16,6 +19,9 @@ pub mod intrinsics;
 pub mod params;
 
 mod elem;
+mod gather;
+mod softmax;
+mod tile;
 pub mod cache_write;
 pub mod paged_decode;
 pub mod merge;

@@ -4,6 +4,7 @@
 //! (m_s, l_s): running max in log2 units and denominator. The merged output is
 //! `sum_s w_s o_s / sum_s w_s` with `w_s = l_s * 2^(m_s - max_s m_s)`; the result does not
 //! depend on the order of the splits, and an empty split (l_s = 0) contributes nothing.
+//! Also the merged log-sum-exp when asked for (`lse`).
 //! Grid: x = workspace row (its token through `token_map`, or itself), y = query head;
 //! block: D/8 threads, 8 dims each.
 
@@ -47,6 +48,11 @@ unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
     }
     let off = token * p.out_token_stride + head * p.out_head_stride + ds as u64;
     unsafe { st_global_v4((p.out as *mut u16).add(off as usize) as *mut u32, E::pack8(&o)) };
+    // The union's log-sum-exp: sum_s l_s 2^m_s = 2^mmax wsum (log2 units, then natural log).
+    if p.lse != 0 && ds == 0 {
+        let lse = if wsum > 0.0 { (mmax + lg2_approx(wsum)) * core::f32::consts::LN_2 } else { f32::NEG_INFINITY };
+        unsafe { *(p.lse as *mut f32).add((token * p.num_q_heads as u64 + head) as usize) = lse };
+    }
 }
 
 #[unsafe(no_mangle)]

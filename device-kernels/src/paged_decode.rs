@@ -32,52 +32,17 @@
 //! aligned, `num_q_heads % num_kv_heads == 0`, seq_lens >= query lengths.
 
 use crate::elem::{Bf16, Elem, F16};
+use crate::gather::{clamp_key, find_request, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
-use crate::params::{paged_q_in_smem, smem_row_chunks, paged_stages, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
+use crate::params::{paged_q_in_smem, paged_stages, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
+use crate::softmax::{p_fragment, rescale, RowState, LN2, LOG2E, NEG_INIT};
+use crate::tile::swizzled;
 
 const WARPS: usize = PAGED_WARPS as usize;
 /// Query heads per block: the rows of the mma tiles.
 const ROWS: usize = PAGED_ROWS as usize;
 /// Keys per tile.
 const TILE: usize = PAGED_TILE as usize;
-const NEG_INIT: f32 = -1.0e30;
-const LOG2E: f32 = core::f32::consts::LOG2_E;
-
-#[inline(always)]
-pub(crate) unsafe fn ld_i32(p: u64, i: usize) -> i32 {
-    unsafe { *(p as *const i32).add(i) }
-}
-
-/// The request owning query token `token`: the last `r` with `query_start_loc[r] <= token`
-/// (requests with no query tokens this step are skipped over).
-#[inline(always)]
-pub(crate) unsafe fn find_request(query_start_loc: u64, num_seqs: u32, token: u32) -> usize {
-    // invariant: qsl[lo] <= token < qsl[hi]
-    let (mut lo, mut hi) = (0u32, num_seqs);
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        if unsafe { ld_i32(query_start_loc, mid as usize) } as u32 <= token {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    lo as usize
-}
-
-
-/// Maximum of `x` over the 4 lanes of a quad (the lanes sharing a fragment row).
-#[inline(always)]
-pub(crate) fn quad_max(x: f32) -> f32 {
-    let x = x.max(shfl_sync_bfly_f32(x, 1));
-    x.max(shfl_sync_bfly_f32(x, 2))
-}
-
-#[inline(always)]
-pub(crate) fn quad_sum(x: f32) -> f32 {
-    let x = x + shfl_sync_bfly_f32(x, 1);
-    x + shfl_sync_bfly_f32(x, 2)
-}
 
 /// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`;
 /// `STAGES`: tiles in flight per warp (cp.async pipeline depth), `paged_stages(D)`;
@@ -119,8 +84,7 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
     let kv_end = q_pos + 1;
     let window = p.sliding_window as usize;
     let kv_begin = if window > 0 && kv_end > window { kv_end - window } else { 0 };
-    let first_tile = kv_begin / TILE;
-    let n_tiles = kv_end.div_ceil(TILE) - first_tile;
+    let (first_tile, n_tiles) = tile_range(kv_begin, kv_end, TILE);
     let per_split = div_nz(n_tiles + p.num_splits as usize - 1, p.num_splits as usize);
     let t_begin = first_tile + split * per_split;
     let t_end = if t_begin + per_split < first_tile + n_tiles { t_begin + per_split } else { first_tile + n_tiles };
@@ -149,10 +113,8 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
     };
     let slopes = [slope(r0), slope(r0 + 8)];
 
-    // Online-softmax state of rows r0 and r0 + 8: running max (all 4 quad lanes agree),
-    // this lane's part of the denominator, and the output fragments.
-    let mut m = [NEG_INIT; 2];
-    let mut l = [0.0f32; 2];
+    // Online-softmax state of rows r0 and r0 + 8, and their output fragments.
+    let mut rows = RowState::new();
     let mut o = [[0.0f32; 4]; NT];
 
     // The K/V pipeline of this warp. Row `r`'s 16-byte chunk `c` of a tile lives at
@@ -160,11 +122,11 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
     let smem = dynamic_shared_f32();
     let pipe = cvta_to_shared(smem) + (warp * STAGES * 2 * tile_bytes) as u32;
     let at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
-        pipe + ((stage * 2 + kv) * tile_bytes + r * row_bytes + ((c ^ (r % 8)) * 16)) as u32
+        pipe + ((stage * 2 + kv) * tile_bytes + swizzled(r, c, row_bytes)) as u32
     };
     // The Q tile, after every warp's pipeline, same swizzle; rows past the group are zero.
     let q_tile = cvta_to_shared(smem) + (WARPS * STAGES * 2 * tile_bytes) as u32;
-    let q_at = |r: usize, c: usize| -> u32 { q_tile + (r * row_bytes + ((c ^ (r % 8)) * 16)) as u32 };
+    let q_at = |r: usize, c: usize| -> u32 { q_tile + swizzled(r, c, row_bytes) as u32 };
     if Q_SMEM {
         let mut u = tid;
         while u < ROWS * chunks {
@@ -184,20 +146,22 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
     // (rows 8-15, 2k), (rows 0-7, 2k+1), (rows 8-15, 2k+1).
     let arow = ((lane / 8) % 2) * 8 + lane % 8;
     let ahalf = lane / 16;
-    let bt_row = seq * p.block_table_stride as usize;
-    let page_mask = (1usize << p.block_size_log2) - 1;
-    let head_off = kv_head as u64 * p.cache_head_stride;
+    let keys = PagedKeys {
+        block_table: p.block_table,
+        bt_row: seq * p.block_table_stride as usize,
+        block_size_log2: p.block_size_log2,
+        block_stride: p.cache_block_stride,
+        token_stride: p.cache_token_stride,
+        head_off: kv_head as u64 * p.cache_head_stride,
+    };
     let issue = |t: usize, stage: usize| {
-        // 16 rows x `chunks` chunks, 32 per instruction: lane -> (row, chunk).
+        // 16 rows x `chunks` chunks, 32 per instruction: lane -> (row, chunk). Keys outside
+        // the range copy a valid row instead and are masked below.
         let mut u = lane;
         while u < TILE * chunks {
             let r = u / chunks;
             let c = u % chunks;
-            // Keys outside the range copy a valid row instead and are masked below.
-            let key = t * TILE + r;
-            let kc = if key < kv_begin { kv_begin } else if key >= kv_end { kv_end - 1 } else { key };
-            let phys = unsafe { ld_i32(p.block_table, bt_row + (kc >> p.block_size_log2)) };
-            let off = (phys as u64 * p.cache_block_stride + (kc & page_mask) as u64 * p.cache_token_stride + head_off) as usize + c * 8;
+            let off = keys.offset(clamp_key(t * TILE + r, kv_begin, kv_end)) + c * 8;
             unsafe {
                 cp_async_cg_16(at(stage, 0, r, c), (p.key_cache as *const u16).add(off));
                 cp_async_cg_16(at(stage, 1, r, c), (p.value_cache as *const u16).add(off));
@@ -254,26 +218,11 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
                 s[j][i] = if key >= kv_begin && key < kv_end { x } else { f32::NEG_INFINITY };
             }
         }
-        // Online softmax per row: new max, rescale, probabilities packed as the A operand.
-        let mut pa = [0u32; 4];
-        for h in 0..2 {
-            let mx = quad_max(s[0][2 * h].max(s[0][2 * h + 1]).max(s[1][2 * h]).max(s[1][2 * h + 1]));
-            let m_new = m[h].max(mx);
-            let corr = ex2_approx(m[h] - m_new);
-            m[h] = m_new;
-            let p00 = ex2_approx(s[0][2 * h] - m_new);
-            let p01 = ex2_approx(s[0][2 * h + 1] - m_new);
-            let p10 = ex2_approx(s[1][2 * h] - m_new);
-            let p11 = ex2_approx(s[1][2 * h + 1] - m_new);
-            l[h] = l[h] * corr + (p00 + p01 + p10 + p11);
-            for nt in 0..NT {
-                o[nt][2 * h] *= corr;
-                o[nt][2 * h + 1] *= corr;
-            }
-            // A fragment: a0 = (r0, keys col..), a1 = (r0+8, keys col..), a2 = (r0, keys 8+col..), a3 = (r0+8, 8+col..).
-            pa[h] = E::from_f32x2(p00, p01);
-            pa[2 + h] = E::from_f32x2(p10, p11);
-        }
+        // Online softmax (scores already in log2 units): new maxima, probabilities packed as
+        // the A operand of P V, the output rescaled.
+        let corr = rows.update(&mut s, 1.0);
+        rescale(&mut o, corr);
+        let pa = p_fragment::<E, 2>(&s, 0);
         // O += P V: ldmatrix.trans x4 per pair of 8-dim n-tiles: matrices (keys 0-7, chunk
         // 2dp), (keys 8-15, 2dp), (keys 0-7, 2dp+1), (keys 8-15, 2dp+1).
         for dp in 0..NT / 2 {
@@ -291,7 +240,7 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
     let stride = D + 2;
     for h in 0..2 {
         let row = r0 + 8 * h;
-        let lsum = quad_sum(l[h]);
+        let lsum = rows.denominator(h);
         let base = (warp * ROWS + row) * stride;
         unsafe {
             for nt in 0..NT {
@@ -299,7 +248,7 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
                 *smem.add(base + nt * 8 + col + 1) = o[nt][2 * h + 1];
             }
             if lane % 4 == 0 {
-                *smem.add(base + D) = m[h];
+                *smem.add(base + D) = rows.m[h];
                 *smem.add(base + D + 1) = lsum;
             }
         }
@@ -332,6 +281,10 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
         if p.num_splits == 1 {
             let off = token as u64 * p.out_token_stride + head * p.out_head_stride + ds as u64;
             unsafe { st_global_v4((p.out as *mut u16).add(off as usize) as *mut u32, E::pack8(&acc)) };
+            if p.lse != 0 && ds == 0 {
+                let lse = if lsum > 0.0 { (mall + lg2_approx(lsum)) * LN2 } else { f32::NEG_INFINITY };
+                unsafe { *(p.lse as *mut f32).add((token as u64 * p.num_q_heads as u64 + head) as usize) = lse };
+            }
         } else {
             let row_idx = (split as u64 * p.num_tokens as u64 + slot as u64) * p.num_q_heads as u64 + head;
             let po = (p.partial_out as *mut f32).wrapping_add((row_idx * D as u64) as usize + ds);

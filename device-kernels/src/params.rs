@@ -60,6 +60,9 @@ pub struct PagedAttnParams {
     /// rows go to the prefill kernel), or 0 for the identity. The split workspace is indexed
     /// by the block, `num_tokens` being the grid's x.
     pub token_map: u64,
+    /// `f32 [num_tokens, num_q_heads]`: each row's log-sum-exp (natural log), written when
+    /// `num_splits == 1` (the merge writes it otherwise); 0 = none.
+    pub lse: u64,
     pub q_token_stride: u64,
     pub q_head_stride: u64,
     pub out_token_stride: u64,
@@ -89,6 +92,8 @@ pub struct MergeParams {
     pub partial_ml: u64,
     /// As `PagedAttnParams::token_map`: the output token of each row of the workspace, or 0.
     pub token_map: u64,
+    /// As `PagedAttnParams::lse`, for the merged rows; 0 = none.
+    pub lse: u64,
     pub out: u64,
     pub out_token_stride: u64,
     pub out_head_stride: u64,
@@ -99,8 +104,8 @@ pub struct MergeParams {
 }
 
 const _: () = assert!(core::mem::size_of::<CacheWriteParams>() == 96);
-const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 184);
-const _: () = assert!(core::mem::size_of::<MergeParams>() == 64);
+const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 192);
+const _: () = assert!(core::mem::size_of::<MergeParams>() == 72);
 const _: () = assert!(core::mem::size_of::<PrefillParams>() == 176);
 const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
 
@@ -191,9 +196,10 @@ pub const PREFILL_WARPS: u32 = 8;
 /// Query rows per block: 16 per warp (the rows of its m16n8k16 tiles).
 pub const PREFILL_ROWS: u32 = 16 * PREFILL_WARPS;
 
-/// Keys per K/V tile of the prefill kernel.
+/// Keys per K/V tile of the prefill kernel: 64 for d64, 32 up to d128, 16 for d256 (whose
+/// 128 output registers per thread leave room for no more score fragments).
 pub const fn prefill_keys(d: u32) -> u32 {
-    if d > 64 { 32 } else { 64 }
+    if d > 128 { 16 } else if d > 64 { 32 } else { 64 }
 }
 /// K/V tiles in flight (cp.async pipeline depth).
 pub const fn prefill_stages(d: u32) -> u32 {
@@ -206,7 +212,7 @@ pub const fn prefill_q_in_smem(d: u32) -> bool {
     d > 64
 }
 /// Dynamic shared memory of the prefill kernel: the Q tile (`PREFILL_ROWS` rows) and
-/// `prefill_stages(d)` pairs of K and V tiles. d64: 80 KiB, d96 and d128: 96 KiB, d256: 128 KiB.
+/// `prefill_stages(d)` pairs of K and V tiles. d64: 80 KiB, d96 and d128: 96 KiB, d256: 96 KiB.
 pub const fn prefill_smem_bytes(d: u32) -> u32 {
     let row = smem_row_chunks(d) * 16;
     PREFILL_ROWS * row + prefill_stages(d) * 2 * prefill_keys(d) * row

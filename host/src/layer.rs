@@ -73,7 +73,13 @@ impl<T: Element> Attention<T> {
     /// One layer of a prepared step on device tensors: this step's `k`, `v` into the cache,
     /// then `q` attends over it into `out` (written in place). Launches only.
     pub fn forward_device(&mut self, step: &Step, q: &CudaSlice<T>, k: &CudaSlice<T>, v: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
-        self.imp.run_device(step, DeviceTensors { q, k, v, out })
+        self.imp.run_device(step, DeviceTensors { q, k, v, out, lse: None })
+    }
+
+    /// [`Attention::forward_device`], also writing each row's log-sum-exp into `lse`
+    /// (`f32 [num_tokens, num_q_heads]`, natural log).
+    pub fn forward_device_lse(&mut self, step: &Step, q: &CudaSlice<T>, k: &CudaSlice<T>, v: &CudaSlice<T>, out: &mut CudaSlice<T>, lse: &mut CudaSlice<f32>) -> Result<()> {
+        self.imp.run_device(step, DeviceTensors { q, k, v, out, lse: Some(lse) })
     }
 
     /// One layer of a prepared step on host slices (`out` has q's shape).

@@ -167,6 +167,12 @@ fn query_positions(meta: &AttentionMetadata, r: usize) -> Vec<usize> {
 ///
 /// A cache or q that does not match `spec` and `meta` is an error, not a panic.
 pub fn paged_reference<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &AttnSpec) -> Result<Vec<f64>> {
+    paged_reference_lse(q, cache, meta, spec).map(|(out, _)| out)
+}
+
+/// [`paged_reference`], and each row's log-sum-exp of its scores `[num_tokens, Hq]`
+/// (natural log, after scale, soft-cap and ALiBi; `-inf` for a row that sees no key).
+pub fn paged_reference_lse<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &AttnSpec) -> Result<(Vec<f64>, Vec<f64>)> {
     spec.validate()?;
     let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
     if cache.layout.num_kv_heads != hkv || cache.layout.head_dim != d || cache.layout != *meta.layout() {
@@ -183,6 +189,7 @@ pub fn paged_reference<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &Atten
         return Err(AttnError::LengthMismatch { what: "oracle q", detail: format!("{} elements, expected {} tokens x {hq} heads x {d}", q.len(), meta.num_tokens()) });
     }
     let mut out = vec![0.0; q.len()];
+    let mut lse_all = vec![f64::NEG_INFINITY; meta.num_tokens() * hq];
     for r in 0..meta.num_reqs() {
         let lk = meta.seq_lens()[r] as usize;
         let lq = meta.query_len(r);
@@ -213,10 +220,11 @@ pub fn paged_reference<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &Atten
             scale: spec.scale as f64,
             softcap: spec.softcap.map(|c| c as f64),
         };
-        let (o, _) = attention(&qd, &k, &v, &shape, &mask);
+        let (o, lse) = attention(&qd, &k, &v, &shape, &mask);
         out[t0 * hq * d..(t0 + lq) * hq * d].copy_from_slice(&o);
+        lse_all[t0 * hq..(t0 + lq) * hq].copy_from_slice(&lse);
     }
-    Ok(out)
+    Ok((out, lse_all))
 }
 
 /// `||out - reference|| / ||reference||` (Euclidean norms). A non-finite value in `out`, or

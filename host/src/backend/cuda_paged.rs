@@ -248,6 +248,11 @@ fn token_map(plan: &StepPlan, dev: &DeviceMetadata, stream: &CudaStream) -> u64 
     if plan.prefill_tiles.is_empty() { 0 } else { ptr(&dev.decode_map, stream) }
 }
 
+/// The log-sum-exp output's address, or 0 when the caller asked for none.
+fn lse_ptr<T>(t: &DeviceTensors<'_, T>, stream: &CudaStream) -> u64 {
+    t.lse.as_ref().map_or(0, |l| ptr(&**l, stream))
+}
+
 fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     // Event tracking is off in the runtime's context (one stream), so the guard records nothing.
     s.device_ptr(stream).0
@@ -506,6 +511,9 @@ impl<T: Element> CudaPagedImpl<T> {
         check_rows("k", t.k.len(), n, hkv * d)?;
         check_rows("v", t.v.len(), n, hkv * d)?;
         check_rows("out", t.out.len(), n, hq * d)?;
+        if let Some(lse) = &t.lse {
+            check_rows("lse", lse.len(), n, hq)?;
+        }
         debug_assert_eq!(meta.num_tokens(), n);
         for launch in &plan.launches {
             self.launch(launch, plan, dev, &t)?;
@@ -520,7 +528,7 @@ impl<T: Element> CudaPagedImpl<T> {
         let row = self.shape.num_q_heads * self.shape.head_dim;
         check_rows("q", q.len(), plan.num_tokens, row)?;
         check_rows("out", out.len(), plan.num_tokens, row)?;
-        let t = DeviceTensors { q, k: q, v: q, out };
+        let t = DeviceTensors { q, k: q, v: q, out, lse: None };
         for launch in plan.launches.iter().filter(|l| l.kernel != CACHE_WRITE_KERNEL) {
             self.launch(launch, plan, dev, &t)?;
         }
@@ -568,6 +576,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 partial_out: ptr(&dev.partial_out, &stream),
                 partial_ml: ptr(&dev.partial_ml, &stream),
                 token_map: token_map(plan, dev, &stream),
+                lse: if plan.num_splits == 1 { lse_ptr(t, &stream) } else { 0 },
                 q_token_stride: (hq * d) as u64,
                 q_head_stride: d as u64,
                 out_token_stride: (hq * d) as u64,
@@ -602,7 +611,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 query_start_loc: ptr(&dev.query_start_loc, &stream),
                 alibi_slopes: self.alibi.as_ref().map_or(0, |a| ptr(a, &stream)),
                 tiles: ptr(&dev.prefill_tiles, &stream),
-                lse: 0,
+                lse: lse_ptr(t, &stream),
                 q_token_stride: (hq * d) as u64,
                 q_head_stride: d as u64,
                 out_token_stride: (hq * d) as u64,
@@ -629,6 +638,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 partial_out: ptr(&dev.partial_out, &stream),
                 partial_ml: ptr(&dev.partial_ml, &stream),
                 token_map: token_map(plan, dev, &stream),
+                lse: lse_ptr(t, &stream),
                 out: ptr(t.out, &stream),
                 out_token_stride: (hq * d) as u64,
                 out_head_stride: d as u64,
@@ -665,7 +675,7 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
         let stream = self.rt.stream().clone();
         let (qd, kd, vd) = (stream.clone_htod(q)?, stream.clone_htod(k)?, stream.clone_htod(v)?);
         let mut od = stream.clone_htod(&*out)?;
-        self.run(step, DeviceTensors { q: &qd, k: &kd, v: &vd, out: &mut od })?;
+        self.run(step, DeviceTensors { q: &qd, k: &kd, v: &vd, out: &mut od, lse: None })?;
         stream.memcpy_dtoh(&od, out)?;
         stream.synchronize()?;
         Ok(())

@@ -155,12 +155,15 @@ impl BackendCaps {
 
 /// A layer's tensors on the device: q, out `[num_tokens, num_q_heads, head_dim]`, k, v
 /// `[num_tokens, num_kv_heads, head_dim]` (at least that many rows: buffers sized for the
-/// largest step serve smaller ones, as CUDA graphs need).
+/// largest step serve smaller ones, as CUDA graphs need); optionally `lse`
+/// `[num_tokens, num_q_heads]`, each row's log-sum-exp of its scores (natural log; `-inf`
+/// for a row that sees no key), as cascade attention and speculative decoding use it.
 pub struct DeviceTensors<'a, T> {
     pub q: &'a CudaSlice<T>,
     pub k: &'a CudaSlice<T>,
     pub v: &'a CudaSlice<T>,
     pub out: &'a mut CudaSlice<T>,
+    pub lse: Option<&'a mut CudaSlice<f32>>,
 }
 
 /// `AttentionImpl`: one layer's forward on one backend. The impl owns the layer's paged KV

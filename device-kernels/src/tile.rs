@@ -1,0 +1,55 @@
+//! Shared-memory tiles of 16-bit rows, in 16-byte chunks XOR-swizzled by row, and the
+//! per-lane `ldmatrix` addressing of the m16n8k16 operands read from them.
+//!
+//! Chunk `c` of row `r` lives at `r * row_bytes + (c ^ (r % 8)) * 16` (rows take a power of
+//! two of chunks, `params::smem_row_chunks`): the 8 rows one `ldmatrix` matrix reads hit 8
+//! distinct bank groups.
+
+/// Byte offset of chunk `c` of row `r` in a swizzled tile with rows of `row_bytes`.
+#[inline(always)]
+pub const fn swizzled(r: usize, c: usize, row_bytes: usize) -> usize {
+    r * row_bytes + ((c ^ (r % 8)) * 16)
+}
+
+/// A lane's `ldmatrix.x4` addressing in swizzled tiles. Every row a lane addresses is
+/// `lane % 8` modulo 8, so chunk `2 k + half` of it is at byte
+/// `((half ^ lane % 8) * 16) ^ (32 k)` of the row: a lane constant XOR a compile-time one.
+/// - A-like operands (Q; V read transposed as the B of `P V`): matrices (rows 0-7, chunk
+///   2k), (rows 8-15, 2k), (rows 0-7, 2k+1), (rows 8-15, 2k+1);
+/// - K as the B of `Q K^T`: (keys 0-7, chunk 2k), (keys 0-7, 2k+1), (keys 8-15, 2k),
+///   (keys 8-15, 2k+1).
+#[derive(Clone, Copy)]
+pub struct LdmLane {
+    /// Byte offset of this lane's row in a 16-row A-like group, and its chunk XOR.
+    pub a_row: u32,
+    pub a_x: u32,
+    /// The same for K's B operand.
+    pub b_row: u32,
+    pub b_x: u32,
+}
+
+impl LdmLane {
+    #[inline(always)]
+    pub fn new(lane: usize, row_bytes: usize) -> Self {
+        let (x8, rb) = ((lane % 8) as u32, row_bytes as u32);
+        LdmLane {
+            a_row: ((((lane / 8) % 2) * 8 + lane % 8) as u32) * rb,
+            a_x: (((lane / 16) as u32) ^ x8) * 16,
+            b_row: ((((lane / 16) * 8 + lane % 8) as u32)) * rb,
+            b_x: ((((lane / 8) % 2) as u32) ^ x8) * 16,
+        }
+    }
+
+    /// A-like operand at k-step `k` of a 16-row group starting at `rows` (shared-window
+    /// address of the group's first row).
+    #[inline(always)]
+    pub fn a(&self, rows: u32, k: usize) -> u32 {
+        rows + self.a_row + (self.a_x ^ (32 * k as u32))
+    }
+
+    /// K's B operand at k-step `k` of a 16-key group starting at `keys`.
+    #[inline(always)]
+    pub fn b(&self, keys: u32, k: usize) -> u32 {
+        keys + self.b_row + (self.b_x ^ (32 * k as u32))
+    }
+}
