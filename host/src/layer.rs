@@ -155,5 +155,11 @@ mod tests {
         assert!(matches!(e, AttnError::StepTooLarge(_)) && e.to_string().contains("max_blocks_per_req = 2"), "{e}");
         // The CPU backend runs on host tensors only.
         assert!(step.device_props().is_none());
+        // A step prepared for another dtype is refused (its plan names other kernels).
+        let mut f16_layer = Attention::<half::f16>::new(BackendName::Cpu, spec.clone(), layout, None).unwrap();
+        let (qh, kvh) = (vec![half::f16::ONE; 4 * 8], vec![half::f16::ONE; 2 * 8]);
+        let mut outh = vec![half::f16::ZERO; qh.len()];
+        let e = f16_layer.forward_host(&step, &qh, &kvh, &kvh, &mut outh).unwrap_err();
+        assert!(e.to_string().contains("f16"), "{e}");
     }
 }

@@ -266,13 +266,13 @@ impl Step {
         self.device.as_ref()
     }
 
-    /// The plan and metadata of a prepared step whose backend, shape and layout are a
-    /// layer's; an error naming the difference otherwise.
-    pub(crate) fn for_layer(&self, backend: BackendName, shape: &LayerShape, layout: &KvCacheLayout) -> Result<(&StepPlan, &AttentionMetadata)> {
-        if backend != self.backend || *shape != self.shape || *layout != self.layout {
+    /// The plan and metadata of a prepared step whose backend, dtype, shape and layout are a
+    /// layer's (the plan names the layer's kernels); an error naming the difference otherwise.
+    pub(crate) fn for_layer(&self, backend: BackendName, dtype: DType, shape: &LayerShape, layout: &KvCacheLayout) -> Result<(&StepPlan, &AttentionMetadata)> {
+        if backend != self.backend || dtype != self.dtype || *shape != self.shape || *layout != self.layout {
             return Err(AttnError::InvalidConfig(format!(
-                "step prepared for {} layers of {:?} over cache {:?}; this layer is {backend}, {shape:?}, cache {layout:?}",
-                self.backend, self.shape, self.layout
+                "step prepared for {} {} layers of {:?} over cache {:?}; this layer is {backend} {dtype}, {shape:?}, cache {layout:?}",
+                self.backend, self.dtype, self.shape, self.layout
             )));
         }
         match (&self.plan, &self.meta) {

@@ -393,7 +393,7 @@ impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
     }
 
     fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
-        let (plan, meta) = step.for_layer(BackendName::Cpu, &LayerShape::of(&self.spec), &self.cache.layout)?;
+        let (plan, meta) = step.for_layer(BackendName::Cpu, T::DTYPE, &LayerShape::of(&self.spec), &self.cache.layout)?;
         self.forward_split(q, k, v, meta, out, plan.num_splits)
     }
 

@@ -401,6 +401,7 @@ pub struct CudaPagedImpl<T> {
     prefill_fn: CudaFunction,
     prefill_name: String,
     merge_fn: CudaFunction,
+    merge_name: String,
     _elem: PhantomData<T>,
 }
 
@@ -451,6 +452,7 @@ impl<T: Element> CudaPagedImpl<T> {
         Ok(CudaPagedImpl {
             cache_write_fn: rt.function(CACHE_WRITE_KERNEL)?,
             merge_fn: rt.function(&merge_kernel(tag))?,
+            merge_name: merge_kernel(tag),
             attention_fn,
             attention_name: attention_kernel(tag, spec.head_dim),
             prefill_fn: function_with_smem(&rt, &prefill_kernel(tag, spec.head_dim), prefill_smem_bytes(spec.head_dim as u32), spec.head_dim)?,
@@ -503,7 +505,7 @@ impl<T: Element> CudaPagedImpl<T> {
     /// split. Checks first (the step fits the layer, the tensors hold the step's rows);
     /// then only kernel launches on the runtime's stream.
     pub fn run(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
-        let (plan, meta) = step.for_layer(BackendName::CudaPaged, &self.shape, &self.layout)?;
+        let (plan, meta) = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
         let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
         let n = plan.num_tokens;
         let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
@@ -523,7 +525,7 @@ impl<T: Element> CudaPagedImpl<T> {
 
     /// Attention alone (no cache write) over a prepared step: what the decode benchmarks time.
     pub fn attend(&mut self, step: &Step, q: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
-        let (plan, _) = step.for_layer(BackendName::CudaPaged, &self.shape, &self.layout)?;
+        let (plan, _) = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
         let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
         let row = self.shape.num_q_heads * self.shape.head_dim;
         check_rows("q", q.len(), plan.num_tokens, row)?;
@@ -633,7 +635,7 @@ impl<T: Element> CudaPagedImpl<T> {
             // SAFETY: q, out hold the step's rows; the tiles buffer holds the plan's tiles,
             // each inside its request's query tokens; block ids and lengths validated.
             unsafe { stream.launch_builder(&self.prefill_fn).arg(&p).launch(cfg) }?;
-        } else {
+        } else if launch.kernel == self.merge_name {
             let m = MergeParams {
                 partial_out: ptr(&dev.partial_out, &stream),
                 partial_ml: ptr(&dev.partial_ml, &stream),
@@ -649,6 +651,8 @@ impl<T: Element> CudaPagedImpl<T> {
             };
             // SAFETY: the split launch before it wrote num_splits x tokens x Hq workspace rows.
             unsafe { stream.launch_builder(&self.merge_fn).arg(&m).launch(cfg) }?;
+        } else {
+            return Err(AttnError::InvalidConfig(format!("the plan names kernel {}, which this {} layer does not have", launch.kernel, T::DTYPE)));
         }
         Ok(())
     }
@@ -662,7 +666,7 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
     /// Copies q, k, v (and out, so that an element the kernels fail to write keeps the
     /// caller's value: tests poison it) to the device, runs, copies out back, synchronizes.
     fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
-        let (plan, _) = step.for_layer(BackendName::CudaPaged, &self.shape, &self.layout)?;
+        let (plan, _) = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
         let n = plan.num_tokens;
         let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
         check_len("q", q.len(), n * hq * d)?;
