@@ -423,15 +423,7 @@ fn log_sum_exp(rt: &Arc<CudaRuntime>) -> Result<String, String> {
 
 /// Every kernel the host names (dtype x head dim x family) is in the loaded module.
 fn every_kernel_loads(rt: &Arc<CudaRuntime>) -> Result<String, String> {
-    use attn_backends::backend::cuda_paged::{attention_kernel, merge_kernel, prefill_kernel, CACHE_WRITE_KERNEL, HEAD_DIMS};
-    let mut names = vec![CACHE_WRITE_KERNEL.to_string()];
-    for tag in ["bf16", "f16"] {
-        names.push(merge_kernel(tag));
-        for &d in HEAD_DIMS {
-            names.push(attention_kernel(tag, d));
-            names.push(prefill_kernel(tag, d));
-        }
-    }
+    let names = attn_backends::backend::cuda_paged::kernel_registry();
     for n in &names {
         rt.function(n).map_err(|e| format!("{n}: {e}"))?;
     }

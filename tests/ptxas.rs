@@ -30,6 +30,23 @@ fn main() {
         println!("ptxas check: SKIPPED: no ptxas (run scripts/setup.sh, or set ATTN_PTXAS)");
         return;
     };
+    // The registry and the instantiation tables agree: every module holds exactly the entry
+    // points the host names (checked without ptxas).
+    let mut want = attn_backends::backend::cuda_paged::kernel_registry();
+    want.sort();
+    for (_, arch, ptx) in attn_backends::ptx::PTX_MODULES {
+        let mut got: Vec<String> = ptx
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix(".visible .entry "))
+            .map(|l| l.split('(').next().unwrap_or("").trim().to_string())
+            .collect();
+        got.sort();
+        if got != want {
+            eprintln!("kernel registry: the {arch} module's entry points {got:?} differ from the registry's {want:?}");
+            std::process::exit(1);
+        }
+        println!("kernel registry: {arch} holds the {} registered entry points", want.len());
+    }
     let dir = root.join("target/ptx");
     std::fs::create_dir_all(&dir).expect("create target/ptx");
     let mut failed = false;

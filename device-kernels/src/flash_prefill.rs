@@ -263,6 +263,7 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
 
 macro_rules! flash_prefill_kernels {
     ($($name:ident: $elem:ty, $d:literal;)*) => {$(
+        const _: () = assert!(crate::params::registered_head_dim($d), "head dim missing from params::HEAD_DIMS");
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: PrefillParams) {
             unsafe {

@@ -304,6 +304,7 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
 
 macro_rules! paged_attention_kernels {
     ($($name:ident: $elem:ty, $d:literal;)*) => {$(
+        const _: () = assert!(crate::params::registered_head_dim($d), "head dim missing from params::HEAD_DIMS");
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: PagedAttnParams) {
             unsafe {

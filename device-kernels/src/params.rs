@@ -218,5 +218,26 @@ pub const fn prefill_smem_bytes(d: u32) -> u32 {
     PREFILL_ROWS * row + prefill_stages(d) * 2 * prefill_keys(d) * row
 }
 
+/// The kernel registry, read by both sides: every attention family (decode, prefill) is
+/// instantiated for each of these head dims and dtype tags (`<family>_<tag>_d<head dim>`),
+/// the merge for each tag (`merge_splits_<tag>`), the cache write once. The device's
+/// instantiation tables assert their entries against it; the host names kernels from it
+/// (`cuda_paged::kernel_registry`), and the ptxas test checks that every module holds
+/// exactly those entry points.
+pub const HEAD_DIMS: [u32; 4] = [64, 96, 128, 256];
+pub const DTYPE_TAGS: [&str; 2] = ["bf16", "f16"];
+
+/// Whether head dim `d` is in the registry (for the instantiation tables' const asserts).
+pub const fn registered_head_dim(d: u32) -> bool {
+    let mut i = 0;
+    while i < HEAD_DIMS.len() {
+        if HEAD_DIMS[i] == d {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Threads per block of the cache-write kernel.
 pub const CACHE_WRITE_THREADS: u32 = 128;

@@ -31,9 +31,31 @@ use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// Head dims with compiled kernels (the device crate's instantiation tables, decode and
-/// prefill).
+/// Head dims with compiled kernels: the registry's (`params::HEAD_DIMS`), as the selector
+/// and the capability row use them.
 pub const HEAD_DIMS: &[usize] = &[64, 96, 128, 256];
+const _: () = {
+    let mut i = 0;
+    assert!(HEAD_DIMS.len() == crate::params::HEAD_DIMS.len());
+    while i < HEAD_DIMS.len() {
+        assert!(HEAD_DIMS[i] == crate::params::HEAD_DIMS[i] as usize);
+        i += 1;
+    }
+};
+
+/// Every kernel entry point the registry names: the cache write, and for each dtype tag the
+/// merge and, per head dim, the decode and prefill kernels.
+pub fn kernel_registry() -> Vec<String> {
+    let mut names = vec![CACHE_WRITE_KERNEL.to_string()];
+    for tag in crate::params::DTYPE_TAGS {
+        names.push(merge_kernel(tag));
+        for &d in HEAD_DIMS {
+            names.push(attention_kernel(tag, d));
+            names.push(prefill_kernel(tag, d));
+        }
+    }
+    names
+}
 
 pub static CAPS: BackendCaps = BackendCaps {
     name: BackendName::CudaPaged,
