@@ -11,6 +11,7 @@
 use crate::elem::{Bf16, Elem, F16};
 use crate::intrinsics::*;
 use crate::params::MergeParams;
+use crate::softmax::merge_weight;
 
 #[inline(always)]
 unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
@@ -33,7 +34,7 @@ unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
     for s in 0..p.num_splits as u64 {
         let r = s * rows + row;
         let (ms, ls) = unsafe { (*ml.add((r * 2) as usize), *ml.add((r * 2 + 1) as usize)) };
-        let w = ls * ex2_approx(ms - mmax);
+        let w = ls * merge_weight(ms, mmax);
         wsum += w;
         let po = (p.partial_out as *const u32).wrapping_add((r * p.head_dim as u64) as usize + ds);
         let (a, b) = unsafe { (ld_global_v4(po), ld_global_v4(po.add(4))) };

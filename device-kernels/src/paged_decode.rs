@@ -35,7 +35,7 @@ use crate::elem::{Bf16, Elem, F16};
 use crate::gather::{clamp_key, find_request, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{paged_q_in_smem, paged_stages, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
-use crate::softmax::{p_fragment, rescale, RowState, LN2, LOG2E, NEG_INIT};
+use crate::softmax::{merge_weight, p_fragment, rescale, RowState, LN2, LOG2E, NEG_INIT};
 use crate::tile::swizzled;
 
 const WARPS: usize = PAGED_WARPS as usize;
@@ -267,7 +267,7 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
         let mut acc = [0.0f32; 8];
         for w in 0..WARPS {
             let base = (w * ROWS + row) * stride;
-            let f = ex2_approx(unsafe { *smem.add(base + D) } - mall);
+            let f = merge_weight(unsafe { *smem.add(base + D) }, mall);
             lsum += unsafe { *smem.add(base + D + 1) } * f;
             for i in 0..8 {
                 acc[i] += unsafe { *smem.add(base + ds + i) } * f;

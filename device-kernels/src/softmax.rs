@@ -86,6 +86,16 @@ impl RowState {
     }
 }
 
+/// Merging partial states (max `m_s`, denominator `l_s`, accumulator `o_s`) of disjoint key
+/// sets: the union's max `M` is the largest `m_s`, and each state enters the sums with the
+/// weight `2^(m_s - M)` (`l = sum l_s w_s`, `o = sum o_s w_s`). Used by the split-KV merge and
+/// the decode kernel's cross-warp merge; order does not matter, empty states (`l_s = 0`)
+/// add nothing.
+#[inline(always)]
+pub fn merge_weight(m: f32, m_union: f32) -> f32 {
+    ex2_approx(m - m_union)
+}
+
 /// `o *= corr` row by row: the output fragments follow their rows' new maxima.
 #[inline(always)]
 pub fn rescale<const NT: usize>(o: &mut [[f32; 4]; NT], corr: [f32; 2]) {
