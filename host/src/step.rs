@@ -190,6 +190,7 @@ pub struct Step {
     layout: KvCacheLayout,
     limits: StepLimits,
     props: Option<DeviceProps>,
+    /// This step's maps, kept on the host for host backends (the CPU) only.
     meta: Option<AttentionMetadata>,
     plan: Option<StepPlan>,
     device: Option<cuda_paged::DeviceMetadata>,
@@ -232,7 +233,9 @@ impl Step {
         if let Some(dev) = &mut self.device {
             dev.upload(meta, &plan, &self.limits)?;
         }
-        self.meta = Some(meta.clone());
+        // The CPU backend reads the maps from the host; a GPU step has them on the device
+        // and keeps no host copy (no per-step clone of the block table).
+        self.meta = if self.device.is_none() { Some(meta.clone()) } else { None };
         Ok(self.plan.insert(plan))
     }
 
@@ -258,26 +261,24 @@ impl Step {
     pub fn plan(&self) -> Option<&StepPlan> {
         self.plan.as_ref()
     }
-    /// The current step's metadata (host copy); `None` before the first `prepare`.
-    pub fn metadata(&self) -> Option<&AttentionMetadata> {
-        self.meta.as_ref()
-    }
     pub(crate) fn device(&self) -> Option<&cuda_paged::DeviceMetadata> {
         self.device.as_ref()
     }
 
-    /// The plan and metadata of a prepared step whose backend, dtype, shape and layout are a
-    /// layer's (the plan names the layer's kernels); an error naming the difference otherwise.
-    pub(crate) fn for_layer(&self, backend: BackendName, dtype: DType, shape: &LayerShape, layout: &KvCacheLayout) -> Result<(&StepPlan, &AttentionMetadata)> {
+    /// The plan of a prepared step whose backend, dtype, shape and layout are a layer's (the
+    /// plan names the layer's kernels); an error naming the difference otherwise.
+    pub(crate) fn for_layer(&self, backend: BackendName, dtype: DType, shape: &LayerShape, layout: &KvCacheLayout) -> Result<&StepPlan> {
         if backend != self.backend || dtype != self.dtype || *shape != self.shape || *layout != self.layout {
             return Err(AttnError::InvalidConfig(format!(
                 "step prepared for {} {} layers of {:?} over cache {:?}; this layer is {backend} {dtype}, {shape:?}, cache {layout:?}",
                 self.backend, self.dtype, self.shape, self.layout
             )));
         }
-        match (&self.plan, &self.meta) {
-            (Some(p), Some(m)) => Ok((p, m)),
-            _ => Err(AttnError::InvalidConfig("the step was not prepared: call Step::prepare(&metadata) first".into())),
-        }
+        self.plan.as_ref().ok_or_else(|| AttnError::InvalidConfig("the step was not prepared: call Step::prepare(&metadata) first".into()))
+    }
+
+    /// The prepared step's maps on the host (kept for host backends only).
+    pub(crate) fn host_metadata(&self) -> Result<&AttentionMetadata> {
+        self.meta.as_ref().ok_or_else(|| AttnError::InvalidConfig("the step was not prepared for a host backend: call Step::prepare(&metadata) first".into()))
     }
 }

@@ -393,7 +393,8 @@ impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
     }
 
     fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
-        let (plan, meta) = step.for_layer(BackendName::Cpu, T::DTYPE, &LayerShape::of(&self.spec), &self.cache.layout)?;
+        let plan = step.for_layer(BackendName::Cpu, T::DTYPE, &LayerShape::of(&self.spec), &self.cache.layout)?;
+        let meta = step.host_metadata()?;
         self.forward_split(q, k, v, meta, out, plan.num_splits)
     }
 

@@ -306,7 +306,7 @@ pub struct DeviceMetadata {
 }
 
 impl DeviceMetadata {
-    pub fn new(rt: Arc<CudaRuntime>, shape: LayerShape, limits: &StepLimits) -> Result<Self> {
+    pub(crate) fn new(rt: Arc<CudaRuntime>, shape: LayerShape, limits: &StepLimits) -> Result<Self> {
         limits.validate()?;
         let stream = rt.stream().clone();
         let bt = limits.max_reqs * limits.max_blocks_per_req;
@@ -346,11 +346,11 @@ impl DeviceMetadata {
             + 8 * self.slot_mapping.len()
     }
 
-    /// Copies a step's maps into the persistent buffers (the caller checked the limits):
+    /// Copies a step's maps into the persistent buffers (`Step::prepare` checked them against
+    /// the limits; every copy is bounded by its staging slice all the same):
     /// waits for the previous upload to leave the staging memory, fills it, and enqueues the
     /// copies on the runtime's stream, ahead of the step's launches.
-    pub fn upload(&mut self, meta: &AttentionMetadata, plan: &StepPlan, limits: &StepLimits) -> Result<()> {
-        limits.check(meta)?;
+    pub(crate) fn upload(&mut self, meta: &AttentionMetadata, plan: &StepPlan, limits: &StepLimits) -> Result<()> {
         self.uploaded.synchronize()?;
         let (r, stride, bs) = (meta.num_reqs(), self.block_table_stride, meta.layout().block_size);
         let staging = self.staging_i32.as_mut_slice()?;
@@ -511,23 +511,11 @@ impl<T: Element> CudaPagedImpl<T> {
         Ok(())
     }
 
-    /// Copies another layer's cache (same layout) on the device: benchmarks give many layers
-    /// one random context without uploading it once per layer.
-    pub fn copy_cache_from(&mut self, other: &CudaPagedImpl<T>) -> Result<()> {
-        if other.layout != self.layout {
-            return Err(AttnError::InvalidConfig(format!("cache layout {:?} differs from the layer's {:?}", other.layout, self.layout)));
-        }
-        let stream = self.rt.stream().clone();
-        stream.memcpy_dtod(&other.key_cache, &mut self.key_cache)?;
-        stream.memcpy_dtod(&other.value_cache, &mut self.value_cache)?;
-        Ok(())
-    }
-
     /// Launches the planned step on device tensors: cache write, paged attention, merge if
     /// split. Checks first (the step fits the layer, the tensors hold the step's rows);
     /// then only kernel launches on the runtime's stream.
     pub fn run(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
-        let (plan, meta) = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
+        let plan = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
         let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
         let n = plan.num_tokens;
         let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
@@ -538,7 +526,6 @@ impl<T: Element> CudaPagedImpl<T> {
         if let Some(lse) = &t.lse {
             check_rows("lse", lse.len(), n, hq)?;
         }
-        debug_assert_eq!(meta.num_tokens(), n);
         for launch in &plan.launches {
             self.launch(launch, plan, dev, &t)?;
         }
@@ -547,7 +534,7 @@ impl<T: Element> CudaPagedImpl<T> {
 
     /// Attention alone (no cache write) over a prepared step: what the decode benchmarks time.
     pub fn attend(&mut self, step: &Step, q: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
-        let (plan, _) = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
+        let plan = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
         let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
         let row = self.shape.num_q_heads * self.shape.head_dim;
         check_rows("q", q.len(), plan.num_tokens, row)?;
@@ -688,7 +675,7 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
     /// Copies q, k, v (and out, so that an element the kernels fail to write keeps the
     /// caller's value: tests poison it) to the device, runs, copies out back, synchronizes.
     fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
-        let (plan, _) = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
+        let plan = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
         let n = plan.num_tokens;
         let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
         check_len("q", q.len(), n * hq * d)?;
