@@ -185,6 +185,16 @@ fn cases() -> Vec<Case> {
     let mut s = prefill(8, 8, 64);
     s.spec.alibi_slopes = Some(attn_backends::spec::alibi_slopes(8));
     add("prefill f16 d64 ALiBi".into(), s, false);
+    // Each score modifier is its own prefill instantiation: soft-cap with ALiBi, ALiBi on
+    // the bf16 d128 kernel, soft-cap on d96.
+    let mut s = prefill(8, 8, 128);
+    s.spec.alibi_slopes = Some(attn_backends::spec::alibi_slopes(8));
+    add("prefill bf16 d128 ALiBi".into(), s.clone(), true);
+    s.spec.softcap = Some(10.0);
+    add("prefill bf16 d128 soft-cap 10 + ALiBi".into(), s, true);
+    let mut s = prefill(8, 2, 96);
+    s.spec.softcap = Some(15.0);
+    add("prefill f16 d96 soft-cap 15".into(), s, false);
     let s = Shape { spec: AttnSpec::new(4, 1, 64), block_size: 16, requests: vec![(0, 4097), (61, 2)], splits: None };
     add("prefill bf16 d64 4097 tokens".into(), s, true);
     let s = Shape { spec: AttnSpec::new(71, 1, 64), block_size: 16, requests: vec![(0, 40), (5, 3), (90, 1)], splits: None };

@@ -1,6 +1,7 @@
 //! Flash prefill on tensor cores (FlashAttention-2's tiling with `mma.sync`), varlen and
 //! causal with a start offset, K and V read through the block table: fresh prefill, chunked
-//! prefill and prefix-cached tokens are one path. Sliding window, logits soft-cap, ALiBi;
+//! prefill and prefix-cached tokens are one path. Sliding window; logits soft-cap and ALiBi as
+//! compile-time score modifiers (`score_mod`), so the plain kernel carries neither;
 //! optionally the log-sum-exp of each row.
 //!
 //! A thread block owns `ROWS` = 16 x `WARPS` query rows: the (token, query head) pairs of a
@@ -25,7 +26,8 @@ use crate::elem::{Bf16, Elem, F16};
 use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
-use crate::softmax::{p_fragment, rescale, RowState, LOG2E};
+use crate::score_mod::{Modified, Plain, ScoreMod};
+use crate::softmax::{p_fragment, rescale, RowState};
 use crate::tile::{swizzled, LdmLane};
 
 const WARPS: usize = PREFILL_WARPS as usize;
@@ -33,9 +35,10 @@ const ROWS: usize = PREFILL_ROWS as usize;
 
 /// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`; `BN`: keys
 /// per K/V tile, `NB = BN / 8` score n-tiles; `STAGES`: tiles in flight; `RC`: 16-byte chunks per shared-memory row;
-/// `Q_SMEM`: Q read from shared memory at every k-step rather than held in registers.
+/// `Q_SMEM`: Q read from shared memory at every k-step rather than held in registers; `M`:
+/// the score modifier (`score_mod`), one instantiation each.
 #[inline(always)]
-unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usize, const BN: usize, const NB: usize, const STAGES: usize, const RC: usize, const Q_SMEM: bool>(
+unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const NT: usize, const KS: usize, const BN: usize, const NB: usize, const STAGES: usize, const RC: usize, const Q_SMEM: bool>(
     p: &PrefillParams,
 ) {
     let chunks = D / 8; // 16-byte chunks of a K/V/Q row in memory
@@ -156,16 +159,16 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
         let m = wrow + r0 + 8 * h;
         if row_valid(m) {
             pos[h] = ctx + (row_token(m) - q_start);
-            if p.alibi_slopes != 0 {
+            if M::ALIBI {
                 slopes[h] = unsafe { *(p.alibi_slopes as *const f32).add(row_head(m)) };
             }
         }
         lo[h] = if window > 0 && pos[h] + 1 > window { pos[h] + 1 - window } else { 0 };
     }
-    let plain = p.softcap == 0.0 && p.alibi_slopes == 0;
-    // The factor inside the exponent: the scale in log2 units for raw scores, 1 for scores
-    // already modified into log2 units.
-    let s_exp = if plain { p.scale * LOG2E } else { 1.0 };
+    let modifier = M::new(p.scale, p.softcap, if M::ALIBI { Some(slopes) } else { None });
+    // The factor inside the exponent: the scale in log2 units for raw scores (`Plain`), 1
+    // for scores already modified into log2 units.
+    let s_exp = modifier.exp_factor();
 
     // Online-softmax state of rows r0, r0 + 8, and their output fragments.
     let mut rows = RowState::new();
@@ -196,22 +199,16 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
             }
         }
 
-        // Scores: raw (the plain case: the scale to log2 units is folded into the exponent
-        // below), or modified (soft-cap, ALiBi) and in log2 units. Masked only where the tile
-        // crosses the first row's causal limit, the last row's window start, or the block's
-        // key range.
+        // Scores through the modifier: raw for `Plain` (its scale to log2 units is folded
+        // into the exponent below), else soft-capped / ALiBi-biased and in log2 units. Masked
+        // only where the tile crosses the first row's causal limit, the last row's window
+        // start, or the block's key range.
         let masked = key0 + BN > min_pos + 1 || (window > 0 && key0 < max_pos + 1 - window.min(max_pos + 1)) || key0 < kv_begin;
         let kcol = (key0 + col) as u32;
-        if !plain {
-            for j in 0..NB {
-                for e in 0..4 {
-                    let key = kcol + (8 * j + e % 2) as u32;
-                    let mut x = s[j][e] * p.scale;
-                    if p.softcap != 0.0 {
-                        x = p.softcap * tanh_approx(x * rcp_approx(p.softcap));
-                    }
-                    s[j][e] = (x + slopes[e / 2] * (key as i32 - pos[e / 2] as i32) as f32) * LOG2E;
-                }
+        for j in 0..NB {
+            for e in 0..4 {
+                let key = kcol + (8 * j + e % 2) as u32;
+                s[j][e] = modifier.apply(s[j][e], e / 2, key, pos[e / 2] as u32);
             }
         }
         if masked {
@@ -262,13 +259,13 @@ unsafe fn flash_prefill<E: Elem, const D: usize, const NT: usize, const KS: usiz
 }
 
 macro_rules! flash_prefill_kernels {
-    ($($name:ident: $elem:ty, $d:literal;)*) => {$(
+    ($($name:ident: $elem:ty, $d:literal, $modifier:ty;)*) => {$(
         const _: () = assert!(crate::params::registered_head_dim($d), "head dim missing from params::HEAD_DIMS");
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: PrefillParams) {
             unsafe {
                 flash_prefill::<
-                    $elem, $d, { $d / 8 }, { $d / 16 },
+                    $elem, $modifier, $d, { $d / 8 }, { $d / 16 },
                     { prefill_keys($d) as usize }, { prefill_keys($d) as usize / 8 }, { prefill_stages($d) as usize },
                     { smem_row_chunks($d) as usize }, { prefill_q_in_smem($d) },
                 >(&p)
@@ -277,15 +274,43 @@ macro_rules! flash_prefill_kernels {
     )*};
 }
 
-// The instantiation table (dtype x head dim), named by the host's
-// `cuda_paged::prefill_kernel`.
+type SoftCap = Modified<true, false>;
+type Alibi = Modified<false, true>;
+type SoftCapAlibi = Modified<true, true>;
+
+// The instantiation table (dtype x head dim x score modifier, `params::PREFILL_MODIFIERS`),
+// named by the host's `cuda_paged::prefill_kernel`.
 flash_prefill_kernels! {
-    flash_prefill_bf16_d64: Bf16, 64;
-    flash_prefill_bf16_d96: Bf16, 96;
-    flash_prefill_bf16_d128: Bf16, 128;
-    flash_prefill_bf16_d256: Bf16, 256;
-    flash_prefill_f16_d64: F16, 64;
-    flash_prefill_f16_d96: F16, 96;
-    flash_prefill_f16_d128: F16, 128;
-    flash_prefill_f16_d256: F16, 256;
+    flash_prefill_bf16_d64: Bf16, 64, Plain;
+    flash_prefill_bf16_d96: Bf16, 96, Plain;
+    flash_prefill_bf16_d128: Bf16, 128, Plain;
+    flash_prefill_bf16_d256: Bf16, 256, Plain;
+    flash_prefill_f16_d64: F16, 64, Plain;
+    flash_prefill_f16_d96: F16, 96, Plain;
+    flash_prefill_f16_d128: F16, 128, Plain;
+    flash_prefill_f16_d256: F16, 256, Plain;
+    flash_prefill_bf16_d64_softcap: Bf16, 64, SoftCap;
+    flash_prefill_bf16_d96_softcap: Bf16, 96, SoftCap;
+    flash_prefill_bf16_d128_softcap: Bf16, 128, SoftCap;
+    flash_prefill_bf16_d256_softcap: Bf16, 256, SoftCap;
+    flash_prefill_f16_d64_softcap: F16, 64, SoftCap;
+    flash_prefill_f16_d96_softcap: F16, 96, SoftCap;
+    flash_prefill_f16_d128_softcap: F16, 128, SoftCap;
+    flash_prefill_f16_d256_softcap: F16, 256, SoftCap;
+    flash_prefill_bf16_d64_alibi: Bf16, 64, Alibi;
+    flash_prefill_bf16_d96_alibi: Bf16, 96, Alibi;
+    flash_prefill_bf16_d128_alibi: Bf16, 128, Alibi;
+    flash_prefill_bf16_d256_alibi: Bf16, 256, Alibi;
+    flash_prefill_f16_d64_alibi: F16, 64, Alibi;
+    flash_prefill_f16_d96_alibi: F16, 96, Alibi;
+    flash_prefill_f16_d128_alibi: F16, 128, Alibi;
+    flash_prefill_f16_d256_alibi: F16, 256, Alibi;
+    flash_prefill_bf16_d64_softcap_alibi: Bf16, 64, SoftCapAlibi;
+    flash_prefill_bf16_d96_softcap_alibi: Bf16, 96, SoftCapAlibi;
+    flash_prefill_bf16_d128_softcap_alibi: Bf16, 128, SoftCapAlibi;
+    flash_prefill_bf16_d256_softcap_alibi: Bf16, 256, SoftCapAlibi;
+    flash_prefill_f16_d64_softcap_alibi: F16, 64, SoftCapAlibi;
+    flash_prefill_f16_d96_softcap_alibi: F16, 96, SoftCapAlibi;
+    flash_prefill_f16_d128_softcap_alibi: F16, 128, SoftCapAlibi;
+    flash_prefill_f16_d256_softcap_alibi: F16, 256, SoftCapAlibi;
 }

@@ -5,10 +5,11 @@
 //! paged cache, varlen and causal with a start offset), `merge` (flash-decoding's merge).
 //! They are composed of shared building blocks: `tile` (swizzled shared-memory tiles and the
 //! lanes' `ldmatrix` addressing), `softmax` (the online-softmax row state on mma fragments,
-//! its rescale and the P fragment), `gather` (request lookup, paged key addressing).
+//! its rescale and the P fragment), `gather` (request lookup, paged key addressing),
+//! `score_mod` (soft-cap and ALiBi as policy types chosen at compile time).
 //! `intrinsics` is the only place with inline PTX; `elem` maps f16/bf16 onto it; `params` is
 //! shared with the host crate, which names the entry points
-//! (`paged_attention_<dtype>_d<head dim>`, `flash_prefill_<dtype>_d<head dim>`,
+//! (`paged_attention_<dtype>_d<head dim>`, `flash_prefill_<dtype>_d<head dim>[_<modifier>]`,
 //! `merge_splits_<dtype>`, `reshape_and_cache_b16`) in `attn_host::backend::cuda_paged`.
 #![no_std]
 #![feature(abi_ptx, asm_experimental_arch, stdarch_nvptx, core_intrinsics)]
@@ -20,6 +21,7 @@ pub mod params;
 
 mod elem;
 mod gather;
+mod score_mod;
 mod softmax;
 mod tile;
 pub mod cache_write;

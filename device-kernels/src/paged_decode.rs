@@ -35,6 +35,7 @@ use crate::elem::{Bf16, Elem, F16};
 use crate::gather::{clamp_key, find_request, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{paged_q_in_smem, paged_stages, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
+use crate::score_mod::{Dynamic, ScoreMod};
 use crate::softmax::{merge_weight, p_fragment, rescale, RowState, LN2, LOG2E, NEG_INIT};
 use crate::tile::swizzled;
 
@@ -106,12 +107,11 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
             qa[ks] = [q_row(r0, ks * 16 + col), q_row(r0 + 8, ks * 16 + col), q_row(r0, ks * 16 + 8 + col), q_row(r0 + 8, ks * 16 + 8 + col)];
         }
     }
-    let plain = p.softcap == 0.0 && p.alibi_slopes == 0;
-    let s_mul = if plain { p.scale * LOG2E } else { p.scale };
-    let slope = |r: usize| -> f32 {
-        if p.alibi_slopes != 0 && r < ng { unsafe { *(p.alibi_slopes as *const f32).add(head0 + r) } } else { 0.0 }
-    };
-    let slopes = [slope(r0), slope(r0 + 8)];
+    // Soft-cap and ALiBi, decided at run time (`score_mod::Dynamic`): this kernel is bound
+    // by memory, one instantiation serves every model.
+    let slope = |r: usize| -> f32 { if r < ng { unsafe { *(p.alibi_slopes as *const f32).add(head0 + r) } } else { 0.0 } };
+    let slopes = if p.alibi_slopes != 0 { Some([slope(r0), slope(r0 + 8)]) } else { None };
+    let modifier = Dynamic::new(p.scale, p.softcap, slopes);
 
     // Online-softmax state of rows r0 and r0 + 8, and their output fragments.
     let mut rows = RowState::new();
@@ -208,19 +208,13 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
         for j in 0..2 {
             for i in 0..4 {
                 let key = t * TILE + 8 * j + col + (i % 2);
-                let mut x = s[j][i] * s_mul;
-                if !plain {
-                    if p.softcap != 0.0 {
-                        x = p.softcap * tanh_approx(x * rcp_approx(p.softcap));
-                    }
-                    x = (x + slopes[i / 2] * (key as i64 - q_pos as i64) as f32) * LOG2E;
-                }
+                let x = modifier.apply(s[j][i], i / 2, key as u32, q_pos as u32);
                 s[j][i] = if key >= kv_begin && key < kv_end { x } else { f32::NEG_INFINITY };
             }
         }
         // Online softmax (scores already in log2 units): new maxima, probabilities packed as
         // the A operand of P V, the output rescaled.
-        let corr = rows.update(&mut s, 1.0);
+        let corr = rows.update(&mut s, modifier.exp_factor());
         rescale(&mut o, corr);
         let pa = p_fragment::<E, 2>(&s, 0);
         // O += P V: ldmatrix.trans x4 per pair of 8-dim n-tiles: matrices (keys 0-7, chunk

@@ -219,13 +219,17 @@ pub const fn prefill_smem_bytes(d: u32) -> u32 {
 }
 
 /// The kernel registry, read by both sides: every attention family (decode, prefill) is
-/// instantiated for each of these head dims and dtype tags (`<family>_<tag>_d<head dim>`),
+/// instantiated for each of these head dims and dtype tags (`<family>_<tag>_d<head dim>`,
+/// prefill once more per score modifier),
 /// the merge for each tag (`merge_splits_<tag>`), the cache write once. The device's
 /// instantiation tables assert their entries against it; the host names kernels from it
 /// (`cuda_paged::kernel_registry`), and the ptxas test checks that every module holds
 /// exactly those entry points.
 pub const HEAD_DIMS: [u32; 4] = [64, 96, 128, 256];
 pub const DTYPE_TAGS: [&str; 2] = ["bf16", "f16"];
+/// The prefill family's score modifiers (`score_mod`), the suffix of its kernel names
+/// (`flash_prefill_<tag>_d<head dim><suffix>`): none, soft-cap, ALiBi, both.
+pub const PREFILL_MODIFIERS: [&str; 4] = ["", "_softcap", "_alibi", "_softcap_alibi"];
 
 /// Whether head dim `d` is in the registry (for the instantiation tables' const asserts).
 pub const fn registered_head_dim(d: u32) -> bool {

@@ -103,17 +103,32 @@ pub struct PlanOptions {
     pub force_splits: Option<usize>,
 }
 
-/// The shape of the layers a step serves (all layers of a model share it).
+/// The shape of the layers a step serves (all layers of a model share it), with the score
+/// modifiers that choose among a kernel family's instantiations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerShape {
     pub num_q_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// Logits soft-cap on (its value is the layer's, a kernel argument).
+    pub softcap: bool,
+    /// ALiBi biases on (the slopes are the layer's).
+    pub alibi: bool,
 }
 
 impl LayerShape {
     pub fn of(spec: &AttnSpec) -> LayerShape {
-        LayerShape { num_q_heads: spec.num_q_heads, num_kv_heads: spec.num_kv_heads, head_dim: spec.head_dim }
+        LayerShape {
+            num_q_heads: spec.num_q_heads,
+            num_kv_heads: spec.num_kv_heads,
+            head_dim: spec.head_dim,
+            softcap: spec.softcap.is_some(),
+            alibi: spec.alibi_slopes.is_some(),
+        }
+    }
+    /// Plain multi-head attention of these heads (no soft-cap, no ALiBi).
+    pub const fn heads(num_q_heads: usize, num_kv_heads: usize, head_dim: usize) -> LayerShape {
+        LayerShape { num_q_heads, num_kv_heads, head_dim, softcap: false, alibi: false }
     }
     pub fn group_size(&self) -> usize {
         self.num_q_heads / self.num_kv_heads.max(1)

@@ -4,7 +4,7 @@
 //! - `paged_attention_<dtype>_d<head_dim>`: the decode rows, one query token per block over
 //!   the block table, the GQA group's heads as tensor-core tile rows;
 //! - `merge_splits_<dtype>`: flash-decoding's merge when the plan splits the decode rows' keys;
-//! - `flash_prefill_<dtype>_d<head_dim>`: the rows of requests with two or more new tokens
+//! - `flash_prefill_<dtype>_d<head_dim>[_softcap][_alibi]`: the rows of requests with two or more new tokens
 //!   (chunked or fresh prefill), 128 (token, head) rows per block over shared K/V tiles.
 //!
 //! Plan, then run: [`plan`] is a pure function of a step's metadata, the layer's shape and
@@ -51,7 +51,11 @@ pub fn kernel_registry() -> Vec<String> {
         names.push(merge_kernel(tag));
         for &d in HEAD_DIMS {
             names.push(attention_kernel(tag, d));
-            names.push(prefill_kernel(tag, d));
+            for alibi in [false, true] {
+                for softcap in [false, true] {
+                    names.push(prefill_kernel(tag, d, softcap, alibi));
+                }
+            }
         }
     }
     names
@@ -131,8 +135,11 @@ pub fn merge_kernel(tag: &str) -> String {
     format!("merge_splits_{tag}")
 }
 
-pub fn prefill_kernel(tag: &str, head_dim: usize) -> String {
-    format!("flash_prefill_{tag}_d{head_dim}")
+/// The prefill kernel for a dtype tag, head dim and score modifiers (soft-cap, ALiBi): one
+/// instantiation each, so the plain kernel carries neither (`params::PREFILL_MODIFIERS`).
+pub fn prefill_kernel(tag: &str, head_dim: usize, softcap: bool, alibi: bool) -> String {
+    let modifier = crate::params::PREFILL_MODIFIERS[softcap as usize + 2 * alibi as usize];
+    format!("flash_prefill_{tag}_d{head_dim}{modifier}")
 }
 
 /// A kernel with `smem` bytes of dynamic shared memory opted into (past 48 KiB that must be
@@ -253,7 +260,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     }
     if !prefill_tiles.is_empty() {
         launches.push(KernelLaunch {
-            kernel: prefill_kernel(tag, d),
+            kernel: prefill_kernel(tag, d, shape.softcap, shape.alibi),
             grid: (prefill_tiles.len() as u32, (hkv * shape.group_size().div_ceil(hpt)) as u32, 1),
             block: PREFILL_WARPS * 32,
             shared_mem_bytes: prefill_smem_bytes(d as u32),
@@ -471,16 +478,18 @@ impl<T: Element> CudaPagedImpl<T> {
             Some(s) => Some(stream.clone_htod(s)?),
             None => None,
         };
+        let shape = LayerShape::of(&spec);
+        let prefill_name = prefill_kernel(tag, spec.head_dim, shape.softcap, shape.alibi);
         Ok(CudaPagedImpl {
             cache_write_fn: rt.function(CACHE_WRITE_KERNEL)?,
             merge_fn: rt.function(&merge_kernel(tag))?,
             merge_name: merge_kernel(tag),
             attention_fn,
             attention_name: attention_kernel(tag, spec.head_dim),
-            prefill_fn: function_with_smem(&rt, &prefill_kernel(tag, spec.head_dim), prefill_smem_bytes(spec.head_dim as u32), spec.head_dim)?,
-            prefill_name: prefill_kernel(tag, spec.head_dim),
+            prefill_fn: function_with_smem(&rt, &prefill_name, prefill_smem_bytes(spec.head_dim as u32), spec.head_dim)?,
+            prefill_name,
             rt,
-            shape: LayerShape::of(&spec),
+            shape,
             spec,
             layout,
             key_cache,
@@ -732,7 +741,7 @@ mod tests {
             .collect();
         MetadataBuilder::new(layout).build(&SchedulerOutput { requests }).unwrap()
     }
-    const LLAMA: LayerShape = LayerShape { num_q_heads: 32, num_kv_heads: 8, head_dim: 128 };
+    const LLAMA: LayerShape = LayerShape::heads(32, 8, 128);
 
     #[test]
     fn plan_worked_examples() {
@@ -769,7 +778,7 @@ mod tests {
             assert!(plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(s) }).is_err());
         }
         // A 40-head GQA 20:1 model needs two tiles of 16 heads per kv head (grid y = 2 x 2).
-        let gqa = LayerShape { num_q_heads: 40, num_kv_heads: 2, head_dim: 128 };
+        let gqa = LayerShape::heads(40, 2, 128);
         let p = plan(&meta(&[(100, 1)]), &gqa, DType::Bf16, &DeviceProps::H100, &StepLimits::new(1, 1, 101, 16), &PlanOptions { force_splits: Some(1) }).unwrap();
         assert_eq!(p.launches[1].grid, (1, 4, 1));
         // Mixed: a chunked prefill (24 tokens on 40 cached), a fresh prefill (33 tokens) and a
@@ -791,9 +800,20 @@ mod tests {
         // Tiling by group: MHA 1 head x 128 tokens; Falcon-7B's 71:1 one token of 71 heads; a
         // group of 136 two head tiles (grid y = 2 per kv head).
         assert_eq!((prefill_tiling(1), prefill_tiling(4), prefill_tiling(7), prefill_tiling(71)), ((1, 128), (4, 32), (7, 18), (71, 1)));
-        let wide = LayerShape { num_q_heads: 136, num_kv_heads: 1, head_dim: 64 };
+        let wide = LayerShape::heads(136, 1, 64);
         let p = plan(&meta(&[(0, 3)]), &wide, DType::Bf16, &DeviceProps::H100, &StepLimits::new(4, 1, 16, 16), &PlanOptions::default()).unwrap();
         assert_eq!((p.launches[1].grid, p.prefill_tiles.len()), ((3, 2, 1), 3));
+        // Score modifiers pick the prefill kernel's instantiation (Gemma-2: soft-cap; BLOOM:
+        // ALiBi); the decode kernel decides them at run time.
+        let kernels = |softcap, alibi| {
+            let shape = LayerShape { softcap, alibi, ..LLAMA };
+            let p = plan(&m, &shape, DType::F16, &DeviceProps::H100, &limits, &PlanOptions::default()).unwrap();
+            p.launches.iter().skip(1).map(|l| l.kernel.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(kernels(true, false), ["paged_attention_f16_d128", "flash_prefill_f16_d128_softcap"]);
+        assert_eq!(kernels(false, true), ["paged_attention_f16_d128", "flash_prefill_f16_d128_alibi"]);
+        assert_eq!(kernels(true, true), ["paged_attention_f16_d128", "flash_prefill_f16_d128_softcap_alibi"]);
+        assert!(kernel_registry().contains(&"flash_prefill_bf16_d96_softcap_alibi".to_string()));
         // f32 has no kernel.
         assert!(plan(&m, &LLAMA, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default()).is_err());
         // The plan of the same metadata is the same (a graph captured for it replays it).
