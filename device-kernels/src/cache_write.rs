@@ -9,7 +9,7 @@
 //! `num_blocks * block_size`, head_dim is a multiple of 8 and all rows are 16-byte aligned.
 
 use crate::intrinsics::{block_dim_x, div_nz, block_idx_x, ld_global_nc_v4, st_global_v4, thread_idx_x};
-use crate::params::CacheWriteParams;
+use crate::params::{CacheWriteParams, MlaCacheWriteParams, MLA_LATENT_DIM, MLA_RANK};
 
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn reshape_and_cache_b16(p: CacheWriteParams) {
@@ -41,5 +41,38 @@ pub unsafe extern "ptx-kernel" fn reshape_and_cache_b16(p: CacheWriteParams) {
             st_global_v4((p.value_cache as *mut u16).add(dst as usize) as *mut u32, v);
         }
         i += block_dim_x() as usize;
+    }
+}
+
+/// MLA's cache write: token `t`'s latent row is `kv_c[t]` (`MLA_RANK` dims) then `k_pe[t]`
+/// (`MLA_ROPE` dims), stored at its slot of the latent cache `[num_blocks, block_size,
+/// MLA_LATENT_DIM]`. Grid: one block per token; each thread moves 16-byte chunks of the row.
+/// The host guarantees what `reshape_and_cache_b16` needs, for one head of `MLA_LATENT_DIM`.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn mla_cache_write_b16(p: MlaCacheWriteParams) {
+    let token = block_idx_x();
+    if token >= p.num_tokens {
+        return;
+    }
+    let slot = unsafe { *(p.slot_mapping as *const i64).add(token as usize) };
+    if slot < 0 {
+        return;
+    }
+    let block = div_nz(slot as usize, p.block_size as usize) as u64;
+    let offset = slot as u64 - block * p.block_size as u64;
+    let dst_row = block * p.cache_block_stride + offset * MLA_LATENT_DIM as u64;
+    let (rank_chunks, chunks) = ((MLA_RANK / 8) as usize, (MLA_LATENT_DIM / 8) as usize);
+    let mut c = thread_idx_x() as usize;
+    while c < chunks {
+        let src = if c < rank_chunks {
+            (p.kv_c as *const u16).wrapping_add(token as usize * p.kv_c_token_stride as usize + 8 * c)
+        } else {
+            (p.k_pe as *const u16).wrapping_add(token as usize * p.k_pe_token_stride as usize + 8 * (c - rank_chunks))
+        };
+        unsafe {
+            let v = ld_global_nc_v4(src);
+            st_global_v4((p.cache as *mut u16).add(dst_row as usize + 8 * c) as *mut u32, v);
+        }
+        c += block_dim_x() as usize;
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! One file per kernel family: `cache_write` (reshape_and_cache), `paged_decode` (paged
 //! attention on tensor cores, split-KV), `flash_prefill` (FlashAttention-2 tiling over the
-//! paged cache, varlen and causal with a start offset), `merge` (flash-decoding's merge).
+//! paged cache, varlen and causal with a start offset), `merge` (flash-decoding's merge),
+//! `mla_decode` (DeepSeek's latent attention, absorbed form, split-KV).
 //! They are composed of shared building blocks: `tile` (swizzled shared-memory tiles and the
 //! lanes' `ldmatrix` addressing), `softmax` (the online-softmax row state on mma fragments,
 //! its rescale and the P fragment), `gather` (request lookup, paged key addressing),
@@ -10,7 +11,8 @@
 //! `intrinsics` is the only place with inline PTX; `elem` maps f16/bf16 onto it; `params` is
 //! shared with the host crate, which names the entry points
 //! (`paged_attention_<dtype>_d<head dim>`, `flash_prefill_<dtype>_d<head dim>[_<modifier>]`,
-//! `merge_splits_<dtype>`, `reshape_and_cache_b16`) in `attn_host::backend::cuda_paged`.
+//! `merge_splits_<dtype>`, `reshape_and_cache_b16`) in `attn_host::backend::cuda_paged`, and
+//! `mla_decode_<dtype>`, `mla_cache_write_b16` in `attn_host::backend::cuda_mla`.
 #![no_std]
 #![feature(abi_ptx, asm_experimental_arch, stdarch_nvptx, core_intrinsics)]
 #![feature(gpu_intrinsics, gpu_launch_sized_workgroup_mem)]
@@ -28,6 +30,7 @@ pub mod cache_write;
 pub mod paged_decode;
 pub mod merge;
 pub mod flash_prefill;
+pub mod mla_decode;
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

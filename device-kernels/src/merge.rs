@@ -5,6 +5,8 @@
 //! `sum_s w_s o_s / sum_s w_s` with `w_s = l_s * 2^(m_s - max_s m_s)`; the result does not
 //! depend on the order of the splits, and an empty split (l_s = 0) contributes nothing.
 //! Also the merged log-sum-exp when asked for (`lse`).
+//! Splits are uniform (every row has `num_splits`), or per token (`token_splits`: MLA's
+//! schedule gives each request its own count).
 //! Grid: x = workspace row (its token through `token_map`, or itself), y = query head;
 //! block: D/8 threads, 8 dims each.
 
@@ -22,17 +24,28 @@ unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
     if ds >= p.head_dim as usize {
         return;
     }
-    let rows = p.num_tokens as u64 * p.num_q_heads as u64;
-    let row = slot * p.num_q_heads as u64 + head;
+    // Split s of this row is workspace row `first + s * step`: uniform splits are
+    // [split, token, head]-major, per-token ones (`token_splits`) [slot, head]-major.
+    let hq = p.num_q_heads as u64;
+    let (first, step, splits) = if p.token_splits != 0 {
+        let ts = p.token_splits as *const i32;
+        let (slot0, count) = unsafe { (*ts.add(2 * slot as usize) as u64, *ts.add(2 * slot as usize + 1) as u64) };
+        if count == 1 {
+            return; // written by the attention kernel
+        }
+        (slot0 * hq + head, hq, count)
+    } else {
+        (slot * hq + head, p.num_tokens as u64 * hq, p.num_splits as u64)
+    };
     let ml = p.partial_ml as *const f32;
     let mut mmax = -1.0e30f32;
-    for s in 0..p.num_splits as u64 {
-        mmax = mmax.max(unsafe { *ml.add(((s * rows + row) * 2) as usize) });
+    for s in 0..splits {
+        mmax = mmax.max(unsafe { *ml.add(((first + s * step) * 2) as usize) });
     }
     let mut wsum = 0.0f32;
     let mut o = [0.0f32; 8];
-    for s in 0..p.num_splits as u64 {
-        let r = s * rows + row;
+    for s in 0..splits {
+        let r = first + s * step;
         let (ms, ls) = unsafe { (*ml.add((r * 2) as usize), *ml.add((r * 2 + 1) as usize)) };
         let w = ls * merge_weight(ms, mmax);
         wsum += w;

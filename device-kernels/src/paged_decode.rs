@@ -36,7 +36,7 @@ use crate::gather::{clamp_key, find_request, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{paged_q_in_smem, paged_stages, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
 use crate::score_mod::{Dynamic, ScoreMod};
-use crate::softmax::{merge_weight, p_fragment, rescale, RowState, LN2, LOG2E, NEG_INIT};
+use crate::softmax::{merge_weight, p_fragment, rescale, RowState, LN2, NEG_INIT};
 use crate::tile::swizzled;
 
 const WARPS: usize = PAGED_WARPS as usize;

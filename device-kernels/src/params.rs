@@ -92,6 +92,11 @@ pub struct MergeParams {
     pub partial_ml: u64,
     /// As `PagedAttnParams::token_map`: the output token of each row of the workspace, or 0.
     pub token_map: u64,
+    /// `i32 [num_tokens, 2]`: each token's (first workspace slot, split count), its splits'
+    /// partial rows at `(slot + s) * num_q_heads + head` (MLA's per-request split counts; a
+    /// token of one split was written by the attention kernel and is skipped); 0: every
+    /// token has `num_splits`, at `(s * num_tokens + token) * num_q_heads + head`.
+    pub token_splits: u64,
     /// As `PagedAttnParams::lse`, for the merged rows; 0 = none.
     pub lse: u64,
     pub out: u64,
@@ -105,7 +110,9 @@ pub struct MergeParams {
 
 const _: () = assert!(core::mem::size_of::<CacheWriteParams>() == 96);
 const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 192);
-const _: () = assert!(core::mem::size_of::<MergeParams>() == 72);
+const _: () = assert!(core::mem::size_of::<MergeParams>() == 80);
+const _: () = assert!(core::mem::size_of::<MlaParams>() == 160);
+const _: () = assert!(core::mem::size_of::<MlaCacheWriteParams>() == 64);
 const _: () = assert!(core::mem::size_of::<PrefillParams>() == 176);
 const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
 
@@ -242,6 +249,89 @@ pub const fn registered_head_dim(d: u32) -> bool {
     }
     false
 }
+
+/// MLA decode (DeepSeek-V2/V3, absorbed form) over the latent cache
+/// `[num_blocks, block_size, MLA_LATENT_DIM]`: one latent kv head whose first `MLA_RANK` dims
+/// are also the values. A thread block owns `MLA_ROWS` rows of one request, the (query
+/// token, head) pairs in q's order (row `i`: token `i / num_q_heads`, head
+/// `i % num_q_heads`), and one split of its keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MlaParams {
+    /// `[num_tokens, num_q_heads, MLA_LATENT_DIM]` (the absorbed query: `W_UK^T q_nope`, q_pe).
+    pub q: u64,
+    /// `[num_tokens, num_q_heads, MLA_RANK]`: the latent output (the model applies `W_UV`).
+    pub out: u64,
+    /// `[num_blocks, block_size, MLA_LATENT_DIM]`.
+    pub cache: u64,
+    pub block_table: u64,
+    pub seq_lens: u64,
+    pub query_start_loc: u64,
+    /// `i32 [grid x, 2]`: (request, split) of each block; split `s` reads keys
+    /// `[s chunk_keys, (s + 1) chunk_keys)` of the request.
+    pub splits: u64,
+    /// As `MergeParams::token_splits`: a token of one split is written to `out` directly,
+    /// one of several to the workspace slots `first + s`.
+    pub token_splits: u64,
+    /// As in `PagedAttnParams` (rows of `MLA_RANK` f32), indexed by slot.
+    pub partial_out: u64,
+    pub partial_ml: u64,
+    /// `f32 [num_tokens, num_q_heads]` log-sum-exp (natural log), or 0.
+    pub lse: u64,
+    pub q_token_stride: u64,
+    pub q_head_stride: u64,
+    pub out_token_stride: u64,
+    pub out_head_stride: u64,
+    pub cache_block_stride: u64,
+    pub cache_token_stride: u64,
+    pub block_table_stride: u32,
+    pub num_q_heads: u32,
+    pub block_size_log2: u32,
+    /// Keys per split (a multiple of `MLA_KEYS`).
+    pub chunk_keys: u32,
+    pub scale: f32,
+    pub _pad: u32,
+}
+
+/// The MLA cache write: this step's `kv_c` `[num_tokens, MLA_RANK]` and `k_pe`
+/// `[num_tokens, MLA_ROPE]` into one latent row of the cache at each token's slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MlaCacheWriteParams {
+    pub kv_c: u64,
+    pub k_pe: u64,
+    pub cache: u64,
+    /// `i64 [num_tokens]`; negative: padding, skipped.
+    pub slot_mapping: u64,
+    pub kv_c_token_stride: u64,
+    pub k_pe_token_stride: u64,
+    pub cache_block_stride: u64,
+    pub num_tokens: u32,
+    pub block_size: u32,
+}
+
+/// MLA's dims (DeepSeek-V2/V3, Kimi-K2): latent rank (the values' width), rope dims, and
+/// the latent row (the keys' width).
+pub const MLA_RANK: u32 = 512;
+pub const MLA_ROPE: u32 = 64;
+pub const MLA_LATENT_DIM: u32 = MLA_RANK + MLA_ROPE;
+/// MLA decode: warps per block (two per 16-row group, each holding half of the output
+/// columns and computing half of each score's dims), rows per block, keys per tile, tiles
+/// in flight.
+pub const MLA_WARPS: u32 = 8;
+pub const MLA_ROWS: u32 = 16 * (MLA_WARPS / 2);
+pub const MLA_KEYS: u32 = 32;
+pub const MLA_STAGES: u32 = 2;
+/// Dynamic shared memory of the MLA decode kernel: the Q tile (`MLA_ROWS` latent rows),
+/// `MLA_STAGES` K tiles of `MLA_KEYS` latent rows (the V tiles are their first `MLA_RANK`
+/// dims), and the warps' partial-score exchange (`MLA_KEYS / 8` n-tiles of 4 f32 per lane):
+/// 160 KiB, inside the 163 KiB an sm_80 block may have.
+pub const fn mla_smem_bytes() -> u32 {
+    let row = MLA_LATENT_DIM * 2;
+    MLA_ROWS * row + MLA_STAGES * MLA_KEYS * row + MLA_WARPS * 32 * (MLA_KEYS / 8) * 16
+}
+/// Kernel names of the MLA family, per dtype tag (`mla_decode_<tag>`) and the cache write.
+pub const MLA_CACHE_WRITE_KERNEL: &str = "mla_cache_write_b16";
 
 /// Threads per block of the cache-write kernel.
 pub const CACHE_WRITE_THREADS: u32 = 128;

@@ -47,6 +47,20 @@ impl LdmLane {
         rows + self.a_row + (self.a_x ^ (32 * k as u32))
     }
 
+    /// The chunk offset `x ^ 32 k` of a lane XOR `x` (< 128) at k-step `k`, as a lane value
+    /// of four (`k % 4`) plus a compile-time `128 (k / 4)`: for wide rows (MLA's 36
+    /// k-steps) the registers hold the four, the rest folds into the instruction.
+    #[inline(always)]
+    pub fn xor_k(x: [u32; 4], k: usize) -> u32 {
+        x[k % 4] + 128 * (k / 4) as u32
+    }
+
+    /// `x ^ 32 q` for q in 0..4: the lane values `xor_k` adds to.
+    #[inline(always)]
+    pub fn xor_table(x: u32) -> [u32; 4] {
+        [x, x ^ 32, x ^ 64, x ^ 96]
+    }
+
     /// K's B operand at k-step `k` of a 16-key group starting at `keys`.
     #[inline(always)]
     pub fn b(&self, keys: u32, k: usize) -> u32 {

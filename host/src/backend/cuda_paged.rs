@@ -658,6 +658,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 partial_out: ptr(&dev.partial_out, &stream),
                 partial_ml: ptr(&dev.partial_ml, &stream),
                 token_map: token_map(plan, dev, &stream),
+                token_splits: 0,
                 lse: lse_ptr(t, &stream),
                 out: ptr(t.out, &stream),
                 out_token_stride: (hq * d) as u64,

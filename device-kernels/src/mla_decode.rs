@@ -1,0 +1,288 @@
+//! MLA decode (DeepSeek-V2/V3, Kimi-K2) in the absorbed form, over the paged latent cache,
+//! on tensor cores (`mma.sync`: the portable path).
+//!
+//! Every query head attends to the same latent rows: a key is a `D` = 576-dim row (512
+//! latent + 64 rope), its value the row's first `DV` = 512 dims. So a thread block owns
+//! `ROWS` = 64 (query token, head) rows of one request and one split of its keys, and each
+//! K tile, read from memory once, serves both `S = Q K^T` (576 dims) and, by its first 512
+//! dims, `O += P V`.
+//!
+//! Warps come in pairs per 16-row group (`group = warp % 4`, `half = warp / 4`). Half `h`
+//! computes the scores' partial dot products over the k-steps `2 ks + h` (16 dims each, 18
+//! of them); the pair
+//! swaps them through shared memory and both hold the full scores, so both run the same
+//! online softmax (the same operations in the same order: their states agree bit for bit).
+//! Half `h` then owns output columns `256 h .. 256 h + 256`: 128 f32 accumulators a lane.
+//! Per K tile of `BN` keys:
+//! - partial `S` over this half's 18 k-steps (Q from shared memory, K with `ldmatrix`);
+//! - exchange with the partner warp, sum;
+//! - the causal mask (query tokens of a request are causal among themselves) only on tiles
+//!   that cross a row's position or the split's end;
+//! - online softmax (log2 units, the scale folded into the exponent);
+//! - `O += P V` over this half's 256 columns (V with `ldmatrix.trans` from the K tile).
+//!
+//! Split-KV: the plan cuts each request's keys into chunks of `chunk_keys` (its schedule
+//! balances ragged batches over the SMs); a token whose request has one chunk is written to
+//! `out`, others to the workspace, merged by `merge_splits` with per-token counts.
+//!
+//! Grid: x = (request, split) pairs of the plan, y = 64-row tiles of the request's rows.
+//! The host guarantees: block ids inside the cache, block_size a power of two, splits
+//! inside their request's keys, rows 16-byte aligned.
+
+use crate::elem::{Bf16, Elem, F16};
+use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
+use crate::intrinsics::*;
+use crate::params::{MlaParams, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROWS, MLA_STAGES, MLA_WARPS};
+use crate::softmax::{p_fragment, rescale, RowState, LOG2E};
+use crate::tile::{swizzled, LdmLane};
+
+const WARPS: usize = MLA_WARPS as usize;
+const PAIRS: usize = WARPS / 2;
+const ROWS: usize = MLA_ROWS as usize;
+/// Keys per tile, score n-tiles per tile, tiles in flight.
+const BN: usize = MLA_KEYS as usize;
+const NB: usize = BN / 8;
+const STAGES: usize = MLA_STAGES as usize;
+/// Key (and query) dims, value dims; 16-byte chunks and bytes of a shared-memory row (72
+/// chunks: the swizzle moves a chunk only inside its group of 8, so rows need no padding).
+const D: usize = MLA_LATENT_DIM as usize;
+const DV: usize = MLA_RANK as usize;
+const CHUNKS: usize = D / 8;
+const ROW_BYTES: usize = D * 2;
+/// k-steps of one half's partial scores; output n-tiles of one half's columns.
+const KS_HALF: usize = D / 16 / 2;
+const NT_HALF: usize = DV / 2 / 8;
+
+#[inline(always)]
+unsafe fn mla_decode<E: Elem>(p: &MlaParams) {
+    let tid = thread_idx_x() as usize;
+    let lane = tid % 32;
+    let warp = tid / 32;
+    let group = warp % PAIRS;
+    let half = warp / PAIRS;
+    // Fragment coordinates: rows r0 and r0 + 8 of the warp's 16, columns (col, col + 1).
+    let r0 = lane / 4;
+    let col = 2 * (lane % 4);
+
+    // The block's (request, split) and its rows: the request's (token, head) pairs in q's
+    // order, from row0.
+    let item = block_idx_x() as usize;
+    let req = unsafe { ld_i32(p.splits, 2 * item) } as usize;
+    let split = unsafe { ld_i32(p.splits, 2 * item + 1) } as usize;
+    let hq = p.num_q_heads as usize;
+    let q_start = unsafe { ld_i32(p.query_start_loc, req) } as usize;
+    let q_end = unsafe { ld_i32(p.query_start_loc, req + 1) } as usize;
+    let seq_len = unsafe { ld_i32(p.seq_lens, req) } as usize;
+    let ctx = seq_len - (q_end - q_start);
+    let n_rows = (q_end - q_start) * hq;
+    let row0 = block_idx_y() as usize * ROWS;
+    if row0 >= n_rows {
+        return; // the whole block: a request with fewer rows than the grid's widest
+    }
+    let row_valid = |i: usize| row0 + i < n_rows;
+    let row_token = |i: usize| div_nz(row0 + i, hq); // within the request
+    let row_head = |i: usize| row0 + i - row_token(i) * hq;
+
+    // Keys: this split's chunk, cut after the block's last row's position; tiles
+    // [t_first, t_first + n_tiles).
+    let last = if row0 + ROWS < n_rows { row0 + ROWS - 1 } else { n_rows - 1 };
+    let min_pos = ctx + div_nz(row0, hq);
+    let max_pos = ctx + div_nz(last, hq);
+    let kv_begin = split * p.chunk_keys as usize;
+    let kv_end = if kv_begin + (p.chunk_keys as usize) < max_pos + 1 { kv_begin + p.chunk_keys as usize } else { max_pos + 1 };
+    let (t_first, n_tiles) = if kv_end > kv_begin { tile_range(kv_begin, kv_end, BN) } else { (0, 0) };
+
+    // Shared memory: the Q tile [ROWS rows], STAGES K tiles [BN rows], swizzled rows of
+    // CHUNKS chunks; then the score exchange, [warp][n-tile][lane] 16-byte vectors.
+    let smem = cvta_to_shared(dynamic_shared_f32());
+    let k_base = smem + (ROWS * ROW_BYTES) as u32;
+    let k_tile = |stage: usize| k_base + (stage * BN * ROW_BYTES) as u32;
+    let xchg = k_base + (STAGES * BN * ROW_BYTES) as u32;
+    let x_at = |w: usize, j: usize| xchg + (((w * NB + j) * 32 + lane) * 16) as u32;
+
+    // K tile `t` into `stage`: thread -> one key row (`tpr` threads a row) and every
+    // `tpr`-th chunk of it, one block-table lookup per thread and tile.
+    let keys = PagedKeys {
+        block_table: p.block_table,
+        bt_row: req * p.block_table_stride as usize,
+        block_size_log2: p.block_size_log2,
+        block_stride: p.cache_block_stride,
+        token_stride: p.cache_token_stride,
+        head_off: 0,
+    };
+    const THREADS: usize = WARPS * 32;
+    let tpr = THREADS / BN;
+    let (my_row, my_chunk0) = (tid / tpr, tid % tpr);
+    let issue = |t: usize, stage: usize| {
+        let off = keys.offset(clamp_key(t * BN + my_row, kv_begin, kv_end));
+        let src = unsafe { (p.cache as *const u16).add(off) };
+        let dst = k_tile(stage);
+        for k in 0..CHUNKS.div_ceil(tpr) {
+            let c = my_chunk0 + k * tpr;
+            if c < CHUNKS {
+                unsafe { cp_async_cg_16(dst + swizzled(my_row, c, ROW_BYTES) as u32, src.add(8 * c)) };
+            }
+        }
+    };
+    for s in 0..STAGES - 1 {
+        if s < n_tiles {
+            issue(t_first + s, s);
+        }
+        cp_async_commit_group();
+    }
+
+    // Q tile into shared memory (rows past the request's are zero).
+    let mut u = tid;
+    while u < ROWS * CHUNKS {
+        let (m, c) = (u / CHUNKS, u % CHUNKS);
+        let v = if row_valid(m) {
+            let off = (q_start + row_token(m)) as u64 * p.q_token_stride + row_head(m) as u64 * p.q_head_stride + (8 * c) as u64;
+            unsafe { ld_global_nc_v4((p.q as *const u16).add(off as usize)) }
+        } else {
+            V4::ZERO
+        };
+        unsafe { st_shared_v4(smem + swizzled(m, c, ROW_BYTES) as u32, v) };
+        u += THREADS;
+    }
+
+    let ldm = LdmLane::new(lane, ROW_BYTES);
+    // Half h takes the odd or even k-steps (kk = 2 ks + h) of the scores and the chunk
+    // pairs 16 h .. 16 h + 16 of the values, so that its swizzle XORs are lane values of
+    // four plus compile-time offsets (`LdmLane::xor_k`).
+    let (ax_s, bx_s) = (LdmLane::xor_table(ldm.a_x ^ (32 * half as u32)), LdmLane::xor_table(ldm.b_x ^ (32 * half as u32)));
+    let ax_v = LdmLane::xor_table(ldm.a_x);
+    let v_half = (half * (NT_HALF / 2) * 128) as u32;
+    let wrow = 16 * group;
+    let q_rows = smem + (wrow * ROW_BYTES) as u32;
+    // Whether this warp's group holds any row (uniform over the pair): groups past the
+    // request's rows only keep the barriers.
+    let active = row_valid(wrow);
+    // This lane's two rows' positions (rows past the request take the last one's).
+    let mut pos = [max_pos; 2];
+    for h in 0..2 {
+        let i = wrow + r0 + 8 * h;
+        if row_valid(i) {
+            pos[h] = ctx + row_token(i);
+        }
+    }
+    let s_exp = p.scale * LOG2E;
+    let mut rows = RowState::new();
+    let mut o = [[0.0f32; 4]; NT_HALF];
+
+    for i in 0..n_tiles {
+        // Invariant: tile i is in shared memory for every thread after the barrier, and
+        // every warp is done with tile i - 1 (its stage is refilled now) and with the
+        // previous exchange.
+        cp_async_wait_pending(STAGES - 2);
+        bar_sync();
+        if i + STAGES - 1 < n_tiles {
+            issue(t_first + i + STAGES - 1, (i + STAGES - 1) % STAGES);
+        }
+        cp_async_commit_group();
+        let stage = i % STAGES;
+        let key0 = (t_first + i) * BN;
+        let (k_rows, v_rows) = (k_tile(stage) + ldm.b_row, k_tile(stage) + ldm.a_row);
+
+        // Partial S over this half's k-steps, then published for the partner warp.
+        let mut s = [[0.0f32; 4]; NB];
+        if active {
+            for ks in 0..KS_HALF {
+                let a = unsafe { ldmatrix_x4(q_rows + ldm.a_row + LdmLane::xor_k(ax_s, 2 * ks)) };
+                for j in 0..BN / 16 {
+                    let b = unsafe { ldmatrix_x4(k_rows + (16 * j * ROW_BYTES) as u32 + LdmLane::xor_k(bx_s, 2 * ks)) };
+                    s[2 * j] = E::mma(a, [b[0], b[1]], s[2 * j]);
+                    s[2 * j + 1] = E::mma(a, [b[2], b[3]], s[2 * j + 1]);
+                }
+            }
+            for j in 0..NB {
+                unsafe { st_shared_v4(x_at(warp, j), V4([s[j][0].to_bits(), s[j][1].to_bits(), s[j][2].to_bits(), s[j][3].to_bits()])) };
+            }
+        }
+        bar_sync();
+        if !active {
+            continue;
+        }
+        // Full scores: own half + partner's half.
+        for j in 0..NB {
+            let v = unsafe { ld_shared_v4(x_at(warp ^ PAIRS, j)) };
+            for e in 0..4 {
+                s[j][e] += f32::from_bits(v.0[e]);
+            }
+        }
+        // Causal mask only where the tile crosses the first row's position or the split's
+        // end.
+        if key0 + BN > min_pos + 1 || key0 + BN > kv_end {
+            for j in 0..NB {
+                for e in 0..4 {
+                    let key = key0 + 8 * j + col + e % 2;
+                    if key > pos[e / 2] || key >= kv_end {
+                        s[j][e] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let corr = rows.update(&mut s, s_exp);
+        rescale(&mut o, corr);
+        // O[:, half's 256 columns] += P V: chunk pairs 16 half + dp of the K rows.
+        for kc in 0..BN / 16 {
+            let pa = p_fragment::<E, NB>(&s, kc);
+            for dp in 0..NT_HALF / 2 {
+                let b = unsafe { ldmatrix_x4_trans(v_rows + v_half + (16 * kc * ROW_BYTES) as u32 + LdmLane::xor_k(ax_v, dp)) };
+                o[2 * dp] = E::mma(pa, [b[0], b[1]], o[2 * dp]);
+                o[2 * dp + 1] = E::mma(pa, [b[2], b[3]], o[2 * dp + 1]);
+            }
+        }
+    }
+    cp_async_wait_group::<0>();
+
+    // Each lane's two rows: to `out` (normalised; the log-sum-exp if asked) when the token
+    // has one split, else the normalised partial row and its (max, denominator) to the
+    // token's workspace slot for this split.
+    for h in 0..2 {
+        let i = wrow + r0 + 8 * h;
+        let lsum = rows.denominator(h);
+        if !row_valid(i) {
+            continue;
+        }
+        let (token, head) = (q_start + row_token(i), row_head(i));
+        let (slot0, count) = unsafe { (ld_i32(p.token_splits, 2 * token) as usize, ld_i32(p.token_splits, 2 * token + 1)) };
+        let inv = if lsum > 0.0 { 1.0 / lsum } else { 0.0 };
+        let c0 = half * (DV / 2) + col;
+        if count == 1 {
+            let base = token as u64 * p.out_token_stride + head as u64 * p.out_head_stride + c0 as u64;
+            for nt in 0..NT_HALF {
+                let v = E::from_f32x2(o[nt][2 * h] * inv, o[nt][2 * h + 1] * inv);
+                unsafe { *((p.out as *mut u16).add((base + 8 * nt as u64) as usize) as *mut u32) = v };
+            }
+            if p.lse != 0 && half == 0 && lane % 4 == 0 {
+                unsafe { *(p.lse as *mut f32).add(token * hq + head) = rows.lse(h, lsum) };
+            }
+        } else {
+            let r = (slot0 + split) * hq + head;
+            let po = (p.partial_out as *mut f32).wrapping_add(r * DV + c0);
+            for nt in 0..NT_HALF {
+                unsafe {
+                    *po.add(8 * nt) = o[nt][2 * h] * inv;
+                    *po.add(8 * nt + 1) = o[nt][2 * h + 1] * inv;
+                }
+            }
+            if half == 0 && lane % 4 == 0 {
+                let ml = p.partial_ml as *mut f32;
+                unsafe {
+                    *ml.add(2 * r) = rows.m[h];
+                    *ml.add(2 * r + 1) = lsum;
+                }
+            }
+        }
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn mla_decode_bf16(p: MlaParams) {
+    unsafe { mla_decode::<Bf16>(&p) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn mla_decode_f16(p: MlaParams) {
+    unsafe { mla_decode::<F16>(&p) }
+}
