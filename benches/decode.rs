@@ -10,16 +10,13 @@
 //! `cargo bench --bench decode [-- --json]`
 
 use attn_backends::backend::cuda_paged::CudaPagedImpl;
-use attn_backends::cuda::CudaRuntime;
 use attn_backends::workload::{ragged_lengths, schedule, Rng};
-use attn_backends::{AttnSpec, BackendName, DType, HostKvCache, KvCacheLayout, MetadataBuilder, PlanOptions, Step, StepLimits};
-use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaSlice, CudaStream};
+use attn_backends::{AttnSpec, BackendName, DType, KvCacheLayout, MetadataBuilder, PlanOptions, Step, StepLimits};
 use half::bf16;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-const REPS: usize = 30;
+mod common;
+use common::{copy_bandwidth, random_cache, Timer};
+
 const BLOCK_SIZE: usize = 16;
 
 struct Workload {
@@ -51,54 +48,6 @@ fn extra_workloads() -> Vec<Workload> {
     ]
 }
 
-struct Timer {
-    stream: Arc<CudaStream>,
-    flush: CudaSlice<u8>,
-}
-
-impl Timer {
-    /// Median and (min, max) in ms of `f` over REPS runs, L2 flushed before each.
-    fn time(&mut self, mut f: impl FnMut() -> attn_backends::Result<()>) -> (f64, f64, f64) {
-        let ctx = self.stream.context().clone();
-        let warm_until = Instant::now() + Duration::from_millis(300);
-        while Instant::now() < warm_until {
-            f().expect("warm-up launch");
-            self.stream.synchronize().expect("sync");
-        }
-        let mut ms = Vec::with_capacity(REPS);
-        for _ in 0..REPS {
-            self.stream.memset_zeros(&mut self.flush).expect("L2 flush");
-            let a = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
-            let b = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
-            a.record(&self.stream).expect("record");
-            f().expect("launch");
-            b.record(&self.stream).expect("record");
-            b.synchronize().expect("sync");
-            ms.push(a.elapsed_ms(&b).expect("elapsed") as f64);
-        }
-        ms.sort_by(|x, y| x.partial_cmp(y).unwrap());
-        (ms[REPS / 2], ms[0], ms[REPS - 1])
-    }
-}
-
-/// Device-to-device copy bandwidth (read + write) of a 1 GiB buffer, GB/s.
-fn copy_bandwidth(rt: &Arc<CudaRuntime>, timer: &mut Timer) -> f64 {
-    let n = 1usize << 30;
-    let src = rt.stream().alloc_zeros::<u8>(n).expect("alloc");
-    let mut dst = rt.stream().alloc_zeros::<u8>(n).expect("alloc");
-    let stream = rt.stream().clone();
-    let (ms, _, _) = timer.time(|| Ok(stream.memcpy_dtod(&src, &mut dst)?));
-    2.0 * n as f64 / (ms * 1e-3) / 1e9
-}
-
-/// A cache filled with random bf16 (a random 16 MiB pattern repeated: random, never zeros,
-/// and quick to make for multi-GiB caches).
-fn random_cache(layout: KvCacheLayout, rng: &mut Rng) -> HostKvCache<bf16> {
-    let pattern: Vec<bf16> = (0..(8 << 20) + 13).map(|_| bf16::from_f32(rng.uniform())).collect();
-    let fill = |off: usize| (0..layout.elements()).map(|i| pattern[(i + off) % pattern.len()]).collect::<Vec<_>>();
-    HostKvCache { layout, key: fill(0), value: fill(12345) }
-}
-
 fn main() {
     let json = std::env::args().any(|a| a == "--json");
     // --sweep: also time split counts 1, 2, 4, 8, 16 (to tune the heuristic).
@@ -111,7 +60,7 @@ fn main() {
             return;
         }
     };
-    let mut timer = Timer { stream: rt.stream().clone(), flush: rt.stream().alloc_zeros::<u8>(256 << 20).expect("alloc") };
+    let mut timer = Timer::new(&rt);
     let copy = copy_bandwidth(&rt, &mut timer);
     println!("device: {} ({}, {} SMs); copy bandwidth {:.0} GB/s (read + write)", rt.device_name(), rt.arch(), rt.num_sms(), copy);
     println!("| workload | splits | time (us) [min, max] | GB/s | of copy | peers on H100: cuDNN / Triton |");

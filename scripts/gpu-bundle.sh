@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 out=gpu-bundle
 rm -rf "$out" && mkdir -p "$out/bin" "$out/ptx"
 exes=$( (cargo test --release --no-run --test gpu --message-format=json &&
-         cargo bench --no-run --bench decode --bench step --bench prefill --message-format=json &&
+         cargo bench --no-run --bench decode --bench step --bench prefill --bench mla --message-format=json &&
          cargo build --release --bin attn --example 02_gpu_plan_run --message-format=json) |
   python3 -c '
 import json, sys
@@ -19,7 +19,7 @@ for line in sys.stdin:
 while read -r name exe; do
   cp "$exe" "$out/bin/$name" && strip "$out/bin/$name"
 done <<< "$exes"
-for b in gpu decode step prefill attn 02_gpu_plan_run; do
+for b in gpu decode step prefill mla attn 02_gpu_plan_run; do
   [ -x "$out/bin/$b" ] || { echo "gpu-bundle: $b did not build" >&2; exit 1; }
 done
 ptx_dir=$(dirname "$(ls -t target/release/build/attn-backends-*/out/ptx_modules.rs | head -n 1)")

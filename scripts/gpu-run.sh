@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the bundle: GPU tests, compute-sanitizer (memcheck and
-# racecheck on every kernel), the `attn demo`, and the decode benchmarks.
+# racecheck on every kernel), the `attn demo`s, and the benchmarks.
 # Logs go to $OUT (or ./logs). `run.sh quick` skips the sanitizers.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -16,8 +16,8 @@ if [ "${1:-}" != quick ]; then
   cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
   if [ -n "$cs" ]; then
     # A subset that still launches every kernel: cache write, paged attention, split + merge.
-    "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" "soft-cap" "one step" "cuda graph" "determinism" "ragged" "Falcon" "group 136" "d96" > "$log/memcheck.txt" 2>&1 || status=1
-    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" > "$log/racecheck.txt" 2>&1 || status=1
+    "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" "soft-cap" "one step" "cuda graph" "determinism" "ragged" "Falcon" "group 136" "d96" "mla bf16 16 heads" "mla bf16 128 heads 4 tokens" "mla f16 128 heads 3 splits" "mla vs" > "$log/memcheck.txt" 2>&1 || status=1
+    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" "mla bf16 16 heads 5 splits" "mla bf16 128 heads 4 tokens" > "$log/racecheck.txt" 2>&1 || status=1
     tail -n 3 "$log/memcheck.txt" "$log/racecheck.txt" | tee -a "$log/summary.txt"
   else
     echo "compute-sanitizer not found" | tee -a "$log/summary.txt"
@@ -26,9 +26,11 @@ fi
 ./bin/attn demo 2>&1 | tee "$log/demo.txt" || status=1
 ./bin/attn demo --dtype f16 --model mistral-7b 2>&1 | tee -a "$log/demo.txt" || status=1
 ./bin/02_gpu_plan_run 2>&1 | tee -a "$log/demo.txt" || status=1
+./bin/attn demo --model deepseek-v3 2>&1 | tee -a "$log/demo.txt" || status=1
 ./bin/decode --json --extra 2>&1 | tee "$log/bench-decode.txt" || status=1
 ./bin/step --json 2>&1 | tee "$log/bench-step.txt" || status=1
 ./bin/prefill --json 2>&1 | tee "$log/bench-prefill.txt" || status=1
+./bin/mla --json --sweep 2>&1 | tee "$log/bench-mla.txt" || status=1
 if [ -f peer_bench.py ] && [ "${1:-}" != quick ]; then
   timeout 300 python3 peer_bench.py --sections prefill --quick > "$log/peers-prefill.txt" 2>&1 || echo "peer bench failed (not a product failure)" >> "$log/summary.txt"
 fi

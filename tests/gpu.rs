@@ -15,7 +15,7 @@ use attn_backends::cuda::CudaRuntime;
 use attn_backends::layer::Attention;
 use attn_backends::metadata::AttentionMetadata;
 use attn_backends::workload::{blocks_needed, random_values, schedule, Rng};
-use attn_backends::{oracle, AttnError, AttnSpec, BackendName, Element, HostKvCache, KvCacheLayout, MetadataBuilder, PlanOptions, StepLimits};
+use attn_backends::{oracle, AttnError, AttnSpec, BackendName, Element, HostKvCache, KvCacheLayout, MetadataBuilder, MlaSpec, PlanOptions, StepLimits};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
@@ -201,6 +201,29 @@ fn cases() -> Vec<Case> {
     add("prefill bf16 d64 Falcon 71:1 (one token per tile)".into(), s, true);
     let s = Shape { spec: AttnSpec::new(136, 1, 64), block_size: 16, requests: vec![(0, 9), (30, 2), (7, 1)], splits: None };
     add("prefill bf16 d64 group 136 (two head tiles)".into(), s, true);
+
+    // MLA: odd context lengths, 1 and 2 query tokens, every head count, forced splits
+    // 1-16, block sizes 16-128, a ragged batch, 4 speculative tokens, a 17-token chunk.
+    let mut mla = |name: String, s: MlaShape, bf: bool| {
+        let seed = v.len() as u64 * 7919 + 1;
+        v.push(Case { name, run: Box::new(move |rt| if bf { check_mla::<bf16>(rt, &s, seed) } else { check_mla::<f16>(rt, &s, seed) }) });
+    };
+    let odd = vec![(4094, 1), (0, 1), (300, 1), (999, 2), (62, 2), (2000, 1), (33, 1)];
+    for heads in [16, 32, 64, 128] {
+        mla(format!("mla bf16 {heads} heads"), MlaShape { heads, block_size: 64, requests: odd.clone(), splits: None }, true);
+    }
+    mla("mla f16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None }, false);
+    mla("mla f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3) }, false);
+    for splits in [1, 2, 5, 8, 16] {
+        mla(format!("mla bf16 16 heads {splits} splits"), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: Some(splits) }, true);
+    }
+    for bs in [16, 128] {
+        mla(format!("mla bf16 32 heads block size {bs}"), MlaShape { heads: 32, block_size: bs, requests: odd.clone(), splits: Some(4) }, true);
+    }
+    let ragged: Vec<(usize, usize)> = (0..40).map(|i| ((i * 379) % 5000 + 1, 1 + i % 2)).collect();
+    mla("mla bf16 64 heads ragged 40".into(), MlaShape { heads: 64, block_size: 64, requests: ragged, splits: None }, true);
+    mla("mla bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2) }, true);
+    mla("mla bf16 16 heads long context".into(), MlaShape { heads: 16, block_size: 64, requests: vec![(32767, 1), (20000, 2)], splits: None }, true);
     v
 }
 
@@ -431,9 +454,113 @@ fn log_sum_exp(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     }
 }
 
+/// An MLA layer spec of `h` heads (DeepSeek-V3's dims: rank 512, rope 64, nope 128).
+fn mla_spec(h: usize) -> AttnSpec {
+    let mla = MlaSpec { num_q_heads: h, kv_lora_rank: 512, qk_rope_head_dim: 64, qk_nope_head_dim: 128, v_head_dim: 128, scale: 1.0 / 192f32.sqrt() };
+    AttnSpec { mla: Some(mla), ..AttnSpec::new(h, h, 192) }
+}
+
+#[derive(Clone)]
+struct MlaShape {
+    heads: usize,
+    block_size: usize,
+    requests: Vec<(usize, usize)>,
+    splits: Option<usize>,
+}
+
+/// The MLA layer on the GPU against the absorbed-form f64 oracle: random latent cache,
+/// q, kv_c and k_pe; output poisoned; the latent cache after the step compared bit for bit.
+fn check_mla<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Result<String, String> {
+    let e = |x: AttnError| x.to_string();
+    let mut rng = Rng::new(seed);
+    let spec = mla_spec(s.heads);
+    let mla = spec.mla.clone().unwrap();
+    let (h, r, w) = (s.heads, mla.kv_lora_rank, mla.latent_dim());
+    let num_blocks = blocks_needed(&s.requests, s.block_size) + 5;
+    let layout = KvCacheLayout::new(num_blocks, s.block_size, 1, w).map_err(e)?;
+    let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &s.requests, s.block_size, num_blocks).ok_or("pool too small")?).map_err(e)?;
+    let n = meta.num_tokens();
+    let before = HostKvCache { layout, key: random_values::<T>(&mut rng, layout.elements()), value: random_values::<T>(&mut rng, layout.elements()) };
+    let q = random_values::<T>(&mut rng, n * h * w);
+    let latent = random_values::<T>(&mut rng, n * w);
+    let kv_c: Vec<T> = latent.chunks(w).flat_map(|row| row[..r].to_vec()).collect();
+    let k_pe: Vec<T> = latent.chunks(w).flat_map(|row| row[r..].to_vec()).collect();
+
+    let mut gpu = Attention::<T>::new(BackendName::CudaMla, spec, layout, Some(rt.clone())).map_err(e)?;
+    gpu.load_cache(&before).map_err(e)?;
+    let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
+    let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits }).map_err(e)?;
+    let (splits, chunk) = (plan.num_splits, plan.chunk_keys);
+    let mut out = vec![T::from_f32(f32::NAN); n * h * r];
+    gpu.forward_host(&step, &q, &kv_c, &k_pe, &mut out).map_err(e)?;
+
+    let mut want = before.clone();
+    want.write_slots(&latent, &latent, meta.slot_mapping()).map_err(e)?;
+    let got = gpu.cache_snapshot().map_err(e)?;
+    if got.key.iter().zip(&want.key).any(|(a, b)| a.to_f32().to_bits() != b.to_f32().to_bits()) {
+        return Err("latent cache after the step differs from the expected cache".into());
+    }
+    let reference = oracle::paged_mla_reference(&q, &want, &meta, &mla);
+    let cpu = attn_backends::backend::cpu::mla_decode_cpu(&q, &want, &meta, &mla).map_err(e)?;
+    let cpu_t: Vec<T> = cpu.iter().map(|&x| T::from_f32(x)).collect();
+    let err = rel_error(&out, &reference);
+    let cpu_err = rel_error(&cpu_t, &reference);
+    let bound = (2.0 * cpu_err + 2e-3).min(1e-2);
+    let msg = format!("rel err {err:.2e} (CPU {cpu_err:.2e}, bound {bound:.1e}), tokens {n}, splits {splits} of {chunk} keys");
+    if err <= bound { Ok(msg) } else { Err(msg) }
+}
+
+/// The absorbed kernel against MLA as written (per-head up-projected keys and values): one
+/// request of 2 query tokens; `W_UV` applied to the GPU's latent output on the host.
+fn mla_vs_naive(rt: &Arc<CudaRuntime>) -> Result<String, String> {
+    let e = |x: AttnError| x.to_string();
+    let (h, lk, lq) = (16, 777, 2);
+    let spec = mla_spec(h);
+    let mla = spec.mla.clone().unwrap();
+    let (r, rope, nope, dv) = (512, 64, 128, 128);
+    let mut rng = Rng::new(99);
+    let f = |rng: &mut Rng, n: usize, sc: f64| -> Vec<f64> { random_values::<f32>(rng, n).iter().map(|&x| x as f64 * sc).collect() };
+    let (c_kv, k_rope) = (f(&mut rng, lk * r, 1.0), f(&mut rng, lk * rope, 1.0));
+    let (q_nope, q_rope) = (f(&mut rng, lq * h * nope, 1.0), f(&mut rng, lq * h * rope, 1.0));
+    let (w_uk, w_uv) = (f(&mut rng, h * nope * r, 0.1), f(&mut rng, h * dv * r, 0.1));
+    let x = oracle::MlaInputs { lq, lk, c_kv: &c_kv, k_rope: &k_rope, q_nope: &q_nope, q_rope: &q_rope, w_uk: &w_uk, w_uv: &w_uv };
+    let naive = oracle::mla_naive(&x, &mla, &oracle::Mask::causal(&[lk - 2, lk - 1], lk, None));
+    // The step: lk - 2 cached latent rows, then this step's two.
+    let bs = 64;
+    let layout = KvCacheLayout::new(lk.div_ceil(bs) + 2, bs, 1, r + rope).map_err(e)?;
+    let meta = MetadataBuilder::new(layout)
+        .build(&attn_backends::SchedulerOutput {
+            requests: vec![attn_backends::RequestSchedule { num_computed_tokens: lk - 2, num_new_tokens: 2, block_ids: (0..lk.div_ceil(bs) as u32).rev().collect() }],
+        })
+        .map_err(e)?;
+    let rows: Vec<bf16> = oracle::mla_latent_rows(&x, &mla).iter().map(|&v| bf16::from_f64(v)).collect();
+    let mut cache = HostKvCache::<bf16>::zeros(layout);
+    let all_slots: Vec<i64> = (0..lk).map(|j| meta.slot_of(0, j) as i64).collect();
+    cache.write_slots(&rows[..(lk - 2) * (r + rope)], &rows[..(lk - 2) * (r + rope)], &all_slots[..lk - 2]).map_err(e)?;
+    let new = &rows[(lk - 2) * (r + rope)..];
+    let kv_c: Vec<bf16> = new.chunks(r + rope).flat_map(|row| row[..r].to_vec()).collect();
+    let k_pe: Vec<bf16> = new.chunks(r + rope).flat_map(|row| row[r..].to_vec()).collect();
+    let q: Vec<bf16> = oracle::mla_absorb_query(&x, &mla).iter().map(|&v| bf16::from_f64(v)).collect();
+    let mut gpu = Attention::<bf16>::new(BackendName::CudaMla, spec, layout, Some(rt.clone())).map_err(e)?;
+    gpu.load_cache(&cache).map_err(e)?;
+    let latent_out = gpu.forward(&q, &kv_c, &k_pe, &meta).map_err(e)?;
+    let mut out = Vec::with_capacity(lq * h * dv);
+    for i in 0..lq {
+        for hh in 0..h {
+            let o = &latent_out[(i * h + hh) * r..][..r];
+            for d in 0..dv {
+                out.push(w_uv[(hh * dv + d) * r..][..r].iter().zip(o).map(|(a, b)| a * b.to_f64()).sum::<f64>());
+            }
+        }
+    }
+    let err = oracle::rel_error(&out, &naive);
+    // bf16 inputs (query, latent rows) bound the agreement, not the kernel.
+    if err < 2e-2 { Ok(format!("W_UV (GPU latent out) vs the naive oracle: rel err {err:.2e}")) } else { Err(format!("rel err {err:.2e}")) }
+}
+
 /// Every kernel the host names (dtype x head dim x family) is in the loaded module.
 fn every_kernel_loads(rt: &Arc<CudaRuntime>) -> Result<String, String> {
-    let names = attn_backends::backend::cuda_paged::kernel_registry();
+    let names = attn_backends::backend::kernel_registry();
     for n in &names {
         rt.function(n).map_err(|e| format!("{n}: {e}"))?;
     }
@@ -462,8 +589,14 @@ fn bad_input(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     let mut step = gpu.new_step(StepLimits::new(1, 1, 16, 16)).map_err(|e| e.to_string())?;
     let e1 = step.prepare(&long).err().ok_or("a step past max_blocks_per_req accepted")?;
     let e2 = Attention::<bf16>::new(BackendName::CudaPaged, AttnSpec::new(8, 2, 80), KvCacheLayout::new(8, 16, 2, 80).unwrap(), Some(rt.clone())).err().ok_or("head dim 80 accepted")?;
-    let e3 = Attention::<f32>::new(BackendName::CudaPaged, spec, layout, Some(rt.clone())).err().ok_or("f32 accepted")?;
-    Ok(format!("rejected: `{err}`; `{e1}`; `{e2}`; `{e3}`"))
+    let e3 = Attention::<f32>::new(BackendName::CudaPaged, spec.clone(), layout, Some(rt.clone())).err().ok_or("f32 accepted")?;
+    // MLA: a multi-head spec on CUDA_MLA, a latent width without a kernel, a wrong cache.
+    let e4 = Attention::<bf16>::new(BackendName::CudaMla, spec, layout, Some(rt.clone())).err().ok_or("MHA on CUDA_MLA accepted")?;
+    let mut odd = mla_spec(16);
+    odd.mla.as_mut().unwrap().kv_lora_rank = 448;
+    let e5 = Attention::<bf16>::new(BackendName::CudaMla, odd, KvCacheLayout::new(8, 64, 1, 512).unwrap(), Some(rt.clone())).err().ok_or("rank 448 accepted")?;
+    let e6 = Attention::<bf16>::new(BackendName::CudaMla, mla_spec(16), KvCacheLayout::new(8, 64, 2, 576).unwrap(), Some(rt.clone())).err().ok_or("2-head latent cache accepted")?;
+    Ok(format!("rejected: `{err}`; `{e1}`; `{e2}`; `{e3}`; `{e4}`; `{e5}`; `{e6}`"))
 }
 
 fn main() {
@@ -475,6 +608,7 @@ fn main() {
     all.push(Case { name: "one step shared by two layers".into(), run: Box::new(step_shared_by_layers) });
     all.push(Case { name: "cuda graph replay".into(), run: Box::new(graph_replay) });
     all.push(Case { name: "determinism".into(), run: Box::new(determinism) });
+    all.push(Case { name: "mla vs the naive oracle".into(), run: Box::new(mla_vs_naive) });
     let all: Vec<Case> = all.into_iter().filter(|c| filter.is_empty() || filter.iter().any(|f| c.name.contains(f.as_str()))).collect();
     let rt = match attn_backends::gpu_if_present() {
         Ok(rt) => rt,

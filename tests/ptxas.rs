@@ -32,7 +32,7 @@ fn main() {
     };
     // The registry and the instantiation tables agree: every module holds exactly the entry
     // points the host names (checked without ptxas).
-    let mut want = attn_backends::backend::cuda_paged::kernel_registry();
+    let mut want = attn_backends::backend::kernel_registry();
     want.sort();
     for (_, arch, ptx) in attn_backends::ptx::PTX_MODULES {
         let mut got: Vec<String> = ptx

@@ -227,10 +227,10 @@ pub const fn prefill_smem_bytes(d: u32) -> u32 {
 
 /// The kernel registry, read by both sides: every attention family (decode, prefill) is
 /// instantiated for each of these head dims and dtype tags (`<family>_<tag>_d<head dim>`,
-/// prefill once more per score modifier),
-/// the merge for each tag (`merge_splits_<tag>`), the cache write once. The device's
+/// prefill once more per score modifier), the merge and MLA decode for each tag
+/// (`merge_splits_<tag>`, `mla_decode_<tag>`), the two cache writes once. The device's
 /// instantiation tables assert their entries against it; the host names kernels from it
-/// (`cuda_paged::kernel_registry`), and the ptxas test checks that every module holds
+/// (`backend::kernel_registry`), and the ptxas test checks that every module holds
 /// exactly those entry points.
 pub const HEAD_DIMS: [u32; 4] = [64, 96, 128, 256];
 pub const DTYPE_TAGS: [&str; 2] = ["bf16", "f16"];

@@ -24,6 +24,8 @@ unsafe impl DeviceRepr for crate::params::CacheWriteParams {}
 unsafe impl DeviceRepr for crate::params::PagedAttnParams {}
 unsafe impl DeviceRepr for crate::params::MergeParams {}
 unsafe impl DeviceRepr for crate::params::PrefillParams {}
+unsafe impl DeviceRepr for crate::params::MlaParams {}
+unsafe impl DeviceRepr for crate::params::MlaCacheWriteParams {}
 
 /// Whether a CUDA driver library can be loaded here (false on CI machines). Checked before
 /// anything touches cudarc, which panics when the library is missing.

@@ -91,7 +91,12 @@ impl<T: Element> Attention<T> {
     /// uploads), runs, returns `out` `[num_tokens, num_q_heads, head_dim]`. For trying the
     /// library and for tests; a model prepares one [`Step`] per step for all its layers.
     pub fn forward(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata) -> Result<Vec<T>> {
-        let mut out = vec![T::default(); meta.num_tokens() * self.spec.num_q_heads * self.spec.head_dim];
+        // MLA writes the latent output (kv_lora_rank wide per head).
+        let row = match &self.spec.mla {
+            Some(m) => m.num_q_heads * m.kv_lora_rank,
+            None => self.spec.num_q_heads * self.spec.head_dim,
+        };
+        let mut out = vec![T::default(); meta.num_tokens() * row];
         self.forward_into(q, k, v, meta, &mut out)?;
         Ok(out)
     }

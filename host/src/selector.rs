@@ -14,7 +14,7 @@
 //!
 //! let req = Requirements::for_model(&preset("deepseek-v3").unwrap(), 16);
 //! let sel = select(Platform::Cuda { major: 9, minor: 0 }, &req, None).unwrap();
-//! assert_eq!(sel.backend, BackendName::Cpu);
+//! assert_eq!(sel.backend, BackendName::CudaMla);
 //! assert!(sel.reason.contains("CUDA_PAGED: MLA not supported"));
 //! ```
 
@@ -33,7 +33,7 @@ pub const ENV_VAR: &str = "ATTN_BACKEND";
 /// Priority lists, best first. A new backend is one entry here plus its `CAPS` row;
 /// a backend that cannot run on a platform is rejected by [`check`], so the CUDA list may
 /// name backends for newer architectures than the device has.
-const CUDA_PRIORITY: &[BackendName] = &[BackendName::CudaPaged, BackendName::Cpu];
+const CUDA_PRIORITY: &[BackendName] = &[BackendName::CudaPaged, BackendName::CudaMla, BackendName::Cpu];
 const CPU_PRIORITY: &[BackendName] = &[BackendName::Cpu];
 
 /// The platform's priority list, best first.
@@ -79,13 +79,13 @@ impl Requirements {
 
 impl Requirements {
     /// What one layer of `spec` in `dtype` over a cache of `block_size`-token blocks asks
-    /// (MHA/GQA; the same dtype for the cache).
+    /// (the same dtype for the cache; for MLA the latent width as the head dim).
     pub fn for_layer(spec: &crate::spec::AttnSpec, dtype: DType, block_size: usize) -> Requirements {
         Requirements {
             dtype,
             kv_cache_dtype: KvCacheDType::Auto,
-            head_dim: spec.head_dim,
-            mla: false,
+            head_dim: spec.mla.as_ref().map_or(spec.head_dim, |m| m.latent_dim()),
+            mla: spec.mla.is_some(),
             sliding_window: spec.sliding_window.is_some(),
             softcap: spec.softcap.is_some(),
             alibi: spec.alibi_slopes.is_some(),
@@ -168,26 +168,28 @@ pub fn check(caps: &BackendCaps, platform: Platform, req: &Requirements) -> Vec<
     if !caps.kv_cache_dtypes.contains(&req.kv_cache_dtype) {
         why.push(format!("KV cache dtype {} not supported ({})", req.kv_cache_dtype, join(caps.kv_cache_dtypes)));
     }
-    if req.mla {
-        if !caps.mla {
-            why.push("MLA not supported".to_string());
-        }
-    } else {
-        if !caps.mha {
-            why.push("MHA/GQA not supported (serves MLA models only)".to_string());
-        }
-        // `head_dims` lists the MHA/GQA instantiations; MLA's latent width is the MLA kernel's own.
+    // `head_dims` lists the backend's instantiations: MHA/GQA head dims, or for an
+    // MLA-only backend the latent widths; empty means any.
+    let dims_and_smem = |why: &mut Vec<String>, what: &str| {
         if !caps.head_dims.is_empty() && !caps.head_dims.contains(&req.head_dim) {
-            why.push(format!("head dim {} not in [{}]", req.head_dim, join(caps.head_dims)));
+            why.push(format!("{what} {} not in [{}]", req.head_dim, join(caps.head_dims)));
         } else if let (Some(smem), Some(cc)) = (caps.shared_memory_bytes, platform.compute_capability()) {
             let (need, limit) = (smem(req.head_dim), max_shared_memory_per_block(cc));
             if need > limit {
-                why.push(format!(
-                    "head dim {} needs {need} bytes of shared memory per block, sm_{cc} allows {limit}",
-                    req.head_dim
-                ));
+                why.push(format!("{what} {} needs {need} bytes of shared memory per block, sm_{cc} allows {limit}", req.head_dim));
             }
         }
+    };
+    if req.mla {
+        if !caps.mla {
+            why.push("MLA not supported".to_string());
+        } else if !caps.mha {
+            dims_and_smem(&mut why, "MLA latent dim");
+        }
+    } else if !caps.mha {
+        why.push("MHA/GQA not supported (serves MLA models only)".to_string());
+    } else {
+        dims_and_smem(&mut why, "head dim");
     }
     for (wanted, supported, what) in [
         (req.sliding_window, caps.sliding_window, "sliding window"),
@@ -387,7 +389,7 @@ mod tests {
             assert_eq!(b.caps().name, b, "{b}'s CAPS row names another backend");
             assert_eq!(BackendName::parse(b.as_str()), Some(b));
         }
-        assert_eq!(priority(SM90), &[BackendName::CudaPaged, BackendName::Cpu]);
+        assert_eq!(priority(SM90), &[BackendName::CudaPaged, BackendName::CudaMla, BackendName::Cpu]);
         assert_eq!(priority(Platform::Cpu), &[BackendName::Cpu]);
         assert!(priority(Platform::Cpu).iter().all(|b| b.caps().cpu));
     }
@@ -397,7 +399,7 @@ mod tests {
         let sel = select(SM90, &req("llama-3-8b"), None).unwrap();
         assert_eq!(sel.backend, BackendName::CudaPaged);
         assert!(sel.rejected.is_empty());
-        assert!(sel.reason.contains("CUDA sm_90 priority list [CUDA_PAGED, CPU]"), "{}", sel.reason);
+        assert!(sel.reason.contains("CUDA sm_90 priority list [CUDA_PAGED, CUDA_MLA, CPU]"), "{}", sel.reason);
         assert!(sel.reason.contains("bf16, head dim 128, MHA/GQA"), "{}", sel.reason);
     }
 
@@ -415,14 +417,19 @@ mod tests {
     }
 
     #[test]
-    fn deepseek_mla_on_sm90_falls_back_to_cpu() {
+    fn deepseek_mla_on_sm90_is_cuda_mla() {
         let r = req("deepseek-v3");
         assert!(r.mla);
         assert_eq!(r.head_dim, 576);
         let sel = select(SM90, &r, None).unwrap();
-        assert_eq!(sel.backend, BackendName::Cpu);
-        assert!(sel.reason.contains("MLA not supported"), "{}", sel.reason);
+        assert_eq!(sel.backend, BackendName::CudaMla);
+        assert!(sel.reason.contains("MLA (latent dim 576)") && sel.reason.contains("mla_decode"), "{}", sel.reason);
         assert_eq!(sel.rejected, vec![(BackendName::CudaPaged, vec!["MLA not supported".to_string()])]);
+        // Before sm_80, and in f32, MLA falls back to the CPU; another latent width has no kernel.
+        assert_eq!(select(SM75, &r, None).unwrap().backend, BackendName::Cpu);
+        assert_eq!(select(SM90, &Requirements { dtype: DType::F32, ..r }, None).unwrap().backend, BackendName::Cpu);
+        let other = Requirements { head_dim: 320, ..r };
+        assert_eq!(check(BackendName::CudaMla.caps(), SM90, &other), vec!["MLA latent dim 320 not in [576]"]);
     }
 
     #[test]
@@ -481,9 +488,9 @@ mod tests {
 
     #[test]
     fn mla_only_backend_rejects_mha_models() {
-        let caps = BackendCaps { mha: false, mla: true, ..BackendName::CudaPaged.caps().clone() };
-        assert_eq!(check(&caps, SM90, &req("llama-3-8b")), vec!["MHA/GQA not supported (serves MLA models only)"]);
-        assert!(check(&caps, SM90, &req("deepseek-v3")).is_empty(), "head dims apply to MHA only");
+        let caps = BackendName::CudaMla.caps();
+        assert_eq!(check(caps, SM90, &req("llama-3-8b")), vec!["MHA/GQA not supported (serves MLA models only)"]);
+        assert!(check(caps, SM90, &req("deepseek-v3")).is_empty(), "the latent width is the MLA kernel's");
         let no_features =
             BackendCaps { sliding_window: false, softcap: false, alibi: false, ..BackendName::CudaPaged.caps().clone() };
         assert_eq!(check(&no_features, SM90, &req("gemma-2-9b")), vec!["sliding window not supported", "logits soft-cap not supported"]);
@@ -512,7 +519,7 @@ mod tests {
         }
         // Never a silent fallback: MLA forced onto CUDA_PAGED fails even though CPU would serve.
         let e = select(SM90, &req("deepseek-v3"), Some("CUDA_PAGED")).unwrap_err().to_string();
-        assert!(e.contains("MLA not supported") && e.contains("Backends that can: CPU"), "{e}");
+        assert!(e.contains("MLA not supported") && e.contains("Backends that can: CUDA_MLA, CPU"), "{e}");
     }
 
     #[test]
@@ -567,7 +574,8 @@ mod tests {
         assert_eq!(find(SM90, DType::Bf16, "llama-3-8b"), BackendName::CudaPaged);
         assert_eq!(find(SM90, DType::F32, "llama-3-8b"), BackendName::Cpu);
         assert_eq!(find(SM75, DType::F16, "llama-3-8b"), BackendName::Cpu);
-        assert_eq!(find(SM90, DType::Bf16, "deepseek-v3"), BackendName::Cpu);
+        assert_eq!(find(SM90, DType::Bf16, "deepseek-v3"), BackendName::CudaMla);
+        assert_eq!(find(SM90, DType::F32, "deepseek-v3"), BackendName::Cpu);
         assert!(rows.iter().all(|r| r.result.is_ok()), "the CPU backend serves everything");
     }
 

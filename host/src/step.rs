@@ -13,7 +13,7 @@
 //! a GPU the device copies of the metadata and the split workspace, sized once for
 //! [`StepLimits`] so that their addresses never change and a captured CUDA graph stays valid.
 
-use crate::backend::{cuda_paged, BackendName};
+use crate::backend::{cuda_mla, cuda_paged, BackendName};
 use crate::cuda::CudaRuntime;
 use crate::dtype::DType;
 use crate::error::{AttnError, Result};
@@ -117,7 +117,12 @@ pub struct LayerShape {
 }
 
 impl LayerShape {
+    /// A layer's shape as its kernels see it: for MLA, the absorbed form's heads over one
+    /// latent kv head of `kv_lora_rank + rope` dims.
     pub fn of(spec: &AttnSpec) -> LayerShape {
+        if let Some(m) = &spec.mla {
+            return LayerShape::heads(m.num_q_heads, 1, m.latent_dim());
+        }
         LayerShape {
             num_q_heads: spec.num_q_heads,
             num_kv_heads: spec.num_kv_heads,
@@ -163,6 +168,14 @@ pub struct PrefillTile {
     pub tokens: u32,
 }
 
+/// One block of MLA's split-KV schedule: split `split` of `request`'s keys (keys
+/// `[split * chunk_keys, (split + 1) * chunk_keys)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeySplit {
+    pub request: u32,
+    pub split: u32,
+}
+
 /// What every layer of a step launches, decided once per step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepPlan {
@@ -180,6 +193,11 @@ pub struct StepPlan {
     pub prefill_tiles: Vec<PrefillTile>,
     /// Workspace the plan uses (partial outputs and their (max, sum) pairs when split).
     pub workspace_bytes: usize,
+    /// MLA's schedule: the decode kernel's blocks, keys per split, and each query token's
+    /// (first workspace slot, split count) (empty on other backends).
+    pub key_splits: Vec<KeySplit>,
+    pub chunk_keys: usize,
+    pub token_splits: Vec<[u32; 2]>,
 }
 
 impl StepPlan {
@@ -192,6 +210,9 @@ impl StepPlan {
             && self.launches == other.launches
             && self.decode_tokens == other.decode_tokens
             && self.prefill_tiles == other.prefill_tiles
+            && self.key_splits == other.key_splits
+            && self.chunk_keys == other.chunk_keys
+            && self.token_splits == other.token_splits
     }
 }
 
@@ -222,9 +243,12 @@ impl Step {
         let shape = LayerShape::of(spec);
         let (props, device) = match backend {
             BackendName::Cpu => (None, None),
-            BackendName::CudaPaged => {
+            BackendName::CudaPaged | BackendName::CudaMla => {
                 let rt = gpu.ok_or_else(|| AttnError::NoCuda(format!("backend {backend} needs a CUDA device")))?;
-                let props = cuda_paged::device_props(&rt, dtype, shape.head_dim)?;
+                let props = match backend {
+                    BackendName::CudaMla => cuda_mla::device_props(&rt, dtype)?,
+                    _ => cuda_paged::device_props(&rt, dtype, shape.head_dim)?,
+                };
                 (Some(props), Some(cuda_paged::DeviceMetadata::new(rt, shape, &limits)?))
             }
         };

@@ -349,11 +349,15 @@ fn demo(o: &Opts) -> Result<(), CliError> {
     // An MLA model runs the absorbed-form MLA path, never a plain MHA layer (whose spec
     // would be the decompressed heads, not what MLA caches).
     match cfg.mla_spec() {
-        Some(mla) => match dtype {
-            DType::Bf16 => run_mla_demo::<bf16>(&mla, o, sel.backend),
-            DType::F16 => run_mla_demo::<f16>(&mla, o, sel.backend),
-            DType::F32 => run_mla_demo::<f32>(&mla, o, sel.backend),
-        },
+        Some(mla) => {
+            let gpu = if sel.backend.caps().cpu { None } else { gpu };
+            let spec = cfg.attn_spec();
+            match dtype {
+                DType::Bf16 => run_mla_demo::<bf16>(&mla, spec, o, sel.backend, gpu),
+                DType::F16 => run_mla_demo::<f16>(&mla, spec, o, sel.backend, gpu),
+                DType::F32 => run_mla_demo::<f32>(&mla, spec, o, sel.backend, gpu),
+            }
+        }
         None => {
             let spec = cfg.attn_spec();
             let gpu = if sel.backend.caps().cpu { None } else { gpu };
@@ -428,41 +432,58 @@ fn within_tolerance<T: Element>(err: f64) -> Result<(), CliError> {
     if err < tol { Ok(()) } else { Err(CliError::Check(format!("relative error {err:.3e} (tolerance {tol:.0e})"))) }
 }
 
-/// MLA (absorbed form) on the CPU backend, the only one with MLA so far: long-context
-/// decodes, a chunked prefill and a fresh prefill over a latent cache (one head of
-/// kv_lora_rank + rope dims; values are its first kv_lora_rank dims).
-fn run_mla_demo<T: Element>(spec: &MlaSpec, o: &Opts, backend: BackendName) -> Result<(), CliError> {
-    if backend != BackendName::Cpu {
-        return Err(CliError::Attn(AttnError::Unsupported {
-            backend: backend.as_str(),
-            reason: "the demo's MLA path runs on the CPU backend only (mla_decode_cpu)".into(),
-        }));
+/// MLA (absorbed form) on `backend`: long-context decodes, a chunked prefill and a fresh
+/// prefill over a latent cache (one head of kv_lora_rank + rope dims; values are its first
+/// kv_lora_rank dims). On CUDA_MLA the layer writes this step's latent rows (kv_c, k_pe)
+/// into the cache and attends; on the CPU, `mla_decode_cpu`. Checked against the oracle (and
+/// on the GPU, the cache write against the host's).
+fn run_mla_demo<T: Element>(mla: &MlaSpec, spec: AttnSpec, o: &Opts, backend: BackendName, gpu: Option<Arc<CudaRuntime>>) -> Result<(), CliError> {
+    if backend != BackendName::Cpu && backend != BackendName::CudaMla {
+        return Err(CliError::Attn(AttnError::Unsupported { backend: backend.as_str(), reason: "MLA runs on CUDA_MLA or the CPU".into() }));
     }
-    let shapes = [(4095, 1), (2047, 1), (1023, 1), (511, 1), (256, 16), (0, 16)];
-    let w = spec.latent_dim();
+    let shapes = [(4095, 1), (2047, 1), (1023, 1), (511, 1), (300, 2), (256, 16), (0, 16)];
+    let (w, r) = (mla.latent_dim(), mla.kv_lora_rank);
     let mut rng = Rng::new(o.seed);
     let what = CacheShape {
-        row: format!("one latent head of {} + {} = {w} dims", spec.kv_lora_rank, spec.qk_rope_head_dim),
-        q_heads: spec.num_q_heads,
-        cache_copies: 1,
+        row: format!("one latent head of {r} + {} = {w} dims", mla.qk_rope_head_dim),
+        q_heads: mla.num_q_heads,
+        cache_copies: 2,
     };
     let (meta, mut cache) = demo_step::<T>(&mut rng, &shapes, o.block_size, 1, w, &what)?;
     let n = meta.num_tokens();
     let latent = random_values::<T>(&mut rng, n * w);
-    let q = random_values::<T>(&mut rng, n * spec.num_q_heads * w);
+    let q = random_values::<T>(&mut rng, n * mla.num_q_heads * w);
     let t = Instant::now();
-    cache.write_slots(&latent, &latent, meta.slot_mapping())?;
-    let out = attn_backends::backend::cpu::mla_decode_cpu(&q, &cache, &meta, spec)?;
-    let elapsed = t.elapsed();
+    let (out, label) = if backend == BackendName::CudaMla {
+        let (kv_c, k_pe): (Vec<T>, Vec<T>) = (
+            latent.chunks(w).flat_map(|row| row[..r].iter().copied()).collect(),
+            latent.chunks(w).flat_map(|row| row[r..].iter().copied()).collect(),
+        );
+        let mut layer = Attention::<T>::new(backend, spec, cache.layout, gpu)?;
+        layer.load_cache(&cache)?;
+        // First call pays one-time costs (module load, allocation); the second is timed.
+        layer.forward(&q, &kv_c, &k_pe, &meta)?;
+        layer.load_cache(&cache)?;
+        let t = Instant::now();
+        let out = layer.forward(&q, &kv_c, &k_pe, &meta)?;
+        let elapsed = t.elapsed();
+        cache.write_slots(&latent, &latent, meta.slot_mapping())?;
+        let same = |a: &T, b: &T| a.to_f32().to_bits() == b.to_f32().to_bits();
+        if !layer.cache_snapshot()?.key.iter().zip(&cache.key).all(|(a, b)| same(a, b)) {
+            return Err(CliError::Check("the latent cache on the GPU differs from the host's after the cache write".into()));
+        }
+        let out: Vec<f32> = out.iter().map(|x| x.to_f32()).collect();
+        (out, format!("{:.2} ms on {backend} (host<->device copies included); cache write verified", elapsed.as_secs_f64() * 1e3))
+    } else {
+        cache.write_slots(&latent, &latent, meta.slot_mapping())?;
+        let out = attn_backends::backend::cpu::mla_decode_cpu(&q, &cache, &meta, mla)?;
+        (out, format!("{:.2} ms on {backend}", t.elapsed().as_secs_f64() * 1e3))
+    };
     let t = Instant::now();
-    let reference = oracle::paged_mla_reference(&q, &cache, &meta, spec);
+    let reference = oracle::paged_mla_reference(&q, &cache, &meta, mla);
     let oracle_time = t.elapsed();
     let err = oracle::rel_error(&out, &reference);
-    outln!(
-        "result: rel error vs f64 oracle {err:.2e}; MLA absorbed decode {:.2} ms on {backend}; oracle {:.0} ms",
-        elapsed.as_secs_f64() * 1e3,
-        oracle_time.as_secs_f64() * 1e3
-    );
+    outln!("result: rel error vs f64 oracle {err:.2e}; MLA absorbed decode {label}; oracle {:.0} ms", oracle_time.as_secs_f64() * 1e3);
     within_tolerance::<T>(err)
 }
 

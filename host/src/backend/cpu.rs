@@ -148,6 +148,9 @@ pub fn plan(meta: &AttentionMetadata, opts: &PlanOptions) -> Result<StepPlan> {
         decode_tokens: Vec::new(),
         prefill_tiles: Vec::new(),
         workspace_bytes: 0,
+        key_splits: Vec::new(),
+        chunk_keys: 0,
+        token_splits: Vec::new(),
     })
 }
 

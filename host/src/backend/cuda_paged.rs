@@ -118,7 +118,7 @@ pub fn num_splits_heuristic(blocks: usize, max_seq_len: usize, mean_seq_len: usi
 }
 
 /// The kernels' dtype tag (`bf16`, `f16`); `None` for a dtype with no kernel.
-fn dtype_tag(dtype: DType) -> Option<&'static str> {
+pub(crate) fn dtype_tag(dtype: DType) -> Option<&'static str> {
     match dtype {
         DType::Bf16 => Some("bf16"),
         DType::F16 => Some("f16"),
@@ -144,11 +144,11 @@ pub fn prefill_kernel(tag: &str, head_dim: usize, softcap: bool, alibi: bool) ->
 
 /// A kernel with `smem` bytes of dynamic shared memory opted into (past 48 KiB that must be
 /// asked for per kernel); an error if the device allows less.
-fn function_with_smem(rt: &CudaRuntime, name: &str, smem: u32, head_dim: usize) -> Result<CudaFunction> {
+pub(crate) fn function_with_smem(rt: &CudaRuntime, name: &str, smem: u32, head_dim: usize) -> Result<CudaFunction> {
     let smem_max = rt.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
     if smem as i64 > smem_max as i64 {
         return Err(AttnError::Unsupported {
-            backend: "CUDA_PAGED",
+            backend: if name.starts_with("mla_") { "CUDA_MLA" } else { "CUDA_PAGED" },
             reason: format!("head dim {head_dim}: {name} needs {smem} bytes of shared memory per block; {} allows {smem_max}", rt.device_name()),
         });
     }
@@ -268,7 +268,19 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         });
     }
     let workspace_bytes = if num_splits > 1 { num_splits * nd * hq * (d + 2) * std::mem::size_of::<f32>() } else { 0 };
-    Ok(StepPlan { backend: BackendName::CudaPaged, num_tokens: n, num_reqs: meta.num_reqs(), num_splits, launches, decode_tokens, prefill_tiles, workspace_bytes })
+    Ok(StepPlan {
+        backend: BackendName::CudaPaged,
+        num_tokens: n,
+        num_reqs: meta.num_reqs(),
+        num_splits,
+        launches,
+        decode_tokens,
+        prefill_tiles,
+        workspace_bytes,
+        key_splits: Vec::new(),
+        chunk_keys: 0,
+        token_splits: Vec::new(),
+    })
 }
 
 /// The decode kernel's token map: the step's decode rows when some rows go to the prefill
@@ -282,7 +294,7 @@ fn lse_ptr<T>(t: &DeviceTensors<'_, T>, stream: &CudaStream) -> u64 {
     t.lse.as_ref().map_or(0, |l| ptr(&**l, stream))
 }
 
-fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+pub(crate) fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     // Event tracking is off in the runtime's context (one stream), so the guard records nothing.
     s.device_ptr(stream).0
 }
@@ -293,23 +305,26 @@ fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
 /// own stride.
 pub struct DeviceMetadata {
     rt: Arc<CudaRuntime>,
-    query_start_loc: CudaSlice<i32>,
-    seq_lens: CudaSlice<i32>,
-    block_table: CudaSlice<i32>,
-    slot_mapping: CudaSlice<i64>,
+    pub(crate) query_start_loc: CudaSlice<i32>,
+    pub(crate) seq_lens: CudaSlice<i32>,
+    pub(crate) block_table: CudaSlice<i32>,
+    pub(crate) slot_mapping: CudaSlice<i64>,
     /// The plan's rows: the decode kernel's tokens (when the step also has prefill rows) and
     /// the prefill kernel's tiles as (request, first token) pairs.
-    decode_map: CudaSlice<i32>,
-    prefill_tiles: CudaSlice<i32>,
+    pub(crate) decode_map: CudaSlice<i32>,
+    pub(crate) prefill_tiles: CudaSlice<i32>,
+    /// MLA's schedule: (request, split) per decode block, (first slot, count) per token.
+    pub(crate) key_splits: CudaSlice<i32>,
+    pub(crate) token_splits: CudaSlice<i32>,
     /// `split_rows x Hq` rows of `head_dim` f32 partial outputs, and of (m, l) pairs.
-    partial_out: CudaSlice<f32>,
-    partial_ml: CudaSlice<f32>,
+    pub(crate) partial_out: CudaSlice<f32>,
+    pub(crate) partial_ml: CudaSlice<f32>,
     /// Page-locked staging of the four maps (the copies from it are asynchronous).
     staging_i32: PinnedHostSlice<i32>,
     staging_slots: PinnedHostSlice<i64>,
     /// Recorded after each upload: the staging memory may be rewritten once it completed.
     uploaded: CudaEvent,
-    block_table_stride: usize,
+    pub(crate) block_table_stride: usize,
 }
 
 impl DeviceMetadata {
@@ -318,7 +333,11 @@ impl DeviceMetadata {
         let stream = rt.stream().clone();
         let bt = limits.max_reqs * limits.max_blocks_per_req;
         let rows = limits.split_rows.checked_mul(shape.num_q_heads).ok_or_else(|| AttnError::InvalidConfig("workspace size overflows".into()))?;
-        let i32s = (limits.max_reqs + 1) + limits.max_reqs + bt + 3 * limits.max_tokens;
+        // Staging: query_start_loc, seq_lens, block table, decode map, prefill tiles (2 per
+        // tile), MLA's key splits (2 each: at most one per request plus the workspace's
+        // rows) and token splits (2 per token).
+        let max_key_splits = limits.max_reqs + limits.split_rows;
+        let i32s = (limits.max_reqs + 1) + limits.max_reqs + bt + 3 * limits.max_tokens + 2 * max_key_splits + 2 * limits.max_tokens;
         // SAFETY: the staging memory is written before it is read (each upload fills what it copies).
         let (staging_i32, staging_slots) = unsafe { (rt.context().alloc_pinned::<i32>(i32s)?, rt.context().alloc_pinned::<i64>(limits.max_tokens)?) };
         let m = DeviceMetadata {
@@ -328,6 +347,8 @@ impl DeviceMetadata {
             slot_mapping: stream.alloc_zeros(limits.max_tokens)?,
             decode_map: stream.alloc_zeros(limits.max_tokens)?,
             prefill_tiles: stream.alloc_zeros(2 * limits.max_tokens)?,
+            key_splits: stream.alloc_zeros(2 * max_key_splits)?,
+            token_splits: stream.alloc_zeros(2 * limits.max_tokens)?,
             partial_out: stream.alloc_zeros(rows * shape.head_dim)?,
             partial_ml: stream.alloc_zeros(rows * 2)?,
             staging_i32,
@@ -348,6 +369,8 @@ impl DeviceMetadata {
             + self.block_table.len()
             + self.decode_map.len()
             + self.prefill_tiles.len()
+            + self.key_splits.len()
+            + self.token_splits.len()
             + self.partial_out.len()
             + self.partial_ml.len())
             + 8 * self.slot_mapping.len()
@@ -364,7 +387,21 @@ impl DeviceMetadata {
         let (qsl, rest) = staging.split_at_mut(limits.max_reqs + 1);
         let (seq, rest) = rest.split_at_mut(limits.max_reqs);
         let (bt, rest) = rest.split_at_mut(limits.max_reqs * stride);
-        let (dmap, tiles) = rest.split_at_mut(limits.max_tokens);
+        let (dmap, rest) = rest.split_at_mut(limits.max_tokens);
+        let (tiles, rest) = rest.split_at_mut(2 * limits.max_tokens);
+        let (ksplits, tsplits) = rest.split_at_mut(2 * (limits.max_reqs + limits.split_rows));
+        let (nk, nts) = (plan.key_splits.len(), plan.token_splits.len());
+        if 2 * nk > ksplits.len() || 2 * nts > tsplits.len() {
+            return Err(AttnError::StepTooLarge(format!("{nk} key splits, {nts} tokens: past the step's buffers (limits {limits:?})")));
+        }
+        for (dst, k) in ksplits.chunks_exact_mut(2).zip(&plan.key_splits) {
+            dst[0] = k.request as i32;
+            dst[1] = k.split as i32;
+        }
+        for (dst, t) in tsplits.chunks_exact_mut(2).zip(&plan.token_splits) {
+            dst[0] = t[0] as i32;
+            dst[1] = t[1] as i32;
+        }
         // The decode map only matters when some rows go elsewhere (else the kernels run
         // without one); tiles are (request, first token).
         let nd = if plan.prefill_tiles.is_empty() { 0 } else { plan.decode_tokens.len() };
@@ -388,6 +425,7 @@ impl DeviceMetadata {
         self.staging_slots.as_mut_slice()?[..n].copy_from_slice(meta.slot_mapping());
         let stream = self.rt.stream().clone();
         let (qsl, seq, bt, dmap, tiles) = (&qsl[..=r], &seq[..r], &bt[..r * stride], &dmap[..nd], &tiles[..2 * nt]);
+        let (ksplits, tsplits) = (&ksplits[..2 * nk], &tsplits[..2 * nts]);
         let slots = &self.staging_slots.as_slice()?[..n];
         // SAFETY: each destination holds at least its source (sizes from the limits, checked
         // above); the staging memory is page-locked and is not written again before
@@ -407,6 +445,10 @@ impl DeviceMetadata {
             }
             if nt > 0 {
                 htod(ptr(&self.prefill_tiles, &stream), tiles, stream.cu_stream())?;
+            }
+            if nk > 0 {
+                htod(ptr(&self.key_splits, &stream), ksplits, stream.cu_stream())?;
+                htod(ptr(&self.token_splits, &stream), tsplits, stream.cu_stream())?;
             }
         }
         self.uploaded.record(&stream)?;
@@ -435,18 +477,18 @@ pub struct CudaPagedImpl<T> {
 }
 
 /// Host elements as the 16-bit words the kernels move.
-fn as_u16<T: Element>(x: &[T]) -> &[u16] {
+pub(crate) fn as_u16<T: Element>(x: &[T]) -> &[u16] {
     assert_eq!(std::mem::size_of::<T>(), 2, "caller checked KERNEL_TAG");
     // SAFETY: T is f16 or bf16 (KERNEL_TAG is Some only for those), both repr(transparent) u16.
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) }
 }
-fn as_u16_mut<T: Element>(x: &mut [T]) -> &mut [u16] {
+pub(crate) fn as_u16_mut<T: Element>(x: &mut [T]) -> &mut [u16] {
     assert_eq!(std::mem::size_of::<T>(), 2, "caller checked KERNEL_TAG");
     // SAFETY: as in `as_u16`.
     unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut u16, x.len()) }
 }
 
-fn check_len(what: &'static str, got: usize, want: usize) -> Result<()> {
+pub(crate) fn check_len(what: &'static str, got: usize, want: usize) -> Result<()> {
     if got != want {
         return Err(AttnError::LengthMismatch { what, detail: format!("{got} elements, expected {want}") });
     }
@@ -454,7 +496,7 @@ fn check_len(what: &'static str, got: usize, want: usize) -> Result<()> {
 }
 
 /// A device tensor holds at least `rows` rows of `row` elements, in whole rows.
-fn check_rows(what: &'static str, len: usize, rows: usize, row: usize) -> Result<()> {
+pub(crate) fn check_rows(what: &'static str, len: usize, rows: usize, row: usize) -> Result<()> {
     if len < rows * row || len % row != 0 {
         return Err(AttnError::LengthMismatch {
             what,

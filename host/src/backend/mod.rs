@@ -7,8 +7,8 @@
 //! | `AttentionImpl` | [`AttentionImpl`]: the forward that writes the cache and launches kernels |
 //! | `AttentionMetadataBuilder` | folded into two callers' steps: [`crate::metadata::MetadataBuilder`] (scheduler output -> the validated maps, once per step) and [`BackendName::plan`] (maps -> this backend's launches), both run before [`crate::step::Step::prepare`] uploads |
 //!
-//! One module per backend: `cpu` (rayon, any platform) and `cuda_paged` (the Rust PTX
-//! kernels). Each holds its capability row, its planner (a pure function of the metadata and
+//! One module per backend: `cpu` (rayon, any platform), `cuda_paged` (the Rust PTX
+//! kernels for MHA/GQA/MQA) and `cuda_mla` (DeepSeek's latent attention). Each holds its capability row, its planner (a pure function of the metadata and
 //! the device's properties) and its launch configuration. This module is the one place that
 //! maps a backend's name to them.
 
@@ -28,23 +28,35 @@ use std::sync::Arc;
 pub use crate::platform::Platform;
 
 pub mod cpu;
+pub mod cuda_mla;
 pub mod cuda_paged;
+
+/// Every kernel entry point the PTX modules must hold, by family: `cuda_paged`'s (cache
+/// write, decode, prefill, merge) and `cuda_mla`'s (latent cache write, MLA decode).
+pub fn kernel_registry() -> Vec<String> {
+    let mut names = cuda_paged::kernel_registry();
+    names.extend(cuda_mla::kernel_registry());
+    names
+}
 
 /// The backends, by the names `ATTN_BACKEND` accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendName {
     /// The Rust PTX paged-attention kernels (cache write, paged decode, split-KV + merge).
     CudaPaged,
+    /// The Rust PTX MLA kernels (latent cache write, MLA decode with split-KV + merge).
+    CudaMla,
     /// The rayon CPU backend.
     Cpu,
 }
 
 impl BackendName {
-    pub const ALL: [BackendName; 2] = [BackendName::CudaPaged, BackendName::Cpu];
+    pub const ALL: [BackendName; 3] = [BackendName::CudaPaged, BackendName::CudaMla, BackendName::Cpu];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             BackendName::CudaPaged => "CUDA_PAGED",
+            BackendName::CudaMla => "CUDA_MLA",
             BackendName::Cpu => "CPU",
         }
     }
@@ -57,6 +69,7 @@ impl BackendName {
     pub fn caps(self) -> &'static BackendCaps {
         match self {
             BackendName::CudaPaged => &cuda_paged::CAPS,
+            BackendName::CudaMla => &cuda_mla::CAPS,
             BackendName::Cpu => &cpu::CAPS,
         }
     }
@@ -69,6 +82,10 @@ impl BackendName {
             BackendName::CudaPaged => {
                 let props = props.ok_or_else(|| AttnError::NoCuda("planning CUDA_PAGED needs the device's properties".into()))?;
                 cuda_paged::plan(meta, shape, dtype, props, limits, opts)
+            }
+            BackendName::CudaMla => {
+                let props = props.ok_or_else(|| AttnError::NoCuda("planning CUDA_MLA needs the device's properties".into()))?;
+                cuda_mla::plan(meta, shape, dtype, props, limits, opts)
             }
         }
     }
@@ -83,6 +100,10 @@ impl BackendName {
             BackendName::CudaPaged => {
                 let rt = gpu.ok_or_else(|| AttnError::NoCuda(format!("backend {self} needs a CUDA device")))?;
                 Box::new(cuda_paged::CudaPagedImpl::<T>::new(rt, spec.clone(), layout)?)
+            }
+            BackendName::CudaMla => {
+                let rt = gpu.ok_or_else(|| AttnError::NoCuda(format!("backend {self} needs a CUDA device")))?;
+                Box::new(cuda_mla::CudaMlaImpl::<T>::new(rt, spec.clone(), layout)?)
             }
         })
     }
@@ -128,22 +149,31 @@ impl BackendCaps {
     pub fn check_layer(&self, platform: Platform, dtype: DType, spec: &AttnSpec, layout: &KvCacheLayout) -> Result<()> {
         spec.validate()?;
         layout.validate()?;
-        if let Some(m) = &spec.mla {
-            return Err(AttnError::Unsupported {
-                backend: self.name.as_str(),
-                reason: format!(
-                    "the layer is MLA (kv_lora_rank {}, rope dim {}, latent cache of one head of {} dims): the multi-head Attention layer \
-                     would compute it as MHA over {} KV heads of {} dims, which is not what the model caches. MLA decode runs in \
-                     absorbed form through backend::cpu::mla_decode_cpu (no GPU MLA backend yet)",
-                    m.kv_lora_rank, m.qk_rope_head_dim, m.latent_dim(), spec.num_kv_heads, spec.head_dim
-                ),
-            });
-        }
-        if layout.num_kv_heads != spec.num_kv_heads || layout.head_dim != spec.head_dim {
-            return Err(AttnError::InvalidConfig(format!(
-                "cache layout ({} kv heads, head dim {}) disagrees with the layer ({} kv heads, head dim {})",
-                layout.num_kv_heads, layout.head_dim, spec.num_kv_heads, spec.head_dim
-            )));
+        match &spec.mla {
+            // An MLA layer runs only where the backend's layer computes MLA (CUDA_MLA); the
+            // CPU serves MLA through `cpu::mla_decode_cpu`, not as a multi-head layer.
+            Some(m) if self.name != BackendName::CudaMla => {
+                return Err(AttnError::Unsupported {
+                    backend: self.name.as_str(),
+                    reason: format!(
+                        "the layer is MLA (kv_lora_rank {}, rope dim {}, latent cache of one head of {} dims): the multi-head Attention layer \
+                         would compute it as MHA over {} KV heads of {} dims, which is not what the model caches. MLA layers run on CUDA_MLA \
+                         (or on the CPU through backend::cpu::mla_decode_cpu)",
+                        m.kv_lora_rank, m.qk_rope_head_dim, m.latent_dim(), spec.num_kv_heads, spec.head_dim
+                    ),
+                });
+            }
+            Some(_) => {
+                cuda_mla::check_mla(spec, layout)?;
+            }
+            None => {
+                if layout.num_kv_heads != spec.num_kv_heads || layout.head_dim != spec.head_dim {
+                    return Err(AttnError::InvalidConfig(format!(
+                        "cache layout ({} kv heads, head dim {}) disagrees with the layer ({} kv heads, head dim {})",
+                        layout.num_kv_heads, layout.head_dim, spec.num_kv_heads, spec.head_dim
+                    )));
+                }
+            }
         }
         let why = crate::selector::check(self, platform, &Requirements::for_layer(spec, dtype, layout.block_size));
         if why.is_empty() {

@@ -1,0 +1,101 @@
+//! MLA decode benchmarks M1-M3 of BENCHMARKS.md on a CUDA device (custom harness).
+//!
+//! DeepSeek-V3 shapes: latent cache bf16 `[blocks, 64, 576]` (kv_c 512 + k_pe 64), block
+//! tables from a shuffled pool, random cache and queries (never zeros). Times the attention
+//! launches of one layer (`CudaMlaImpl::attend`: MLA decode, plus the merge when the plan
+//! splits) with CUDA events, L2 flushed before every repetition, median of 30. Metrics as
+//! BENCHMARKS.md defines them: bytes (latent cache read + q + out) per second and its
+//! fraction of the copy bandwidth measured in the same run for M1 and M3; TFLOP/s for M2 with
+//! FLOPs = 2 x batch x queries x heads x context x (576 + 512). Peers: FlashMLA reports about
+//! 3000 GB/s memory-bound and 580-660 TFLOP/s compute-bound on an H800 (not measured here).
+//!
+//! `cargo bench --bench mla [-- --json] [-- --sweep]` (`--sweep`: also forced split counts)
+
+mod common;
+
+use attn_backends::backend::cuda_mla::CudaMlaImpl;
+use attn_backends::workload::{schedule, Rng};
+use attn_backends::{AttentionImpl, AttnSpec, BackendName, DType, KvCacheLayout, MetadataBuilder, MlaSpec, PlanOptions, Step, StepLimits};
+use common::{copy_bandwidth, random_cache, Timer};
+use half::bf16;
+
+const BLOCK_SIZE: usize = 64;
+const LATENT: usize = 576;
+const RANK: usize = 512;
+
+struct Workload {
+    id: &'static str,
+    heads: usize,
+    batch: usize,
+    context: usize,
+    queries: usize,
+    /// Reported as TFLOP/s (compute-bound) rather than bandwidth.
+    compute_bound: bool,
+}
+
+fn workloads() -> Vec<Workload> {
+    vec![
+        Workload { id: "M1", heads: 16, batch: 128, context: 4096, queries: 1, compute_bound: false },
+        Workload { id: "M2", heads: 128, batch: 128, context: 4096, queries: 1, compute_bound: true },
+        Workload { id: "M3", heads: 16, batch: 128, context: 4096, queries: 2, compute_bound: false },
+    ]
+}
+
+fn main() {
+    let json = std::env::args().any(|a| a == "--json");
+    let sweep = std::env::args().any(|a| a == "--sweep");
+    let rt = match attn_backends::gpu_if_present() {
+        Ok(rt) => rt,
+        Err(why) => {
+            println!("mla bench: SKIPPED: {why}");
+            return;
+        }
+    };
+    let mut timer = Timer::new(&rt);
+    let copy = copy_bandwidth(&rt, &mut timer);
+    println!("device: {} ({}, {} SMs); copy bandwidth {:.0} GB/s (read + write)", rt.device_name(), rt.arch(), rt.num_sms(), copy);
+    println!("| workload | splits x keys | time (us) [min, max] | GB/s | of copy | TFLOP/s |");
+    println!("|---|---|---|---|---|---|");
+    let mut rng = Rng::new(576);
+    for w in workloads() {
+        let mla = MlaSpec { num_q_heads: w.heads, kv_lora_rank: RANK, qk_rope_head_dim: LATENT - RANK, qk_nope_head_dim: 128, v_head_dim: 128, scale: 1.0 / 192f32.sqrt() };
+        let spec = AttnSpec { mla: Some(mla), ..AttnSpec::new(w.heads, w.heads, 192) };
+        // The context includes this step's query tokens (already in the cache).
+        let shapes = vec![(w.context - w.queries, w.queries); w.batch];
+        let num_blocks = w.batch * w.context.div_ceil(BLOCK_SIZE);
+        let layout = KvCacheLayout::new(num_blocks, BLOCK_SIZE, 1, LATENT).expect("layout");
+        let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &shapes, BLOCK_SIZE, num_blocks).expect("blocks")).expect("metadata");
+        let mut imp = CudaMlaImpl::<bf16>::new(rt.clone(), spec.clone(), layout).expect("backend");
+        imp.load_cache(&random_cache(layout, &mut rng)).expect("cache upload");
+        let n = meta.num_tokens();
+        let q: Vec<bf16> = (0..n * w.heads * LATENT).map(|_| bf16::from_f32(rng.uniform())).collect();
+        let q = rt.stream().clone_htod(&q).expect("q");
+        let mut out = rt.stream().alloc_zeros::<bf16>(n * w.heads * RANK).expect("out");
+        let mut step = Step::new(BackendName::CudaMla, DType::Bf16, &spec, layout, StepLimits::for_metadata(&meta), Some(rt.clone())).expect("step");
+        let bytes = (w.batch * w.context * LATENT * 2 + n * w.heads * (LATENT + RANK) * 2) as f64;
+        let flops = 2.0 * (w.batch * w.queries * w.heads * w.context) as f64 * (LATENT + RANK) as f64;
+        let heuristic = step.prepare(&meta).expect("plan").num_splits;
+        let mut options = vec![None];
+        if sweep {
+            options.extend([1, 2, 4, 8].into_iter().filter(|&s| s != heuristic).map(Some));
+        }
+        for force in options {
+            let plan = step.prepare_with(&meta, PlanOptions { force_splits: force }).expect("plan");
+            let (splits, chunk) = (plan.num_splits, plan.chunk_keys);
+            let (ms, lo, hi) = timer.time(|| imp.attend(&step, &q, &mut out));
+            let gbs = bytes / (ms * 1e-3) / 1e9;
+            let tflops = flops / (ms * 1e-3) / 1e12;
+            let tag = if force.is_some() { " (forced)" } else { "" };
+            println!("| {} | {splits} x {chunk}{tag} | {:.1} [{:.1}, {:.1}] | {gbs:.0} | {:.3} | {tflops:.1} |", w.id, ms * 1e3, lo * 1e3, hi * 1e3, gbs / copy);
+            if json {
+                let metric = if w.compute_bound { format!("\"tflops\":{tflops:.2}") } else { format!("\"gbps\":{gbs:.1},\"copy_gbps\":{copy:.1},\"fraction_of_copy\":{:.4}", gbs / copy) };
+                println!(
+                    "{{\"bench\":\"mla\",\"workload\":\"{}\",\"device\":\"{}\",\"kernel\":\"mla_decode_bf16\",\"splits\":{splits},\"median_us\":{:.2},{metric}}}",
+                    w.id,
+                    rt.device_name(),
+                    ms * 1e3
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! The CUDA MLA backend: DeepSeek-V2/V3's multi-head latent attention in the absorbed form,
+//! on the Rust PTX kernels (`mma.sync`, the portable path; no Hopper instructions yet).
+//!
+//! - `mla_cache_write_b16`: this step's `kv_c` `[tokens, 512]` and `k_pe` `[tokens, 64]` into
+//!   the latent cache `[num_blocks, block_size, 576]` at the slot mapping;
+//! - `mla_decode_<dtype>`: 64 (query token, head) rows of one request and one split of its
+//!   keys per block, each K tile read once for both `Q K^T` and `P V`;
+//! - `merge_splits_<dtype>`: the splits' partial states, with per-token split counts.
+//!
+//! The layer's tensors ([`DeviceTensors`]): `q` the absorbed query `[tokens, H, 576]`
+//! (`W_UK^T q_nope` and `q_pe`), `k` the compressed kv `kv_c` `[tokens, 512]`, `v` the rope
+//! key `k_pe` `[tokens, 64]`, `out` the latent output `[tokens, H, 512]` (the model applies
+//! `W_UV`). Query tokens of a request (1 to 4 for speculative decoding, or more) are causal
+//! among themselves.
+//!
+//! Plan, then run: [`plan`] cuts each request's keys into chunks of one length chosen for
+//! the whole step ([`mla_chunk_keys`]), so a ragged batch becomes blocks of nearly equal
+//! work spread over the SMs; [`CudaMlaImpl`] only launches.
+
+use super::cuda_paged::{as_u16, as_u16_mut, check_len, check_rows, dtype_tag, function_with_smem, merge_kernel, ptr, DeviceMetadata, MAX_SPLITS};
+use super::{AttentionImpl, BackendCaps, BackendName, DeviceTensors};
+use crate::cuda::CudaRuntime;
+use crate::dtype::{DType, Element, KvCacheDType};
+use crate::error::{AttnError, Result};
+use crate::kv_cache::{HostKvCache, KvCacheLayout};
+use crate::metadata::AttentionMetadata;
+use crate::params::{mla_smem_bytes, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_CACHE_WRITE_KERNEL, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_WARPS};
+use crate::platform::DeviceProps;
+use crate::spec::{AttnSpec, MlaSpec};
+use crate::step::{KernelLaunch, KeySplit, LayerShape, PlanOptions, Step, StepLimits, StepPlan};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// The latent widths with a kernel: 512 + 64 (DeepSeek-V2/V3, Kimi-K2).
+pub const LATENT_DIMS: &[usize] = &[MLA_LATENT_DIM as usize];
+
+pub static CAPS: BackendCaps = BackendCaps {
+    name: BackendName::CudaMla,
+    min_compute_capability: Some(80),
+    cpu: false,
+    dtypes: &[DType::F16, DType::Bf16],
+    kv_cache_dtypes: &[KvCacheDType::Auto],
+    head_dims: LATENT_DIMS,
+    mha: false,
+    mla: true,
+    sliding_window: false,
+    softcap: false,
+    alibi: false,
+    block_sizes: (16, 256),
+    shared_memory_bytes: Some(shared_memory_bytes),
+    kernels: "every row -> mla_decode: 64 (query token, head) rows of a request per block over one latent KV head (576 dims, values its first 512), \
+              mma.sync, each K tile read once for Q K^T and P V; split-KV on a per-step schedule that balances ragged batches over the SMs, + merge",
+};
+
+fn shared_memory_bytes(_latent_dim: usize) -> usize {
+    mla_smem_bytes() as usize
+}
+
+pub fn decode_kernel(tag: &str) -> String {
+    format!("mla_decode_{tag}")
+}
+
+/// The MLA family's entry points (the registry's share of them).
+pub fn kernel_registry() -> Vec<String> {
+    let mut names = vec![MLA_CACHE_WRITE_KERNEL.to_string()];
+    names.extend(crate::params::DTYPE_TAGS.iter().map(|t| decode_kernel(t)));
+    names
+}
+
+/// The MLA spec of a layer this backend serves: one the kernels were built for (rank 512,
+/// rope 64), over a latent cache of one head of 576 dims.
+pub fn check_mla(spec: &AttnSpec, layout: &KvCacheLayout) -> Result<MlaSpec> {
+    let m = spec.mla.clone().ok_or_else(|| AttnError::Unsupported {
+        backend: "CUDA_MLA",
+        reason: "the layer is not MLA (no kv_lora_rank): CUDA_MLA serves MLA models only".into(),
+    })?;
+    if (m.kv_lora_rank, m.qk_rope_head_dim) != (MLA_RANK as usize, MLA_ROPE as usize) {
+        return Err(AttnError::Unsupported {
+            backend: "CUDA_MLA",
+            reason: format!("kv_lora_rank {} + rope {}: the kernel is built for {MLA_RANK} + {MLA_ROPE}", m.kv_lora_rank, m.qk_rope_head_dim),
+        });
+    }
+    if !(m.scale.is_finite() && m.scale > 0.0) || m.num_q_heads == 0 {
+        return Err(AttnError::InvalidConfig(format!("MLA with {} heads, scale {}: both must be positive", m.num_q_heads, m.scale)));
+    }
+    if layout.num_kv_heads != 1 || layout.head_dim != m.latent_dim() {
+        return Err(AttnError::InvalidConfig(format!(
+            "the latent cache is one kv head of {} dims (kv_lora_rank + rope); this layout has {} kv heads of {}",
+            m.latent_dim(),
+            layout.num_kv_heads,
+            layout.head_dim
+        )));
+    }
+    Ok(m)
+}
+
+/// The device's properties for the MLA plan: SMs, and MLA blocks per SM.
+pub fn device_props(rt: &CudaRuntime, dtype: DType) -> Result<DeviceProps> {
+    let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_MLA", supported: "f16, bf16" })?;
+    let f = function_with_smem(rt, &decode_kernel(tag), mla_smem_bytes(), MLA_LATENT_DIM as usize)?;
+    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(MLA_WARPS * 32, mla_smem_bytes() as usize, None)?;
+    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1) })
+}
+
+/// A block's fixed cost in key rows: loading its Q tile (64 latent rows) costs about what
+/// 64 keys do.
+const BLOCK_COST_KEYS: usize = MLA_ROWS as usize;
+/// The merge's cost, once, when any request splits, in key rows.
+const MERGE_COST_KEYS: usize = 64;
+
+/// Keys per split for a step (a multiple of the kernel's 32-key tile): the chunk length
+/// that minimises the estimated time `waves x (chunk + BLOCK_COST_KEYS)` (+ the merge's
+/// cost when anything splits), where a request of `len` keys and `tiles` row tiles makes
+/// `ceil(len / chunk) x tiles` blocks and `slots` blocks run at once. Longer chunks win
+/// ties. `workspace_fits(chunk)` rules out schedules whose partial rows do not fit.
+///
+/// Examples on an H100 (132 slots): M1 (128 x 4096 keys, 1 tile) -> 4096 (128 blocks, one
+/// wave); 4 requests of 32768 keys -> 1024 (128 blocks); a ragged batch of one 16384-key
+/// request among 64 short ones is cut so the long one does not run alone at the end.
+pub fn mla_chunk_keys(lens: &[usize], tiles: &[usize], slots: usize, workspace_fits: impl Fn(usize) -> bool) -> usize {
+    let tile = MLA_KEYS as usize;
+    let max_len = lens.iter().copied().max().unwrap_or(0).max(1);
+    let whole = max_len.div_ceil(tile) * tile;
+    let mut best = (usize::MAX, whole);
+    for c in (1..=whole / tile).rev() {
+        let chunk = c * tile;
+        let blocks: usize = lens.iter().zip(tiles).map(|(&l, &t)| l.max(1).div_ceil(chunk) * t).sum();
+        let splits = chunk < max_len;
+        if splits && (!workspace_fits(chunk) || max_len.div_ceil(chunk) > MAX_SPLITS) {
+            continue;
+        }
+        let cost = blocks.div_ceil(slots.max(1)) * (chunk + BLOCK_COST_KEYS) + if splits { MERGE_COST_KEYS } else { 0 };
+        if cost < best.0 {
+            best = (cost, chunk);
+        }
+    }
+    best.1
+}
+
+/// The plan of an MLA step (pure: tested on the CPU). Every request's rows (its query
+/// tokens x heads, in 64-row tiles: grid y) over splits of `chunk_keys` keys (grid x:
+/// (request, split) pairs); tokens of requests with one split are written directly, others
+/// go through the workspace (`split_rows` token rows) and the merge.
+/// `opts.force_splits = Some(s)`: the longest request gets `s` splits (the others as many as
+/// their length needs at the same chunk length).
+pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions) -> Result<StepPlan> {
+    let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_MLA", supported: "f16, bf16" })?;
+    let (n, h, rows) = (meta.num_tokens(), shape.num_q_heads, MLA_ROWS as usize);
+    let lens: Vec<usize> = meta.seq_lens().iter().map(|&l| l as usize).collect();
+    let lq: Vec<usize> = (0..meta.num_reqs()).map(|r| meta.query_len(r)).collect();
+    let tiles: Vec<usize> = lq.iter().map(|&q| (q * h).div_ceil(rows)).collect();
+    let max_len = lens.iter().copied().max().unwrap_or(0).max(1);
+    let tile = MLA_KEYS as usize;
+    // Token rows of the workspace a chunk length needs: every split of every split request.
+    let workspace_rows = |chunk: usize| -> usize { lens.iter().zip(&lq).filter(|(l, _)| **l > chunk).map(|(&l, &q)| l.div_ceil(chunk) * q).sum() };
+    let chunk = match opts.force_splits {
+        Some(s) if !(1..=MAX_SPLITS).contains(&s) => return Err(AttnError::InvalidConfig(format!("{s} splits: must be in 1..={MAX_SPLITS}"))),
+        Some(s) => {
+            let chunk = max_len.div_ceil(s).div_ceil(tile) * tile;
+            if workspace_rows(chunk) > limits.split_rows {
+                return Err(AttnError::StepTooLarge(format!(
+                    "{s} splits need {} workspace token rows, the step limit split_rows is {}",
+                    workspace_rows(chunk),
+                    limits.split_rows
+                )));
+            }
+            chunk
+        }
+        None => mla_chunk_keys(&lens, &tiles, props.resident_blocks(), |c| workspace_rows(c) <= limits.split_rows),
+    };
+    let mut key_splits = Vec::new();
+    let mut token_splits = Vec::with_capacity(n);
+    let mut slot = 0u32;
+    let mut num_splits = 1;
+    for (r, &len) in lens.iter().enumerate() {
+        let count = len.max(1).div_ceil(chunk);
+        num_splits = num_splits.max(count);
+        key_splits.extend((0..count).map(|s| KeySplit { request: r as u32, split: s as u32 }));
+        for _ in 0..lq[r] {
+            if count > 1 {
+                token_splits.push([slot, count as u32]);
+                slot += count as u32;
+            } else {
+                token_splits.push([0, 1]);
+            }
+        }
+    }
+    let mut launches = Vec::new();
+    if n > 0 {
+        launches.push(KernelLaunch { kernel: MLA_CACHE_WRITE_KERNEL.into(), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
+        launches.push(KernelLaunch {
+            kernel: decode_kernel(tag),
+            grid: (key_splits.len() as u32, tiles.iter().copied().max().unwrap_or(1) as u32, 1),
+            block: MLA_WARPS * 32,
+            shared_mem_bytes: mla_smem_bytes(),
+            tokens: n,
+        });
+        if num_splits > 1 {
+            launches.push(KernelLaunch { kernel: merge_kernel(tag), grid: (n as u32, h as u32, 1), block: MLA_RANK / 8, shared_mem_bytes: 0, tokens: n });
+        }
+    }
+    let workspace_bytes = slot as usize * h * (MLA_RANK as usize + 2) * std::mem::size_of::<f32>();
+    Ok(StepPlan {
+        backend: BackendName::CudaMla,
+        num_tokens: n,
+        num_reqs: meta.num_reqs(),
+        num_splits,
+        launches,
+        decode_tokens: Vec::new(),
+        prefill_tiles: Vec::new(),
+        workspace_bytes,
+        key_splits,
+        chunk_keys: chunk,
+        token_splits,
+    })
+}
+
+/// One MLA layer on the GPU: its latent cache and kernels.
+pub struct CudaMlaImpl<T: Element> {
+    rt: Arc<CudaRuntime>,
+    mla: MlaSpec,
+    shape: LayerShape,
+    layout: KvCacheLayout,
+    cache: CudaSlice<u16>,
+    cache_write_fn: CudaFunction,
+    decode_fn: CudaFunction,
+    decode_name: String,
+    merge_fn: CudaFunction,
+    merge_name: String,
+    _elem: PhantomData<T>,
+}
+
+impl<T: Element> CudaMlaImpl<T> {
+    pub fn new(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout) -> Result<Self> {
+        CAPS.check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
+        let mla = check_mla(&spec, &layout)?;
+        let tag = T::KERNEL_TAG.unwrap_or_default();
+        let decode_name = decode_kernel(tag);
+        Ok(CudaMlaImpl {
+            cache_write_fn: rt.function(MLA_CACHE_WRITE_KERNEL)?,
+            decode_fn: function_with_smem(&rt, &decode_name, mla_smem_bytes(), MLA_LATENT_DIM as usize)?,
+            decode_name,
+            merge_fn: rt.function(&merge_kernel(tag))?,
+            merge_name: merge_kernel(tag),
+            cache: rt.stream().alloc_zeros::<u16>(layout.elements())?,
+            shape: LayerShape::of(&spec),
+            mla,
+            layout,
+            rt,
+            _elem: PhantomData,
+        })
+    }
+
+    /// Launches the planned step: cache write, MLA decode, merge if split. Checks first
+    /// (the step fits the layer, the tensors hold the step's rows); then only launches.
+    pub fn run(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
+        self.run_launches(step, &t, true)
+    }
+
+    /// Attention alone (no cache write) over a prepared step: what the MLA benchmark times.
+    pub fn attend(&mut self, step: &Step, q: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
+        let t = DeviceTensors { q, k: q, v: q, out, lse: None };
+        self.run_launches(step, &t, false)
+    }
+
+    fn run_launches(&self, step: &Step, t: &DeviceTensors<'_, T>, write_cache: bool) -> Result<()> {
+        let plan = step.for_layer(BackendName::CudaMla, T::DTYPE, &self.shape, &self.layout)?;
+        let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
+        let (n, h) = (plan.num_tokens, self.mla.num_q_heads);
+        check_rows("q", t.q.len(), n, h * MLA_LATENT_DIM as usize)?;
+        if write_cache {
+            check_rows("k (kv_c)", t.k.len(), n, MLA_RANK as usize)?;
+            check_rows("v (k_pe)", t.v.len(), n, MLA_ROPE as usize)?;
+        }
+        check_rows("out", t.out.len(), n, h * MLA_RANK as usize)?;
+        if let Some(lse) = &t.lse {
+            check_rows("lse", lse.len(), n, h)?;
+        }
+        for launch in plan.launches.iter().filter(|l| write_cache || l.kernel != MLA_CACHE_WRITE_KERNEL) {
+            self.launch(launch, plan, dev, t)?;
+        }
+        Ok(())
+    }
+
+    fn launch(&self, launch: &KernelLaunch, plan: &StepPlan, dev: &DeviceMetadata, t: &DeviceTensors<'_, T>) -> Result<()> {
+        let stream = self.rt.stream().clone();
+        let l = self.layout;
+        let (h, d, dv) = (self.mla.num_q_heads, MLA_LATENT_DIM as u64, MLA_RANK as u64);
+        let cfg = LaunchConfig { grid_dim: launch.grid, block_dim: (launch.block, 1, 1), shared_mem_bytes: launch.shared_mem_bytes };
+        let lse = t.lse.as_ref().map_or(0, |x| ptr(&**x, &stream));
+        if launch.kernel == MLA_CACHE_WRITE_KERNEL {
+            let p = MlaCacheWriteParams {
+                kv_c: ptr(t.k, &stream),
+                k_pe: ptr(t.v, &stream),
+                cache: ptr(&self.cache, &stream),
+                slot_mapping: ptr(&dev.slot_mapping, &stream),
+                kv_c_token_stride: dv,
+                k_pe_token_stride: MLA_ROPE as u64,
+                cache_block_stride: l.block_stride() as u64,
+                num_tokens: plan.num_tokens as u32,
+                block_size: l.block_size as u32,
+            };
+            // SAFETY: kv_c, k_pe hold the step's rows (checked); every non-negative slot was
+            // validated against the cache's capacity when the metadata was built.
+            unsafe { stream.launch_builder(&self.cache_write_fn).arg(&p).launch(cfg) }?;
+        } else if launch.kernel == self.decode_name {
+            let p = MlaParams {
+                q: ptr(t.q, &stream),
+                out: ptr(t.out, &stream),
+                cache: ptr(&self.cache, &stream),
+                block_table: ptr(&dev.block_table, &stream),
+                seq_lens: ptr(&dev.seq_lens, &stream),
+                query_start_loc: ptr(&dev.query_start_loc, &stream),
+                splits: ptr(&dev.key_splits, &stream),
+                token_splits: ptr(&dev.token_splits, &stream),
+                partial_out: ptr(&dev.partial_out, &stream),
+                partial_ml: ptr(&dev.partial_ml, &stream),
+                lse,
+                q_token_stride: h as u64 * d,
+                q_head_stride: d,
+                out_token_stride: h as u64 * dv,
+                out_head_stride: dv,
+                cache_block_stride: l.block_stride() as u64,
+                cache_token_stride: l.token_stride() as u64,
+                block_table_stride: dev.block_table_stride as u32,
+                num_q_heads: h as u32,
+                block_size_log2: l.block_size.trailing_zeros(),
+                chunk_keys: plan.chunk_keys as u32,
+                scale: self.mla.scale,
+                _pad: 0,
+            };
+            // SAFETY: q, out hold the step's rows; the metadata buffers hold the step's maps
+            // and schedule (validated block ids; the plan's workspace rows fit split_rows,
+            // whose buffers were sized for this layer shape).
+            unsafe { stream.launch_builder(&self.decode_fn).arg(&p).launch(cfg) }?;
+        } else if launch.kernel == self.merge_name {
+            let m = MergeParams {
+                partial_out: ptr(&dev.partial_out, &stream),
+                partial_ml: ptr(&dev.partial_ml, &stream),
+                token_map: 0,
+                token_splits: ptr(&dev.token_splits, &stream),
+                lse,
+                out: ptr(t.out, &stream),
+                out_token_stride: h as u64 * dv,
+                out_head_stride: dv,
+                num_tokens: plan.num_tokens as u32,
+                num_q_heads: h as u32,
+                head_dim: dv as u32,
+                num_splits: plan.num_splits as u32,
+            };
+            // SAFETY: the decode launch before it wrote every split token's workspace rows.
+            unsafe { stream.launch_builder(&self.merge_fn).arg(&m).launch(cfg) }?;
+        } else {
+            return Err(AttnError::InvalidConfig(format!("CUDA_MLA has no kernel {}", launch.kernel)));
+        }
+        Ok(())
+    }
+}
+
+impl<T: Element> AttentionImpl<T> for CudaMlaImpl<T> {
+    fn backend(&self) -> BackendName {
+        BackendName::CudaMla
+    }
+
+    /// Host tensors: q `[tokens, H, 576]`, k = kv_c `[tokens, 512]`, v = k_pe `[tokens, 64]`,
+    /// out `[tokens, H, 512]`; copied through the device (out too, so that a row the kernels
+    /// fail to write keeps the caller's poison).
+    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
+        let plan = step.for_layer(BackendName::CudaMla, T::DTYPE, &self.shape, &self.layout)?;
+        let (n, h) = (plan.num_tokens, self.mla.num_q_heads);
+        check_len("q", q.len(), n * h * MLA_LATENT_DIM as usize)?;
+        check_len("k (kv_c)", k.len(), n * MLA_RANK as usize)?;
+        check_len("v (k_pe)", v.len(), n * MLA_ROPE as usize)?;
+        check_len("out", out.len(), n * h * MLA_RANK as usize)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let stream = self.rt.stream().clone();
+        let (qd, kd, vd) = (stream.clone_htod(q)?, stream.clone_htod(k)?, stream.clone_htod(v)?);
+        let mut od = stream.clone_htod(&*out)?;
+        self.run(step, DeviceTensors { q: &qd, k: &kd, v: &vd, out: &mut od, lse: None })?;
+        stream.memcpy_dtoh(&od, out)?;
+        stream.synchronize()?;
+        Ok(())
+    }
+
+    fn run_device(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
+        self.run(step, t)
+    }
+
+    /// The latent cache in `key` (`value` is unused by MLA and left zero).
+    fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
+        let stream = self.rt.stream();
+        let mut c = HostKvCache::<T>::zeros(self.layout);
+        stream.memcpy_dtoh(&self.cache, as_u16_mut(&mut c.key))?;
+        stream.synchronize()?;
+        Ok(c)
+    }
+
+    /// Loads `cache.key` as the latent cache (`value` is not read).
+    fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {
+        if cache.layout != self.layout {
+            return Err(AttnError::InvalidConfig(format!("cache layout {:?} differs from the layer's {:?}", cache.layout, self.layout)));
+        }
+        check_len("latent cache", cache.key.len(), self.layout.elements())?;
+        self.rt.stream().memcpy_htod(as_u16(&cache.key), &mut self.cache)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
+
+    /// Metadata for requests of `(cached, new)` tokens over a latent cache, block size 64.
+    fn meta(reqs: &[(usize, usize)]) -> AttentionMetadata {
+        let blocks: usize = reqs.iter().map(|&(c, n)| (c + n).div_ceil(64)).sum();
+        let layout = KvCacheLayout::new(blocks.max(1), 64, 1, 576).unwrap();
+        let mut next = 0u32;
+        let requests = reqs
+            .iter()
+            .map(|&(c, n)| {
+                let b = (c + n).div_ceil(64) as u32;
+                next += b;
+                RequestSchedule { num_computed_tokens: c, num_new_tokens: n, block_ids: (next - b..next).collect() }
+            })
+            .collect();
+        MetadataBuilder::new(layout).build(&SchedulerOutput { requests }).unwrap()
+    }
+
+    #[test]
+    fn chunk_schedule_examples() {
+        let fits = |_| true;
+        // M1: 128 x 4096 keys, one row tile each: 128 blocks fill 132 SMs once; no split.
+        assert_eq!(mla_chunk_keys(&[4096; 128], &[1; 128], 132, fits), 4096);
+        // M2: 128 heads = two row tiles: 256 blocks, two waves; splitting adds blocks, not speed.
+        assert_eq!(mla_chunk_keys(&[4096; 128], &[2; 128], 132, fits), 4096);
+        // Long context, few requests: 4 x 32768 -> 1024-key chunks, 128 blocks in one wave.
+        assert_eq!(mla_chunk_keys(&[32768; 4], &[1; 4], 132, fits), 1024);
+        // Ragged: one 16384-key request among 64 of 512: cut so it does not run alone.
+        let mut lens = vec![512; 64];
+        lens.push(16384);
+        let c = mla_chunk_keys(&lens, &[1; 65], 132, fits);
+        assert!(c <= 16384 / 4 && c >= 512, "{c}");
+        // No workspace: no split.
+        assert_eq!(mla_chunk_keys(&[32768; 4], &[1; 4], 132, |_| false), 32768);
+        // Chunks are whole 32-key tiles.
+        assert_eq!(mla_chunk_keys(&[100], &[1], 132, fits) % 32, 0);
+    }
+
+    #[test]
+    fn plan_worked_example() {
+        // Two requests: a decode at 100 keys, a 2-token speculative step at 3000 keys;
+        // 16 heads; forced 4 splits of the longest: chunk 768 -> 1 and 4 splits.
+        let m = meta(&[(99, 1), (2998, 2)]);
+        let shape = LayerShape::heads(16, 1, 576);
+        let limits = StepLimits::new(8, 2, 4096, 64);
+        let p = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4) }).unwrap();
+        assert_eq!((p.chunk_keys, p.num_splits), (768, 4));
+        assert_eq!(p.key_splits, vec![KeySplit { request: 0, split: 0 }, KeySplit { request: 1, split: 0 }, KeySplit { request: 1, split: 1 }, KeySplit { request: 1, split: 2 }, KeySplit { request: 1, split: 3 }]);
+        // Token 0 (one split) is written directly; tokens 1, 2 take workspace slots 0-3, 4-7.
+        assert_eq!(p.token_splits, vec![[0, 1], [0, 4], [4, 4]]);
+        assert_eq!(p.workspace_bytes, 8 * 16 * 514 * 4);
+        assert_eq!(
+            p.launches,
+            vec![
+                KernelLaunch { kernel: "mla_cache_write_b16".into(), grid: (3, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 3 },
+                KernelLaunch { kernel: "mla_decode_bf16".into(), grid: (5, 1, 1), block: 256, shared_mem_bytes: mla_smem_bytes(), tokens: 3 },
+                KernelLaunch { kernel: "merge_splits_bf16".into(), grid: (3, 16, 1), block: 64, shared_mem_bytes: 0, tokens: 3 },
+            ]
+        );
+        // 128 heads x 2 tokens = 256 rows: 4 row tiles (grid y).
+        let p = plan(&m, &LayerShape::heads(128, 1, 576), DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(1) }).unwrap();
+        assert_eq!((p.launches[1].grid, p.num_splits, p.launches.len()), ((2, 4, 1), 1, 2));
+        // The workspace limit: 4 splits of 2 tokens need 8 token rows.
+        let e = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &StepLimits { split_rows: 7, ..limits }, &PlanOptions { force_splits: Some(4) }).unwrap_err();
+        assert!(e.to_string().contains("split_rows is 7"), "{e}");
+        assert!(plan(&m, &shape, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default()).is_err());
+    }
+
+    #[test]
+    fn registry_names() {
+        assert_eq!(kernel_registry(), vec!["mla_cache_write_b16", "mla_decode_bf16", "mla_decode_f16"]);
+    }
+}
