@@ -151,7 +151,8 @@ unsafe fn mla_decode<E: Elem>(p: &MlaParams) {
     // four plus compile-time offsets (`LdmLane::xor_k`).
     let (ax_s, bx_s) = (LdmLane::xor_table(ldm.a_x ^ (32 * half as u32)), LdmLane::xor_table(ldm.b_x ^ (32 * half as u32)));
     let ax_v = LdmLane::xor_table(ldm.a_x);
-    let v_half = (half * (NT_HALF / 2) * 128) as u32;
+    // This half's first value column, in bytes of a row (256 columns of 2 bytes).
+    let v_half = (half * (DV / 2) * 2) as u32;
     let wrow = 16 * group;
     let q_rows = smem + (wrow * ROW_BYTES) as u32;
     // Whether this warp's group holds any row (uniform over the pair): groups past the
