@@ -100,7 +100,7 @@ fn main() {
             }
         }
         for splits in split_options {
-            step.prepare_with(&meta, PlanOptions { force_splits: Some(splits) }).expect("plan");
+            step.prepare_with(&meta, PlanOptions { force_splits: Some(splits), ..PlanOptions::default() }).expect("plan");
             let (ms, lo, hi) = timer.time(|| imp.attend(&step, &q, &mut out));
             let gbs = bytes / (ms * 1e-3) / 1e9;
             let tag = if splits == heuristic { "" } else { " (forced)" };

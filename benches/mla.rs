@@ -54,8 +54,8 @@ fn main() {
     let mut timer = Timer::new(&rt);
     let copy = copy_bandwidth(&rt, &mut timer);
     println!("device: {} ({}, {} SMs); copy bandwidth {:.0} GB/s (read + write)", rt.device_name(), rt.arch(), rt.num_sms(), copy);
-    println!("| workload | splits x keys | time (us) [min, max] | GB/s | of copy | TFLOP/s |");
-    println!("|---|---|---|---|---|---|");
+    println!("| workload | kernel | splits x keys | time (us) [min, max] | GB/s | of copy | TFLOP/s |");
+    println!("|---|---|---|---|---|---|---|");
     let mut rng = Rng::new(576);
     for w in workloads() {
         let mla = MlaSpec { num_q_heads: w.heads, kv_lora_rank: RANK, qk_rope_head_dim: LATENT - RANK, qk_nope_head_dim: 128, v_head_dim: 128, scale: 1.0 / 192f32.sqrt() };
@@ -75,22 +75,25 @@ fn main() {
         let bytes = (w.batch * w.context * LATENT * 2 + n * w.heads * (LATENT + RANK) * 2) as f64;
         let flops = 2.0 * (w.batch * w.queries * w.heads * w.context) as f64 * (LATENT + RANK) as f64;
         let heuristic = step.prepare(&meta).expect("plan").num_splits;
-        let mut options = vec![None];
+        // The plan's choice, then (--sweep) forced split counts, and the 2-stage kernel.
+        let mut options = vec![PlanOptions::default()];
         if sweep {
-            options.extend([1, 2, 4, 8].into_iter().filter(|&s| s != heuristic).map(Some));
+            options.extend([1, 2, 4, 8].into_iter().filter(|&s| s != heuristic).map(|s| PlanOptions { force_splits: Some(s), ..PlanOptions::default() }));
+            options.push(PlanOptions { pipeline_stages: Some(2), ..PlanOptions::default() });
         }
-        for force in options {
-            let plan = step.prepare_with(&meta, PlanOptions { force_splits: force }).expect("plan");
+        for opts in options {
+            let plan = step.prepare_with(&meta, opts).expect("plan");
             let (splits, chunk) = (plan.num_splits, plan.chunk_keys);
+            let kernel = plan.launches.iter().map(|l| l.kernel.as_str()).find(|k| k.starts_with("mla_decode")).unwrap_or("-").to_string();
             let (ms, lo, hi) = timer.time(|| imp.attend(&step, &q, &mut out));
             let gbs = bytes / (ms * 1e-3) / 1e9;
             let tflops = flops / (ms * 1e-3) / 1e12;
-            let tag = if force.is_some() { " (forced)" } else { "" };
-            println!("| {} | {splits} x {chunk}{tag} | {:.1} [{:.1}, {:.1}] | {gbs:.0} | {:.3} | {tflops:.1} |", w.id, ms * 1e3, lo * 1e3, hi * 1e3, gbs / copy);
+            let tag = if opts.force_splits.is_some() { " (forced)" } else { "" };
+            println!("| {} | {kernel} | {splits} x {chunk}{tag} | {:.1} [{:.1}, {:.1}] | {gbs:.0} | {:.3} | {tflops:.1} |", w.id, ms * 1e3, lo * 1e3, hi * 1e3, gbs / copy);
             if json {
                 let metric = if w.compute_bound { format!("\"tflops\":{tflops:.2}") } else { format!("\"gbps\":{gbs:.1},\"copy_gbps\":{copy:.1},\"fraction_of_copy\":{:.4}", gbs / copy) };
                 println!(
-                    "{{\"bench\":\"mla\",\"workload\":\"{}\",\"device\":\"{}\",\"kernel\":\"mla_decode_bf16\",\"splits\":{splits},\"median_us\":{:.2},{metric}}}",
+                    "{{\"bench\":\"mla\",\"workload\":\"{}\",\"device\":\"{}\",\"kernel\":\"{kernel}\",\"splits\":{splits},\"median_us\":{:.2},{metric}}}",
                     w.id,
                     rt.device_name(),
                     ms * 1e3

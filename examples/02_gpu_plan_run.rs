@@ -59,7 +59,7 @@ fn main() -> attn_backends::Result<()> {
     for r in &mut next.requests {
         r.num_computed_tokens += 1;
     }
-    let opts = PlanOptions { force_splits: Some(plan.num_splits) };
+    let opts = PlanOptions { force_splits: Some(plan.num_splits), ..PlanOptions::default() };
     step.prepare_with(&builder.build(&next)?, opts)?;
     stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
     for layer in &mut layers {

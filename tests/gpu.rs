@@ -74,7 +74,7 @@ fn check<T: Element>(rt: &Arc<CudaRuntime>, s: &Shape, seed: u64) -> Result<Stri
     gpu.load_cache(&before).map_err(e)?;
     let mut out = vec![T::from_f32(f32::NAN); n * hq * d];
     let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
-    let splits = step.prepare_with(&meta, PlanOptions { force_splits: s.splits }).map_err(e)?.num_splits;
+    let splits = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, ..PlanOptions::default() }).map_err(e)?.num_splits;
     gpu.forward_host(&step, &q, &k, &v, &mut out).map_err(e)?;
 
     let want = expected_cache(&before, &k, &v, &meta);
@@ -210,20 +210,23 @@ fn cases() -> Vec<Case> {
     };
     let odd = vec![(4094, 1), (0, 1), (300, 1), (999, 2), (62, 2), (2000, 1), (33, 1)];
     for heads in [16, 32, 64, 128] {
-        mla(format!("mla bf16 {heads} heads"), MlaShape { heads, block_size: 64, requests: odd.clone(), splits: None }, true);
+        mla(format!("mla bf16 {heads} heads"), MlaShape { heads, block_size: 64, requests: odd.clone(), splits: None, stages: None }, true);
     }
-    mla("mla f16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None }, false);
-    mla("mla f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3) }, false);
+    mla("mla f16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None }, false);
+    mla("mla f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, false);
     for splits in [1, 2, 5, 8, 16] {
-        mla(format!("mla bf16 16 heads {splits} splits"), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: Some(splits) }, true);
+        mla(format!("mla bf16 16 heads {splits} splits"), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: Some(splits), stages: None }, true);
     }
     for bs in [16, 128] {
-        mla(format!("mla bf16 32 heads block size {bs}"), MlaShape { heads: 32, block_size: bs, requests: odd.clone(), splits: Some(4) }, true);
+        mla(format!("mla bf16 32 heads block size {bs}"), MlaShape { heads: 32, block_size: bs, requests: odd.clone(), splits: Some(4), stages: None }, true);
     }
     let ragged: Vec<(usize, usize)> = (0..40).map(|i| ((i * 379) % 5000 + 1, 1 + i % 2)).collect();
-    mla("mla bf16 64 heads ragged 40".into(), MlaShape { heads: 64, block_size: 64, requests: ragged, splits: None }, true);
-    mla("mla bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2) }, true);
-    mla("mla bf16 16 heads long context".into(), MlaShape { heads: 16, block_size: 64, requests: vec![(32767, 1), (20000, 2)], splits: None }, true);
+    mla("mla bf16 64 heads ragged 40".into(), MlaShape { heads: 64, block_size: 64, requests: ragged, splits: None, stages: None }, true);
+    mla("mla bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: None }, true);
+    // The 2-stage kernel (what sm_80-class GPUs run), on any device.
+    mla("mla bf16 64 heads 2-stage pipeline".into(), MlaShape { heads: 64, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(2) }, true);
+    mla("mla f16 16 heads 2-stage pipeline".into(), MlaShape { heads: 16, block_size: 32, requests: odd.clone(), splits: None, stages: Some(2) }, false);
+    mla("mla bf16 16 heads long context".into(), MlaShape { heads: 16, block_size: 64, requests: vec![(32767, 1), (20000, 2)], splits: None, stages: None }, true);
     v
 }
 
@@ -266,7 +269,7 @@ fn step_shared_by_layers(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     let (mut layers, caches) = random_layers(rt, &spec, layout, 2, &mut rng)?;
     // Limits larger than the step: buffers sized for the largest step serve smaller ones.
     let mut step = layers[0].new_step(StepLimits::new(64, 8, 4096, 16)).map_err(e)?;
-    step.prepare_with(&meta, PlanOptions { force_splits: Some(4) }).map_err(e)?;
+    step.prepare_with(&meta, PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).map_err(e)?;
     let mut worst = 0.0f64;
     for (l, c) in layers.iter_mut().zip(&caches) {
         let q = random_values::<bf16>(&mut rng, n * 8 * 128);
@@ -320,7 +323,7 @@ fn graph_replay(rt: &Arc<CudaRuntime>) -> Result<String, String> {
         io.push((zeros(hq)?, zeros(hkv)?, zeros(hkv)?, zeros(hq)?, zeros(hq)?));
     }
     let mut step = graph_layers[0].new_step(StepLimits::new(n, n, lens.iter().max().unwrap() + steps, 16)).map_err(e)?;
-    let opts = PlanOptions { force_splits: Some(4) };
+    let opts = PlanOptions { force_splits: Some(4), ..PlanOptions::default() };
     let stream = rt.stream().clone();
     let mut graph = None;
     let mut captured = None;
@@ -402,7 +405,7 @@ fn determinism(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     let mut step = layer.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
     let mut runs = 0;
     for splits in [1, 3, 8] {
-        step.prepare_with(&meta, PlanOptions { force_splits: Some(splits) }).map_err(e)?;
+        step.prepare_with(&meta, PlanOptions { force_splits: Some(splits), ..PlanOptions::default() }).map_err(e)?;
         let mut first: Option<Vec<u32>> = None;
         for _ in 0..3 {
             layer.load_cache(&caches[0]).map_err(e)?;
@@ -439,7 +442,7 @@ fn log_sum_exp(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     let mut worst = (0.0f64, 0.0f64);
     for splits in [1, 3] {
         layers[0].load_cache(&caches[0]).map_err(e)?;
-        step.prepare_with(&meta, PlanOptions { force_splits: Some(splits) }).map_err(e)?;
+        step.prepare_with(&meta, PlanOptions { force_splits: Some(splits), ..PlanOptions::default() }).map_err(e)?;
         let mut od = to_device(rt, &vec![bf16::NAN; n * 8 * 128])?;
         let mut ld = to_device(rt, &vec![f32::NAN; n * 8])?;
         layers[0].forward_device_lse(&step, &qd, &kd, &vd, &mut od, &mut ld).map_err(e)?;
@@ -466,6 +469,8 @@ struct MlaShape {
     block_size: usize,
     requests: Vec<(usize, usize)>,
     splits: Option<usize>,
+    /// The pipeline depth (None: the deepest the device allows).
+    stages: Option<u32>,
 }
 
 /// The MLA layer on the GPU against the absorbed-form f64 oracle: random latent cache,
@@ -489,8 +494,9 @@ fn check_mla<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Resu
     let mut gpu = Attention::<T>::new(BackendName::CudaMla, spec, layout, Some(rt.clone())).map_err(e)?;
     gpu.load_cache(&before).map_err(e)?;
     let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
-    let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits }).map_err(e)?;
+    let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, pipeline_stages: s.stages }).map_err(e)?;
     let (splits, chunk) = (plan.num_splits, plan.chunk_keys);
+    let kernel = plan.launches.iter().find(|l| l.kernel.starts_with("mla_decode")).map_or("-".into(), |l| l.kernel.clone());
     let mut out = vec![T::from_f32(f32::NAN); n * h * r];
     gpu.forward_host(&step, &q, &kv_c, &k_pe, &mut out).map_err(e)?;
 
@@ -506,7 +512,7 @@ fn check_mla<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Resu
     let err = rel_error(&out, &reference);
     let cpu_err = rel_error(&cpu_t, &reference);
     let bound = (2.0 * cpu_err + 2e-3).min(1e-2);
-    let msg = format!("rel err {err:.2e} (CPU {cpu_err:.2e}, bound {bound:.1e}), tokens {n}, splits {splits} of {chunk} keys");
+    let msg = format!("rel err {err:.2e} (CPU {cpu_err:.2e}, bound {bound:.1e}), tokens {n}, splits {splits} of {chunk} keys, {kernel}");
     if err <= bound { Ok(msg) } else { Err(msg) }
 }
 

@@ -39,10 +39,10 @@ use crate::tile::{swizzled, LdmLane};
 const WARPS: usize = MLA_WARPS as usize;
 const PAIRS: usize = WARPS / 2;
 const ROWS: usize = MLA_ROWS as usize;
-/// Keys per tile, score n-tiles per tile, tiles in flight.
+/// Keys per tile, score n-tiles per tile (the pipeline's depth, `STAGES`, is the kernel's
+/// parameter).
 const BN: usize = MLA_KEYS as usize;
 const NB: usize = BN / 8;
-const STAGES: usize = MLA_STAGES as usize;
 /// Key (and query) dims, value dims; 16-byte chunks and bytes of a shared-memory row (72
 /// chunks: the swizzle moves a chunk only inside its group of 8, so rows need no padding).
 const D: usize = MLA_LATENT_DIM as usize;
@@ -54,7 +54,7 @@ const KS_HALF: usize = D / 16 / 2;
 const NT_HALF: usize = DV / 2 / 8;
 
 #[inline(always)]
-unsafe fn mla_decode<E: Elem>(p: &MlaParams) {
+unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
     let warp = tid / 32;
@@ -278,12 +278,20 @@ unsafe fn mla_decode<E: Elem>(p: &MlaParams) {
     }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn mla_decode_bf16(p: MlaParams) {
-    unsafe { mla_decode::<Bf16>(&p) }
+macro_rules! mla_decode_kernels {
+    ($($name:ident: $elem:ty, $stages:expr;)*) => {$(
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: MlaParams) {
+            unsafe { mla_decode::<$elem, { $stages as usize }>(&p) }
+        }
+    )*};
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn mla_decode_f16(p: MlaParams) {
-    unsafe { mla_decode::<F16>(&p) }
+// The instantiation table (dtype x pipeline depth, `params::MLA_STAGES`), named by the
+// host's `cuda_mla::decode_kernel`.
+mla_decode_kernels! {
+    mla_decode_bf16: Bf16, MLA_STAGES[0];
+    mla_decode_f16: F16, MLA_STAGES[0];
+    mla_decode_bf16_s3: Bf16, MLA_STAGES[1];
+    mla_decode_f16_s3: F16, MLA_STAGES[1];
 }

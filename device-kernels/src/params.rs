@@ -321,14 +321,17 @@ pub const MLA_LATENT_DIM: u32 = MLA_RANK + MLA_ROPE;
 pub const MLA_WARPS: u32 = 8;
 pub const MLA_ROWS: u32 = 16 * (MLA_WARPS / 2);
 pub const MLA_KEYS: u32 = 32;
-pub const MLA_STAGES: u32 = 2;
-/// Dynamic shared memory of the MLA decode kernel: the Q tile (`MLA_ROWS` latent rows),
-/// `MLA_STAGES` K tiles of `MLA_KEYS` latent rows (the V tiles are their first `MLA_RANK`
-/// dims), and the warps' partial-score exchange (`MLA_KEYS / 8` n-tiles of 4 f32 per lane):
-/// 160 KiB, inside the 163 KiB an sm_80 block may have.
-pub const fn mla_smem_bytes() -> u32 {
+/// The MLA decode kernel's pipeline depths (K tiles in flight): 2 fits the 163 KiB an sm_80
+/// block may have (`mla_decode_<tag>`), 3 the 227 KiB of sm_90 (`mla_decode_<tag>_s3`),
+/// which keeps twice the bytes in flight for the memory-bound shapes.
+pub const MLA_STAGES: [u32; 2] = [2, 3];
+/// Dynamic shared memory of the MLA decode kernel with `stages` K tiles: the Q tile
+/// (`MLA_ROWS` latent rows), the K tiles of `MLA_KEYS` latent rows (the V tiles are their
+/// first `MLA_RANK` dims), and the warps' partial-score exchange (`MLA_KEYS / 8` n-tiles of
+/// 4 f32 per lane): 160 KiB with 2 stages, 196 KiB with 3.
+pub const fn mla_smem_bytes(stages: u32) -> u32 {
     let row = MLA_LATENT_DIM * 2;
-    MLA_ROWS * row + MLA_STAGES * MLA_KEYS * row + MLA_WARPS * 32 * (MLA_KEYS / 8) * 16
+    MLA_ROWS * row + stages * MLA_KEYS * row + MLA_WARPS * 32 * (MLA_KEYS / 8) * 16
 }
 /// Kernel names of the MLA family, per dtype tag (`mla_decode_<tag>`) and the cache write.
 pub const MLA_CACHE_WRITE_KERNEL: &str = "mla_cache_write_b16";

@@ -37,11 +37,15 @@ impl fmt::Display for Platform {
 pub struct DeviceProps {
     pub num_sms: u32,
     pub attention_blocks_per_sm: u32,
+    /// Dynamic shared memory one block may opt into (bytes): picks between a kernel's
+    /// pipeline depths.
+    pub max_shared_memory_per_block: u32,
 }
 
 impl DeviceProps {
-    /// An H100 SXM (132 SMs) with the paged kernel's occupancy there (2 blocks per SM).
-    pub const H100: DeviceProps = DeviceProps { num_sms: 132, attention_blocks_per_sm: 2 };
+    /// An H100 SXM (132 SMs, 227 KiB per block) with the paged kernel's occupancy there (2
+    /// blocks per SM).
+    pub const H100: DeviceProps = DeviceProps { num_sms: 132, attention_blocks_per_sm: 2, max_shared_memory_per_block: 232_448 };
 
     /// Blocks of the attention kernel resident on the whole device at once.
     pub fn resident_blocks(&self) -> usize {

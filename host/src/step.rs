@@ -101,6 +101,10 @@ pub struct PlanOptions {
     /// A fixed split count (flash-decoding) instead of the heuristic's: tests, benchmarks,
     /// and CUDA graphs that must replay one launch shape.
     pub force_splits: Option<usize>,
+    /// A fixed pipeline depth for a kernel built with several (MLA decode: 2 or 3 K tiles in
+    /// flight) instead of the deepest the device's shared memory allows: tests of the
+    /// shallower kernel on a device that could run the deeper.
+    pub pipeline_stages: Option<u32>,
 }
 
 /// The shape of the layers a step serves (all layers of a model share it), with the score

@@ -17,14 +17,14 @@
 //! the whole step ([`mla_chunk_keys`]), so a ragged batch becomes blocks of nearly equal
 //! work spread over the SMs; [`CudaMlaImpl`] only launches.
 
-use super::cuda_paged::{as_u16, as_u16_mut, check_len, check_rows, dtype_tag, function_with_smem, merge_kernel, ptr, DeviceMetadata, MAX_SPLITS};
+use super::cuda_paged::{as_u16, as_u16_mut, check_len, check_rows, dtype_tag, function_with_smem, max_shared_memory_per_block, merge_kernel, ptr, DeviceMetadata, MAX_SPLITS};
 use super::{AttentionImpl, BackendCaps, BackendName, DeviceTensors};
 use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
-use crate::params::{mla_smem_bytes, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_CACHE_WRITE_KERNEL, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_WARPS};
+use crate::params::{mla_smem_bytes, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_CACHE_WRITE_KERNEL, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_STAGES, MLA_WARPS};
 use crate::platform::DeviceProps;
 use crate::spec::{AttnSpec, MlaSpec};
 use crate::step::{KernelLaunch, KeySplit, LayerShape, PlanOptions, Step, StepLimits, StepPlan};
@@ -53,18 +53,27 @@ pub static CAPS: BackendCaps = BackendCaps {
               mma.sync, each K tile read once for Q K^T and P V; split-KV on a per-step schedule that balances ragged batches over the SMs, + merge",
 };
 
+/// The selector's figure: the shallowest pipeline's (every sm_80+ block can have it).
 fn shared_memory_bytes(_latent_dim: usize) -> usize {
-    mla_smem_bytes() as usize
+    mla_smem_bytes(MLA_STAGES[0]) as usize
 }
 
-pub fn decode_kernel(tag: &str) -> String {
-    format!("mla_decode_{tag}")
+/// The MLA decode kernel for a dtype tag and pipeline depth (`params::MLA_STAGES`).
+pub fn decode_kernel(tag: &str, stages: u32) -> String {
+    if stages == MLA_STAGES[0] { format!("mla_decode_{tag}") } else { format!("mla_decode_{tag}_s{stages}") }
+}
+
+/// The deepest pipeline whose shared memory a block of this device may have.
+pub fn pipeline_stages(props: &DeviceProps) -> u32 {
+    MLA_STAGES.into_iter().filter(|&s| mla_smem_bytes(s) <= props.max_shared_memory_per_block).max().unwrap_or(MLA_STAGES[0])
 }
 
 /// The MLA family's entry points (the registry's share of them).
 pub fn kernel_registry() -> Vec<String> {
     let mut names = vec![MLA_CACHE_WRITE_KERNEL.to_string()];
-    names.extend(crate::params::DTYPE_TAGS.iter().map(|t| decode_kernel(t)));
+    for stages in MLA_STAGES {
+        names.extend(crate::params::DTYPE_TAGS.iter().map(|t| decode_kernel(t, stages)));
+    }
     names
 }
 
@@ -98,9 +107,12 @@ pub fn check_mla(spec: &AttnSpec, layout: &KvCacheLayout) -> Result<MlaSpec> {
 /// The device's properties for the MLA plan: SMs, and MLA blocks per SM.
 pub fn device_props(rt: &CudaRuntime, dtype: DType) -> Result<DeviceProps> {
     let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_MLA", supported: "f16, bf16" })?;
-    let f = function_with_smem(rt, &decode_kernel(tag), mla_smem_bytes(), MLA_LATENT_DIM as usize)?;
-    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(MLA_WARPS * 32, mla_smem_bytes() as usize, None)?;
-    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1) })
+    let smem_max = max_shared_memory_per_block(rt)?;
+    let stages = pipeline_stages(&DeviceProps { num_sms: 0, attention_blocks_per_sm: 0, max_shared_memory_per_block: smem_max });
+    let smem = mla_smem_bytes(stages);
+    let f = function_with_smem(rt, &decode_kernel(tag, stages), smem, MLA_LATENT_DIM as usize)?;
+    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(MLA_WARPS * 32, smem as usize, None)?;
+    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: smem_max })
 }
 
 /// A block's fixed cost in key rows: loading its Q tile (64 latent rows) costs about what
@@ -189,11 +201,18 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     let mut launches = Vec::new();
     if n > 0 {
         launches.push(KernelLaunch { kernel: MLA_CACHE_WRITE_KERNEL.into(), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
+        let stages = match opts.pipeline_stages {
+            Some(s) if !MLA_STAGES.contains(&s) || mla_smem_bytes(s) > props.max_shared_memory_per_block => {
+                return Err(AttnError::InvalidConfig(format!("pipeline depth {s}: the MLA kernel has {MLA_STAGES:?}, within the device's shared memory")));
+            }
+            Some(s) => s,
+            None => pipeline_stages(props),
+        };
         launches.push(KernelLaunch {
-            kernel: decode_kernel(tag),
+            kernel: decode_kernel(tag, stages),
             grid: (key_splits.len() as u32, tiles.iter().copied().max().unwrap_or(1) as u32, 1),
             block: MLA_WARPS * 32,
-            shared_mem_bytes: mla_smem_bytes(),
+            shared_mem_bytes: mla_smem_bytes(stages),
             tokens: n,
         });
         if num_splits > 1 {
@@ -224,8 +243,8 @@ pub struct CudaMlaImpl<T: Element> {
     layout: KvCacheLayout,
     cache: CudaSlice<u16>,
     cache_write_fn: CudaFunction,
-    decode_fn: CudaFunction,
-    decode_name: String,
+    /// The decode kernel of each pipeline depth the device can run (the plan names one).
+    decode_fns: Vec<(String, CudaFunction)>,
     merge_fn: CudaFunction,
     merge_name: String,
     _elem: PhantomData<T>,
@@ -236,11 +255,21 @@ impl<T: Element> CudaMlaImpl<T> {
         CAPS.check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
         let mla = check_mla(&spec, &layout)?;
         let tag = T::KERNEL_TAG.unwrap_or_default();
-        let decode_name = decode_kernel(tag);
+        let smem_max = max_shared_memory_per_block(&rt)?;
+        let mut decode_fns = Vec::new();
+        for stages in MLA_STAGES.into_iter().filter(|&s| mla_smem_bytes(s) <= smem_max) {
+            let name = decode_kernel(tag, stages);
+            decode_fns.push((name.clone(), function_with_smem(&rt, &name, mla_smem_bytes(stages), MLA_LATENT_DIM as usize)?));
+        }
+        if decode_fns.is_empty() {
+            return Err(AttnError::Unsupported {
+                backend: "CUDA_MLA",
+                reason: format!("the MLA kernel needs {} bytes of shared memory per block; {} allows {smem_max}", mla_smem_bytes(MLA_STAGES[0]), rt.device_name()),
+            });
+        }
         Ok(CudaMlaImpl {
             cache_write_fn: rt.function(MLA_CACHE_WRITE_KERNEL)?,
-            decode_fn: function_with_smem(&rt, &decode_name, mla_smem_bytes(), MLA_LATENT_DIM as usize)?,
-            decode_name,
+            decode_fns,
             merge_fn: rt.function(&merge_kernel(tag))?,
             merge_name: merge_kernel(tag),
             cache: rt.stream().alloc_zeros::<u16>(layout.elements())?,
@@ -304,7 +333,7 @@ impl<T: Element> CudaMlaImpl<T> {
             // SAFETY: kv_c, k_pe hold the step's rows (checked); every non-negative slot was
             // validated against the cache's capacity when the metadata was built.
             unsafe { stream.launch_builder(&self.cache_write_fn).arg(&p).launch(cfg) }?;
-        } else if launch.kernel == self.decode_name {
+        } else if let Some((_, decode_fn)) = self.decode_fns.iter().find(|(name, _)| *name == launch.kernel) {
             let p = MlaParams {
                 q: ptr(t.q, &stream),
                 out: ptr(t.out, &stream),
@@ -333,7 +362,7 @@ impl<T: Element> CudaMlaImpl<T> {
             // SAFETY: q, out hold the step's rows; the metadata buffers hold the step's maps
             // and schedule (validated block ids; the plan's workspace rows fit split_rows,
             // whose buffers were sized for this layer shape).
-            unsafe { stream.launch_builder(&self.decode_fn).arg(&p).launch(cfg) }?;
+            unsafe { stream.launch_builder(decode_fn).arg(&p).launch(cfg) }?;
         } else if launch.kernel == self.merge_name {
             let m = MergeParams {
                 partial_out: ptr(&dev.partial_out, &stream),
@@ -457,7 +486,7 @@ mod tests {
         let m = meta(&[(99, 1), (2998, 2)]);
         let shape = LayerShape::heads(16, 1, 576);
         let limits = StepLimits::new(8, 2, 4096, 64);
-        let p = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4) }).unwrap();
+        let p = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap();
         assert_eq!((p.chunk_keys, p.num_splits), (768, 4));
         assert_eq!(p.key_splits, vec![KeySplit { request: 0, split: 0 }, KeySplit { request: 1, split: 0 }, KeySplit { request: 1, split: 1 }, KeySplit { request: 1, split: 2 }, KeySplit { request: 1, split: 3 }]);
         // Token 0 (one split) is written directly; tokens 1, 2 take workspace slots 0-3, 4-7.
@@ -467,21 +496,25 @@ mod tests {
             p.launches,
             vec![
                 KernelLaunch { kernel: "mla_cache_write_b16".into(), grid: (3, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 3 },
-                KernelLaunch { kernel: "mla_decode_bf16".into(), grid: (5, 1, 1), block: 256, shared_mem_bytes: mla_smem_bytes(), tokens: 3 },
+                KernelLaunch { kernel: "mla_decode_bf16_s3".into(), grid: (5, 1, 1), block: 256, shared_mem_bytes: mla_smem_bytes(3), tokens: 3 },
                 KernelLaunch { kernel: "merge_splits_bf16".into(), grid: (3, 16, 1), block: 64, shared_mem_bytes: 0, tokens: 3 },
             ]
         );
         // 128 heads x 2 tokens = 256 rows: 4 row tiles (grid y).
-        let p = plan(&m, &LayerShape::heads(128, 1, 576), DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(1) }).unwrap();
+        let p = plan(&m, &LayerShape::heads(128, 1, 576), DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(1), ..PlanOptions::default() }).unwrap();
         assert_eq!((p.launches[1].grid, p.num_splits, p.launches.len()), ((2, 4, 1), 1, 2));
         // The workspace limit: 4 splits of 2 tokens need 8 token rows.
-        let e = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &StepLimits { split_rows: 7, ..limits }, &PlanOptions { force_splits: Some(4) }).unwrap_err();
+        let e = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &StepLimits { split_rows: 7, ..limits }, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap_err();
         assert!(e.to_string().contains("split_rows is 7"), "{e}");
         assert!(plan(&m, &shape, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default()).is_err());
     }
 
     #[test]
     fn registry_names() {
-        assert_eq!(kernel_registry(), vec!["mla_cache_write_b16", "mla_decode_bf16", "mla_decode_f16"]);
+        assert_eq!(kernel_registry(), vec!["mla_cache_write_b16", "mla_decode_bf16", "mla_decode_f16", "mla_decode_bf16_s3", "mla_decode_f16_s3"]);
+        // An sm_80-class device (163 KiB a block) gets the 2-stage kernel, an H100 the 3-stage one.
+        let a100 = DeviceProps { max_shared_memory_per_block: 166_912, ..DeviceProps::H100 };
+        assert_eq!((pipeline_stages(&a100), pipeline_stages(&DeviceProps::H100)), (2, 3));
+        assert_eq!((mla_smem_bytes(2), mla_smem_bytes(3)), (163_840, 200_704));
     }
 }

@@ -142,6 +142,11 @@ pub fn prefill_kernel(tag: &str, head_dim: usize, softcap: bool, alibi: bool) ->
     format!("flash_prefill_{tag}_d{head_dim}{modifier}")
 }
 
+/// The dynamic shared memory a block may opt into on the runtime's device.
+pub(crate) fn max_shared_memory_per_block(rt: &CudaRuntime) -> Result<u32> {
+    Ok(rt.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0) as u32)
+}
+
 /// A kernel with `smem` bytes of dynamic shared memory opted into (past 48 KiB that must be
 /// asked for per kernel); an error if the device allows less.
 pub(crate) fn function_with_smem(rt: &CudaRuntime, name: &str, smem: u32, head_dim: usize) -> Result<CudaFunction> {
@@ -168,7 +173,7 @@ fn attention_function(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result
 pub fn device_props(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result<DeviceProps> {
     let f = attention_function(rt, dtype, head_dim)?;
     let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PAGED_WARPS * 32, paged_smem_bytes(head_dim as u32) as usize, None)?;
-    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1) })
+    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: max_shared_memory_per_block(rt)? })
 }
 
 /// Requests with at least this many query tokens go to the prefill kernel; the others (a
@@ -815,20 +820,20 @@ mod tests {
         let p = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &small, &PlanOptions::default()).unwrap();
         assert_eq!(p.num_splits, 5);
         // Forced splits beyond the workspace are an error naming the limit; 0 or 33 invalid.
-        let e = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &small, &PlanOptions { force_splits: Some(6) }).unwrap_err();
+        let e = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &small, &PlanOptions { force_splits: Some(6), ..PlanOptions::default() }).unwrap_err();
         assert!(matches!(e, AttnError::StepTooLarge(_)) && e.to_string().contains("split_rows"), "{e}");
         for s in [0, 33] {
-            assert!(plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(s) }).is_err());
+            assert!(plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(s), ..PlanOptions::default() }).is_err());
         }
         // A 40-head GQA 20:1 model needs two tiles of 16 heads per kv head (grid y = 2 x 2).
         let gqa = LayerShape::heads(40, 2, 128);
-        let p = plan(&meta(&[(100, 1)]), &gqa, DType::Bf16, &DeviceProps::H100, &StepLimits::new(1, 1, 101, 16), &PlanOptions { force_splits: Some(1) }).unwrap();
+        let p = plan(&meta(&[(100, 1)]), &gqa, DType::Bf16, &DeviceProps::H100, &StepLimits::new(1, 1, 101, 16), &PlanOptions { force_splits: Some(1), ..PlanOptions::default() }).unwrap();
         assert_eq!(p.launches[1].grid, (1, 4, 1));
         // Mixed: a chunked prefill (24 tokens on 40 cached), a fresh prefill (33 tokens) and a
         // decode. Llama-3's group of 4 heads makes prefill tiles of 4 heads x 32 tokens: 1 + 2
         // tiles, longest key range first; the decode's token (57) goes to the decode kernel.
         let m = meta(&[(40, 24), (0, 33), (1000, 1)]);
-        let p = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions { force_splits: Some(1) }).unwrap();
+        let p = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions { force_splits: Some(1), ..PlanOptions::default() }).unwrap();
         assert_eq!(p.decode_tokens, vec![57]);
         let tile = |request, first_token, tokens| PrefillTile { request, first_token, tokens };
         assert_eq!(p.prefill_tiles, vec![tile(0, 0, 24), tile(1, 56, 1), tile(1, 24, 32)]);
