@@ -7,7 +7,9 @@
 //! K tile, read from memory once, serves both `S = Q K^T` (576 dims) and, by its first 512
 //! dims, `O += P V`.
 //!
-//! Warps come in pairs per 16-row group (`group = warp % 4`, `half = warp / 4`). Half `h`
+//! Warps come in pairs per 16-row group (`group = warp / 2`, `half = warp % 2`: a pair sits
+//! on two of the SM's four sub-partitions, so a request of 16 rows uses two tensor cores and
+//! one of 32 rows all four). Half `h`
 //! computes the scores' partial dot products over the k-steps `2 ks + h` (16 dims each, 18
 //! of them); the pair
 //! swaps them through shared memory and both hold the full scores, so both run the same
@@ -37,7 +39,6 @@ use crate::softmax::{p_fragment, rescale, RowState, LOG2E};
 use crate::tile::{swizzled, LdmLane};
 
 const WARPS: usize = MLA_WARPS as usize;
-const PAIRS: usize = WARPS / 2;
 const ROWS: usize = MLA_ROWS as usize;
 /// Keys per tile, score n-tiles per tile (the pipeline's depth, `STAGES`, is the kernel's
 /// parameter).
@@ -58,8 +59,8 @@ unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
     let warp = tid / 32;
-    let group = warp % PAIRS;
-    let half = warp / PAIRS;
+    let group = warp / 2;
+    let half = warp % 2;
     // Fragment coordinates: rows r0 and r0 + 8 of the warp's 16, columns (col, col + 1).
     let r0 = lane / 4;
     let col = 2 * (lane % 4);
@@ -205,7 +206,7 @@ unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
         }
         // Full scores: own half + partner's half.
         for j in 0..NB {
-            let v = unsafe { ld_shared_v4(x_at(warp ^ PAIRS, j)) };
+            let v = unsafe { ld_shared_v4(x_at(warp ^ 1, j)) };
             for e in 0..4 {
                 s[j][e] += f32::from_bits(v.0[e]);
             }
