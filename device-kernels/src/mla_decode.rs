@@ -108,7 +108,9 @@ unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
         bt_row: req * p.block_table_stride as usize,
         block_size_log2: p.block_size_log2,
         block_stride: p.cache_block_stride,
-        token_stride: p.cache_token_stride,
+        // One latent row per token: the token stride is the row (a constant, one register
+        // fewer in the loop).
+        token_stride: D as u64,
         head_off: 0,
     };
     const THREADS: usize = WARPS * 32;
