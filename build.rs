@@ -2,7 +2,13 @@
 //! with upstream rustc's `nvptx64-nvidia-cuda` target, and embeds them in the library.
 //!
 //! Architectures: `ATTN_CUDA_ARCHS` (comma-separated, e.g. `sm_80,sm_90`; default
-//! `sm_80,sm_90`). This script never asks the machine what GPU it has.
+//! `sm_80,sm_90,sm_90a`). This script never asks the machine what GPU it has. Each module
+//! holds the kernels its architecture can run: the portable ones in every module, the
+//! Hopper kernels (entry points whose names contain `HOPPER_MARK`, using wgmma and other
+//! sm_90a instructions) only in arch-specific `a` modules of compute capability 9.0; they
+//! are internalised and dropped before any other architecture is lowered, so no Hopper
+//! instruction ever reaches `llc` for sm_80. Newer GPUs run the portable module through the
+//! driver's JIT (an `a` module runs on its own architecture only).
 //!
 //! Toolchain: the device build always uses the toolchain pinned in `rust-toolchain.toml`
 //! (nightly, with rust-src and llvm-tools), found through rustup, whatever toolchain builds
@@ -33,7 +39,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-const DEFAULT_ARCHS: &str = "sm_80,sm_90";
+const DEFAULT_ARCHS: &str = "sm_80,sm_90,sm_90a";
+/// The mark of a Hopper-only kernel's name (`flash_prefill_sm90_...`).
+const HOPPER_MARK: &str = "_sm90_";
 const NVPTX: &str = "nvptx64-nvidia-cuda";
 /// LLVM's full-unroll budget, raised so that loops over per-thread register arrays
 /// (fixed trip counts, big bodies) unroll and the arrays never spill to local memory.
@@ -308,11 +316,24 @@ fn build_ptx(root: &Path, out_dir: &Path, tc: &Toolchain, archs: &[(String, u32)
     run(&mut cmd)?;
     let linked = target_dir.join(NVPTX).join("release").join("attn_device_kernels.ptx");
 
-    for (name, _) in archs {
+    // The kernels (the module's only external definitions after the link's internalize),
+    // and the portable module: without the Hopper ones.
+    let exports = output(Command::new(tc.llvm.join("llvm-nm")).args(["--defined-only", "--extern-only", "--just-symbol-name"]).arg(&linked))?;
+    let exports: Vec<&str> = exports.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let portable: Vec<&str> = exports.iter().copied().filter(|k| !k.contains(HOPPER_MARK)).collect();
+    let portable_bc = linked.with_extension("portable.bc");
+    run(Command::new(tc.llvm.join("opt"))
+        .arg(format!("--internalize-public-api-list={}", portable.join(",")))
+        .arg("-passes=internalize,globaldce")
+        .arg(&linked)
+        .arg("-o")
+        .arg(&portable_bc))?;
+    for (name, cc) in archs {
+        let hopper = *cc == 90 && name.ends_with('a');
         let ptx = out_dir.join(format!("attn_kernels_{name}.ptx"));
         run(Command::new(tc.llvm.join("llc"))
             .args(["-O3", "-march=nvptx64", &format!("-mcpu={name}"), "-mattr=+ptx80"])
-            .arg(&linked)
+            .arg(if hopper { &linked } else { &portable_bc })
             .arg("-o")
             .arg(&ptx))?;
     }

@@ -64,3 +64,44 @@ impl Elem for F16 {
         mma_m16n8k16_f16(a, b, c)
     }
 }
+
+/// The warpgroup MMAs of an element type (sm_90a kernels only), by accumulator width: `ss`
+/// (`Q K^T`: A and B K-major in shared memory, `N = 8 NB`), `rs` (`P V`: A in registers, B
+/// N-major in shared memory, `N = 8 NT`). A width without an instruction traps.
+pub trait Wgmma {
+    unsafe fn ss<const NB: usize>(d: &mut [[f32; 4]; NB], a_desc: u64, b_desc: u64, scale_d: u32);
+    unsafe fn rs<const NT: usize>(d: &mut [[f32; 4]; NT], a: [u32; 4], b_desc: u64);
+}
+
+macro_rules! wgmma_dispatch {
+    ($elem:ty, $ss64:ident, $ss128:ident, $rs64:ident, $rs128:ident, $rs256:ident) => {
+        impl Wgmma for $elem {
+            #[inline(always)]
+            unsafe fn ss<const NB: usize>(d: &mut [[f32; 4]; NB], a_desc: u64, b_desc: u64, scale_d: u32) {
+                let p = d as *mut [[f32; 4]; NB];
+                // SAFETY (each arm): NB is the array's length, so the cast is to its own type.
+                unsafe {
+                    match NB {
+                        8 => crate::intrinsics::$ss64(&mut *(p as *mut [[f32; 4]; 8]), a_desc, b_desc, scale_d),
+                        16 => crate::intrinsics::$ss128(&mut *(p as *mut [[f32; 4]; 16]), a_desc, b_desc, scale_d),
+                        _ => crate::intrinsics::trap(),
+                    }
+                }
+            }
+            #[inline(always)]
+            unsafe fn rs<const NT: usize>(d: &mut [[f32; 4]; NT], a: [u32; 4], b_desc: u64) {
+                let p = d as *mut [[f32; 4]; NT];
+                unsafe {
+                    match NT {
+                        8 => crate::intrinsics::$rs64(&mut *(p as *mut [[f32; 4]; 8]), a, b_desc),
+                        16 => crate::intrinsics::$rs128(&mut *(p as *mut [[f32; 4]; 16]), a, b_desc),
+                        32 => crate::intrinsics::$rs256(&mut *(p as *mut [[f32; 4]; 32]), a, b_desc),
+                        _ => crate::intrinsics::trap(),
+                    }
+                }
+            }
+        }
+    };
+}
+wgmma_dispatch!(Bf16, wgmma_m64n64k16_ss_bf16, wgmma_m64n128k16_ss_bf16, wgmma_m64n64k16_rs_bf16, wgmma_m64n128k16_rs_bf16, wgmma_m64n256k16_rs_bf16);
+wgmma_dispatch!(F16, wgmma_m64n64k16_ss_f16, wgmma_m64n128k16_ss_f16, wgmma_m64n64k16_rs_f16, wgmma_m64n128k16_rs_f16, wgmma_m64n256k16_rs_f16);

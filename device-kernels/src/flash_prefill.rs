@@ -26,7 +26,7 @@ use crate::elem::{Bf16, Elem, F16};
 use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
-use crate::score_mod::{Modified, Plain, ScoreMod};
+use crate::score_mod::{Alibi, Plain, ScoreMod, SoftCap, SoftCapAlibi};
 use crate::softmax::{p_fragment, rescale, RowState};
 use crate::tile::{swizzled, LdmLane};
 
@@ -51,34 +51,8 @@ unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const NT: usize, c
     let r0 = lane / 4;
     let col = 2 * (lane % 4);
 
-    // The tile: its request and first query token; this block's kv head and head tile.
-    let tile = block_idx_x() as usize;
-    let req = unsafe { ld_i32(p.tiles, 2 * tile) } as usize;
-    let tok0 = unsafe { ld_i32(p.tiles, 2 * tile + 1) } as usize;
-    let group = div_nz(p.num_q_heads as usize, p.num_kv_heads as usize);
-    let hpt = p.heads_per_tile as usize;
-    let tpt = p.tokens_per_tile as usize;
-    let head_tiles = div_nz(group + hpt - 1, hpt);
-    let kv_head = div_nz(block_idx_y() as usize, head_tiles);
-    let head_tile = block_idx_y() as usize - kv_head * head_tiles;
-    let q_start = unsafe { ld_i32(p.query_start_loc, req) } as usize;
-    let q_end = unsafe { ld_i32(p.query_start_loc, req + 1) } as usize;
-    let seq_len = unsafe { ld_i32(p.seq_lens, req) } as usize;
-    let ctx = seq_len - (q_end - q_start);
-    let tok_end = if tok0 + tpt < q_end { tok0 + tpt } else { q_end };
-    // Row m of the block: (token, head) when it is one of the tile's.
-    let row_valid = |m: usize| m / hpt < tpt && tok0 + m / hpt < tok_end && head_tile * hpt + m % hpt < group;
-    let row_token = |m: usize| tok0 + m / hpt;
-    let row_head = |m: usize| kv_head * group + head_tile * hpt + m % hpt;
-
-    // The block's keys: [kv_begin, kv_end), from the first row's window start to the last
-    // row's position; key tiles [t_first, t_last].
-    let min_pos = ctx + (tok0 - q_start);
-    let max_pos = ctx + (tok_end - 1 - q_start);
-    let kv_end = max_pos + 1;
-    let window = p.sliding_window as usize;
-    let kv_begin = if window > 0 && min_pos + 1 > window { min_pos + 1 - window } else { 0 };
-    let (t_first, n_tiles) = tile_range(kv_begin, kv_end, BN);
+    let t = unsafe { PrefillBlock::new(p) };
+    let (t_first, n_tiles) = tile_range(t.kv_begin, t.kv_end, BN);
 
     // Shared memory: the Q tile [ROWS rows], then STAGES pairs of K, V tiles [BN rows], rows
     // of RC swizzled chunks (`tile::swizzled`).
@@ -91,19 +65,12 @@ unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const NT: usize, c
     // [kv_begin, kv_end) copy a valid row and are masked). Thread -> one key row (`tpr`
     // threads per row) and every `tpr`-th 16-byte chunk of it: one block-table lookup per
     // thread and tile.
-    let keys = PagedKeys {
-        block_table: p.block_table,
-        bt_row: req * p.block_table_stride as usize,
-        block_size_log2: p.block_size_log2,
-        block_stride: p.cache_block_stride,
-        token_stride: p.cache_token_stride,
-        head_off: kv_head as u64 * p.cache_head_stride,
-    };
+    let keys = t.keys(p);
     const THREADS: usize = WARPS * 32;
     let tpr = THREADS / BN;
     let (my_row, my_chunk0) = (tid / tpr, tid % tpr);
-    let issue = |t: usize, stage: usize| {
-        let off = keys.offset(clamp_key(t * BN + my_row, kv_begin, kv_end));
+    let issue = |tile: usize, stage: usize| {
+        let off = keys.offset(clamp_key(tile * BN + my_row, t.kv_begin, t.kv_end));
         let (ksrc, vsrc) = unsafe { ((p.key_cache as *const u16).add(off), (p.value_cache as *const u16).add(off)) };
         let (kdst, vdst) = (k_tile(stage), v_tile(stage));
         for k in 0..chunks.div_ceil(tpr) {
@@ -129,8 +96,8 @@ unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const NT: usize, c
     let mut u = tid;
     while u < ROWS * chunks {
         let (m, c) = (u / chunks, u % chunks);
-        let v = if row_valid(m) {
-            let off = row_token(m) as u64 * p.q_token_stride + row_head(m) as u64 * p.q_head_stride + (c * 8) as u64;
+        let v = if t.row_valid(m) {
+            let off = t.row_token(m) as u64 * p.q_token_stride + t.row_head(m) as u64 * p.q_head_stride + (c * 8) as u64;
             unsafe { ld_global_nc_v4((p.q as *const u16).add(off as usize)) }
         } else {
             V4::ZERO
@@ -150,25 +117,11 @@ unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const NT: usize, c
         }
     }
 
-    // This lane's two rows: position, first visible key, ALiBi slope. Rows outside the tile
-    // take the last row's position (computed, never stored).
-    let mut pos = [max_pos; 2];
-    let mut lo = [0usize; 2];
-    let mut slopes = [0.0f32; 2];
-    for h in 0..2 {
-        let m = wrow + r0 + 8 * h;
-        if row_valid(m) {
-            pos[h] = ctx + (row_token(m) - q_start);
-            if M::ALIBI {
-                slopes[h] = unsafe { *(p.alibi_slopes as *const f32).add(row_head(m)) };
-            }
-        }
-        lo[h] = if window > 0 && pos[h] + 1 > window { pos[h] + 1 - window } else { 0 };
-    }
-    let modifier = M::new(p.scale, p.softcap, if M::ALIBI { Some(slopes) } else { None });
+    // This lane's two rows: positions, first visible keys, the score modifier.
+    let lanes = unsafe { LaneRows::<M>::new(p, &t, wrow + r0) };
     // The factor inside the exponent: the scale in log2 units for raw scores (`Plain`), 1
     // for scores already modified into log2 units.
-    let s_exp = modifier.exp_factor();
+    let s_exp = lanes.modifier.exp_factor();
 
     // Online-softmax state of rows r0, r0 + 8, and their output fragments.
     let mut rows = RowState::new();
@@ -199,28 +152,8 @@ unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const NT: usize, c
             }
         }
 
-        // Scores through the modifier: raw for `Plain` (its scale to log2 units is folded
-        // into the exponent below), else soft-capped / ALiBi-biased and in log2 units. Masked
-        // only where the tile crosses the first row's causal limit, the last row's window
-        // start, or the block's key range.
-        let masked = key0 + BN > min_pos + 1 || (window > 0 && key0 < max_pos + 1 - window.min(max_pos + 1)) || key0 < kv_begin;
-        let kcol = (key0 + col) as u32;
-        for j in 0..NB {
-            for e in 0..4 {
-                let key = kcol + (8 * j + e % 2) as u32;
-                s[j][e] = modifier.apply(s[j][e], e / 2, key, pos[e / 2] as u32);
-            }
-        }
-        if masked {
-            for j in 0..NB {
-                for e in 0..4 {
-                    let key = kcol + (8 * j + e % 2) as u32;
-                    if key > pos[e / 2] as u32 || key < lo[e / 2] as u32 {
-                        s[j][e] = f32::NEG_INFINITY;
-                    }
-                }
-            }
-        }
+        // Scores through the modifier, masked only where the tile crosses a limit.
+        lanes.modify_and_mask(&mut s, &t, key0, BN, col);
         // Online softmax: new maxima, probabilities in place, the output rescaled. (Skipping
         // the rescale where no row's max moved, decided by a warp vote, measured slower: the
         // branch keeps the multiplies from interleaving with the P V products.)
@@ -239,14 +172,156 @@ unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const NT: usize, c
     cp_async_wait_group::<0>();
 
     // Normalise and store this lane's two rows; the log-sum-exp if asked for.
+    unsafe { store_rows::<E, NT>(p, &t, &rows, &o, wrow + r0, lane) };
+}
+
+/// A prefill block's rows and keys, from its tile (request, first token) and grid y (kv
+/// head, head tile): row `m` is (token `tok0 + m / hpt`, head `m % hpt` of the tile's
+/// heads); the keys `[kv_begin, kv_end)` run from the first row's window start to the last
+/// row's position. Shared by the `mma.sync` and the wgmma (`flash_prefill_sm90`) kernels.
+#[derive(Clone, Copy)]
+pub(crate) struct PrefillBlock {
+    pub req: usize,
+    pub tok0: usize,
+    pub tok_end: usize,
+    pub hpt: usize,
+    pub tpt: usize,
+    pub group: usize,
+    pub kv_head: usize,
+    pub head_tile: usize,
+    pub q_start: usize,
+    /// Keys before the request's first query token (cached context).
+    pub ctx: usize,
+    pub window: usize,
+    pub min_pos: usize,
+    pub max_pos: usize,
+    pub kv_begin: usize,
+    pub kv_end: usize,
+}
+
+impl PrefillBlock {
+    #[inline(always)]
+    pub unsafe fn new(p: &PrefillParams) -> Self {
+        let tile = block_idx_x() as usize;
+        let req = unsafe { ld_i32(p.tiles, 2 * tile) } as usize;
+        let tok0 = unsafe { ld_i32(p.tiles, 2 * tile + 1) } as usize;
+        let group = div_nz(p.num_q_heads as usize, p.num_kv_heads as usize);
+        let hpt = p.heads_per_tile as usize;
+        let tpt = p.tokens_per_tile as usize;
+        let head_tiles = div_nz(group + hpt - 1, hpt);
+        let kv_head = div_nz(block_idx_y() as usize, head_tiles);
+        let head_tile = block_idx_y() as usize - kv_head * head_tiles;
+        let q_start = unsafe { ld_i32(p.query_start_loc, req) } as usize;
+        let q_end = unsafe { ld_i32(p.query_start_loc, req + 1) } as usize;
+        let seq_len = unsafe { ld_i32(p.seq_lens, req) } as usize;
+        let ctx = seq_len - (q_end - q_start);
+        let tok_end = if tok0 + tpt < q_end { tok0 + tpt } else { q_end };
+        let min_pos = ctx + (tok0 - q_start);
+        let max_pos = ctx + (tok_end - 1 - q_start);
+        let window = p.sliding_window as usize;
+        let kv_begin = if window > 0 && min_pos + 1 > window { min_pos + 1 - window } else { 0 };
+        PrefillBlock { req, tok0, tok_end, hpt, tpt, group, kv_head, head_tile, q_start, ctx, window, min_pos, max_pos, kv_begin, kv_end: max_pos + 1 }
+    }
+    /// Whether row `m` is one of the tile's (token, head) pairs.
+    #[inline(always)]
+    pub fn row_valid(&self, m: usize) -> bool {
+        m / self.hpt < self.tpt && self.tok0 + m / self.hpt < self.tok_end && self.head_tile * self.hpt + m % self.hpt < self.group
+    }
+    #[inline(always)]
+    pub fn row_token(&self, m: usize) -> usize {
+        self.tok0 + m / self.hpt
+    }
+    #[inline(always)]
+    pub fn row_head(&self, m: usize) -> usize {
+        self.kv_head * self.group + self.head_tile * self.hpt + m % self.hpt
+    }
+    /// The request's keys of this block's kv head in the paged cache.
+    #[inline(always)]
+    pub fn keys(&self, p: &PrefillParams) -> PagedKeys {
+        PagedKeys {
+            block_table: p.block_table,
+            bt_row: self.req * p.block_table_stride as usize,
+            block_size_log2: p.block_size_log2,
+            block_stride: p.cache_block_stride,
+            token_stride: p.cache_token_stride,
+            head_off: self.kv_head as u64 * p.cache_head_stride,
+        }
+    }
+    /// Whether a tile of `bn` keys from `key0` crosses the first row's causal limit, the
+    /// last row's window start, or the block's key range (only such tiles are masked).
+    #[inline(always)]
+    pub fn crosses(&self, key0: usize, bn: usize) -> bool {
+        let w = self.window;
+        key0 + bn > self.min_pos + 1 || (w > 0 && key0 < self.max_pos + 1 - w.min(self.max_pos + 1)) || key0 < self.kv_begin
+    }
+}
+
+/// A lane's two fragment rows (`m0`, `m0 + 8`): positions (rows outside the tile take the
+/// last row's: computed, never stored), first visible keys, and the score modifier with
+/// their ALiBi slopes.
+pub(crate) struct LaneRows<M: ScoreMod> {
+    pub pos: [usize; 2],
+    pub lo: [usize; 2],
+    pub modifier: M,
+}
+
+impl<M: ScoreMod> LaneRows<M> {
+    #[inline(always)]
+    pub unsafe fn new(p: &PrefillParams, t: &PrefillBlock, m0: usize) -> Self {
+        let mut pos = [t.max_pos; 2];
+        let mut lo = [0usize; 2];
+        let mut slopes = [0.0f32; 2];
+        for h in 0..2 {
+            let m = m0 + 8 * h;
+            if t.row_valid(m) {
+                pos[h] = t.ctx + (t.row_token(m) - t.q_start);
+                if M::ALIBI {
+                    slopes[h] = unsafe { *(p.alibi_slopes as *const f32).add(t.row_head(m)) };
+                }
+            }
+            lo[h] = if t.window > 0 && pos[h] + 1 > t.window { pos[h] + 1 - t.window } else { 0 };
+        }
+        LaneRows { pos, lo, modifier: M::new(p.scale, p.softcap, if M::ALIBI { Some(slopes) } else { None }) }
+    }
+
+    /// Scores of keys `key0 ..` through the modifier (raw for `Plain`: its scale to log2
+    /// units is folded into the exponent), then `-inf` past each row's causal limit or
+    /// before its window, on tiles that cross one (`PrefillBlock::crosses`).
+    #[inline(always)]
+    pub fn modify_and_mask<const NB: usize>(&self, s: &mut [[f32; 4]; NB], t: &PrefillBlock, key0: usize, bn: usize, col: usize) {
+        let kcol = (key0 + col) as u32;
+        for j in 0..NB {
+            for e in 0..4 {
+                let key = kcol + (8 * j + e % 2) as u32;
+                s[j][e] = self.modifier.apply(s[j][e], e / 2, key, self.pos[e / 2] as u32);
+            }
+        }
+        if t.crosses(key0, bn) {
+            for j in 0..NB {
+                for e in 0..4 {
+                    let key = kcol + (8 * j + e % 2) as u32;
+                    if key > self.pos[e / 2] as u32 || key < self.lo[e / 2] as u32 {
+                        s[j][e] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Normalises and stores a lane's two rows (`m0`, `m0 + 8`) of the output fragments, and
+/// their log-sum-exp if asked for.
+#[inline(always)]
+pub(crate) unsafe fn store_rows<E: Elem, const NT: usize>(p: &PrefillParams, t: &PrefillBlock, rows: &RowState, o: &[[f32; 4]; NT], m0: usize, lane: usize) {
+    let col = 2 * (lane % 4);
     for h in 0..2 {
-        let mrow = wrow + r0 + 8 * h;
+        let mrow = m0 + 8 * h;
         let lsum = rows.denominator(h);
-        if !row_valid(mrow) {
+        if !t.row_valid(mrow) {
             continue;
         }
         let inv = if lsum > 0.0 { 1.0 / lsum } else { 0.0 };
-        let (token, head) = (row_token(mrow) as u64, row_head(mrow) as u64);
+        let (token, head) = (t.row_token(mrow) as u64, t.row_head(mrow) as u64);
         let base = token * p.out_token_stride + head * p.out_head_stride;
         for nt in 0..NT {
             let v = E::from_f32x2(o[nt][2 * h] * inv, o[nt][2 * h + 1] * inv);
@@ -273,10 +348,6 @@ macro_rules! flash_prefill_kernels {
         }
     )*};
 }
-
-type SoftCap = Modified<true, false>;
-type Alibi = Modified<false, true>;
-type SoftCapAlibi = Modified<true, true>;
 
 // The instantiation table (dtype x head dim x score modifier, `params::PREFILL_MODIFIERS`),
 // named by the host's `cuda_paged::prefill_kernel`.

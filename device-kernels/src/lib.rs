@@ -3,7 +3,8 @@
 //! One file per kernel family: `cache_write` (reshape_and_cache), `paged_decode` (paged
 //! attention on tensor cores, split-KV), `flash_prefill` (FlashAttention-2 tiling over the
 //! paged cache, varlen and causal with a start offset), `merge` (flash-decoding's merge),
-//! `mla_decode` (DeepSeek's latent attention, absorbed form, split-KV).
+//! `mla_decode` (DeepSeek's latent attention, absorbed form, split-KV), and for Hopper only
+//! (the sm_90a module) `flash_prefill_sm90` (the prefill's products on wgmma).
 //! They are composed of shared building blocks: `tile` (swizzled shared-memory tiles and the
 //! lanes' `ldmatrix` addressing), `softmax` (the online-softmax row state on mma fragments,
 //! its rescale and the P fragment), `gather` (request lookup, paged key addressing),
@@ -30,6 +31,7 @@ pub mod cache_write;
 pub mod paged_decode;
 pub mod merge;
 pub mod flash_prefill;
+pub mod flash_prefill_sm90;
 pub mod mla_decode;
 
 #[panic_handler]

@@ -225,6 +225,26 @@ pub const fn prefill_smem_bytes(d: u32) -> u32 {
     PREFILL_ROWS * row + prefill_stages(d) * 2 * prefill_keys(d) * row
 }
 
+/// The Hopper prefill kernel (`flash_prefill_sm90_<tag>_d<d>[modifier]`, sm_90a module
+/// only): the portable kernel's tiles (`PREFILL_ROWS` rows: two warpgroups of 64, the same
+/// `PrefillParams` and plan), its products on `wgmma`. Head dims with an instantiation.
+pub const PREFILL_SM90_HEAD_DIMS: [u32; 3] = [64, 128, 256];
+/// Keys per K/V tile: 128 up to d128, 64 for d256 (the score accumulators beside the
+/// output's 128 registers a thread).
+pub const fn prefill_sm90_keys(d: u32) -> u32 {
+    if d > 128 { 64 } else { 128 }
+}
+/// K/V tiles in flight.
+pub const fn prefill_sm90_stages(d: u32) -> u32 {
+    if d > 64 { 2 } else { 3 }
+}
+/// Dynamic shared memory: 1024 bytes of alignment slack (the 128-byte swizzle's period),
+/// the Q tile and the K/V stages, every tile `d x 2` bytes a row. d64: 113 KiB, d128: 161
+/// KiB, d256: 193 KiB (sm_90 allows 227).
+pub const fn prefill_sm90_smem_bytes(d: u32) -> u32 {
+    1024 + PREFILL_ROWS * d * 2 + prefill_sm90_stages(d) * 2 * prefill_sm90_keys(d) * d * 2
+}
+
 /// The kernel registry, read by both sides: every attention family (decode, prefill) is
 /// instantiated for each of these head dims and dtype tags (`<family>_<tag>_d<head dim>`,
 /// prefill once more per score modifier), the merge and MLA decode for each tag

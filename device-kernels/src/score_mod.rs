@@ -82,6 +82,12 @@ impl<const CAP: bool, const ALIBI: bool> ScoreMod for Modified<CAP, ALIBI> {
     }
 }
 
+/// The instantiated combinations besides `Plain` (the kernel name suffixes of
+/// `params::PREFILL_MODIFIERS`).
+pub type SoftCap = Modified<true, false>;
+pub type Alibi = Modified<false, true>;
+pub type SoftCapAlibi = Modified<true, true>;
+
 /// Soft-cap and ALiBi decided at run time (a soft-cap of 0 is off), by branches uniform
 /// across the block: one instantiation for every model, for kernels bound by memory rather
 /// than by these few instructions.

@@ -67,3 +67,23 @@ impl LdmLane {
         keys + self.b_row + (self.b_x ^ (32 * k as u32))
     }
 }
+
+/// Byte offset of 16-byte chunk `c` of row `r` in a tile of `rows` rows laid out for
+/// Hopper's 128-byte swizzle (wgmma's `SWIZZLE_128B` operands): 64-column slabs of the row
+/// (chunks `8 s .. 8 s + 8`) one after the other, each `rows x 128` bytes, chunk `c % 8` of
+/// row `r` at `(c % 8) ^ (r % 8)` within the row's 128 bytes. The tile must start on 1024
+/// bytes (the pattern's period) for the hardware's view to agree.
+#[inline(always)]
+pub const fn sw128(r: usize, c: usize, rows: usize) -> usize {
+    (c / 8) * rows * 128 + r * 128 + (((c % 8) ^ (r % 8)) * 16)
+}
+
+/// A wgmma shared-memory matrix descriptor for a `sw128` tile: start address, leading and
+/// stride byte offsets (16-byte units), 128-byte swizzle (mode 1 in bits 62-63), base
+/// offset 0 (operands start on the pattern's 8-row boundary). K-major operands (Q, K):
+/// `lbo` unused, `sbo` = 1024 (the next 8 rows); N-major (V, transposed): `lbo` = the slab
+/// stride (the next 64 columns), `sbo` = 1024 (the next 8 keys).
+#[inline(always)]
+pub const fn sw128_desc(addr: u32, lbo: u32, sbo: u32) -> u64 {
+    (((addr & 0x3FFFF) >> 4) as u64) | ((((lbo & 0x3FFFF) >> 4) as u64) << 16) | ((((sbo & 0x3FFFF) >> 4) as u64) << 32) | (1u64 << 62)
+}
