@@ -3,7 +3,8 @@
 //! bf16, causal, paged KV cache (block size 16, block tables from a shuffled pool), random
 //! inputs. The step's K/V are in the cache (P1-P4: the prompt itself, as a fresh prefill
 //! writes it; P5: 2048 cached tokens + the 512 new ones per request); the timed work is the
-//! attention launches of one layer (`CudaPagedImpl::attend`: the flash prefill kernel), CUDA
+//! attention launches of one layer (`CudaPagedImpl::attend`: the flash prefill kernel, the
+//! wgmma one on an sm_90a module and then the portable one for comparison), CUDA
 //! events, median of REPS after a warm-up. FLOPs as BENCHMARKS.md counts them:
 //! `4 x q_heads x head_dim x (sum over queries of the keys each attends to)`. Peers:
 //! BENCHMARKS.md's H100 figures (PyTorch SDPA: cuDNN and its FlashAttention-2 backend).
@@ -53,8 +54,8 @@ fn main() {
     let stream = rt.stream().clone();
     let ctx = stream.context().clone();
     println!("device: {} ({}, {} SMs)", rt.device_name(), rt.arch(), rt.num_sms());
-    println!("| workload | time (us) [min, max] | TFLOP/s | peers on H100: cuDNN / FA2 (of cuDNN, of FA2) |");
-    println!("|---|---|---|---|");
+    println!("| workload | kernel | time (us) [min, max] | TFLOP/s | peers on H100: cuDNN / FA2 (of cuDNN, of FA2) |");
+    println!("|---|---|---|---|---|");
     let mut rng = Rng::new(11);
     let mut p1 = f64::NAN;
     for w in workloads() {
@@ -63,51 +64,60 @@ fn main() {
         let num_blocks = w.requests.iter().map(|&(c, n)| (c + n).div_ceil(BLOCK_SIZE)).sum::<usize>();
         let layout = KvCacheLayout::new(num_blocks, BLOCK_SIZE, w.kv_heads, d).expect("layout");
         let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &w.requests, BLOCK_SIZE, num_blocks).expect("blocks")).expect("metadata");
-        let mut imp = CudaPagedImpl::<bf16>::new(rt.clone(), spec.clone(), layout).expect("backend");
         let cache = HostKvCache { layout, key: random_values(&mut rng, layout.elements()), value: random_values(&mut rng, layout.elements()) };
-        imp.load_cache(&cache).expect("cache");
         let n = meta.num_tokens();
         let q = stream.clone_htod(&random_values::<bf16>(&mut rng, n * w.q_heads * d)).expect("q");
         let mut out = stream.alloc_zeros::<bf16>(n * w.q_heads * d).expect("out");
-        let mut step = Step::new(BackendName::CudaPaged, DType::Bf16, &spec, layout, StepLimits::for_metadata(&meta), Some(rt.clone())).expect("step");
-        let plan = step.prepare(&meta).expect("plan").clone();
-        // Keys attended, summed over queries: query i of a request with c cached sees c + i + 1.
-        let pairs: f64 = w.requests.iter().map(|&(c, q)| (0..q).map(|i| (c + i + 1) as f64).sum::<f64>()).sum();
-        let flops = 4.0 * w.q_heads as f64 * d as f64 * pairs;
-        let warm_until = Instant::now() + Duration::from_millis(300);
-        while Instant::now() < warm_until {
-            imp.attend(&step, &q, &mut out).expect("launch");
-            stream.synchronize().expect("sync");
-        }
-        let mut us = Vec::with_capacity(REPS);
-        for _ in 0..REPS {
-            let a = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
-            let b = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
-            a.record(&stream).expect("record");
-            imp.attend(&step, &q, &mut out).expect("launch");
-            b.record(&stream).expect("record");
-            b.synchronize().expect("sync");
-            us.push(a.elapsed_ms(&b).expect("elapsed") as f64 * 1e3);
-        }
-        us.sort_by(|x, y| x.partial_cmp(y).unwrap());
-        let med = us[REPS / 2];
-        let tflops = flops / (med * 1e-6) / 1e12;
-        if w.id == "P1" {
-            p1 = tflops;
-        }
-        let peers = if w.peers.0.is_nan() {
-            format!("- (of P1: {:.2})", tflops / p1)
-        } else {
-            format!("{:.0} / {:.0} ({:.2}, {:.2})", w.peers.0, w.peers.1, tflops / w.peers.0, tflops / w.peers.1)
-        };
-        println!("| {} | {:.1} [{:.1}, {:.1}] | {:.1} | {} |", w.id, med, us[0], us[REPS - 1], tflops, peers);
-        let kernel = plan.launches.iter().map(|l| l.kernel.as_str()).filter(|k| k.starts_with("flash") || k.starts_with("paged")).collect::<Vec<_>>().join("+");
-        if json {
-            println!(
-                "{{\"bench\":\"prefill\",\"workload\":\"{}\",\"device\":\"{}\",\"kernel\":\"{kernel}\",\"median_us\":{med:.2},\"tflops\":{tflops:.2}}}",
-                w.id,
-                rt.device_name()
-            );
+        // CUDA_PAGED (the wgmma kernel on an sm_90a module), then the portable kernel where
+        // that is another one.
+        let mut seen = Vec::new();
+        for backend in [BackendName::CudaPaged, BackendName::CudaPagedPortable] {
+            let mut imp = CudaPagedImpl::<bf16>::with_backend(rt.clone(), spec.clone(), layout, backend).expect("backend");
+            imp.load_cache(&cache).expect("cache");
+            let mut step = Step::new(backend, DType::Bf16, &spec, layout, StepLimits::for_metadata(&meta), Some(rt.clone())).expect("step");
+            let plan = step.prepare(&meta).expect("plan").clone();
+            let kernel = plan.launches.iter().map(|l| l.kernel.as_str()).filter(|k| k.starts_with("flash") || k.starts_with("paged")).collect::<Vec<_>>().join("+");
+            if seen.contains(&kernel) {
+                continue;
+            }
+            seen.push(kernel.clone());
+            // Keys attended, summed over queries: query i of a request with c cached sees c + i + 1.
+            let pairs: f64 = w.requests.iter().map(|&(c, q)| (0..q).map(|i| (c + i + 1) as f64).sum::<f64>()).sum();
+            let flops = 4.0 * w.q_heads as f64 * d as f64 * pairs;
+            let warm_until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < warm_until {
+                imp.attend(&step, &q, &mut out).expect("launch");
+                stream.synchronize().expect("sync");
+            }
+            let mut us = Vec::with_capacity(REPS);
+            for _ in 0..REPS {
+                let a = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
+                let b = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
+                a.record(&stream).expect("record");
+                imp.attend(&step, &q, &mut out).expect("launch");
+                b.record(&stream).expect("record");
+                b.synchronize().expect("sync");
+                us.push(a.elapsed_ms(&b).expect("elapsed") as f64 * 1e3);
+            }
+            us.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            let med = us[REPS / 2];
+            let tflops = flops / (med * 1e-6) / 1e12;
+            if w.id == "P1" && backend == BackendName::CudaPaged {
+                p1 = tflops;
+            }
+            let peers = if w.peers.0.is_nan() {
+                format!("- (of P1: {:.2})", tflops / p1)
+            } else {
+                format!("{:.0} / {:.0} ({:.2}, {:.2})", w.peers.0, w.peers.1, tflops / w.peers.0, tflops / w.peers.1)
+            };
+            println!("| {} | {kernel} | {:.1} [{:.1}, {:.1}] | {:.1} | {} |", w.id, med, us[0], us[REPS - 1], tflops, peers);
+            if json {
+                println!(
+                    "{{\"bench\":\"prefill\",\"workload\":\"{}\",\"device\":\"{}\",\"kernel\":\"{kernel}\",\"median_us\":{med:.2},\"tflops\":{tflops:.2}}}",
+                    w.id,
+                    rt.device_name()
+                );
+            }
         }
     }
 }

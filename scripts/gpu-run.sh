@@ -17,7 +17,7 @@ if [ "${1:-}" != quick ]; then
   if [ -n "$cs" ]; then
     # A subset that still launches every kernel: cache write, paged attention, split + merge.
     "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" "soft-cap" "one step" "cuda graph" "determinism" "ragged" "Falcon" "group 136" "d96" "mla bf16 16 heads" "mla bf16 128 heads 4 tokens" "mla f16 128 heads 3 splits" "mla vs" > "$log/memcheck.txt" 2>&1 || status=1
-    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" "mla bf16 16 heads 5 splits" "mla bf16 128 heads 4 tokens" > "$log/racecheck.txt" 2>&1 || status=1
+    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" "mla bf16 16 heads 5 splits" "mla bf16 128 heads 4 tokens" "prefill bf16 d128 gqa 4:1 ragged" "prefill portable bf16 d128" > "$log/racecheck.txt" 2>&1 || status=1
     tail -n 3 "$log/memcheck.txt" "$log/racecheck.txt" | tee -a "$log/summary.txt"
   else
     echo "compute-sanitizer not found" | tee -a "$log/summary.txt"

@@ -53,6 +53,8 @@ struct Shape {
     /// (cached tokens, new tokens) per request.
     requests: Vec<(usize, usize)>,
     splits: Option<usize>,
+    /// CUDA_PAGED (the Hopper prefill on an sm_90a module) or CUDA_PAGED_PORTABLE.
+    backend: BackendName,
 }
 
 fn check<T: Element>(rt: &Arc<CudaRuntime>, s: &Shape, seed: u64) -> Result<String, String> {
@@ -70,11 +72,13 @@ fn check<T: Element>(rt: &Arc<CudaRuntime>, s: &Shape, seed: u64) -> Result<Stri
     let k = random_values::<T>(&mut rng, n * hkv * d);
     let v = random_values::<T>(&mut rng, n * hkv * d);
 
-    let mut gpu = Attention::<T>::new(BackendName::CudaPaged, spec.clone(), layout, Some(rt.clone())).map_err(e)?;
+    let mut gpu = Attention::<T>::new(s.backend, spec.clone(), layout, Some(rt.clone())).map_err(e)?;
     gpu.load_cache(&before).map_err(e)?;
     let mut out = vec![T::from_f32(f32::NAN); n * hq * d];
     let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
-    let splits = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, ..PlanOptions::default() }).map_err(e)?.num_splits;
+    let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, ..PlanOptions::default() }).map_err(e)?;
+    let splits = plan.num_splits;
+    let prefill = plan.launches.iter().find(|l| l.kernel.starts_with("flash_prefill")).map_or(String::new(), |l| format!(", {}", l.kernel));
     gpu.forward_host(&step, &q, &k, &v, &mut out).map_err(e)?;
 
     let want = expected_cache(&before, &k, &v, &meta);
@@ -92,7 +96,7 @@ fn check<T: Element>(rt: &Arc<CudaRuntime>, s: &Shape, seed: u64) -> Result<Stri
     let err = rel_error(&out, &reference);
     let cpu_err = rel_error(&cpu_out, &reference);
     let bound = (2.0 * cpu_err + 2e-3).min(1e-2);
-    let msg = format!("rel err {err:.2e} (CPU backend {cpu_err:.2e}, bound {bound:.1e}), tokens {n}, splits {splits}");
+    let msg = format!("rel err {err:.2e} (CPU backend {cpu_err:.2e}, bound {bound:.1e}), tokens {n}, splits {splits}{prefill}");
     if err <= bound { Ok(msg) } else { Err(msg) }
 }
 
@@ -103,6 +107,7 @@ fn shape(hq: usize, hkv: usize, d: usize) -> Shape {
         // long decodes, short decodes, a chunked prefill, a fresh prefill
         requests: vec![(1000, 1), (1, 1), (300, 1), (40, 24), (0, 33), (4097, 1)],
         splits: None,
+        backend: BackendName::CudaPaged,
     }
 }
 
@@ -162,10 +167,17 @@ fn cases() -> Vec<Case> {
     // Prefill shapes that break tiling: query lengths around the 16-row and 64-key tiles,
     // cached lengths that are multiples of neither, a decode in the same batch.
     let ragged = vec![(0, 15), (7, 17), (100, 63), (0, 64), (33, 65), (0, 127), (250, 129), (0, 1000), (13, 1)];
-    let prefill = |hq: usize, hkv: usize, d: usize| Shape { spec: AttnSpec::new(hq, hkv, d), block_size: 16, requests: ragged.clone(), splits: None };
+    let prefill = |hq: usize, hkv: usize, d: usize| Shape { spec: AttnSpec::new(hq, hkv, d), block_size: 16, requests: ragged.clone(), splits: None, backend: BackendName::CudaPaged };
     for (d, hq, hkv) in [(64, 4, 4), (96, 8, 2), (128, 14, 2), (128, 8, 2), (256, 16, 2), (128, 8, 1)] {
         let g = hq / hkv;
         add(format!("prefill bf16 d{d} gqa {g}:1 ragged"), prefill(hq, hkv, d), true);
+    }
+    // The portable (mma.sync) prefill, which CUDA_PAGED replaces on an sm_90a module.
+    for (d, hq, hkv, bf) in [(64, 4, 4, true), (128, 8, 2, true), (256, 16, 2, false)] {
+        let mut s = prefill(hq, hkv, d);
+        s.backend = BackendName::CudaPagedPortable;
+        s.spec.softcap = if d == 256 { Some(20.0) } else { None };
+        add(format!("prefill portable {} d{d} gqa {}:1 ragged", if bf { "bf16" } else { "f16" }, hq / hkv), s, bf);
     }
     add("prefill f16 d64 gqa 4:1 ragged".into(), prefill(8, 2, 64), false);
     add("prefill f16 d128 gqa 1:1 ragged".into(), prefill(4, 4, 128), false);
@@ -195,11 +207,11 @@ fn cases() -> Vec<Case> {
     let mut s = prefill(8, 2, 96);
     s.spec.softcap = Some(15.0);
     add("prefill f16 d96 soft-cap 15".into(), s, false);
-    let s = Shape { spec: AttnSpec::new(4, 1, 64), block_size: 16, requests: vec![(0, 4097), (61, 2)], splits: None };
+    let s = Shape { spec: AttnSpec::new(4, 1, 64), block_size: 16, requests: vec![(0, 4097), (61, 2)], splits: None, backend: BackendName::CudaPaged };
     add("prefill bf16 d64 4097 tokens".into(), s, true);
-    let s = Shape { spec: AttnSpec::new(71, 1, 64), block_size: 16, requests: vec![(0, 40), (5, 3), (90, 1)], splits: None };
+    let s = Shape { spec: AttnSpec::new(71, 1, 64), block_size: 16, requests: vec![(0, 40), (5, 3), (90, 1)], splits: None, backend: BackendName::CudaPaged };
     add("prefill bf16 d64 Falcon 71:1 (one token per tile)".into(), s, true);
-    let s = Shape { spec: AttnSpec::new(136, 1, 64), block_size: 16, requests: vec![(0, 9), (30, 2), (7, 1)], splits: None };
+    let s = Shape { spec: AttnSpec::new(136, 1, 64), block_size: 16, requests: vec![(0, 9), (30, 2), (7, 1)], splits: None, backend: BackendName::CudaPaged };
     add("prefill bf16 d64 group 136 (two head tiles)".into(), s, true);
 
     // MLA: odd context lengths, 1 and 2 query tokens, every head count, forced splits
@@ -566,7 +578,7 @@ fn mla_vs_naive(rt: &Arc<CudaRuntime>) -> Result<String, String> {
 
 /// Every kernel the host names (dtype x head dim x family) is in the loaded module.
 fn every_kernel_loads(rt: &Arc<CudaRuntime>) -> Result<String, String> {
-    let names = attn_backends::backend::kernel_registry();
+    let names = attn_backends::backend::kernel_registry(rt.arch());
     for n in &names {
         rt.function(n).map_err(|e| format!("{n}: {e}"))?;
     }

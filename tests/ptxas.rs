@@ -32,9 +32,9 @@ fn main() {
     };
     // The registry and the instantiation tables agree: every module holds exactly the entry
     // points the host names (checked without ptxas).
-    let mut want = attn_backends::backend::kernel_registry();
-    want.sort();
     for (_, arch, ptx) in attn_backends::ptx::PTX_MODULES {
+        let mut want = attn_backends::backend::kernel_registry(arch);
+        want.sort();
         let mut got: Vec<String> = ptx
             .lines()
             .filter_map(|l| l.trim_start().strip_prefix(".visible .entry "))

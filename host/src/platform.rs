@@ -40,12 +40,16 @@ pub struct DeviceProps {
     /// Dynamic shared memory one block may opt into (bytes): picks between a kernel's
     /// pipeline depths.
     pub max_shared_memory_per_block: u32,
+    /// The loaded module holds the Hopper (sm_90a) kernels: wgmma prefill.
+    pub wgmma: bool,
 }
 
 impl DeviceProps {
-    /// An H100 SXM (132 SMs, 227 KiB per block) with the paged kernel's occupancy there (2
-    /// blocks per SM).
-    pub const H100: DeviceProps = DeviceProps { num_sms: 132, attention_blocks_per_sm: 2, max_shared_memory_per_block: 232_448 };
+    /// An H100 SXM (132 SMs, 227 KiB per block, the sm_90a module) with the paged kernel's
+    /// occupancy there (2 blocks per SM).
+    pub const H100: DeviceProps = DeviceProps { num_sms: 132, attention_blocks_per_sm: 2, max_shared_memory_per_block: 232_448, wgmma: true };
+    /// An A100 SXM (108 SMs, 163 KiB per block, the portable kernels only).
+    pub const A100: DeviceProps = DeviceProps { num_sms: 108, attention_blocks_per_sm: 2, max_shared_memory_per_block: 166_912, wgmma: false };
 
     /// Blocks of the attention kernel resident on the whole device at once.
     pub fn resident_blocks(&self) -> usize {

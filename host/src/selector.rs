@@ -241,7 +241,7 @@ pub fn select(platform: Platform, req: &Requirements, forced: Option<&str>) -> R
             if !rejected.is_empty() {
                 reason.push_str(&format!(" (rejected {})", describe_rejections(&rejected)));
             }
-            reason.push_str(&format!("; kernels: {}", backend.caps().kernels));
+            reason.push_str(&format!("; kernels: {}", kernels(backend, platform)));
             return Ok(Selection { backend, reason, rejected });
         }
         tracing::debug!(%backend, %platform, reasons = ?why, "backend rejected");
@@ -253,6 +253,16 @@ pub fn select(platform: Platform, req: &Requirements, forced: Option<&str>) -> R
     })
 }
 
+/// Which kernel serves which rows on `platform`: the backend's row, and on compute
+/// capability 9.0 what its Hopper kernels change.
+fn kernels(backend: BackendName, platform: Platform) -> String {
+    let caps = backend.caps();
+    match (caps.on_sm90, platform.compute_capability()) {
+        (Some(hopper), Some(90)) => format!("{}; {hopper}", caps.kernels),
+        _ => caps.kernels.to_string(),
+    }
+}
+
 fn select_forced(platform: Platform, req: &Requirements, name: &str) -> Result<Selection> {
     let Some(backend) = BackendName::parse(name) else {
         return Err(AttnError::UnknownBackend { name: name.to_string(), valid: join(&BackendName::ALL) });
@@ -261,7 +271,7 @@ fn select_forced(platform: Platform, req: &Requirements, name: &str) -> Result<S
     if why.is_empty() {
         return Ok(Selection {
             backend,
-            reason: format!("forced by {ENV_VAR}={backend}; supports {req} on {platform}; kernels: {}", backend.caps().kernels),
+            reason: format!("forced by {ENV_VAR}={backend}; supports {req} on {platform}; kernels: {}", kernels(backend, platform)),
             rejected: Vec::new(),
         });
     }
@@ -385,7 +395,8 @@ mod tests {
     #[test]
     fn priority_lists_cover_every_backend() {
         for b in BackendName::ALL {
-            assert!(CUDA_PRIORITY.contains(&b), "{b} missing from the CUDA priority list");
+            // CUDA_PAGED_PORTABLE only by name: it serves what CUDA_PAGED serves.
+            assert!(CUDA_PRIORITY.contains(&b) || b == BackendName::CudaPagedPortable, "{b} missing from the CUDA priority list");
             assert_eq!(b.caps().name, b, "{b}'s CAPS row names another backend");
             assert_eq!(BackendName::parse(b.as_str()), Some(b));
         }
@@ -401,6 +412,14 @@ mod tests {
         assert!(sel.rejected.is_empty());
         assert!(sel.reason.contains("CUDA sm_90 priority list [CUDA_PAGED, CUDA_MLA, CPU]"), "{}", sel.reason);
         assert!(sel.reason.contains("bf16, head dim 128, MHA/GQA"), "{}", sel.reason);
+        // On compute capability 9.0 the reason says the Hopper prefill serves; the portable
+        // backend can be forced for comparison and says it keeps mma.sync.
+        assert!(sel.reason.contains("flash_prefill_sm90") && sel.reason.contains("wgmma"), "{}", sel.reason);
+        let a100 = select(Platform::Cuda { major: 8, minor: 0 }, &req("llama-3-8b"), None).unwrap();
+        assert!(!a100.reason.contains("flash_prefill_sm90"), "{}", a100.reason);
+        let forced = select(SM90, &req("llama-3-8b"), Some("cuda_paged_portable")).unwrap();
+        assert_eq!(forced.backend, BackendName::CudaPagedPortable);
+        assert!(forced.reason.contains("portable mma.sync prefill"), "{}", forced.reason);
     }
 
     #[test]

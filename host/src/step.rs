@@ -247,7 +247,7 @@ impl Step {
         let shape = LayerShape::of(spec);
         let (props, device) = match backend {
             BackendName::Cpu => (None, None),
-            BackendName::CudaPaged | BackendName::CudaMla => {
+            BackendName::CudaPaged | BackendName::CudaPagedPortable | BackendName::CudaMla => {
                 let rt = gpu.ok_or_else(|| AttnError::NoCuda(format!("backend {backend} needs a CUDA device")))?;
                 let props = match backend {
                     BackendName::CudaMla => cuda_mla::device_props(&rt, dtype)?,

@@ -49,6 +49,7 @@ pub static CAPS: BackendCaps = BackendCaps {
     block_sizes: (1, 1024),
     shared_memory_bytes: None,
     kernels: "every row (decode or prefill) -> an f32 online softmax per (token, query head) on rayon, through the block table",
+    on_sm90: None,
 };
 
 /// Initial running max: finite (as on the GPU), so that merging empty states gives 0, not NaN.

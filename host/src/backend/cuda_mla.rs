@@ -17,7 +17,7 @@
 //! the whole step ([`mla_chunk_keys`]), so a ragged batch becomes blocks of nearly equal
 //! work spread over the SMs; [`CudaMlaImpl`] only launches.
 
-use super::cuda_paged::{as_u16, as_u16_mut, check_len, check_rows, dtype_tag, function_with_smem, max_shared_memory_per_block, merge_kernel, ptr, DeviceMetadata, MAX_SPLITS};
+use super::cuda_paged::{as_u16, as_u16_mut, check_len, check_rows, dtype_tag, function_with_smem, has_wgmma_kernels, max_shared_memory_per_block, merge_kernel, ptr, DeviceMetadata, MAX_SPLITS};
 use super::{AttentionImpl, BackendCaps, BackendName, DeviceTensors};
 use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
@@ -51,6 +51,7 @@ pub static CAPS: BackendCaps = BackendCaps {
     shared_memory_bytes: Some(shared_memory_bytes),
     kernels: "every row -> mla_decode: 64 (query token, head) rows of a request per block over one latent KV head (576 dims, values its first 512), \
               mma.sync, each K tile read once for Q K^T and P V; split-KV on a per-step schedule that balances ragged batches over the SMs, + merge",
+    on_sm90: None,
 };
 
 /// The selector's figure: the shallowest pipeline's (every sm_80+ block can have it).
@@ -108,11 +109,11 @@ pub fn check_mla(spec: &AttnSpec, layout: &KvCacheLayout) -> Result<MlaSpec> {
 pub fn device_props(rt: &CudaRuntime, dtype: DType) -> Result<DeviceProps> {
     let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_MLA", supported: "f16, bf16" })?;
     let smem_max = max_shared_memory_per_block(rt)?;
-    let stages = pipeline_stages(&DeviceProps { num_sms: 0, attention_blocks_per_sm: 0, max_shared_memory_per_block: smem_max });
+    let stages = pipeline_stages(&DeviceProps { num_sms: 0, attention_blocks_per_sm: 0, max_shared_memory_per_block: smem_max, wgmma: false });
     let smem = mla_smem_bytes(stages);
     let f = function_with_smem(rt, &decode_kernel(tag, stages), smem, MLA_LATENT_DIM as usize)?;
     let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(MLA_WARPS * 32, smem as usize, None)?;
-    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: smem_max })
+    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: smem_max, wgmma: has_wgmma_kernels(rt) })
 }
 
 /// A block's fixed cost in key rows: loading its Q tile (64 latent rows) costs about what
@@ -513,8 +514,7 @@ mod tests {
     fn registry_names() {
         assert_eq!(kernel_registry(), vec!["mla_cache_write_b16", "mla_decode_bf16", "mla_decode_f16", "mla_decode_bf16_s3", "mla_decode_f16_s3"]);
         // An sm_80-class device (163 KiB a block) gets the 2-stage kernel, an H100 the 3-stage one.
-        let a100 = DeviceProps { max_shared_memory_per_block: 166_912, ..DeviceProps::H100 };
-        assert_eq!((pipeline_stages(&a100), pipeline_stages(&DeviceProps::H100)), (2, 3));
+        assert_eq!((pipeline_stages(&DeviceProps::A100), pipeline_stages(&DeviceProps::H100)), (2, 3));
         assert_eq!((mla_smem_bytes(2), mla_smem_bytes(3)), (163_840, 200_704));
     }
 }

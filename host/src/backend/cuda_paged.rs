@@ -20,8 +20,8 @@ use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::{
-    paged_smem_bytes, prefill_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, PrefillParams, CACHE_WRITE_THREADS, PAGED_ROWS,
-    PAGED_WARPS, PREFILL_ROWS, PREFILL_WARPS,
+    paged_smem_bytes, prefill_sm90_smem_bytes, prefill_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, PrefillParams,
+    CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS, PREFILL_ROWS, PREFILL_SM90_HEAD_DIMS, PREFILL_WARPS,
 };
 use crate::platform::DeviceProps;
 use crate::spec::AttnSpec;
@@ -43,17 +43,22 @@ const _: () = {
     }
 };
 
-/// Every kernel entry point the registry names: the cache write, and for each dtype tag the
-/// merge and, per head dim, the decode and prefill kernels.
-pub fn kernel_registry() -> Vec<String> {
+/// Every kernel entry point the registry names for a module of architecture `arch`: the
+/// cache write, and for each dtype tag the merge and, per head dim, the decode and prefill
+/// kernels (and in the sm_90a module the Hopper prefill kernels).
+pub fn kernel_registry(arch: &str) -> Vec<String> {
     let mut names = vec![CACHE_WRITE_KERNEL.to_string()];
     for tag in crate::params::DTYPE_TAGS {
         names.push(merge_kernel(tag));
         for &d in HEAD_DIMS {
             names.push(attention_kernel(tag, d));
+            let hopper = is_hopper_module(arch) && PREFILL_SM90_HEAD_DIMS.contains(&(d as u32));
             for alibi in [false, true] {
                 for softcap in [false, true] {
-                    names.push(prefill_kernel(tag, d, softcap, alibi));
+                    names.push(prefill_kernel(tag, d, softcap, alibi, false));
+                    if hopper {
+                        names.push(prefill_kernel(tag, d, softcap, alibi, true));
+                    }
                 }
             }
         }
@@ -62,6 +67,25 @@ pub fn kernel_registry() -> Vec<String> {
 }
 
 pub static CAPS: BackendCaps = BackendCaps {
+    kernels: "prefill rows (requests with 2 or more new tokens) -> flash_prefill: 128-row tiles of (token, GQA head) pairs sharing each K/V tile, mma.sync, causal tiles skipped; \
+              decode rows (1 new token) -> paged_attention: the GQA group's heads as the rows of the tensor-core tiles, split-KV + merge when the decode rows alone do not fill the GPU",
+    on_sm90: Some(
+        "on compute capability 9.0 (the sm_90a module), prefill rows of head dim 64, 128 or 256 -> flash_prefill_sm90: the same tiles on wgmma \
+         (two warpgroups of 64 rows, Q, K and V read by the tensor cores from shared memory); ATTN_BACKEND=CUDA_PAGED_PORTABLE keeps mma.sync",
+    ),
+    ..PAGED_ROW
+};
+
+/// `CUDA_PAGED_PORTABLE`: the same backend with the portable (`mma.sync`) prefill on every
+/// device, for comparing the kernels on a Hopper GPU (`ATTN_BACKEND=CUDA_PAGED_PORTABLE`).
+pub static PORTABLE_CAPS: BackendCaps = BackendCaps {
+    name: BackendName::CudaPagedPortable,
+    kernels: "as CUDA_PAGED, with the portable mma.sync prefill (flash_prefill) on every architecture",
+    ..PAGED_ROW
+};
+
+/// The two rows' common fields.
+const PAGED_ROW: BackendCaps = BackendCaps {
     name: BackendName::CudaPaged,
     min_compute_capability: Some(80),
     cpu: false,
@@ -75,8 +99,8 @@ pub static CAPS: BackendCaps = BackendCaps {
     alibi: true,
     block_sizes: (1, 256),
     shared_memory_bytes: Some(shared_memory_bytes),
-    kernels: "prefill rows (requests with 2 or more new tokens) -> flash_prefill: 128-row tiles of (token, GQA head) pairs sharing each K/V tile, mma.sync, causal tiles skipped; \
-              decode rows (1 new token) -> paged_attention: the GQA group's heads as the rows of the tensor-core tiles, split-KV + merge when the decode rows alone do not fill the GPU",
+    kernels: "",
+    on_sm90: None,
 };
 
 /// The larger of the decode and prefill kernels' dynamic shared memory.
@@ -136,10 +160,27 @@ pub fn merge_kernel(tag: &str) -> String {
 }
 
 /// The prefill kernel for a dtype tag, head dim and score modifiers (soft-cap, ALiBi): one
-/// instantiation each, so the plain kernel carries neither (`params::PREFILL_MODIFIERS`).
-pub fn prefill_kernel(tag: &str, head_dim: usize, softcap: bool, alibi: bool) -> String {
+/// instantiation each, so the plain kernel carries neither (`params::PREFILL_MODIFIERS`);
+/// `hopper`: the wgmma kernel of the sm_90a module (`flash_prefill_sm90_...`).
+pub fn prefill_kernel(tag: &str, head_dim: usize, softcap: bool, alibi: bool, hopper: bool) -> String {
     let modifier = crate::params::PREFILL_MODIFIERS[softcap as usize + 2 * alibi as usize];
-    format!("flash_prefill_{tag}_d{head_dim}{modifier}")
+    let family = if hopper { "flash_prefill_sm90" } else { "flash_prefill" };
+    format!("{family}_{tag}_d{head_dim}{modifier}")
+}
+
+/// Whether the Hopper prefill kernel serves a head dim on a device (its module holds it).
+pub fn hopper_prefill(props: &DeviceProps, head_dim: usize) -> bool {
+    props.wgmma && PREFILL_SM90_HEAD_DIMS.iter().any(|&d| d as usize == head_dim)
+}
+
+/// Whether the runtime's module is an sm_90a one, holding the Hopper kernels.
+pub(crate) fn has_wgmma_kernels(rt: &CudaRuntime) -> bool {
+    is_hopper_module(rt.arch())
+}
+
+/// Whether a module of architecture `arch` holds the Hopper (wgmma) kernels: sm_90a.
+pub fn is_hopper_module(arch: &str) -> bool {
+    arch == "sm_90a"
 }
 
 /// The dynamic shared memory a block may opt into on the runtime's device.
@@ -173,7 +214,7 @@ fn attention_function(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result
 pub fn device_props(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result<DeviceProps> {
     let f = attention_function(rt, dtype, head_dim)?;
     let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PAGED_WARPS * 32, paged_smem_bytes(head_dim as u32) as usize, None)?;
-    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: max_shared_memory_per_block(rt)? })
+    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: max_shared_memory_per_block(rt)?, wgmma: has_wgmma_kernels(rt) })
 }
 
 /// Requests with at least this many query tokens go to the prefill kernel; the others (a
@@ -200,7 +241,10 @@ pub fn prefill_tiling(group: usize) -> (usize, usize) {
 /// the forced one, and never more than the workspace holds (`limits.split_rows / decode
 /// tokens`); split steps add the merge, grid `(decode tokens, q heads)`. Before them all, the
 /// cache write, grid `(tokens)`.
-pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions) -> Result<StepPlan> {
+///
+/// `backend`: `CudaPaged` takes the Hopper prefill kernel where the device's module has it
+/// ([`hopper_prefill`]); `CudaPagedPortable` keeps the `mma.sync` one everywhere.
+pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions, backend: BackendName) -> Result<StepPlan> {
     let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_PAGED", supported: "f16, bf16" })?;
     let (n, hq, hkv, d) = (meta.num_tokens(), shape.num_q_heads, shape.num_kv_heads, shape.head_dim);
     let (hpt, tpt) = prefill_tiling(shape.group_size());
@@ -264,17 +308,20 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         }
     }
     if !prefill_tiles.is_empty() {
+        // The same tiles and parameters on either kernel: 8 warps (two warpgroups of 64 rows
+        // on the Hopper one).
+        let hopper = backend == BackendName::CudaPaged && hopper_prefill(props, d);
         launches.push(KernelLaunch {
-            kernel: prefill_kernel(tag, d, shape.softcap, shape.alibi),
+            kernel: prefill_kernel(tag, d, shape.softcap, shape.alibi, hopper),
             grid: (prefill_tiles.len() as u32, (hkv * shape.group_size().div_ceil(hpt)) as u32, 1),
             block: PREFILL_WARPS * 32,
-            shared_mem_bytes: prefill_smem_bytes(d as u32),
+            shared_mem_bytes: if hopper { prefill_sm90_smem_bytes(d as u32) } else { prefill_smem_bytes(d as u32) },
             tokens: n - nd,
         });
     }
     let workspace_bytes = if num_splits > 1 { num_splits * nd * hq * (d + 2) * std::mem::size_of::<f32>() } else { 0 };
     Ok(StepPlan {
-        backend: BackendName::CudaPaged,
+        backend,
         num_tokens: n,
         num_reqs: meta.num_reqs(),
         num_splits,
@@ -474,8 +521,10 @@ pub struct CudaPagedImpl<T> {
     cache_write_fn: CudaFunction,
     attention_fn: CudaFunction,
     attention_name: String,
-    prefill_fn: CudaFunction,
-    prefill_name: String,
+    /// The prefill kernels the plan may name: the portable one, and on an sm_90a module
+    /// (backend CUDA_PAGED) the wgmma one.
+    prefill_fns: Vec<(String, CudaFunction)>,
+    backend: BackendName,
     merge_fn: CudaFunction,
     merge_name: String,
     _elem: PhantomData<T>,
@@ -515,7 +564,12 @@ impl<T: Element> CudaPagedImpl<T> {
     /// Allocates the layer's cache (zeroed) on the device, after the capability row accepted
     /// the layer (dtype, head dim, features, block size) and the device's shared memory.
     pub fn new(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout) -> Result<Self> {
-        CAPS.check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
+        Self::with_backend(rt, spec, layout, BackendName::CudaPaged)
+    }
+
+    /// As `new`, for `CudaPaged` or `CudaPagedPortable` (the portable prefill everywhere).
+    pub fn with_backend(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout, backend: BackendName) -> Result<Self> {
+        backend.caps().check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
         let tag = T::KERNEL_TAG.unwrap_or_default();
         let attention_fn = attention_function(&rt, T::DTYPE, spec.head_dim)?;
         let stream = rt.stream().clone();
@@ -526,15 +580,21 @@ impl<T: Element> CudaPagedImpl<T> {
             None => None,
         };
         let shape = LayerShape::of(&spec);
-        let prefill_name = prefill_kernel(tag, spec.head_dim, shape.softcap, shape.alibi);
+        let d = spec.head_dim;
+        let portable = prefill_kernel(tag, d, shape.softcap, shape.alibi, false);
+        let mut prefill_fns = vec![(portable.clone(), function_with_smem(&rt, &portable, prefill_smem_bytes(d as u32), d)?)];
+        if backend == BackendName::CudaPaged && has_wgmma_kernels(&rt) && PREFILL_SM90_HEAD_DIMS.contains(&(d as u32)) {
+            let hopper = prefill_kernel(tag, d, shape.softcap, shape.alibi, true);
+            prefill_fns.push((hopper.clone(), function_with_smem(&rt, &hopper, prefill_sm90_smem_bytes(d as u32), d)?));
+        }
         Ok(CudaPagedImpl {
             cache_write_fn: rt.function(CACHE_WRITE_KERNEL)?,
             merge_fn: rt.function(&merge_kernel(tag))?,
             merge_name: merge_kernel(tag),
             attention_fn,
             attention_name: attention_kernel(tag, spec.head_dim),
-            prefill_fn: function_with_smem(&rt, &prefill_name, prefill_smem_bytes(spec.head_dim as u32), spec.head_dim)?,
-            prefill_name,
+            prefill_fns,
+            backend,
             rt,
             shape,
             spec,
@@ -571,7 +631,7 @@ impl<T: Element> CudaPagedImpl<T> {
     /// split. Checks first (the step fits the layer, the tensors hold the step's rows);
     /// then only kernel launches on the runtime's stream.
     pub fn run(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
-        let plan = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
+        let plan = step.for_layer(self.backend, T::DTYPE, &self.shape, &self.layout)?;
         let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
         let n = plan.num_tokens;
         let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
@@ -590,7 +650,7 @@ impl<T: Element> CudaPagedImpl<T> {
 
     /// Attention alone (no cache write) over a prepared step: what the decode benchmarks time.
     pub fn attend(&mut self, step: &Step, q: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
-        let plan = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
+        let plan = step.for_layer(self.backend, T::DTYPE, &self.shape, &self.layout)?;
         let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
         let row = self.shape.num_q_heads * self.shape.head_dim;
         check_rows("q", q.len(), plan.num_tokens, row)?;
@@ -666,7 +726,7 @@ impl<T: Element> CudaPagedImpl<T> {
             // (validated: block ids inside the cache, seq_lens >= query lengths); the plan
             // never splits past the workspace (num_splits x tokens <= split_rows).
             unsafe { stream.launch_builder(&self.attention_fn).arg(&p).launch(cfg) }?;
-        } else if launch.kernel == self.prefill_name {
+        } else if let Some((_, prefill_fn)) = self.prefill_fns.iter().find(|(name, _)| *name == launch.kernel) {
             let (hpt, tpt) = prefill_tiling(self.shape.group_size());
             let p = PrefillParams {
                 q: ptr(t.q, &stream),
@@ -699,7 +759,7 @@ impl<T: Element> CudaPagedImpl<T> {
             };
             // SAFETY: q, out hold the step's rows; the tiles buffer holds the plan's tiles,
             // each inside its request's query tokens; block ids and lengths validated.
-            unsafe { stream.launch_builder(&self.prefill_fn).arg(&p).launch(cfg) }?;
+            unsafe { stream.launch_builder(prefill_fn).arg(&p).launch(cfg) }?;
         } else if launch.kernel == self.merge_name {
             let m = MergeParams {
                 partial_out: ptr(&dev.partial_out, &stream),
@@ -726,13 +786,13 @@ impl<T: Element> CudaPagedImpl<T> {
 
 impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
     fn backend(&self) -> BackendName {
-        BackendName::CudaPaged
+        self.backend
     }
 
     /// Copies q, k, v (and out, so that an element the kernels fail to write keeps the
     /// caller's value: tests poison it) to the device, runs, copies out back, synchronizes.
     fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
-        let plan = step.for_layer(BackendName::CudaPaged, T::DTYPE, &self.shape, &self.layout)?;
+        let plan = step.for_layer(self.backend, T::DTYPE, &self.shape, &self.layout)?;
         let n = plan.num_tokens;
         let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
         check_len("q", q.len(), n * hq * d)?;
@@ -797,7 +857,7 @@ mod tests {
         // D1 on an H100: 64 decodes of 4096 keys; 64 x 8 x 1 = 512 blocks >= 264 resident: no split.
         let m = meta(&vec![(4095, 1); 64]);
         let limits = StepLimits::new(64, 64, 4096, 16);
-        let p = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions::default()).unwrap();
+        let p = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).unwrap();
         assert_eq!((p.num_tokens, p.num_reqs, p.num_splits, p.workspace_bytes), (64, 64, 1, 0));
         assert_eq!(
             p.launches,
@@ -810,30 +870,30 @@ mod tests {
         // workspace 8 splits x 4 tokens x 32 heads x (128 + 2) f32.
         let m = meta(&vec![(32767, 1); 4]);
         let limits = StepLimits::new(4, 4, 32768, 16);
-        let p = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions::default()).unwrap();
+        let p = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).unwrap();
         assert_eq!((p.num_splits, p.workspace_bytes), (8, 8 * 4 * 32 * 130 * 4));
         assert_eq!(p.launches[1].grid, (4, 8, 8));
         assert_eq!(p.launches[2], KernelLaunch { kernel: "merge_splits_f16".into(), grid: (4, 32, 1), block: 16, shared_mem_bytes: 0, tokens: 4 });
         // The workspace caps the split: 20 split rows hold 5 splits of 4 tokens.
         let mut small = limits;
         small.split_rows = 20;
-        let p = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &small, &PlanOptions::default()).unwrap();
+        let p = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &small, &PlanOptions::default(), BackendName::CudaPaged).unwrap();
         assert_eq!(p.num_splits, 5);
         // Forced splits beyond the workspace are an error naming the limit; 0 or 33 invalid.
-        let e = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &small, &PlanOptions { force_splits: Some(6), ..PlanOptions::default() }).unwrap_err();
+        let e = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &small, &PlanOptions { force_splits: Some(6), ..PlanOptions::default() }, BackendName::CudaPaged).unwrap_err();
         assert!(matches!(e, AttnError::StepTooLarge(_)) && e.to_string().contains("split_rows"), "{e}");
         for s in [0, 33] {
-            assert!(plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(s), ..PlanOptions::default() }).is_err());
+            assert!(plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(s), ..PlanOptions::default() }, BackendName::CudaPaged).is_err());
         }
         // A 40-head GQA 20:1 model needs two tiles of 16 heads per kv head (grid y = 2 x 2).
         let gqa = LayerShape::heads(40, 2, 128);
-        let p = plan(&meta(&[(100, 1)]), &gqa, DType::Bf16, &DeviceProps::H100, &StepLimits::new(1, 1, 101, 16), &PlanOptions { force_splits: Some(1), ..PlanOptions::default() }).unwrap();
+        let p = plan(&meta(&[(100, 1)]), &gqa, DType::Bf16, &DeviceProps::H100, &StepLimits::new(1, 1, 101, 16), &PlanOptions { force_splits: Some(1), ..PlanOptions::default() }, BackendName::CudaPaged).unwrap();
         assert_eq!(p.launches[1].grid, (1, 4, 1));
         // Mixed: a chunked prefill (24 tokens on 40 cached), a fresh prefill (33 tokens) and a
         // decode. Llama-3's group of 4 heads makes prefill tiles of 4 heads x 32 tokens: 1 + 2
         // tiles, longest key range first; the decode's token (57) goes to the decode kernel.
         let m = meta(&[(40, 24), (0, 33), (1000, 1)]);
-        let p = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions { force_splits: Some(1), ..PlanOptions::default() }).unwrap();
+        let p = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions { force_splits: Some(1), ..PlanOptions::default() }, BackendName::CudaPaged).unwrap();
         assert_eq!(p.decode_tokens, vec![57]);
         let tile = |request, first_token, tokens| PrefillTile { request, first_token, tokens };
         assert_eq!(p.prefill_tiles, vec![tile(0, 0, 24), tile(1, 56, 1), tile(1, 24, 32)]);
@@ -842,31 +902,47 @@ mod tests {
             vec![
                 KernelLaunch { kernel: "reshape_and_cache_b16".into(), grid: (58, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 58 },
                 KernelLaunch { kernel: "paged_attention_bf16_d128".into(), grid: (1, 8, 1), block: 128, shared_mem_bytes: smem, tokens: 1 },
-                KernelLaunch { kernel: "flash_prefill_bf16_d128".into(), grid: (3, 8, 1), block: 256, shared_mem_bytes: prefill_smem_bytes(128), tokens: 57 },
+                KernelLaunch { kernel: "flash_prefill_sm90_bf16_d128".into(), grid: (3, 8, 1), block: 256, shared_mem_bytes: prefill_sm90_smem_bytes(128), tokens: 57 },
             ]
         );
+        // The same step on an A100 (no sm_90a module), or forced portable on an H100: the
+        // mma.sync prefill, same tiles and grid.
+        let portable = KernelLaunch { kernel: "flash_prefill_bf16_d128".into(), grid: (3, 8, 1), block: 256, shared_mem_bytes: prefill_smem_bytes(128), tokens: 57 };
+        let opts = PlanOptions { force_splits: Some(1), ..PlanOptions::default() };
+        let a100 = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::A100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPaged).unwrap();
+        let forced = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPagedPortable).unwrap();
+        assert_eq!((&a100.launches[2], &forced.launches[2], forced.backend), (&portable, &portable, BackendName::CudaPagedPortable));
+        // d96 has no Hopper instantiation: the portable kernel on an H100 too.
+        let phi3 = plan(&m, &LayerShape::heads(32, 32, 96), DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPaged).unwrap();
+        assert_eq!(phi3.launches[2].kernel, "flash_prefill_bf16_d96");
         // Tiling by group: MHA 1 head x 128 tokens; Falcon-7B's 71:1 one token of 71 heads; a
         // group of 136 two head tiles (grid y = 2 per kv head).
         assert_eq!((prefill_tiling(1), prefill_tiling(4), prefill_tiling(7), prefill_tiling(71)), ((1, 128), (4, 32), (7, 18), (71, 1)));
         let wide = LayerShape::heads(136, 1, 64);
-        let p = plan(&meta(&[(0, 3)]), &wide, DType::Bf16, &DeviceProps::H100, &StepLimits::new(4, 1, 16, 16), &PlanOptions::default()).unwrap();
+        let p = plan(&meta(&[(0, 3)]), &wide, DType::Bf16, &DeviceProps::H100, &StepLimits::new(4, 1, 16, 16), &PlanOptions::default(), BackendName::CudaPaged).unwrap();
         assert_eq!((p.launches[1].grid, p.prefill_tiles.len()), ((3, 2, 1), 3));
         // Score modifiers pick the prefill kernel's instantiation (Gemma-2: soft-cap; BLOOM:
         // ALiBi); the decode kernel decides them at run time.
         let kernels = |softcap, alibi| {
             let shape = LayerShape { softcap, alibi, ..LLAMA };
-            let p = plan(&m, &shape, DType::F16, &DeviceProps::H100, &limits, &PlanOptions::default()).unwrap();
+            let p = plan(&m, &shape, DType::F16, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).unwrap();
             p.launches.iter().skip(1).map(|l| l.kernel.clone()).collect::<Vec<_>>()
         };
-        assert_eq!(kernels(true, false), ["paged_attention_f16_d128", "flash_prefill_f16_d128_softcap"]);
-        assert_eq!(kernels(false, true), ["paged_attention_f16_d128", "flash_prefill_f16_d128_alibi"]);
-        assert_eq!(kernels(true, true), ["paged_attention_f16_d128", "flash_prefill_f16_d128_softcap_alibi"]);
-        assert!(kernel_registry().contains(&"flash_prefill_bf16_d96_softcap_alibi".to_string()));
+        assert_eq!(kernels(true, false), ["paged_attention_f16_d128", "flash_prefill_sm90_f16_d128_softcap"]);
+        assert_eq!(kernels(false, true), ["paged_attention_f16_d128", "flash_prefill_sm90_f16_d128_alibi"]);
+        assert_eq!(kernels(true, true), ["paged_attention_f16_d128", "flash_prefill_sm90_f16_d128_softcap_alibi"]);
+        assert!(kernel_registry("sm_80").contains(&"flash_prefill_bf16_d96_softcap_alibi".to_string()));
+        // The Hopper prefill: in the sm_90a module only, for d64, d128, d256 (d96 keeps the
+        // portable kernel there).
+        let (sm90, sm90a) = (kernel_registry("sm_90"), kernel_registry("sm_90a"));
+        assert!(sm90a.contains(&"flash_prefill_sm90_f16_d256_alibi".to_string()) && !sm90.iter().any(|k| k.contains("_sm90_")));
+        assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4);
+        assert!(!sm90a.iter().any(|k| k.starts_with("flash_prefill_sm90") && k.contains("_d96")));
         // f32 has no kernel.
-        assert!(plan(&m, &LLAMA, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default()).is_err());
+        assert!(plan(&m, &LLAMA, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).is_err());
         // The plan of the same metadata is the same (a graph captured for it replays it).
-        let a = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions::default()).unwrap();
-        let b = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions::default()).unwrap();
+        let a = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions::default(), BackendName::CudaPaged).unwrap();
+        let b = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions::default(), BackendName::CudaPaged).unwrap();
         assert!(a.same_launches(&b));
     }
 

@@ -31,10 +31,10 @@ pub mod cpu;
 pub mod cuda_mla;
 pub mod cuda_paged;
 
-/// Every kernel entry point the PTX modules must hold, by family: `cuda_paged`'s (cache
+/// Every kernel entry point the PTX module of architecture `arch` must hold, by family: `cuda_paged`'s (cache
 /// write, decode, prefill, merge) and `cuda_mla`'s (latent cache write, MLA decode).
-pub fn kernel_registry() -> Vec<String> {
-    let mut names = cuda_paged::kernel_registry();
+pub fn kernel_registry(arch: &str) -> Vec<String> {
+    let mut names = cuda_paged::kernel_registry(arch);
     names.extend(cuda_mla::kernel_registry());
     names
 }
@@ -46,17 +46,21 @@ pub enum BackendName {
     CudaPaged,
     /// The Rust PTX MLA kernels (latent cache write, MLA decode with split-KV + merge).
     CudaMla,
+    /// `CudaPaged` with the portable (`mma.sync`) prefill kernel on every device, Hopper
+    /// included (to compare it with the wgmma one).
+    CudaPagedPortable,
     /// The rayon CPU backend.
     Cpu,
 }
 
 impl BackendName {
-    pub const ALL: [BackendName; 3] = [BackendName::CudaPaged, BackendName::CudaMla, BackendName::Cpu];
+    pub const ALL: [BackendName; 4] = [BackendName::CudaPaged, BackendName::CudaMla, BackendName::CudaPagedPortable, BackendName::Cpu];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             BackendName::CudaPaged => "CUDA_PAGED",
             BackendName::CudaMla => "CUDA_MLA",
+            BackendName::CudaPagedPortable => "CUDA_PAGED_PORTABLE",
             BackendName::Cpu => "CPU",
         }
     }
@@ -70,6 +74,7 @@ impl BackendName {
         match self {
             BackendName::CudaPaged => &cuda_paged::CAPS,
             BackendName::CudaMla => &cuda_mla::CAPS,
+            BackendName::CudaPagedPortable => &cuda_paged::PORTABLE_CAPS,
             BackendName::Cpu => &cpu::CAPS,
         }
     }
@@ -79,9 +84,9 @@ impl BackendName {
     pub fn plan(self, meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: Option<&DeviceProps>, limits: &StepLimits, opts: &PlanOptions) -> Result<StepPlan> {
         match self {
             BackendName::Cpu => cpu::plan(meta, opts),
-            BackendName::CudaPaged => {
-                let props = props.ok_or_else(|| AttnError::NoCuda("planning CUDA_PAGED needs the device's properties".into()))?;
-                cuda_paged::plan(meta, shape, dtype, props, limits, opts)
+            BackendName::CudaPaged | BackendName::CudaPagedPortable => {
+                let props = props.ok_or_else(|| AttnError::NoCuda(format!("planning {self} needs the device's properties")))?;
+                cuda_paged::plan(meta, shape, dtype, props, limits, opts, self)
             }
             BackendName::CudaMla => {
                 let props = props.ok_or_else(|| AttnError::NoCuda("planning CUDA_MLA needs the device's properties".into()))?;
@@ -97,9 +102,9 @@ impl BackendName {
         self.caps().check_layer(platform, T::DTYPE, spec, &layout)?;
         Ok(match self {
             BackendName::Cpu => Box::new(cpu::CpuImpl::<T>::new(spec.clone(), layout)?),
-            BackendName::CudaPaged => {
+            BackendName::CudaPaged | BackendName::CudaPagedPortable => {
                 let rt = gpu.ok_or_else(|| AttnError::NoCuda(format!("backend {self} needs a CUDA device")))?;
-                Box::new(cuda_paged::CudaPagedImpl::<T>::new(rt, spec.clone(), layout)?)
+                Box::new(cuda_paged::CudaPagedImpl::<T>::with_backend(rt, spec.clone(), layout, self)?)
             }
             BackendName::CudaMla => {
                 let rt = gpu.ok_or_else(|| AttnError::NoCuda(format!("backend {self} needs a CUDA device")))?;
@@ -140,6 +145,9 @@ pub struct BackendCaps {
     pub shared_memory_bytes: Option<fn(usize) -> usize>,
     /// Which kernel serves which rows of a step, and why (shown by `attn select`).
     pub kernels: &'static str,
+    /// What changes on compute capability 9.0 (Hopper kernels of the sm_90a module), if
+    /// anything (shown by `attn select` for such a platform).
+    pub on_sm90: Option<&'static str>,
 }
 
 impl BackendCaps {
