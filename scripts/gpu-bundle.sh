@@ -28,4 +28,7 @@ cp scripts/gpu-run.sh "$out/run.sh"
 # The peers' benchmark (PyTorch SDPA, Triton), to time them in the same lease; not a dependency.
 [ -f ../shared/peers/peer_bench.py ] && cp ../shared/peers/peer_bench.py "$out/" || true
 git rev-parse --short HEAD > "$out/COMMIT" 2>/dev/null || echo unknown > "$out/COMMIT"
+# Every binary embeds the PTX of every architecture: compressed, the bundle stays well
+# under the 64 MiB a device run carries (run.sh unpacks it).
+tar -C "$out" -czf "$out/bin.tar.gz" bin && rm -rf "$out/bin"
 du -sh "$out"

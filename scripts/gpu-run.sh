@@ -4,6 +4,7 @@
 # Logs go to $OUT (or ./logs). `run.sh quick` skips the sanitizers.
 set -uo pipefail
 cd "$(dirname "$0")"
+[ -d bin ] || tar -xzf bin.tar.gz
 log=${OUT:-logs}
 mkdir -p "$log"
 status=0
