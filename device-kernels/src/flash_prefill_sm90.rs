@@ -131,9 +131,7 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
             unsafe { E::ss::<NB>(&mut s, a, b, (kk > 0) as u32) };
         }
         wgmma_commit_group();
-        // Waits for S, and for the previous tile's P V where that was left in flight.
         wgmma_wait_group_0(&mut s);
-        pin_f32(&mut o);
 
         lanes.modify_and_mask(&mut s, &t, key0, BN, col);
         let corr = rows.update(&mut s, s_exp);
@@ -154,14 +152,8 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
             unsafe { E::rs::<NT>(&mut o, pa[kc], b) };
         }
         wgmma_commit_group();
-        // With 3 or more stages the products stay in flight over the next tile's barrier and
-        // loads (the stage they read is refilled no sooner than two tiles later); the next
-        // S wait completes them. With 2 stages they complete here.
-        if STAGES < 3 {
-            wgmma_wait_group_0(&mut o);
-        }
+        wgmma_wait_group_0(&mut o);
     }
-    wgmma_wait_group_0(&mut o);
     cp_async_wait_group::<0>();
 
     unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * warp + r0, lane) };

@@ -234,13 +234,12 @@ pub const PREFILL_SM90_HEAD_DIMS: [u32; 3] = [64, 128, 256];
 pub const fn prefill_sm90_keys(d: u32) -> u32 {
     if d > 128 { 64 } else { 128 }
 }
-/// K/V tiles in flight: 3 where they fit (up to d128: 226 KiB), so that a tile's `P V`
-/// may still read its stage while the next tiles load; 2 for d256.
+/// K/V tiles in flight.
 pub const fn prefill_sm90_stages(d: u32) -> u32 {
-    if d > 128 { 2 } else { 3 }
+    if d > 64 { 2 } else { 3 }
 }
 /// Dynamic shared memory: 1024 bytes of alignment slack (the 128-byte swizzle's period),
-/// the Q tile and the K/V stages, every tile `d x 2` bytes a row. d64: 113 KiB, d128: 225
+/// the Q tile and the K/V stages, every tile `d x 2` bytes a row. d64: 113 KiB, d128: 161
 /// KiB, d256: 193 KiB (sm_90 allows 227).
 pub const fn prefill_sm90_smem_bytes(d: u32) -> u32 {
     1024 + PREFILL_ROWS * d * 2 + prefill_sm90_stages(d) * 2 * prefill_sm90_keys(d) * d * 2
