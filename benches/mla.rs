@@ -57,7 +57,9 @@ fn main() {
     println!("| workload | kernel | splits x keys | time (us) [min, max] | GB/s | of copy | TFLOP/s |");
     println!("|---|---|---|---|---|---|---|");
     let mut rng = Rng::new(576);
-    for w in workloads() {
+    // Workload ids given on the command line (`M2`, `P1`): only those (profiling).
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    for w in workloads().into_iter().filter(|w| only.is_empty() || only.iter().any(|o| o == w.id)) {
         let mla = MlaSpec { num_q_heads: w.heads, kv_lora_rank: RANK, qk_rope_head_dim: LATENT - RANK, qk_nope_head_dim: 128, v_head_dim: 128, scale: 1.0 / 192f32.sqrt() };
         let spec = AttnSpec { mla: Some(mla), ..AttnSpec::new(w.heads, w.heads, 192) };
         // The context includes this step's query tokens (already in the cache).

@@ -58,7 +58,9 @@ fn main() {
     println!("|---|---|---|---|---|");
     let mut rng = Rng::new(11);
     let mut p1 = f64::NAN;
-    for w in workloads() {
+    // Workload ids given on the command line (`M2`, `P1`): only those (profiling).
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    for w in workloads().into_iter().filter(|w| only.is_empty() || only.iter().any(|o| o == w.id)) {
         let d = w.head_dim;
         let spec = AttnSpec::new(w.q_heads, w.kv_heads, d);
         let num_blocks = w.requests.iter().map(|&(c, n)| (c + n).div_ceil(BLOCK_SIZE)).sum::<usize>();
