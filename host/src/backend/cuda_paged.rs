@@ -21,7 +21,7 @@ use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::{
     paged_smem_bytes, prefill_sm90_smem_bytes, prefill_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, PrefillParams,
-    CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS, PREFILL_ROWS, PREFILL_SM90_HEAD_DIMS, PREFILL_SM90_THREADS, PREFILL_WARPS,
+    CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS, PREFILL_ROWS, PREFILL_SM90_HEAD_DIMS, PREFILL_WARPS,
 };
 use crate::platform::DeviceProps;
 use crate::spec::AttnSpec;
@@ -308,13 +308,13 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         }
     }
     if !prefill_tiles.is_empty() {
-        // The same tiles and parameters on either kernel: 8 warps, or on the Hopper one a
-        // producer warpgroup and two consumer warpgroups of 64 rows.
+        // The same tiles and parameters on either kernel: 8 warps (two warpgroups of 64 rows
+        // on the Hopper one).
         let hopper = backend == BackendName::CudaPaged && hopper_prefill(props, d);
         launches.push(KernelLaunch {
             kernel: prefill_kernel(tag, d, shape.softcap, shape.alibi, hopper),
             grid: (prefill_tiles.len() as u32, (hkv * shape.group_size().div_ceil(hpt)) as u32, 1),
-            block: if hopper { PREFILL_SM90_THREADS } else { PREFILL_WARPS * 32 },
+            block: PREFILL_WARPS * 32,
             shared_mem_bytes: if hopper { prefill_sm90_smem_bytes(d as u32) } else { prefill_smem_bytes(d as u32) },
             tokens: n - nd,
         });
@@ -902,7 +902,7 @@ mod tests {
             vec![
                 KernelLaunch { kernel: "reshape_and_cache_b16".into(), grid: (58, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 58 },
                 KernelLaunch { kernel: "paged_attention_bf16_d128".into(), grid: (1, 8, 1), block: 128, shared_mem_bytes: smem, tokens: 1 },
-                KernelLaunch { kernel: "flash_prefill_sm90_bf16_d128".into(), grid: (3, 8, 1), block: 384, shared_mem_bytes: prefill_sm90_smem_bytes(128), tokens: 57 },
+                KernelLaunch { kernel: "flash_prefill_sm90_bf16_d128".into(), grid: (3, 8, 1), block: 256, shared_mem_bytes: prefill_sm90_smem_bytes(128), tokens: 57 },
             ]
         );
         // The same step on an A100 (no sm_90a module), or forced portable on an H100: the
