@@ -2,12 +2,8 @@
 //! tiles, rows and masks (`flash_prefill::PrefillBlock`, `LaneRows`, `store_rows`), its two
 //! products issued by warpgroups reading their operands straight from shared memory.
 //!
-//! Warp-specialized: warpgroup 0 produces (K/V tiles through the block table into a
-//! `STAGES`-deep ring of shared-memory stages, each with a `full` and an `empty` mbarrier),
-//! warpgroups 1 and 2 consume (`setmaxnreg` moves registers to them); no block barrier
-//! inside the loop, so the two consumers drift apart and one's softmax overlaps the other's
-//! products. A block owns `ROWS` = 128 (token, head) rows as the portable kernel does;
-//! consumer `c` owns rows `64 c .. 64 c + 64`, each of its warps 16 of them, and the
+//! A block owns `ROWS` = 128 (token, head) rows as the portable kernel does; warpgroup `g`
+//! (warps `4 g .. 4 g + 4`) owns rows `64 g .. 64 g + 64`, each warp 16 of them, and the
 //! accumulators of `wgmma.m64nNk16` sit in each warp's registers exactly as `mma.m16n8`'s C
 //! fragments, so the online softmax (`softmax::RowState`) is the same code. Per K/V tile of
 //! `BN` keys:
@@ -17,9 +13,9 @@
 //! - `O += P V`: `BN / 16` `wgmma` m64 n`D` k16, P from registers (the `mma` A fragment),
 //!   V N-major in shared memory (transposed by the descriptor).
 //! Each warpgroup reads every K and V byte once for its 64 rows (`mma.sync` re-reads them
-//! once per 16). K/V tiles arrive through the same block-table gather, as cp.async copies in
-//! the 128-byte-swizzle layout; each producer thread fences its copies to the async proxy
-//! before it arrives on the stage's `full` barrier.
+//! once per 16). K/V tiles arrive through the same block-table gather and cp.async
+//! pipeline, written in the 128-byte-swizzle layout; each thread fences them to the async
+//! proxy before the block barrier.
 //!
 //! Grid and host guarantees: as `flash_prefill`.
 
@@ -27,21 +23,14 @@ use crate::elem::{Bf16, Elem, Wgmma, F16};
 use crate::flash_prefill::{store_rows, LaneRows, PrefillBlock};
 use crate::gather::{clamp_key, tile_range};
 use crate::intrinsics::*;
-use crate::params::{prefill_sm90_keys, prefill_sm90_stages, PrefillParams, PREFILL_ROWS, PREFILL_SM90_THREADS};
+use crate::params::{prefill_sm90_keys, prefill_sm90_stages, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
 use crate::score_mod::{Alibi, Plain, ScoreMod, SoftCap, SoftCapAlibi};
 use crate::softmax::{p_fragment, rescale, RowState};
 use crate::tile::{sw128, sw128_desc};
 
-/// Warpgroups: one producer (K/V loads), two consumers (64 rows each).
-const CONSUMERS: usize = 2;
-const THREADS: usize = PREFILL_SM90_THREADS as usize;
-const PRODUCER_THREADS: usize = 128;
+const WARPS: usize = PREFILL_WARPS as usize;
+const THREADS: usize = WARPS * 32;
 const ROWS: usize = PREFILL_ROWS as usize;
-const _: () = assert!(THREADS == 128 * (1 + CONSUMERS) && ROWS == 64 * CONSUMERS);
-/// Registers per thread after the split (`setmaxnreg`): the producer needs few, the
-/// consumers hold S, P and O (128 x 40 + 256 x 232 <= 64 Ki).
-const PRODUCER_REGS: u32 = 40;
-const CONSUMER_REGS: u32 = 232;
 
 /// `D`: head dim, `NT = D / 8` output n-tiles, `KS = D / 16` k-steps of `Q K^T`; `BN` keys a
 /// tile, `NB = BN / 8` score n-tiles, `KC = BN / 16` k-steps of `P V`; `STAGES` tiles in
@@ -56,31 +45,47 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
     let warp = tid / 32;
     let wg = warp / 4;
     let r0 = lane / 4;
+    let col = 2 * (lane % 4);
 
     let t = unsafe { PrefillBlock::new(p) };
     let (t_first, n_tiles) = tile_range(t.kv_begin, t.kv_end, BN);
 
-    // Shared memory from the first 1024-byte boundary: the Q tile [ROWS rows], STAGES pairs
-    // of K, V tiles [BN rows] (all `sw128` tiles of D columns), then the stages' mbarriers:
-    // `full` (the producer's copies landed), `empty` (both consumers are done with it).
+    // Shared memory from the first 1024-byte boundary: the Q tile [ROWS rows], then STAGES
+    // pairs of K, V tiles [BN rows], all `sw128` tiles of D columns.
     let smem = (cvta_to_shared(dynamic_shared_f32()) + 1023) & !1023;
     let (q_bytes, kv_bytes) = (ROWS * D * 2, BN * D * 2);
     let k_tile = |stage: usize| smem + (q_bytes + stage * 2 * kv_bytes) as u32;
     let v_tile = |stage: usize| smem + (q_bytes + (stage * 2 + 1) * kv_bytes) as u32;
-    let bars = smem + (q_bytes + STAGES * 2 * kv_bytes) as u32;
-    let full = |stage: usize| bars + 8 * stage as u32;
-    let empty = |stage: usize| bars + 8 * (STAGES + stage) as u32;
-    if tid == 0 {
-        for s in 0..STAGES {
-            unsafe {
-                mbarrier_init(full(s), PRODUCER_THREADS as u32);
-                mbarrier_init(empty(s), (128 * CONSUMERS) as u32);
+
+    // K/V tile `tile` into `stage`: thread -> one key row (`tpr` threads a row), every
+    // `tpr`-th chunk of it.
+    let keys = t.keys(p);
+    let tpr = THREADS / BN;
+    let (my_row, my_chunk0) = (tid / tpr, tid % tpr);
+    let issue = |tile: usize, stage: usize| {
+        let off = keys.offset(clamp_key(tile * BN + my_row, t.kv_begin, t.kv_end));
+        let (ksrc, vsrc) = unsafe { ((p.key_cache as *const u16).add(off), (p.value_cache as *const u16).add(off)) };
+        let (kdst, vdst) = (k_tile(stage), v_tile(stage));
+        for k in 0..chunks.div_ceil(tpr) {
+            let c = my_chunk0 + k * tpr;
+            if c < chunks {
+                let at = sw128(my_row, c, BN) as u32;
+                unsafe {
+                    cp_async_cg_16(kdst + at, ksrc.add(8 * c));
+                    cp_async_cg_16(vdst + at, vsrc.add(8 * c));
+                }
             }
         }
+    };
+    for s in 0..STAGES - 1 {
+        if s < n_tiles {
+            issue(t_first + s, s);
+        }
+        cp_async_commit_group();
     }
 
-    // Q tile into shared memory by every thread (rows outside the tile are zero), published
-    // to the async proxy with the mbarriers' initialisation.
+    // Q tile into shared memory (rows outside the tile are zero); the loop's first fence
+    // and barrier publish it to the async proxy.
     let mut u = tid;
     while u < ROWS * chunks {
         let (m, c) = (u / chunks, u % chunks);
@@ -93,65 +98,26 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
         unsafe { st_shared_v4(smem + sw128(m, c, ROWS) as u32, v) };
         u += THREADS;
     }
-    fence_proxy_async_shared_cta();
-    bar_sync();
 
-    if wg == 0 {
-        // Producer: K/V tile i into stage i % STAGES once both consumers released it, rows
-        // gathered through the block table (thread -> one key row, `tpr` threads a row). A
-        // tile is published (`full`) when the next one has been issued: this thread waits
-        // for its copies of it, fences them to the async proxy and arrives.
-        setmaxnreg_dec::<PRODUCER_REGS>();
-        let keys = t.keys(p);
-        let tpr = PRODUCER_THREADS / BN;
-        let (my_row, my_chunk0) = (tid / tpr, tid % tpr);
-        for i in 0..n_tiles {
-            let stage = i % STAGES;
-            if i >= STAGES {
-                unsafe { mbarrier_wait_parity(empty(stage), ((i / STAGES - 1) & 1) as u32) };
-            }
-            let off = keys.offset(clamp_key((t_first + i) * BN + my_row, t.kv_begin, t.kv_end));
-            let (ksrc, vsrc) = unsafe { ((p.key_cache as *const u16).add(off), (p.value_cache as *const u16).add(off)) };
-            for k in 0..chunks.div_ceil(tpr) {
-                let c = my_chunk0 + k * tpr;
-                if c < chunks {
-                    let at = sw128(my_row, c, BN) as u32;
-                    unsafe {
-                        cp_async_cg_16(k_tile(stage) + at, ksrc.add(8 * c));
-                        cp_async_cg_16(v_tile(stage) + at, vsrc.add(8 * c));
-                    }
-                }
-            }
-            cp_async_commit_group();
-            if i >= 1 {
-                cp_async_wait_group::<1>();
-                fence_proxy_async_shared_cta();
-                unsafe { mbarrier_arrive(full((i - 1) % STAGES)) };
-            }
-        }
-        if n_tiles >= 1 {
-            cp_async_wait_group::<0>();
-            fence_proxy_async_shared_cta();
-            unsafe { mbarrier_arrive(full((n_tiles - 1) % STAGES)) };
-        }
-        return;
-    }
-
-    // Consumers: warpgroup c = wg - 1 owns rows 64 c .. 64 c + 64 of the block; its warp
-    // `cw` rows 16 cw .. 16 cw + 16 (in order).
-    setmaxnreg_inc::<CONSUMER_REGS>();
-    let cw = warp - 4;
-    let col = 2 * (lane % 4);
-    let lanes = unsafe { LaneRows::<M>::new(p, &t, 16 * cw + r0) };
+    // Warp w's rows are 16 w .. 16 w + 16 of the block (its warpgroup's 64, in order).
+    let lanes = unsafe { LaneRows::<M>::new(p, &t, 16 * warp + r0) };
     let s_exp = lanes.modifier.exp_factor();
     let mut rows = RowState::new();
     let mut o = [[0.0f32; 4]; NT];
     // This warpgroup's 64 rows of Q: k-step kk is 32 bytes into slab kk / 4.
-    let q_rows = smem + ((wg - 1) * 64 * 128) as u32;
+    let q_rows = smem + (wg * 64 * 128) as u32;
 
     for i in 0..n_tiles {
+        // Invariant: tile i is in shared memory and visible to the async proxy for every
+        // thread after the barrier; every warpgroup is done with tile i - 1.
+        cp_async_wait_pending(STAGES - 2);
+        fence_proxy_async_shared_cta();
+        bar_sync();
+        if i + STAGES - 1 < n_tiles {
+            issue(t_first + i + STAGES - 1, (i + STAGES - 1) % STAGES);
+        }
+        cp_async_commit_group();
         let stage = i % STAGES;
-        unsafe { mbarrier_wait_parity(full(stage), ((i / STAGES) & 1) as u32) };
         let key0 = (t_first + i) * BN;
 
         // S = Q K^T (the first k-step overwrites S).
@@ -172,8 +138,8 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
         rescale(&mut o, corr);
 
         // O += P V, 16 keys a step: V's rows 16 kc .. 16 kc + 16, all D columns (slabs
-        // BN x 128 bytes apart). P's A fragments first, so that the products issue back to
-        // back after one fence.
+        // BN x 128 bytes apart).
+        // P's A fragments first, so that the products issue back to back after one fence.
         let mut pa = [[0u32; 4]; KC];
         for kc in 0..KC {
             pa[kc] = p_fragment::<E, NB>(&s, kc);
@@ -187,11 +153,10 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
         }
         wgmma_commit_group();
         wgmma_wait_group_0(&mut o);
-        // The stage is free again once both warpgroups' products have read it.
-        unsafe { mbarrier_arrive(empty(stage)) };
     }
+    cp_async_wait_group::<0>();
 
-    unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * cw + r0, lane) };
+    unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * warp + r0, lane) };
 }
 
 macro_rules! flash_prefill_sm90_kernels {

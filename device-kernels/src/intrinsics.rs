@@ -350,58 +350,6 @@ pub fn fence_proxy_async_shared_cta() {
     unsafe { asm!("fence.proxy.async.shared::cta;", options(nostack)) }
 }
 
-/// `mbarrier.init.shared::cta.b64`: an mbarrier at `addr` (8-byte aligned shared memory)
-/// expecting `count` arrivals per phase. One thread initialises; a block barrier publishes it.
-#[inline(always)]
-pub unsafe fn mbarrier_init(addr: u32, count: u32) {
-    unsafe { asm!("mbarrier.init.shared::cta.b64 [{a}], {c};", a = in(reg32) addr, c = in(reg32) count, options(nostack)) }
-}
-
-/// `mbarrier.arrive.release.cta.shared::cta.b64`: this thread's arrival on the current
-/// phase (its earlier shared-memory writes are released to the waiters).
-#[inline(always)]
-pub unsafe fn mbarrier_arrive(addr: u32) {
-    unsafe { asm!("mbarrier.arrive.release.cta.shared::cta.b64 _, [{a}];", a = in(reg32) addr, options(nostack)) }
-}
-
-/// `mbarrier.try_wait.parity.acquire.cta.shared::cta.b64`: whether the phase of parity
-/// `parity` has completed (acquiring what its arrivals released); the hardware may wait a
-/// while before answering no.
-#[inline(always)]
-pub unsafe fn mbarrier_try_wait_parity(addr: u32, parity: u32) -> bool {
-    let done: u32;
-    unsafe {
-        asm!(
-            "{{ .reg .pred p; mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [{a}], {ph}; selp.u32 {d}, 1, 0, p; }}",
-            d = out(reg32) done,
-            a = in(reg32) addr,
-            ph = in(reg32) parity,
-            options(nostack)
-        )
-    }
-    done != 0
-}
-
-/// Waits until `mbarrier_try_wait_parity` says the phase completed.
-#[inline(always)]
-pub unsafe fn mbarrier_wait_parity(addr: u32, parity: u32) {
-    while !unsafe { mbarrier_try_wait_parity(addr, parity) } {}
-}
-
-/// `setmaxnreg.inc.sync.aligned.u32 N` (sm_90a): this warpgroup's registers per thread
-/// rise to `N` (the kernel must start under a register cap: `.maxntid`).
-#[inline(always)]
-pub fn setmaxnreg_inc<const N: u32>() {
-    unsafe { asm!("setmaxnreg.inc.sync.aligned.u32 {n};", n = const N, options(nostack)) }
-}
-
-/// `setmaxnreg.dec.sync.aligned.u32 N` (sm_90a): this warpgroup gives registers back, down
-/// to `N` per thread.
-#[inline(always)]
-pub fn setmaxnreg_dec<const N: u32>() {
-    unsafe { asm!("setmaxnreg.dec.sync.aligned.u32 {n};", n = const N, options(nostack)) }
-}
-
 /// `wgmma.fence.sync.aligned`: orders this warpgroup's register writes (accumulators, A
 /// fragments) before the `wgmma.mma_async` that reads them. Before every batch.
 #[inline(always)]

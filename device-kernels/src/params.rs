@@ -229,9 +229,6 @@ pub const fn prefill_smem_bytes(d: u32) -> u32 {
 /// only): the portable kernel's tiles (`PREFILL_ROWS` rows: two warpgroups of 64, the same
 /// `PrefillParams` and plan), its products on `wgmma`. Head dims with an instantiation.
 pub const PREFILL_SM90_HEAD_DIMS: [u32; 3] = [64, 128, 256];
-/// Threads of the Hopper prefill block: a producer warpgroup and two consumer warpgroups
-/// (build.rs gives its entry points `.maxntid` of this, which `setmaxnreg` needs).
-pub const PREFILL_SM90_THREADS: u32 = 384;
 /// Keys per K/V tile: 128 up to d128, 64 for d256 (the score accumulators beside the
 /// output's 128 registers a thread).
 pub const fn prefill_sm90_keys(d: u32) -> u32 {
@@ -242,10 +239,10 @@ pub const fn prefill_sm90_stages(d: u32) -> u32 {
     if d > 64 { 2 } else { 3 }
 }
 /// Dynamic shared memory: 1024 bytes of alignment slack (the 128-byte swizzle's period),
-/// the Q tile and the K/V stages (every tile `d x 2` bytes a row), two mbarriers a stage. d64: 113 KiB, d128: 161
+/// the Q tile and the K/V stages, every tile `d x 2` bytes a row. d64: 113 KiB, d128: 161
 /// KiB, d256: 193 KiB (sm_90 allows 227).
 pub const fn prefill_sm90_smem_bytes(d: u32) -> u32 {
-    1024 + PREFILL_ROWS * d * 2 + prefill_sm90_stages(d) * (2 * prefill_sm90_keys(d) * d * 2 + 16)
+    1024 + PREFILL_ROWS * d * 2 + prefill_sm90_stages(d) * 2 * prefill_sm90_keys(d) * d * 2
 }
 
 /// The kernel registry, read by both sides: every attention family (decode, prefill) is
