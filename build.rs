@@ -336,8 +336,37 @@ fn build_ptx(root: &Path, out_dir: &Path, tc: &Toolchain, archs: &[(String, u32)
             .arg(if hopper { &linked } else { &portable_bc })
             .arg("-o")
             .arg(&ptx))?;
+        if hopper {
+            let text = fs::read_to_string(&ptx).map_err(|e| e.to_string())?;
+            fs::write(&ptx, with_hopper_maxntid(&text)).map_err(|e| e.to_string())?;
+        }
     }
     Ok(())
+}
+
+/// Threads per block of the Hopper kernels (`params::PREFILL_SM90_THREADS`; tests/ptxas.rs
+/// checks they agree).
+const HOPPER_THREADS: u32 = 384;
+
+/// The PTX with `.maxntid HOPPER_THREADS, 1, 1` on every Hopper entry point: `setmaxnreg`
+/// moves registers between warpgroups only in a kernel that starts under such a cap, and
+/// Rust has no attribute that emits it (CUDA's `__launch_bounds__`). The directive goes
+/// between the parameter list and the body.
+fn with_hopper_maxntid(ptx: &str) -> String {
+    let mut out = String::with_capacity(ptx.len() + 4096);
+    let mut in_hopper_params = false;
+    for line in ptx.lines() {
+        if let Some(name) = line.strip_prefix(".visible .entry ") {
+            in_hopper_params = name.contains(HOPPER_MARK);
+        }
+        out.push_str(line);
+        out.push('\n');
+        if in_hopper_params && line.starts_with(')') {
+            out.push_str(&format!(".maxntid {HOPPER_THREADS}, 1, 1\n"));
+            in_hopper_params = false;
+        }
+    }
+    out
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), String> {

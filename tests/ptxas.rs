@@ -46,6 +46,13 @@ fn main() {
             std::process::exit(1);
         }
         println!("kernel registry: {arch} holds the {} registered entry points", want.len());
+        // build.rs's `.maxntid` on the Hopper kernels is the block the host launches.
+        let maxntid = format!(".maxntid {}, 1, 1", attn_backends::params::PREFILL_SM90_THREADS);
+        let hopper = got.iter().filter(|k| k.contains("_sm90_")).count();
+        if ptx.matches(&maxntid).count() != hopper {
+            eprintln!("{arch}: {hopper} Hopper kernels, {} with `{maxntid}`", ptx.matches(&maxntid).count());
+            std::process::exit(1);
+        }
     }
     let dir = root.join("target/ptx");
     std::fs::create_dir_all(&dir).expect("create target/ptx");

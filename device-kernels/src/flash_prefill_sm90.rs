@@ -2,6 +2,12 @@
 //! tiles, rows and masks (`flash_prefill::PrefillBlock`, `LaneRows`, `store_rows`), its two
 //! products issued by warpgroups reading their operands straight from shared memory.
 //!
+//! Warp-specialized: a producer warp (of a third warpgroup that gives its registers to the
+//! consumers with `setmaxnreg`) has the copy engine (TMA) bring K/V tiles, page by page
+//! of the paged cache through the block table, into a `STAGES`-deep ring of shared-memory
+//! stages, each with a `full` mbarrier (bytes landed) and an `empty` one (both consumers
+//! done); two consumer warpgroups compute. No block barrier inside the loop, so the
+//! consumers drift apart and one's softmax overlaps the other's products.
 //! A block owns `ROWS` = 128 (token, head) rows as the portable kernel does; warpgroup `g`
 //! (warps `4 g .. 4 g + 4`) owns rows `64 g .. 64 g + 64`, each warp 16 of them, and the
 //! accumulators of `wgmma.m64nNk16` sit in each warp's registers exactly as `mma.m16n8`'s C
@@ -13,24 +19,33 @@
 //! - `O += P V`: `BN / 16` `wgmma` m64 n`D` k16, P from registers (the `mma` A fragment),
 //!   V N-major in shared memory (transposed by the descriptor).
 //! Each warpgroup reads every K and V byte once for its 64 rows (`mma.sync` re-reads them
-//! once per 16). K/V tiles arrive through the same block-table gather and cp.async
-//! pipeline, written in the 128-byte-swizzle layout; each thread fences them to the async
-//! proxy before the block barrier.
+//! once per 16). The copy engine writes the tiles in the 128-byte-swizzle layout the
+//! descriptors describe (the host encodes the tensor maps with that swizzle).
 //!
 //! Grid and host guarantees: as `flash_prefill`.
 
 use crate::elem::{Bf16, Elem, Wgmma, F16};
 use crate::flash_prefill::{store_rows, LaneRows, PrefillBlock};
-use crate::gather::{clamp_key, tile_range};
+use crate::gather::{ld_i32, tile_range};
 use crate::intrinsics::*;
-use crate::params::{prefill_sm90_keys, prefill_sm90_stages, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
+use crate::params::{prefill_sm90_keys, prefill_sm90_stages, PrefillParams, PREFILL_ROWS, PREFILL_SM90_THREADS};
 use crate::score_mod::{Alibi, Plain, ScoreMod, SoftCap, SoftCapAlibi};
 use crate::softmax::{p_fragment, rescale, RowState};
 use crate::tile::{sw128, sw128_desc};
 
-const WARPS: usize = PREFILL_WARPS as usize;
-const THREADS: usize = WARPS * 32;
+/// Consumer warpgroups (64 rows each), then the producer warpgroup, whose first warp
+/// issues the copies.
+const CONSUMERS: usize = 2;
+const CONSUMER_THREADS: usize = 128 * CONSUMERS;
+const PRODUCER_WARP: usize = 4 * CONSUMERS;
+const THREADS: usize = PREFILL_SM90_THREADS as usize;
 const ROWS: usize = PREFILL_ROWS as usize;
+const _: () = assert!(THREADS == CONSUMER_THREADS + 128 && ROWS == 64 * CONSUMERS);
+/// Registers a thread after the split (`setmaxnreg`): the producer warpgroup needs few, the
+/// consumers hold S, P and O. Per sub-partition: one producer warp and two consumer warps,
+/// 32 x (40 + 2 x 232) <= 16 Ki.
+const PRODUCER_REGS: u32 = 40;
+const CONSUMER_REGS: u32 = 232;
 
 /// `D`: head dim, `NT = D / 8` output n-tiles, `KS = D / 16` k-steps of `Q K^T`; `BN` keys a
 /// tile, `NB = BN / 8` score n-tiles, `KC = BN / 16` k-steps of `P V`; `STAGES` tiles in
@@ -43,49 +58,33 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
     let warp = tid / 32;
-    let wg = warp / 4;
     let r0 = lane / 4;
-    let col = 2 * (lane % 4);
 
     let t = unsafe { PrefillBlock::new(p) };
     let (t_first, n_tiles) = tile_range(t.kv_begin, t.kv_end, BN);
 
-    // Shared memory from the first 1024-byte boundary: the Q tile [ROWS rows], then STAGES
-    // pairs of K, V tiles [BN rows], all `sw128` tiles of D columns.
+    // Shared memory from the first 1024-byte boundary: the Q tile [ROWS rows], STAGES pairs
+    // of K, V tiles [BN rows] (all `sw128` tiles of D columns), then the stages' mbarriers:
+    // `full` (the copy engine has landed the tile's bytes), `empty` (both consumer
+    // warpgroups are done with it).
     let smem = (cvta_to_shared(dynamic_shared_f32()) + 1023) & !1023;
     let (q_bytes, kv_bytes) = (ROWS * D * 2, BN * D * 2);
     let k_tile = |stage: usize| smem + (q_bytes + stage * 2 * kv_bytes) as u32;
     let v_tile = |stage: usize| smem + (q_bytes + (stage * 2 + 1) * kv_bytes) as u32;
-
-    // K/V tile `tile` into `stage`: thread -> one key row (`tpr` threads a row), every
-    // `tpr`-th chunk of it.
-    let keys = t.keys(p);
-    let tpr = THREADS / BN;
-    let (my_row, my_chunk0) = (tid / tpr, tid % tpr);
-    let issue = |tile: usize, stage: usize| {
-        let off = keys.offset(clamp_key(tile * BN + my_row, t.kv_begin, t.kv_end));
-        let (ksrc, vsrc) = unsafe { ((p.key_cache as *const u16).add(off), (p.value_cache as *const u16).add(off)) };
-        let (kdst, vdst) = (k_tile(stage), v_tile(stage));
-        for k in 0..chunks.div_ceil(tpr) {
-            let c = my_chunk0 + k * tpr;
-            if c < chunks {
-                let at = sw128(my_row, c, BN) as u32;
-                unsafe {
-                    cp_async_cg_16(kdst + at, ksrc.add(8 * c));
-                    cp_async_cg_16(vdst + at, vsrc.add(8 * c));
-                }
+    let bars = smem + (q_bytes + STAGES * 2 * kv_bytes) as u32;
+    let full = |stage: usize| bars + 8 * stage as u32;
+    let empty = |stage: usize| bars + 8 * (STAGES + stage) as u32;
+    if tid == 0 {
+        for s in 0..STAGES {
+            unsafe {
+                mbarrier_init(full(s), 1);
+                mbarrier_init(empty(s), CONSUMER_THREADS as u32);
             }
         }
-    };
-    for s in 0..STAGES - 1 {
-        if s < n_tiles {
-            issue(t_first + s, s);
-        }
-        cp_async_commit_group();
     }
 
-    // Q tile into shared memory (rows outside the tile are zero); the loop's first fence
-    // and barrier publish it to the async proxy.
+    // Q tile into shared memory by every thread (rows outside the tile are zero), published
+    // to the async proxy, with the mbarriers, by the fence and the barrier.
     let mut u = tid;
     while u < ROWS * chunks {
         let (m, c) = (u / chunks, u % chunks);
@@ -98,8 +97,54 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
         unsafe { st_shared_v4(smem + sw128(m, c, ROWS) as u32, v) };
         u += THREADS;
     }
+    fence_proxy_async_shared_cta();
+    bar_sync();
 
-    // Warp w's rows are 16 w .. 16 w + 16 of the block (its warpgroup's 64, in order).
+    if warp >= PRODUCER_WARP {
+        setmaxnreg_dec::<PRODUCER_REGS>();
+        if warp != PRODUCER_WARP {
+            return;
+        }
+        // Producer: tile i into stage i % STAGES once both consumers released it, as boxes
+        // of the cache's tensor maps: `rows` keys (a page, or the tile's share of one) x 64
+        // columns (a slab), for K and V. Lane 0 announces the tile's bytes; each lane looks
+        // up its boxes' pages in the block table and starts their copies.
+        let bs = 1usize << p.block_size_log2;
+        let rows = if bs < BN { bs } else { BN };
+        let (boxes, slabs) = (BN / rows, D / 64);
+        let bt_row = t.req * p.block_table_stride as usize;
+        for i in 0..n_tiles {
+            let stage = i % STAGES;
+            if i >= STAGES {
+                unsafe { mbarrier_wait_parity(empty(stage), ((i / STAGES - 1) & 1) as u32) };
+            }
+            if lane == 0 {
+                unsafe { mbarrier_arrive_expect_tx(full(stage), (2 * kv_bytes) as u32) };
+            }
+            let key0 = (t_first + i) * BN;
+            let mut j = lane;
+            while j < boxes * slabs * 2 {
+                let (b, slab, kv) = (j / (2 * slabs), (j / 2) % slabs, j % 2);
+                let key = key0 + b * rows;
+                // Boxes past the block's keys read the last page (masked all the same), so
+                // no lookup leaves the request's blocks.
+                let page_key = if key < t.kv_end { key } else { t.kv_end - 1 };
+                let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
+                let token = page * bs + (key & (bs - 1));
+                let dst = if kv == 0 { k_tile(stage) } else { v_tile(stage) } + (slab * BN * 128 + b * rows * 128) as u32;
+                let tmap = if kv == 0 { p.k_tmap } else { p.v_tmap };
+                unsafe { cp_async_bulk_tensor_2d(dst, tmap, (t.kv_head * D + slab * 64) as i32, token as i32, full(stage)) };
+                j += 32;
+            }
+        }
+        return;
+    }
+
+    // Consumers: warpgroup g = warp / 4 owns rows 64 g .. 64 g + 64 of the block, its warp
+    // `warp` rows 16 warp .. 16 warp + 16.
+    setmaxnreg_inc::<CONSUMER_REGS>();
+    let wg = warp / 4;
+    let col = 2 * (lane % 4);
     let lanes = unsafe { LaneRows::<M>::new(p, &t, 16 * warp + r0) };
     let s_exp = lanes.modifier.exp_factor();
     let mut rows = RowState::new();
@@ -108,16 +153,8 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
     let q_rows = smem + (wg * 64 * 128) as u32;
 
     for i in 0..n_tiles {
-        // Invariant: tile i is in shared memory and visible to the async proxy for every
-        // thread after the barrier; every warpgroup is done with tile i - 1.
-        cp_async_wait_pending(STAGES - 2);
-        fence_proxy_async_shared_cta();
-        bar_sync();
-        if i + STAGES - 1 < n_tiles {
-            issue(t_first + i + STAGES - 1, (i + STAGES - 1) % STAGES);
-        }
-        cp_async_commit_group();
         let stage = i % STAGES;
+        unsafe { mbarrier_wait_parity(full(stage), ((i / STAGES) & 1) as u32) };
         let key0 = (t_first + i) * BN;
 
         // S = Q K^T (the first k-step overwrites S).
@@ -138,8 +175,8 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
         rescale(&mut o, corr);
 
         // O += P V, 16 keys a step: V's rows 16 kc .. 16 kc + 16, all D columns (slabs
-        // BN x 128 bytes apart).
-        // P's A fragments first, so that the products issue back to back after one fence.
+        // BN x 128 bytes apart). P's A fragments first, so that the products issue back to
+        // back after one fence.
         let mut pa = [[0u32; 4]; KC];
         for kc in 0..KC {
             pa[kc] = p_fragment::<E, NB>(&s, kc);
@@ -153,8 +190,9 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
         }
         wgmma_commit_group();
         wgmma_wait_group_0(&mut o);
+        // The stage is free again once both warpgroups' products have read it.
+        unsafe { mbarrier_arrive(empty(stage)) };
     }
-    cp_async_wait_group::<0>();
 
     unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * warp + r0, lane) };
 }

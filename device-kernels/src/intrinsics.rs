@@ -350,6 +350,87 @@ pub fn fence_proxy_async_shared_cta() {
     unsafe { asm!("fence.proxy.async.shared::cta;", options(nostack)) }
 }
 
+/// `mbarrier.init.shared::cta.b64`: an mbarrier at `addr` (8-byte aligned shared memory)
+/// expecting `count` arrivals per phase. One thread initialises; a block barrier publishes it.
+#[inline(always)]
+pub unsafe fn mbarrier_init(addr: u32, count: u32) {
+    unsafe { asm!("mbarrier.init.shared::cta.b64 [{a}], {c};", a = in(reg32) addr, c = in(reg32) count, options(nostack)) }
+}
+
+/// `mbarrier.arrive.release.cta.shared::cta.b64`: this thread's arrival on the current
+/// phase (its earlier shared-memory writes are released to the waiters).
+#[inline(always)]
+pub unsafe fn mbarrier_arrive(addr: u32) {
+    unsafe { asm!("mbarrier.arrive.release.cta.shared::cta.b64 _, [{a}];", a = in(reg32) addr, options(nostack)) }
+}
+
+/// `mbarrier.try_wait.parity.acquire.cta.shared::cta.b64`: whether the phase of parity
+/// `parity` has completed (acquiring what its arrivals released); the hardware may wait a
+/// while before answering no.
+#[inline(always)]
+pub unsafe fn mbarrier_try_wait_parity(addr: u32, parity: u32) -> bool {
+    let done: u32;
+    unsafe {
+        asm!(
+            "{{ .reg .pred p; mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [{a}], {ph}; selp.u32 {d}, 1, 0, p; }}",
+            d = out(reg32) done,
+            a = in(reg32) addr,
+            ph = in(reg32) parity,
+            options(nostack)
+        )
+    }
+    done != 0
+}
+
+/// Waits until `mbarrier_try_wait_parity` says the phase completed.
+#[inline(always)]
+pub unsafe fn mbarrier_wait_parity(addr: u32, parity: u32) {
+    while !unsafe { mbarrier_try_wait_parity(addr, parity) } {}
+}
+
+/// `mbarrier.arrive.expect_tx.release.cta.shared::cta.b64`: this thread's arrival, and
+/// `bytes` more expected by the phase's transaction count (the bulk copies that complete on
+/// this mbarrier count them down).
+#[inline(always)]
+pub unsafe fn mbarrier_arrive_expect_tx(addr: u32, bytes: u32) {
+    unsafe {
+        asm!("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [{a}], {b};", a = in(reg32) addr, b = in(reg32) bytes, options(nostack))
+    }
+}
+
+/// `cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes`: the
+/// copy engine (TMA) moves the box at coordinates `(c0, c1)` of the tensor map at `tmap` (a
+/// `CUtensorMap` in global memory, encoded on the host) into shared memory at `dst`, laid
+/// out (and swizzled) as the map says; its bytes count down `mbar`'s transaction count.
+#[inline(always)]
+pub unsafe fn cp_async_bulk_tensor_2d(dst: u32, tmap: u64, c0: i32, c1: i32, mbar: u32) {
+    unsafe {
+        asm!(
+            "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [{d}], [{t}, {{{x}, {y}}}], [{m}];",
+            d = in(reg32) dst,
+            t = in(reg64) tmap,
+            x = in(reg32) c0,
+            y = in(reg32) c1,
+            m = in(reg32) mbar,
+            options(nostack)
+        )
+    }
+}
+
+/// `setmaxnreg.inc.sync.aligned.u32 N` (sm_90a): this warpgroup's registers per thread
+/// rise to `N` (the kernel must start under a register cap: `.maxntid`).
+#[inline(always)]
+pub fn setmaxnreg_inc<const N: u32>() {
+    unsafe { asm!("setmaxnreg.inc.sync.aligned.u32 {n};", n = const N, options(nostack)) }
+}
+
+/// `setmaxnreg.dec.sync.aligned.u32 N` (sm_90a): this warpgroup gives registers back, down
+/// to `N` per thread.
+#[inline(always)]
+pub fn setmaxnreg_dec<const N: u32>() {
+    unsafe { asm!("setmaxnreg.dec.sync.aligned.u32 {n};", n = const N, options(nostack)) }
+}
+
 /// `wgmma.fence.sync.aligned`: orders this warpgroup's register writes (accumulators, A
 /// fragments) before the `wgmma.mma_async` that reads them. Before every batch.
 #[inline(always)]

@@ -113,7 +113,7 @@ const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 192);
 const _: () = assert!(core::mem::size_of::<MergeParams>() == 80);
 const _: () = assert!(core::mem::size_of::<MlaParams>() == 160);
 const _: () = assert!(core::mem::size_of::<MlaCacheWriteParams>() == 64);
-const _: () = assert!(core::mem::size_of::<PrefillParams>() == 176);
+const _: () = assert!(core::mem::size_of::<PrefillParams>() == 192);
 const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
 
 /// Paged attention: warps per block, query heads per block (the rows of the m16n8k16
@@ -197,6 +197,12 @@ pub struct PrefillParams {
     pub scale: f32,
     pub softcap: f32,
     pub _pad: u32,
+    /// The Hopper kernel's K and V cache tensor maps (`CUtensorMap`, 128 bytes each, in
+    /// global memory: the copy engine's view of the cache as 2-D `[blocks x block_size,
+    /// kv_heads x head_dim]`, boxes of 64 columns x `min(block_size, keys per tile)` rows,
+    /// 128-byte swizzle); unused by the portable kernel.
+    pub k_tmap: u64,
+    pub v_tmap: u64,
 }
 
 pub const PREFILL_WARPS: u32 = 8;
@@ -229,20 +235,28 @@ pub const fn prefill_smem_bytes(d: u32) -> u32 {
 /// only): the portable kernel's tiles (`PREFILL_ROWS` rows: two warpgroups of 64, the same
 /// `PrefillParams` and plan), its products on `wgmma`. Head dims with an instantiation.
 pub const PREFILL_SM90_HEAD_DIMS: [u32; 3] = [64, 128, 256];
+/// Threads of the Hopper prefill block: two consumer warpgroups (64 rows each) and a
+/// producer warpgroup whose first warp issues the copy engine's loads (build.rs gives the
+/// entry points a `.maxntid` of this: `setmaxnreg` needs a kernel that starts under a
+/// register cap).
+pub const PREFILL_SM90_THREADS: u32 = 384;
+/// The smallest block size the Hopper kernel serves: its copies move whole 8-row groups of
+/// the 128-byte swizzle (smaller blocks take the portable kernel).
+pub const PREFILL_SM90_MIN_BLOCK: u32 = 8;
 /// Keys per K/V tile: 128 up to d128, 64 for d256 (the score accumulators beside the
 /// output's 128 registers a thread).
 pub const fn prefill_sm90_keys(d: u32) -> u32 {
     if d > 128 { 64 } else { 128 }
 }
-/// K/V tiles in flight.
+/// K/V tiles in flight (as many as shared memory holds).
 pub const fn prefill_sm90_stages(d: u32) -> u32 {
-    if d > 64 { 2 } else { 3 }
+    if d > 128 { 2 } else if d > 64 { 3 } else { 4 }
 }
 /// Dynamic shared memory: 1024 bytes of alignment slack (the 128-byte swizzle's period),
-/// the Q tile and the K/V stages, every tile `d x 2` bytes a row. d64: 113 KiB, d128: 161
-/// KiB, d256: 193 KiB (sm_90 allows 227).
+/// the Q tile and the K/V stages (every tile `d x 2` bytes a row), two mbarriers a stage.
+/// d64: 145 KiB, d128: 225 KiB, d256: 193 KiB (sm_90 allows 227).
 pub const fn prefill_sm90_smem_bytes(d: u32) -> u32 {
-    1024 + PREFILL_ROWS * d * 2 + prefill_sm90_stages(d) * 2 * prefill_sm90_keys(d) * d * 2
+    1024 + PREFILL_ROWS * d * 2 + prefill_sm90_stages(d) * (2 * prefill_sm90_keys(d) * d * 2 + 16)
 }
 
 /// The kernel registry, read by both sides: every attention family (decode, prefill) is

@@ -21,7 +21,7 @@ use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::{
     paged_smem_bytes, prefill_sm90_smem_bytes, prefill_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, PrefillParams,
-    CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS, PREFILL_ROWS, PREFILL_SM90_HEAD_DIMS, PREFILL_WARPS,
+    CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS, PREFILL_ROWS, PREFILL_SM90_HEAD_DIMS, PREFILL_SM90_MIN_BLOCK, PREFILL_SM90_THREADS, PREFILL_WARPS,
 };
 use crate::platform::DeviceProps;
 use crate::spec::AttnSpec;
@@ -168,9 +168,56 @@ pub fn prefill_kernel(tag: &str, head_dim: usize, softcap: bool, alibi: bool, ho
     format!("{family}_{tag}_d{head_dim}{modifier}")
 }
 
-/// Whether the Hopper prefill kernel serves a head dim on a device (its module holds it).
-pub fn hopper_prefill(props: &DeviceProps, head_dim: usize) -> bool {
-    props.wgmma && PREFILL_SM90_HEAD_DIMS.iter().any(|&d| d as usize == head_dim)
+/// Whether the Hopper prefill kernel serves a layer of this head dim and cache block size
+/// (on a device whose module holds it): head dims 64, 128, 256, blocks of 8 or more tokens
+/// (its copies move whole 8-row groups of the 128-byte swizzle).
+pub fn hopper_layout(head_dim: usize, block_size: usize) -> bool {
+    PREFILL_SM90_HEAD_DIMS.iter().any(|&d| d as usize == head_dim) && block_size >= PREFILL_SM90_MIN_BLOCK as usize
+}
+
+/// Bytes of a `CUtensorMap`.
+pub const TENSOR_MAP_BYTES: usize = std::mem::size_of::<cudarc::driver::sys::CUtensorMap>();
+
+/// The copy engine's view of a paged cache `[blocks, block_size, kv_heads, head_dim]`: a
+/// 2-D tensor of `blocks x block_size` rows of `kv_heads x head_dim` elements, read in boxes
+/// of 64 columns (128 bytes) x `min(block_size, keys per tile)` rows, written to shared
+/// memory with the 128-byte swizzle the wgmma descriptors describe. Encoded by the driver,
+/// returned as its bytes (the kernel reads it from global memory).
+fn cache_tensor_map(cache: &CudaSlice<u16>, layout: &KvCacheLayout, dtype: DType, stream: &CudaStream) -> Result<Vec<u8>> {
+    use cudarc::driver::sys::*;
+    let data_type = match dtype {
+        DType::Bf16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        _ => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+    };
+    let row = layout.token_stride();
+    let dims = [row as u64, (layout.num_blocks * layout.block_size) as u64];
+    let strides = [(row * 2) as u64];
+    let rows = layout.block_size.min(crate::params::prefill_sm90_keys(layout.head_dim as u32) as usize);
+    let boxes = [64u32, rows as u32];
+    let element_strides = [1u32, 1];
+    let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
+    // SAFETY: the arrays hold the rank's entries; the address is the cache's device memory
+    // (16-byte aligned), whose extent the dims and strides describe.
+    let r = unsafe {
+        cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            data_type,
+            2,
+            ptr(cache, stream) as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            element_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    r.result()?;
+    // SAFETY: encoded above (and zeroed before); plain bytes.
+    let map = unsafe { map.assume_init() };
+    Ok(unsafe { std::slice::from_raw_parts(&map as *const CUtensorMap as *const u8, TENSOR_MAP_BYTES) }.to_vec())
 }
 
 /// Whether the runtime's module is an sm_90a one, holding the Hopper kernels.
@@ -243,7 +290,7 @@ pub fn prefill_tiling(group: usize) -> (usize, usize) {
 /// cache write, grid `(tokens)`.
 ///
 /// `backend`: `CudaPaged` takes the Hopper prefill kernel where the device's module has it
-/// ([`hopper_prefill`]); `CudaPagedPortable` keeps the `mma.sync` one everywhere.
+/// ([`hopper_layout`]); `CudaPagedPortable` keeps the `mma.sync` one everywhere.
 pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions, backend: BackendName) -> Result<StepPlan> {
     let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_PAGED", supported: "f16, bf16" })?;
     let (n, hq, hkv, d) = (meta.num_tokens(), shape.num_q_heads, shape.num_kv_heads, shape.head_dim);
@@ -308,13 +355,13 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         }
     }
     if !prefill_tiles.is_empty() {
-        // The same tiles and parameters on either kernel: 8 warps (two warpgroups of 64 rows
-        // on the Hopper one).
-        let hopper = backend == BackendName::CudaPaged && hopper_prefill(props, d);
+        // The same tiles and parameters on either kernel: 8 warps, or on the Hopper one two
+        // consumer warpgroups of 64 rows and a producer warpgroup.
+        let hopper = backend == BackendName::CudaPaged && props.wgmma && hopper_layout(d, meta.layout().block_size);
         launches.push(KernelLaunch {
             kernel: prefill_kernel(tag, d, shape.softcap, shape.alibi, hopper),
             grid: (prefill_tiles.len() as u32, (hkv * shape.group_size().div_ceil(hpt)) as u32, 1),
-            block: PREFILL_WARPS * 32,
+            block: if hopper { PREFILL_SM90_THREADS } else { PREFILL_WARPS * 32 },
             shared_mem_bytes: if hopper { prefill_sm90_smem_bytes(d as u32) } else { prefill_smem_bytes(d as u32) },
             tokens: n - nd,
         });
@@ -525,6 +572,9 @@ pub struct CudaPagedImpl<T> {
     /// (backend CUDA_PAGED) the wgmma one.
     prefill_fns: Vec<(String, CudaFunction)>,
     backend: BackendName,
+    /// The K and V caches' tensor maps for the Hopper prefill's copy engine (two
+    /// `CUtensorMap`s, `TENSOR_MAP_BYTES` apart), when that kernel is loaded.
+    tensor_maps: Option<CudaSlice<u8>>,
     merge_fn: CudaFunction,
     merge_name: String,
     _elem: PhantomData<T>,
@@ -583,9 +633,13 @@ impl<T: Element> CudaPagedImpl<T> {
         let d = spec.head_dim;
         let portable = prefill_kernel(tag, d, shape.softcap, shape.alibi, false);
         let mut prefill_fns = vec![(portable.clone(), function_with_smem(&rt, &portable, prefill_smem_bytes(d as u32), d)?)];
-        if backend == BackendName::CudaPaged && has_wgmma_kernels(&rt) && PREFILL_SM90_HEAD_DIMS.contains(&(d as u32)) {
+        let mut tensor_maps = None;
+        if backend == BackendName::CudaPaged && has_wgmma_kernels(&rt) && hopper_layout(d, layout.block_size) {
             let hopper = prefill_kernel(tag, d, shape.softcap, shape.alibi, true);
             prefill_fns.push((hopper.clone(), function_with_smem(&rt, &hopper, prefill_sm90_smem_bytes(d as u32), d)?));
+            let mut bytes = cache_tensor_map(&key_cache, &layout, T::DTYPE, &stream)?;
+            bytes.extend(cache_tensor_map(&value_cache, &layout, T::DTYPE, &stream)?);
+            tensor_maps = Some(stream.clone_htod(&bytes)?);
         }
         Ok(CudaPagedImpl {
             cache_write_fn: rt.function(CACHE_WRITE_KERNEL)?,
@@ -595,6 +649,7 @@ impl<T: Element> CudaPagedImpl<T> {
             attention_name: attention_kernel(tag, spec.head_dim),
             prefill_fns,
             backend,
+            tensor_maps,
             rt,
             shape,
             spec,
@@ -756,9 +811,15 @@ impl<T: Element> CudaPagedImpl<T> {
                 scale: self.spec.scale,
                 softcap: self.spec.softcap.unwrap_or(0.0),
                 _pad: 0,
+                k_tmap: self.tensor_maps.as_ref().map_or(0, |m| ptr(m, &stream)),
+                v_tmap: self.tensor_maps.as_ref().map_or(0, |m| ptr(m, &stream) + TENSOR_MAP_BYTES as u64),
             };
+            if launch.kernel.starts_with("flash_prefill_sm90") && p.k_tmap == 0 {
+                return Err(AttnError::InvalidConfig(format!("{} needs the cache's tensor maps (block size >= {PREFILL_SM90_MIN_BLOCK})", launch.kernel)));
+            }
             // SAFETY: q, out hold the step's rows; the tiles buffer holds the plan's tiles,
-            // each inside its request's query tokens; block ids and lengths validated.
+            // each inside its request's query tokens; block ids and lengths validated; the
+            // tensor maps describe this layer's caches.
             unsafe { stream.launch_builder(prefill_fn).arg(&p).launch(cfg) }?;
         } else if launch.kernel == self.merge_name {
             let m = MergeParams {
@@ -902,7 +963,7 @@ mod tests {
             vec![
                 KernelLaunch { kernel: "reshape_and_cache_b16".into(), grid: (58, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 58 },
                 KernelLaunch { kernel: "paged_attention_bf16_d128".into(), grid: (1, 8, 1), block: 128, shared_mem_bytes: smem, tokens: 1 },
-                KernelLaunch { kernel: "flash_prefill_sm90_bf16_d128".into(), grid: (3, 8, 1), block: 256, shared_mem_bytes: prefill_sm90_smem_bytes(128), tokens: 57 },
+                KernelLaunch { kernel: "flash_prefill_sm90_bf16_d128".into(), grid: (3, 8, 1), block: 384, shared_mem_bytes: prefill_sm90_smem_bytes(128), tokens: 57 },
             ]
         );
         // The same step on an A100 (no sm_90a module), or forced portable on an H100: the
@@ -912,6 +973,8 @@ mod tests {
         let a100 = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::A100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPaged).unwrap();
         let forced = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPagedPortable).unwrap();
         assert_eq!((&a100.launches[2], &forced.launches[2], forced.backend), (&portable, &portable, BackendName::CudaPagedPortable));
+        // Blocks of fewer than 8 tokens take the portable kernel on an H100 too.
+        assert!(hopper_layout(128, 8) && !hopper_layout(128, 4) && !hopper_layout(96, 16));
         // d96 has no Hopper instantiation: the portable kernel on an H100 too.
         let phi3 = plan(&m, &LayerShape::heads(32, 32, 96), DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPaged).unwrap();
         assert_eq!(phi3.launches[2].kernel, "flash_prefill_bf16_d96");
