@@ -151,14 +151,6 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
     let mut o = [[0.0f32; 4]; NT];
     // This warpgroup's 64 rows of Q: k-step kk is 32 bytes into slab kk / 4.
     let q_rows = smem + (wg * 64 * 128) as u32;
-    // Ping-pong: the two warpgroups take turns to issue their products (named barrier
-    // `1 + g` is warpgroup g's turn), so that one's softmax runs while the other's products
-    // do. Warpgroup 0 goes first; each issue hands the turn over, but the last.
-    let (my_turn, other_turn) = (1 + wg as u32, 2 - wg as u32);
-    let turns = CONSUMER_THREADS as u32;
-    if wg == 1 && n_tiles > 0 {
-        bar_arrive_named(other_turn, turns);
-    }
 
     for i in 0..n_tiles {
         let stage = i % STAGES;
@@ -168,7 +160,6 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
         // S = Q K^T (the first k-step overwrites S).
         let mut s = [[0.0f32; 4]; NB];
         pin_f32(&mut s);
-        bar_sync_named(my_turn, turns);
         wgmma_fence();
         for kk in 0..KS {
             let in_slab = ((kk % 4) * 32) as u32;
@@ -177,7 +168,6 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
             unsafe { E::ss::<NB>(&mut s, a, b, (kk > 0) as u32) };
         }
         wgmma_commit_group();
-        bar_arrive_named(other_turn, turns);
         wgmma_wait_group_0(&mut s);
 
         lanes.modify_and_mask(&mut s, &t, key0, BN, col);
@@ -193,16 +183,12 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
         }
         pin_u32(&mut pa);
         pin_f32(&mut o);
-        bar_sync_named(my_turn, turns);
         wgmma_fence();
         for kc in 0..KC {
             let b = sw128_desc(v_tile(stage) + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
             unsafe { E::rs::<NT>(&mut o, pa[kc], b) };
         }
         wgmma_commit_group();
-        if !(wg == 1 && i + 1 == n_tiles) {
-            bar_arrive_named(other_turn, turns);
-        }
         wgmma_wait_group_0(&mut o);
         // The stage is free again once both warpgroups' products have read it.
         unsafe { mbarrier_arrive(empty(stage)) };

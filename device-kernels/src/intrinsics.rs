@@ -37,20 +37,6 @@ pub fn bar_sync() {
     unsafe { nvptx::_syncthreads() }
 }
 
-/// `bar.sync id, count`: waits at named barrier `id` (1-15) until `count` threads (a
-/// multiple of 32, whole warps) have arrived or synced there.
-#[inline(always)]
-pub fn bar_sync_named(id: u32, count: u32) {
-    unsafe { asm!("bar.sync {i}, {c};", i = in(reg32) id, c = in(reg32) count, options(nostack)) }
-}
-
-/// `bar.arrive id, count`: counts this warp's arrival at named barrier `id` without
-/// waiting (the other side `bar_sync_named`s).
-#[inline(always)]
-pub fn bar_arrive_named(id: u32, count: u32) {
-    unsafe { asm!("bar.arrive {i}, {c};", i = in(reg32) id, c = in(reg32) count, options(nostack)) }
-}
-
 /// `shfl.sync.bfly.b32` over the full warp: the value of lane `lane ^ mask`.
 #[inline(always)]
 pub fn shfl_sync_bfly_f32(v: f32, mask: u32) -> f32 {
