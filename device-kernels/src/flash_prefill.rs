@@ -28,7 +28,7 @@ use crate::intrinsics::*;
 use crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
 use crate::score_mod::{Alibi, Plain, ScoreMod, SoftCap, SoftCapAlibi};
 use crate::softmax::{p_fragment, rescale, RowState};
-use crate::tile::{swizzled, LdmLane};
+use crate::tile::{load_tile, swizzled, LdmLane};
 
 const WARPS: usize = PREFILL_WARPS as usize;
 const ROWS: usize = PREFILL_ROWS as usize;
@@ -93,18 +93,11 @@ unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const NT: usize, c
     }
 
     // Q tile into shared memory (rows outside the tile are zero).
-    let mut u = tid;
-    while u < ROWS * chunks {
-        let (m, c) = (u / chunks, u % chunks);
-        let v = if t.row_valid(m) {
-            let off = t.row_token(m) as u64 * p.q_token_stride + t.row_head(m) as u64 * p.q_head_stride + (c * 8) as u64;
-            unsafe { ld_global_nc_v4((p.q as *const u16).add(off as usize)) }
-        } else {
-            V4::ZERO
-        };
-        unsafe { st_shared_v4(smem + swizzled(m, c, row_bytes) as u32, v) };
-        u += WARPS * 32;
-    }
+    let q_row = |m: usize| {
+        let off = t.row_token(m) as u64 * p.q_token_stride + t.row_head(m) as u64 * p.q_head_stride;
+        if t.row_valid(m) { Some((p.q as *const u16).wrapping_add(off as usize)) } else { None }
+    };
+    unsafe { load_tile(tid, WARPS * 32, ROWS, chunks, q_row, |m, c| smem + swizzled(m, c, row_bytes) as u32) };
     bar_sync();
     // This lane's ldmatrix addressing; its warp's 16 rows of Q.
     let ldm = LdmLane::new(lane, row_bytes);

@@ -31,7 +31,7 @@ use crate::intrinsics::*;
 use crate::params::{prefill_sm90_keys, prefill_sm90_stages, PrefillParams, PREFILL_ROWS, PREFILL_SM90_THREADS};
 use crate::score_mod::{Alibi, Plain, ScoreMod, SoftCap, SoftCapAlibi};
 use crate::softmax::{p_fragment, rescale, RowState};
-use crate::tile::{sw128, sw128_desc};
+use crate::tile::{load_tile, sw128, sw128_desc};
 
 /// Consumer warpgroups (64 rows each), then the producer warpgroup, whose first warp
 /// issues the copies.
@@ -85,18 +85,11 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
 
     // Q tile into shared memory by every thread (rows outside the tile are zero), published
     // to the async proxy, with the mbarriers, by the fence and the barrier.
-    let mut u = tid;
-    while u < ROWS * chunks {
-        let (m, c) = (u / chunks, u % chunks);
-        let v = if t.row_valid(m) {
-            let off = t.row_token(m) as u64 * p.q_token_stride + t.row_head(m) as u64 * p.q_head_stride + (c * 8) as u64;
-            unsafe { ld_global_nc_v4((p.q as *const u16).add(off as usize)) }
-        } else {
-            V4::ZERO
-        };
-        unsafe { st_shared_v4(smem + sw128(m, c, ROWS) as u32, v) };
-        u += THREADS;
-    }
+    let q_row = |m: usize| {
+        let off = t.row_token(m) as u64 * p.q_token_stride + t.row_head(m) as u64 * p.q_head_stride;
+        if t.row_valid(m) { Some((p.q as *const u16).wrapping_add(off as usize)) } else { None }
+    };
+    unsafe { load_tile(tid, THREADS, ROWS, chunks, q_row, |m, c| smem + sw128(m, c, ROWS) as u32) };
     fence_proxy_async_shared_cta();
     bar_sync();
 

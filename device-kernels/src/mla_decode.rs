@@ -36,7 +36,7 @@ use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{MlaParams, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROWS, MLA_STAGES, MLA_WARPS};
 use crate::softmax::{p_fragment, rescale, RowState, LOG2E};
-use crate::tile::{swizzled, LdmLane};
+use crate::tile::{load_tile, swizzled, LdmLane};
 
 const WARPS: usize = MLA_WARPS as usize;
 const ROWS: usize = MLA_ROWS as usize;
@@ -135,18 +135,11 @@ unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
     }
 
     // Q tile into shared memory (rows past the request's are zero).
-    let mut u = tid;
-    while u < ROWS * CHUNKS {
-        let (m, c) = (u / CHUNKS, u % CHUNKS);
-        let v = if row_valid(m) {
-            let off = (q_start + row_token(m)) as u64 * p.q_token_stride + row_head(m) as u64 * p.q_head_stride + (8 * c) as u64;
-            unsafe { ld_global_nc_v4((p.q as *const u16).add(off as usize)) }
-        } else {
-            V4::ZERO
-        };
-        unsafe { st_shared_v4(smem + swizzled(m, c, ROW_BYTES) as u32, v) };
-        u += THREADS;
-    }
+    let q_row = |m: usize| {
+        let off = (q_start + row_token(m)) as u64 * p.q_token_stride + row_head(m) as u64 * p.q_head_stride;
+        if row_valid(m) { Some((p.q as *const u16).wrapping_add(off as usize)) } else { None }
+    };
+    unsafe { load_tile(tid, THREADS, ROWS, CHUNKS, q_row, |m, c| smem + swizzled(m, c, ROW_BYTES) as u32) };
 
     let ldm = LdmLane::new(lane, ROW_BYTES);
     // Half h takes the odd or even k-steps (kk = 2 ks + h) of the scores and the chunk

@@ -1,9 +1,31 @@
 //! Shared-memory tiles of 16-bit rows, in 16-byte chunks XOR-swizzled by row, and the
-//! per-lane `ldmatrix` addressing of the m16n8k16 operands read from them.
+//! per-lane `ldmatrix` addressing of the m16n8k16 operands read from them; the loads that
+//! fill them from global memory; Hopper's 128-byte-swizzle tiles and their descriptors.
 //!
 //! Chunk `c` of row `r` lives at `r * row_bytes + (c ^ (r % 8)) * 16` (rows take a power of
 //! two of chunks, `params::smem_row_chunks`): the 8 rows one `ldmatrix` matrix reads hit 8
 //! distinct bank groups.
+
+use crate::intrinsics::{ld_global_nc_v4, st_shared_v4, V4};
+
+/// Copies a tile of `rows` x `chunks` 16-byte chunks from global into shared memory, the
+/// block's `threads` threads striding over it (`tid` is this one): chunk `c` of row `m` comes
+/// from `row(m)` (the row's first element; `None`: zeros, for rows outside the tile) and
+/// goes to the shared-window address `at(m, c)`. The caller makes the stores visible (a
+/// barrier, and a proxy fence for wgmma readers).
+#[inline(always)]
+pub unsafe fn load_tile(tid: usize, threads: usize, rows: usize, chunks: usize, row: impl Fn(usize) -> Option<*const u16>, at: impl Fn(usize, usize) -> u32) {
+    let mut u = tid;
+    while u < rows * chunks {
+        let (m, c) = (u / chunks, u % chunks);
+        let v = match row(m) {
+            Some(src) => unsafe { ld_global_nc_v4(src.add(8 * c)) },
+            None => V4::ZERO,
+        };
+        unsafe { st_shared_v4(at(m, c), v) };
+        u += threads;
+    }
+}
 
 /// Byte offset of chunk `c` of row `r` in a swizzled tile with rows of `row_bytes`.
 #[inline(always)]

@@ -17,7 +17,7 @@
 //! the whole step ([`mla_chunk_keys`]), so a ragged batch becomes blocks of nearly equal
 //! work spread over the SMs; [`CudaMlaImpl`] only launches.
 
-use super::cuda_paged::{as_u16, as_u16_mut, check_len, check_rows, dtype_tag, function_with_smem, has_wgmma_kernels, max_shared_memory_per_block, merge_kernel, ptr, DeviceMetadata, MAX_SPLITS};
+use super::cuda_paged::{as_u16, as_u16_mut, check_len, check_rows, dtype_tag, function_with_smem, has_wgmma_kernels, max_shared_memory_per_block, merge_kernel, ptr, through_device, DeviceMetadata, MAX_SPLITS};
 use super::{AttentionImpl, BackendCaps, BackendName, DeviceTensors};
 use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
@@ -403,16 +403,8 @@ impl<T: Element> AttentionImpl<T> for CudaMlaImpl<T> {
         check_len("k (kv_c)", k.len(), n * MLA_RANK as usize)?;
         check_len("v (k_pe)", v.len(), n * MLA_ROPE as usize)?;
         check_len("out", out.len(), n * h * MLA_RANK as usize)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let stream = self.rt.stream().clone();
-        let (qd, kd, vd) = (stream.clone_htod(q)?, stream.clone_htod(k)?, stream.clone_htod(v)?);
-        let mut od = stream.clone_htod(&*out)?;
-        self.run(step, DeviceTensors { q: &qd, k: &kd, v: &vd, out: &mut od, lse: None })?;
-        stream.memcpy_dtoh(&od, out)?;
-        stream.synchronize()?;
-        Ok(())
+        let rt = self.rt.clone();
+        through_device(&rt, q, k, v, out, |t| self.run(step, t))
     }
 
     fn run_device(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {

@@ -599,6 +599,22 @@ pub(crate) fn check_len(what: &'static str, got: usize, want: usize) -> Result<(
     Ok(())
 }
 
+/// A run on host tensors through the device (tests, examples): q, k, v and out (so that an
+/// element the kernels fail to write keeps the caller's value: tests poison it) copied over,
+/// `run` on them, out copied back, synchronized. Nothing for an empty step.
+pub(crate) fn through_device<T: Element>(rt: &CudaRuntime, q: &[T], k: &[T], v: &[T], out: &mut [T], run: impl FnOnce(DeviceTensors<'_, T>) -> Result<()>) -> Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let stream = rt.stream().clone();
+    let (qd, kd, vd) = (stream.clone_htod(q)?, stream.clone_htod(k)?, stream.clone_htod(v)?);
+    let mut od = stream.clone_htod(&*out)?;
+    run(DeviceTensors { q: &qd, k: &kd, v: &vd, out: &mut od, lse: None })?;
+    stream.memcpy_dtoh(&od, out)?;
+    stream.synchronize()?;
+    Ok(())
+}
+
 /// A device tensor holds at least `rows` rows of `row` elements, in whole rows.
 pub(crate) fn check_rows(what: &'static str, len: usize, rows: usize, row: usize) -> Result<()> {
     if len < rows * row || len % row != 0 {
@@ -860,16 +876,8 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
         check_len("k", k.len(), n * hkv * d)?;
         check_len("v", v.len(), n * hkv * d)?;
         check_len("out", out.len(), n * hq * d)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let stream = self.rt.stream().clone();
-        let (qd, kd, vd) = (stream.clone_htod(q)?, stream.clone_htod(k)?, stream.clone_htod(v)?);
-        let mut od = stream.clone_htod(&*out)?;
-        self.run(step, DeviceTensors { q: &qd, k: &kd, v: &vd, out: &mut od, lse: None })?;
-        stream.memcpy_dtoh(&od, out)?;
-        stream.synchronize()?;
-        Ok(())
+        let rt = self.rt.clone();
+        through_device(&rt, q, k, v, out, |t| self.run(step, t))
     }
 
     fn run_device(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
