@@ -2,9 +2,10 @@
 //! per-lane `ldmatrix` addressing of the m16n8k16 operands read from them; the loads that
 //! fill them from global memory; Hopper's 128-byte-swizzle tiles and their descriptors.
 //!
-//! Chunk `c` of row `r` lives at `r * row_bytes + (c ^ (r % 8)) * 16` (rows take a power of
-//! two of chunks, `params::smem_row_chunks`): the 8 rows one `ldmatrix` matrix reads hit 8
-//! distinct bank groups.
+//! Chunk `c` of row `r` lives at `r * row_bytes + (c ^ (r % 8)) * 16` (rows take a multiple
+//! of 8 chunks: a power of two, `params::smem_row_chunks`, or MLA's 72; the XOR moves a chunk
+//! only inside its group of 8): the 8 rows one `ldmatrix` matrix reads hit 8 distinct bank
+//! groups.
 
 use crate::intrinsics::{ld_global_nc_v4, st_shared_v4, V4};
 
