@@ -145,83 +145,46 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
     // This warpgroup's 64 rows of Q: k-step kk is 32 bytes into slab kk / 4.
     let q_rows = smem + (wg * 64 * 128) as u32;
 
-    // S = Q K^T of tile i into `s` (issued, not waited for; the first k-step overwrites).
-    let issue_scores = #[inline(always)]
-    |s: &mut [[f32; 4]; NB], i: usize| {
+    for i in 0..n_tiles {
         let stage = i % STAGES;
+        unsafe { mbarrier_wait_parity(full(stage), ((i / STAGES) & 1) as u32) };
+        let key0 = (t_first + i) * BN;
+
+        // S = Q K^T (the first k-step overwrites S).
+        let mut s = [[0.0f32; 4]; NB];
+        pin_f32(&mut s);
+        wgmma_fence();
         for kk in 0..KS {
             let in_slab = ((kk % 4) * 32) as u32;
             let a = sw128_desc(q_rows + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
             let b = sw128_desc(k_tile(stage) + ((kk / 4) * BN * 128) as u32 + in_slab, 16, 1024);
-            unsafe { E::ss::<NB>(s, a, b, (kk > 0) as u32) };
+            unsafe { E::ss::<NB>(&mut s, a, b, (kk > 0) as u32) };
         }
         wgmma_commit_group();
-    };
-    // O += P V of tile i, 16 keys a step: V's rows 16 kc .. 16 kc + 16, all D columns (slabs
-    // BN x 128 bytes apart); issued, not waited for.
-    let issue_values = #[inline(always)]
-    |o: &mut [[f32; 4]; NT], pa: &[[u32; 4]; KC], i: usize| {
-        let stage = i % STAGES;
+        wgmma_wait_group_0(&mut s);
+
+        lanes.modify_and_mask(&mut s, &t, key0, BN, col);
+        let corr = rows.update(&mut s, s_exp);
+        rescale(&mut o, corr);
+
+        // O += P V, 16 keys a step: V's rows 16 kc .. 16 kc + 16, all D columns (slabs
+        // BN x 128 bytes apart). P's A fragments first, so that the products issue back to
+        // back after one fence.
+        let mut pa = [[0u32; 4]; KC];
+        for kc in 0..KC {
+            pa[kc] = p_fragment::<E, NB>(&s, kc);
+        }
+        pin_u32(&mut pa);
+        pin_f32(&mut o);
+        wgmma_fence();
         for kc in 0..KC {
             let b = sw128_desc(v_tile(stage) + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
-            unsafe { E::rs::<NT>(o, pa[kc], b) };
+            unsafe { E::rs::<NT>(&mut o, pa[kc], b) };
         }
         wgmma_commit_group();
-    };
-    // Scores of tile i to probabilities (modifier, mask, online softmax) packed as P's A
-    // fragments; returns the output's correction for the new maxima.
-    let mut softmax = #[inline(always)]
-    |s: &mut [[f32; 4]; NB], pa: &mut [[u32; 4]; KC], i: usize| -> [f32; 2] {
-        lanes.modify_and_mask(s, &t, (t_first + i) * BN, BN, col);
-        let corr = rows.update(s, s_exp);
-        for kc in 0..KC {
-            pa[kc] = p_fragment::<E, NB>(s, kc);
-        }
-        corr
-    };
-
-    // Software pipeline (FlashAttention-3's intra-warpgroup overlap): while tile i - 1's
-    // P V runs on the tensor cores, this warpgroup computes tile i's softmax. Invariant at
-    // the top of iteration i: `pa` holds tile i - 1's probabilities, `o` is complete up to
-    // tile i - 2 and scaled to tile i - 1's maxima.
-    let mut pa = [[0u32; 4]; KC];
-    if n_tiles > 0 {
-        unsafe { mbarrier_wait_parity(full(0), 0) };
-        let mut s = [[0.0f32; 4]; NB];
-        pin_f32(&mut s);
-        wgmma_fence();
-        issue_scores(&mut s, 0);
-        wgmma_wait_group_0(&mut s);
-        softmax(&mut s, &mut pa, 0);
-    }
-    for i in 1..n_tiles {
-        let stage = i % STAGES;
-        unsafe { mbarrier_wait_parity(full(stage), ((i / STAGES) & 1) as u32) };
-        let mut s = [[0.0f32; 4]; NB];
-        pin_f32(&mut s);
-        pin_u32(&mut pa);
-        pin_f32(&mut o);
-        wgmma_fence();
-        issue_scores(&mut s, i);
-        issue_values(&mut o, &pa, i - 1);
-        // S of tile i is ready (P V of tile i - 1 may still run): its softmax overlaps.
-        wgmma_wait_group_1(&mut s);
-        let mut next = [[0u32; 4]; KC];
-        let corr = softmax(&mut s, &mut next, i);
         wgmma_wait_group_0(&mut o);
-        pin_u32(&mut pa);
-        // Tile i - 1's stage is free once both warpgroups' products have read it.
-        unsafe { mbarrier_arrive(empty((i - 1) % STAGES)) };
-        rescale(&mut o, corr);
-        pa = next;
-    }
-    if n_tiles > 0 {
-        pin_u32(&mut pa);
-        pin_f32(&mut o);
-        wgmma_fence();
-        issue_values(&mut o, &pa, n_tiles - 1);
-        wgmma_wait_group_0(&mut o);
-        unsafe { mbarrier_arrive(empty((n_tiles - 1) % STAGES)) };
+        // The stage is free again once both warpgroups' products have read it.
+        unsafe { mbarrier_arrive(empty(stage)) };
     }
 
     unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * warp + r0, lane) };

@@ -477,14 +477,6 @@ pub fn wgmma_wait_group_0<const N: usize>(acc: &mut [[f32; 4]; N]) {
     pin_f32(acc);
 }
 
-/// `wgmma.wait_group.sync.aligned 1`: waits for every committed batch but the newest, then
-/// pins `acc` (the older batch's accumulators) as `wgmma_wait_group_0` does.
-#[inline(always)]
-pub fn wgmma_wait_group_1<const N: usize>(acc: &mut [[f32; 4]; N]) {
-    unsafe { asm!("wgmma.wait_group.sync.aligned 1;", options(nostack)) }
-    pin_f32(acc);
-}
-
 macro_rules! wgmma_m64n64k16_ss {
     ($name:ident, $ty:literal) => {
         /// `wgmma.mma_async.sync.aligned.m64n64k16.f32` (sm_90a), A and B from shared memory by
