@@ -360,6 +360,24 @@ impl MetadataBuilder {
     }
 }
 
+/// Metadata for requests of `(cached, new)` tokens over a cache of `layout`'s shape, with
+/// blocks handed out in order and just enough of them (plan tests of the backends).
+#[cfg(test)]
+pub(crate) fn in_order(reqs: &[(usize, usize)], block_size: usize, kv_heads: usize, head_dim: usize) -> AttentionMetadata {
+    let blocks: usize = reqs.iter().map(|&(c, n)| (c + n).div_ceil(block_size)).sum();
+    let layout = KvCacheLayout::new(blocks.max(1), block_size, kv_heads, head_dim).unwrap();
+    let mut next = 0u32;
+    let requests = reqs
+        .iter()
+        .map(|&(c, n)| {
+            let b = (c + n).div_ceil(block_size) as u32;
+            next += b;
+            RequestSchedule { num_computed_tokens: c, num_new_tokens: n, block_ids: (next - b..next).collect() }
+        })
+        .collect();
+    MetadataBuilder::new(layout).build(&SchedulerOutput { requests }).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -434,22 +434,10 @@ impl<T: Element> AttentionImpl<T> for CudaMlaImpl<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
 
     /// Metadata for requests of `(cached, new)` tokens over a latent cache, block size 64.
     fn meta(reqs: &[(usize, usize)]) -> AttentionMetadata {
-        let blocks: usize = reqs.iter().map(|&(c, n)| (c + n).div_ceil(64)).sum();
-        let layout = KvCacheLayout::new(blocks.max(1), 64, 1, 576).unwrap();
-        let mut next = 0u32;
-        let requests = reqs
-            .iter()
-            .map(|&(c, n)| {
-                let b = (c + n).div_ceil(64) as u32;
-                next += b;
-                RequestSchedule { num_computed_tokens: c, num_new_tokens: n, block_ids: (next - b..next).collect() }
-            })
-            .collect();
-        MetadataBuilder::new(layout).build(&SchedulerOutput { requests }).unwrap()
+        crate::metadata::in_order(reqs, 64, 1, 576)
     }
 
     #[test]

@@ -901,22 +901,10 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
 
     /// Metadata for requests of `(cached, new)` tokens, block size 16, blocks in order.
     fn meta(reqs: &[(usize, usize)]) -> AttentionMetadata {
-        let blocks: usize = reqs.iter().map(|&(c, n)| (c + n).div_ceil(16)).sum();
-        let layout = KvCacheLayout::new(blocks.max(1), 16, 8, 128).unwrap();
-        let mut next = 0u32;
-        let requests = reqs
-            .iter()
-            .map(|&(c, n)| {
-                let b = (c + n).div_ceil(16) as u32;
-                next += b;
-                RequestSchedule { num_computed_tokens: c, num_new_tokens: n, block_ids: (next - b..next).collect() }
-            })
-            .collect();
-        MetadataBuilder::new(layout).build(&SchedulerOutput { requests }).unwrap()
+        crate::metadata::in_order(reqs, 16, 8, 128)
     }
     const LLAMA: LayerShape = LayerShape::heads(32, 8, 128);
 
