@@ -65,8 +65,8 @@ pub fn decode_kernel(tag: &str, stages: u32) -> String {
 }
 
 /// The deepest pipeline whose shared memory a block of this device may have.
-pub fn pipeline_stages(props: &DeviceProps) -> u32 {
-    MLA_STAGES.into_iter().filter(|&s| mla_smem_bytes(s) <= props.max_shared_memory_per_block).max().unwrap_or(MLA_STAGES[0])
+pub fn pipeline_stages(max_shared_memory_per_block: u32) -> u32 {
+    MLA_STAGES.into_iter().filter(|&s| mla_smem_bytes(s) <= max_shared_memory_per_block).max().unwrap_or(MLA_STAGES[0])
 }
 
 /// The MLA family's entry points (the registry's share of them).
@@ -109,7 +109,7 @@ pub fn check_mla(spec: &AttnSpec, layout: &KvCacheLayout) -> Result<MlaSpec> {
 pub fn device_props(rt: &CudaRuntime, dtype: DType) -> Result<DeviceProps> {
     let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_MLA", supported: "f16, bf16" })?;
     let smem_max = max_shared_memory_per_block(rt)?;
-    let stages = pipeline_stages(&DeviceProps { num_sms: 0, attention_blocks_per_sm: 0, max_shared_memory_per_block: smem_max, wgmma: false });
+    let stages = pipeline_stages(smem_max);
     let smem = mla_smem_bytes(stages);
     let f = function_with_smem(rt, &decode_kernel(tag, stages), smem, MLA_LATENT_DIM as usize)?;
     let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(MLA_WARPS * 32, smem as usize, None)?;
@@ -122,8 +122,8 @@ const BLOCK_COST_KEYS: usize = MLA_ROWS as usize;
 /// The merge's cost, once, when any request splits, in key rows.
 const MERGE_COST_KEYS: usize = 64;
 
-/// Keys per split for a step (a multiple of the kernel's 32-key tile): the chunk length
-/// that minimises the estimated time `waves x (chunk + BLOCK_COST_KEYS)` (+ the merge's
+/// Keys per split for a step (a multiple of the kernel's 32-key tile): among the longest
+/// request's cuts into 1 to `MAX_SPLITS` pieces, the chunk length that minimises the estimated time `waves x (chunk + BLOCK_COST_KEYS)` (+ the merge's
 /// cost when anything splits), where a request of `len` keys and `tiles` row tiles makes
 /// `ceil(len / chunk) x tiles` blocks and `slots` blocks run at once. Longer chunks win
 /// ties. `workspace_fits(chunk)` rules out schedules whose partial rows do not fit.
@@ -136,11 +136,13 @@ pub fn mla_chunk_keys(lens: &[usize], tiles: &[usize], slots: usize, workspace_f
     let max_len = lens.iter().copied().max().unwrap_or(0).max(1);
     let whole = max_len.div_ceil(tile) * tile;
     let mut best = (usize::MAX, whole);
-    for c in (1..=whole / tile).rev() {
-        let chunk = c * tile;
+    // The candidates: the longest request cut into 1 ..= MAX_SPLITS equal pieces (rounded
+    // up to whole tiles), so a step costs MAX_SPLITS passes over its requests.
+    for pieces in 1..=MAX_SPLITS {
+        let chunk = max_len.div_ceil(pieces).div_ceil(tile) * tile;
         let blocks: usize = lens.iter().zip(tiles).map(|(&l, &t)| l.max(1).div_ceil(chunk) * t).sum();
         let splits = chunk < max_len;
-        if splits && (!workspace_fits(chunk) || max_len.div_ceil(chunk) > MAX_SPLITS) {
+        if splits && !workspace_fits(chunk) {
             continue;
         }
         let cost = blocks.div_ceil(slots.max(1)) * (chunk + BLOCK_COST_KEYS) + if splits { MERGE_COST_KEYS } else { 0 };
@@ -207,7 +209,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
                 return Err(AttnError::InvalidConfig(format!("pipeline depth {s}: the MLA kernel has {MLA_STAGES:?}, within the device's shared memory")));
             }
             Some(s) => s,
-            None => pipeline_stages(props),
+            None => pipeline_stages(props.max_shared_memory_per_block),
         };
         launches.push(KernelLaunch {
             kernel: decode_kernel(tag, stages),
@@ -494,7 +496,7 @@ mod tests {
     fn registry_names() {
         assert_eq!(kernel_registry(), vec!["mla_cache_write_b16", "mla_decode_bf16", "mla_decode_f16", "mla_decode_bf16_s3", "mla_decode_f16_s3"]);
         // An sm_80-class device (163 KiB a block) gets the 2-stage kernel, an H100 the 3-stage one.
-        assert_eq!((pipeline_stages(&DeviceProps::A100), pipeline_stages(&DeviceProps::H100)), (2, 3));
+        assert_eq!((pipeline_stages(DeviceProps::A100.max_shared_memory_per_block), pipeline_stages(DeviceProps::H100.max_shared_memory_per_block)), (2, 3));
         assert_eq!((mla_smem_bytes(2), mla_smem_bytes(3)), (163_840, 200_704));
     }
 }
