@@ -46,8 +46,6 @@ const _: () = assert!(THREADS == CONSUMER_THREADS + 128 && ROWS == 64 * CONSUMER
 /// 32 x (40 + 2 x 232) <= 16 Ki.
 const PRODUCER_REGS: u32 = 40;
 const CONSUMER_REGS: u32 = 232;
-/// Whether the consumer warpgroups take turns to issue their products (ping-pong).
-const PINGPONG: bool = true;
 
 /// `D`: head dim, `NT = D / 8` output n-tiles, `KS = D / 16` k-steps of `Q K^T`; `BN` keys a
 /// tile, `NB = BN / 8` score n-tiles, `KC = BN / 16` k-steps of `P V`; `STAGES` tiles in
@@ -67,22 +65,19 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
 
     // Shared memory from the first 1024-byte boundary: the Q tile [ROWS rows], STAGES pairs
     // of K, V tiles [BN rows] (all `sw128` tiles of D columns), then the stages' mbarriers:
-    // `full_k`, `full_v` (the copy engine has landed the stage's K, V bytes: a warpgroup
-    // starts `Q K^T` without waiting for V), `empty` (both consumer warpgroups are done with
-    // the stage).
+    // `full` (the copy engine has landed the tile's bytes), `empty` (both consumer
+    // warpgroups are done with it).
     let smem = (cvta_to_shared(dynamic_shared_f32()) + 1023) & !1023;
     let (q_bytes, kv_bytes) = (ROWS * D * 2, BN * D * 2);
     let k_tile = |stage: usize| smem + (q_bytes + stage * 2 * kv_bytes) as u32;
     let v_tile = |stage: usize| smem + (q_bytes + (stage * 2 + 1) * kv_bytes) as u32;
     let bars = smem + (q_bytes + STAGES * 2 * kv_bytes) as u32;
-    let full_k = |stage: usize| bars + 8 * stage as u32;
-    let full_v = |stage: usize| bars + 8 * (STAGES + stage) as u32;
-    let empty = |stage: usize| bars + 8 * (2 * STAGES + stage) as u32;
+    let full = |stage: usize| bars + 8 * stage as u32;
+    let empty = |stage: usize| bars + 8 * (STAGES + stage) as u32;
     if tid == 0 {
         for s in 0..STAGES {
             unsafe {
-                mbarrier_init(full_k(s), 1);
-                mbarrier_init(full_v(s), 1);
+                mbarrier_init(full(s), 1);
                 mbarrier_init(empty(s), CONSUMER_THREADS as u32);
             }
         }
@@ -117,16 +112,12 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
                 unsafe { mbarrier_wait_parity(empty(stage), ((i / STAGES - 1) & 1) as u32) };
             }
             if lane == 0 {
-                unsafe {
-                    mbarrier_arrive_expect_tx(full_k(stage), kv_bytes as u32);
-                    mbarrier_arrive_expect_tx(full_v(stage), kv_bytes as u32);
-                }
+                unsafe { mbarrier_arrive_expect_tx(full(stage), (2 * kv_bytes) as u32) };
             }
             let key0 = (t_first + i) * BN;
-            // K's boxes first (j < boxes x slabs), then V's.
             let mut j = lane;
             while j < boxes * slabs * 2 {
-                let (kv, b, slab) = (j / (boxes * slabs), (j / slabs) % boxes, j % slabs);
+                let (b, slab, kv) = (j / (2 * slabs), (j / 2) % slabs, j % 2);
                 let key = key0 + b * rows;
                 // Boxes past the block's keys read the last page (masked all the same), so
                 // no lookup leaves the request's blocks.
@@ -135,8 +126,7 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
                 let token = page * bs + (key & (bs - 1));
                 let dst = if kv == 0 { k_tile(stage) } else { v_tile(stage) } + (slab * BN * 128 + b * rows * 128) as u32;
                 let tmap = if kv == 0 { p.k_tmap } else { p.v_tmap };
-                let bar = if kv == 0 { full_k(stage) } else { full_v(stage) };
-                unsafe { cp_async_bulk_tensor_2d(dst, tmap, (t.kv_head * D + slab * 64) as i32, token as i32, bar) };
+                unsafe { cp_async_bulk_tensor_2d(dst, tmap, (t.kv_head * D + slab * 64) as i32, token as i32, full(stage)) };
                 j += 32;
             }
         }
@@ -155,101 +145,46 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
     // This warpgroup's 64 rows of Q: k-step kk is 32 bytes into slab kk / 4.
     let q_rows = smem + (wg * 64 * 128) as u32;
 
-    // S = Q K^T of tile i into `s`: issued and committed, not waited for (the first k-step
-    // overwrites S).
-    let issue_scores = #[inline(always)]
-    |s: &mut [[f32; 4]; NB], i: usize| {
+    for i in 0..n_tiles {
         let stage = i % STAGES;
-        unsafe { mbarrier_wait_parity(full_k(stage), ((i / STAGES) & 1) as u32) };
-        pin_f32(s);
+        unsafe { mbarrier_wait_parity(full(stage), ((i / STAGES) & 1) as u32) };
+        let key0 = (t_first + i) * BN;
+
+        // S = Q K^T (the first k-step overwrites S).
+        let mut s = [[0.0f32; 4]; NB];
+        pin_f32(&mut s);
         wgmma_fence();
         for kk in 0..KS {
             let in_slab = ((kk % 4) * 32) as u32;
             let a = sw128_desc(q_rows + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
             let b = sw128_desc(k_tile(stage) + ((kk / 4) * BN * 128) as u32 + in_slab, 16, 1024);
-            unsafe { E::ss::<NB>(s, a, b, (kk > 0) as u32) };
+            unsafe { E::ss::<NB>(&mut s, a, b, (kk > 0) as u32) };
         }
         wgmma_commit_group();
-    };
-    // O += P V of tile i, 16 keys a step: V's rows 16 kc .. 16 kc + 16, all D columns (slabs
-    // BN x 128 bytes apart); issued and committed, not waited for.
-    let issue_values = #[inline(always)]
-    |o: &mut [[f32; 4]; NT], pa: &mut [[u32; 4]; KC], i: usize| {
-        let stage = i % STAGES;
-        unsafe { mbarrier_wait_parity(full_v(stage), ((i / STAGES) & 1) as u32) };
-        pin_u32(pa);
-        pin_f32(o);
+        wgmma_wait_group_0(&mut s);
+
+        lanes.modify_and_mask(&mut s, &t, key0, BN, col);
+        let corr = rows.update(&mut s, s_exp);
+        rescale(&mut o, corr);
+
+        // O += P V, 16 keys a step: V's rows 16 kc .. 16 kc + 16, all D columns (slabs
+        // BN x 128 bytes apart). P's A fragments first, so that the products issue back to
+        // back after one fence.
+        let mut pa = [[0u32; 4]; KC];
+        for kc in 0..KC {
+            pa[kc] = p_fragment::<E, NB>(&s, kc);
+        }
+        pin_u32(&mut pa);
+        pin_f32(&mut o);
         wgmma_fence();
         for kc in 0..KC {
             let b = sw128_desc(v_tile(stage) + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
-            unsafe { E::rs::<NT>(o, pa[kc], b) };
+            unsafe { E::rs::<NT>(&mut o, pa[kc], b) };
         }
         wgmma_commit_group();
-    };
-
-    // Software pipeline (FlashAttention-3's intra-warpgroup overlap): tile i's softmax runs
-    // while tile i - 1's P V is on the tensor cores. At the top of iteration i: `pa` holds
-    // tile i - 1's probabilities (relative to its row maxima), `corr` the factor that takes
-    // `o` (complete up to tile i - 2) to those maxima.
-    //
-    // Ping-pong: the warpgroups take turns to issue (named barrier `1 + g` is warpgroup g's
-    // turn), so that one's softmax runs while the other's products do. A turn is one issue
-    // event: S of tile 0; S of tile i with P V of tile i - 1; P V of the last tile.
-    // Warpgroup 0 goes first; every event hands the turn over, but warpgroup 1's last.
-    let (my_turn, other_turn, turns) = (1 + wg as u32, 2 - wg as u32, CONSUMER_THREADS as u32);
-    let take_turn = || {
-        if PINGPONG {
-            bar_sync_named(my_turn, turns);
-        }
-    };
-    let hand_over = |last: bool| {
-        if PINGPONG && !(wg == 1 && last) {
-            bar_arrive_named(other_turn, turns);
-        }
-    };
-    if PINGPONG && wg == 1 && n_tiles > 0 {
-        bar_arrive_named(other_turn, turns);
-    }
-    let mut pa = [[0u32; 4]; KC];
-    let mut corr = [1.0f32; 2];
-    let mut s = [[0.0f32; 4]; NB];
-    if n_tiles > 0 {
-        take_turn();
-        issue_scores(&mut s, 0);
-        hand_over(false);
-        wgmma_wait_group_0(&mut s);
-        lanes.modify_and_mask(&mut s, &t, t_first * BN, BN, col);
-        corr = rows.update(&mut s, s_exp);
-        for kc in 0..KC {
-            pa[kc] = p_fragment::<E, NB>(&s, kc);
-        }
-    }
-    for i in 1..n_tiles {
-        take_turn();
-        issue_scores(&mut s, i);
-        rescale(&mut o, corr);
-        issue_values(&mut o, &mut pa, i - 1);
-        hand_over(false);
-        // S of tile i has landed (tile i - 1's P V may still run): its softmax overlaps.
-        wgmma_wait_group_1(&mut s);
-        lanes.modify_and_mask(&mut s, &t, (t_first + i) * BN, BN, col);
-        corr = rows.update(&mut s, s_exp);
         wgmma_wait_group_0(&mut o);
-        // P V has read `pa` and the stage: the registers take tile i's probabilities, and
-        // the stage is free once both warpgroups are past this point.
-        pin_u32(&mut pa);
-        unsafe { mbarrier_arrive(empty((i - 1) % STAGES)) };
-        for kc in 0..KC {
-            pa[kc] = p_fragment::<E, NB>(&s, kc);
-        }
-    }
-    if n_tiles > 0 {
-        rescale(&mut o, corr);
-        take_turn();
-        issue_values(&mut o, &mut pa, n_tiles - 1);
-        hand_over(true);
-        wgmma_wait_group_0(&mut o);
-        unsafe { mbarrier_arrive(empty((n_tiles - 1) % STAGES)) };
+        // The stage is free again once both warpgroups' products have read it.
+        unsafe { mbarrier_arrive(empty(stage)) };
     }
 
     unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * warp + r0, lane) };

@@ -37,20 +37,6 @@ pub fn bar_sync() {
     unsafe { nvptx::_syncthreads() }
 }
 
-/// `bar.sync id, count`: waits at named barrier `id` (1-15) until `count` threads (whole
-/// warps) have arrived or synced there.
-#[inline(always)]
-pub fn bar_sync_named(id: u32, count: u32) {
-    unsafe { asm!("bar.sync {i}, {c};", i = in(reg32) id, c = in(reg32) count, options(nostack)) }
-}
-
-/// `bar.arrive id, count`: counts this warp's arrival at named barrier `id` without
-/// waiting (the other side `bar_sync_named`s).
-#[inline(always)]
-pub fn bar_arrive_named(id: u32, count: u32) {
-    unsafe { asm!("bar.arrive {i}, {c};", i = in(reg32) id, c = in(reg32) count, options(nostack)) }
-}
-
 /// `shfl.sync.bfly.b32` over the full warp: the value of lane `lane ^ mask`.
 #[inline(always)]
 pub fn shfl_sync_bfly_f32(v: f32, mask: u32) -> f32 {
@@ -488,14 +474,6 @@ pub fn wgmma_commit_group() {
 #[inline(always)]
 pub fn wgmma_wait_group_0<const N: usize>(acc: &mut [[f32; 4]; N]) {
     unsafe { asm!("wgmma.wait_group.sync.aligned 0;", options(nostack)) }
-    pin_f32(acc);
-}
-
-/// `wgmma.wait_group.sync.aligned 1`: waits for every committed batch but the newest, then
-/// pins `acc` (an older batch's accumulators) as `wgmma_wait_group_0` does.
-#[inline(always)]
-pub fn wgmma_wait_group_1<const N: usize>(acc: &mut [[f32; 4]; N]) {
-    unsafe { asm!("wgmma.wait_group.sync.aligned 1;", options(nostack)) }
     pin_f32(acc);
 }
 

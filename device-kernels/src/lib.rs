@@ -16,7 +16,7 @@
 //! `mla_decode_<dtype>`, `mla_cache_write_b16` in `attn_host::backend::cuda_mla`.
 #![no_std]
 #![feature(abi_ptx, asm_experimental_arch, stdarch_nvptx, core_intrinsics)]
-#![feature(gpu_intrinsics, gpu_launch_sized_workgroup_mem, stmt_expr_attributes)]
+#![feature(gpu_intrinsics, gpu_launch_sized_workgroup_mem)]
 #![allow(internal_features)]
 
 pub mod intrinsics;

@@ -253,10 +253,10 @@ pub const fn prefill_sm90_stages(d: u32) -> u32 {
     if d > 128 { 2 } else if d > 64 { 3 } else { 4 }
 }
 /// Dynamic shared memory: 1024 bytes of alignment slack (the 128-byte swizzle's period),
-/// the Q tile and the K/V stages (every tile `d x 2` bytes a row), three mbarriers a stage.
-/// d64: 145 KiB, d128: 226 KiB, d256: 193 KiB (sm_90 allows 227).
+/// the Q tile and the K/V stages (every tile `d x 2` bytes a row), two mbarriers a stage.
+/// d64: 145 KiB, d128: 225 KiB, d256: 193 KiB (sm_90 allows 227).
 pub const fn prefill_sm90_smem_bytes(d: u32) -> u32 {
-    1024 + PREFILL_ROWS * d * 2 + prefill_sm90_stages(d) * (2 * prefill_sm90_keys(d) * d * 2 + 24)
+    1024 + PREFILL_ROWS * d * 2 + prefill_sm90_stages(d) * (2 * prefill_sm90_keys(d) * d * 2 + 16)
 }
 
 /// The kernel registry, read by both sides: every attention family (decode, prefill) is
