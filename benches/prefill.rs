@@ -9,7 +9,8 @@
 //! `4 x q_heads x head_dim x (sum over queries of the keys each attends to)`. Peers:
 //! BENCHMARKS.md's H100 figures (PyTorch SDPA: cuDNN and its FlashAttention-2 backend).
 //!
-//! `cargo bench --bench prefill [-- --json]`
+//! `cargo bench --bench prefill [-- --json] [--block-size=N] [P1 ...]` (block size 16 unless
+//! given: how the kernels' speed depends on the page size).
 
 use attn_backends::backend::cuda_paged::CudaPagedImpl;
 use attn_backends::workload::{random_values, schedule, Rng};
@@ -19,6 +20,7 @@ use half::bf16;
 use std::time::{Duration, Instant};
 
 const REPS: usize = 20;
+/// The paged cache's block size unless `--block-size=N` is given.
 const BLOCK_SIZE: usize = 16;
 
 struct Workload {
@@ -44,6 +46,9 @@ fn workloads() -> Vec<Workload> {
 
 fn main() {
     let json = std::env::args().any(|a| a == "--json");
+    let block_size = std::env::args()
+        .find_map(|a| a.strip_prefix("--block-size=").map(|n| n.parse::<usize>().expect("--block-size=N")))
+        .unwrap_or(BLOCK_SIZE);
     let rt = match attn_backends::gpu_if_present() {
         Ok(rt) => rt,
         Err(why) => {
@@ -53,7 +58,7 @@ fn main() {
     };
     let stream = rt.stream().clone();
     let ctx = stream.context().clone();
-    println!("device: {} ({}, {} SMs)", rt.device_name(), rt.arch(), rt.num_sms());
+    println!("device: {} ({}, {} SMs), block size {block_size}", rt.device_name(), rt.arch(), rt.num_sms());
     println!("| workload | kernel | time (us) [min, max] | TFLOP/s | peers on H100: cuDNN / FA2 (of cuDNN, of FA2) |");
     println!("|---|---|---|---|---|");
     let mut rng = Rng::new(11);
@@ -63,9 +68,9 @@ fn main() {
     for w in workloads().into_iter().filter(|w| only.is_empty() || only.iter().any(|o| o == w.id)) {
         let d = w.head_dim;
         let spec = AttnSpec::new(w.q_heads, w.kv_heads, d);
-        let num_blocks = w.requests.iter().map(|&(c, n)| (c + n).div_ceil(BLOCK_SIZE)).sum::<usize>();
-        let layout = KvCacheLayout::new(num_blocks, BLOCK_SIZE, w.kv_heads, d).expect("layout");
-        let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &w.requests, BLOCK_SIZE, num_blocks).expect("blocks")).expect("metadata");
+        let num_blocks = w.requests.iter().map(|&(c, n)| (c + n).div_ceil(block_size)).sum::<usize>();
+        let layout = KvCacheLayout::new(num_blocks, block_size, w.kv_heads, d).expect("layout");
+        let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &w.requests, block_size, num_blocks).expect("blocks")).expect("metadata");
         let cache = HostKvCache { layout, key: random_values(&mut rng, layout.elements()), value: random_values(&mut rng, layout.elements()) };
         let n = meta.num_tokens();
         let q = stream.clone_htod(&random_values::<bf16>(&mut rng, n * w.q_heads * d)).expect("q");
@@ -115,7 +120,7 @@ fn main() {
             println!("| {} | {kernel} | {:.1} [{:.1}, {:.1}] | {:.1} | {} |", w.id, med, us[0], us[REPS - 1], tflops, peers);
             if json {
                 println!(
-                    "{{\"bench\":\"prefill\",\"workload\":\"{}\",\"device\":\"{}\",\"kernel\":\"{kernel}\",\"median_us\":{med:.2},\"tflops\":{tflops:.2}}}",
+                    "{{\"bench\":\"prefill\",\"workload\":\"{}\",\"device\":\"{}\",\"kernel\":\"{kernel}\",\"block_size\":{block_size},\"median_us\":{med:.2},\"tflops\":{tflops:.2}}}",
                     w.id,
                     rt.device_name()
                 );

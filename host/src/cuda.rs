@@ -52,6 +52,10 @@ pub fn pick_module(modules: &[PtxModule], major: i32, minor: i32) -> Result<PtxM
         })
 }
 
+/// Names a folder whose `attn_kernels_<arch>.ptx` replaces the embedded module (kernel
+/// development only: the PTX must come from the same sources' kernel names and parameters).
+pub const PTX_DIR_VAR: &str = "ATTN_PTX_DIR";
+
 /// A CUDA device with its stream and kernel module.
 pub struct CudaRuntime {
     ctx: Arc<CudaContext>,
@@ -80,7 +84,19 @@ impl CudaRuntime {
         unsafe { ctx.disable_event_tracking() };
         let cc = ctx.compute_capability()?;
         let (_, arch, ptx) = pick_module(modules, cc.0, cc.1)?;
-        let module = ctx.load_module(Ptx::from_src(ptx))?;
+        let module = match std::env::var_os(PTX_DIR_VAR) {
+            None => ctx.load_module(Ptx::from_src(ptx))?,
+            Some(dir) => {
+                // Kernel development: a PTX module from disk in place of the embedded one, so
+                // that variants of a kernel (same names and parameters) can be timed with the
+                // same binaries.
+                let path = std::path::Path::new(&dir).join(format!("attn_kernels_{arch}.ptx"));
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| AttnError::NoCuda(format!("{PTX_DIR_VAR}: cannot read {}: {e}", path.display())))?;
+                tracing::warn!(path = %path.display(), "{PTX_DIR_VAR} set: loading this PTX instead of the embedded module");
+                ctx.load_module(Ptx::from_src(text))?
+            }
+        };
         let num_sms = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
         let name = ctx.name()?;
         tracing::info!(device = %name, arch, sms = num_sms, "CUDA runtime ready");
