@@ -193,22 +193,17 @@ pub(crate) struct PrefillBlock {
 }
 
 impl PrefillBlock {
-    /// This block's: tile `blockIdx.x`, grid y `blockIdx.y`.
     #[inline(always)]
     pub unsafe fn new(p: &PrefillParams) -> Self {
-        unsafe { Self::at(p, block_idx_x() as usize, block_idx_y() as usize) }
-    }
-    /// Tile `tile` of `p.tiles` for grid-y index `y` (kv head, head tile).
-    #[inline(always)]
-    pub unsafe fn at(p: &PrefillParams, tile: usize, y: usize) -> Self {
+        let tile = block_idx_x() as usize;
         let req = unsafe { ld_i32(p.tiles, 2 * tile) } as usize;
         let tok0 = unsafe { ld_i32(p.tiles, 2 * tile + 1) } as usize;
         let group = div_nz(p.num_q_heads as usize, p.num_kv_heads as usize);
         let hpt = p.heads_per_tile as usize;
         let tpt = p.tokens_per_tile as usize;
         let head_tiles = div_nz(group + hpt - 1, hpt);
-        let kv_head = div_nz(y, head_tiles);
-        let head_tile = y - kv_head * head_tiles;
+        let kv_head = div_nz(block_idx_y() as usize, head_tiles);
+        let head_tile = block_idx_y() as usize - kv_head * head_tiles;
         let q_start = unsafe { ld_i32(p.query_start_loc, req) } as usize;
         let q_end = unsafe { ld_i32(p.query_start_loc, req + 1) } as usize;
         let seq_len = unsafe { ld_i32(p.seq_lens, req) } as usize;
@@ -219,13 +214,6 @@ impl PrefillBlock {
         let window = p.sliding_window as usize;
         let kv_begin = if window > 0 && min_pos + 1 > window { min_pos + 1 - window } else { 0 };
         PrefillBlock { req, tok0, tok_end, hpt, tpt, group, kv_head, head_tile, q_start, ctx, window, min_pos, max_pos, kv_begin, kv_end: max_pos + 1 }
-    }
-    /// Grid y of the prefill family: kv heads x head tiles.
-    #[inline(always)]
-    pub fn grid_y(p: &PrefillParams) -> usize {
-        let group = div_nz(p.num_q_heads as usize, p.num_kv_heads as usize);
-        let hpt = p.heads_per_tile as usize;
-        p.num_kv_heads as usize * div_nz(group + hpt - 1, hpt)
     }
     /// Whether row `m` is one of the tile's (token, head) pairs.
     #[inline(always)]

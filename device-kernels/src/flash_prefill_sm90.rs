@@ -2,17 +2,13 @@
 //! tiles, rows and masks (`flash_prefill::PrefillBlock`, `LaneRows`, `store_rows`), its two
 //! products issued by warpgroups reading their operands straight from shared memory.
 //!
-//! Persistent and warp-specialized: one block per SM walks the work items (a tile of
-//! `ROWS` = 128 (token, head) rows, as the portable kernel's blocks, for one grid-y index),
-//! longest first. A producer warp (of a third warpgroup that gives its registers to the
-//! consumers with `setmaxnreg`) has the copy engine (TMA) bring K/V tiles, page by page of
-//! the paged cache through the block table, into a `STAGES`-deep ring of shared-memory
+//! Warp-specialized: a producer warp (of a third warpgroup that gives its registers to the
+//! consumers with `setmaxnreg`) has the copy engine (TMA) bring K/V tiles, page by page
+//! of the paged cache through the block table, into a `STAGES`-deep ring of shared-memory
 //! stages, each with a `full` mbarrier (bytes landed) and an `empty` one (both consumers
-//! done); the ring runs on from one item into the next. The warpgroup's other three warps
-//! load each item's Q tile (`cp.async`) as soon as the consumers have issued the previous
-//! item's last `Q K^T`, so an item's start (Q, first K/V tiles) overlaps the previous one's
-//! end. Two consumer warpgroups compute; no block barrier inside the loop, so they drift
-//! apart and one's softmax overlaps the other's products. Warpgroup `g`
+//! done); two consumer warpgroups compute. No block barrier inside the loop, so the
+//! consumers drift apart and one's softmax overlaps the other's products.
+//! A block owns `ROWS` = 128 (token, head) rows as the portable kernel does; warpgroup `g`
 //! (warps `4 g .. 4 g + 4`) owns rows `64 g .. 64 g + 64`, each warp 16 of them, and the
 //! accumulators of `wgmma.m64nNk16` sit in each warp's registers exactly as `mma.m16n8`'s C
 //! fragments, so the online softmax (`softmax::RowState`) is the same code. Per K/V tile of
@@ -26,8 +22,7 @@
 //! once per 16). The copy engine writes the tiles in the 128-byte-swizzle layout the
 //! descriptors describe (the host encodes the tensor maps with that swizzle).
 //!
-//! Grid: `(min(items, SMs), 1, 1)` with `PrefillParams::num_tiles` set; host guarantees as
-//! `flash_prefill`.
+//! Grid and host guarantees: as `flash_prefill`.
 
 use crate::elem::{Bf16, Elem, Wgmma, F16};
 use crate::flash_prefill::{store_rows, LaneRows, PrefillBlock};
@@ -36,21 +31,20 @@ use crate::intrinsics::*;
 use crate::params::{prefill_sm90_keys, prefill_sm90_stages, PrefillParams, PREFILL_ROWS, PREFILL_SM90_THREADS};
 use crate::score_mod::{Alibi, Plain, ScoreMod, SoftCap, SoftCapAlibi};
 use crate::softmax::{p_fragment, rescale, RowState};
-use crate::tile::{sw128, sw128_desc};
+use crate::tile::{load_tile, sw128, sw128_desc};
 
-/// Consumer warpgroups (64 rows each), then the producer warpgroup: its first warp issues
-/// the K/V copies, the other three load Q tiles.
+/// Consumer warpgroups (64 rows each), then the producer warpgroup, whose first warp
+/// issues the copies.
 const CONSUMERS: usize = 2;
 const CONSUMER_THREADS: usize = 128 * CONSUMERS;
 const PRODUCER_WARP: usize = 4 * CONSUMERS;
-const Q_LOADER_THREADS: usize = 96;
 const THREADS: usize = PREFILL_SM90_THREADS as usize;
 const ROWS: usize = PREFILL_ROWS as usize;
-const _: () = assert!(THREADS == CONSUMER_THREADS + 32 + Q_LOADER_THREADS && ROWS == 64 * CONSUMERS);
+const _: () = assert!(THREADS == CONSUMER_THREADS + 128 && ROWS == 64 * CONSUMERS);
 /// Registers a thread after the split (`setmaxnreg`): the producer warpgroup needs few, the
 /// consumers hold S, P and O. Per sub-partition: one producer warp and two consumer warps,
-/// 32 x (48 + 2 x 232) = 16 Ki.
-const PRODUCER_REGS: u32 = 48;
+/// 32 x (40 + 2 x 232) <= 16 Ki.
+const PRODUCER_REGS: u32 = 40;
 const CONSUMER_REGS: u32 = 232;
 
 /// `D`: head dim, `NT = D / 8` output n-tiles, `KS = D / 16` k-steps of `Q K^T`; `BN` keys a
@@ -66,20 +60,13 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
     let warp = tid / 32;
     let r0 = lane / 4;
 
-    // Persistent: this block's work items are `first, first + stride, ...` of `items`
-    // (tile-major, so the longest key ranges come first); item `w` is tile `w / grid_y`,
-    // grid-y index `w % grid_y`. Every role walks the same items, so the K/V tile count `g`
-    // (stage `g % STAGES`, phase `g / STAGES`) and the item count `k` (Q phase `k`) agree.
-    let grid_y = PrefillBlock::grid_y(p);
-    let items = p.num_tiles as usize * grid_y;
-    let (first, stride) = (block_idx_x() as usize, grid_dim_x() as usize);
-    let item = |w: usize| unsafe { PrefillBlock::at(p, w / grid_y, w % grid_y) };
+    let t = unsafe { PrefillBlock::new(p) };
+    let (t_first, n_tiles) = tile_range(t.kv_begin, t.kv_end, BN);
 
     // Shared memory from the first 1024-byte boundary: the Q tile [ROWS rows], STAGES pairs
-    // of K, V tiles [BN rows] (all `sw128` tiles of D columns), then the mbarriers: per
-    // stage `full` (the copy engine has landed the tile's bytes) and `empty` (both consumer
-    // warpgroups are done with it); `q_full` (the Q loaders' copies of an item's Q have
-    // landed) and `q_empty` (both consumer warpgroups have issued their last `Q K^T`).
+    // of K, V tiles [BN rows] (all `sw128` tiles of D columns), then the stages' mbarriers:
+    // `full` (the copy engine has landed the tile's bytes), `empty` (both consumer
+    // warpgroups are done with it).
     let smem = (cvta_to_shared(dynamic_shared_f32()) + 1023) & !1023;
     let (q_bytes, kv_bytes) = (ROWS * D * 2, BN * D * 2);
     let k_tile = |stage: usize| smem + (q_bytes + stage * 2 * kv_bytes) as u32;
@@ -87,7 +74,6 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
     let bars = smem + (q_bytes + STAGES * 2 * kv_bytes) as u32;
     let full = |stage: usize| bars + 8 * stage as u32;
     let empty = |stage: usize| bars + 8 * (STAGES + stage) as u32;
-    let (q_full, q_empty) = (bars + 16 * STAGES as u32, bars + 16 * STAGES as u32 + 8);
     if tid == 0 {
         for s in 0..STAGES {
             unsafe {
@@ -95,170 +81,113 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
                 mbarrier_init(empty(s), CONSUMER_THREADS as u32);
             }
         }
-        unsafe {
-            mbarrier_init(q_full, Q_LOADER_THREADS as u32);
-            mbarrier_init(q_empty, CONSUMER_THREADS as u32);
-        }
-        // The copy engine completes transactions on these: published to the async proxy.
-        fence_proxy_async_shared_cta();
     }
+
+    // Q tile into shared memory by every thread (rows outside the tile are zero), published
+    // to the async proxy, with the mbarriers, by the fence and the barrier.
+    let q_row = |m: usize| {
+        let off = t.row_token(m) as u64 * p.q_token_stride + t.row_head(m) as u64 * p.q_head_stride;
+        if t.row_valid(m) { Some((p.q as *const u16).wrapping_add(off as usize)) } else { None }
+    };
+    unsafe { load_tile(tid, THREADS, ROWS, chunks, q_row, |m, c| smem + sw128(m, c, ROWS) as u32) };
+    fence_proxy_async_shared_cta();
     bar_sync();
 
     if warp >= PRODUCER_WARP {
         setmaxnreg_dec::<PRODUCER_REGS>();
-        if warp == PRODUCER_WARP {
-            // K/V producer: tile g into stage g % STAGES once both consumers released it, as
-            // boxes of the cache's tensor maps: `rows` keys (a page, or the tile's share of
-            // one) x 64 columns (a slab), for K and V. One lane announces the tile's bytes;
-            // each lane looks up its boxes' pages in the block table and starts their copies.
-            // The ring runs on across items: the next item's first tiles load while the
-            // consumers finish this one.
-            let bs = 1usize << p.block_size_log2;
-            let rows = if bs < BN { bs } else { BN };
-            let (boxes, slabs) = (BN / rows, D / 64);
-            let mut g = 0usize;
-            let mut w = first;
-            while w < items {
-                let t = item(w);
-                let (t_first, n_tiles) = tile_range(t.kv_begin, t.kv_end, BN);
-                let bt_row = t.req * p.block_table_stride as usize;
-                for i in 0..n_tiles {
-                    let stage = g % STAGES;
-                    if g >= STAGES {
-                        unsafe { mbarrier_wait_parity(empty(stage), ((g / STAGES - 1) & 1) as u32) };
-                    }
-                    // The lanes left the wait's spin loop separately: reconverge, then one
-                    // announces the bytes.
-                    bar_warp_sync();
-                    if elect_sync() {
-                        unsafe { mbarrier_arrive_expect_tx(full(stage), (2 * kv_bytes) as u32) };
-                    }
-                    let key0 = (t_first + i) * BN;
-                    let mut j = lane;
-                    while j < boxes * slabs * 2 {
-                        let (b, slab, kv) = (j / (2 * slabs), (j / 2) % slabs, j % 2);
-                        let key = key0 + b * rows;
-                        // Boxes past the item's keys read the last page (masked all the same),
-                        // so no lookup leaves the request's blocks.
-                        let page_key = if key < t.kv_end { key } else { t.kv_end - 1 };
-                        let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
-                        let token = page * bs + (key & (bs - 1));
-                        let dst = if kv == 0 { k_tile(stage) } else { v_tile(stage) } + (slab * BN * 128 + b * rows * 128) as u32;
-                        let tmap = if kv == 0 { p.k_tmap } else { p.v_tmap };
-                        unsafe { cp_async_bulk_tensor_2d(dst, tmap, (t.kv_head * D + slab * 64) as i32, token as i32, full(stage)) };
-                        j += 32;
-                    }
-                    g += 1;
-                }
-                w += stride;
+        if warp != PRODUCER_WARP {
+            return;
+        }
+        // Producer: tile i into stage i % STAGES once both consumers released it, as boxes
+        // of the cache's tensor maps: `rows` keys (a page, or the tile's share of one) x 64
+        // columns (a slab), for K and V. Lane 0 announces the tile's bytes; each lane looks
+        // up its boxes' pages in the block table and starts their copies.
+        let bs = 1usize << p.block_size_log2;
+        let rows = if bs < BN { bs } else { BN };
+        let (boxes, slabs) = (BN / rows, D / 64);
+        let bt_row = t.req * p.block_table_stride as usize;
+        for i in 0..n_tiles {
+            let stage = i % STAGES;
+            if i >= STAGES {
+                unsafe { mbarrier_wait_parity(empty(stage), ((i / STAGES - 1) & 1) as u32) };
             }
-        } else {
-            // Q loaders (the other three warps): item k's Q tile once both consumers have
-            // issued item k - 1's last `Q K^T`, by `cp.async` (rows outside the tile repeat
-            // row 0: computed, never stored); each thread waits for its own copies and fences
-            // them to the async proxy (wgmma reads Q) before it arrives on `q_full`.
-            let qt = tid - CONSUMER_THREADS - 32;
-            let mut k = 0usize;
-            let mut w = first;
-            while w < items {
-                let t = item(w);
-                if k > 0 {
-                    unsafe { mbarrier_wait_parity(q_empty, ((k - 1) & 1) as u32) };
-                }
-                let row = |m: usize| {
-                    let m = if t.row_valid(m) { m } else { 0 };
-                    let off = t.row_token(m) as u64 * p.q_token_stride + t.row_head(m) as u64 * p.q_head_stride;
-                    (p.q as *const u16).wrapping_add(off as usize)
-                };
-                let mut u = qt;
-                while u < ROWS * chunks {
-                    let (m, c) = (u / chunks, u % chunks);
-                    unsafe { cp_async_cg_16(smem + sw128(m, c, ROWS) as u32, row(m).wrapping_add(8 * c)) };
-                    u += Q_LOADER_THREADS;
-                }
-                cp_async_wait_all();
-                fence_proxy_async_shared_cta();
-                unsafe { mbarrier_arrive(q_full) };
-                k += 1;
-                w += stride;
+            if lane == 0 {
+                unsafe { mbarrier_arrive_expect_tx(full(stage), (2 * kv_bytes) as u32) };
+            }
+            let key0 = (t_first + i) * BN;
+            let mut j = lane;
+            while j < boxes * slabs * 2 {
+                let (b, slab, kv) = (j / (2 * slabs), (j / 2) % slabs, j % 2);
+                let key = key0 + b * rows;
+                // Boxes past the block's keys read the last page (masked all the same), so
+                // no lookup leaves the request's blocks.
+                let page_key = if key < t.kv_end { key } else { t.kv_end - 1 };
+                let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
+                let token = page * bs + (key & (bs - 1));
+                let dst = if kv == 0 { k_tile(stage) } else { v_tile(stage) } + (slab * BN * 128 + b * rows * 128) as u32;
+                let tmap = if kv == 0 { p.k_tmap } else { p.v_tmap };
+                unsafe { cp_async_bulk_tensor_2d(dst, tmap, (t.kv_head * D + slab * 64) as i32, token as i32, full(stage)) };
+                j += 32;
             }
         }
         return;
     }
 
-    // Consumers: warpgroup g = warp / 4 owns rows 64 g .. 64 g + 64 of each item, its warp
+    // Consumers: warpgroup g = warp / 4 owns rows 64 g .. 64 g + 64 of the block, its warp
     // `warp` rows 16 warp .. 16 warp + 16.
     setmaxnreg_inc::<CONSUMER_REGS>();
     let wg = warp / 4;
     let col = 2 * (lane % 4);
+    let lanes = unsafe { LaneRows::<M>::new(p, &t, 16 * warp + r0) };
+    let s_exp = lanes.modifier.exp_factor();
+    let mut rows = RowState::new();
+    let mut o = [[0.0f32; 4]; NT];
     // This warpgroup's 64 rows of Q: k-step kk is 32 bytes into slab kk / 4.
     let q_rows = smem + (wg * 64 * 128) as u32;
-    let mut g = 0usize;
-    let mut k = 0usize;
-    let mut w = first;
-    while w < items {
-        let t = item(w);
-        let (t_first, n_tiles) = tile_range(t.kv_begin, t.kv_end, BN);
-        let lanes = unsafe { LaneRows::<M>::new(p, &t, 16 * warp + r0) };
-        let s_exp = lanes.modifier.exp_factor();
-        let mut rows = RowState::new();
-        let mut o = [[0.0f32; 4]; NT];
-        unsafe { mbarrier_wait_parity(q_full, (k & 1) as u32) };
-        if n_tiles == 0 {
-            unsafe { mbarrier_arrive(q_empty) };
+
+    for i in 0..n_tiles {
+        let stage = i % STAGES;
+        unsafe { mbarrier_wait_parity(full(stage), ((i / STAGES) & 1) as u32) };
+        let key0 = (t_first + i) * BN;
+
+        // S = Q K^T (the first k-step overwrites S).
+        let mut s = [[0.0f32; 4]; NB];
+        pin_f32(&mut s);
+        wgmma_fence();
+        for kk in 0..KS {
+            let in_slab = ((kk % 4) * 32) as u32;
+            let a = sw128_desc(q_rows + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
+            let b = sw128_desc(k_tile(stage) + ((kk / 4) * BN * 128) as u32 + in_slab, 16, 1024);
+            unsafe { E::ss::<NB>(&mut s, a, b, (kk > 0) as u32) };
         }
+        wgmma_commit_group();
+        wgmma_wait_group_0(&mut s);
 
-        for i in 0..n_tiles {
-            let stage = g % STAGES;
-            unsafe { mbarrier_wait_parity(full(stage), ((g / STAGES) & 1) as u32) };
-            let key0 = (t_first + i) * BN;
+        lanes.modify_and_mask(&mut s, &t, key0, BN, col);
+        let corr = rows.update(&mut s, s_exp);
+        rescale(&mut o, corr);
 
-            // S = Q K^T (the first k-step overwrites S).
-            let mut s = [[0.0f32; 4]; NB];
-            pin_f32(&mut s);
-            wgmma_fence();
-            for kk in 0..KS {
-                let in_slab = ((kk % 4) * 32) as u32;
-                let a = sw128_desc(q_rows + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
-                let b = sw128_desc(k_tile(stage) + ((kk / 4) * BN * 128) as u32 + in_slab, 16, 1024);
-                unsafe { E::ss::<NB>(&mut s, a, b, (kk > 0) as u32) };
-            }
-            wgmma_commit_group();
-            wgmma_wait_group_0(&mut s);
-            // The item's last `Q K^T` has read Q: the loaders may bring the next item's.
-            if i + 1 == n_tiles {
-                unsafe { mbarrier_arrive(q_empty) };
-            }
-
-            lanes.modify_and_mask(&mut s, &t, key0, BN, col);
-            let corr = rows.update(&mut s, s_exp);
-            rescale(&mut o, corr);
-
-            // O += P V, 16 keys a step: V's rows 16 kc .. 16 kc + 16, all D columns (slabs
-            // BN x 128 bytes apart). P's A fragments first, so that the products issue back
-            // to back after one fence.
-            let mut pa = [[0u32; 4]; KC];
-            for kc in 0..KC {
-                pa[kc] = p_fragment::<E, NB>(&s, kc);
-            }
-            pin_u32(&mut pa);
-            pin_f32(&mut o);
-            wgmma_fence();
-            for kc in 0..KC {
-                let b = sw128_desc(v_tile(stage) + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
-                unsafe { E::rs::<NT>(&mut o, pa[kc], b) };
-            }
-            wgmma_commit_group();
-            wgmma_wait_group_0(&mut o);
-            // The stage is free again once both warpgroups' products have read it.
-            unsafe { mbarrier_arrive(empty(stage)) };
-            g += 1;
+        // O += P V, 16 keys a step: V's rows 16 kc .. 16 kc + 16, all D columns (slabs
+        // BN x 128 bytes apart). P's A fragments first, so that the products issue back to
+        // back after one fence.
+        let mut pa = [[0u32; 4]; KC];
+        for kc in 0..KC {
+            pa[kc] = p_fragment::<E, NB>(&s, kc);
         }
-
-        unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * warp + r0, lane) };
-        k += 1;
-        w += stride;
+        pin_u32(&mut pa);
+        pin_f32(&mut o);
+        wgmma_fence();
+        for kc in 0..KC {
+            let b = sw128_desc(v_tile(stage) + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
+            unsafe { E::rs::<NT>(&mut o, pa[kc], b) };
+        }
+        wgmma_commit_group();
+        wgmma_wait_group_0(&mut o);
+        // The stage is free again once both warpgroups' products have read it.
+        unsafe { mbarrier_arrive(empty(stage)) };
     }
+
+    unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * warp + r0, lane) };
 }
 
 macro_rules! flash_prefill_sm90_kernels {

@@ -27,10 +27,6 @@ pub fn block_idx_z() -> u32 {
     unsafe { nvptx::_block_idx_z() as u32 }
 }
 #[inline(always)]
-pub fn grid_dim_x() -> u32 {
-    unsafe { nvptx::_grid_dim_x() as u32 }
-}
-#[inline(always)]
 pub fn block_dim_x() -> u32 {
     unsafe { nvptx::_block_dim_x() as u32 }
 }
@@ -419,27 +415,6 @@ pub unsafe fn cp_async_bulk_tensor_2d(dst: u32, tmap: u64, c0: i32, c1: i32, mba
             options(nostack)
         )
     }
-}
-
-/// `elect.sync _|p, 0xffffffff` (sm_90): true in exactly one lane of the (converged) warp,
-/// the same lane for every caller; for work one lane does on the warp's behalf.
-#[inline(always)]
-pub fn elect_sync() -> bool {
-    let elected: u32;
-    unsafe {
-        asm!(
-            "{{ .reg .pred p; elect.sync _|p, 0xffffffff; selp.u32 {e}, 1, 0, p; }}",
-            e = out(reg32) elected,
-            options(nomem, nostack)
-        )
-    }
-    elected != 0
-}
-
-/// `cp.async.wait_all`: waits for every `cp.async` of this thread (committed or not).
-#[inline(always)]
-pub fn cp_async_wait_all() {
-    unsafe { asm!("cp.async.wait_all;", options(nostack)) }
 }
 
 /// `setmaxnreg.inc.sync.aligned.u32 N` (sm_90a): this warpgroup's registers per thread

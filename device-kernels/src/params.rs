@@ -196,11 +196,7 @@ pub struct PrefillParams {
     pub tokens_per_tile: u32,
     pub scale: f32,
     pub softcap: f32,
-    /// Tiles in `tiles` (grid x of the portable kernel). The Hopper kernel is persistent: its
-    /// blocks walk the work items (tile, grid-y index) `b, b + grid, ...` of the
-    /// `num_tiles x num_kv_heads x head tiles` items, tile-major (the plan orders the tiles
-    /// longest key range first).
-    pub num_tiles: u32,
+    pub _pad: u32,
     /// The Hopper kernel's K and V cache tensor maps (`CUtensorMap`, 128 bytes each, in
     /// global memory: the copy engine's view of the cache as 2-D `[blocks x block_size,
     /// kv_heads x head_dim]`, boxes of 64 columns x `min(block_size, keys per tile)` rows,
@@ -257,11 +253,10 @@ pub const fn prefill_sm90_stages(d: u32) -> u32 {
     if d > 128 { 2 } else if d > 64 { 3 } else { 4 }
 }
 /// Dynamic shared memory: 1024 bytes of alignment slack (the 128-byte swizzle's period),
-/// the Q tile and the K/V stages (every tile `d x 2` bytes a row), two mbarriers a stage,
-/// two for Q.
+/// the Q tile and the K/V stages (every tile `d x 2` bytes a row), two mbarriers a stage.
 /// d64: 145 KiB, d128: 225 KiB, d256: 193 KiB (sm_90 allows 227).
 pub const fn prefill_sm90_smem_bytes(d: u32) -> u32 {
-    1024 + PREFILL_ROWS * d * 2 + prefill_sm90_stages(d) * (2 * prefill_sm90_keys(d) * d * 2 + 16) + 16
+    1024 + PREFILL_ROWS * d * 2 + prefill_sm90_stages(d) * (2 * prefill_sm90_keys(d) * d * 2 + 16)
 }
 
 /// The kernel registry, read by both sides: every attention family (decode, prefill) is

@@ -71,7 +71,7 @@ pub static CAPS: BackendCaps = BackendCaps {
               decode rows (1 new token) -> paged_attention: the GQA group's heads as the rows of the tensor-core tiles, split-KV + merge when the decode rows alone do not fill the GPU",
     on_sm90: Some(
         "on compute capability 9.0 (the sm_90a module), prefill rows of head dim 64, 128 or 256 -> flash_prefill_sm90: the same tiles on wgmma \
-         (two warpgroups of 64 rows, Q, K and V read by the tensor cores from shared memory; K/V by TMA; one persistent block per SM); ATTN_BACKEND=CUDA_PAGED_PORTABLE keeps mma.sync",
+         (two warpgroups of 64 rows, Q, K and V read by the tensor cores from shared memory); ATTN_BACKEND=CUDA_PAGED_PORTABLE keeps mma.sync",
     ),
     ..PAGED_ROW
 };
@@ -357,13 +357,10 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     if !prefill_tiles.is_empty() {
         // The same tiles and parameters on either kernel: 8 warps, or on the Hopper one two
         // consumer warpgroups of 64 rows and a producer warpgroup.
-        // The Hopper kernel is persistent: one block per SM (at most one per work item)
-        // walks the tiles x grid-y items.
         let hopper = backend == BackendName::CudaPaged && props.wgmma && hopper_layout(d, meta.layout().block_size);
-        let grid_y = hkv * shape.group_size().div_ceil(hpt);
         launches.push(KernelLaunch {
             kernel: prefill_kernel(tag, d, shape.softcap, shape.alibi, hopper),
-            grid: if hopper { ((prefill_tiles.len() * grid_y).min(props.num_sms as usize) as u32, 1, 1) } else { (prefill_tiles.len() as u32, grid_y as u32, 1) },
+            grid: (prefill_tiles.len() as u32, (hkv * shape.group_size().div_ceil(hpt)) as u32, 1),
             block: if hopper { PREFILL_SM90_THREADS } else { PREFILL_WARPS * 32 },
             shared_mem_bytes: if hopper { prefill_sm90_smem_bytes(d as u32) } else { prefill_smem_bytes(d as u32) },
             tokens: n - nd,
@@ -829,7 +826,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 tokens_per_tile: tpt as u32,
                 scale: self.spec.scale,
                 softcap: self.spec.softcap.unwrap_or(0.0),
-                num_tiles: plan.prefill_tiles.len() as u32,
+                _pad: 0,
                 k_tmap: self.tensor_maps.as_ref().map_or(0, |m| ptr(m, &stream)),
                 v_tmap: self.tensor_maps.as_ref().map_or(0, |m| ptr(m, &stream) + TENSOR_MAP_BYTES as u64),
             };
@@ -960,13 +957,9 @@ mod tests {
             vec![
                 KernelLaunch { kernel: "reshape_and_cache_b16".into(), grid: (58, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 58 },
                 KernelLaunch { kernel: "paged_attention_bf16_d128".into(), grid: (1, 8, 1), block: 128, shared_mem_bytes: smem, tokens: 1 },
-                // Persistent: 3 tiles x 8 kv heads = 24 work items, one block each.
-                KernelLaunch { kernel: "flash_prefill_sm90_bf16_d128".into(), grid: (24, 1, 1), block: 384, shared_mem_bytes: prefill_sm90_smem_bytes(128), tokens: 57 },
+                KernelLaunch { kernel: "flash_prefill_sm90_bf16_d128".into(), grid: (3, 8, 1), block: 384, shared_mem_bytes: prefill_sm90_smem_bytes(128), tokens: 57 },
             ]
         );
-        // P1's 4 x 4096 tokens: 512 tiles x 8 kv heads, one block per SM of the H100.
-        let p1 = plan(&meta(&[(0, 4096); 4]), &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(16384, 4, 4096, 16), &PlanOptions::default(), BackendName::CudaPaged).unwrap();
-        assert_eq!((p1.prefill_tiles.len(), p1.launches[1].grid), (512, (DeviceProps::H100.num_sms, 1, 1)));
         // The same step on an A100 (no sm_90a module), or forced portable on an H100: the
         // mma.sync prefill, same tiles and grid.
         let portable = KernelLaunch { kernel: "flash_prefill_bf16_d128".into(), grid: (3, 8, 1), block: 256, shared_mem_bytes: prefill_smem_bytes(128), tokens: 57 };
@@ -980,12 +973,11 @@ mod tests {
         let phi3 = plan(&m, &LayerShape::heads(32, 32, 96), DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPaged).unwrap();
         assert_eq!(phi3.launches[2].kernel, "flash_prefill_bf16_d96");
         // Tiling by group: MHA 1 head x 128 tokens; Falcon-7B's 71:1 one token of 71 heads; a
-        // group of 136 two head tiles (grid y = 2 per kv head: on the persistent Hopper kernel,
-        // 3 tiles x 2 = 6 work items).
+        // group of 136 two head tiles (grid y = 2 per kv head).
         assert_eq!((prefill_tiling(1), prefill_tiling(4), prefill_tiling(7), prefill_tiling(71)), ((1, 128), (4, 32), (7, 18), (71, 1)));
         let wide = LayerShape::heads(136, 1, 64);
         let p = plan(&meta(&[(0, 3)]), &wide, DType::Bf16, &DeviceProps::H100, &StepLimits::new(4, 1, 16, 16), &PlanOptions::default(), BackendName::CudaPaged).unwrap();
-        assert_eq!((p.launches[1].grid, p.prefill_tiles.len()), ((6, 1, 1), 3));
+        assert_eq!((p.launches[1].grid, p.prefill_tiles.len()), ((3, 2, 1), 3));
         // Score modifiers pick the prefill kernel's instantiation (Gemma-2: soft-cap; BLOOM:
         // ALiBi); the decode kernel decides them at run time.
         let kernels = |softcap, alibi| {
