@@ -42,10 +42,17 @@ const THREADS: usize = PREFILL_SM90_THREADS as usize;
 const ROWS: usize = PREFILL_ROWS as usize;
 const _: () = assert!(THREADS == CONSUMER_THREADS + 128 && ROWS == 64 * CONSUMERS);
 /// Registers a thread after the split (`setmaxnreg`): the producer warpgroup needs few, the
-/// consumers hold S, P and O. Per sub-partition: one producer warp and two consumer warps,
-/// 32 x (40 + 2 x 232) <= 16 Ki.
+/// consumers hold S, P and O. The block starts at `ENTRY_REGS` a thread (ptxas's cap for
+/// `.maxntid 384`), and `setmaxnreg.inc` draws only on what this block's `dec` released
+/// (a larger request waits forever): 128 (entry - producer) must cover 256 (consumer -
+/// entry), so 40 / 232.
+const ENTRY_REGS: u32 = (65536 / THREADS as u32) / 8 * 8;
 const PRODUCER_REGS: u32 = 40;
 const CONSUMER_REGS: u32 = 232;
+const _: () = assert!(128 * (ENTRY_REGS - PRODUCER_REGS) >= CONSUMER_THREADS as u32 * (CONSUMER_REGS - ENTRY_REGS));
+/// The output leaves through shared memory (`stmatrix` into the warpgroup's Q rows, then
+/// 16-byte row stores) rather than 4-byte stores from the fragments.
+const STMATRIX_EPILOGUE: bool = true;
 
 /// `D`: head dim, `NT = D / 8` output n-tiles, `KS = D / 16` k-steps of `Q K^T`; `BN` keys a
 /// tile, `NB = BN / 8` score n-tiles, `KC = BN / 16` k-steps of `P V`; `STAGES` tiles in
@@ -111,7 +118,10 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
             if i >= STAGES {
                 unsafe { mbarrier_wait_parity(empty(stage), ((i / STAGES - 1) & 1) as u32) };
             }
-            if lane == 0 {
+            // The lanes left the wait's spin loop separately: reconverge, then one announces
+            // the tile's bytes.
+            bar_warp_sync();
+            if elect_sync() {
                 unsafe { mbarrier_arrive_expect_tx(full(stage), (2 * kv_bytes) as u32) };
             }
             let key0 = (t_first + i) * BN;
@@ -187,7 +197,67 @@ unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const
         unsafe { mbarrier_arrive(empty(stage)) };
     }
 
-    unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * warp + r0, lane) };
+    if STMATRIX_EPILOGUE {
+        unsafe { store_rows_stmatrix::<E, NT>(p, &t, &rows, &o, wg, warp, lane, smem, chunks) };
+    } else {
+        unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * warp + r0, lane) };
+    }
+}
+
+/// The epilogue through shared memory: each warp normalises its 16 rows and writes them with
+/// `stmatrix` into its warpgroup's rows of the Q tile (free: the warpgroup's last `Q K^T` has
+/// completed, and the other warpgroup reads only its own rows), in the same `sw128` layout;
+/// after the warpgroup's named barrier its 128 threads store the 64 rows to global memory
+/// in 16-byte chunks (a row's chunks by consecutive threads). The log-sum-exp as
+/// `store_rows`.
+#[inline(always)]
+unsafe fn store_rows_stmatrix<E: Elem, const NT: usize>(
+    p: &PrefillParams,
+    t: &PrefillBlock,
+    rows: &RowState,
+    o: &[[f32; 4]; NT],
+    wg: usize,
+    warp: usize,
+    lane: usize,
+    smem: u32,
+    chunks: usize,
+) {
+    let r0 = lane / 4;
+    let mut inv = [0.0f32; 2];
+    for h in 0..2 {
+        let lsum = rows.denominator(h);
+        inv[h] = if lsum > 0.0 { 1.0 / lsum } else { 0.0 };
+        let mrow = 16 * warp + r0 + 8 * h;
+        if p.lse != 0 && lane % 4 == 0 && t.row_valid(mrow) {
+            let (token, head) = (t.row_token(mrow) as u64, t.row_head(mrow) as u64);
+            unsafe { *(p.lse as *mut f32).add((token * p.num_q_heads as u64 + head) as usize) = rows.lse(h, lsum) };
+        }
+    }
+    // Matrices of one stmatrix: (n-tile nt, rows 0-7), (nt, rows 8-15), (nt + 1, 0-7),
+    // (nt + 1, 8-15); lane l addresses row l % 8 of matrix l / 8.
+    let (mi, lr) = (lane / 8, lane % 8);
+    let my_row = 16 * warp + (mi % 2) * 8 + lr;
+    for np in 0..NT / 2 {
+        let (a, b) = (&o[2 * np], &o[2 * np + 1]);
+        let r = [
+            E::from_f32x2(a[0] * inv[0], a[1] * inv[0]),
+            E::from_f32x2(a[2] * inv[1], a[3] * inv[1]),
+            E::from_f32x2(b[0] * inv[0], b[1] * inv[0]),
+            E::from_f32x2(b[2] * inv[1], b[3] * inv[1]),
+        ];
+        unsafe { stmatrix_x4(smem + sw128(my_row, 2 * np + mi / 2, ROWS) as u32, r) };
+    }
+    bar_sync_named(1 + wg as u32, 128);
+    let mut u = lane + 32 * (warp % 4);
+    while u < 64 * chunks {
+        let (m, c) = (64 * wg + u / chunks, u % chunks);
+        if t.row_valid(m) {
+            let off = t.row_token(m) as u64 * p.out_token_stride + t.row_head(m) as u64 * p.out_head_stride + 8 * c as u64;
+            let v = unsafe { ld_shared_v4(smem + sw128(m, c, ROWS) as u32) };
+            unsafe { st_global_v4((p.out as *mut u16).add(off as usize) as *mut u32, v) };
+        }
+        u += 128;
+    }
 }
 
 macro_rules! flash_prefill_sm90_kernels {

@@ -37,6 +37,13 @@ pub fn bar_sync() {
     unsafe { nvptx::_syncthreads() }
 }
 
+/// `bar.sync id, count`: waits at named barrier `id` (1-15) until `count` threads (whole
+/// warps) have arrived there; orders their shared-memory accesses as `bar_sync` does.
+#[inline(always)]
+pub fn bar_sync_named(id: u32, count: u32) {
+    unsafe { asm!("bar.sync {i}, {c};", i = in(reg32) id, c = in(reg32) count, options(nostack)) }
+}
+
 /// `shfl.sync.bfly.b32` over the full warp: the value of lane `lane ^ mask`.
 #[inline(always)]
 pub fn shfl_sync_bfly_f32(v: f32, mask: u32) -> f32 {
@@ -282,6 +289,19 @@ pub fn bar_warp_sync() {
     unsafe { asm!("bar.warp.sync 0xffffffff;", options(nostack)) }
 }
 
+/// `stmatrix.sync.aligned.m8n8.x4.shared.b16` (sm_90; only the sm_90a module's kernels use
+/// it): `ldmatrix_x4` reversed. Lane `l` gives the address of row `l % 8` of matrix `l / 8`
+/// and holds in register `i` the pair (row `l / 4`, columns `2 (l % 4)`, `+1`) of matrix `i`
+/// (the `mma` C fragment's layout, packed to 16 bits); each matrix row is 16 contiguous bytes.
+#[inline(always)]
+pub unsafe fn stmatrix_x4(addr: u32, r: [u32; 4]) {
+    unsafe {
+        asm!("stmatrix.sync.aligned.m8n8.x4.shared.b16 [{p}], {{{a}, {b}, {c}, {d}}};",
+             p = in(reg32) addr, a = in(reg32) r[0], b = in(reg32) r[1], c = in(reg32) r[2], d = in(reg32) r[3],
+             options(nostack));
+    }
+}
+
 /// `ldmatrix.sync.aligned.m8n8.x4.shared.b16`: four 8x8 b16 matrices; lane `l` gives the
 /// address of row `l % 8` of matrix `l / 8`, and receives in register `i` the pair
 /// (row `l / 4`, columns `2 (l % 4)`, `+1`) of matrix `i`.
@@ -415,6 +435,21 @@ pub unsafe fn cp_async_bulk_tensor_2d(dst: u32, tmap: u64, c0: i32, c1: i32, mba
             options(nostack)
         )
     }
+}
+
+/// `elect.sync _|p, 0xffffffff` (sm_90): true in exactly one lane of the converged warp;
+/// for work one lane does on the warp's behalf.
+#[inline(always)]
+pub fn elect_sync() -> bool {
+    let elected: u32;
+    unsafe {
+        asm!(
+            "{{ .reg .pred p; elect.sync _|p, 0xffffffff; selp.u32 {e}, 1, 0, p; }}",
+            e = out(reg32) elected,
+            options(nomem, nostack)
+        )
+    }
+    elected != 0
 }
 
 /// `setmaxnreg.inc.sync.aligned.u32 N` (sm_90a): this warpgroup's registers per thread
