@@ -125,14 +125,48 @@ mod tests {
     use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
 
     #[test]
-    fn an_mla_model_is_never_run_as_mha() {
-        // README's "Using it" with deepseek-v3: the selector picks the CPU (it serves MLA),
-        // but the multi-head layer must refuse the MLA spec rather than run 128 x 192 MHA.
+    fn an_mla_model_runs_on_the_cpu_layer_and_never_as_mha() {
+        // README's "Using it" with deepseek-v3 and no GPU: the selector picks the CPU, and
+        // the CPU layer serves the MLA spec (latent cache write, then absorbed attention).
         let cfg = crate::model::preset("deepseek-v3").unwrap();
         let spec = cfg.attn_spec();
-        let layout = KvCacheLayout::new(8, 16, spec.num_kv_heads, spec.head_dim).unwrap();
-        let e = Attention::<half::bf16>::new(BackendName::Cpu, spec, layout, None).err().expect("MLA refused");
+        let m = spec.mla.clone().expect("MLA spec");
+        let (h, r, rope, w) = (m.num_q_heads, m.kv_lora_rank, m.qk_rope_head_dim, m.latent_dim());
+        let layout = KvCacheLayout::new(8, 16, 1, w).unwrap();
+        // A multi-head backend refuses the MLA spec rather than run 128 x 192 MHA.
+        let e = BackendName::CudaPaged.caps().check_layer(crate::platform::Platform::Cuda { major: 9, minor: 0 }, crate::dtype::DType::Bf16, &spec, &layout).unwrap_err();
         assert!(matches!(e, AttnError::Unsupported { .. }) && e.to_string().contains("MLA"), "{e}");
+        // A fresh prefill of 5 tokens and a decode over 19 cached: both requests' latent rows
+        // go in through the layer.
+        let sched = SchedulerOutput {
+            requests: vec![RequestSchedule { num_computed_tokens: 0, num_new_tokens: 5, block_ids: vec![3] }, RequestSchedule { num_computed_tokens: 19, num_new_tokens: 1, block_ids: vec![6, 1] }],
+        };
+        let meta = MetadataBuilder::new(layout).build(&sched).unwrap();
+        let mut layer = Attention::<f32>::new(BackendName::Cpu, spec, layout, None).unwrap();
+        let mut rng = crate::workload::Rng::new(5);
+        let mut cache = HostKvCache::<f32>::zeros(layout);
+        // The decode's 19 cached rows, loaded as a restored cache.
+        for j in 0..19 {
+            let o = meta.slot_of(1, j) * w;
+            for x in &mut cache.key[o..o + w] {
+                *x = rng.uniform();
+            }
+        }
+        layer.load_cache(&cache).unwrap();
+        let n = meta.num_tokens();
+        let rand = |rng: &mut crate::workload::Rng, len: usize| (0..len).map(|_| rng.uniform()).collect::<Vec<f32>>();
+        let (q, kv_c, k_pe) = (rand(&mut rng, n * h * w), rand(&mut rng, n * r), rand(&mut rng, n * rope));
+        let out = layer.forward(&q, &kv_c, &k_pe, &meta).unwrap();
+        // The f64 paged reference over the cache as the write should leave it.
+        for t in 0..n {
+            let o = meta.slot_mapping()[t] as usize * w;
+            cache.key[o..o + r].copy_from_slice(&kv_c[t * r..(t + 1) * r]);
+            cache.key[o + r..o + w].copy_from_slice(&k_pe[t * rope..(t + 1) * rope]);
+        }
+        assert_eq!(layer.cache_snapshot().unwrap().key, cache.key, "latent rows at the slot mapping");
+        let want = crate::oracle::paged_mla_reference(&q, &cache, &meta, &m);
+        let err = crate::oracle::rel_error(&out, &want);
+        assert!(err < 1e-5, "CPU MLA layer vs the paged MLA reference: rel err {err:e}");
     }
 
     #[test]

@@ -297,11 +297,15 @@ impl<T: Element> CpuImpl<T> {
         spec.validate()?;
         cache.layout.validate()?;
         let l = &cache.layout;
-        if l.num_kv_heads != spec.num_kv_heads || l.head_dim != spec.head_dim {
-            return Err(AttnError::InvalidConfig(format!(
-                "cache of {} kv heads x head dim {} for a layer of {} kv heads x head dim {}",
-                l.num_kv_heads, l.head_dim, spec.num_kv_heads, spec.head_dim
-            )));
+        match &spec.mla {
+            Some(m) => super::check_latent_layout(m, l)?,
+            None if l.num_kv_heads != spec.num_kv_heads || l.head_dim != spec.head_dim => {
+                return Err(AttnError::InvalidConfig(format!(
+                    "cache of {} kv heads x head dim {} for a layer of {} kv heads x head dim {}",
+                    l.num_kv_heads, l.head_dim, spec.num_kv_heads, spec.head_dim
+                )));
+            }
+            None => {}
         }
         let elements = l.elements();
         if cache.key.len() != elements || cache.value.len() != elements {
@@ -357,6 +361,24 @@ impl<T: Element> CpuImpl<T> {
         Ok(())
     }
 
+    /// An MLA step: the latent rows `[kv_c | k_pe]` into the cache's key half at the slot
+    /// mapping (the value half stays zero, as on `CUDA_MLA`), then [`mla_decode_cpu`].
+    fn forward_mla(&mut self, q: &[T], kv_c: &[T], k_pe: &[T], meta: &AttentionMetadata, out: &mut [T], m: &MlaSpec) -> Result<()> {
+        let (n, h, r, rope) = (meta.num_tokens(), m.num_q_heads, m.kv_lora_rank, m.qk_rope_head_dim);
+        check_layout(meta, &self.cache.layout)?;
+        check_len("q", q.len(), n, h, m.latent_dim(), "query heads")?;
+        check_len("k (kv_c)", kv_c.len(), n, 1, r, "latent heads")?;
+        check_len("v (k_pe)", k_pe.len(), n, 1, rope, "latent heads")?;
+        check_len("out", out.len(), n, h, r, "query heads")?;
+        let rows: Vec<T> = (0..n).flat_map(|t| kv_c[t * r..(t + 1) * r].iter().chain(&k_pe[t * rope..(t + 1) * rope])).copied().collect();
+        self.cache.write_slots(&rows, &vec![T::default(); rows.len()], meta.slot_mapping())?;
+        let latent = mla_decode_cpu(q, &self.cache, meta, m)?;
+        for (o, x) in out.iter_mut().zip(latent) {
+            *o = T::from_f32(x);
+        }
+        Ok(())
+    }
+
     /// Every shape against the layer, before anything is written.
     fn check(&self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &[T]) -> Result<()> {
         let s = &self.spec;
@@ -396,10 +418,15 @@ impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
         BackendName::Cpu
     }
 
+    /// MLA layers (as `CUDA_MLA`): `q` absorbed `[T, H, R + rope]`, `k` = kv_c `[T, R]`,
+    /// `v` = k_pe `[T, rope]`, `out` latent `[T, H, R]`.
     fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
         let plan = step.for_layer(BackendName::Cpu, T::DTYPE, &LayerShape::of(&self.spec), &self.cache.layout)?;
         let meta = step.host_metadata()?;
-        self.forward_split(q, k, v, meta, out, plan.num_splits)
+        match self.spec.mla.clone() {
+            Some(m) => self.forward_mla(q, k, v, meta, out, &m),
+            None => self.forward_split(q, k, v, meta, out, plan.num_splits),
+        }
     }
 
     fn cache_snapshot(&self) -> Result<HostKvCache<T>> {

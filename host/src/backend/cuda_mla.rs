@@ -94,14 +94,7 @@ pub fn check_mla(spec: &AttnSpec, layout: &KvCacheLayout) -> Result<MlaSpec> {
     if !(m.scale.is_finite() && m.scale > 0.0) || m.num_q_heads == 0 {
         return Err(AttnError::InvalidConfig(format!("MLA with {} heads, scale {}: both must be positive", m.num_q_heads, m.scale)));
     }
-    if layout.num_kv_heads != 1 || layout.head_dim != m.latent_dim() {
-        return Err(AttnError::InvalidConfig(format!(
-            "the latent cache is one kv head of {} dims (kv_lora_rank + rope); this layout has {} kv heads of {}",
-            m.latent_dim(),
-            layout.num_kv_heads,
-            layout.head_dim
-        )));
-    }
+    super::check_latent_layout(&m, layout)?;
     Ok(m)
 }
 

@@ -158,22 +158,22 @@ impl BackendCaps {
         spec.validate()?;
         layout.validate()?;
         match &spec.mla {
-            // An MLA layer runs only where the backend's layer computes MLA (CUDA_MLA); the
-            // CPU serves MLA through `cpu::mla_decode_cpu`, not as a multi-head layer.
-            Some(m) if self.name != BackendName::CudaMla => {
+            // An MLA layer runs where the backend's layer computes MLA (CUDA_MLA, the CPU);
+            // never as a multi-head layer over the MHA view of its heads.
+            Some(m) if !matches!(self.name, BackendName::CudaMla | BackendName::Cpu) => {
                 return Err(AttnError::Unsupported {
                     backend: self.name.as_str(),
                     reason: format!(
                         "the layer is MLA (kv_lora_rank {}, rope dim {}, latent cache of one head of {} dims): the multi-head Attention layer \
-                         would compute it as MHA over {} KV heads of {} dims, which is not what the model caches. MLA layers run on CUDA_MLA \
-                         (or on the CPU through backend::cpu::mla_decode_cpu)",
+                         would compute it as MHA over {} KV heads of {} dims, which is not what the model caches. MLA layers run on CUDA_MLA or CPU",
                         m.kv_lora_rank, m.qk_rope_head_dim, m.latent_dim(), spec.num_kv_heads, spec.head_dim
                     ),
                 });
             }
-            Some(_) => {
+            Some(_) if self.name == BackendName::CudaMla => {
                 cuda_mla::check_mla(spec, layout)?;
             }
+            Some(m) => check_latent_layout(m, layout)?,
             None => {
                 if layout.num_kv_heads != spec.num_kv_heads || layout.head_dim != spec.head_dim {
                     return Err(AttnError::InvalidConfig(format!(
@@ -189,6 +189,19 @@ impl BackendCaps {
         }
         Err(AttnError::Unsupported { backend: self.name.as_str(), reason: why.join("; ") })
     }
+}
+
+/// An MLA layer's cache: one kv head whose rows are the latent `[kv_c | k_pe]`.
+pub(crate) fn check_latent_layout(m: &crate::spec::MlaSpec, layout: &KvCacheLayout) -> Result<()> {
+    if layout.num_kv_heads != 1 || layout.head_dim != m.latent_dim() {
+        return Err(AttnError::InvalidConfig(format!(
+            "the latent cache is one kv head of {} dims (kv_lora_rank + rope); this layout has {} kv heads of {}",
+            m.latent_dim(),
+            layout.num_kv_heads,
+            layout.head_dim
+        )));
+    }
+    Ok(())
 }
 
 /// A layer's tensors on the device: q, out `[num_tokens, num_q_heads, head_dim]`, k, v
