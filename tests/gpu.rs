@@ -15,7 +15,7 @@ use attn_backends::cuda::CudaRuntime;
 use attn_backends::layer::Attention;
 use attn_backends::metadata::AttentionMetadata;
 use attn_backends::workload::{blocks_needed, random_values, schedule, Rng};
-use attn_backends::{oracle, AttnError, AttnSpec, BackendName, Element, HostKvCache, KvCacheLayout, MetadataBuilder, MlaSpec, PlanOptions, StepLimits};
+use attn_backends::{oracle, AttnError, AttnSpec, BackendName, DType, Element, HostKvCache, KvCacheLayout, MetadataBuilder, MlaSpec, PlanOptions, Step, StepLimits};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
@@ -614,7 +614,17 @@ fn bad_input(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     odd.mla.as_mut().unwrap().kv_lora_rank = 448;
     let e5 = Attention::<bf16>::new(BackendName::CudaMla, odd, KvCacheLayout::new(8, 64, 1, 512).unwrap(), Some(rt.clone())).err().ok_or("rank 448 accepted")?;
     let e6 = Attention::<bf16>::new(BackendName::CudaMla, mla_spec(16), KvCacheLayout::new(8, 64, 2, 576).unwrap(), Some(rt.clone())).err().ok_or("2-head latent cache accepted")?;
-    Ok(format!("rejected: `{err}`; `{e1}`; `{e2}`; `{e3}`; `{e4}`; `{e5}`; `{e6}`"))
+    // A step made on another runtime (here a second one on the same device) is refused
+    // before any launch.
+    let other = attn_backends::gpu_if_present().map_err(|e| e.to_string())?;
+    let mut foreign = Step::new(BackendName::CudaPaged, DType::Bf16, &AttnSpec::new(8, 2, 128), layout, StepLimits::for_metadata(&meta), Some(other)).map_err(|e| e.to_string())?;
+    foreign.prepare(&meta).map_err(|e| e.to_string())?;
+    let k = random_values::<bf16>(&mut rng, 2 * 128);
+    let e7 = gpu.forward_host(&foreign, &q, &k, &k, &mut out).err().ok_or("a step of another runtime accepted")?;
+    if !e7.to_string().contains("another CUDA runtime") {
+        return Err(format!("foreign step: {e7}"));
+    }
+    Ok(format!("rejected: `{err}`; `{e1}`; `{e2}`; `{e3}`; `{e4}`; `{e5}`; `{e6}`; `{e7}`"))
 }
 
 fn main() {

@@ -304,10 +304,6 @@ impl Step {
     pub fn plan(&self) -> Option<&StepPlan> {
         self.plan.as_ref()
     }
-    pub(crate) fn device(&self) -> Option<&cuda_paged::DeviceMetadata> {
-        self.device.as_ref()
-    }
-
     /// The plan of a prepared step whose backend, dtype, shape and layout are a layer's (the
     /// plan names the layer's kernels); an error naming the difference otherwise.
     pub(crate) fn for_layer(&self, backend: BackendName, dtype: DType, shape: &LayerShape, layout: &KvCacheLayout) -> Result<&StepPlan> {
@@ -318,6 +314,21 @@ impl Step {
             )));
         }
         self.plan.as_ref().ok_or_else(|| AttnError::InvalidConfig("the step was not prepared: call Step::prepare(&metadata) first".into()))
+    }
+
+    /// [`Step::for_layer`] for a CUDA layer on runtime `rt`: the plan and the step's device
+    /// buffers, which must live on the layer's device (the same runtime).
+    pub(crate) fn for_device_layer(&self, backend: BackendName, dtype: DType, shape: &LayerShape, layout: &KvCacheLayout, rt: &Arc<CudaRuntime>) -> Result<(&StepPlan, &cuda_paged::DeviceMetadata)> {
+        let plan = self.for_layer(backend, dtype, shape, layout)?;
+        let dev = self.device.as_ref().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
+        if !Arc::ptr_eq(dev.runtime(), rt) {
+            return Err(AttnError::InvalidConfig(format!(
+                "the step's buffers are on another CUDA runtime ({}) than this layer's ({}): make the step on the layer's device",
+                dev.runtime().device_name(),
+                rt.device_name()
+            )));
+        }
+        Ok((plan, dev))
     }
 
     /// The prepared step's maps on the host (kept for host backends only).

@@ -290,8 +290,7 @@ impl<T: Element> CudaMlaImpl<T> {
     }
 
     fn run_launches(&self, step: &Step, t: &DeviceTensors<'_, T>, write_cache: bool) -> Result<()> {
-        let plan = step.for_layer(BackendName::CudaMla, T::DTYPE, &self.shape, &self.layout)?;
-        let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
+        let (plan, dev) = step.for_device_layer(BackendName::CudaMla, T::DTYPE, &self.shape, &self.layout, &self.rt)?;
         let (n, h) = (plan.num_tokens, self.mla.num_q_heads);
         check_rows("q", t.q.len(), n, h * MLA_LATENT_DIM as usize)?;
         if write_cache {

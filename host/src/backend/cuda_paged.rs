@@ -427,6 +427,10 @@ pub struct DeviceMetadata {
 }
 
 impl DeviceMetadata {
+    /// The runtime whose device holds these buffers.
+    pub(crate) fn runtime(&self) -> &Arc<CudaRuntime> {
+        &self.rt
+    }
     pub(crate) fn new(rt: Arc<CudaRuntime>, shape: LayerShape, limits: &StepLimits) -> Result<Self> {
         limits.validate()?;
         let stream = rt.stream().clone();
@@ -702,8 +706,7 @@ impl<T: Element> CudaPagedImpl<T> {
     /// split. Checks first (the step fits the layer, the tensors hold the step's rows);
     /// then only kernel launches on the runtime's stream.
     pub fn run(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
-        let plan = step.for_layer(self.backend, T::DTYPE, &self.shape, &self.layout)?;
-        let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
+        let (plan, dev) = step.for_device_layer(self.backend, T::DTYPE, &self.shape, &self.layout, &self.rt)?;
         let n = plan.num_tokens;
         let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
         check_rows("q", t.q.len(), n, hq * d)?;
@@ -721,8 +724,7 @@ impl<T: Element> CudaPagedImpl<T> {
 
     /// Attention alone (no cache write) over a prepared step: what the decode benchmarks time.
     pub fn attend(&mut self, step: &Step, q: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
-        let plan = step.for_layer(self.backend, T::DTYPE, &self.shape, &self.layout)?;
-        let dev = step.device().ok_or_else(|| AttnError::InvalidConfig("the step has no device buffers".into()))?;
+        let (plan, dev) = step.for_device_layer(self.backend, T::DTYPE, &self.shape, &self.layout, &self.rt)?;
         let row = self.shape.num_q_heads * self.shape.head_dim;
         check_rows("q", q.len(), plan.num_tokens, row)?;
         check_rows("out", out.len(), plan.num_tokens, row)?;
