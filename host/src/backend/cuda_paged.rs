@@ -70,7 +70,7 @@ pub static CAPS: BackendCaps = BackendCaps {
     kernels: "prefill rows (requests with 2 or more new tokens) -> flash_prefill: 128-row tiles of (token, GQA head) pairs sharing each K/V tile, mma.sync, causal tiles skipped; \
               decode rows (1 new token) -> paged_attention: the GQA group's heads as the rows of the tensor-core tiles, split-KV + merge when the decode rows alone do not fill the GPU",
     on_sm90: Some(
-        "on compute capability 9.0 (the sm_90a module), prefill rows of head dim 64, 128 or 256 -> flash_prefill_sm90: the same tiles on wgmma \
+        "on compute capability 9.0 (the sm_90a module), prefill rows of head dim 64, 128 or 256 over blocks of 8 or more tokens -> flash_prefill_sm90: the same tiles on wgmma \
          (two warpgroups of 64 rows, Q, K and V read by the tensor cores from shared memory); ATTN_BACKEND=CUDA_PAGED_PORTABLE keeps mma.sync",
     ),
     ..PAGED_ROW
@@ -173,6 +173,13 @@ pub fn prefill_kernel(tag: &str, head_dim: usize, softcap: bool, alibi: bool, ho
 /// (its copies move whole 8-row groups of the 128-byte swizzle).
 pub fn hopper_layout(head_dim: usize, block_size: usize) -> bool {
     PREFILL_SM90_HEAD_DIMS.iter().any(|&d| d as usize == head_dim) && block_size >= PREFILL_SM90_MIN_BLOCK as usize
+}
+
+/// Whether `backend` runs prefill on the Hopper kernel: `CUDA_PAGED` on a module with the
+/// wgmma kernels (`wgmma`), for a layout it serves. The plan and the impl (which loads the
+/// kernel and its tensor maps) both ask this, so a plan never names a kernel not loaded.
+pub fn hopper_prefill(backend: BackendName, wgmma: bool, head_dim: usize, block_size: usize) -> bool {
+    backend == BackendName::CudaPaged && wgmma && hopper_layout(head_dim, block_size)
 }
 
 /// Bytes of a `CUtensorMap`.
@@ -290,7 +297,7 @@ pub fn prefill_tiling(group: usize) -> (usize, usize) {
 /// cache write, grid `(tokens)`.
 ///
 /// `backend`: `CudaPaged` takes the Hopper prefill kernel where the device's module has it
-/// ([`hopper_layout`]); `CudaPagedPortable` keeps the `mma.sync` one everywhere.
+/// ([`hopper_prefill`]); `CudaPagedPortable` keeps the `mma.sync` one everywhere.
 pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions, backend: BackendName) -> Result<StepPlan> {
     let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_PAGED", supported: "f16, bf16" })?;
     let (n, hq, hkv, d) = (meta.num_tokens(), shape.num_q_heads, shape.num_kv_heads, shape.head_dim);
@@ -357,7 +364,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     if !prefill_tiles.is_empty() {
         // The same tiles and parameters on either kernel: 8 warps, or on the Hopper one two
         // consumer warpgroups of 64 rows and a producer warpgroup.
-        let hopper = backend == BackendName::CudaPaged && props.wgmma && hopper_layout(d, meta.layout().block_size);
+        let hopper = hopper_prefill(backend, props.wgmma, d, meta.layout().block_size);
         launches.push(KernelLaunch {
             kernel: prefill_kernel(tag, d, shape.softcap, shape.alibi, hopper),
             grid: (prefill_tiles.len() as u32, (hkv * shape.group_size().div_ceil(hpt)) as u32, 1),
@@ -654,7 +661,7 @@ impl<T: Element> CudaPagedImpl<T> {
         let portable = prefill_kernel(tag, d, shape.softcap, shape.alibi, false);
         let mut prefill_fns = vec![(portable.clone(), function_with_smem(&rt, &portable, prefill_smem_bytes(d as u32), d)?)];
         let mut tensor_maps = None;
-        if backend == BackendName::CudaPaged && has_wgmma_kernels(&rt) && hopper_layout(d, layout.block_size) {
+        if hopper_prefill(backend, has_wgmma_kernels(&rt), d, layout.block_size) {
             let hopper = prefill_kernel(tag, d, shape.softcap, shape.alibi, true);
             prefill_fns.push((hopper.clone(), function_with_smem(&rt, &hopper, prefill_sm90_smem_bytes(d as u32), d)?));
             let mut bytes = cache_tensor_map(&key_cache, &layout, T::DTYPE, &stream)?;
