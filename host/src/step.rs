@@ -274,7 +274,7 @@ impl Step {
         self.limits.check(meta)?;
         let plan = self.backend.plan(meta, &self.shape, self.dtype, self.props.as_ref(), &self.limits, &opts)?;
         if let Some(dev) = &mut self.device {
-            dev.upload(meta, &plan, &self.limits)?;
+            dev.upload(meta, &plan)?;
         }
         // The CPU backend reads the maps from the host; a GPU step has them on the device
         // and keeps no host copy (no per-step clone of the block table).

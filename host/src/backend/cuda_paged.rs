@@ -443,22 +443,25 @@ impl DeviceMetadata {
         let stream = rt.stream().clone();
         let bt = limits.max_reqs * limits.max_blocks_per_req;
         let rows = limits.split_rows.checked_mul(shape.num_q_heads).ok_or_else(|| AttnError::InvalidConfig("workspace size overflows".into()))?;
-        // Staging: query_start_loc, seq_lens, block table, decode map, prefill tiles (2 per
-        // tile), MLA's key splits (2 each: at most one per request plus the workspace's
-        // rows) and token splits (2 per token).
+        // MLA's key splits: at most one per request plus the workspace's rows.
         let max_key_splits = limits.max_reqs + limits.split_rows;
-        let i32s = (limits.max_reqs + 1) + limits.max_reqs + bt + 3 * limits.max_tokens + 2 * max_key_splits + 2 * limits.max_tokens;
+        let (query_start_loc, seq_lens, block_table) = (stream.alloc_zeros(limits.max_reqs + 1)?, stream.alloc_zeros(limits.max_reqs)?, stream.alloc_zeros(bt)?);
+        let (decode_map, prefill_tiles) = (stream.alloc_zeros(limits.max_tokens)?, stream.alloc_zeros(2 * limits.max_tokens)?);
+        let (key_splits, token_splits) = (stream.alloc_zeros(2 * max_key_splits)?, stream.alloc_zeros(2 * limits.max_tokens)?);
+        // Staging: one i32 slice per i32 map, in `upload`'s order and of the map's length.
+        let i32_maps: [&CudaSlice<i32>; 7] = [&query_start_loc, &seq_lens, &block_table, &decode_map, &prefill_tiles, &key_splits, &token_splits];
+        let i32s = i32_maps.iter().map(|b| b.len()).sum();
         // SAFETY: the staging memory is written before it is read (each upload fills what it copies).
         let (staging_i32, staging_slots) = unsafe { (rt.context().alloc_pinned::<i32>(i32s)?, rt.context().alloc_pinned::<i64>(limits.max_tokens)?) };
         let m = DeviceMetadata {
-            query_start_loc: stream.alloc_zeros(limits.max_reqs + 1)?,
-            seq_lens: stream.alloc_zeros(limits.max_reqs)?,
-            block_table: stream.alloc_zeros(bt)?,
+            query_start_loc,
+            seq_lens,
+            block_table,
             slot_mapping: stream.alloc_zeros(limits.max_tokens)?,
-            decode_map: stream.alloc_zeros(limits.max_tokens)?,
-            prefill_tiles: stream.alloc_zeros(2 * limits.max_tokens)?,
-            key_splits: stream.alloc_zeros(2 * max_key_splits)?,
-            token_splits: stream.alloc_zeros(2 * limits.max_tokens)?,
+            decode_map,
+            prefill_tiles,
+            key_splits,
+            token_splits,
             partial_out: stream.alloc_zeros(rows * shape.head_dim)?,
             partial_ml: stream.alloc_zeros(rows * 2)?,
             staging_i32,
@@ -490,19 +493,23 @@ impl DeviceMetadata {
     /// the limits; every copy is bounded by its staging slice all the same):
     /// waits for the previous upload to leave the staging memory, fills it, and enqueues the
     /// copies on the runtime's stream, ahead of the step's launches.
-    pub(crate) fn upload(&mut self, meta: &AttentionMetadata, plan: &StepPlan, limits: &StepLimits) -> Result<()> {
+    pub(crate) fn upload(&mut self, meta: &AttentionMetadata, plan: &StepPlan) -> Result<()> {
         self.uploaded.synchronize()?;
         let (r, stride, bs) = (meta.num_reqs(), self.block_table_stride, meta.layout().block_size);
         let staging = self.staging_i32.as_mut_slice()?;
-        let (qsl, rest) = staging.split_at_mut(limits.max_reqs + 1);
-        let (seq, rest) = rest.split_at_mut(limits.max_reqs);
-        let (bt, rest) = rest.split_at_mut(limits.max_reqs * stride);
-        let (dmap, rest) = rest.split_at_mut(limits.max_tokens);
-        let (tiles, rest) = rest.split_at_mut(2 * limits.max_tokens);
-        let (ksplits, tsplits) = rest.split_at_mut(2 * (limits.max_reqs + limits.split_rows));
+        let (qsl, rest) = staging.split_at_mut(self.query_start_loc.len());
+        let (seq, rest) = rest.split_at_mut(self.seq_lens.len());
+        let (bt, rest) = rest.split_at_mut(self.block_table.len());
+        let (dmap, rest) = rest.split_at_mut(self.decode_map.len());
+        let (tiles, rest) = rest.split_at_mut(self.prefill_tiles.len());
+        let (ksplits, tsplits) = rest.split_at_mut(self.key_splits.len());
         let (nk, nts) = (plan.key_splits.len(), plan.token_splits.len());
         if 2 * nk > ksplits.len() || 2 * nts > tsplits.len() {
-            return Err(AttnError::StepTooLarge(format!("{nk} key splits, {nts} tokens: past the step's buffers (limits {limits:?})")));
+            return Err(AttnError::StepTooLarge(format!(
+                "{nk} key splits, {nts} tokens: past the step's buffers ({} key splits, {} tokens)",
+                ksplits.len() / 2,
+                tsplits.len() / 2
+            )));
         }
         for (dst, k) in ksplits.chunks_exact_mut(2).zip(&plan.key_splits) {
             dst[0] = k.request as i32;
