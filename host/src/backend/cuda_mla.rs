@@ -104,7 +104,7 @@ pub fn device_props(rt: &CudaRuntime, dtype: DType) -> Result<DeviceProps> {
     let smem_max = max_shared_memory_per_block(rt)?;
     let stages = pipeline_stages(smem_max);
     let smem = mla_smem_bytes(stages);
-    let f = function_with_smem(rt, &decode_kernel(tag, stages), smem, MLA_LATENT_DIM as usize)?;
+    let f = function_with_smem(rt, BackendName::CudaMla, &decode_kernel(tag, stages), smem, MLA_LATENT_DIM as usize)?;
     let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(MLA_WARPS * 32, smem as usize, None)?;
     Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: smem_max, wgmma: has_wgmma_kernels(rt) })
 }
@@ -255,7 +255,7 @@ impl<T: Element> CudaMlaImpl<T> {
         let mut decode_fns = Vec::new();
         for stages in MLA_STAGES.into_iter().filter(|&s| mla_smem_bytes(s) <= smem_max) {
             let name = decode_kernel(tag, stages);
-            decode_fns.push((name.clone(), function_with_smem(&rt, &name, mla_smem_bytes(stages), MLA_LATENT_DIM as usize)?));
+            decode_fns.push((name.clone(), function_with_smem(&rt, BackendName::CudaMla, &name, mla_smem_bytes(stages), MLA_LATENT_DIM as usize)?));
         }
         if decode_fns.is_empty() {
             return Err(AttnError::Unsupported {

@@ -244,11 +244,11 @@ pub(crate) fn max_shared_memory_per_block(rt: &CudaRuntime) -> Result<u32> {
 
 /// A kernel with `smem` bytes of dynamic shared memory opted into (past 48 KiB that must be
 /// asked for per kernel); an error if the device allows less.
-pub(crate) fn function_with_smem(rt: &CudaRuntime, name: &str, smem: u32, head_dim: usize) -> Result<CudaFunction> {
-    let smem_max = rt.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
-    if smem as i64 > smem_max as i64 {
+pub(crate) fn function_with_smem(rt: &CudaRuntime, backend: BackendName, name: &str, smem: u32, head_dim: usize) -> Result<CudaFunction> {
+    let smem_max = max_shared_memory_per_block(rt)?;
+    if smem > smem_max {
         return Err(AttnError::Unsupported {
-            backend: if name.starts_with("mla_") { "CUDA_MLA" } else { "CUDA_PAGED" },
+            backend: backend.as_str(),
             reason: format!("head dim {head_dim}: {name} needs {smem} bytes of shared memory per block; {} allows {smem_max}", rt.device_name()),
         });
     }
@@ -260,7 +260,7 @@ pub(crate) fn function_with_smem(rt: &CudaRuntime, name: &str, smem: u32, head_d
 /// The decode (paged attention) kernel of `dtype` and `head_dim`, shared memory opted into.
 fn attention_function(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result<CudaFunction> {
     let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_PAGED", supported: "f16, bf16" })?;
-    function_with_smem(rt, &attention_kernel(tag, head_dim), paged_smem_bytes(head_dim as u32), head_dim)
+    function_with_smem(rt, BackendName::CudaPaged, &attention_kernel(tag, head_dim), paged_smem_bytes(head_dim as u32), head_dim)
 }
 
 /// The device's properties a plan reads: SMs, and blocks of the attention kernel per SM
@@ -666,11 +666,11 @@ impl<T: Element> CudaPagedImpl<T> {
         let shape = LayerShape::of(&spec);
         let d = spec.head_dim;
         let portable = prefill_kernel(tag, d, shape.softcap, shape.alibi, false);
-        let mut prefill_fns = vec![(portable.clone(), function_with_smem(&rt, &portable, prefill_smem_bytes(d as u32), d)?)];
+        let mut prefill_fns = vec![(portable.clone(), function_with_smem(&rt, backend, &portable, prefill_smem_bytes(d as u32), d)?)];
         let mut tensor_maps = None;
         if hopper_prefill(backend, has_wgmma_kernels(&rt), d, layout.block_size) {
             let hopper = prefill_kernel(tag, d, shape.softcap, shape.alibi, true);
-            prefill_fns.push((hopper.clone(), function_with_smem(&rt, &hopper, prefill_sm90_smem_bytes(d as u32), d)?));
+            prefill_fns.push((hopper.clone(), function_with_smem(&rt, backend, &hopper, prefill_sm90_smem_bytes(d as u32), d)?));
             let mut bytes = cache_tensor_map(&key_cache, &layout, T::DTYPE, &stream)?;
             bytes.extend(cache_tensor_map(&value_cache, &layout, T::DTYPE, &stream)?);
             tensor_maps = Some(stream.clone_htod(&bytes)?);
@@ -720,31 +720,31 @@ impl<T: Element> CudaPagedImpl<T> {
     /// split. Checks first (the step fits the layer, the tensors hold the step's rows);
     /// then only kernel launches on the runtime's stream.
     pub fn run(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
-        let (plan, dev) = step.for_device_layer(self.backend, T::DTYPE, &self.shape, &self.layout, &self.rt)?;
-        let n = plan.num_tokens;
-        let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
-        check_rows("q", t.q.len(), n, hq * d)?;
-        check_rows("k", t.k.len(), n, hkv * d)?;
-        check_rows("v", t.v.len(), n, hkv * d)?;
-        check_rows("out", t.out.len(), n, hq * d)?;
-        if let Some(lse) = &t.lse {
-            check_rows("lse", lse.len(), n, hq)?;
-        }
-        for launch in &plan.launches {
-            self.launch(launch, plan, dev, &t)?;
-        }
-        Ok(())
+        self.run_launches(step, &t, true)
     }
 
     /// Attention alone (no cache write) over a prepared step: what the decode benchmarks time.
     pub fn attend(&mut self, step: &Step, q: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
-        let (plan, dev) = step.for_device_layer(self.backend, T::DTYPE, &self.shape, &self.layout, &self.rt)?;
-        let row = self.shape.num_q_heads * self.shape.head_dim;
-        check_rows("q", q.len(), plan.num_tokens, row)?;
-        check_rows("out", out.len(), plan.num_tokens, row)?;
         let t = DeviceTensors { q, k: q, v: q, out, lse: None };
-        for launch in plan.launches.iter().filter(|l| l.kernel != CACHE_WRITE_KERNEL) {
-            self.launch(launch, plan, dev, &t)?;
+        self.run_launches(step, &t, false)
+    }
+
+    /// The plan's launches (the cache write only if `write_cache`), after the checks.
+    fn run_launches(&self, step: &Step, t: &DeviceTensors<'_, T>, write_cache: bool) -> Result<()> {
+        let (plan, dev) = step.for_device_layer(self.backend, T::DTYPE, &self.shape, &self.layout, &self.rt)?;
+        let n = plan.num_tokens;
+        let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
+        check_rows("q", t.q.len(), n, hq * d)?;
+        if write_cache {
+            check_rows("k", t.k.len(), n, hkv * d)?;
+            check_rows("v", t.v.len(), n, hkv * d)?;
+        }
+        check_rows("out", t.out.len(), n, hq * d)?;
+        if let Some(lse) = &t.lse {
+            check_rows("lse", lse.len(), n, hq)?;
+        }
+        for launch in plan.launches.iter().filter(|l| write_cache || l.kernel != CACHE_WRITE_KERNEL) {
+            self.launch(launch, plan, dev, t)?;
         }
         Ok(())
     }
