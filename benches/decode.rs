@@ -10,7 +10,7 @@
 //! `cargo bench --bench decode [-- --json]`
 
 use attn_backends::backend::cuda_paged::CudaPagedImpl;
-use attn_backends::workload::{ragged_lengths, schedule, Rng};
+use attn_backends::workload::{blocks_needed, ragged_lengths, random_values, schedule, Rng};
 use attn_backends::{AttnSpec, BackendName, DType, KvCacheLayout, MetadataBuilder, PlanOptions, Step, StepLimits};
 use half::bf16;
 
@@ -74,15 +74,14 @@ fn main() {
         let d = w.head_dim;
         let spec = AttnSpec::new(w.q_heads, w.kv_heads, d);
         let shapes: Vec<(usize, usize)> = w.lens.iter().map(|&l| (l - 1, 1)).collect();
-        let num_blocks = shapes.iter().map(|&(c, n)| (c + n).div_ceil(BLOCK_SIZE)).sum::<usize>();
+        let num_blocks = blocks_needed(&shapes, BLOCK_SIZE);
         let layout = KvCacheLayout::new(num_blocks, BLOCK_SIZE, w.kv_heads, d).expect("layout");
         let step = schedule(&mut rng, &shapes, BLOCK_SIZE, num_blocks).expect("blocks");
         let meta = MetadataBuilder::new(layout).build(&step).expect("metadata");
         let mut imp = CudaPagedImpl::<bf16>::new(rt.clone(), spec.clone(), layout).expect("backend");
         imp.load_cache(&random_cache(layout, &mut rng)).expect("cache upload");
         let n = meta.num_tokens();
-        let q: Vec<bf16> = (0..n * w.q_heads * d).map(|_| bf16::from_f32(rng.uniform())).collect();
-        let q = rt.stream().clone_htod(&q).expect("q");
+        let q = rt.stream().clone_htod(&random_values::<bf16>(&mut rng, n * w.q_heads * d)).expect("q");
         let mut out = rt.stream().alloc_zeros::<bf16>(n * w.q_heads * d).expect("out");
         let mut step = Step::new(BackendName::CudaPaged, DType::Bf16, &spec, layout, StepLimits::for_metadata(&meta), Some(rt.clone())).expect("step");
         let kv_bytes: usize = w.lens.iter().map(|&l| l * w.kv_heads * d * 2 * 2).sum();

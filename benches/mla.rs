@@ -14,9 +14,9 @@
 mod common;
 
 use attn_backends::backend::cuda_mla::CudaMlaImpl;
-use attn_backends::workload::{schedule, Rng};
+use attn_backends::workload::{random_values, schedule, Rng};
 use attn_backends::{AttentionImpl, AttnSpec, BackendName, DType, KvCacheLayout, MetadataBuilder, MlaSpec, PlanOptions, Step, StepLimits};
-use common::{copy_bandwidth, random_cache, Timer};
+use common::{copy_bandwidth, only_ids, random_cache, Timer};
 use half::bf16;
 
 const BLOCK_SIZE: usize = 64;
@@ -57,8 +57,7 @@ fn main() {
     println!("| workload | kernel | splits x keys | time (us) [min, max] | GB/s | of copy | TFLOP/s |");
     println!("|---|---|---|---|---|---|---|");
     let mut rng = Rng::new(576);
-    // Workload ids given on the command line (`M2`, `P1`): only those (profiling).
-    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let only = only_ids(&workloads().iter().map(|w| w.id).collect::<Vec<_>>());
     for w in workloads().into_iter().filter(|w| only.is_empty() || only.iter().any(|o| o == w.id)) {
         let mla = MlaSpec { num_q_heads: w.heads, kv_lora_rank: RANK, qk_rope_head_dim: LATENT - RANK, qk_nope_head_dim: 128, v_head_dim: 128, scale: 1.0 / 192f32.sqrt() };
         let spec = AttnSpec { mla: Some(mla), ..AttnSpec::new(w.heads, w.heads, 192) };
@@ -70,8 +69,7 @@ fn main() {
         let mut imp = CudaMlaImpl::<bf16>::new(rt.clone(), spec.clone(), layout).expect("backend");
         imp.load_cache(&random_cache(layout, &mut rng)).expect("cache upload");
         let n = meta.num_tokens();
-        let q: Vec<bf16> = (0..n * w.heads * LATENT).map(|_| bf16::from_f32(rng.uniform())).collect();
-        let q = rt.stream().clone_htod(&q).expect("q");
+        let q = rt.stream().clone_htod(&random_values::<bf16>(&mut rng, n * w.heads * LATENT)).expect("q");
         let mut out = rt.stream().alloc_zeros::<bf16>(n * w.heads * RANK).expect("out");
         let mut step = Step::new(BackendName::CudaMla, DType::Bf16, &spec, layout, StepLimits::for_metadata(&meta), Some(rt.clone())).expect("step");
         let bytes = (w.batch * w.context * LATENT * 2 + n * w.heads * (LATENT + RANK) * 2) as f64;

@@ -5,7 +5,7 @@
 //! writes it; P5: 2048 cached tokens + the 512 new ones per request); the timed work is the
 //! attention launches of one layer (`CudaPagedImpl::attend`: the flash prefill kernel, the
 //! wgmma one on an sm_90a module and then the portable one for comparison), CUDA
-//! events, median of REPS after a warm-up. FLOPs as BENCHMARKS.md counts them:
+//! events, median of `common::REPS` after a warm-up, L2 not flushed. FLOPs as BENCHMARKS.md counts them:
 //! `4 x q_heads x head_dim x (sum over queries of the keys each attends to)`. Peers:
 //! BENCHMARKS.md's H100 figures (PyTorch SDPA: cuDNN and its FlashAttention-2 backend).
 //!
@@ -13,13 +13,12 @@
 //! given: how the kernels' speed depends on the page size).
 
 use attn_backends::backend::cuda_paged::CudaPagedImpl;
-use attn_backends::workload::{random_values, schedule, Rng};
+use attn_backends::workload::{blocks_needed, random_values, schedule, Rng};
 use attn_backends::{AttnSpec, BackendName, DType, HostKvCache, KvCacheLayout, MetadataBuilder, Step, StepLimits};
-use cudarc::driver::sys::CUevent_flags;
+use common::{only_ids, Timer};
 use half::bf16;
-use std::time::{Duration, Instant};
 
-const REPS: usize = 20;
+mod common;
 /// The paged cache's block size unless `--block-size=N` is given.
 const BLOCK_SIZE: usize = 16;
 
@@ -57,18 +56,17 @@ fn main() {
         }
     };
     let stream = rt.stream().clone();
-    let ctx = stream.context().clone();
+    let mut timer = Timer::new(&rt);
     println!("device: {} ({}, {} SMs), block size {block_size}", rt.device_name(), rt.arch(), rt.num_sms());
     println!("| workload | kernel | time (us) [min, max] | TFLOP/s | peers on H100: cuDNN / FA2 (of cuDNN, of FA2) |");
     println!("|---|---|---|---|---|");
     let mut rng = Rng::new(11);
     let mut p1 = f64::NAN;
-    // Workload ids given on the command line (`M2`, `P1`): only those (profiling).
-    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let only = only_ids(&workloads().iter().map(|w| w.id).collect::<Vec<_>>());
     for w in workloads().into_iter().filter(|w| only.is_empty() || only.iter().any(|o| o == w.id)) {
         let d = w.head_dim;
         let spec = AttnSpec::new(w.q_heads, w.kv_heads, d);
-        let num_blocks = w.requests.iter().map(|&(c, n)| (c + n).div_ceil(block_size)).sum::<usize>();
+        let num_blocks = blocks_needed(&w.requests, block_size);
         let layout = KvCacheLayout::new(num_blocks, block_size, w.kv_heads, d).expect("layout");
         let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &w.requests, block_size, num_blocks).expect("blocks")).expect("metadata");
         let cache = HostKvCache { layout, key: random_values(&mut rng, layout.elements()), value: random_values(&mut rng, layout.elements()) };
@@ -91,23 +89,9 @@ fn main() {
             // Keys attended, summed over queries: query i of a request with c cached sees c + i + 1.
             let pairs: f64 = w.requests.iter().map(|&(c, q)| (0..q).map(|i| (c + i + 1) as f64).sum::<f64>()).sum();
             let flops = 4.0 * w.q_heads as f64 * d as f64 * pairs;
-            let warm_until = Instant::now() + Duration::from_millis(300);
-            while Instant::now() < warm_until {
-                imp.attend(&step, &q, &mut out).expect("launch");
-                stream.synchronize().expect("sync");
-            }
-            let mut us = Vec::with_capacity(REPS);
-            for _ in 0..REPS {
-                let a = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
-                let b = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
-                a.record(&stream).expect("record");
-                imp.attend(&step, &q, &mut out).expect("launch");
-                b.record(&stream).expect("record");
-                b.synchronize().expect("sync");
-                us.push(a.elapsed_ms(&b).expect("elapsed") as f64 * 1e3);
-            }
-            us.sort_by(|x, y| x.partial_cmp(y).unwrap());
-            let med = us[REPS / 2];
+            // Compute-bound: timed warm (no L2 flush).
+            let (ms, lo, hi) = timer.time_with(false, || imp.attend(&step, &q, &mut out));
+            let (med, lo, hi) = (ms * 1e3, lo * 1e3, hi * 1e3);
             let tflops = flops / (med * 1e-6) / 1e12;
             if w.id == "P1" && backend == BackendName::CudaPaged {
                 p1 = tflops;
@@ -117,7 +101,7 @@ fn main() {
             } else {
                 format!("{:.0} / {:.0} ({:.2}, {:.2})", w.peers.0, w.peers.1, tflops / w.peers.0, tflops / w.peers.1)
             };
-            println!("| {} | {kernel} | {:.1} [{:.1}, {:.1}] | {:.1} | {} |", w.id, med, us[0], us[REPS - 1], tflops, peers);
+            println!("| {} | {kernel} | {:.1} [{:.1}, {:.1}] | {:.1} | {} |", w.id, med, lo, hi, tflops, peers);
             if json {
                 println!(
                     "{{\"bench\":\"prefill\",\"workload\":\"{}\",\"device\":\"{}\",\"kernel\":\"{kernel}\",\"block_size\":{block_size},\"median_us\":{med:.2},\"tflops\":{tflops:.2}}}",

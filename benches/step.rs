@@ -15,10 +15,13 @@
 
 use attn_backends::layer::Attention;
 use attn_backends::workload::{random_values, schedule, Rng};
-use attn_backends::{AttnSpec, BackendName, HostKvCache, KvCacheLayout, MetadataBuilder, StepLimits};
+use attn_backends::{AttnSpec, BackendName, KvCacheLayout, MetadataBuilder, StepLimits};
+use common::random_cache;
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use half::bf16;
 use std::time::Instant;
+
+mod common;
 
 const LAYERS: usize = 32;
 const REPS: usize = 20;
@@ -50,9 +53,7 @@ fn main() {
     let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &shapes, BLOCK_SIZE, num_blocks).expect("blocks")).expect("metadata");
 
     // 32 layers, each with its own 1 GiB cache of random bf16 (one random pattern, uploaded per layer).
-    let pattern: Vec<bf16> = random_values(&mut rng, (8 << 20) + 13);
-    let fill = |off: usize| (0..layout.elements()).map(|i| pattern[(i + off) % pattern.len()]).collect::<Vec<_>>();
-    let cache = HostKvCache { layout, key: fill(0), value: fill(12345) };
+    let cache = random_cache(layout, &mut rng);
     let mut layers: Vec<Attention<bf16>> = (0..LAYERS)
         .map(|_| {
             let mut l = Attention::<bf16>::new(BackendName::CudaPaged, spec.clone(), layout, Some(rt.clone())).expect("layer");

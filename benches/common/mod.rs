@@ -1,5 +1,7 @@
-//! What the memory-bound benchmarks share: a CUDA-event timer that flushes L2 before every
-//! repetition, the device's copy bandwidth (the ceiling), and multi-GiB random caches.
+//! What the benchmarks share: a CUDA-event timer (flushing L2 before every repetition for
+//! the memory-bound ones), the device's copy bandwidth (the ceiling), multi-GiB random
+//! caches, and the workload-id filter of the command line.
+#![allow(dead_code)] // each bench uses its own subset
 
 use attn_backends::cuda::CudaRuntime;
 use attn_backends::workload::Rng;
@@ -25,7 +27,13 @@ impl Timer {
     }
 
     /// Median and (min, max) in ms of `f` over REPS runs, L2 flushed before each.
-    pub fn time(&mut self, mut f: impl FnMut() -> attn_backends::Result<()>) -> (f64, f64, f64) {
+    pub fn time(&mut self, f: impl FnMut() -> attn_backends::Result<()>) -> (f64, f64, f64) {
+        self.time_with(true, f)
+    }
+
+    /// [`Timer::time`], flushing L2 before each run only if `flush` (compute-bound work
+    /// is timed warm).
+    pub fn time_with(&mut self, flush: bool, mut f: impl FnMut() -> attn_backends::Result<()>) -> (f64, f64, f64) {
         let ctx = self.stream.context().clone();
         let warm_until = Instant::now() + Duration::from_millis(300);
         while Instant::now() < warm_until {
@@ -34,7 +42,9 @@ impl Timer {
         }
         let mut ms = Vec::with_capacity(REPS);
         for _ in 0..REPS {
-            self.stream.memset_zeros(&mut self.flush).expect("L2 flush");
+            if flush {
+                self.stream.memset_zeros(&mut self.flush).expect("L2 flush");
+            }
             let a = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
             let b = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
             a.record(&self.stream).expect("record");
@@ -66,3 +76,14 @@ pub fn random_cache(layout: KvCacheLayout, rng: &mut Rng) -> HostKvCache<bf16> {
     HostKvCache { layout, key: fill(0), value: fill(12345) }
 }
 
+
+/// Workload ids given on the command line (`M2`, `P1`; options start with `-`): only those
+/// run (profiling). An id no workload has is an error naming the known ones.
+pub fn only_ids(known: &[&str]) -> Vec<String> {
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if let Some(bad) = only.iter().find(|o| !known.contains(&o.as_str())) {
+        eprintln!("unknown workload `{bad}` (known: {}; options are `--name` or `--name=value`)", known.join(", "));
+        std::process::exit(2);
+    }
+    only
+}
