@@ -1,6 +1,6 @@
 //! `attn`: the attn-backends command-line tool.
 //!
-//! - `attn demo [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--cpu] [--seed N]`:
+//! - `attn demo [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--cpu] [--seed N] [--block-size N]`:
 //!   a realistic mixed batch (long-context decodes, a chunked prefill, a fresh prefill)
 //!   through metadata builder -> selector -> backend, on the GPU when one is present,
 //!   checked against the f64 oracle; prints the backend and why, the error and the time.
@@ -32,7 +32,7 @@ const USAGE: &str = "usage:
   attn select [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--block-size N]
   attn presets
   attn <command> --help
-environment: ATTN_BACKEND=<NAME> forces a backend (CUDA_PAGED, CPU); RUST_LOG=info|debug";
+environment: ATTN_BACKEND=<NAME> forces a backend (CUDA_PAGED, CUDA_MLA, CUDA_PAGED_PORTABLE, CPU); RUST_LOG=info|debug";
 
 /// The subcommands, each with the options it takes and its help text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,10 @@
 //!   the block table, the GQA group's heads as tensor-core tile rows;
 //! - `merge_splits_<dtype>`: flash-decoding's merge when the plan splits the decode rows' keys;
 //! - `flash_prefill_<dtype>_d<head_dim>[_softcap][_alibi]`: the rows of requests with two or more new tokens
-//!   (chunked or fresh prefill), 128 (token, head) rows per block over shared K/V tiles.
+//!   (chunked or fresh prefill), 128 (token, head) rows per block over shared K/V tiles;
+//! - `flash_prefill_sm90_<dtype>_d<head_dim>[...]` (sm_90a module, [`hopper_prefill`]): the
+//!   same tiles on wgmma, K/V brought by the copy engine through the cache's tensor maps
+//!   (encoded once per layer, `cache_tensor_map`).
 //!
 //! Plan, then run: [`plan`] is a pure function of a step's metadata, the layer's shape and
 //! the device's properties (split count, grids, workspace); [`DeviceMetadata`] is the
@@ -953,6 +956,10 @@ mod tests {
         // Forced splits beyond the workspace are an error naming the limit; 0 or 33 invalid.
         let e = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &small, &PlanOptions { force_splits: Some(6), ..PlanOptions::default() }, BackendName::CudaPaged).unwrap_err();
         assert!(matches!(e, AttnError::StepTooLarge(_)) && e.to_string().contains("split_rows"), "{e}");
+        // A pipeline depth is MLA's option only: refused, not ignored.
+        let opts = PlanOptions { pipeline_stages: Some(2), ..PlanOptions::default() };
+        let e = BackendName::CudaPaged.plan(&m, &LLAMA, DType::F16, Some(&DeviceProps::H100), &limits, &opts).unwrap_err();
+        assert!(e.to_string().contains("pipeline_stages 2"), "{e}");
         for s in [0, 33] {
             assert!(plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(s), ..PlanOptions::default() }, BackendName::CudaPaged).is_err());
         }

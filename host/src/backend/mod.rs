@@ -82,6 +82,9 @@ impl BackendName {
     /// The backend's plan of a step (a pure function; `props` is the device's, `None` on
     /// the CPU).
     pub fn plan(self, meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: Option<&DeviceProps>, limits: &StepLimits, opts: &PlanOptions) -> Result<StepPlan> {
+        if let (Some(s), false) = (opts.pipeline_stages, self == BackendName::CudaMla) {
+            return Err(AttnError::InvalidConfig(format!("pipeline_stages {s}: only CUDA_MLA's kernel comes in several pipeline depths, not {self}'s")));
+        }
         match self {
             BackendName::Cpu => cpu::plan(meta, opts),
             BackendName::CudaPaged | BackendName::CudaPagedPortable => {
@@ -221,7 +224,8 @@ pub struct DeviceTensors<'a, T> {
 /// cache (in the backend's memory). Both runs follow the step's plan: they write this step's
 /// k, v into the cache at the slot mapping, then attend q over the cache, causally from
 /// each request's context length. Shapes are checked against the layer and the step before
-/// anything is written; a run allocates nothing and uploads nothing.
+/// anything is written; a device run (`run_device`) allocates nothing and uploads nothing
+/// (a host run stages its tensors through the device).
 pub trait AttentionImpl<T: Element>: Send {
     fn backend(&self) -> BackendName;
 
