@@ -9,7 +9,7 @@
 //! consecutive query tokens of one request (row `m`: token `m / heads_per_tile`, head
 //! `m % heads_per_tile`), so the GQA group shares every K/V tile. Warp `w` holds rows
 //! `16 w .. 16 w + 16` as the rows of its m16n8k16 tiles. Per K/V tile of `BN` keys:
-//! - `S = Q K^T` (`Q` as A fragments, in registers, or read from shared memory for d256;
+//! - `S = Q K^T` (`Q` as A fragments, in registers for d64, read from shared memory above;
 //!   K as B fragments with `ldmatrix`), `BN / 8` n-tiles of f32 scores per warp;
 //! - the mask only where the tile crosses a row's causal limit or window start;
 //! - online softmax per row in log2 units (running max, denominator, output rescale);

@@ -1,5 +1,7 @@
 //! The thin layer between the kernels and the machine: indices, barriers, warp shuffles,
-//! shared memory, 16-byte global accesses, fast math and f16/bf16 conversions.
+//! shared memory, 16-byte global accesses, fast math and f16/bf16 conversions, `mma.sync`
+//! and `ldmatrix`/`stmatrix`, `cp.async`; and for the sm_90a module only, `wgmma`,
+//! `mbarrier`, the copy engine's bulk tensor copies, `setmaxnreg` and `elect.sync`.
 //! Each inline-PTX wrapper is named after the instruction it emits.
 //!
 //! Warp-synchronous instructions (`shfl.sync`, `mma.sync`, `ldmatrix.sync`, `bar.*`) are

@@ -11,9 +11,9 @@
 //! `score_mod` (soft-cap and ALiBi as policy types chosen at compile time).
 //! `intrinsics` is the only place with inline PTX; `elem` maps f16/bf16 onto it; `params` is
 //! shared with the host crate, which names the entry points
-//! (`paged_attention_<dtype>_d<head dim>`, `flash_prefill_<dtype>_d<head dim>[_<modifier>]`,
+//! (`paged_attention_<dtype>_d<head dim>`, `flash_prefill[_sm90]_<dtype>_d<head dim>[_<modifier>]`,
 //! `merge_splits_<dtype>`, `reshape_and_cache_b16`) in `attn_host::backend::cuda_paged`, and
-//! `mla_decode_<dtype>`, `mla_cache_write_b16` in `attn_host::backend::cuda_mla`.
+//! `mla_decode_<dtype>[_s3]`, `mla_cache_write_b16` in `attn_host::backend::cuda_mla`.
 #![no_std]
 #![feature(abi_ptx, asm_experimental_arch, stdarch_nvptx, core_intrinsics)]
 #![feature(gpu_intrinsics, gpu_launch_sized_workgroup_mem)]

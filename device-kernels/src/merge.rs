@@ -13,7 +13,7 @@
 use crate::elem::{Bf16, Elem, F16};
 use crate::intrinsics::*;
 use crate::params::MergeParams;
-use crate::softmax::merge_weight;
+use crate::softmax::{inv_denominator, lse, merge_weight, NEG_INIT};
 
 #[inline(always)]
 unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
@@ -38,7 +38,7 @@ unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
         (slot * hq + head, p.num_tokens as u64 * hq, p.num_splits as u64)
     };
     let ml = p.partial_ml as *const f32;
-    let mut mmax = -1.0e30f32;
+    let mut mmax = NEG_INIT;
     for s in 0..splits {
         mmax = mmax.max(unsafe { *ml.add(((first + s * step) * 2) as usize) });
     }
@@ -56,7 +56,7 @@ unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
             o[4 + i] += w * f32::from_bits(b.0[i]);
         }
     }
-    let inv = if wsum > 0.0 { 1.0 / wsum } else { 0.0 };
+    let inv = inv_denominator(wsum);
     for i in 0..8 {
         o[i] *= inv;
     }
@@ -64,8 +64,7 @@ unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
     unsafe { st_global_v4((p.out as *mut u16).add(off as usize) as *mut u32, E::pack8(&o)) };
     // The union's log-sum-exp: sum_s l_s 2^m_s = 2^mmax wsum (log2 units, then natural log).
     if p.lse != 0 && ds == 0 {
-        let lse = if wsum > 0.0 { (mmax + lg2_approx(wsum)) * core::f32::consts::LN_2 } else { f32::NEG_INFINITY };
-        unsafe { *(p.lse as *mut f32).add((token * p.num_q_heads as u64 + head) as usize) = lse };
+        unsafe { *(p.lse as *mut f32).add((token * p.num_q_heads as u64 + head) as usize) = lse(mmax, wsum) };
     }
 }
 

@@ -9,11 +9,10 @@
 //!
 //! Warps come in pairs per 16-row group (`group = warp / 2`, `half = warp % 2`: a pair sits
 //! on two of the SM's four sub-partitions, so a request of 16 rows uses two tensor cores and
-//! one of 32 rows all four). Half `h`
-//! computes the scores' partial dot products over the k-steps `2 ks + h` (16 dims each, 18
-//! of them); the pair
-//! swaps them through shared memory and both hold the full scores, so both run the same
-//! online softmax (the same operations in the same order: their states agree bit for bit).
+//! one of 32 rows all four). Half `h` computes the scores' partial dot products over the
+//! k-steps `2 ks + h` (16 dims each, 18 of them); the pair swaps them through shared memory
+//! and both hold the full scores, so both run the same online softmax (the same operations
+//! in the same order: their states agree bit for bit).
 //! Half `h` then owns output columns `256 h .. 256 h + 256`: 128 f32 accumulators a lane.
 //! Per K tile of `BN` keys:
 //! - partial `S` over this half's 18 k-steps (Q from shared memory, K with `ldmatrix`);
@@ -35,7 +34,7 @@ use crate::elem::{Bf16, Elem, F16};
 use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{MlaParams, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROWS, MLA_STAGES, MLA_WARPS};
-use crate::softmax::{p_fragment, rescale, RowState, LOG2E};
+use crate::softmax::{inv_denominator, p_fragment, rescale, RowState, LOG2E};
 use crate::tile::{load_tile, swizzled, LdmLane};
 
 const WARPS: usize = MLA_WARPS as usize;
@@ -243,7 +242,7 @@ unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
         }
         let (token, head) = (q_start + row_token(i), row_head(i));
         let (slot0, count) = unsafe { (ld_i32(p.token_splits, 2 * token) as usize, ld_i32(p.token_splits, 2 * token + 1)) };
-        let inv = if lsum > 0.0 { 1.0 / lsum } else { 0.0 };
+        let inv = inv_denominator(lsum);
         let c0 = half * (DV / 2) + col;
         if count == 1 {
             let base = token as u64 * p.out_token_stride + head as u64 * p.out_head_stride + c0 as u64;

@@ -36,7 +36,7 @@ use crate::gather::{clamp_key, find_request, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{paged_q_in_smem, paged_stages, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
 use crate::score_mod::{Dynamic, ScoreMod};
-use crate::softmax::{merge_weight, p_fragment, rescale, RowState, LN2, NEG_INIT};
+use crate::softmax::{inv_denominator, lse, merge_weight, p_fragment, rescale, RowState, NEG_INIT};
 use crate::tile::swizzled;
 
 const WARPS: usize = PAGED_WARPS as usize;
@@ -267,7 +267,7 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
                 acc[i] += unsafe { *smem.add(base + ds + i) } * f;
             }
         }
-        let inv = if lsum > 0.0 { 1.0 / lsum } else { 0.0 };
+        let inv = inv_denominator(lsum);
         for i in 0..8 {
             acc[i] *= inv;
         }
@@ -276,8 +276,7 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
             let off = token as u64 * p.out_token_stride + head * p.out_head_stride + ds as u64;
             unsafe { st_global_v4((p.out as *mut u16).add(off as usize) as *mut u32, E::pack8(&acc)) };
             if p.lse != 0 && ds == 0 {
-                let lse = if lsum > 0.0 { (mall + lg2_approx(lsum)) * LN2 } else { f32::NEG_INFINITY };
-                unsafe { *(p.lse as *mut f32).add((token as u64 * p.num_q_heads as u64 + head) as usize) = lse };
+                unsafe { *(p.lse as *mut f32).add((token as u64 * p.num_q_heads as u64 + head) as usize) = lse(mall, lsum) };
             }
         } else {
             let row_idx = (split as u64 * p.num_tokens as u64 + slot as u64) * p.num_q_heads as u64 + head;

@@ -367,7 +367,7 @@ pub const fn mla_smem_bytes(stages: u32) -> u32 {
     let row = MLA_LATENT_DIM * 2;
     MLA_ROWS * row + stages * MLA_KEYS * row + MLA_WARPS * 32 * (MLA_KEYS / 8) * 16
 }
-/// Kernel names of the MLA family, per dtype tag (`mla_decode_<tag>`) and the cache write.
+/// The MLA cache write's kernel name (the decode's are `mla_decode_<tag>[_s3]`).
 pub const MLA_CACHE_WRITE_KERNEL: &str = "mla_cache_write_b16";
 
 /// Threads per block of the cache-write kernel.

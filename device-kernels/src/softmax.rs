@@ -78,12 +78,26 @@ impl RowState {
         quad_sum(self.l[h])
     }
 
-    /// Row `h`'s log-sum-exp in natural log, from its full denominator (`-inf` for a row
-    /// that saw no key).
+    /// Row `h`'s log-sum-exp in natural log, from its full denominator: [`lse`] of the row's
+    /// state (written out here, not called: the prefill and MLA kernels' PTX was checked on
+    /// the GPU in this form).
     #[inline(always)]
     pub fn lse(&self, h: usize, lsum: f32) -> f32 {
         if lsum > 0.0 { (self.m[h] + lg2_approx(lsum)) * LN2 } else { f32::NEG_INFINITY }
     }
+}
+
+/// The natural-log log-sum-exp of a state of max `m` (log2 units) and denominator `lsum`
+/// (`-inf` for a row that saw no key).
+#[inline(always)]
+pub fn lse(m: f32, lsum: f32) -> f32 {
+    if lsum > 0.0 { (m + lg2_approx(lsum)) * LN2 } else { f32::NEG_INFINITY }
+}
+
+/// The output's normalising factor `1 / lsum` (0 for a row that saw no key: zeros out).
+#[inline(always)]
+pub fn inv_denominator(lsum: f32) -> f32 {
+    if lsum > 0.0 { 1.0 / lsum } else { 0.0 }
 }
 
 /// Merging partial states (max `m_s`, denominator `l_s`, accumulator `o_s`) of disjoint key

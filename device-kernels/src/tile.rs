@@ -83,12 +83,6 @@ impl LdmLane {
     pub fn xor_table(x: u32) -> [u32; 4] {
         [x, x ^ 32, x ^ 64, x ^ 96]
     }
-
-    /// K's B operand at k-step `k` of a 16-key group starting at `keys`.
-    #[inline(always)]
-    pub fn b(&self, keys: u32, k: usize) -> u32 {
-        keys + self.b_row + (self.b_x ^ (32 * k as u32))
-    }
 }
 
 /// Byte offset of 16-byte chunk `c` of row `r` in a tile of `rows` rows laid out for
