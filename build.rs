@@ -344,9 +344,13 @@ fn build_ptx(root: &Path, out_dir: &Path, tc: &Toolchain, archs: &[(String, u32)
     Ok(())
 }
 
-/// Threads per block of the Hopper kernels (`params::PREFILL_SM90_THREADS`; tests/ptxas.rs
-/// checks they agree).
-const HOPPER_THREADS: u32 = 384;
+/// The kernels' shared constants (the host crate includes the same file).
+#[allow(dead_code)]
+#[path = "device-kernels/src/params.rs"]
+mod params;
+
+/// Threads per block of the Hopper kernels.
+const HOPPER_THREADS: u32 = params::PREFILL_SM90_THREADS;
 
 /// The PTX with `.maxntid HOPPER_THREADS, 1, 1` on every Hopper entry point: `setmaxnreg`
 /// moves registers between warpgroups only in a kernel that starts under such a cap, and
