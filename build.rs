@@ -1,14 +1,17 @@
 //! Compiles `device-kernels/` (`#![no_std]`) to PTX, one module per target architecture,
 //! with upstream rustc's `nvptx64-nvidia-cuda` target, and embeds them in the library.
 //!
-//! Architectures: `ATTN_CUDA_ARCHS` (comma-separated, e.g. `sm_80,sm_90`; default
-//! `sm_80,sm_90,sm_90a`). This script never asks the machine what GPU it has. Each module
-//! holds the kernels its architecture can run: the portable ones in every module, the
-//! Hopper kernels (entry points whose names contain `HOPPER_MARK`, using wgmma and other
-//! sm_90a instructions) only in arch-specific `a` modules of compute capability 9.0; they
-//! are internalised and dropped before any other architecture is lowered, so no Hopper
-//! instruction ever reaches `llc` for sm_80. Newer GPUs run the portable module through the
-//! driver's JIT (an `a` module runs on its own architecture only).
+//! Architectures: `ATTN_CUDA_ARCHS` (comma-separated, e.g. `sm_80,sm_90a`; default
+//! `sm_80,sm_90a`: an sm_90 module would be the sm_80 one but for its `.target` line, and the
+//! driver's JIT runs the sm_80 module on every newer GPU). This script never asks the machine what GPU it has. Each module
+//! holds the kernels its architecture can run, as the kernel table says
+//! (`device-kernels/src/registry.rs`, whose rows this script also turns into the device
+//! crate's entry points): the `Portable` ones in every module, the `Sm90a` ones (wgmma and
+//! other sm_90a instructions) only in arch-specific `a` modules of compute capability 9.0;
+//! they are internalised and dropped before any other architecture is lowered, so no Hopper
+//! instruction ever reaches `llc` for sm_80. Every entry point gets the `.maxntid` of its
+//! row. GPUs past sm_80 other than Hopper run the portable module through the driver's JIT (an
+//! `a` module runs on its own architecture only).
 //!
 //! Toolchain: the device build always uses the toolchain pinned in `rust-toolchain.toml`
 //! (nightly, with rust-src and llvm-tools), found through rustup, whatever toolchain builds
@@ -16,8 +19,8 @@
 //! shipped in `ptx/` is used instead, with a warning; `ptx/SOURCES` records the SHA-256 of
 //! every input it was built from (`device-kernels/src/**`, this file, `rust-toolchain.toml`)
 //! and of each PTX file, and a shipped PTX whose inputs differ from the ones here is refused.
-//! `scripts/ship-ptx.sh` regenerates `ptx/`; `scripts/ship-ptx.sh --check` (run by
-//! `scripts/test.sh`) fails unless a fresh build is byte-identical to it.
+//! `scripts/ship-ptx.sh` generates `ptx/` at packaging time (it is never committed);
+//! `scripts/ship-ptx.sh --check` fails unless a fresh build is byte-identical to it.
 //! `ATTN_PTX_FROM=build` (never fall back) or `=shipped` (never build) forces one path.
 //!
 //! The device crate's manifest is written by this script (`OUT_DIR/device-crate/Cargo.toml`):
@@ -39,9 +42,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
-const DEFAULT_ARCHS: &str = "sm_80,sm_90,sm_90a";
-/// The mark of a Hopper-only kernel's name (`flash_prefill_sm90_...`).
-const HOPPER_MARK: &str = "_sm90_";
+const DEFAULT_ARCHS: &str = "sm_80,sm_90a";
 const NVPTX: &str = "nvptx64-nvidia-cuda";
 /// LLVM's full-unroll budget, raised so that loops over per-thread register arrays
 /// (fixed trip counts, big bodies) unroll and the arrays never spill to local memory.
@@ -274,6 +275,8 @@ fn build_ptx(root: &Path, out_dir: &Path, tc: &Toolchain, archs: &[(String, u32)
     let lib = lib.to_str().ok_or("the path of device-kernels/src/lib.rs is not UTF-8")?;
     let manifest = DEVICE_MANIFEST.replace("{lib}", &lib.replace('\\', "/"));
     write_if_changed(&crate_dir.join("Cargo.toml"), manifest.as_bytes())?;
+    let table = crate_dir.join("kernel_table.rs");
+    write_if_changed(&table, kernel_table_source().as_bytes())?;
     let me = env::current_exe().map_err(|e| e.to_string())?;
     let target_dir = out_dir.join("device");
 
@@ -309,6 +312,7 @@ fn build_ptx(root: &Path, out_dir: &Path, tc: &Toolchain, archs: &[(String, u32)
         .env("RUSTC", &tc.rustc)
         .env("CARGO_ENCODED_RUSTFLAGS", flags)
         .env("ATTN_PTX_LINKER", "1")
+        .env("ATTN_KERNEL_TABLE", &table)
         .env("ATTN_LLVM_BIN", &tc.llvm);
     if let Some(home) = env::var_os("RUSTUP_HOME") {
         cmd.env("RUSTUP_HOME", home);
@@ -316,11 +320,19 @@ fn build_ptx(root: &Path, out_dir: &Path, tc: &Toolchain, archs: &[(String, u32)
     run(&mut cmd)?;
     let linked = target_dir.join(NVPTX).join("release").join("attn_device_kernels.ptx");
 
-    // The kernels (the module's only external definitions after the link's internalize),
-    // and the portable module: without the Hopper ones.
+    // The kernels (the module's only external definitions after the link's internalize) are
+    // the table's; the portable module keeps its `Portable` rows.
     let exports = output(Command::new(tc.llvm.join("llvm-nm")).args(["--defined-only", "--extern-only", "--just-symbol-name"]).arg(&linked))?;
-    let exports: Vec<&str> = exports.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let portable: Vec<&str> = exports.iter().copied().filter(|k| !k.contains(HOPPER_MARK)).collect();
+    let mut exports: Vec<&str> = exports.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    exports.sort();
+    let kernels = kernel_specs();
+    let mut table_names: Vec<&str> = kernels.iter().map(|(name, _)| name.as_str()).collect();
+    table_names.sort();
+    if exports != table_names {
+        return Err(format!("the device crate's entry points {exports:?} are not the kernel table's {table_names:?}"));
+    }
+    let portable: Vec<&str> =
+        kernels.iter().filter(|(_, k)| k.module == registry::Module::Portable).map(|(name, _)| name.as_str()).collect();
     let portable_bc = linked.with_extension("portable.bc");
     run(Command::new(tc.llvm.join("opt"))
         .arg(format!("--internalize-public-api-list={}", portable.join(",")))
@@ -336,42 +348,75 @@ fn build_ptx(root: &Path, out_dir: &Path, tc: &Toolchain, archs: &[(String, u32)
             .arg(if hopper { &linked } else { &portable_bc })
             .arg("-o")
             .arg(&ptx))?;
-        if hopper {
-            let text = fs::read_to_string(&ptx).map_err(|e| e.to_string())?;
-            fs::write(&ptx, with_hopper_maxntid(&text)).map_err(|e| e.to_string())?;
-        }
+        let text = fs::read_to_string(&ptx).map_err(|e| e.to_string())?;
+        fs::write(&ptx, with_maxntid(&text, &kernels)?).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The kernel table (`registry.rs`), shared with the host and the device crate.
+#[allow(dead_code)]
+#[path = "device-kernels/src/registry.rs"]
+mod registry;
+
+/// Every kernel of the table, with its entry point's name.
+fn kernel_specs() -> Vec<(String, registry::KernelSpec)> {
+    let mut all = Vec::new();
+    registry::for_each_kernel(|k| {
+        let mut buf = [0u8; 64];
+        let n = k.id.write_name(&mut buf);
+        all.push((String::from_utf8_lossy(&buf[..n]).into_owned(), k));
+    });
+    all
+}
+
+/// The device crate's entry points, one per kernel of the table: a call of the family's
+/// instance macro with the kernel's name, element types, head dim, score policy and depth.
+fn kernel_table_source() -> String {
+    let mut src = String::from("// Written by build.rs from device-kernels/src/registry.rs: one entry point per kernel.\n");
+    for (name, k) in kernel_specs() {
+        let id = k.id;
+        src.push_str(&format!(
+            "{}!({name}, {}, {}, {}, {}, {});\n",
+            id.family.instance_macro(),
+            id.q.device_type(),
+            id.kv.device_type(),
+            id.head_dim,
+            id.score.device_type(),
+            id.stages
+        ));
+    }
+    src
+}
+
+/// The PTX with `.maxntid THREADS, 1, 1` on every entry point whose table row gives its
+/// threads: ptxas then knows the block it allocates registers for, and `setmaxnreg` (the
+/// Hopper kernels) moves registers between warpgroups only in a kernel that starts under
+/// such a cap. Rust has no attribute that emits it (CUDA's `__launch_bounds__`); the
+/// directive goes between the parameter list and the body.
+fn with_maxntid(ptx: &str, kernels: &[(String, registry::KernelSpec)]) -> Result<String, String> {
+    let mut out = String::with_capacity(ptx.len() + 4096);
+    let mut pending: Option<u32> = None;
+    for line in ptx.lines() {
+        if let Some(rest) = line.strip_prefix(".visible .entry ") {
+            let name = rest.split('(').next().unwrap_or("").trim();
+            let spec = kernels.iter().find(|(n, _)| n == name).ok_or_else(|| format!("PTX entry {name} is not in the kernel table"))?;
+            pending = Some(spec.1.threads).filter(|&t| t > 0);
+        }
+        out.push_str(line);
+        out.push('\n');
+        if let (Some(threads), true) = (pending, line.starts_with(')')) {
+            out.push_str(&format!(".maxntid {threads}, 1, 1\n"));
+            pending = None;
+        }
+    }
+    Ok(out)
 }
 
 /// The kernels' shared constants (the host crate includes the same file).
 #[allow(dead_code)]
 #[path = "device-kernels/src/params.rs"]
 mod params;
-
-/// Threads per block of the Hopper kernels.
-const HOPPER_THREADS: u32 = params::PREFILL_SM90_THREADS;
-
-/// The PTX with `.maxntid HOPPER_THREADS, 1, 1` on every Hopper entry point: `setmaxnreg`
-/// moves registers between warpgroups only in a kernel that starts under such a cap, and
-/// Rust has no attribute that emits it (CUDA's `__launch_bounds__`). The directive goes
-/// between the parameter list and the body.
-fn with_hopper_maxntid(ptx: &str) -> String {
-    let mut out = String::with_capacity(ptx.len() + 4096);
-    let mut in_hopper_params = false;
-    for line in ptx.lines() {
-        if let Some(name) = line.strip_prefix(".visible .entry ") {
-            in_hopper_params = name.contains(HOPPER_MARK);
-        }
-        out.push_str(line);
-        out.push('\n');
-        if in_hopper_params && line.starts_with(')') {
-            out.push_str(&format!(".maxntid {HOPPER_THREADS}, 1, 1\n"));
-            in_hopper_params = false;
-        }
-    }
-    out
-}
 
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), String> {
     if fs::read(path).ok().as_deref() != Some(bytes) {

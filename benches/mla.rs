@@ -84,7 +84,7 @@ fn main() {
         for opts in options {
             let plan = step.prepare_with(&meta, opts).expect("plan");
             let (splits, chunk) = (plan.num_splits, plan.chunk_keys);
-            let kernel = plan.launches.iter().map(|l| l.kernel.as_str()).find(|k| k.starts_with("mla_decode")).unwrap_or("-").to_string();
+            let kernel = plan.launches.iter().map(|l| l.kernel.name()).find(|k| k.starts_with("mla_decode")).unwrap_or_else(|| "-".into());
             let (ms, lo, hi) = timer.time(|| imp.attend(&step, &q, &mut out));
             let gbs = bytes / (ms * 1e-3) / 1e9;
             let tflops = flops / (ms * 1e-3) / 1e12;

@@ -81,7 +81,7 @@ fn main() {
             imp.load_cache(&cache).expect("cache");
             let mut step = Step::new(backend, DType::Bf16, &spec, layout, StepLimits::for_metadata(&meta), Some(rt.clone())).expect("step");
             let plan = step.prepare(&meta).expect("plan").clone();
-            let kernel = plan.launches.iter().map(|l| l.kernel.as_str()).filter(|k| k.starts_with("flash") || k.starts_with("paged")).collect::<Vec<_>>().join("+");
+            let kernel = plan.launches.iter().map(|l| l.kernel.name()).filter(|k| k.starts_with("flash") || k.starts_with("paged")).collect::<Vec<_>>().join("+");
             if seen.contains(&kernel) {
                 continue;
             }

@@ -135,7 +135,7 @@ fn main() {
         rt.num_sms(),
         reqs,
         plan.num_splits,
-        plan.launches.iter().map(|l| l.kernel.as_str()).collect::<Vec<_>>().join(" + ")
+        plan.launches.iter().map(|l| l.kernel.name()).collect::<Vec<_>>().join(" + ")
     );
     println!("| mode | us per layer | kernels' us per layer | overhead |");
     println!("|---|---|---|---|");

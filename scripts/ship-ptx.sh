@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The PTX shipped in ptx/ (used by build.rs where the pinned toolchain is not installed, e.g.
-# a consumer on stable Rust): builds device-kernels/ fresh with the pinned toolchain, through
-# build.rs itself (compiled here as a plain program), for the default architectures.
+# The PTX a published package ships in ptx/ (used by build.rs where the pinned toolchain is
+# not installed, e.g. a consumer on stable Rust): builds device-kernels/ fresh with the
+# pinned toolchain, through build.rs itself (compiled here as a plain program), for the
+# default architectures. ptx/ is generated, never committed (.gitignore): run this before
+# `cargo package` / `cargo publish` (Cargo.toml's `include` ships it); scripts/test.sh runs it
+# before checking the packaged crate on stable (scripts/check-downstream.sh).
 #
-#   scripts/ship-ptx.sh           regenerate ptx/ (then commit it)
-#   scripts/ship-ptx.sh --check   fail unless ptx/ is byte-identical to a fresh build (CI)
+#   scripts/ship-ptx.sh           (re)generate ptx/
+#   scripts/ship-ptx.sh --check   fail unless ptx/ is byte-identical to a fresh build
 #
-# Re-run it (and commit ptx/) after any change to device-kernels/src, build.rs or
-# rust-toolchain.toml: ptx/SOURCES records their SHA-256, and build.rs refuses a shipped PTX
-# whose inputs differ, so a stale ptx/ can only ever fail, never be embedded.
+# ptx/SOURCES records the SHA-256 of device-kernels/src, build.rs and rust-toolchain.toml,
+# and build.rs refuses a shipped PTX whose inputs differ, so a stale ptx/ can only ever
+# fail, never be embedded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 check=0
@@ -45,12 +48,12 @@ if [ "$check" = 1 ]; then
     if [ -f ptx/SOURCES ]; then
       diff ptx/SOURCES "$work/out/SOURCES" >&2 || true
     fi
-    echo "ship-ptx: regenerate it and commit ptx/: scripts/ship-ptx.sh" >&2
+    echo "ship-ptx: regenerate it: scripts/ship-ptx.sh" >&2
     exit 1
   fi
   echo "ship-ptx: ptx/ ($archs) is identical to a fresh build"
 else
   rm -rf ptx && mkdir ptx
   for i in "${!fresh[@]}"; do cp "${fresh[$i]}" "${shipped[$i]}"; done
-  echo "ship-ptx: wrote ptx/ ($archs, $(cat ptx/*.ptx | wc -c) bytes of PTX); commit it"
+  echo "ship-ptx: wrote ptx/ ($archs, $(cat ptx/*.ptx | wc -c) bytes of PTX), for packaging"
 fi

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The test command (CI runs this): set-up, then every test on the CPU. PTX for every target
 # architecture is built and assembled with ptxas (report: target/ptx/); GPU tests and
-# benchmarks run their GPU-free paths and say why they skip. The PTX shipped in ptx/ must be
-# byte-identical to a fresh build, and a downstream crate must build and run on stable.
+# benchmarks run their GPU-free paths and say why they skip. The PTX a package ships (ptx/,
+# generated here, never committed) is built fresh, and a downstream crate must build and run
+# on stable, from the checkout and from the packaged files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-scripts/ship-ptx.sh --check
+scripts/ship-ptx.sh
 export ATTN_REQUIRE_PTXAS=1
 cargo test --release --workspace --all-targets
 cargo test --release --workspace --doc

@@ -30,8 +30,8 @@ fn main() {
         println!("ptxas check: SKIPPED: no ptxas (run scripts/setup.sh, or set ATTN_PTXAS)");
         return;
     };
-    // The registry and the instantiation tables agree: every module holds exactly the entry
-    // points the host names (checked without ptxas).
+    // The kernel table and the modules agree: every module holds exactly the table's kernels
+    // for it (checked without ptxas).
     for (_, arch, ptx) in attn_backends::ptx::PTX_MODULES {
         let mut want = attn_backends::backend::kernel_registry(arch);
         want.sort();
@@ -46,13 +46,21 @@ fn main() {
             std::process::exit(1);
         }
         println!("kernel registry: {arch} holds the {} registered entry points", want.len());
-        // build.rs's `.maxntid` on the Hopper kernels is the block the host launches.
-        let maxntid = format!(".maxntid {}, 1, 1", attn_backends::params::PREFILL_SM90_THREADS);
-        let hopper = got.iter().filter(|k| k.contains("_sm90_")).count();
-        if ptx.matches(&maxntid).count() != hopper {
-            eprintln!("{arch}: {hopper} Hopper kernels, {} with `{maxntid}`", ptx.matches(&maxntid).count());
-            std::process::exit(1);
+        // Every entry point carries the `.maxntid` of its table row (the block the host
+        // launches), and no other.
+        for name in &got {
+            let id = attn_backends::KernelId::by_name(name).expect("checked above: a table kernel");
+            let threads = attn_backends::registry::find(&id).map_or(0, |k| k.threads);
+            let body = ptx.split(&format!(".visible .entry {name}(")).nth(1).unwrap_or("");
+            let head = body.split('{').next().unwrap_or("");
+            let want = (threads > 0).then(|| format!(".maxntid {threads}, 1, 1"));
+            let have = head.lines().find(|l| l.starts_with(".maxntid")).map(str::to_string);
+            if have != want {
+                eprintln!("{arch}: {name}: `{have:?}`, the table says {want:?}");
+                std::process::exit(1);
+            }
         }
+        println!("kernel registry: {arch}: every entry point's .maxntid is its table row's");
     }
     let dir = root.join("target/ptx");
     std::fs::create_dir_all(&dir).expect("create target/ptx");

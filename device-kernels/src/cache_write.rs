@@ -11,8 +11,20 @@
 use crate::intrinsics::{block_dim_x, div_nz, block_idx_x, ld_global_nc_v4, st_global_v4, thread_idx_x};
 use crate::params::{CacheWriteParams, MlaCacheWriteParams, MLA_LATENT_DIM, MLA_RANK};
 
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn reshape_and_cache_b16(p: CacheWriteParams) {
+/// One entry point (the kernel table's row, `registry::KERNELS`; build.rs writes the calls):
+/// `cache_write_instance!(name, Q, KV, D, SCORE, STAGES)`; the 16-bit copy is bitwise (Q is `B16`).
+macro_rules! cache_write_instance {
+    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::CacheWriteParams) {
+            unsafe { $crate::cache_write::reshape_and_cache(&p) }
+        }
+    };
+}
+pub(crate) use cache_write_instance;
+
+/// The 16-bit cache write (see the module's header).
+pub(crate) unsafe fn reshape_and_cache(p: &CacheWriteParams) {
     let token = block_idx_x();
     if token >= p.num_tokens {
         return;
@@ -48,8 +60,18 @@ pub unsafe extern "ptx-kernel" fn reshape_and_cache_b16(p: CacheWriteParams) {
 /// (`MLA_ROPE` dims), stored at its slot of the latent cache `[num_blocks, block_size,
 /// MLA_LATENT_DIM]`. Grid: one block per token; each thread moves 16-byte chunks of the row.
 /// The host guarantees what `reshape_and_cache_b16` needs, for one head of `MLA_LATENT_DIM`.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn mla_cache_write_b16(p: MlaCacheWriteParams) {
+macro_rules! mla_cache_write_instance {
+    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::MlaCacheWriteParams) {
+            unsafe { $crate::cache_write::mla_cache_write(&p) }
+        }
+    };
+}
+pub(crate) use mla_cache_write_instance;
+
+/// The MLA cache write (see above).
+pub(crate) unsafe fn mla_cache_write(p: &MlaCacheWriteParams) {
     let token = block_idx_x();
     if token >= p.num_tokens {
         return;

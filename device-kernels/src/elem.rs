@@ -67,7 +67,8 @@ impl Elem for F16 {
 
 /// The warpgroup MMAs of an element type (sm_90a kernels only), by accumulator width: `ss`
 /// (`Q K^T`: A and B K-major in shared memory, `N = 8 NB`), `rs` (`P V`: A in registers, B
-/// N-major in shared memory, `N = 8 NT`). A width without an instruction traps.
+/// N-major in shared memory, `N = 8 NT`). A width without an instruction is a compile error
+/// (the `const` assertion fails where the kernel is instantiated).
 pub trait Wgmma {
     unsafe fn ss<const NB: usize>(d: &mut [[f32; 4]; NB], a_desc: u64, b_desc: u64, scale_d: u32);
     unsafe fn rs<const NT: usize>(d: &mut [[f32; 4]; NT], a: [u32; 4], b_desc: u64);
@@ -78,25 +79,29 @@ macro_rules! wgmma_dispatch {
         impl Wgmma for $elem {
             #[inline(always)]
             unsafe fn ss<const NB: usize>(d: &mut [[f32; 4]; NB], a_desc: u64, b_desc: u64, scale_d: u32) {
+                const { assert!(NB == 8 || NB == 16, "wgmma ss: N must be 64 or 128 (NB 8 or 16)") };
                 let p = d as *mut [[f32; 4]; NB];
-                // SAFETY (each arm): NB is the array's length, so the cast is to its own type.
+                // SAFETY (each arm): NB is the array's length, so the cast is to its own type;
+                // the assertion above leaves no other NB.
                 unsafe {
                     match NB {
                         8 => crate::intrinsics::$ss64(&mut *(p as *mut [[f32; 4]; 8]), a_desc, b_desc, scale_d),
                         16 => crate::intrinsics::$ss128(&mut *(p as *mut [[f32; 4]; 16]), a_desc, b_desc, scale_d),
-                        _ => crate::intrinsics::trap(),
+                        _ => core::hint::unreachable_unchecked(),
                     }
                 }
             }
             #[inline(always)]
             unsafe fn rs<const NT: usize>(d: &mut [[f32; 4]; NT], a: [u32; 4], b_desc: u64) {
+                const { assert!(NT == 8 || NT == 16 || NT == 32, "wgmma rs: N must be 64, 128 or 256 (NT 8, 16 or 32)") };
                 let p = d as *mut [[f32; 4]; NT];
+                // SAFETY: as in `ss`.
                 unsafe {
                     match NT {
                         8 => crate::intrinsics::$rs64(&mut *(p as *mut [[f32; 4]; 8]), a, b_desc),
                         16 => crate::intrinsics::$rs128(&mut *(p as *mut [[f32; 4]; 16]), a, b_desc),
                         32 => crate::intrinsics::$rs256(&mut *(p as *mut [[f32; 4]; 32]), a, b_desc),
-                        _ => crate::intrinsics::trap(),
+                        _ => core::hint::unreachable_unchecked(),
                     }
                 }
             }

@@ -22,11 +22,11 @@
 //! The host guarantees: tiles inside their request's query tokens, block ids inside the
 //! cache, block_size a power of two, rows 16-byte aligned, seq_lens >= query lengths.
 
-use crate::elem::{Bf16, Elem, F16};
+use crate::elem::Elem;
 use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
-use crate::score_mod::{Alibi, Plain, ScoreMod, SoftCap, SoftCapAlibi};
+use crate::score_mod::ScoreMod;
 use crate::softmax::{p_fragment, rescale, RowState};
 use crate::tile::{load_tile, swizzled, LdmLane};
 
@@ -38,7 +38,7 @@ const ROWS: usize = PREFILL_ROWS as usize;
 /// `Q_SMEM`: Q read from shared memory at every k-step rather than held in registers; `M`:
 /// the score modifier (`score_mod`), one instantiation each.
 #[inline(always)]
-unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const NT: usize, const KS: usize, const BN: usize, const NB: usize, const STAGES: usize, const RC: usize, const Q_SMEM: bool>(
+pub(crate) unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const NT: usize, const KS: usize, const BN: usize, const NB: usize, const STAGES: usize, const RC: usize, const Q_SMEM: bool>(
     p: &PrefillParams,
 ) {
     let chunks = D / 8; // 16-byte chunks of a K/V/Q row in memory
@@ -326,55 +326,21 @@ pub(crate) unsafe fn store_rows<E: Elem, const NT: usize>(p: &PrefillParams, t: 
     }
 }
 
-macro_rules! flash_prefill_kernels {
-    ($($name:ident: $elem:ty, $d:literal, $modifier:ty;)*) => {$(
-        const _: () = assert!(crate::params::registered_head_dim($d), "head dim missing from params::HEAD_DIMS");
+/// One entry point (the kernel table's row, `registry::KERNELS`; build.rs writes the calls):
+/// `flash_prefill_instance!(name, Q, KV, D, SCORE, STAGES)`.
+macro_rules! flash_prefill_instance {
+    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
         #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: PrefillParams) {
+        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PrefillParams) {
+            use $crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks};
             unsafe {
-                flash_prefill::<
-                    $elem, $modifier, $d, { $d / 8 }, { $d / 16 },
+                $crate::flash_prefill::flash_prefill::<
+                    $crate::elem::$q, $crate::score_mod::$score, $d, { $d / 8 }, { $d / 16 },
                     { prefill_keys($d) as usize }, { prefill_keys($d) as usize / 8 }, { prefill_stages($d) as usize },
                     { smem_row_chunks($d) as usize }, { prefill_q_in_smem($d) },
                 >(&p)
             }
         }
-    )*};
+    };
 }
-
-// The instantiation table (dtype x head dim x score modifier, `params::PREFILL_MODIFIERS`),
-// named by the host's `cuda_paged::prefill_kernel`.
-flash_prefill_kernels! {
-    flash_prefill_bf16_d64: Bf16, 64, Plain;
-    flash_prefill_bf16_d96: Bf16, 96, Plain;
-    flash_prefill_bf16_d128: Bf16, 128, Plain;
-    flash_prefill_bf16_d256: Bf16, 256, Plain;
-    flash_prefill_f16_d64: F16, 64, Plain;
-    flash_prefill_f16_d96: F16, 96, Plain;
-    flash_prefill_f16_d128: F16, 128, Plain;
-    flash_prefill_f16_d256: F16, 256, Plain;
-    flash_prefill_bf16_d64_softcap: Bf16, 64, SoftCap;
-    flash_prefill_bf16_d96_softcap: Bf16, 96, SoftCap;
-    flash_prefill_bf16_d128_softcap: Bf16, 128, SoftCap;
-    flash_prefill_bf16_d256_softcap: Bf16, 256, SoftCap;
-    flash_prefill_f16_d64_softcap: F16, 64, SoftCap;
-    flash_prefill_f16_d96_softcap: F16, 96, SoftCap;
-    flash_prefill_f16_d128_softcap: F16, 128, SoftCap;
-    flash_prefill_f16_d256_softcap: F16, 256, SoftCap;
-    flash_prefill_bf16_d64_alibi: Bf16, 64, Alibi;
-    flash_prefill_bf16_d96_alibi: Bf16, 96, Alibi;
-    flash_prefill_bf16_d128_alibi: Bf16, 128, Alibi;
-    flash_prefill_bf16_d256_alibi: Bf16, 256, Alibi;
-    flash_prefill_f16_d64_alibi: F16, 64, Alibi;
-    flash_prefill_f16_d96_alibi: F16, 96, Alibi;
-    flash_prefill_f16_d128_alibi: F16, 128, Alibi;
-    flash_prefill_f16_d256_alibi: F16, 256, Alibi;
-    flash_prefill_bf16_d64_softcap_alibi: Bf16, 64, SoftCapAlibi;
-    flash_prefill_bf16_d96_softcap_alibi: Bf16, 96, SoftCapAlibi;
-    flash_prefill_bf16_d128_softcap_alibi: Bf16, 128, SoftCapAlibi;
-    flash_prefill_bf16_d256_softcap_alibi: Bf16, 256, SoftCapAlibi;
-    flash_prefill_f16_d64_softcap_alibi: F16, 64, SoftCapAlibi;
-    flash_prefill_f16_d96_softcap_alibi: F16, 96, SoftCapAlibi;
-    flash_prefill_f16_d128_softcap_alibi: F16, 128, SoftCapAlibi;
-    flash_prefill_f16_d256_softcap_alibi: F16, 256, SoftCapAlibi;
-}
+pub(crate) use flash_prefill_instance;

@@ -24,12 +24,12 @@
 //!
 //! Grid and host guarantees: as `flash_prefill`.
 
-use crate::elem::{Bf16, Elem, Wgmma, F16};
+use crate::elem::{Elem, Wgmma};
 use crate::flash_prefill::{store_rows, LaneRows, PrefillBlock};
 use crate::gather::{ld_i32, tile_range};
 use crate::intrinsics::*;
 use crate::params::{prefill_sm90_keys, prefill_sm90_stages, PrefillParams, PREFILL_ROWS, PREFILL_SM90_THREADS};
-use crate::score_mod::{Alibi, Plain, ScoreMod, SoftCap, SoftCapAlibi};
+use crate::score_mod::ScoreMod;
 use crate::softmax::{p_fragment, rescale, RowState};
 use crate::tile::{load_tile, sw128, sw128_desc};
 
@@ -62,7 +62,7 @@ const fn stmatrix_epilogue(d: usize) -> bool {
 /// tile, `NB = BN / 8` score n-tiles, `KC = BN / 16` k-steps of `P V`; `STAGES` tiles in
 /// flight; `M`: the score modifier.
 #[inline(always)]
-unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const NT: usize, const KS: usize, const BN: usize, const NB: usize, const KC: usize, const STAGES: usize>(
+pub(crate) unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: usize, const NT: usize, const KS: usize, const BN: usize, const NB: usize, const KC: usize, const STAGES: usize>(
     p: &PrefillParams,
 ) {
     let chunks = D / 8;
@@ -264,48 +264,21 @@ unsafe fn store_rows_stmatrix<E: Elem, const NT: usize>(
     }
 }
 
-macro_rules! flash_prefill_sm90_kernels {
-    ($($name:ident: $elem:ty, $d:literal, $modifier:ty;)*) => {$(
-        const _: () = assert!(crate::params::registered_head_dim($d), "head dim missing from params::HEAD_DIMS");
+/// One entry point (the kernel table's row, `registry::KERNELS`, module `Sm90a`; build.rs
+/// writes the calls and gives it its `.maxntid`): `flash_prefill_sm90_instance!(name, Q, KV, D, SCORE, STAGES)`.
+macro_rules! flash_prefill_sm90_instance {
+    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
         #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: PrefillParams) {
+        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PrefillParams) {
+            use $crate::params::{prefill_sm90_keys, prefill_sm90_stages};
             unsafe {
-                flash_prefill_sm90::<
-                    $elem, $modifier, $d, { $d / 8 }, { $d / 16 },
+                $crate::flash_prefill_sm90::flash_prefill_sm90::<
+                    $crate::elem::$q, $crate::score_mod::$score, $d, { $d / 8 }, { $d / 16 },
                     { prefill_sm90_keys($d) as usize }, { prefill_sm90_keys($d) as usize / 8 }, { prefill_sm90_keys($d) as usize / 16 },
                     { prefill_sm90_stages($d) as usize },
                 >(&p)
             }
         }
-    )*};
+    };
 }
-
-// The instantiation table (dtype x head dim x score modifier, `params::PREFILL_SM90_HEAD_DIMS`
-// and `PREFILL_MODIFIERS`), named by the host's `cuda_paged::prefill_kernel`. The `_sm90`
-// in the name keeps them out of every module but sm_90a (build.rs).
-flash_prefill_sm90_kernels! {
-    flash_prefill_sm90_bf16_d64: Bf16, 64, Plain;
-    flash_prefill_sm90_bf16_d128: Bf16, 128, Plain;
-    flash_prefill_sm90_bf16_d256: Bf16, 256, Plain;
-    flash_prefill_sm90_f16_d64: F16, 64, Plain;
-    flash_prefill_sm90_f16_d128: F16, 128, Plain;
-    flash_prefill_sm90_f16_d256: F16, 256, Plain;
-    flash_prefill_sm90_bf16_d64_softcap: Bf16, 64, SoftCap;
-    flash_prefill_sm90_bf16_d128_softcap: Bf16, 128, SoftCap;
-    flash_prefill_sm90_bf16_d256_softcap: Bf16, 256, SoftCap;
-    flash_prefill_sm90_f16_d64_softcap: F16, 64, SoftCap;
-    flash_prefill_sm90_f16_d128_softcap: F16, 128, SoftCap;
-    flash_prefill_sm90_f16_d256_softcap: F16, 256, SoftCap;
-    flash_prefill_sm90_bf16_d64_alibi: Bf16, 64, Alibi;
-    flash_prefill_sm90_bf16_d128_alibi: Bf16, 128, Alibi;
-    flash_prefill_sm90_bf16_d256_alibi: Bf16, 256, Alibi;
-    flash_prefill_sm90_f16_d64_alibi: F16, 64, Alibi;
-    flash_prefill_sm90_f16_d128_alibi: F16, 128, Alibi;
-    flash_prefill_sm90_f16_d256_alibi: F16, 256, Alibi;
-    flash_prefill_sm90_bf16_d64_softcap_alibi: Bf16, 64, SoftCapAlibi;
-    flash_prefill_sm90_bf16_d128_softcap_alibi: Bf16, 128, SoftCapAlibi;
-    flash_prefill_sm90_bf16_d256_softcap_alibi: Bf16, 256, SoftCapAlibi;
-    flash_prefill_sm90_f16_d64_softcap_alibi: F16, 64, SoftCapAlibi;
-    flash_prefill_sm90_f16_d128_softcap_alibi: F16, 128, SoftCapAlibi;
-    flash_prefill_sm90_f16_d256_softcap_alibi: F16, 256, SoftCapAlibi;
-}
+pub(crate) use flash_prefill_sm90_instance;

@@ -10,10 +10,9 @@
 //! its rescale and the P fragment), `gather` (request lookup, paged key addressing),
 //! `score_mod` (soft-cap and ALiBi as policy types chosen at compile time).
 //! `intrinsics` is the only place with inline PTX; `elem` maps f16/bf16 onto it; `params` is
-//! shared with the host crate, which names the entry points
-//! (`paged_attention_<dtype>_d<head dim>`, `flash_prefill[_sm90]_<dtype>_d<head dim>[_<modifier>]`,
-//! `merge_splits_<dtype>`, `reshape_and_cache_b16`) in `attn_host::backend::cuda_paged`, and
-//! `mla_decode_<dtype>[_s3]`, `mla_cache_write_b16` in `attn_host::backend::cuda_mla`.
+//! shared with the host crate; `registry.rs` (the kernel table, read by build.rs and the host,
+//! not compiled here) lists every instantiation, and build.rs turns it into the entry points
+//! included at the end of this file.
 #![no_std]
 #![feature(abi_ptx, asm_experimental_arch, stdarch_nvptx, core_intrinsics)]
 #![feature(gpu_intrinsics, gpu_launch_sized_workgroup_mem)]
@@ -33,6 +32,10 @@ pub mod merge;
 pub mod flash_prefill;
 pub mod flash_prefill_sm90;
 pub mod mla_decode;
+
+// The entry points: one per kernel of the table (`registry.rs`), written by build.rs as calls
+// of each family's `*_instance!` macro.
+include!(env!("ATTN_KERNEL_TABLE"));
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

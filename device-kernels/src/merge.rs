@@ -10,13 +10,13 @@
 //! Grid: x = workspace row (its token through `token_map`, or itself), y = query head;
 //! block: D/8 threads, 8 dims each.
 
-use crate::elem::{Bf16, Elem, F16};
+use crate::elem::Elem;
 use crate::intrinsics::*;
 use crate::params::MergeParams;
 use crate::softmax::{inv_denominator, lse, merge_weight, NEG_INIT};
 
 #[inline(always)]
-unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
+pub(crate) unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
     let slot = block_idx_x() as u64;
     let token = if p.token_map != 0 { (unsafe { *(p.token_map as *const i32).add(slot as usize) }) as u64 } else { slot };
     let head = block_idx_y() as u64;
@@ -68,12 +68,14 @@ unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
     }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn merge_splits_bf16(p: MergeParams) {
-    unsafe { merge_splits::<Bf16>(&p) }
+/// One entry point (the kernel table's row, `registry::KERNELS`; build.rs writes the calls):
+/// `merge_instance!(name, Q, KV, D, SCORE, STAGES)` (any head dim: D is 0).
+macro_rules! merge_instance {
+    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::MergeParams) {
+            unsafe { $crate::merge::merge_splits::<$crate::elem::$q>(&p) }
+        }
+    };
 }
-
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn merge_splits_f16(p: MergeParams) {
-    unsafe { merge_splits::<F16>(&p) }
-}
+pub(crate) use merge_instance;

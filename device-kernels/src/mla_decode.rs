@@ -30,7 +30,7 @@
 //! The host guarantees: block ids inside the cache, block_size a power of two, splits
 //! inside their request's keys, rows 16-byte aligned.
 
-use crate::elem::{Bf16, Elem, F16};
+use crate::elem::Elem;
 use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{MlaParams, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROWS, MLA_STAGES, MLA_WARPS};
@@ -54,7 +54,7 @@ const KS_HALF: usize = D / 16 / 2;
 const NT_HALF: usize = DV / 2 / 8;
 
 #[inline(always)]
-unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
+pub(crate) unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
     let warp = tid / 32;
@@ -273,20 +273,14 @@ unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
     }
 }
 
-macro_rules! mla_decode_kernels {
-    ($($name:ident: $elem:ty, $stages:expr;)*) => {$(
+/// One entry point (the kernel table's row, `registry::KERNELS`; build.rs writes the calls):
+/// `mla_decode_instance!(name, Q, KV, D, SCORE, STAGES)`, STAGES one of `params::MLA_STAGES`.
+macro_rules! mla_decode_instance {
+    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
         #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: MlaParams) {
-            unsafe { mla_decode::<$elem, { $stages as usize }>(&p) }
+        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::MlaParams) {
+            unsafe { $crate::mla_decode::mla_decode::<$crate::elem::$q, $stages>(&p) }
         }
-    )*};
+    };
 }
-
-// The instantiation table (dtype x pipeline depth, `params::MLA_STAGES`), named by the
-// host's `cuda_mla::decode_kernel`.
-mla_decode_kernels! {
-    mla_decode_bf16: Bf16, MLA_STAGES[0];
-    mla_decode_f16: F16, MLA_STAGES[0];
-    mla_decode_bf16_s3: Bf16, MLA_STAGES[1];
-    mla_decode_f16_s3: F16, MLA_STAGES[1];
-}
+pub(crate) use mla_decode_instance;

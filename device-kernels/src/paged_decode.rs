@@ -31,7 +31,7 @@
 //! The host guarantees: block ids inside the cache, block_size a power of two, rows 16-byte
 //! aligned, `num_q_heads % num_kv_heads == 0`, seq_lens >= query lengths.
 
-use crate::elem::{Bf16, Elem, F16};
+use crate::elem::Elem;
 use crate::gather::{clamp_key, find_request, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{paged_q_in_smem, paged_stages, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
@@ -49,7 +49,7 @@ const TILE: usize = PAGED_TILE as usize;
 /// `STAGES`: tiles in flight per warp (cp.async pipeline depth), `paged_stages(D)`;
 /// `Q_SMEM`: Q read from shared memory rather than held in registers, `paged_q_in_smem(D)`.
 #[inline(always)]
-unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: usize, const STAGES: usize, const Q_SMEM: bool>(
+pub(crate) unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: usize, const STAGES: usize, const Q_SMEM: bool>(
     p: &PagedAttnParams,
 ) {
     let chunks = D / 8; // 16-byte chunks per K/V row
@@ -295,28 +295,18 @@ unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: us
     }
 }
 
-macro_rules! paged_attention_kernels {
-    ($($name:ident: $elem:ty, $d:literal;)*) => {$(
-        const _: () = assert!(crate::params::registered_head_dim($d), "head dim missing from params::HEAD_DIMS");
+/// One entry point (the kernel table's row, `registry::KERNELS`; build.rs writes the calls):
+/// `paged_attention_instance!(name, Q, KV, D, SCORE, STAGES)`; decode takes its modifiers at
+/// run time (SCORE is `Dynamic`) and one pipeline depth a head dim (STAGES is 0).
+macro_rules! paged_attention_instance {
+    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
         #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: PagedAttnParams) {
+        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PagedAttnParams) {
+            use $crate::params::{paged_q_in_smem, paged_stages};
             unsafe {
-                paged_attention::<$elem, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }, { paged_q_in_smem($d) }>(&p)
+                $crate::paged_decode::paged_attention::<$crate::elem::$q, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }, { paged_q_in_smem($d) }>(&p)
             }
         }
-    )*};
+    };
 }
-
-// The instantiation table: (dtype x head dim). The host's `cuda_paged::HEAD_DIMS` and
-// `Element::KERNEL_TAG` name the same entries.
-paged_attention_kernels! {
-    paged_attention_bf16_d64: Bf16, 64;
-    paged_attention_bf16_d96: Bf16, 96;
-    paged_attention_bf16_d128: Bf16, 128;
-    paged_attention_bf16_d256: Bf16, 256;
-    paged_attention_f16_d64: F16, 64;
-    paged_attention_f16_d96: F16, 96;
-    paged_attention_f16_d128: F16, 128;
-    paged_attention_f16_d256: F16, 256;
-}
-
+pub(crate) use paged_attention_instance;

@@ -141,14 +141,18 @@ pub const fn smem_row_chunks(d: u32) -> u32 {
     (d / 8).next_power_of_two()
 }
 
-/// Dynamic shared memory of the paged kernel for head dim `d`: per warp `paged_stages(d)` K
-/// and V tiles of `PAGED_TILE x d` 16-bit elements, then the Q tile (`PAGED_ROWS x d`) if
-/// `paged_q_in_smem(d)`; the cross-warp merge (`PAGED_WARPS * PAGED_ROWS * (d + 2)` f32)
-/// reuses the pipelines' space. d64: 48 KiB, d96 and d128: 96 KiB, d256: 136 KiB.
-pub const fn paged_smem_bytes(d: u32) -> u32 {
+/// Dynamic shared memory of the paged kernel for head dim `d` over a cache of `kv_bytes`-byte
+/// elements: per warp `paged_stages(d)` K and V tiles of `PAGED_TILE x d` as stored (for an
+/// fp8 cache also the pair of tiles converted to 16 bits, which the MMAs read), then the Q
+/// tile (`PAGED_ROWS x d`) if `paged_q_in_smem(d)`; the cross-warp merge
+/// (`PAGED_WARPS * PAGED_ROWS * (d + 2)` f32) reuses the pipelines' space.
+/// 16-bit: d64 48 KiB, d96 and d128 96 KiB, d256 136 KiB; fp8: d128 80 KiB.
+pub const fn paged_smem_bytes(d: u32, kv_bytes: u32) -> u32 {
     let row = smem_row_chunks(d) * 16;
     let q_tile = if paged_q_in_smem(d) { PAGED_ROWS * row } else { 0 };
-    let pipeline = PAGED_WARPS * paged_stages(d) * 2 * PAGED_TILE * row + q_tile;
+    let stored_row = row / 2 * kv_bytes;
+    let converted = if kv_bytes < 2 { 2 * PAGED_TILE * row } else { 0 };
+    let pipeline = PAGED_WARPS * (paged_stages(d) * 2 * PAGED_TILE * stored_row + converted) + q_tile;
     let merge = PAGED_WARPS * PAGED_ROWS * (d + 2) * 4;
     if pipeline > merge { pipeline } else { merge }
 }
@@ -231,14 +235,13 @@ pub const fn prefill_smem_bytes(d: u32) -> u32 {
     PREFILL_ROWS * row + prefill_stages(d) * 2 * prefill_keys(d) * row
 }
 
-/// The Hopper prefill kernel (`flash_prefill_sm90_<tag>_d<d>[modifier]`, sm_90a module
+/// The Hopper prefill kernel (`Family::FlashPrefillSm90` in `registry`, sm_90a module
 /// only): the portable kernel's tiles (`PREFILL_ROWS` rows: two warpgroups of 64, the same
-/// `PrefillParams` and plan), its products on `wgmma`. Head dims with an instantiation.
-pub const PREFILL_SM90_HEAD_DIMS: [u32; 3] = [64, 128, 256];
+/// `PrefillParams` and plan), its products on `wgmma`.
 /// Threads of the Hopper prefill block: two consumer warpgroups (64 rows each) and a
 /// producer warpgroup whose first warp issues the copy engine's loads (build.rs gives the
-/// entry points a `.maxntid` of this: `setmaxnreg` needs a kernel that starts under a
-/// register cap).
+/// entry point the `.maxntid` of its table row, `registry::KERNELS`: `setmaxnreg` needs a
+/// kernel that starts under a register cap).
 pub const PREFILL_SM90_THREADS: u32 = 384;
 /// The smallest block size the Hopper kernel serves: its copies move whole 8-row groups of
 /// the 128-byte swizzle (smaller blocks take the portable kernel).
@@ -257,31 +260,6 @@ pub const fn prefill_sm90_stages(d: u32) -> u32 {
 /// d64: 145 KiB, d128: 225 KiB, d256: 193 KiB (sm_90 allows 227).
 pub const fn prefill_sm90_smem_bytes(d: u32) -> u32 {
     1024 + PREFILL_ROWS * d * 2 + prefill_sm90_stages(d) * (2 * prefill_sm90_keys(d) * d * 2 + 16)
-}
-
-/// The kernel registry, read by both sides: every attention family (decode, prefill) is
-/// instantiated for each of these head dims and dtype tags (`<family>_<tag>_d<head dim>`,
-/// prefill once more per score modifier), the merge and MLA decode for each tag
-/// (`merge_splits_<tag>`, `mla_decode_<tag>`), the two cache writes once. The device's
-/// instantiation tables assert their entries against it; the host names kernels from it
-/// (`backend::kernel_registry`), and the ptxas test checks that every module holds
-/// exactly those entry points.
-pub const HEAD_DIMS: [u32; 4] = [64, 96, 128, 256];
-pub const DTYPE_TAGS: [&str; 2] = ["bf16", "f16"];
-/// The prefill family's score modifiers (`score_mod`), the suffix of its kernel names
-/// (`flash_prefill_<tag>_d<head dim><suffix>`): none, soft-cap, ALiBi, both.
-pub const PREFILL_MODIFIERS: [&str; 4] = ["", "_softcap", "_alibi", "_softcap_alibi"];
-
-/// Whether head dim `d` is in the registry (for the instantiation tables' const asserts).
-pub const fn registered_head_dim(d: u32) -> bool {
-    let mut i = 0;
-    while i < HEAD_DIMS.len() {
-        if HEAD_DIMS[i] == d {
-            return true;
-        }
-        i += 1;
-    }
-    false
 }
 
 /// MLA decode (DeepSeek-V2/V3, absorbed form) over the latent cache
@@ -367,8 +345,6 @@ pub const fn mla_smem_bytes(stages: u32) -> u32 {
     let row = MLA_LATENT_DIM * 2;
     MLA_ROWS * row + stages * MLA_KEYS * row + MLA_WARPS * 32 * (MLA_KEYS / 8) * 16
 }
-/// The MLA cache write's kernel name (the decode's are `mla_decode_<tag>[_s3]`).
-pub const MLA_CACHE_WRITE_KERNEL: &str = "mla_cache_write_b16";
 
 /// Threads per block of the cache-write kernel.
 pub const CACHE_WRITE_THREADS: u32 = 128;

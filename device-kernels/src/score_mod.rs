@@ -83,7 +83,7 @@ impl<const CAP: bool, const ALIBI: bool> ScoreMod for Modified<CAP, ALIBI> {
 }
 
 /// The instantiated combinations besides `Plain` (the kernel name suffixes of
-/// `params::PREFILL_MODIFIERS`).
+/// `registry::ScoreMod`).
 pub type SoftCap = Modified<true, false>;
 pub type Alibi = Modified<false, true>;
 pub type SoftCapAlibi = Modified<true, true>;

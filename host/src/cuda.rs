@@ -7,7 +7,8 @@
 //! is turned off for the context: with one stream it orders nothing, and its event waits
 //! would break a capture.
 
-use crate::platform::Platform;
+use crate::platform::{ArchFeatures, Platform};
+use crate::registry::KernelId;
 use crate::error::{AttnError, Result};
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr};
@@ -64,8 +65,9 @@ pub struct CudaRuntime {
     arch: &'static str,
     name: String,
     cc: (i32, i32),
+    features: ArchFeatures,
     num_sms: u32,
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    functions: Mutex<HashMap<KernelId, CudaFunction>>,
 }
 
 impl CudaRuntime {
@@ -107,6 +109,7 @@ impl CudaRuntime {
             arch,
             name,
             cc,
+            features: ArchFeatures::of_module(cc.0 as u32 * 10 + cc.1 as u32, arch),
             num_sms,
             functions: Mutex::new(HashMap::new()),
         }))
@@ -128,18 +131,30 @@ impl CudaRuntime {
     pub fn num_sms(&self) -> u32 {
         self.num_sms
     }
+    /// What this device runs with its loaded module (derived once, at start-up).
+    pub fn features(&self) -> ArchFeatures {
+        self.features
+    }
     pub fn platform(&self) -> Platform {
         Platform::Cuda { major: self.cc.0 as u32, minor: self.cc.1 as u32 }
     }
 
-    /// A kernel of the loaded module, looked up once.
-    pub fn function(&self, name: &str) -> Result<CudaFunction> {
+    /// A kernel of the loaded module, looked up once; an error naming it if the kernel
+    /// table has no such kernel or this device's module does not hold it.
+    pub fn function(&self, id: KernelId) -> Result<CudaFunction> {
         let mut f = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(func) = f.get(name) {
+        if let Some(func) = f.get(&id) {
             return Ok(func.clone());
         }
-        let func = self.module.load_function(name)?;
-        f.insert(name.to_string(), func.clone());
+        match crate::registry::find(&id) {
+            None => return Err(AttnError::InvalidConfig(format!("no kernel {id} in the kernel table"))),
+            Some(k) if !self.features.runs(&k) => {
+                return Err(AttnError::NoCuda(format!("kernel {id} needs {:?} ({:?} module); {} with the {} module offers {:?}", k.needs, k.module, self.name, self.arch, self.features.features)));
+            }
+            Some(_) => {}
+        }
+        let func = self.module.load_function(&id.name())?;
+        f.insert(id, func.clone());
         Ok(func)
     }
 }

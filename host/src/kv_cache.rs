@@ -1,6 +1,6 @@
 //! The paged KV cache: `[num_blocks, block_size, num_kv_heads, head_dim]` for K and for V.
 
-use crate::dtype::Element;
+use crate::dtype::{Element, KvCacheDType};
 use crate::error::{AttnError, Result};
 
 /// Geometry of a paged cache, and its strides in elements.
@@ -10,11 +10,13 @@ pub struct KvCacheLayout {
     pub block_size: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// The stored element: the model's dtype (`Auto`) or fp8 e4m3 with scales.
+    pub kv_dtype: KvCacheDType,
 }
 
 impl KvCacheLayout {
     pub fn new(num_blocks: usize, block_size: usize, num_kv_heads: usize, head_dim: usize) -> Result<Self> {
-        let l = KvCacheLayout { num_blocks, block_size, num_kv_heads, head_dim };
+        let l = KvCacheLayout { num_blocks, block_size, num_kv_heads, head_dim, kv_dtype: KvCacheDType::Auto };
         l.validate()?;
         Ok(l)
     }
@@ -43,6 +45,10 @@ impl KvCacheLayout {
             return bad(format!("cache of {num_blocks} blocks x {block_size} tokens x {num_kv_heads} heads x {head_dim} dims is too large"));
         }
         Ok(())
+    }
+    /// The same geometry with another stored element.
+    pub fn with_kv_dtype(self, kv_dtype: KvCacheDType) -> Self {
+        KvCacheLayout { kv_dtype, ..self }
     }
     pub fn capacity_slots(&self) -> usize {
         self.num_blocks * self.block_size

@@ -25,8 +25,14 @@ pub mod workload;
 #[path = "../../device-kernels/src/params.rs"]
 pub mod params;
 
+/// The kernel table (the same source file build.rs and the device crate read): every
+/// kernel instantiation, by typed [`registry::KernelId`].
+#[path = "../../device-kernels/src/registry.rs"]
+pub mod registry;
+
 pub use backend::{AttentionImpl, BackendName, DeviceTensors};
-pub use platform::{DeviceProps, Platform};
+pub use platform::{ArchFeatures, DeviceProps, Platform};
+pub use registry::KernelId;
 pub use step::{PlanOptions, Step, StepLimits, StepPlan};
 pub use dtype::{DType, Element, KvCacheDType};
 pub use error::{AttnError, Result};

@@ -171,7 +171,7 @@ pub fn check(caps: &BackendCaps, platform: Platform, req: &Requirements) -> Vec<
     // `head_dims` lists the backend's instantiations: MHA/GQA head dims, or for an
     // MLA-only backend the latent widths; empty means any.
     let dims_and_smem = |why: &mut Vec<String>, what: &str| {
-        if !caps.head_dims.is_empty() && !caps.head_dims.contains(&req.head_dim) {
+        if !caps.head_dims.is_empty() && !caps.head_dims.contains(&(req.head_dim as u32)) {
             why.push(format!("{what} {} not in [{}]", req.head_dim, join(caps.head_dims)));
         } else if let (Some(smem), Some(cc)) = (caps.shared_memory_bytes, platform.compute_capability()) {
             let (need, limit) = (smem(req.head_dim), max_shared_memory_per_block(cc));

@@ -148,7 +148,8 @@ impl LayerShape {
 /// it serves (which ones: [`StepPlan::decode_tokens`], [`StepPlan::prefill_tiles`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelLaunch {
-    pub kernel: String,
+    /// The kernel, by its id in the kernel table (`kernel.name()` is its PTX entry point).
+    pub kernel: crate::registry::KernelId,
     pub grid: (u32, u32, u32),
     pub block: u32,
     pub shared_mem_bytes: u32,
@@ -251,7 +252,7 @@ impl Step {
                 let rt = gpu.ok_or_else(|| AttnError::NoCuda(format!("backend {backend} needs a CUDA device")))?;
                 let props = match backend {
                     BackendName::CudaMla => cuda_mla::device_props(&rt, dtype)?,
-                    _ => cuda_paged::device_props(&rt, dtype, shape.head_dim)?,
+                    _ => cuda_paged::device_props(&rt, dtype, crate::backend::kv_type(layout.kv_dtype), shape.head_dim)?,
                 };
                 (Some(props), Some(cuda_paged::DeviceMetadata::new(rt, shape, &limits)?))
             }

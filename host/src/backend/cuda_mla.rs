@@ -17,14 +17,15 @@
 //! the whole step ([`mla_chunk_keys`]), so a ragged batch becomes blocks of nearly equal
 //! work spread over the SMs; [`CudaMlaImpl`] only launches.
 
-use super::cuda_paged::{as_u16, as_u16_mut, check_len, check_rows, dtype_tag, function_with_smem, has_wgmma_kernels, max_shared_memory_per_block, merge_kernel, ptr, through_device, DeviceMetadata, MAX_SPLITS};
+use super::cuda_paged::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, max_shared_memory_per_block, merge_kernel, ptr, query_type, through_device, DeviceMetadata, MAX_SPLITS};
+use crate::registry::{Family, KernelId, KvType, QType, ScoreMod};
 use super::{AttentionImpl, BackendCaps, BackendName, DeviceTensors};
 use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
-use crate::params::{mla_smem_bytes, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_CACHE_WRITE_KERNEL, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_STAGES, MLA_WARPS};
+use crate::params::{mla_smem_bytes, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_STAGES, MLA_WARPS};
 use crate::platform::DeviceProps;
 use crate::spec::{AttnSpec, MlaSpec};
 use crate::step::{KernelLaunch, KeySplit, LayerShape, PlanOptions, Step, StepLimits, StepPlan};
@@ -33,7 +34,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// The latent widths with a kernel: 512 + 64 (DeepSeek-V2/V3, Kimi-K2).
-pub const LATENT_DIMS: &[usize] = &[MLA_LATENT_DIM as usize];
+pub const LATENT_DIMS: &[u32] = &[MLA_LATENT_DIM];
 
 pub static CAPS: BackendCaps = BackendCaps {
     name: BackendName::CudaMla,
@@ -59,24 +60,19 @@ fn shared_memory_bytes(_latent_dim: usize) -> usize {
     mla_smem_bytes(MLA_STAGES[0]) as usize
 }
 
-/// The MLA decode kernel for a dtype tag and pipeline depth (`params::MLA_STAGES`).
-pub fn decode_kernel(tag: &str, stages: u32) -> String {
-    if stages == MLA_STAGES[0] { format!("mla_decode_{tag}") } else { format!("mla_decode_{tag}_s{stages}") }
+/// The MLA decode kernel for a query type and pipeline depth (`params::MLA_STAGES`).
+pub fn decode_kernel(q: QType, stages: u32) -> KernelId {
+    KernelId { family: Family::MlaDecode, q, kv: KvType::Native, head_dim: 0, score: ScoreMod::Plain, stages }
 }
+/// The latent cache write (bitwise, 16-bit).
+pub const CACHE_WRITE_KERNEL: KernelId =
+    KernelId { family: Family::MlaCacheWrite, q: QType::B16, kv: KvType::Native, head_dim: 0, score: ScoreMod::Plain, stages: 0 };
 
 /// The deepest pipeline whose shared memory a block of this device may have.
 pub fn pipeline_stages(max_shared_memory_per_block: u32) -> u32 {
     MLA_STAGES.into_iter().filter(|&s| mla_smem_bytes(s) <= max_shared_memory_per_block).max().unwrap_or(MLA_STAGES[0])
 }
 
-/// The MLA family's entry points (the registry's share of them).
-pub fn kernel_registry() -> Vec<String> {
-    let mut names = vec![MLA_CACHE_WRITE_KERNEL.to_string()];
-    for stages in MLA_STAGES {
-        names.extend(crate::params::DTYPE_TAGS.iter().map(|t| decode_kernel(t, stages)));
-    }
-    names
-}
 
 /// The MLA spec of a layer this backend serves: one the kernels were built for (rank 512,
 /// rope 64), over a latent cache of one head of 576 dims.
@@ -100,13 +96,12 @@ pub fn check_mla(spec: &AttnSpec, layout: &KvCacheLayout) -> Result<MlaSpec> {
 
 /// The device's properties for the MLA plan: SMs, and MLA blocks per SM.
 pub fn device_props(rt: &CudaRuntime, dtype: DType) -> Result<DeviceProps> {
-    let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_MLA", supported: "f16, bf16" })?;
+    let q = query_type(dtype, "CUDA_MLA")?;
     let smem_max = max_shared_memory_per_block(rt)?;
-    let stages = pipeline_stages(smem_max);
-    let smem = mla_smem_bytes(stages);
-    let f = function_with_smem(rt, BackendName::CudaMla, &decode_kernel(tag, stages), smem, MLA_LATENT_DIM as usize)?;
-    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(MLA_WARPS * 32, smem as usize, None)?;
-    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: smem_max, wgmma: has_wgmma_kernels(rt) })
+    let id = decode_kernel(q, pipeline_stages(smem_max));
+    let f = function_with_smem(rt, BackendName::CudaMla, id, MLA_LATENT_DIM as usize)?;
+    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(MLA_WARPS * 32, id.smem_bytes() as usize, None)?;
+    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: smem_max, arch: rt.features() })
 }
 
 /// A block's fixed cost in key rows: loading its Q tile (64 latent rows) costs about what
@@ -153,7 +148,7 @@ pub fn mla_chunk_keys(lens: &[usize], tiles: &[usize], slots: usize, workspace_f
 /// `opts.force_splits = Some(s)`: the longest request gets `s` splits (the others as many as
 /// their length needs at the same chunk length).
 pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions) -> Result<StepPlan> {
-    let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_MLA", supported: "f16, bf16" })?;
+    let q = query_type(dtype, "CUDA_MLA")?;
     let (n, h, rows) = (meta.num_tokens(), shape.num_q_heads, MLA_ROWS as usize);
     let lens: Vec<usize> = meta.seq_lens().iter().map(|&l| l as usize).collect();
     let lq: Vec<usize> = (0..meta.num_reqs()).map(|r| meta.query_len(r)).collect();
@@ -196,7 +191,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     }
     let mut launches = Vec::new();
     if n > 0 {
-        launches.push(KernelLaunch { kernel: MLA_CACHE_WRITE_KERNEL.into(), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
+        launches.push(KernelLaunch { kernel: CACHE_WRITE_KERNEL, grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
         let stages = match opts.pipeline_stages {
             Some(s) if !MLA_STAGES.contains(&s) || mla_smem_bytes(s) > props.max_shared_memory_per_block => {
                 return Err(AttnError::InvalidConfig(format!("pipeline depth {s}: the MLA kernel has {MLA_STAGES:?}, within the device's shared memory")));
@@ -205,14 +200,14 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
             None => pipeline_stages(props.max_shared_memory_per_block),
         };
         launches.push(KernelLaunch {
-            kernel: decode_kernel(tag, stages),
+            kernel: decode_kernel(q, stages),
             grid: (key_splits.len() as u32, tiles.iter().copied().max().unwrap_or(1) as u32, 1),
             block: MLA_WARPS * 32,
             shared_mem_bytes: mla_smem_bytes(stages),
             tokens: n,
         });
         if num_splits > 1 {
-            launches.push(KernelLaunch { kernel: merge_kernel(tag), grid: (n as u32, h as u32, 1), block: MLA_RANK / 8, shared_mem_bytes: 0, tokens: n });
+            launches.push(KernelLaunch { kernel: merge_kernel(q), grid: (n as u32, h as u32, 1), block: MLA_RANK / 8, shared_mem_bytes: 0, tokens: n });
         }
     }
     let workspace_bytes = slot as usize * h * (MLA_RANK as usize + 2) * std::mem::size_of::<f32>();
@@ -240,9 +235,8 @@ pub struct CudaMlaImpl<T: Element> {
     cache: CudaSlice<u16>,
     cache_write_fn: CudaFunction,
     /// The decode kernel of each pipeline depth the device can run (the plan names one).
-    decode_fns: Vec<(String, CudaFunction)>,
-    merge_fn: CudaFunction,
-    merge_name: String,
+    decode_fns: Vec<(KernelId, CudaFunction)>,
+    merge_fn: (KernelId, CudaFunction),
     _elem: PhantomData<T>,
 }
 
@@ -250,12 +244,12 @@ impl<T: Element> CudaMlaImpl<T> {
     pub fn new(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout) -> Result<Self> {
         CAPS.check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
         let mla = check_mla(&spec, &layout)?;
-        let tag = T::KERNEL_TAG.unwrap_or_default();
+        let q = query_type(T::DTYPE, "CUDA_MLA")?;
         let smem_max = max_shared_memory_per_block(&rt)?;
         let mut decode_fns = Vec::new();
         for stages in MLA_STAGES.into_iter().filter(|&s| mla_smem_bytes(s) <= smem_max) {
-            let name = decode_kernel(tag, stages);
-            decode_fns.push((name.clone(), function_with_smem(&rt, BackendName::CudaMla, &name, mla_smem_bytes(stages), MLA_LATENT_DIM as usize)?));
+            let id = decode_kernel(q, stages);
+            decode_fns.push((id, function_with_smem(&rt, BackendName::CudaMla, id, MLA_LATENT_DIM as usize)?));
         }
         if decode_fns.is_empty() {
             return Err(AttnError::Unsupported {
@@ -264,10 +258,9 @@ impl<T: Element> CudaMlaImpl<T> {
             });
         }
         Ok(CudaMlaImpl {
-            cache_write_fn: rt.function(MLA_CACHE_WRITE_KERNEL)?,
+            cache_write_fn: rt.function(CACHE_WRITE_KERNEL)?,
             decode_fns,
-            merge_fn: rt.function(&merge_kernel(tag))?,
-            merge_name: merge_kernel(tag),
+            merge_fn: (merge_kernel(q), rt.function(merge_kernel(q))?),
             cache: rt.stream().alloc_zeros::<u16>(layout.elements())?,
             shape: LayerShape::of(&spec),
             mla,
@@ -301,7 +294,7 @@ impl<T: Element> CudaMlaImpl<T> {
         if let Some(lse) = &t.lse {
             check_rows("lse", lse.len(), n, h)?;
         }
-        for launch in plan.launches.iter().filter(|l| write_cache || l.kernel != MLA_CACHE_WRITE_KERNEL) {
+        for launch in plan.launches.iter().filter(|l| write_cache || l.kernel != CACHE_WRITE_KERNEL) {
             self.launch(launch, plan, dev, t)?;
         }
         Ok(())
@@ -313,7 +306,7 @@ impl<T: Element> CudaMlaImpl<T> {
         let (h, d, dv) = (self.mla.num_q_heads, MLA_LATENT_DIM as u64, MLA_RANK as u64);
         let cfg = LaunchConfig { grid_dim: launch.grid, block_dim: (launch.block, 1, 1), shared_mem_bytes: launch.shared_mem_bytes };
         let lse = t.lse.as_ref().map_or(0, |x| ptr(&**x, &stream));
-        if launch.kernel == MLA_CACHE_WRITE_KERNEL {
+        if launch.kernel == CACHE_WRITE_KERNEL {
             let p = MlaCacheWriteParams {
                 kv_c: ptr(t.k, &stream),
                 k_pe: ptr(t.v, &stream),
@@ -328,7 +321,7 @@ impl<T: Element> CudaMlaImpl<T> {
             // SAFETY: kv_c, k_pe hold the step's rows (checked); every non-negative slot was
             // validated against the cache's capacity when the metadata was built.
             unsafe { stream.launch_builder(&self.cache_write_fn).arg(&p).launch(cfg) }?;
-        } else if let Some((_, decode_fn)) = self.decode_fns.iter().find(|(name, _)| *name == launch.kernel) {
+        } else if let Some((_, decode_fn)) = self.decode_fns.iter().find(|(id, _)| *id == launch.kernel) {
             let p = MlaParams {
                 q: ptr(t.q, &stream),
                 out: ptr(t.out, &stream),
@@ -358,7 +351,7 @@ impl<T: Element> CudaMlaImpl<T> {
             // and schedule (validated block ids; the plan's workspace rows fit split_rows,
             // whose buffers were sized for this layer shape).
             unsafe { stream.launch_builder(decode_fn).arg(&p).launch(cfg) }?;
-        } else if launch.kernel == self.merge_name {
+        } else if launch.kernel == self.merge_fn.0 {
             let m = MergeParams {
                 partial_out: ptr(&dev.partial_out, &stream),
                 partial_ml: ptr(&dev.partial_ml, &stream),
@@ -374,7 +367,7 @@ impl<T: Element> CudaMlaImpl<T> {
                 num_splits: plan.num_splits as u32,
             };
             // SAFETY: the decode launch before it wrote every split token's workspace rows.
-            unsafe { stream.launch_builder(&self.merge_fn).arg(&m).launch(cfg) }?;
+            unsafe { stream.launch_builder(&self.merge_fn.1).arg(&m).launch(cfg) }?;
         } else {
             return Err(AttnError::InvalidConfig(format!("CUDA_MLA has no kernel {}", launch.kernel)));
         }
@@ -428,6 +421,12 @@ impl<T: Element> AttentionImpl<T> for CudaMlaImpl<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::kernel_registry;
+
+    /// The table's kernel of this name (the tests name kernels as the PTX does).
+    fn kid(name: &str) -> KernelId {
+        KernelId::by_name(name).unwrap_or_else(|| panic!("no kernel {name} in the table"))
+    }
 
     /// Metadata for requests of `(cached, new)` tokens over a latent cache, block size 64.
     fn meta(reqs: &[(usize, usize)]) -> AttentionMetadata {
@@ -470,9 +469,9 @@ mod tests {
         assert_eq!(
             p.launches,
             vec![
-                KernelLaunch { kernel: "mla_cache_write_b16".into(), grid: (3, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 3 },
-                KernelLaunch { kernel: "mla_decode_bf16_s3".into(), grid: (5, 1, 1), block: 256, shared_mem_bytes: mla_smem_bytes(3), tokens: 3 },
-                KernelLaunch { kernel: "merge_splits_bf16".into(), grid: (3, 16, 1), block: 64, shared_mem_bytes: 0, tokens: 3 },
+                KernelLaunch { kernel: kid("mla_cache_write_b16"), grid: (3, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 3 },
+                KernelLaunch { kernel: kid("mla_decode_bf16_s3"), grid: (5, 1, 1), block: 256, shared_mem_bytes: mla_smem_bytes(3), tokens: 3 },
+                KernelLaunch { kernel: kid("merge_splits_bf16"), grid: (3, 16, 1), block: 64, shared_mem_bytes: 0, tokens: 3 },
             ]
         );
         // 128 heads x 2 tokens = 256 rows: 4 row tiles (grid y).
@@ -486,7 +485,9 @@ mod tests {
 
     #[test]
     fn registry_names() {
-        assert_eq!(kernel_registry(), vec!["mla_cache_write_b16", "mla_decode_bf16", "mla_decode_f16", "mla_decode_bf16_s3", "mla_decode_f16_s3"]);
+        let mla: Vec<String> = kernel_registry("sm_80").into_iter().filter(|k| k.starts_with("mla_")).collect();
+        assert_eq!(mla, ["mla_cache_write_b16", "mla_decode_bf16", "mla_decode_bf16_s3", "mla_decode_f16", "mla_decode_f16_s3"]);
+        assert_eq!(decode_kernel(QType::F16, 3).name(), "mla_decode_f16_s3");
         // An sm_80-class device (163 KiB a block) gets the 2-stage kernel, an H100 the 3-stage one.
         assert_eq!((pipeline_stages(DeviceProps::A100.max_shared_memory_per_block), pipeline_stages(DeviceProps::H100.max_shared_memory_per_block)), (2, 3));
         assert_eq!((mla_smem_bytes(2), mla_smem_bytes(3)), (163_840, 200_704));

@@ -23,51 +23,18 @@ use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::{
-    paged_smem_bytes, prefill_sm90_smem_bytes, prefill_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, PrefillParams,
-    CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS, PREFILL_ROWS, PREFILL_SM90_HEAD_DIMS, PREFILL_SM90_MIN_BLOCK, PREFILL_SM90_THREADS, PREFILL_WARPS,
+    paged_smem_bytes, prefill_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, PrefillParams,
+    CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS, PREFILL_ROWS, PREFILL_SM90_MIN_BLOCK, PREFILL_SM90_THREADS, PREFILL_WARPS,
 };
-use crate::platform::DeviceProps;
+use crate::platform::{ArchFeatures, DeviceProps};
+use crate::registry::{Family, KernelId, KvType, QType, ScoreMod};
+use super::kv_type;
 use crate::spec::AttnSpec;
 use crate::step::{KernelLaunch, LayerShape, PlanOptions, PrefillTile, Step, StepLimits, StepPlan};
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use std::marker::PhantomData;
 use std::sync::Arc;
-
-/// Head dims with compiled kernels: the registry's (`params::HEAD_DIMS`), as the selector
-/// and the capability row use them.
-pub const HEAD_DIMS: &[usize] = &[64, 96, 128, 256];
-const _: () = {
-    let mut i = 0;
-    assert!(HEAD_DIMS.len() == crate::params::HEAD_DIMS.len());
-    while i < HEAD_DIMS.len() {
-        assert!(HEAD_DIMS[i] == crate::params::HEAD_DIMS[i] as usize);
-        i += 1;
-    }
-};
-
-/// Every kernel entry point the registry names for a module of architecture `arch`: the
-/// cache write, and for each dtype tag the merge and, per head dim, the decode and prefill
-/// kernels (and in the sm_90a module the Hopper prefill kernels).
-pub fn kernel_registry(arch: &str) -> Vec<String> {
-    let mut names = vec![CACHE_WRITE_KERNEL.to_string()];
-    for tag in crate::params::DTYPE_TAGS {
-        names.push(merge_kernel(tag));
-        for &d in HEAD_DIMS {
-            names.push(attention_kernel(tag, d));
-            let hopper = is_hopper_module(arch) && PREFILL_SM90_HEAD_DIMS.contains(&(d as u32));
-            for alibi in [false, true] {
-                for softcap in [false, true] {
-                    names.push(prefill_kernel(tag, d, softcap, alibi, false));
-                    if hopper {
-                        names.push(prefill_kernel(tag, d, softcap, alibi, true));
-                    }
-                }
-            }
-        }
-    }
-    names
-}
 
 pub static CAPS: BackendCaps = BackendCaps {
     kernels: "prefill rows (requests with 2 or more new tokens) -> flash_prefill: 128-row tiles of (token, GQA head) pairs sharing each K/V tile, mma.sync, causal tiles skipped; \
@@ -94,7 +61,7 @@ const PAGED_ROW: BackendCaps = BackendCaps {
     cpu: false,
     dtypes: &[DType::F16, DType::Bf16],
     kv_cache_dtypes: &[KvCacheDType::Auto],
-    head_dims: HEAD_DIMS,
+    head_dims: crate::registry::HEAD_DIMS,
     mha: true,
     mla: false,
     sliding_window: true,
@@ -108,7 +75,7 @@ const PAGED_ROW: BackendCaps = BackendCaps {
 
 /// The larger of the decode and prefill kernels' dynamic shared memory.
 fn shared_memory_bytes(head_dim: usize) -> usize {
-    paged_smem_bytes(head_dim as u32).max(prefill_smem_bytes(head_dim as u32)) as usize
+    paged_smem_bytes(head_dim as u32, 2).max(prefill_smem_bytes(head_dim as u32)) as usize
 }
 
 /// Keys one split should at least cover: below this the merge costs more than it saves.
@@ -144,45 +111,51 @@ pub fn num_splits_heuristic(blocks: usize, max_seq_len: usize, mean_seq_len: usi
     wanted.min(by_length).min(MAX_SPLITS).max(1)
 }
 
-/// The kernels' dtype tag (`bf16`, `f16`); `None` for a dtype with no kernel.
-pub(crate) fn dtype_tag(dtype: DType) -> Option<&'static str> {
+/// The kernels' query type for a dtype; an error for a dtype with no kernel.
+pub(crate) fn query_type(dtype: DType, backend: &'static str) -> Result<QType> {
     match dtype {
-        DType::Bf16 => Some("bf16"),
-        DType::F16 => Some("f16"),
-        DType::F32 => None,
+        DType::Bf16 => Ok(QType::Bf16),
+        DType::F16 => Ok(QType::F16),
+        DType::F32 => Err(AttnError::UnsupportedDType { dtype, backend, supported: "f16, bf16" }),
     }
 }
 
-/// The paged-attention kernel for a dtype tag and head dim (device crate's table).
-pub fn attention_kernel(tag: &str, head_dim: usize) -> String {
-    format!("paged_attention_{tag}_d{head_dim}")
-}
-pub const CACHE_WRITE_KERNEL: &str = "reshape_and_cache_b16";
-pub fn merge_kernel(tag: &str) -> String {
-    format!("merge_splits_{tag}")
+/// The kernel table's id of a family's kernel (`stages` 0, the score modifier given).
+fn kernel(family: Family, q: QType, kv: KvType, head_dim: usize, score: ScoreMod) -> KernelId {
+    KernelId { family, q, kv, head_dim: head_dim as u32, score, stages: 0 }
 }
 
-/// The prefill kernel for a dtype tag, head dim and score modifiers (soft-cap, ALiBi): one
-/// instantiation each, so the plain kernel carries neither (`params::PREFILL_MODIFIERS`);
-/// `hopper`: the wgmma kernel of the sm_90a module (`flash_prefill_sm90_...`).
-pub fn prefill_kernel(tag: &str, head_dim: usize, softcap: bool, alibi: bool, hopper: bool) -> String {
-    let modifier = crate::params::PREFILL_MODIFIERS[softcap as usize + 2 * alibi as usize];
-    let family = if hopper { "flash_prefill_sm90" } else { "flash_prefill" };
-    format!("{family}_{tag}_d{head_dim}{modifier}")
+/// The decode (paged attention) kernel: modifiers at run time.
+pub fn decode_kernel(q: QType, kv: KvType, head_dim: usize) -> KernelId {
+    kernel(Family::PagedDecode, q, kv, head_dim, ScoreMod::Dynamic)
+}
+/// The cache write: bitwise for a 16-bit cache, per query type for fp8 (it converts).
+pub fn cache_write_kernel(q: QType, kv: KvType) -> KernelId {
+    let q = if kv == KvType::Native { QType::B16 } else { q };
+    kernel(Family::CacheWrite, q, kv, 0, ScoreMod::Plain)
+}
+/// Flash-decoding's merge (f32 partial states in, the query type out).
+pub fn merge_kernel(q: QType) -> KernelId {
+    kernel(Family::Merge, q, KvType::Native, 0, ScoreMod::Plain)
 }
 
-/// Whether the Hopper prefill kernel serves a layer of this head dim and cache block size
-/// (on a device whose module holds it): head dims 64, 128, 256, blocks of 8 or more tokens
-/// (its copies move whole 8-row groups of the 128-byte swizzle).
-pub fn hopper_layout(head_dim: usize, block_size: usize) -> bool {
-    PREFILL_SM90_HEAD_DIMS.iter().any(|&d| d as usize == head_dim) && block_size >= PREFILL_SM90_MIN_BLOCK as usize
+/// The prefill kernel for a query type, KV dtype, head dim and score modifiers (soft-cap,
+/// ALiBi: one instantiation each, so the plain kernel carries neither); `hopper`: the
+/// wgmma kernel of the sm_90a module.
+pub fn prefill_kernel(q: QType, kv: KvType, head_dim: usize, softcap: bool, alibi: bool, hopper: bool) -> KernelId {
+    let family = if hopper { Family::FlashPrefillSm90 } else { Family::FlashPrefill };
+    kernel(family, q, kv, head_dim, ScoreMod::of(softcap, alibi))
 }
 
-/// Whether `backend` runs prefill on the Hopper kernel: `CUDA_PAGED` on a module with the
-/// wgmma kernels (`wgmma`), for a layout it serves. The plan and the impl (which loads the
-/// kernel and its tensor maps) both ask this, so a plan never names a kernel not loaded.
-pub fn hopper_prefill(backend: BackendName, wgmma: bool, head_dim: usize, block_size: usize) -> bool {
-    backend == BackendName::CudaPaged && wgmma && hopper_layout(head_dim, block_size)
+/// Whether `backend` runs prefill on the Hopper kernel: `CUDA_PAGED` on a device that runs
+/// the table's Hopper prefill for this query type, KV dtype and head dim (`arch`), over
+/// blocks of 8 or more tokens (its copies move whole 8-row groups of the 128-byte swizzle).
+/// The plan and the impl (which loads the kernel and its tensor maps) both ask this, so a
+/// plan never names a kernel not loaded.
+pub fn hopper_prefill(backend: BackendName, arch: &ArchFeatures, q: QType, kv: KvType, head_dim: usize, block_size: usize) -> bool {
+    backend == BackendName::CudaPaged
+        && block_size >= PREFILL_SM90_MIN_BLOCK as usize
+        && arch.runs_id(&prefill_kernel(q, kv, head_dim, false, false, true))
 }
 
 /// Bytes of a `CUtensorMap`.
@@ -230,16 +203,6 @@ fn cache_tensor_map(cache: &CudaSlice<u16>, layout: &KvCacheLayout, dtype: DType
     Ok(unsafe { std::slice::from_raw_parts(&map as *const CUtensorMap as *const u8, TENSOR_MAP_BYTES) }.to_vec())
 }
 
-/// Whether the runtime's module is an sm_90a one, holding the Hopper kernels.
-pub(crate) fn has_wgmma_kernels(rt: &CudaRuntime) -> bool {
-    is_hopper_module(rt.arch())
-}
-
-/// Whether a module of architecture `arch` holds the Hopper (wgmma) kernels: sm_90a.
-pub fn is_hopper_module(arch: &str) -> bool {
-    arch == "sm_90a"
-}
-
 /// The dynamic shared memory a block may opt into on the runtime's device.
 pub(crate) fn max_shared_memory_per_block(rt: &CudaRuntime) -> Result<u32> {
     Ok(rt.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0) as u32)
@@ -247,31 +210,28 @@ pub(crate) fn max_shared_memory_per_block(rt: &CudaRuntime) -> Result<u32> {
 
 /// A kernel with `smem` bytes of dynamic shared memory opted into (past 48 KiB that must be
 /// asked for per kernel); an error if the device allows less.
-pub(crate) fn function_with_smem(rt: &CudaRuntime, backend: BackendName, name: &str, smem: u32, head_dim: usize) -> Result<CudaFunction> {
+/// The size is the table's (`KernelId::smem_bytes`).
+pub(crate) fn function_with_smem(rt: &CudaRuntime, backend: BackendName, id: KernelId, head_dim: usize) -> Result<CudaFunction> {
+    let smem = id.smem_bytes();
     let smem_max = max_shared_memory_per_block(rt)?;
     if smem > smem_max {
         return Err(AttnError::Unsupported {
             backend: backend.as_str(),
-            reason: format!("head dim {head_dim}: {name} needs {smem} bytes of shared memory per block; {} allows {smem_max}", rt.device_name()),
+            reason: format!("head dim {head_dim}: {id} needs {smem} bytes of shared memory per block; {} allows {smem_max}", rt.device_name()),
         });
     }
-    let f = rt.function(name)?;
+    let f = rt.function(id)?;
     f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
     Ok(f)
 }
 
-/// The decode (paged attention) kernel of `dtype` and `head_dim`, shared memory opted into.
-fn attention_function(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result<CudaFunction> {
-    let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_PAGED", supported: "f16, bf16" })?;
-    function_with_smem(rt, BackendName::CudaPaged, &attention_kernel(tag, head_dim), paged_smem_bytes(head_dim as u32), head_dim)
-}
-
-/// The device's properties a plan reads: SMs, and blocks of the attention kernel per SM
-/// (the driver's occupancy calculator).
-pub fn device_props(rt: &CudaRuntime, dtype: DType, head_dim: usize) -> Result<DeviceProps> {
-    let f = attention_function(rt, dtype, head_dim)?;
-    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PAGED_WARPS * 32, paged_smem_bytes(head_dim as u32) as usize, None)?;
-    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: max_shared_memory_per_block(rt)?, wgmma: has_wgmma_kernels(rt) })
+/// The device's properties a plan reads: SMs, and blocks of the decode kernel per SM
+/// (the driver's occupancy calculator), for a layer of `dtype`, `kv` and `head_dim`.
+pub fn device_props(rt: &CudaRuntime, dtype: DType, kv: KvType, head_dim: usize) -> Result<DeviceProps> {
+    let id = decode_kernel(query_type(dtype, "CUDA_PAGED")?, kv, head_dim);
+    let f = function_with_smem(rt, BackendName::CudaPaged, id, head_dim)?;
+    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PAGED_WARPS * 32, id.smem_bytes() as usize, None)?;
+    Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: max_shared_memory_per_block(rt)?, arch: rt.features() })
 }
 
 /// Requests with at least this many query tokens go to the prefill kernel; the others (a
@@ -302,7 +262,8 @@ pub fn prefill_tiling(group: usize) -> (usize, usize) {
 /// `backend`: `CudaPaged` takes the Hopper prefill kernel where the device's module has it
 /// ([`hopper_prefill`]); `CudaPagedPortable` keeps the `mma.sync` one everywhere.
 pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions, backend: BackendName) -> Result<StepPlan> {
-    let tag = dtype_tag(dtype).ok_or(AttnError::UnsupportedDType { dtype, backend: "CUDA_PAGED", supported: "f16, bf16" })?;
+    let q = query_type(dtype, "CUDA_PAGED")?;
+    let kv = kv_type(meta.layout().kv_dtype);
     let (n, hq, hkv, d) = (meta.num_tokens(), shape.num_q_heads, shape.num_kv_heads, shape.head_dim);
     let (hpt, tpt) = prefill_tiling(shape.group_size());
 
@@ -350,29 +311,31 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     };
     let mut launches = Vec::new();
     if n > 0 {
-        launches.push(KernelLaunch { kernel: CACHE_WRITE_KERNEL.into(), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
+        launches.push(KernelLaunch { kernel: cache_write_kernel(q, kv), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
     }
     if nd > 0 {
+        let id = decode_kernel(q, kv, d);
         launches.push(KernelLaunch {
-            kernel: attention_kernel(tag, d),
+            kernel: id,
             grid: (nd as u32, (hkv * tiles) as u32, num_splits as u32),
             block: PAGED_WARPS * 32,
-            shared_mem_bytes: paged_smem_bytes(d as u32),
+            shared_mem_bytes: id.smem_bytes(),
             tokens: nd,
         });
         if num_splits > 1 {
-            launches.push(KernelLaunch { kernel: merge_kernel(tag), grid: (nd as u32, hq as u32, 1), block: (d / 8) as u32, shared_mem_bytes: 0, tokens: nd });
+            launches.push(KernelLaunch { kernel: merge_kernel(q), grid: (nd as u32, hq as u32, 1), block: (d / 8) as u32, shared_mem_bytes: 0, tokens: nd });
         }
     }
     if !prefill_tiles.is_empty() {
         // The same tiles and parameters on either kernel: 8 warps, or on the Hopper one two
         // consumer warpgroups of 64 rows and a producer warpgroup.
-        let hopper = hopper_prefill(backend, props.wgmma, d, meta.layout().block_size);
+        let hopper = hopper_prefill(backend, &props.arch, q, kv, d, meta.layout().block_size);
+        let id = prefill_kernel(q, kv, d, shape.softcap, shape.alibi, hopper);
         launches.push(KernelLaunch {
-            kernel: prefill_kernel(tag, d, shape.softcap, shape.alibi, hopper),
+            kernel: id,
             grid: (prefill_tiles.len() as u32, (hkv * shape.group_size().div_ceil(hpt)) as u32, 1),
             block: if hopper { PREFILL_SM90_THREADS } else { PREFILL_WARPS * 32 },
-            shared_mem_bytes: if hopper { prefill_sm90_smem_bytes(d as u32) } else { prefill_smem_bytes(d as u32) },
+            shared_mem_bytes: id.smem_bytes(),
             tokens: n - nd,
         });
     }
@@ -585,19 +548,16 @@ pub struct CudaPagedImpl<T> {
     key_cache: CudaSlice<u16>,
     value_cache: CudaSlice<u16>,
     alibi: Option<CudaSlice<f32>>,
-    /// The three kernels of a step, looked up once.
-    cache_write_fn: CudaFunction,
-    attention_fn: CudaFunction,
-    attention_name: String,
-    /// The prefill kernels the plan may name: the portable one, and on an sm_90a module
-    /// (backend CUDA_PAGED) the wgmma one.
-    prefill_fns: Vec<(String, CudaFunction)>,
+    /// The kernels a step's plan may name, looked up once: the cache write, the decode, the
+    /// merge, the portable prefill and (on an sm_90a module, backend CUDA_PAGED) the wgmma one.
+    cache_write_fn: (KernelId, CudaFunction),
+    attention_fn: (KernelId, CudaFunction),
+    prefill_fns: Vec<(KernelId, CudaFunction)>,
     backend: BackendName,
     /// The K and V caches' tensor maps for the Hopper prefill's copy engine (two
     /// `CUtensorMap`s, `TENSOR_MAP_BYTES` apart), when that kernel is loaded.
     tensor_maps: Option<CudaSlice<u8>>,
-    merge_fn: CudaFunction,
-    merge_name: String,
+    merge_fn: (KernelId, CudaFunction),
     _elem: PhantomData<T>,
 }
 
@@ -657,8 +617,9 @@ impl<T: Element> CudaPagedImpl<T> {
     /// As `new`, for `CudaPaged` or `CudaPagedPortable` (the portable prefill everywhere).
     pub fn with_backend(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout, backend: BackendName) -> Result<Self> {
         backend.caps().check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
-        let tag = T::KERNEL_TAG.unwrap_or_default();
-        let attention_fn = attention_function(&rt, T::DTYPE, spec.head_dim)?;
+        let (q, kv, d) = (query_type(T::DTYPE, backend.as_str())?, kv_type(layout.kv_dtype), spec.head_dim);
+        let decode = decode_kernel(q, kv, d);
+        let attention_fn = (decode, function_with_smem(&rt, backend, decode, d)?);
         let stream = rt.stream().clone();
         let key_cache = stream.alloc_zeros::<u16>(layout.elements())?;
         let value_cache = stream.alloc_zeros::<u16>(layout.elements())?;
@@ -667,23 +628,20 @@ impl<T: Element> CudaPagedImpl<T> {
             None => None,
         };
         let shape = LayerShape::of(&spec);
-        let d = spec.head_dim;
-        let portable = prefill_kernel(tag, d, shape.softcap, shape.alibi, false);
-        let mut prefill_fns = vec![(portable.clone(), function_with_smem(&rt, backend, &portable, prefill_smem_bytes(d as u32), d)?)];
+        let portable = prefill_kernel(q, kv, d, shape.softcap, shape.alibi, false);
+        let mut prefill_fns = vec![(portable, function_with_smem(&rt, backend, portable, d)?)];
         let mut tensor_maps = None;
-        if hopper_prefill(backend, has_wgmma_kernels(&rt), d, layout.block_size) {
-            let hopper = prefill_kernel(tag, d, shape.softcap, shape.alibi, true);
-            prefill_fns.push((hopper.clone(), function_with_smem(&rt, backend, &hopper, prefill_sm90_smem_bytes(d as u32), d)?));
+        if hopper_prefill(backend, &rt.features(), q, kv, d, layout.block_size) {
+            let hopper = prefill_kernel(q, kv, d, shape.softcap, shape.alibi, true);
+            prefill_fns.push((hopper, function_with_smem(&rt, backend, hopper, d)?));
             let mut bytes = cache_tensor_map(&key_cache, &layout, T::DTYPE, &stream)?;
             bytes.extend(cache_tensor_map(&value_cache, &layout, T::DTYPE, &stream)?);
             tensor_maps = Some(stream.clone_htod(&bytes)?);
         }
         Ok(CudaPagedImpl {
-            cache_write_fn: rt.function(CACHE_WRITE_KERNEL)?,
-            merge_fn: rt.function(&merge_kernel(tag))?,
-            merge_name: merge_kernel(tag),
+            cache_write_fn: (cache_write_kernel(q, kv), rt.function(cache_write_kernel(q, kv))?),
+            merge_fn: (merge_kernel(q), rt.function(merge_kernel(q))?),
             attention_fn,
-            attention_name: attention_kernel(tag, spec.head_dim),
             prefill_fns,
             backend,
             tensor_maps,
@@ -746,7 +704,7 @@ impl<T: Element> CudaPagedImpl<T> {
         if let Some(lse) = &t.lse {
             check_rows("lse", lse.len(), n, hq)?;
         }
-        for launch in plan.launches.iter().filter(|l| write_cache || l.kernel != CACHE_WRITE_KERNEL) {
+        for launch in plan.launches.iter().filter(|l| write_cache || l.kernel.family != Family::CacheWrite) {
             self.launch(launch, plan, dev, t)?;
         }
         Ok(())
@@ -759,7 +717,9 @@ impl<T: Element> CudaPagedImpl<T> {
         let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
         let cfg = LaunchConfig { grid_dim: launch.grid, block_dim: (launch.block, 1, 1), shared_mem_bytes: launch.shared_mem_bytes };
         let n = plan.num_tokens as u32;
-        if launch.kernel == CACHE_WRITE_KERNEL {
+        // The plan's kernel must be one this layer loaded (same dtype, KV dtype, head dim).
+        let loaded = |f: &(KernelId, CudaFunction)| f.0 == launch.kernel;
+        if loaded(&self.cache_write_fn) {
             let p = CacheWriteParams {
                 key: ptr(t.k, &stream),
                 value: ptr(t.v, &stream),
@@ -779,8 +739,8 @@ impl<T: Element> CudaPagedImpl<T> {
             // SAFETY: k, v hold the step's rows (checked by the caller); the cache is the
             // layer's; every non-negative slot was validated against the capacity when the
             // metadata was built, and the slot buffer holds the step's tokens.
-            unsafe { stream.launch_builder(&self.cache_write_fn).arg(&p).launch(cfg) }?;
-        } else if launch.kernel == self.attention_name {
+            unsafe { stream.launch_builder(&self.cache_write_fn.1).arg(&p).launch(cfg) }?;
+        } else if loaded(&self.attention_fn) {
             let p = PagedAttnParams {
                 q: ptr(t.q, &stream),
                 out: ptr(t.out, &stream),
@@ -815,8 +775,8 @@ impl<T: Element> CudaPagedImpl<T> {
             // SAFETY: q, out hold the step's rows; the metadata buffers hold the step's maps
             // (validated: block ids inside the cache, seq_lens >= query lengths); the plan
             // never splits past the workspace (num_splits x tokens <= split_rows).
-            unsafe { stream.launch_builder(&self.attention_fn).arg(&p).launch(cfg) }?;
-        } else if let Some((_, prefill_fn)) = self.prefill_fns.iter().find(|(name, _)| *name == launch.kernel) {
+            unsafe { stream.launch_builder(&self.attention_fn.1).arg(&p).launch(cfg) }?;
+        } else if let Some((_, prefill_fn)) = self.prefill_fns.iter().find(|f| loaded(f)) {
             let (hpt, tpt) = prefill_tiling(self.shape.group_size());
             let p = PrefillParams {
                 q: ptr(t.q, &stream),
@@ -854,7 +814,7 @@ impl<T: Element> CudaPagedImpl<T> {
             // tensor maps describe this layer's caches (loaded with the Hopper kernel, so a
             // plan that names it finds them).
             unsafe { stream.launch_builder(prefill_fn).arg(&p).launch(cfg) }?;
-        } else if launch.kernel == self.merge_name {
+        } else if loaded(&self.merge_fn) {
             let m = MergeParams {
                 partial_out: ptr(&dev.partial_out, &stream),
                 partial_ml: ptr(&dev.partial_ml, &stream),
@@ -870,7 +830,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 num_splits: plan.num_splits as u32,
             };
             // SAFETY: the split launch before it wrote num_splits x tokens x Hq workspace rows.
-            unsafe { stream.launch_builder(&self.merge_fn).arg(&m).launch(cfg) }?;
+            unsafe { stream.launch_builder(&self.merge_fn.1).arg(&m).launch(cfg) }?;
         } else {
             return Err(AttnError::InvalidConfig(format!("the plan names kernel {}, which this {} layer does not have", launch.kernel, T::DTYPE)));
         }
@@ -918,6 +878,12 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::kernel_registry;
+
+    /// The table's kernel of this name (the tests name kernels as the PTX does).
+    fn kid(name: &str) -> KernelId {
+        KernelId::by_name(name).unwrap_or_else(|| panic!("no kernel {name} in the table"))
+    }
 
     /// Metadata for requests of `(cached, new)` tokens, block size 16, blocks in order.
     fn meta(reqs: &[(usize, usize)]) -> AttentionMetadata {
@@ -927,7 +893,7 @@ mod tests {
 
     #[test]
     fn plan_worked_examples() {
-        let smem = paged_smem_bytes(128);
+        let smem = paged_smem_bytes(128, 2);
         // D1 on an H100: 64 decodes of 4096 keys; 64 x 8 x 1 = 512 blocks >= 264 resident: no split.
         let m = meta(&vec![(4095, 1); 64]);
         let limits = StepLimits::new(64, 64, 4096, 16);
@@ -936,8 +902,8 @@ mod tests {
         assert_eq!(
             p.launches,
             vec![
-                KernelLaunch { kernel: "reshape_and_cache_b16".into(), grid: (64, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 64 },
-                KernelLaunch { kernel: "paged_attention_bf16_d128".into(), grid: (64, 8, 1), block: 128, shared_mem_bytes: smem, tokens: 64 },
+                KernelLaunch { kernel: kid("reshape_and_cache_b16"), grid: (64, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 64 },
+                KernelLaunch { kernel: kid("paged_attention_bf16_d128"), grid: (64, 8, 1), block: 128, shared_mem_bytes: smem, tokens: 64 },
             ]
         );
         // D3: 4 x 32768 keys: 32 blocks fill 264 / 32 = 8 splits, so the merge follows;
@@ -947,7 +913,7 @@ mod tests {
         let p = plan(&m, &LLAMA, DType::F16, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).unwrap();
         assert_eq!((p.num_splits, p.workspace_bytes), (8, 8 * 4 * 32 * 130 * 4));
         assert_eq!(p.launches[1].grid, (4, 8, 8));
-        assert_eq!(p.launches[2], KernelLaunch { kernel: "merge_splits_f16".into(), grid: (4, 32, 1), block: 16, shared_mem_bytes: 0, tokens: 4 });
+        assert_eq!(p.launches[2], KernelLaunch { kernel: kid("merge_splits_f16"), grid: (4, 32, 1), block: 16, shared_mem_bytes: 0, tokens: 4 });
         // The workspace caps the split: 20 split rows hold 5 splits of 4 tokens.
         let mut small = limits;
         small.split_rows = 20;
@@ -978,23 +944,26 @@ mod tests {
         assert_eq!(
             p.launches,
             vec![
-                KernelLaunch { kernel: "reshape_and_cache_b16".into(), grid: (58, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 58 },
-                KernelLaunch { kernel: "paged_attention_bf16_d128".into(), grid: (1, 8, 1), block: 128, shared_mem_bytes: smem, tokens: 1 },
-                KernelLaunch { kernel: "flash_prefill_sm90_bf16_d128".into(), grid: (3, 8, 1), block: 384, shared_mem_bytes: prefill_sm90_smem_bytes(128), tokens: 57 },
+                KernelLaunch { kernel: kid("reshape_and_cache_b16"), grid: (58, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 58 },
+                KernelLaunch { kernel: kid("paged_attention_bf16_d128"), grid: (1, 8, 1), block: 128, shared_mem_bytes: smem, tokens: 1 },
+                KernelLaunch { kernel: kid("flash_prefill_sm90_bf16_d128"), grid: (3, 8, 1), block: 384, shared_mem_bytes: crate::params::prefill_sm90_smem_bytes(128), tokens: 57 },
             ]
         );
         // The same step on an A100 (no sm_90a module), or forced portable on an H100: the
         // mma.sync prefill, same tiles and grid.
-        let portable = KernelLaunch { kernel: "flash_prefill_bf16_d128".into(), grid: (3, 8, 1), block: 256, shared_mem_bytes: prefill_smem_bytes(128), tokens: 57 };
+        let portable = KernelLaunch { kernel: kid("flash_prefill_bf16_d128"), grid: (3, 8, 1), block: 256, shared_mem_bytes: prefill_smem_bytes(128), tokens: 57 };
         let opts = PlanOptions { force_splits: Some(1), ..PlanOptions::default() };
         let a100 = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::A100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPaged).unwrap();
         let forced = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPagedPortable).unwrap();
         assert_eq!((&a100.launches[2], &forced.launches[2], forced.backend), (&portable, &portable, BackendName::CudaPagedPortable));
         // Blocks of fewer than 8 tokens take the portable kernel on an H100 too.
-        assert!(hopper_layout(128, 8) && !hopper_layout(128, 4) && !hopper_layout(96, 16));
+        let h100 = DeviceProps::H100.arch;
+        let hopper = |d, bs| hopper_prefill(BackendName::CudaPaged, &h100, QType::Bf16, KvType::Native, d, bs);
+        assert!(hopper(128, 8) && !hopper(128, 4) && !hopper(96, 16));
+        assert!(!hopper_prefill(BackendName::CudaPaged, &DeviceProps::A100.arch, QType::Bf16, KvType::Native, 128, 16));
         // d96 has no Hopper instantiation: the portable kernel on an H100 too.
         let phi3 = plan(&m, &LayerShape::heads(32, 32, 96), DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPaged).unwrap();
-        assert_eq!(phi3.launches[2].kernel, "flash_prefill_bf16_d96");
+        assert_eq!(phi3.launches[2].kernel.name(), "flash_prefill_bf16_d96");
         // Tiling by group: MHA 1 head x 128 tokens; Falcon-7B's 71:1 one token of 71 heads; a
         // group of 136 two head tiles (grid y = 2 per kv head).
         assert_eq!((prefill_tiling(1), prefill_tiling(4), prefill_tiling(7), prefill_tiling(71)), ((1, 128), (4, 32), (7, 18), (71, 1)));
@@ -1006,7 +975,7 @@ mod tests {
         let kernels = |softcap, alibi| {
             let shape = LayerShape { softcap, alibi, ..LLAMA };
             let p = plan(&m, &shape, DType::F16, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).unwrap();
-            p.launches.iter().skip(1).map(|l| l.kernel.clone()).collect::<Vec<_>>()
+            p.launches.iter().skip(1).map(|l| l.kernel.name()).collect::<Vec<_>>()
         };
         assert_eq!(kernels(true, false), ["paged_attention_f16_d128", "flash_prefill_sm90_f16_d128_softcap"]);
         assert_eq!(kernels(false, true), ["paged_attention_f16_d128", "flash_prefill_sm90_f16_d128_alibi"]);

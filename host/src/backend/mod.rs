@@ -31,12 +31,51 @@ pub mod cpu;
 pub mod cuda_mla;
 pub mod cuda_paged;
 
-/// Every kernel entry point the PTX module of architecture `arch` must hold, by family: `cuda_paged`'s (cache
-/// write, decode, prefill, merge) and `cuda_mla`'s (latent cache write, MLA decode).
+/// Every kernel entry point the PTX module of architecture `arch` must hold: the kernel
+/// table's `Portable` kernels, and in an sm_90a module its `Sm90a` ones too.
 pub fn kernel_registry(arch: &str) -> Vec<String> {
-    let mut names = cuda_paged::kernel_registry(arch);
-    names.extend(cuda_mla::kernel_registry());
+    let sm90a = arch == "sm_90a";
+    let mut names = Vec::new();
+    crate::registry::for_each_kernel(|k| {
+        if k.module == crate::registry::Module::Portable || sm90a {
+            names.push(k.id.name());
+        }
+    });
     names
+}
+
+/// The kernel table's KV element for a cache dtype.
+pub(crate) const fn kv_type(kv: KvCacheDType) -> crate::registry::KvType {
+    match kv {
+        KvCacheDType::Auto => crate::registry::KvType::Native,
+        KvCacheDType::Fp8E4m3 => crate::registry::KvType::Fp8E4m3,
+    }
+}
+
+impl crate::registry::KernelId {
+    /// The table's kernel of entry point `name`, if there is one.
+    pub fn by_name(name: &str) -> Option<crate::registry::KernelId> {
+        let mut found = None;
+        crate::registry::for_each_kernel(|k| {
+            if k.id.name() == name {
+                found = Some(k.id);
+            }
+        });
+        found
+    }
+
+    /// The kernel's entry point in the PTX (`paged_attention_bf16_d128`, ...).
+    pub fn name(&self) -> String {
+        let mut buf = [0u8; 64];
+        let n = self.write_name(&mut buf);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl fmt::Display for crate::registry::KernelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
 }
 
 /// The backends, by the names `ATTN_BACKEND` accepts.
@@ -135,7 +174,7 @@ pub struct BackendCaps {
     pub dtypes: &'static [DType],
     pub kv_cache_dtypes: &'static [KvCacheDType],
     /// Head dims of MHA/GQA models; empty means any.
-    pub head_dims: &'static [usize],
+    pub head_dims: &'static [u32],
     pub mha: bool,
     pub mla: bool,
     pub sliding_window: bool,
