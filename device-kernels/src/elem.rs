@@ -2,7 +2,8 @@
 //! eight of them travel in one 16-byte vector and are computed on in f32.
 
 use crate::intrinsics::{
-    bf16x2_to_f32x2, cvt_rn_bf16x2_f32, cvt_rn_f16x2_f32, f16x2_to_f32x2, mma_m16n8k16_bf16, mma_m16n8k16_f16, V4,
+    bf16x2_to_f32x2, cvt_rn_bf16x2_f32, cvt_rn_f16x2_f32, f16x2_to_f32x2, fma_rn_bf16x2, fma_rn_f16x2, mma_m16n8k16_bf16,
+    mma_m16n8k16_f16, V4,
 };
 
 pub trait Elem {
@@ -10,6 +11,11 @@ pub trait Elem {
     fn from_f32x2(lo: f32, hi: f32) -> u32;
     /// `d = a b + c`, m16n8k16, f32 accumulate, inputs of this type.
     fn mma(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4];
+    /// Two e4m3 bytes, spread to the low byte of each half (`0x00BB00AA`), as two values of
+    /// this type (exact: every e4m3 value is one of each 16-bit type). The byte's 7 magnitude
+    /// bits land under this type's exponent field, then one multiply by a power of two
+    /// re-biases the exponent (e4m3's bias is 7) and turns e4m3 subnormals into normals.
+    fn from_e4m3x2(spread: u32) -> u32;
 
     #[inline(always)]
     fn unpack8(v: V4) -> [f32; 8] {
@@ -35,7 +41,21 @@ pub trait Elem {
 pub struct Bf16;
 pub struct F16;
 
+/// `(spread & 0x7F)` per half is 0x7F (an e4m3 NaN): the half's bits set to a NaN.
+#[inline(always)]
+fn e4m3_nan_fixup(h: u32, spread: u32) -> u32 {
+    // 0x7F + 1 carries into bit 7 of the half, and only 0x7F does (the field is 7 bits).
+    let nan = ((spread & 0x007F_007F) + 0x0001_0001) & 0x0080_0080;
+    h | (nan >> 7) * 0x7FFF
+}
+
 impl Elem for Bf16 {
+    #[inline(always)]
+    fn from_e4m3x2(w: u32) -> u32 {
+        // bf16: 8 exponent bits, 7 mantissa: magnitude << 4, sign << 8; x 2^120 (bias 127 - 7).
+        let h = ((w & 0x007F_007F) << 4) | ((w & 0x0080_0080) << 8);
+        e4m3_nan_fixup(fma_rn_bf16x2(h, 0x7B80_7B80, 0x8000_8000), w)
+    }
     #[inline(always)]
     fn to_f32x2(x: u32) -> (f32, f32) {
         bf16x2_to_f32x2(x)
@@ -51,6 +71,12 @@ impl Elem for Bf16 {
 }
 
 impl Elem for F16 {
+    #[inline(always)]
+    fn from_e4m3x2(w: u32) -> u32 {
+        // f16: 5 exponent bits, 10 mantissa: magnitude << 7, sign << 8; x 2^8 (bias 15 - 7).
+        let h = ((w & 0x007F_007F) << 7) | ((w & 0x0080_0080) << 8);
+        e4m3_nan_fixup(fma_rn_f16x2(h, 0x5C00_5C00, 0x8000_8000), w)
+    }
     #[inline(always)]
     fn to_f32x2(x: u32) -> (f32, f32) {
         f16x2_to_f32x2(x)

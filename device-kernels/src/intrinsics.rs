@@ -157,6 +157,36 @@ pub unsafe fn st_global_v4(p: *mut u32, v: V4) {
     }
 }
 
+/// `st.global.v2.u32`: an 8-byte store; `p` is 8-byte aligned.
+#[inline(always)]
+pub unsafe fn st_global_v2(p: *mut u32, a: u32, b: u32) {
+    unsafe {
+        asm!("st.global.v2.u32 [{p}], {{{a}, {b}}};", p = in(reg64) p, a = in(reg32) a, b = in(reg32) b, options(nostack));
+    }
+}
+
+/// `fma.rn.f16x2`: `a * b + c` on both f16 halves, round to nearest even (subnormals kept).
+#[inline(always)]
+pub fn fma_rn_f16x2(a: u32, b: u32, c: u32) -> u32 {
+    let d: u32;
+    unsafe {
+        asm!("fma.rn.f16x2 {d}, {a}, {b}, {c};", d = out(reg32) d, a = in(reg32) a, b = in(reg32) b, c = in(reg32) c,
+             options(pure, nomem, nostack));
+    }
+    d
+}
+
+/// `fma.rn.bf16x2` (sm_80): `a * b + c` on both bf16 halves, round to nearest even.
+#[inline(always)]
+pub fn fma_rn_bf16x2(a: u32, b: u32, c: u32) -> u32 {
+    let d: u32;
+    unsafe {
+        asm!("fma.rn.bf16x2 {d}, {a}, {b}, {c};", d = out(reg32) d, a = in(reg32) a, b = in(reg32) b, c = in(reg32) c,
+             options(pure, nomem, nostack));
+    }
+    d
+}
+
 /// Two bf16 packed in a b32 (element 0 in the low half) -> two f32. bf16 is the high
 /// half of an f32, so this is two shifts and needs no `cvt` (which bf16 gains only on sm_90).
 #[inline(always)]

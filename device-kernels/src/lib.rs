@@ -23,6 +23,7 @@ pub mod params;
 
 mod elem;
 mod gather;
+mod kv;
 mod score_mod;
 mod softmax;
 mod tile;

@@ -32,6 +32,7 @@
 //! aligned, `num_q_heads % num_kv_heads == 0`, seq_lens >= query lengths.
 
 use crate::elem::Elem;
+use crate::kv::KvStore;
 use crate::gather::{clamp_key, find_request, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{paged_q_in_smem, paged_stages, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
@@ -45,17 +46,27 @@ const ROWS: usize = PAGED_ROWS as usize;
 /// Keys per tile.
 const TILE: usize = PAGED_TILE as usize;
 
+/// `E`: the query (MMA) type; `K`: the cache's stored element (`kv::Native`, or `kv::E4m3`:
+/// tiles land as bytes and are converted to `E` in the warp's own converted tile pair before
+/// the MMAs, the K scale folded into the softmax scale and the V scale into the output);
 /// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`;
 /// `STAGES`: tiles in flight per warp (cp.async pipeline depth), `paged_stages(D)`;
 /// `Q_SMEM`: Q read from shared memory rather than held in registers, `paged_q_in_smem(D)`.
 #[inline(always)]
-pub(crate) unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, const KS: usize, const STAGES: usize, const Q_SMEM: bool>(
+pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const NT: usize, const KS: usize, const STAGES: usize, const Q_SMEM: bool>(
     p: &PagedAttnParams,
 ) {
-    let chunks = D / 8; // 16-byte chunks per K/V row
+    let chunks = D / 8; // 16-byte chunks per 16-bit K/V row
     // Shared-memory rows take a power of two of chunks, so the XOR swizzle stays in the row.
     let row_bytes = smem_row_chunks(D as u32) as usize * 16;
     let tile_bytes = TILE * row_bytes;
+    // As stored: 16-byte chunks per row, and the tiles the cp.async pipeline fills (for fp8
+    // unswizzled rows of half the room; converted into a swizzled 16-bit tile pair).
+    let stored_chunks = D * K::BYTES / 16;
+    let stored_row = row_bytes * K::BYTES / 2;
+    let stored_tile = TILE * stored_row;
+    let converted = if K::CONVERT { 2 * tile_bytes } else { 0 };
+    let warp_bytes = STAGES * 2 * stored_tile + converted;
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
     let warp = tid / 32;
@@ -111,21 +122,34 @@ pub(crate) unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, c
     // by memory, one instantiation serves every model.
     let slope = |r: usize| -> f32 { if r < ng { unsafe { *(p.alibi_slopes as *const f32).add(head0 + r) } } else { 0.0 } };
     let slopes = if p.alibi_slopes != 0 { Some([slope(r0), slope(r0 + 8)]) } else { None };
-    let modifier = Dynamic::new(p.scale, p.softcap, slopes);
+    // The K scale (fp8: per kv head) folds into the softmax scale, the V scale into 1 / l.
+    let kv_scale = |ptr: u64| if K::CONVERT && ptr != 0 { unsafe { *(ptr as *const f32).add(kv_head) } } else { 1.0 };
+    let (k_scale, v_scale) = (kv_scale(p.k_scale), kv_scale(p.v_scale));
+    let modifier = Dynamic::new(p.scale * k_scale, p.softcap, slopes);
 
     // Online-softmax state of rows r0 and r0 + 8, and their output fragments.
     let mut rows = RowState::new();
     let mut o = [[0.0f32; 4]; NT];
 
-    // The K/V pipeline of this warp. Row `r`'s 16-byte chunk `c` of a tile lives at
+    // The K/V pipeline of this warp. Row `r`'s 16-byte chunk `c` of a 16-bit tile lives at
     // r * row_bytes + ((c ^ (r % 8)) * 16): the 8 rows one ldmatrix reads hit 8 distinct banks.
+    // `stored_at`: where the copies land (the 16-bit tile itself for a native cache);
+    // `at`: the 16-bit tile the MMAs read (for fp8 the warp's converted pair, after the stages).
     let smem = dynamic_shared_f32();
-    let pipe = cvta_to_shared(smem) + (warp * STAGES * 2 * tile_bytes) as u32;
+    let pipe = cvta_to_shared(smem) + (warp * warp_bytes) as u32;
+    let stored_at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
+        let within = if K::CONVERT { r * stored_row + c * 16 } else { swizzled(r, c, row_bytes) };
+        pipe + ((stage * 2 + kv) * stored_tile + within) as u32
+    };
     let at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
-        pipe + ((stage * 2 + kv) * tile_bytes + swizzled(r, c, row_bytes)) as u32
+        if K::CONVERT {
+            pipe + (STAGES * 2 * stored_tile + kv * tile_bytes + swizzled(r, c, row_bytes)) as u32
+        } else {
+            stored_at(stage, kv, r, c)
+        }
     };
     // The Q tile, after every warp's pipeline, same swizzle; rows past the group are zero.
-    let q_tile = cvta_to_shared(smem) + (WARPS * STAGES * 2 * tile_bytes) as u32;
+    let q_tile = cvta_to_shared(smem) + (WARPS * warp_bytes) as u32;
     let q_at = |r: usize, c: usize| -> u32 { q_tile + swizzled(r, c, row_bytes) as u32 };
     if Q_SMEM {
         let mut u = tid;
@@ -155,16 +179,16 @@ pub(crate) unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, c
         head_off: kv_head as u64 * p.cache_head_stride,
     };
     let issue = |t: usize, stage: usize| {
-        // 16 rows x `chunks` chunks, 32 per instruction: lane -> (row, chunk). Keys outside
-        // the range copy a valid row instead and are masked below.
+        // 16 rows x `stored_chunks` chunks, 32 per instruction: lane -> (row, chunk). Keys
+        // outside the range copy a valid row instead and are masked below.
         let mut u = lane;
-        while u < TILE * chunks {
-            let r = u / chunks;
-            let c = u % chunks;
-            let off = keys.offset(clamp_key(t * TILE + r, kv_begin, kv_end)) + c * 8;
+        while u < TILE * stored_chunks {
+            let r = u / stored_chunks;
+            let c = u % stored_chunks;
+            let byte = (keys.offset(clamp_key(t * TILE + r, kv_begin, kv_end)) * K::BYTES + c * 16) as usize;
             unsafe {
-                cp_async_cg_16(at(stage, 0, r, c), (p.key_cache as *const u16).add(off));
-                cp_async_cg_16(at(stage, 1, r, c), (p.value_cache as *const u16).add(off));
+                cp_async_cg_16(stored_at(stage, 0, r, c), (p.key_cache as *const u8).add(byte) as *const u16);
+                cp_async_cg_16(stored_at(stage, 1, r, c), (p.value_cache as *const u8).add(byte) as *const u16);
             }
             u += 32;
         }
@@ -190,6 +214,23 @@ pub(crate) unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, c
         cp_async_wait_pending(STAGES - 1);
         bar_warp_sync();
         let stage = it % STAGES;
+        if K::CONVERT {
+            // The stored tiles into the converted pair (every lane finished reading the pair
+            // for the previous tile: the warp synchronized at the loop's top).
+            let mut u = lane;
+            while u < TILE * stored_chunks {
+                let (r, c) = (u / stored_chunks, u % stored_chunks);
+                for kv in 0..2 {
+                    let (lo, hi) = K::widen::<E>(unsafe { ld_shared_v4(stored_at(stage, kv, r, c)) });
+                    unsafe {
+                        st_shared_v4(at(stage, kv, r, 2 * c), lo);
+                        st_shared_v4(at(stage, kv, r, 2 * c + 1), hi);
+                    }
+                }
+                u += 32;
+            }
+            bar_warp_sync();
+        }
 
         // S = Q K^T: two 8-key n-tiles. ldmatrix x4 per k-step: matrices (keys 0-7, chunk
         // 2ks), (keys 0-7, 2ks+1), (keys 8-15, 2ks), (keys 8-15, 2ks+1).
@@ -267,7 +308,7 @@ pub(crate) unsafe fn paged_attention<E: Elem, const D: usize, const NT: usize, c
                 acc[i] += unsafe { *smem.add(base + ds + i) } * f;
             }
         }
-        let inv = inv_denominator(lsum);
+        let inv = inv_denominator(lsum) * v_scale;
         for i in 0..8 {
             acc[i] *= inv;
         }
@@ -304,7 +345,7 @@ macro_rules! paged_attention_instance {
         pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PagedAttnParams) {
             use $crate::params::{paged_q_in_smem, paged_stages};
             unsafe {
-                $crate::paged_decode::paged_attention::<$crate::elem::$q, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }, { paged_q_in_smem($d) }>(&p)
+                $crate::paged_decode::paged_attention::<$crate::elem::$q, $crate::kv::$kv, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }, { paged_q_in_smem($d) }>(&p)
             }
         }
     };

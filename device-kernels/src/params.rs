@@ -20,6 +20,10 @@ pub struct CacheWriteParams {
     pub value_cache: u64,
     /// `i64 [num_tokens]`; a negative slot is padding and is skipped.
     pub slot_mapping: u64,
+    /// fp8 caches: `f32 [num_kv_heads]`, the K and V scales (stored = e4m3(x / scale));
+    /// unused by the 16-bit copy.
+    pub k_scale: u64,
+    pub v_scale: u64,
     pub src_token_stride: u64,
     pub src_head_stride: u64,
     pub cache_block_stride: u64,
@@ -63,6 +67,9 @@ pub struct PagedAttnParams {
     /// `f32 [num_tokens, num_q_heads]`: each row's log-sum-exp (natural log), written when
     /// `num_splits == 1` (the merge writes it otherwise); 0 = none.
     pub lse: u64,
+    /// fp8 caches: `f32 [num_kv_heads]`, the K and V scales (value = stored x scale); 0 = 1.
+    pub k_scale: u64,
+    pub v_scale: u64,
     pub q_token_stride: u64,
     pub q_head_stride: u64,
     pub out_token_stride: u64,
@@ -108,12 +115,12 @@ pub struct MergeParams {
     pub num_splits: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<CacheWriteParams>() == 96);
-const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 192);
+const _: () = assert!(core::mem::size_of::<CacheWriteParams>() == 112);
+const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 208);
 const _: () = assert!(core::mem::size_of::<MergeParams>() == 80);
 const _: () = assert!(core::mem::size_of::<MlaParams>() == 160);
 const _: () = assert!(core::mem::size_of::<MlaCacheWriteParams>() == 64);
-const _: () = assert!(core::mem::size_of::<PrefillParams>() == 192);
+const _: () = assert!(core::mem::size_of::<PrefillParams>() == 208);
 const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
 
 /// Paged attention: warps per block, query heads per block (the rows of the m16n8k16
@@ -207,6 +214,9 @@ pub struct PrefillParams {
     /// 128-byte swizzle); unused by the portable kernel.
     pub k_tmap: u64,
     pub v_tmap: u64,
+    /// As in `PagedAttnParams`.
+    pub k_scale: u64,
+    pub v_scale: u64,
 }
 
 pub const PREFILL_WARPS: u32 = 8;
