@@ -78,18 +78,18 @@ impl Requirements {
 }
 
 impl Requirements {
-    /// What one layer of `spec` in `dtype` over a cache of `block_size`-token blocks asks
-    /// (the same dtype for the cache; for MLA the latent width as the head dim).
-    pub fn for_layer(spec: &crate::spec::AttnSpec, dtype: DType, block_size: usize) -> Requirements {
+    /// What one layer of `spec` in `dtype` over a cache of `layout` asks: the layout's block
+    /// size and KV-cache dtype (`layout.kv_dtype`); for MLA the latent width as the head dim.
+    pub fn for_layer(spec: &crate::spec::AttnSpec, dtype: DType, layout: &crate::kv_cache::KvCacheLayout) -> Requirements {
         Requirements {
             dtype,
-            kv_cache_dtype: KvCacheDType::Auto,
+            kv_cache_dtype: layout.kv_dtype,
             head_dim: spec.mla.as_ref().map_or(spec.head_dim, |m| m.latent_dim()),
             mla: spec.mla.is_some(),
             sliding_window: spec.sliding_window.is_some(),
             softcap: spec.softcap.is_some(),
             alibi: spec.alibi_slopes.is_some(),
-            block_size,
+            block_size: layout.block_size,
         }
     }
 }

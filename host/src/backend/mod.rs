@@ -15,6 +15,7 @@
 use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
+use crate::fp8::KvScales;
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::platform::DeviceProps;
@@ -186,7 +187,7 @@ impl BackendCaps {
                 }
             }
         }
-        let why = crate::selector::check(self, platform, &Requirements::for_layer(spec, dtype, layout.block_size));
+        let why = crate::selector::check(self, platform, &Requirements::for_layer(spec, dtype, layout));
         if why.is_empty() {
             return Ok(());
         }
@@ -246,6 +247,38 @@ pub trait AttentionImpl<T: Element>: Send {
     fn cache_snapshot(&self) -> Result<HostKvCache<T>>;
 
     /// Replaces the whole cache with host contents of the same layout (tests, benchmarks and
-    /// the demo start from long cached contexts this way).
+    /// the demo start from long cached contexts this way). An fp8 cache quantizes the
+    /// values with the layer's current scales.
     fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()>;
+
+    /// Sets the scales of the layer's fp8 KV cache (one per kv head for K and V, already
+    /// validated by [`crate::layer::Attention::set_kv_scales`]): the next cache writes
+    /// quantize with them and attention reads every byte with them. Bytes already in the
+    /// cache are kept. The default (a backend or layer without an fp8 cache): an
+    /// [`AttnError::Unsupported`].
+    fn set_kv_scales(&mut self, scales: &KvScales) -> Result<()> {
+        let _ = scales;
+        Err(no_fp8_cache(self.backend()))
+    }
+
+    /// A host copy of the fp8 cache's bytes as stored, with its scales (tests, debugging).
+    /// The default: an [`AttnError::Unsupported`].
+    fn fp8_cache_snapshot(&self) -> Result<(HostKvCache<u8>, KvScales)> {
+        Err(no_fp8_cache(self.backend()))
+    }
+
+    /// Replaces the whole fp8 cache (same geometry) with `cache`'s bytes and its scales with
+    /// `scales`. The default: an [`AttnError::Unsupported`].
+    fn load_fp8_cache(&mut self, cache: &HostKvCache<u8>, scales: &KvScales) -> Result<()> {
+        let _ = (cache, scales);
+        Err(no_fp8_cache(self.backend()))
+    }
+}
+
+/// The error of an fp8-cache call on a layer that has no fp8 KV cache.
+pub(crate) fn no_fp8_cache(backend: BackendName) -> AttnError {
+    AttnError::Unsupported {
+        backend: backend.as_str(),
+        reason: "this layer has no fp8 KV cache (kv_dtype auto, or a backend without fp8 caches): KV scales and fp8 cache copies do not apply".into(),
+    }
 }
