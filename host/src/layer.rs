@@ -38,6 +38,8 @@ use crate::step::{Step, StepLimits};
 use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
+/// One attention layer: its spec, its cache layout (with the cache's `kv_dtype`) and the
+/// selected backend's impl, which owns the layer's paged KV cache.
 pub struct Attention<T: Element> {
     spec: AttnSpec,
     layout: KvCacheLayout,

@@ -480,6 +480,24 @@ mod tests {
     }
 
     #[test]
+    fn layer_requirements_take_the_layouts_kv_dtype() {
+        let spec = crate::spec::AttnSpec::new(8, 2, 128);
+        let layout = crate::kv_cache::KvCacheLayout::new(4, 32, 2, 128).unwrap();
+        let r = Requirements::for_layer(&spec, DType::Bf16, &layout);
+        assert_eq!((r.kv_cache_dtype, r.block_size, r.head_dim), (KvCacheDType::Auto, 32, 128));
+        let r = Requirements::for_layer(&spec, DType::Bf16, &layout.with_kv_dtype(KvCacheDType::Fp8E4m3));
+        assert_eq!(r.kv_cache_dtype, KvCacheDType::Fp8E4m3);
+        assert!(r.to_string().contains("KV cache fp8_e4m3"), "{r}");
+        // Every backend's row is checked for the KV-cache dtype: a row without fp8 names it.
+        for b in BackendName::ALL {
+            let why = check(b.caps(), SM90, &r);
+            let named = why.iter().any(|w| w.starts_with("KV cache dtype fp8_e4m3 not supported"));
+            assert_eq!(named, !b.caps().kv_cache_dtypes.contains(&KvCacheDType::Fp8E4m3), "{b}: {why:?}");
+        }
+        assert!(check(BackendName::Cpu.caps(), Platform::Cpu, &r).is_empty(), "the CPU serves fp8 caches");
+    }
+
+    #[test]
     fn check_collects_every_reason() {
         let r = Requirements {
             dtype: DType::F32,

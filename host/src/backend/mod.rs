@@ -282,3 +282,36 @@ pub(crate) fn no_fp8_cache(backend: BackendName) -> AttnError {
         reason: "this layer has no fp8 KV cache (kv_dtype auto, or a backend without fp8 caches): KV scales and fp8 cache copies do not apply".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An impl with only the required methods, as a backend without fp8 caches is.
+    struct Plain;
+
+    impl AttentionImpl<f32> for Plain {
+        fn backend(&self) -> BackendName {
+            BackendName::CudaPaged
+        }
+        fn run_host(&mut self, _: &Step, _: &[f32], _: &[f32], _: &[f32], _: &mut [f32]) -> Result<()> {
+            Ok(())
+        }
+        fn cache_snapshot(&self) -> Result<HostKvCache<f32>> {
+            Err(AttnError::InvalidConfig("unused".into()))
+        }
+        fn load_cache(&mut self, _: &HostKvCache<f32>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn fp8_methods_default_to_unsupported() {
+        let mut p = Plain;
+        let layout = KvCacheLayout::new(1, 1, 1, 1).unwrap().with_kv_dtype(KvCacheDType::Fp8E4m3);
+        let errors = [p.set_kv_scales(&KvScales::ones(1)).unwrap_err(), p.fp8_cache_snapshot().unwrap_err(), p.load_fp8_cache(&HostKvCache::zeros_fp8(layout), &KvScales::ones(1)).unwrap_err()];
+        for e in errors {
+            assert!(matches!(e, AttnError::Unsupported { backend: "CUDA_PAGED", .. }) && e.to_string().contains("no fp8 KV cache"), "{e}");
+        }
+    }
+}
