@@ -42,19 +42,47 @@ impl fmt::Display for DType {
     }
 }
 
-/// Element type of the KV cache. `Auto` = the model's dtype.
+/// Element type of the KV cache (vLLM's `--kv-cache-dtype`). `Auto` = the model's dtype;
+/// `Fp8E4m3` = one e4m3 byte per element with per-kv-head scales ([`crate::fp8`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KvCacheDType {
+    /// The model's dtype (the cache holds the values as the layer computes them).
     Auto,
+    /// fp8 e4m3 (`e4m3fn`): `byte = e4m3(x / scale)`, read as `byte * scale`.
     Fp8E4m3,
+}
+
+impl KvCacheDType {
+    /// Parses vLLM's names, case-insensitive: "auto"; "fp8" or "fp8_e4m3" (vLLM's `fp8`
+    /// is e4m3 on CUDA). `None` for anything else (e5m2 is not served).
+    pub fn parse(s: &str) -> Option<KvCacheDType> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(KvCacheDType::Auto),
+            "fp8" | "fp8_e4m3" => Some(KvCacheDType::Fp8E4m3),
+            _ => None,
+        }
+    }
+
+    /// The canonical name: "auto" or "fp8_e4m3" ([`KvCacheDType::parse`] accepts it).
+    pub const fn name(self) -> &'static str {
+        match self {
+            KvCacheDType::Auto => "auto",
+            KvCacheDType::Fp8E4m3 => "fp8_e4m3",
+        }
+    }
+
+    /// Bytes of one cache element for a model of `dtype`: the dtype's size for `Auto`, 1 for fp8.
+    pub const fn element_bytes(self, dtype: DType) -> usize {
+        match self {
+            KvCacheDType::Auto => dtype.size_bytes(),
+            KvCacheDType::Fp8E4m3 => 1,
+        }
+    }
 }
 
 impl fmt::Display for KvCacheDType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            KvCacheDType::Auto => "auto",
-            KvCacheDType::Fp8E4m3 => "fp8_e4m3",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -101,5 +129,29 @@ impl Element for bf16 {
     }
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_cache_dtype_names() {
+        for (s, want) in [("auto", KvCacheDType::Auto), ("AUTO", KvCacheDType::Auto), ("fp8", KvCacheDType::Fp8E4m3), ("FP8_E4M3", KvCacheDType::Fp8E4m3), ("Fp8", KvCacheDType::Fp8E4m3)] {
+            assert_eq!(KvCacheDType::parse(s), Some(want), "{s}");
+        }
+        for s in ["fp8_e5m2", "bf16", "", "fp16"] {
+            assert_eq!(KvCacheDType::parse(s), None, "{s}");
+        }
+        for k in [KvCacheDType::Auto, KvCacheDType::Fp8E4m3] {
+            assert_eq!(KvCacheDType::parse(k.name()), Some(k));
+            assert_eq!(k.to_string(), k.name());
+        }
+        assert_eq!((KvCacheDType::Auto.name(), KvCacheDType::Fp8E4m3.name()), ("auto", "fp8_e4m3"));
+        assert_eq!(KvCacheDType::Auto.element_bytes(DType::Bf16), 2);
+        assert_eq!(KvCacheDType::Auto.element_bytes(DType::F32), 4);
+        assert_eq!(KvCacheDType::Fp8E4m3.element_bytes(DType::F32), 1);
+        assert_eq!(KvCacheDType::Fp8E4m3.element_bytes(DType::F16), 1);
     }
 }

@@ -28,8 +28,9 @@
 
 use crate::backend::{AttentionImpl, BackendName, DeviceTensors};
 use crate::cuda::CudaRuntime;
-use crate::dtype::Element;
+use crate::dtype::{Element, KvCacheDType};
 use crate::error::Result;
+use crate::fp8::KvScales;
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::spec::AttnSpec;
@@ -37,6 +38,8 @@ use crate::step::{Step, StepLimits};
 use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
+/// One attention layer: its spec, its cache layout (with the cache's `kv_dtype`) and the
+/// selected backend's impl, which owns the layer's paged KV cache.
 pub struct Attention<T: Element> {
     spec: AttnSpec,
     layout: KvCacheLayout,
@@ -54,12 +57,15 @@ impl<T: Element> Attention<T> {
         Ok(Attention { spec, layout, gpu, imp })
     }
 
+    /// The backend the layer runs on.
     pub fn backend(&self) -> BackendName {
         self.imp.backend()
     }
+    /// The layer's spec.
     pub fn spec(&self) -> &AttnSpec {
         &self.spec
     }
+    /// The layer's cache layout.
     pub fn layout(&self) -> &KvCacheLayout {
         &self.layout
     }
@@ -113,8 +119,34 @@ impl<T: Element> Attention<T> {
         self.imp.load_cache(cache)
     }
 
+    /// A host copy of the cache's values (an fp8 cache's dequantized, `byte * scale` as `T`).
     pub fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
         self.imp.cache_snapshot()
+    }
+
+    /// What the layer's cache stores (its layout's `kv_dtype`).
+    pub fn kv_cache_dtype(&self) -> KvCacheDType {
+        self.layout.kv_dtype
+    }
+
+    /// Sets the scales of the layer's fp8 KV cache (vLLM's `k_scale` / `v_scale`, one per kv
+    /// head): checked against the layout's kv heads first (one finite positive scale per
+    /// head for K and V), then handed to the backend. A layer without an fp8 cache: an
+    /// [`crate::AttnError::Unsupported`].
+    pub fn set_kv_scales(&mut self, scales: KvScales) -> Result<()> {
+        scales.validate(self.layout.num_kv_heads)?;
+        self.imp.set_kv_scales(&scales)
+    }
+
+    /// The fp8 cache's bytes as stored, and its scales.
+    pub fn fp8_cache_snapshot(&self) -> Result<(HostKvCache<u8>, KvScales)> {
+        self.imp.fp8_cache_snapshot()
+    }
+
+    /// Replaces the fp8 cache's bytes (same geometry) and its scales.
+    pub fn load_fp8_cache(&mut self, cache: &HostKvCache<u8>, scales: &KvScales) -> Result<()> {
+        scales.validate(self.layout.num_kv_heads)?;
+        self.imp.load_fp8_cache(cache, scales)
     }
 }
 

@@ -23,6 +23,7 @@
 
 use crate::dtype::Element;
 use crate::error::{AttnError, Result};
+use crate::fp8::{dequantize_e4m3, KvScales};
 use crate::kv_cache::HostKvCache;
 use crate::metadata::AttentionMetadata;
 use crate::spec::{AttnSpec, MlaSpec};
@@ -173,6 +174,29 @@ pub fn paged_reference<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &Atten
 /// [`paged_reference`], and each row's log-sum-exp of its scores `[num_tokens, Hq]`
 /// (natural log, after scale, soft-cap and ALiBi; `-inf` for a row that sees no key).
 pub fn paged_reference_lse<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &AttnSpec) -> Result<(Vec<f64>, Vec<f64>)> {
+    paged_reference_over(q, cache, meta, spec, |x, _, _| x.to_f64())
+}
+
+/// [`paged_reference`] over an fp8 (e4m3) cache: every element read exactly in f64 as
+/// `dequantize_e4m3(byte) * scale` with its kv head's K or V scale (the product of an e4m3
+/// value and an f32 is exact in f64), then the same f64 attention. `scales` must hold one
+/// finite positive scale per kv head ([`KvScales::validate`]).
+pub fn paged_reference_fp8<T: Element>(q: &[T], cache: &HostKvCache<u8>, scales: &KvScales, meta: &AttentionMetadata, spec: &AttnSpec) -> Result<Vec<f64>> {
+    paged_reference_fp8_lse(q, cache, scales, meta, spec).map(|(out, _)| out)
+}
+
+/// [`paged_reference_fp8`], and each row's log-sum-exp as [`paged_reference_lse`] gives it.
+pub fn paged_reference_fp8_lse<T: Element>(q: &[T], cache: &HostKvCache<u8>, scales: &KvScales, meta: &AttentionMetadata, spec: &AttnSpec) -> Result<(Vec<f64>, Vec<f64>)> {
+    scales.validate(cache.layout.num_kv_heads)?;
+    paged_reference_over(q, cache, meta, spec, |&b, head, is_value| {
+        let s = if is_value { scales.v[head] } else { scales.k[head] };
+        dequantize_e4m3(b) as f64 * s as f64
+    })
+}
+
+/// The paged reference over a cache of any element, each element `x` of kv head `head`
+/// read as `read(&x, head, is_value)` in f64.
+fn paged_reference_over<T: Element, E>(q: &[T], cache: &HostKvCache<E>, meta: &AttentionMetadata, spec: &AttnSpec, read: impl Fn(&E, usize, bool) -> f64) -> Result<(Vec<f64>, Vec<f64>)> {
     spec.validate()?;
     let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
     if cache.layout.num_kv_heads != hkv || cache.layout.head_dim != d || cache.layout != *meta.layout() {
@@ -199,8 +223,8 @@ pub fn paged_reference_lse<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &A
         for j in 0..lk {
             let slot = meta.slot_of(r, j);
             for h in 0..hkv {
-                k.extend(cache.key_row(slot, h).iter().map(|x| x.to_f64()));
-                v.extend(cache.value_row(slot, h).iter().map(|x| x.to_f64()));
+                k.extend(cache.key_row(slot, h).iter().map(|x| read(x, h, false)));
+                v.extend(cache.value_row(slot, h).iter().map(|x| read(x, h, true)));
             }
         }
         let qd: Vec<f64> = q[t0 * hq * d..(t0 + lq) * hq * d].iter().map(|x| x.to_f64()).collect();
@@ -523,6 +547,52 @@ mod tests {
         // A caller's wrong q length or cache geometry is an error, not a panic.
         assert!(matches!(paged_reference(&[0.0f32, 1.0], &cache, &meta, &spec), Err(AttnError::LengthMismatch { .. })));
         assert!(matches!(paged_reference(&[0.0f32], &cache, &meta, &AttnSpec::new(2, 2, 1)), Err(AttnError::Shape(_))));
+    }
+
+    #[test]
+    fn paged_reference_fp8_reads_byte_times_scale() {
+        // As paged_reference_reads_through_the_block_table, with fp8 bytes: values 2 and 6
+        // stored as 1.0 (0x38) and 3.0 (0x44) at V scale 2; the garbage block holds NaN
+        // bytes (0x7F), which must not be read. Score 0 for both keys -> mean 4.
+        let layout = KvCacheLayout::new(2, 2, 1, 1).unwrap().with_kv_dtype(crate::dtype::KvCacheDType::Fp8E4m3);
+        let step = SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 1, num_new_tokens: 1, block_ids: vec![1] }] };
+        let meta = MetadataBuilder::new(layout).build(&step).unwrap();
+        let mut cache = HostKvCache::zeros_fp8(layout);
+        cache.value = vec![0x7F, 0x7F, 0x38, 0x44];
+        let spec = AttnSpec::new(1, 1, 1);
+        let scales = KvScales::uniform(1, 0.5, 2.0);
+        let out = paged_reference_fp8(&[0.0f32], &cache, &scales, &meta, &spec).unwrap();
+        assert!(close(&out, &[4.0]), "{out:?}");
+        // Keys 1 (0x38) and 3 (0x44) at K scale 0.5 -> 0.5 and 1.5; q = 2: scores 1 and 3.
+        cache.key = vec![0, 0, 0x38, 0x44];
+        let (out, lse) = paged_reference_fp8_lse(&[2.0f32], &cache, &scales, &meta, &spec).unwrap();
+        let (e1, e3) = (1f64.exp(), 3f64.exp());
+        assert!(close(&out, &[(2.0 * e1 + 6.0 * e3) / (e1 + e3)]), "{out:?}");
+        assert!((lse[0] - (e1 + e3).ln()).abs() < 1e-12, "{lse:?}");
+        // Bad scales are an error naming the head.
+        let e = paged_reference_fp8(&[0.0f32], &cache, &KvScales::uniform(1, 0.0, 1.0), &meta, &spec).unwrap_err();
+        assert!(e.to_string().contains("k scale of kv head 0"), "{e}");
+    }
+
+    #[test]
+    fn paged_reference_fp8_equals_the_reference_over_the_dequantized_cache() {
+        // Power-of-two scales: byte x scale is exact in f32, so dequantize::<f32> loses
+        // nothing and both references compute the same numbers.
+        let layout = KvCacheLayout::new(4, 4, 2, 8).unwrap().with_kv_dtype(crate::dtype::KvCacheDType::Fp8E4m3);
+        let step = SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 5, num_new_tokens: 3, block_ids: vec![3, 1] }, RequestSchedule { num_computed_tokens: 2, num_new_tokens: 1, block_ids: vec![0] }] };
+        let meta = MetadataBuilder::new(layout).build(&step).unwrap();
+        let mut rng = crate::workload::Rng::new(3);
+        let mut cache = HostKvCache::zeros_fp8(layout);
+        for b in cache.key.iter_mut().chain(cache.value.iter_mut()) {
+            *b = (rng.below(0x7E) as u8) | if rng.below(2) == 0 { 0x80 } else { 0 };
+        }
+        let scales = KvScales { k: vec![0.125, 0.5], v: vec![0.25, 0.0625] };
+        let q: Vec<f32> = (0..4 * 4 * 8).map(|_| rng.uniform()).collect();
+        let spec = AttnSpec::new(4, 2, 8);
+        let want = paged_reference_lse(&q, &cache.dequantize::<f32>(&scales), &meta, &spec).unwrap();
+        let got = paged_reference_fp8_lse(&q, &cache, &scales, &meta, &spec).unwrap();
+        assert_eq!(got, want);
+        assert!(got.0.iter().any(|&x| x != 0.0));
     }
 
     #[test]

@@ -78,18 +78,18 @@ impl Requirements {
 }
 
 impl Requirements {
-    /// What one layer of `spec` in `dtype` over a cache of `block_size`-token blocks asks
-    /// (the same dtype for the cache; for MLA the latent width as the head dim).
-    pub fn for_layer(spec: &crate::spec::AttnSpec, dtype: DType, block_size: usize) -> Requirements {
+    /// What one layer of `spec` in `dtype` over a cache of `layout` asks: the layout's block
+    /// size and KV-cache dtype (`layout.kv_dtype`); for MLA the latent width as the head dim.
+    pub fn for_layer(spec: &crate::spec::AttnSpec, dtype: DType, layout: &crate::kv_cache::KvCacheLayout) -> Requirements {
         Requirements {
             dtype,
-            kv_cache_dtype: KvCacheDType::Auto,
+            kv_cache_dtype: layout.kv_dtype,
             head_dim: spec.mla.as_ref().map_or(spec.head_dim, |m| m.latent_dim()),
             mla: spec.mla.is_some(),
             sliding_window: spec.sliding_window.is_some(),
             softcap: spec.softcap.is_some(),
             alibi: spec.alibi_slopes.is_some(),
-            block_size,
+            block_size: layout.block_size,
         }
     }
 }
@@ -477,6 +477,24 @@ mod tests {
         let why = check(BackendName::CudaPaged.caps(), Platform::Cpu, &req("llama-3-8b"));
         assert_eq!(why, vec!["needs CUDA compute capability >= 8.0, platform is CPU".to_string()]);
         assert!(check(BackendName::Cpu.caps(), SM75, &req("llama-3-8b")).is_empty());
+    }
+
+    #[test]
+    fn layer_requirements_take_the_layouts_kv_dtype() {
+        let spec = crate::spec::AttnSpec::new(8, 2, 128);
+        let layout = crate::kv_cache::KvCacheLayout::new(4, 32, 2, 128).unwrap();
+        let r = Requirements::for_layer(&spec, DType::Bf16, &layout);
+        assert_eq!((r.kv_cache_dtype, r.block_size, r.head_dim), (KvCacheDType::Auto, 32, 128));
+        let r = Requirements::for_layer(&spec, DType::Bf16, &layout.with_kv_dtype(KvCacheDType::Fp8E4m3));
+        assert_eq!(r.kv_cache_dtype, KvCacheDType::Fp8E4m3);
+        assert!(r.to_string().contains("KV cache fp8_e4m3"), "{r}");
+        // Every backend's row is checked for the KV-cache dtype: a row without fp8 names it.
+        for b in BackendName::ALL {
+            let why = check(b.caps(), SM90, &r);
+            let named = why.iter().any(|w| w.starts_with("KV cache dtype fp8_e4m3 not supported"));
+            assert_eq!(named, !b.caps().kv_cache_dtypes.contains(&KvCacheDType::Fp8E4m3), "{b}: {why:?}");
+        }
+        assert!(check(BackendName::Cpu.caps(), Platform::Cpu, &r).is_empty(), "the CPU serves fp8 caches");
     }
 
     #[test]

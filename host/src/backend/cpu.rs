@@ -9,6 +9,12 @@
 //! positions, `ceil(tiles / splits)` tiles per split). The split count is the plan's
 //! ([`plan`]): 1 unless the caller forces one; the CPU has no occupancy to balance.
 //!
+//! A layout of `kv_dtype = Fp8E4m3` gets an fp8 cache: the bytes as stored
+//! ([`HostKvCache<u8>`]) and their [`KvScales`] (scale 1 until
+//! [`AttentionImpl::set_kv_scales`]). The cache write quantizes (`write_slots_fp8`); the
+//! softmax reads each element as `dequantize_e4m3(byte) * scale` in f32, through the same
+//! code as a cache of values ([`CacheView`]). MLA layers keep a cache of the model's dtype.
+//!
 //! ```
 //! use attn_host::backend::cpu::CpuImpl;
 //! use attn_host::{AttentionImpl, AttnSpec, KvCacheLayout, MetadataBuilder, RequestSchedule, SchedulerOutput};
@@ -26,6 +32,7 @@
 use super::{AttentionImpl, BackendCaps, BackendName};
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
+use crate::fp8::{dequantize_e4m3, KvScales};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::PAGED_TILE;
@@ -39,7 +46,7 @@ pub static CAPS: BackendCaps = BackendCaps {
     min_compute_capability: None,
     cpu: true,
     dtypes: &[DType::F16, DType::Bf16, DType::F32],
-    kv_cache_dtypes: &[KvCacheDType::Auto],
+    kv_cache_dtypes: &[KvCacheDType::Auto, KvCacheDType::Fp8E4m3],
     head_dims: &[],
     mha: true,
     mla: true,
@@ -162,21 +169,109 @@ struct Scoring {
     slope: Option<f32>,
 }
 
+/// How a cache element becomes the f32 the softmax computes on.
+pub trait ReadElem<E>: Copy + Send + Sync {
+    /// The element's value.
+    fn read(&self, e: E) -> f32;
+}
+
+/// A cache of values: the element itself, in f32.
+#[derive(Clone, Copy, Debug)]
+pub struct AsValue;
+
+impl<T: Element> ReadElem<T> for AsValue {
+    fn read(&self, e: T) -> f32 {
+        e.to_f32()
+    }
+}
+
+/// An fp8 cache's byte of a kv head of scale `.0`: `dequantize_e4m3(b) * scale`, in f32.
+#[derive(Clone, Copy, Debug)]
+pub struct Fp8Scaled(pub f32);
+
+impl ReadElem<u8> for Fp8Scaled {
+    fn read(&self, b: u8) -> f32 {
+        dequantize_e4m3(b) * self.0
+    }
+}
+
+/// A paged cache as the softmax reads it: its geometry, its K and V elements, and how an
+/// element of a kv head becomes its f32 value.
+pub trait CacheView: Sync {
+    /// What the cache stores.
+    type Elem: Copy + Send + Sync;
+    /// How one element of a kv head is read.
+    type Read: ReadElem<Self::Elem>;
+    /// The cache's layout.
+    fn layout(&self) -> &KvCacheLayout;
+    /// K elements, `[num_blocks, block_size, num_kv_heads, head_dim]`.
+    fn keys(&self) -> &[Self::Elem];
+    /// V elements, as `keys`.
+    fn values(&self) -> &[Self::Elem];
+    /// The readers of kv head `kv_head`'s K and V elements.
+    fn readers(&self, kv_head: usize) -> (Self::Read, Self::Read);
+}
+
+impl<T: Element> CacheView for HostKvCache<T> {
+    type Elem = T;
+    type Read = AsValue;
+    fn layout(&self) -> &KvCacheLayout {
+        &self.layout
+    }
+    fn keys(&self) -> &[T] {
+        &self.key
+    }
+    fn values(&self) -> &[T] {
+        &self.value
+    }
+    fn readers(&self, _kv_head: usize) -> (AsValue, AsValue) {
+        (AsValue, AsValue)
+    }
+}
+
+/// An fp8 cache's bytes with their scales, read as `byte * scale` of the element's kv head.
+#[derive(Clone, Copy, Debug)]
+pub struct Fp8View<'a> {
+    /// The bytes as stored.
+    pub cache: &'a HostKvCache<u8>,
+    /// One K and one V scale per kv head (validated by whoever builds the view).
+    pub scales: &'a KvScales,
+}
+
+impl CacheView for Fp8View<'_> {
+    type Elem = u8;
+    type Read = Fp8Scaled;
+    fn layout(&self) -> &KvCacheLayout {
+        &self.cache.layout
+    }
+    fn keys(&self) -> &[u8] {
+        &self.cache.key
+    }
+    fn values(&self) -> &[u8] {
+        &self.cache.value
+    }
+    fn readers(&self, kv_head: usize) -> (Fp8Scaled, Fp8Scaled) {
+        (Fp8Scaled(self.scales.k[kv_head]), Fp8Scaled(self.scales.v[kv_head]))
+    }
+}
+
 /// Where the keys and values of a paged cache live, for one kv head.
-struct KvSource<'a, T> {
-    keys: &'a [T],
+struct KvSource<'a, E, R> {
+    keys: &'a [E],
     /// Value rows: `dv` elements at the same offsets as the keys (the MLA latent cache
     /// passes its key cache here, values being the first `kv_lora_rank` dims).
-    values: &'a [T],
+    values: &'a [E],
     dv: usize,
     layout: &'a KvCacheLayout,
     kv_head: usize,
     block_ids: &'a [i32],
+    read_k: R,
+    read_v: R,
 }
 
 /// Online softmax of one query row over the key positions `keys`, a page (at most `CHUNK`
 /// keys) at a time: score the chunk, rescale the state once to the new max, accumulate.
-fn attend_core<T: Element>(q: &[f32], q_pos: usize, sc: &Scoring, src: &KvSource<T>, keys: Range<usize>) -> PartialState {
+fn attend_core<E: Copy, R: ReadElem<E>>(q: &[f32], q_pos: usize, sc: &Scoring, src: &KvSource<E, R>, keys: Range<usize>) -> PartialState {
     let (bs, d) = (src.layout.block_size, src.layout.head_dim);
     let mut st = PartialState::empty(src.dv);
     let mut scores = [0.0f32; CHUNK];
@@ -187,7 +282,7 @@ fn attend_core<T: Element>(q: &[f32], q_pos: usize, sc: &Scoring, src: &KvSource
         let mut mx = st.m;
         for (t, s) in (j..end).zip(scores.iter_mut()) {
             let off = src.layout.offset(page_base + t % bs, src.kv_head);
-            let dot: f32 = q.iter().zip(&src.keys[off..off + d]).map(|(a, b)| a * b.to_f32()).sum();
+            let dot: f32 = q.iter().zip(&src.keys[off..off + d]).map(|(a, &b)| a * src.read_k.read(b)).sum();
             let mut x = dot * sc.scale;
             if let Some(cap) = sc.softcap {
                 x = cap * (x / cap).tanh();
@@ -208,8 +303,8 @@ fn attend_core<T: Element>(q: &[f32], q_pos: usize, sc: &Scoring, src: &KvSource
             let off = src.layout.offset(page_base + t % bs, src.kv_head);
             let p = (s - mx).exp();
             st.l += p;
-            for (a, v) in st.acc.iter_mut().zip(&src.values[off..off + src.dv]) {
-                *a += p * v.to_f32();
+            for (a, &v) in st.acc.iter_mut().zip(&src.values[off..off + src.dv]) {
+                *a += p * src.read_v.read(v);
             }
         }
         j = end;
@@ -229,19 +324,20 @@ pub fn attend_partition<T: Element>(
     block_ids: &[i32],
     keys: Range<usize>,
 ) -> PartialState {
+    attend_partition_in(q, q_pos, head, spec, cache, block_ids, keys)
+}
+
+/// [`attend_partition`] over any [`CacheView`] (an fp8 cache: [`Fp8View`]).
+pub fn attend_partition_in<C: CacheView>(q: &[f32], q_pos: usize, head: usize, spec: &AttnSpec, cache: &C, block_ids: &[i32], keys: Range<usize>) -> PartialState {
     let sc = Scoring {
         scale: spec.scale,
         softcap: spec.softcap,
         slope: spec.alibi_slopes.as_ref().map(|s| s[head]),
     };
-    let src = KvSource {
-        keys: &cache.key,
-        values: &cache.value,
-        dv: cache.layout.head_dim,
-        layout: &cache.layout,
-        kv_head: head / spec.group_size(),
-        block_ids,
-    };
+    let kv_head = head / spec.group_size();
+    let (read_k, read_v) = cache.readers(kv_head);
+    let layout = cache.layout();
+    let src = KvSource { keys: cache.keys(), values: cache.values(), dv: layout.head_dim, layout, kv_head, block_ids, read_k, read_v };
     attend_core(q, q_pos, &sc, &src, keys)
 }
 
@@ -278,68 +374,171 @@ fn check_layout(meta: &AttentionMetadata, cache: &KvCacheLayout) -> Result<()> {
     )))
 }
 
-/// The CPU `AttentionImpl`: one layer's spec and its paged cache in host memory.
+/// A CPU layer's cache: values of the model's dtype, or an fp8 cache's bytes and scales.
+#[derive(Clone, Debug)]
+enum CpuCache<T> {
+    Values(HostKvCache<T>),
+    Fp8 { bytes: HostKvCache<u8>, scales: KvScales },
+}
+
+/// The CPU `AttentionImpl`: one layer's spec and its paged cache in host memory (values, or
+/// for a layout of `kv_dtype = Fp8E4m3` fp8 bytes and their scales).
 #[derive(Clone, Debug)]
 pub struct CpuImpl<T> {
     spec: AttnSpec,
-    cache: HostKvCache<T>,
+    cache: CpuCache<T>,
+}
+
+/// A cache of `layout` for a layer of `spec`: kv heads and head dim the spec's (MLA: the
+/// latent layout), the key and value vectors of the layout's size; fp8 only for MHA/GQA.
+fn check_cache(spec: &AttnSpec, layout: &KvCacheLayout, key_len: usize, value_len: usize) -> Result<()> {
+    spec.validate()?;
+    layout.validate()?;
+    match &spec.mla {
+        Some(_) if layout.kv_dtype == KvCacheDType::Fp8E4m3 => {
+            return Err(AttnError::Unsupported {
+                backend: BackendName::Cpu.as_str(),
+                reason: "MLA with an fp8 KV cache is not implemented on the CPU yet (the latent cache is kept in the model's dtype); use kv_cache_dtype auto".into(),
+            });
+        }
+        Some(m) => super::check_latent_layout(m, layout)?,
+        None if layout.num_kv_heads != spec.num_kv_heads || layout.head_dim != spec.head_dim => {
+            return Err(AttnError::InvalidConfig(format!(
+                "cache of {} kv heads x head dim {} for a layer of {} kv heads x head dim {}",
+                layout.num_kv_heads, layout.head_dim, spec.num_kv_heads, spec.head_dim
+            )));
+        }
+        None => {}
+    }
+    let elements = layout.elements();
+    if key_len != elements || value_len != elements {
+        return Err(AttnError::LengthMismatch { what: "kv cache", detail: format!("{key_len} key and {value_len} value elements for a layout of {elements}") });
+    }
+    Ok(())
+}
+
+/// A loaded cache must have the layer's geometry and the layout's element count.
+fn check_load<E>(cache: &HostKvCache<E>, layer: &KvCacheLayout) -> Result<()> {
+    if !cache.layout.same_geometry(layer) {
+        return Err(AttnError::Shape(format!("cache of layout {:?} loaded into a layer of layout {:?}", cache.layout, layer)));
+    }
+    cache.check_lengths()
 }
 
 impl<T: Element> CpuImpl<T> {
-    /// A layer with a zeroed cache of `layout`, whose kv heads and head dim must be the spec's.
+    /// A layer with a zeroed cache of `layout`, whose kv heads and head dim must be the
+    /// spec's. `layout.kv_dtype = Fp8E4m3`: an fp8 cache with scale 1 for every head.
     pub fn new(spec: AttnSpec, layout: KvCacheLayout) -> Result<Self> {
         layout.validate()?;
-        Self::with_cache(spec, HostKvCache::zeros(layout))
+        match layout.kv_dtype {
+            KvCacheDType::Auto => Self::with_cache(spec, HostKvCache::zeros(layout)),
+            KvCacheDType::Fp8E4m3 => Self::with_fp8_cache(spec, HostKvCache::zeros_fp8(layout), KvScales::ones(layout.num_kv_heads)),
+        }
     }
 
     /// A layer over an existing cache (a restored one; tests pre-fill contexts this way).
+    /// A cache whose layout says `Fp8E4m3` holds the values of an fp8 cache: they are
+    /// quantized with scale 1 (set other scales with [`CpuImpl::with_fp8_cache`]).
     pub fn with_cache(spec: AttnSpec, cache: HostKvCache<T>) -> Result<Self> {
-        spec.validate()?;
-        cache.layout.validate()?;
-        let l = &cache.layout;
-        match &spec.mla {
-            Some(m) => super::check_latent_layout(m, l)?,
-            None if l.num_kv_heads != spec.num_kv_heads || l.head_dim != spec.head_dim => {
-                return Err(AttnError::InvalidConfig(format!(
-                    "cache of {} kv heads x head dim {} for a layer of {} kv heads x head dim {}",
-                    l.num_kv_heads, l.head_dim, spec.num_kv_heads, spec.head_dim
-                )));
+        check_cache(&spec, &cache.layout, cache.key.len(), cache.value.len())?;
+        match cache.layout.kv_dtype {
+            KvCacheDType::Auto => Ok(CpuImpl { spec, cache: CpuCache::Values(cache) }),
+            KvCacheDType::Fp8E4m3 => {
+                let scales = KvScales::ones(cache.layout.num_kv_heads);
+                let bytes = HostKvCache::quantize_from(&cache, &scales)?;
+                Ok(CpuImpl { spec, cache: CpuCache::Fp8 { bytes, scales } })
             }
-            None => {}
         }
-        let elements = l.elements();
-        if cache.key.len() != elements || cache.value.len() != elements {
-            return Err(AttnError::LengthMismatch {
-                what: "kv cache",
-                detail: format!("{} key and {} value elements for a layout of {elements}", cache.key.len(), cache.value.len()),
-            });
-        }
-        Ok(CpuImpl { spec, cache })
     }
 
+    /// A layer over an existing fp8 cache (its layout's `kv_dtype` must be `Fp8E4m3`) read
+    /// with `scales`.
+    pub fn with_fp8_cache(spec: AttnSpec, cache: HostKvCache<u8>, scales: KvScales) -> Result<Self> {
+        if cache.layout.kv_dtype != KvCacheDType::Fp8E4m3 {
+            return Err(AttnError::InvalidConfig(format!("fp8 cache bytes under a layout of kv_dtype {}, not fp8_e4m3", cache.layout.kv_dtype)));
+        }
+        check_cache(&spec, &cache.layout, cache.key.len(), cache.value.len())?;
+        scales.validate(cache.layout.num_kv_heads)?;
+        Ok(CpuImpl { spec, cache: CpuCache::Fp8 { bytes: cache, scales } })
+    }
+
+    /// The layer's spec.
     pub fn spec(&self) -> &AttnSpec {
         &self.spec
     }
 
-    pub fn cache(&self) -> &HostKvCache<T> {
-        &self.cache
+    /// The cache's layout (its `kv_dtype` says which cache the layer has).
+    pub fn layout(&self) -> &KvCacheLayout {
+        match &self.cache {
+            CpuCache::Values(c) => &c.layout,
+            CpuCache::Fp8 { bytes, .. } => &bytes.layout,
+        }
     }
 
-    /// Replaces the cache contents with `cache`, which must have this layer's layout.
+    /// The cache of values; `None` for an fp8 layer (see [`CpuImpl::fp8_cache`], or
+    /// [`AttentionImpl::cache_snapshot`] for its values).
+    pub fn cache(&self) -> Option<&HostKvCache<T>> {
+        match &self.cache {
+            CpuCache::Values(c) => Some(c),
+            CpuCache::Fp8 { .. } => None,
+        }
+    }
+
+    /// The fp8 cache's bytes and scales; `None` for a layer of values.
+    pub fn fp8_cache(&self) -> Option<(&HostKvCache<u8>, &KvScales)> {
+        match &self.cache {
+            CpuCache::Values(_) => None,
+            CpuCache::Fp8 { bytes, scales } => Some((bytes, scales)),
+        }
+    }
+
+    /// Replaces the cache contents with `cache`, which must have this layer's geometry. An
+    /// fp8 layer quantizes the values with its current scales.
     pub fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {
-        if cache.layout != self.cache.layout {
-            return Err(AttnError::Shape(format!("cache of layout {:?} loaded into a layer of layout {:?}", cache.layout, self.cache.layout)));
+        check_load(cache, self.layout())?;
+        match &mut self.cache {
+            CpuCache::Values(c) => {
+                c.key.copy_from_slice(&cache.key);
+                c.value.copy_from_slice(&cache.value);
+            }
+            CpuCache::Fp8 { bytes, scales } => {
+                let q = HostKvCache::quantize_from(cache, scales)?;
+                bytes.key = q.key;
+                bytes.value = q.value;
+            }
         }
-        let n = self.cache.layout.elements();
-        if cache.key.len() != n || cache.value.len() != n {
-            return Err(AttnError::LengthMismatch {
-                what: "kv cache",
-                detail: format!("{} key and {} value elements for a layout of {n}", cache.key.len(), cache.value.len()),
-            });
-        }
-        self.cache.key.copy_from_slice(&cache.key);
-        self.cache.value.copy_from_slice(&cache.value);
         Ok(())
+    }
+
+    /// Replaces an fp8 layer's bytes with `cache`'s (same geometry) and its scales with
+    /// `scales`; an [`AttnError::Unsupported`] for a layer of values.
+    pub fn load_fp8_cache(&mut self, cache: &HostKvCache<u8>, scales: &KvScales) -> Result<()> {
+        check_load(cache, self.layout())?;
+        let hkv = self.layout().num_kv_heads;
+        match &mut self.cache {
+            CpuCache::Values(_) => Err(super::no_fp8_cache(BackendName::Cpu)),
+            CpuCache::Fp8 { bytes, scales: s } => {
+                scales.validate(hkv)?;
+                bytes.key.copy_from_slice(&cache.key);
+                bytes.value.copy_from_slice(&cache.value);
+                *s = scales.clone();
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets an fp8 layer's scales (validated first); the bytes already cached are kept and
+    /// read with the new scales. An [`AttnError::Unsupported`] for a layer of values.
+    pub fn set_kv_scales(&mut self, scales: &KvScales) -> Result<()> {
+        let hkv = self.layout().num_kv_heads;
+        match &mut self.cache {
+            CpuCache::Values(_) => Err(super::no_fp8_cache(BackendName::Cpu)),
+            CpuCache::Fp8 { scales: s, .. } => {
+                scales.validate(hkv)?;
+                *s = scales.clone();
+                Ok(())
+            }
+        }
     }
 
     /// One step on this layer over `meta` directly (no [`Step`]): the cache write, then
@@ -355,9 +554,17 @@ impl<T: Element> CpuImpl<T> {
             return Err(AttnError::InvalidConfig("num_splits must be at least 1".into()));
         }
         self.check(q, k, v, meta, out)?;
-        tracing::trace!(tokens = meta.num_tokens(), reqs = meta.num_reqs(), num_splits, "cpu attention step");
-        self.cache.write_slots(k, v, meta.slot_mapping())?;
-        self.attend(q, meta, out, num_splits);
+        tracing::trace!(tokens = meta.num_tokens(), reqs = meta.num_reqs(), num_splits, kv_dtype = %self.layout().kv_dtype, "cpu attention step");
+        match &mut self.cache {
+            CpuCache::Values(c) => {
+                c.write_slots(k, v, meta.slot_mapping())?;
+                attend(&self.spec, c, q, meta, out, num_splits);
+            }
+            CpuCache::Fp8 { bytes, scales } => {
+                bytes.write_slots_fp8(k, v, meta.slot_mapping(), scales)?;
+                attend(&self.spec, &Fp8View { cache: bytes, scales }, q, meta, out, num_splits);
+            }
+        }
         Ok(())
     }
 
@@ -365,14 +572,17 @@ impl<T: Element> CpuImpl<T> {
     /// mapping (the value half stays zero, as on `CUDA_MLA`), then [`mla_decode_cpu`].
     fn forward_mla(&mut self, q: &[T], kv_c: &[T], k_pe: &[T], meta: &AttentionMetadata, out: &mut [T], m: &MlaSpec) -> Result<()> {
         let (n, h, r, rope) = (meta.num_tokens(), m.num_q_heads, m.kv_lora_rank, m.qk_rope_head_dim);
-        check_layout(meta, &self.cache.layout)?;
+        let CpuCache::Values(cache) = &mut self.cache else {
+            return Err(AttnError::Unsupported { backend: BackendName::Cpu.as_str(), reason: "MLA with an fp8 KV cache is not implemented on the CPU yet".into() });
+        };
+        check_layout(meta, &cache.layout)?;
         check_len("q", q.len(), n, h, m.latent_dim(), "query heads")?;
         check_len("k (kv_c)", kv_c.len(), n, 1, r, "latent heads")?;
         check_len("v (k_pe)", k_pe.len(), n, 1, rope, "latent heads")?;
         check_len("out", out.len(), n, h, r, "query heads")?;
         let rows: Vec<T> = (0..n).flat_map(|t| kv_c[t * r..(t + 1) * r].iter().chain(&k_pe[t * rope..(t + 1) * rope])).copied().collect();
-        self.cache.write_slots(&rows, &vec![T::default(); rows.len()], meta.slot_mapping())?;
-        let latent = mla_decode_cpu(q, &self.cache, meta, m)?;
+        cache.write_slots(&rows, &vec![T::default(); rows.len()], meta.slot_mapping())?;
+        let latent = mla_decode_cpu(q, cache, meta, m)?;
         for (o, x) in out.iter_mut().zip(latent) {
             *o = T::from_f32(x);
         }
@@ -383,34 +593,36 @@ impl<T: Element> CpuImpl<T> {
     fn check(&self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &[T]) -> Result<()> {
         let s = &self.spec;
         let n = meta.num_tokens();
-        check_layout(meta, &self.cache.layout)?;
+        check_layout(meta, self.layout())?;
         check_len("q", q.len(), n, s.num_q_heads, s.head_dim, "query heads")?;
         check_len("k", k.len(), n, s.num_kv_heads, s.head_dim, "kv heads")?;
         check_len("v", v.len(), n, s.num_kv_heads, s.head_dim, "kv heads")?;
         check_len("out", out.len(), n, s.num_q_heads, s.head_dim, "query heads")
     }
+}
 
-    fn attend(&self, q: &[T], meta: &AttentionMetadata, out: &mut [T], num_splits: usize) {
-        let (hq, d) = (self.spec.num_q_heads, self.spec.head_dim);
-        let tokens = token_positions(meta);
-        out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
-            let (token, head) = (row / hq, row % hq);
-            let (r, pos) = tokens[token];
-            let qrow: Vec<f32> = q[row * d..(row + 1) * d].iter().map(|x| x.to_f32()).collect();
-            let keys = visible_keys(pos, self.spec.sliding_window);
-            let block_ids = meta.block_ids(r);
-            let attend = |range| attend_partition(&qrow, pos, head, &self.spec, &self.cache, block_ids, range);
-            let state = if num_splits == 1 {
-                attend(keys)
-            } else {
-                let states: Vec<PartialState> = (0..num_splits).map(|s| attend(split_range(keys.clone(), num_splits, s))).collect();
-                merge(&states)
-            };
-            for (o, x) in o.iter_mut().zip(state.finish()) {
-                *o = T::from_f32(x);
-            }
-        });
-    }
+/// Every (token, query head) row of the step in parallel: its online softmax over `cache`
+/// (values or fp8 bytes, whichever [`CacheView`] reads it), split `num_splits` ways and merged.
+fn attend<T: Element, C: CacheView>(spec: &AttnSpec, cache: &C, q: &[T], meta: &AttentionMetadata, out: &mut [T], num_splits: usize) {
+    let (hq, d) = (spec.num_q_heads, spec.head_dim);
+    let tokens = token_positions(meta);
+    out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
+        let (token, head) = (row / hq, row % hq);
+        let (r, pos) = tokens[token];
+        let qrow: Vec<f32> = q[row * d..(row + 1) * d].iter().map(|x| x.to_f32()).collect();
+        let keys = visible_keys(pos, spec.sliding_window);
+        let block_ids = meta.block_ids(r);
+        let attend = |range| attend_partition_in(&qrow, pos, head, spec, cache, block_ids, range);
+        let state = if num_splits == 1 {
+            attend(keys)
+        } else {
+            let states: Vec<PartialState> = (0..num_splits).map(|s| attend(split_range(keys.clone(), num_splits, s))).collect();
+            merge(&states)
+        };
+        for (o, x) in o.iter_mut().zip(state.finish()) {
+            *o = T::from_f32(x);
+        }
+    });
 }
 
 impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
@@ -421,7 +633,7 @@ impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
     /// MLA layers (as `CUDA_MLA`): `q` absorbed `[T, H, R + rope]`, `k` = kv_c `[T, R]`,
     /// `v` = k_pe `[T, rope]`, `out` latent `[T, H, R]`.
     fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
-        let plan = step.for_layer(BackendName::Cpu, T::DTYPE, &LayerShape::of(&self.spec), &self.cache.layout)?;
+        let plan = step.for_layer(BackendName::Cpu, T::DTYPE, &LayerShape::of(&self.spec), self.layout())?;
         let meta = step.host_metadata()?;
         match self.spec.mla.clone() {
             Some(m) => self.forward_mla(q, k, v, meta, out, &m),
@@ -429,12 +641,31 @@ impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
         }
     }
 
+    /// The values: an fp8 cache's dequantized (`T::from_f32(byte * scale)`).
     fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
-        Ok(self.cache.clone())
+        Ok(match &self.cache {
+            CpuCache::Values(c) => c.clone(),
+            CpuCache::Fp8 { bytes, scales } => bytes.dequantize(scales),
+        })
     }
 
     fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {
         CpuImpl::load_cache(self, cache)
+    }
+
+    fn set_kv_scales(&mut self, scales: &KvScales) -> Result<()> {
+        CpuImpl::set_kv_scales(self, scales)
+    }
+
+    fn fp8_cache_snapshot(&self) -> Result<(HostKvCache<u8>, KvScales)> {
+        match &self.cache {
+            CpuCache::Values(_) => Err(super::no_fp8_cache(BackendName::Cpu)),
+            CpuCache::Fp8 { bytes, scales } => Ok((bytes.clone(), scales.clone())),
+        }
+    }
+
+    fn load_fp8_cache(&mut self, cache: &HostKvCache<u8>, scales: &KvScales) -> Result<()> {
+        CpuImpl::load_fp8_cache(self, cache, scales)
     }
 }
 
@@ -472,7 +703,7 @@ pub fn mla_decode_cpu<T: Element>(q_latent: &[T], cache: &HostKvCache<T>, meta: 
     out.par_chunks_mut(r).enumerate().for_each(|(row, o)| {
         let (req, pos) = tokens[row / h];
         let qrow: Vec<f32> = q_latent[row * w..(row + 1) * w].iter().map(|x| x.to_f32()).collect();
-        let src = KvSource { keys: &cache.key, values: &cache.key, dv: r, layout: l, kv_head: 0, block_ids: meta.block_ids(req) };
+        let src = KvSource { keys: &cache.key, values: &cache.key, dv: r, layout: l, kv_head: 0, block_ids: meta.block_ids(req), read_k: AsValue, read_v: AsValue };
         o.copy_from_slice(&attend_core(&qrow, pos, &sc, &src, visible_keys(pos, None)).finish());
     });
     Ok(out)
@@ -552,7 +783,7 @@ mod tests {
             .unwrap();
         let e = c.forward_split(&good, &kv, &kv, &other, &mut out, 1).unwrap_err();
         assert!(matches!(e, AttnError::Shape(_)), "{e}");
-        assert!(c.cache().key.iter().chain(&c.cache().value).all(|&x| x == 0.0));
+        assert!(c.cache().unwrap().key.iter().chain(&c.cache().unwrap().value).all(|&x| x == 0.0));
         assert!(out.iter().all(|&x| x == 0.0));
         assert!(matches!(c.forward_split(&good, &kv, &kv, &meta, &mut out, 0), Err(AttnError::InvalidConfig(_))));
     }
@@ -582,7 +813,7 @@ mod tests {
         c.forward_split(&q, &k, &v, &meta, &mut split, 3).unwrap();
         assert!(split.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{split:?}");
         // Slots: block 1 holds positions 0, 1 (slots 2, 3); block 0 position 2 (slot 0).
-        assert_eq!(c.cache().value, vec![4.0, 4.0, 0.0, 0.0, 0.0, 0.0, 2.0, 2.0]);
+        assert_eq!(c.cache().unwrap().value, vec![4.0, 4.0, 0.0, 0.0, 0.0, 0.0, 2.0, 2.0]);
     }
 
     #[test]
@@ -607,9 +838,298 @@ mod tests {
         for splits in [1, 5] {
             let mut out = vec![f32::NAN; q.len()];
             c.forward_split(&q, &kv, &kv, &meta, &mut out, splits).unwrap();
-            let want = crate::oracle::paged_reference(&q, c.cache(), &meta, &spec).unwrap();
+            let want = crate::oracle::paged_reference(&q, c.cache().unwrap(), &meta, &spec).unwrap();
             let err = crate::oracle::rel_error(&out, &want);
             assert!(err < 1e-5, "{splits} splits: rel error {err:e}");
+        }
+    }
+}
+
+/// The CPU backend over fp8 (e4m3) caches, against the f64 oracle over the dequantized
+/// cache (the precision of the attention itself) and over the unquantized values (what the
+/// quantization costs).
+#[cfg(test)]
+mod fp8_tests {
+    use super::*;
+    use crate::fp8::quantize_e4m3;
+    use crate::layer::Attention;
+    use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
+    use crate::oracle::{self, rel_error};
+    use crate::step::{PlanOptions, StepLimits};
+    use crate::workload::Rng;
+    use half::bf16;
+
+    /// Per-head scales, none 1: |x| <= 1 quantizes to at most 1 / 0.0035 = 286 < 448.
+    fn scales() -> KvScales {
+        KvScales { k: vec![0.004, 0.011, 0.0035, 0.0625], v: vec![0.007, 0.0025, 0.03, 0.005] }
+    }
+
+    fn fp8_layout(hkv: usize, d: usize) -> KvCacheLayout {
+        KvCacheLayout::new(24, 16, hkv, d).unwrap().with_kv_dtype(KvCacheDType::Fp8E4m3)
+    }
+
+    /// `(context, new tokens)` per request, on blocks dealt from a shuffled list.
+    fn metadata(rng: &mut Rng, layout: KvCacheLayout, reqs: &[(usize, usize)]) -> AttentionMetadata {
+        let mut free: Vec<u32> = (0..layout.num_blocks as u32).collect();
+        rng.shuffle(&mut free);
+        let requests = reqs
+            .iter()
+            .map(|&(ctx, new)| {
+                let blocks = (ctx + new).div_ceil(layout.block_size);
+                RequestSchedule { num_computed_tokens: ctx, num_new_tokens: new, block_ids: free.drain(..blocks).collect() }
+            })
+            .collect();
+        MetadataBuilder::new(layout).build(&SchedulerOutput { requests }).unwrap()
+    }
+
+    struct Run<T> {
+        out: Vec<T>,
+        /// The f64 oracle over the layer's fp8 cache after the step (bytes x scales).
+        fp8_reference: Vec<f64>,
+        /// The f64 oracle over the unquantized values (context and step's K/V as `T`).
+        exact_reference: Vec<f64>,
+        /// Bytes of the cache after the step that are +-448 (0x7E / 0xFE).
+        saturated: usize,
+    }
+
+    /// One step of `reqs` through an fp8 CPU layer whose cache was loaded with random
+    /// values (quantized by `load_cache`) under `scales`; `amp` scales the step's K/V.
+    fn run<T: Element>(seed: u64, reqs: &[(usize, usize)], scales: &KvScales, amp: f32, splits: Option<usize>) -> Run<T> {
+        let (hq, hkv, d) = (8, 4, 32);
+        let mut rng = Rng::new(seed);
+        let layout = fp8_layout(hkv, d);
+        let spec = AttnSpec::new(hq, hkv, d);
+        let meta = metadata(&mut rng, layout, reqs);
+        let n = meta.num_tokens();
+        let mut context = HostKvCache::<T>::zeros(layout);
+        for x in context.key.iter_mut().chain(context.value.iter_mut()) {
+            *x = T::from_f32(rng.uniform());
+        }
+        let vals = |rng: &mut Rng, len: usize, amp: f32| (0..len).map(|_| T::from_f32(rng.uniform() * amp)).collect::<Vec<T>>();
+        let (q, k, v) = (vals(&mut rng, n * hq * d, 1.0), vals(&mut rng, n * hkv * d, amp), vals(&mut rng, n * hkv * d, amp));
+
+        let mut layer = Attention::<T>::new(BackendName::Cpu, spec.clone(), layout, None).unwrap();
+        assert_eq!(layer.kv_cache_dtype(), KvCacheDType::Fp8E4m3);
+        layer.set_kv_scales(scales.clone()).unwrap();
+        layer.load_cache(&context).unwrap();
+        let mut step = layer.new_step(StepLimits::for_metadata(&meta)).unwrap();
+        step.prepare_with(&meta, PlanOptions { force_splits: splits, ..PlanOptions::default() }).unwrap();
+        let mut out = vec![T::from_f32(f32::NAN); q.len()];
+        layer.forward_host(&step, &q, &k, &v, &mut out).unwrap();
+
+        // The cache holds exactly the quantized context and step rows.
+        let mut expected = context.clone();
+        expected.write_slots(&k, &v, meta.slot_mapping()).unwrap();
+        let (bytes, got_scales) = layer.fp8_cache_snapshot().unwrap();
+        assert_eq!(&got_scales, scales);
+        let want = HostKvCache::quantize_from(&expected, scales).unwrap();
+        assert!(bytes.key == want.key && bytes.value == want.value, "the cache write is quantize_e4m3 of each element");
+        let fp8_reference = oracle::paged_reference_fp8(&q, &bytes, scales, &meta, &spec).unwrap();
+        let exact_reference = oracle::paged_reference(&q, &expected, &meta, &spec).unwrap();
+        let saturated = bytes.key.iter().chain(&bytes.value).filter(|&&b| b & 0x7F == 0x7E).count();
+        Run { out, fp8_reference, exact_reference, saturated }
+    }
+
+    fn to_f64<T: Element>(x: &[T]) -> Vec<f64> {
+        x.iter().map(|v| v.to_f64()).collect()
+    }
+
+    /// The bf16 path's bound (tests/properties.rs): 2x the error of the exact result rounded
+    /// to bf16, + 1e-3.
+    fn bf16_bound(reference: &[f64]) -> f64 {
+        let lowp: Vec<f64> = reference.iter().map(|&x| bf16::from_f64(x).to_f64()).collect();
+        2.0 * rel_error(&lowp, reference) + 1e-3
+    }
+
+    /// What e4m3 costs against the unquantized values: 3 mantissa bits round each element
+    /// by up to 2^-4 (6.25%) of itself, about 1.8% RMS for uniform values; the output's
+    /// relative error measured here is ~2-3% (it is printed): the bound is 5%.
+    const QUANT_BOUND: f64 = 0.05;
+
+    const BATCHES: [(&str, &[(usize, usize)]); 3] = [
+        ("decode", &[(37, 1), (5, 1), (64, 1), (100, 1)]),
+        ("chunked prefill", &[(40, 24)]),
+        ("mixed", &[(70, 1), (33, 17), (0, 21), (15, 1)]),
+    ];
+
+    #[test]
+    fn bf16_fp8_cache_matches_the_fp8_oracle() {
+        for (seed, (name, reqs)) in BATCHES.iter().enumerate() {
+            for splits in [None, Some(3)] {
+                let r = run::<bf16>(seed as u64 + 1, reqs, &scales(), 1.0, splits);
+                let out = to_f64(&r.out);
+                let (err, bound) = (rel_error(&out, &r.fp8_reference), bf16_bound(&r.fp8_reference));
+                assert!(err <= bound, "{name}, {splits:?} splits: rel error {err:e} against the fp8 oracle > bound {bound:e}");
+                let q_err = rel_error(&out, &r.exact_reference);
+                println!("{name} (bf16, {splits:?} splits): vs fp8 oracle {err:.2e} (bound {bound:.2e}), vs unquantized {q_err:.3e} (bound {QUANT_BOUND})");
+                assert!(q_err < QUANT_BOUND, "{name}: rel error {q_err:e} against the unquantized oracle");
+                // Quantization did change the result (the test would not see a cache of values).
+                assert!(rel_error(&r.fp8_reference, &r.exact_reference) > 1e-3);
+            }
+        }
+    }
+
+    #[test]
+    fn f32_fp8_cache_matches_the_fp8_oracle() {
+        for (seed, (name, reqs)) in BATCHES.iter().enumerate() {
+            let r = run::<f32>(seed as u64 + 11, reqs, &scales(), 1.0, None);
+            // f32 accumulation over byte x scale products (rounded to f32): as the f32 path.
+            let err = rel_error(&r.out, &r.fp8_reference);
+            assert!(err < 1e-4, "{name}: rel error {err:e} against the fp8 oracle");
+            let q_err = rel_error(&r.out, &r.exact_reference);
+            println!("{name} (f32): vs fp8 oracle {err:.2e}, vs unquantized {q_err:.3e} (bound {QUANT_BOUND})");
+            assert!(q_err < QUANT_BOUND, "{name}: rel error {q_err:e} against the unquantized oracle");
+        }
+    }
+
+    #[test]
+    fn per_head_scales_are_read_per_head() {
+        // The same bytes under other scales: the output follows the oracle of those scales
+        // (a backend reading head 0's scale everywhere, or ignoring V's, would not).
+        let layout = fp8_layout(4, 32);
+        let spec = AttnSpec::new(8, 4, 32);
+        let mut rng = Rng::new(7);
+        let meta = metadata(&mut rng, layout, &[(50, 1), (20, 3)]);
+        let mut bytes = HostKvCache::zeros_fp8(layout);
+        for b in bytes.key.iter_mut().chain(bytes.value.iter_mut()) {
+            *b = quantize_e4m3(rng.uniform(), 1.0 / 64.0);
+        }
+        let n = meta.num_tokens();
+        let q: Vec<f32> = (0..n * 8 * 32).map(|_| rng.uniform()).collect();
+        let kv: Vec<f32> = (0..n * 4 * 32).map(|_| rng.uniform() * 0.01).collect();
+        let mut outs = Vec::new();
+        for s in [scales(), KvScales { k: vec![0.02, 0.001, 0.008, 0.03], v: vec![1.0, 0.1, 0.01, 3.0] }] {
+            let mut c = CpuImpl::<f32>::with_fp8_cache(spec.clone(), bytes.clone(), s.clone()).unwrap();
+            let mut out = vec![f32::NAN; q.len()];
+            c.forward(&q, &kv, &kv, &meta, &mut out).unwrap();
+            let (after, _) = c.fp8_cache().unwrap();
+            let want = oracle::paged_reference_fp8(&q, after, &s, &meta, &spec).unwrap();
+            let err = rel_error(&out, &want);
+            assert!(err < 1e-4, "scales {s:?}: rel error {err:e}");
+            outs.push(out);
+        }
+        assert!(rel_error(&outs[0], &to_f64(&outs[1])) > 0.1, "other scales, other output");
+    }
+
+    #[test]
+    fn values_beyond_448_scales_saturate() {
+        // Step K/V up to +-4 under scales down to 0.0025: |x| / scale up to 1600, far past
+        // 448. The saturated bytes are +-448 (0x7E / 0xFE), and the output is the oracle's
+        // over that saturated cache.
+        let s = scales();
+        let reqs: &[(usize, usize)] = &[(30, 6), (12, 1)];
+        let r = run::<bf16>(99, reqs, &s, 4.0, None);
+        let err = rel_error(&to_f64(&r.out), &r.fp8_reference);
+        let bound = bf16_bound(&r.fp8_reference);
+        assert!(err <= bound, "rel error {err:e} against the fp8 oracle of the saturated cache > {bound:e}");
+        assert!(r.saturated > 100, "{} saturated bytes: the step must saturate", r.saturated);
+        // Element by element on a small write: beyond 448 x scale, +-448 x scale exactly
+        // (bytes 0x7E / 0xFE); below, within 2^-4 of the value.
+        let layout = fp8_layout(4, 2);
+        let mut c = HostKvCache::zeros_fp8(layout);
+        let xs = [3.0f32, -3.0, 0.5, -1.25, 1.0, -2.0, 30.0, 0.01];
+        let big: Vec<bf16> = xs.iter().map(|&x| bf16::from_f32(x)).collect();
+        c.write_slots_fp8(&big, &big, &[5], &s).unwrap();
+        let o = layout.offset(5, 0);
+        let (k64, v64) = c.dequantize_f64(&s);
+        let mut saturated = 0;
+        for (i, &x) in xs.iter().enumerate() {
+            let h = i / 2;
+            for (what, scale, byte, got) in [("k", s.k[h], c.key[o + i], k64[o + i]), ("v", s.v[h], c.value[o + i], v64[o + i])] {
+                let (x, scale) = (x as f64, scale as f64);
+                if x.abs() / scale > 464.0 {
+                    saturated += 1;
+                    assert_eq!(byte, if x > 0.0 { 0x7E } else { 0xFE }, "{what} {i}: {x} / {scale}");
+                    assert_eq!(got, 448.0 * scale * x.signum(), "{what} {i}");
+                } else {
+                    assert!((got - x).abs() <= x.abs() / 16.0, "{what} {i}: {x} read as {got}");
+                }
+            }
+        }
+        // K: 3 and -3 at 0.004 (750), -2 at 0.0035 (571), 30 at 0.0625 (480); V: -1.25 at
+        // 0.0025 (500), 30 at 0.005 (6000). Not: V's +-3 at 0.007 (429 -> 416).
+        assert_eq!(saturated, 6);
+    }
+
+    #[test]
+    fn fp8_layer_api() {
+        let layout = fp8_layout(2, 4);
+        let spec = AttnSpec::new(4, 2, 4);
+        let mut layer = Attention::<f32>::new(BackendName::Cpu, spec.clone(), layout, None).unwrap();
+        // A new fp8 layer: zero bytes, scale 1.
+        let (bytes, s) = layer.fp8_cache_snapshot().unwrap();
+        assert_eq!((s, bytes.layout), (KvScales::ones(2), layout));
+        assert!(bytes.key.iter().chain(&bytes.value).all(|&b| b == 0));
+        // Scales are checked against the layout before the backend sees them.
+        let e = layer.set_kv_scales(KvScales::ones(3)).unwrap_err();
+        assert!(matches!(e, AttnError::InvalidConfig(_)), "{e}");
+        let e = layer.set_kv_scales(KvScales { k: vec![1.0, -2.0], v: vec![1.0, 1.0] }).unwrap_err();
+        assert!(e.to_string().contains("k scale of kv head 1"), "{e}");
+        // load_fp8_cache / fp8_cache_snapshot round-trip; cache_snapshot gives byte x scale.
+        let mut rng = Rng::new(4);
+        let mut mine = HostKvCache::zeros_fp8(layout);
+        for b in mine.key.iter_mut().chain(mine.value.iter_mut()) {
+            *b = rng.below(0x7E) as u8 | (rng.below(2) as u8) << 7;
+        }
+        let s = KvScales { k: vec![0.5, 0.25], v: vec![2.0, 4.0] };
+        layer.load_fp8_cache(&mine, &s).unwrap();
+        let (got, got_s) = layer.fp8_cache_snapshot().unwrap();
+        assert!(got.key == mine.key && got.value == mine.value && got_s == s);
+        let values = layer.cache_snapshot().unwrap();
+        let (k64, v64) = mine.dequantize_f64(&s);
+        assert_eq!(to_f64(&values.key), k64, "power-of-two scales: exact in f32");
+        assert_eq!(to_f64(&values.value), v64);
+        // load_cache quantizes with the current scales: loading the snapshot changes nothing.
+        layer.load_cache(&values).unwrap();
+        assert_eq!(layer.fp8_cache_snapshot().unwrap().0.key, mine.key);
+        // set_kv_scales keeps the bytes and reads them with the new scales.
+        layer.set_kv_scales(KvScales::uniform(2, 1.0, 1.0)).unwrap();
+        assert_eq!(layer.fp8_cache_snapshot().unwrap().0.value, mine.value);
+        // Another geometry is refused.
+        let e = layer.load_fp8_cache(&HostKvCache::zeros_fp8(fp8_layout(1, 4)), &KvScales::ones(1)).unwrap_err();
+        assert!(matches!(e, AttnError::InvalidConfig(_) | AttnError::Shape(_)), "{e}");
+        assert!(layer.load_fp8_cache(&HostKvCache::zeros_fp8(fp8_layout(1, 8)), &KvScales::ones(2)).is_err());
+
+        // A layer of values has no fp8 cache: the fp8 calls say so.
+        let plain = layout.with_kv_dtype(KvCacheDType::Auto);
+        let mut auto = Attention::<f32>::new(BackendName::Cpu, spec.clone(), plain, None).unwrap();
+        assert_eq!(auto.kv_cache_dtype(), KvCacheDType::Auto);
+        for e in [auto.set_kv_scales(KvScales::ones(2)).unwrap_err(), auto.fp8_cache_snapshot().unwrap_err(), auto.load_fp8_cache(&mine, &s).unwrap_err()] {
+            assert!(matches!(e, AttnError::Unsupported { backend: "CPU", .. }) && e.to_string().contains("no fp8 KV cache"), "{e}");
+        }
+        // with_fp8_cache wants bytes under an fp8 layout.
+        let mut auto_bytes = mine.clone();
+        auto_bytes.layout = plain;
+        assert!(matches!(CpuImpl::<f32>::with_fp8_cache(spec, auto_bytes, s), Err(AttnError::InvalidConfig(_))));
+    }
+
+    #[test]
+    fn fp8_layouts_are_refused_where_unsupported() {
+        // MLA over an fp8 cache: not on the CPU yet, with the reason.
+        let cfg = crate::model::preset("deepseek-v3").unwrap();
+        let spec = cfg.attn_spec();
+        let w = spec.mla.as_ref().unwrap().latent_dim();
+        let layout = KvCacheLayout::new(4, 16, 1, w).unwrap().with_kv_dtype(KvCacheDType::Fp8E4m3);
+        let e = CpuImpl::<bf16>::new(spec.clone(), layout).map(|_| ()).unwrap_err();
+        assert!(matches!(e, AttnError::Unsupported { backend: "CPU", .. }) && e.to_string().contains("MLA with an fp8 KV cache"), "{e}");
+        assert!(Attention::<bf16>::new(BackendName::Cpu, spec, layout, None).is_err());
+        // The capability rows decide from the layout's kv_dtype: a backend whose row lacks
+        // fp8 refuses an fp8 layout, naming it; the CPU's row has it.
+        let spec = AttnSpec::new(8, 2, 128);
+        let layout = KvCacheLayout::new(4, 16, 2, 128).unwrap().with_kv_dtype(KvCacheDType::Fp8E4m3);
+        let sm90 = crate::platform::Platform::Cuda { major: 9, minor: 0 };
+        assert!(CAPS.kv_cache_dtypes.contains(&KvCacheDType::Fp8E4m3));
+        assert!(CAPS.check_layer(crate::platform::Platform::Cpu, DType::Bf16, &spec, &layout).is_ok());
+        for b in BackendName::ALL {
+            let caps = b.caps();
+            let r = caps.check_layer(sm90, DType::Bf16, &spec, &layout);
+            let plain = caps.check_layer(sm90, DType::Bf16, &spec, &layout.with_kv_dtype(KvCacheDType::Auto));
+            if caps.kv_cache_dtypes.contains(&KvCacheDType::Fp8E4m3) {
+                assert_eq!(r.is_ok(), plain.is_ok(), "{b}: fp8 changes nothing else");
+            } else {
+                let e = r.unwrap_err();
+                assert!(e.to_string().contains("KV cache dtype fp8_e4m3 not supported"), "{b}: {e}");
+            }
         }
     }
 }

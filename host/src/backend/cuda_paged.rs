@@ -28,7 +28,9 @@ use crate::params::{
 };
 use crate::platform::{ArchFeatures, DeviceProps};
 use crate::registry::{Family, KernelId, KvType, QType, ScoreMod};
+use super::cuda_cache::DeviceKvCache;
 use super::kv_type;
+use crate::fp8::KvScales;
 use crate::spec::AttnSpec;
 use crate::step::{KernelLaunch, LayerShape, PlanOptions, PrefillTile, Step, StepLimits, StepPlan};
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
@@ -166,7 +168,7 @@ pub const TENSOR_MAP_BYTES: usize = std::mem::size_of::<cudarc::driver::sys::CUt
 /// of 64 columns (128 bytes) x `min(block_size, keys per tile)` rows, written to shared
 /// memory with the 128-byte swizzle the wgmma descriptors describe. Encoded by the driver,
 /// returned as its bytes (the kernel reads it from global memory).
-fn cache_tensor_map(cache: &CudaSlice<u16>, layout: &KvCacheLayout, dtype: DType, stream: &CudaStream) -> Result<Vec<u8>> {
+fn cache_tensor_map(cache: &CudaSlice<u8>, layout: &KvCacheLayout, dtype: DType, stream: &CudaStream) -> Result<Vec<u8>> {
     use cudarc::driver::sys::*;
     let data_type = match dtype {
         DType::Bf16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
@@ -545,8 +547,8 @@ pub struct CudaPagedImpl<T> {
     spec: AttnSpec,
     shape: LayerShape,
     layout: KvCacheLayout,
-    key_cache: CudaSlice<u16>,
-    value_cache: CudaSlice<u16>,
+    /// The layer's cache (16-bit values, or fp8 bytes and their scales).
+    cache: DeviceKvCache,
     alibi: Option<CudaSlice<f32>>,
     /// The kernels a step's plan may name, looked up once: the cache write, the decode, the
     /// merge, the portable prefill and (on an sm_90a module, backend CUDA_PAGED) the wgmma one.
@@ -621,8 +623,7 @@ impl<T: Element> CudaPagedImpl<T> {
         let decode = decode_kernel(q, kv, d);
         let attention_fn = (decode, function_with_smem(&rt, backend, decode, d)?);
         let stream = rt.stream().clone();
-        let key_cache = stream.alloc_zeros::<u16>(layout.elements())?;
-        let value_cache = stream.alloc_zeros::<u16>(layout.elements())?;
+        let cache = DeviceKvCache::new::<T>(&rt, layout)?;
         let alibi = match &spec.alibi_slopes {
             Some(s) => Some(stream.clone_htod(s)?),
             None => None,
@@ -634,8 +635,8 @@ impl<T: Element> CudaPagedImpl<T> {
         if hopper_prefill(backend, &rt.features(), q, kv, d, layout.block_size) {
             let hopper = prefill_kernel(q, kv, d, shape.softcap, shape.alibi, true);
             prefill_fns.push((hopper, function_with_smem(&rt, backend, hopper, d)?));
-            let mut bytes = cache_tensor_map(&key_cache, &layout, T::DTYPE, &stream)?;
-            bytes.extend(cache_tensor_map(&value_cache, &layout, T::DTYPE, &stream)?);
+            let mut bytes = cache_tensor_map(&cache.key, &layout, T::DTYPE, &stream)?;
+            bytes.extend(cache_tensor_map(&cache.value, &layout, T::DTYPE, &stream)?);
             tensor_maps = Some(stream.clone_htod(&bytes)?);
         }
         Ok(CudaPagedImpl {
@@ -649,8 +650,7 @@ impl<T: Element> CudaPagedImpl<T> {
             shape,
             spec,
             layout,
-            key_cache,
-            value_cache,
+            cache,
             alibi,
             _elem: PhantomData,
         })
@@ -666,15 +666,7 @@ impl<T: Element> CudaPagedImpl<T> {
     /// Replaces the whole cache with host contents (tests and benchmarks fill long contexts
     /// this way instead of through prefill steps).
     pub fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {
-        if cache.layout != self.layout {
-            return Err(AttnError::InvalidConfig(format!("cache layout {:?} differs from the layer's {:?}", cache.layout, self.layout)));
-        }
-        check_len("key cache", cache.key.len(), self.layout.elements())?;
-        check_len("value cache", cache.value.len(), self.layout.elements())?;
-        let stream = self.rt.stream();
-        stream.memcpy_htod(as_u16(&cache.key), &mut self.key_cache)?;
-        stream.memcpy_htod(as_u16(&cache.value), &mut self.value_cache)?;
-        Ok(())
+        self.cache.load(&self.rt, cache)
     }
 
     /// Launches the planned step on device tensors: cache write, paged attention, merge if
@@ -717,15 +709,19 @@ impl<T: Element> CudaPagedImpl<T> {
         let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
         let cfg = LaunchConfig { grid_dim: launch.grid, block_dim: (launch.block, 1, 1), shared_mem_bytes: launch.shared_mem_bytes };
         let n = plan.num_tokens as u32;
+        let (key_cache, value_cache) = self.cache.ptrs(&stream);
+        let (k_scale, v_scale) = self.cache.scale_ptrs(&stream);
         // The plan's kernel must be one this layer loaded (same dtype, KV dtype, head dim).
         let loaded = |f: &(KernelId, CudaFunction)| f.0 == launch.kernel;
         if loaded(&self.cache_write_fn) {
             let p = CacheWriteParams {
                 key: ptr(t.k, &stream),
                 value: ptr(t.v, &stream),
-                key_cache: ptr(&self.key_cache, &stream),
-                value_cache: ptr(&self.value_cache, &stream),
+                key_cache,
+                value_cache,
                 slot_mapping: ptr(&dev.slot_mapping, &stream),
+                k_scale,
+                v_scale,
                 src_token_stride: (hkv * d) as u64,
                 src_head_stride: d as u64,
                 cache_block_stride: l.block_stride() as u64,
@@ -744,8 +740,8 @@ impl<T: Element> CudaPagedImpl<T> {
             let p = PagedAttnParams {
                 q: ptr(t.q, &stream),
                 out: ptr(t.out, &stream),
-                key_cache: ptr(&self.key_cache, &stream),
-                value_cache: ptr(&self.value_cache, &stream),
+                key_cache,
+                value_cache,
                 block_table: ptr(&dev.block_table, &stream),
                 seq_lens: ptr(&dev.seq_lens, &stream),
                 query_start_loc: ptr(&dev.query_start_loc, &stream),
@@ -754,6 +750,8 @@ impl<T: Element> CudaPagedImpl<T> {
                 partial_ml: ptr(&dev.partial_ml, &stream),
                 token_map: token_map(plan, dev, &stream),
                 lse: if plan.num_splits == 1 { lse_ptr(t, &stream) } else { 0 },
+                k_scale,
+                v_scale,
                 q_token_stride: (hq * d) as u64,
                 q_head_stride: d as u64,
                 out_token_stride: (hq * d) as u64,
@@ -781,8 +779,8 @@ impl<T: Element> CudaPagedImpl<T> {
             let p = PrefillParams {
                 q: ptr(t.q, &stream),
                 out: ptr(t.out, &stream),
-                key_cache: ptr(&self.key_cache, &stream),
-                value_cache: ptr(&self.value_cache, &stream),
+                key_cache,
+                value_cache,
                 block_table: ptr(&dev.block_table, &stream),
                 seq_lens: ptr(&dev.seq_lens, &stream),
                 query_start_loc: ptr(&dev.query_start_loc, &stream),
@@ -808,6 +806,8 @@ impl<T: Element> CudaPagedImpl<T> {
                 _pad: 0,
                 k_tmap: self.tensor_maps.as_ref().map_or(0, |m| ptr(m, &stream)),
                 v_tmap: self.tensor_maps.as_ref().map_or(0, |m| ptr(m, &stream) + TENSOR_MAP_BYTES as u64),
+                k_scale,
+                v_scale,
             };
             // SAFETY: q, out hold the step's rows; the tiles buffer holds the plan's tiles,
             // each inside its request's query tokens; block ids and lengths validated; the
@@ -862,16 +862,23 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
     }
 
     fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
-        let stream = self.rt.stream();
-        let mut c = HostKvCache::<T>::zeros(self.layout);
-        stream.memcpy_dtoh(&self.key_cache, as_u16_mut(&mut c.key))?;
-        stream.memcpy_dtoh(&self.value_cache, as_u16_mut(&mut c.value))?;
-        stream.synchronize()?;
-        Ok(c)
+        self.cache.snapshot(&self.rt)
     }
 
     fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {
-        CudaPagedImpl::load_cache(self, cache)
+        self.cache.load(&self.rt, cache)
+    }
+
+    fn set_kv_scales(&mut self, scales: &KvScales) -> Result<()> {
+        self.cache.set_scales(&self.rt, scales)
+    }
+
+    fn fp8_cache_snapshot(&self) -> Result<(HostKvCache<u8>, KvScales)> {
+        self.cache.snapshot_fp8(&self.rt)
+    }
+
+    fn load_fp8_cache(&mut self, cache: &HostKvCache<u8>, scales: &KvScales) -> Result<()> {
+        self.cache.load_fp8(&self.rt, cache, scales)
     }
 }
 

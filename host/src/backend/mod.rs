@@ -15,6 +15,7 @@
 use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
+use crate::fp8::KvScales;
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::platform::DeviceProps;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 pub use crate::platform::Platform;
 
 pub mod cpu;
+pub mod cuda_cache;
 pub mod cuda_mla;
 pub mod cuda_paged;
 
@@ -225,7 +227,7 @@ impl BackendCaps {
                 }
             }
         }
-        let why = crate::selector::check(self, platform, &Requirements::for_layer(spec, dtype, layout.block_size));
+        let why = crate::selector::check(self, platform, &Requirements::for_layer(spec, dtype, layout));
         if why.is_empty() {
             return Ok(());
         }
@@ -285,6 +287,71 @@ pub trait AttentionImpl<T: Element>: Send {
     fn cache_snapshot(&self) -> Result<HostKvCache<T>>;
 
     /// Replaces the whole cache with host contents of the same layout (tests, benchmarks and
-    /// the demo start from long cached contexts this way).
+    /// the demo start from long cached contexts this way). An fp8 cache quantizes the
+    /// values with the layer's current scales.
     fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()>;
+
+    /// Sets the scales of the layer's fp8 KV cache (one per kv head for K and V, already
+    /// validated by [`crate::layer::Attention::set_kv_scales`]): the next cache writes
+    /// quantize with them and attention reads every byte with them. Bytes already in the
+    /// cache are kept. The default (a backend or layer without an fp8 cache): an
+    /// [`AttnError::Unsupported`].
+    fn set_kv_scales(&mut self, scales: &KvScales) -> Result<()> {
+        let _ = scales;
+        Err(no_fp8_cache(self.backend()))
+    }
+
+    /// A host copy of the fp8 cache's bytes as stored, with its scales (tests, debugging).
+    /// The default: an [`AttnError::Unsupported`].
+    fn fp8_cache_snapshot(&self) -> Result<(HostKvCache<u8>, KvScales)> {
+        Err(no_fp8_cache(self.backend()))
+    }
+
+    /// Replaces the whole fp8 cache (same geometry) with `cache`'s bytes and its scales with
+    /// `scales`. The default: an [`AttnError::Unsupported`].
+    fn load_fp8_cache(&mut self, cache: &HostKvCache<u8>, scales: &KvScales) -> Result<()> {
+        let _ = (cache, scales);
+        Err(no_fp8_cache(self.backend()))
+    }
+}
+
+/// The error of an fp8-cache call on a layer that has no fp8 KV cache.
+pub(crate) fn no_fp8_cache(backend: BackendName) -> AttnError {
+    AttnError::Unsupported {
+        backend: backend.as_str(),
+        reason: "this layer has no fp8 KV cache (kv_dtype auto, or a backend without fp8 caches): KV scales and fp8 cache copies do not apply".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An impl with only the required methods, as a backend without fp8 caches is.
+    struct Plain;
+
+    impl AttentionImpl<f32> for Plain {
+        fn backend(&self) -> BackendName {
+            BackendName::CudaPaged
+        }
+        fn run_host(&mut self, _: &Step, _: &[f32], _: &[f32], _: &[f32], _: &mut [f32]) -> Result<()> {
+            Ok(())
+        }
+        fn cache_snapshot(&self) -> Result<HostKvCache<f32>> {
+            Err(AttnError::InvalidConfig("unused".into()))
+        }
+        fn load_cache(&mut self, _: &HostKvCache<f32>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn fp8_methods_default_to_unsupported() {
+        let mut p = Plain;
+        let layout = KvCacheLayout::new(1, 1, 1, 1).unwrap().with_kv_dtype(KvCacheDType::Fp8E4m3);
+        let errors = [p.set_kv_scales(&KvScales::ones(1)).unwrap_err(), p.fp8_cache_snapshot().unwrap_err(), p.load_fp8_cache(&HostKvCache::zeros_fp8(layout), &KvScales::ones(1)).unwrap_err()];
+        for e in errors {
+            assert!(matches!(e, AttnError::Unsupported { backend: "CUDA_PAGED", .. }) && e.to_string().contains("no fp8 KV cache"), "{e}");
+        }
+    }
 }
