@@ -7,7 +7,10 @@
 //! K and V read + q + out. The ceiling is the device's copy bandwidth measured in the same
 //! run (device-to-device copy, bytes read + written). Peers: BENCHMARKS.md's H100 figures.
 //!
-//! `cargo bench --bench decode [-- --json]`
+//! With `--kv-dtype fp8` the cache is fp8 e4m3 (random bytes, scales 1/448): bytes count one
+//! an element (plus the scales), and the JSON lines say `"kv_dtype":"fp8"`.
+//!
+//! `cargo bench --bench decode [-- --json] [--kv-dtype fp8] [--extra] [--sweep]`
 
 use attn_backends::backend::cuda_paged::CudaPagedImpl;
 use attn_backends::workload::{blocks_needed, ragged_lengths, random_values, schedule, Rng};
@@ -15,7 +18,7 @@ use attn_backends::{AttnSpec, BackendName, DType, KvCacheLayout, MetadataBuilder
 use half::bf16;
 
 mod common;
-use common::{copy_bandwidth, random_cache, Timer};
+use common::{copy_bandwidth, kv_dtype_arg, kv_dtype_name, random_cache, random_fp8_cache, Timer};
 
 const BLOCK_SIZE: usize = 16;
 
@@ -53,6 +56,8 @@ fn main() {
     // --sweep: also time split counts 1, 2, 4, 8, 16 (to tune the heuristic).
     let sweep = std::env::args().any(|a| a == "--sweep");
     let extra = std::env::args().any(|a| a == "--extra");
+    let kv = kv_dtype_arg();
+    let fp8 = kv == attn_backends::KvCacheDType::Fp8E4m3;
     let rt = match attn_backends::gpu_if_present() {
         Ok(rt) => rt,
         Err(why) => {
@@ -62,7 +67,7 @@ fn main() {
     };
     let mut timer = Timer::new(&rt);
     let copy = copy_bandwidth(&rt, &mut timer);
-    println!("device: {} ({}, {} SMs); copy bandwidth {:.0} GB/s (read + write)", rt.device_name(), rt.arch(), rt.num_sms(), copy);
+    println!("device: {} ({}, {} SMs); copy bandwidth {:.0} GB/s (read + write); KV cache {}", rt.device_name(), rt.arch(), rt.num_sms(), copy, kv_dtype_name(kv));
     println!("| workload | splits | time (us) [min, max] | GB/s | of copy | peers on H100: cuDNN / Triton |");
     println!("|---|---|---|---|---|---|");
     let mut rng = Rng::new(2024);
@@ -75,16 +80,24 @@ fn main() {
         let spec = AttnSpec::new(w.q_heads, w.kv_heads, d);
         let shapes: Vec<(usize, usize)> = w.lens.iter().map(|&l| (l - 1, 1)).collect();
         let num_blocks = blocks_needed(&shapes, BLOCK_SIZE);
-        let layout = KvCacheLayout::new(num_blocks, BLOCK_SIZE, w.kv_heads, d).expect("layout");
+        let layout = KvCacheLayout::new(num_blocks, BLOCK_SIZE, w.kv_heads, d).expect("layout").with_kv_dtype(kv);
         let step = schedule(&mut rng, &shapes, BLOCK_SIZE, num_blocks).expect("blocks");
         let meta = MetadataBuilder::new(layout).build(&step).expect("metadata");
         let mut imp = CudaPagedImpl::<bf16>::new(rt.clone(), spec.clone(), layout).expect("backend");
-        imp.load_cache(&random_cache(layout, &mut rng)).expect("cache upload");
+        if fp8 {
+            use attn_backends::AttentionImpl;
+            let scales = attn_backends::KvScales::uniform(w.kv_heads, 1.0 / 448.0, 1.0 / 448.0);
+            imp.load_fp8_cache(&random_fp8_cache(layout, &mut rng), &scales).expect("cache upload");
+        } else {
+            imp.load_cache(&random_cache(layout, &mut rng)).expect("cache upload");
+        }
         let n = meta.num_tokens();
         let q = rt.stream().clone_htod(&random_values::<bf16>(&mut rng, n * w.q_heads * d)).expect("q");
         let mut out = rt.stream().alloc_zeros::<bf16>(n * w.q_heads * d).expect("out");
         let mut step = Step::new(BackendName::CudaPaged, DType::Bf16, &spec, layout, StepLimits::for_metadata(&meta), Some(rt.clone())).expect("step");
-        let kv_bytes: usize = w.lens.iter().map(|&l| l * w.kv_heads * d * 2 * 2).sum();
+        // K and V as stored (fp8: one byte an element, and the two f32 scales a kv head).
+        let elem = if fp8 { 1 } else { 2 };
+        let kv_bytes: usize = w.lens.iter().map(|&l| l * w.kv_heads * d * 2 * elem).sum::<usize>() + if fp8 { 2 * 4 * w.kv_heads } else { 0 };
         let bytes = (kv_bytes + 2 * n * w.q_heads * d * 2) as f64;
         let heuristic = step.prepare(&meta).expect("plan").num_splits;
         let mut split_options = vec![heuristic];
@@ -103,15 +116,15 @@ fn main() {
             let (ms, lo, hi) = timer.time(|| imp.attend(&step, &q, &mut out));
             let gbs = bytes / (ms * 1e-3) / 1e9;
             let tag = if splits == heuristic { "" } else { " (forced)" };
-            let peers = if w.peers.0.is_nan() { "-".to_string() } else { format!("{:.3} / {:.3}", w.peers.0, w.peers.1) };
+            let peers = if w.peers.0.is_nan() || fp8 { "-".to_string() } else { format!("{:.3} / {:.3}", w.peers.0, w.peers.1) };
             println!(
                 "| {} | {}{} | {:.1} [{:.1}, {:.1}] | {:.0} | {:.3} | {} |",
                 w.id, splits, tag, ms * 1e3, lo * 1e3, hi * 1e3, gbs, gbs / copy, peers
             );
             if json {
                 println!(
-                    "{{\"bench\":\"decode\",\"workload\":\"{}\",\"device\":\"{}\",\"splits\":{},\"median_us\":{:.2},\"gbps\":{:.1},\"copy_gbps\":{:.1},\"fraction_of_copy\":{:.4}}}",
-                    w.id, rt.device_name(), splits, ms * 1e3, gbs, copy, gbs / copy
+                    "{{\"bench\":\"decode\",\"workload\":\"{}\",\"device\":\"{}\",\"kv_dtype\":\"{}\",\"splits\":{},\"median_us\":{:.2},\"gbps\":{:.1},\"copy_gbps\":{:.1},\"fraction_of_copy\":{:.4}}}",
+                    w.id, rt.device_name(), kv_dtype_name(kv), splits, ms * 1e3, gbs, copy, gbs / copy
                 );
             }
         }

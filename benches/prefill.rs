@@ -15,7 +15,7 @@
 use attn_backends::backend::cuda_paged::CudaPagedImpl;
 use attn_backends::workload::{blocks_needed, random_values, schedule, Rng};
 use attn_backends::{AttnSpec, BackendName, DType, HostKvCache, KvCacheLayout, MetadataBuilder, Step, StepLimits};
-use common::{only_ids, Timer};
+use common::{kv_dtype_arg, kv_dtype_name, only_ids, random_fp8_cache, Timer};
 use half::bf16;
 
 mod common;
@@ -48,6 +48,8 @@ fn main() {
     let block_size = std::env::args()
         .find_map(|a| a.strip_prefix("--block-size=").map(|n| n.parse::<usize>().expect("--block-size=N")))
         .unwrap_or(BLOCK_SIZE);
+    let kv = kv_dtype_arg();
+    let fp8 = kv == attn_backends::KvCacheDType::Fp8E4m3;
     let rt = match attn_backends::gpu_if_present() {
         Ok(rt) => rt,
         Err(why) => {
@@ -57,7 +59,7 @@ fn main() {
     };
     let stream = rt.stream().clone();
     let mut timer = Timer::new(&rt);
-    println!("device: {} ({}, {} SMs), block size {block_size}", rt.device_name(), rt.arch(), rt.num_sms());
+    println!("device: {} ({}, {} SMs), block size {block_size}, KV cache {}", rt.device_name(), rt.arch(), rt.num_sms(), kv_dtype_name(kv));
     println!("| workload | kernel | time (us) [min, max] | TFLOP/s | peers on H100: cuDNN / FA2 (of cuDNN, of FA2) |");
     println!("|---|---|---|---|---|");
     let mut rng = Rng::new(11);
@@ -67,9 +69,14 @@ fn main() {
         let d = w.head_dim;
         let spec = AttnSpec::new(w.q_heads, w.kv_heads, d);
         let num_blocks = blocks_needed(&w.requests, block_size);
-        let layout = KvCacheLayout::new(num_blocks, block_size, w.kv_heads, d).expect("layout");
+        let layout = KvCacheLayout::new(num_blocks, block_size, w.kv_heads, d).expect("layout").with_kv_dtype(kv);
         let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &w.requests, block_size, num_blocks).expect("blocks")).expect("metadata");
-        let cache = HostKvCache { layout, key: random_values(&mut rng, layout.elements()), value: random_values(&mut rng, layout.elements()) };
+        let cache = if fp8 {
+            None
+        } else {
+            Some(HostKvCache { layout, key: random_values(&mut rng, layout.elements()), value: random_values(&mut rng, layout.elements()) })
+        };
+        let cache8 = fp8.then(|| random_fp8_cache(layout, &mut rng));
         let n = meta.num_tokens();
         let q = stream.clone_htod(&random_values::<bf16>(&mut rng, n * w.q_heads * d)).expect("q");
         let mut out = stream.alloc_zeros::<bf16>(n * w.q_heads * d).expect("out");
@@ -78,7 +85,14 @@ fn main() {
         let mut seen = Vec::new();
         for backend in [BackendName::CudaPaged, BackendName::CudaPagedPortable] {
             let mut imp = CudaPagedImpl::<bf16>::with_backend(rt.clone(), spec.clone(), layout, backend).expect("backend");
-            imp.load_cache(&cache).expect("cache");
+            match (&cache, &cache8) {
+                (Some(c), _) => imp.load_cache(c).expect("cache"),
+                (None, Some(c)) => {
+                    use attn_backends::AttentionImpl;
+                    imp.load_fp8_cache(c, &attn_backends::KvScales::uniform(w.kv_heads, 1.0 / 448.0, 1.0 / 448.0)).expect("cache")
+                }
+                (None, None) => unreachable!("one of the two caches is made"),
+            }
             let mut step = Step::new(backend, DType::Bf16, &spec, layout, StepLimits::for_metadata(&meta), Some(rt.clone())).expect("step");
             let plan = step.prepare(&meta).expect("plan").clone();
             let kernel = plan.launches.iter().map(|l| l.kernel.name()).filter(|k| k.starts_with("flash") || k.starts_with("paged")).collect::<Vec<_>>().join("+");
@@ -104,9 +118,10 @@ fn main() {
             println!("| {} | {kernel} | {:.1} [{:.1}, {:.1}] | {:.1} | {} |", w.id, med, lo, hi, tflops, peers);
             if json {
                 println!(
-                    "{{\"bench\":\"prefill\",\"workload\":\"{}\",\"device\":\"{}\",\"kernel\":\"{kernel}\",\"block_size\":{block_size},\"median_us\":{med:.2},\"tflops\":{tflops:.2}}}",
+                    "{{\"bench\":\"prefill\",\"workload\":\"{}\",\"device\":\"{}\",\"kv_dtype\":\"{}\",\"kernel\":\"{kernel}\",\"block_size\":{block_size},\"median_us\":{med:.2},\"tflops\":{tflops:.2}}}",
                     w.id,
-                    rt.device_name()
+                    rt.device_name(),
+                    kv_dtype_name(kv)
                 );
             }
         }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the bundle: GPU tests, compute-sanitizer (memcheck and
-# racecheck on every kernel), the `attn demo`s, and the benchmarks.
-# Logs go to $OUT (or ./logs). `run.sh quick` skips the sanitizers.
+# racecheck on every kernel), the `attn demo`s, and the benchmarks (bf16 and fp8 caches).
+# Logs go to $OUT (or ./logs).
+#   run.sh                 every stage
+#   run.sh quick           every stage but the sanitizers and the peers
+#   run.sh STAGE...        only these: tests sanitize demo decode step prefill mla peers
 set -uo pipefail
 cd "$(dirname "$0")"
 [ -d bin ] || tar -xzf bin.tar.gz
@@ -9,30 +12,49 @@ log=${OUT:-logs}
 mkdir -p "$log"
 status=0
 export ATTN_REQUIRE_GPU=1
-echo "commit $(cat COMMIT)" | tee "$log/summary.txt"
+all="tests sanitize demo decode step prefill mla peers"
+case "${1:-}" in
+  "") stages=$all ;;
+  quick) stages="tests demo decode step prefill mla" ;;
+  *) stages="$*" ;;
+esac
+want() { [[ " $stages " == *" $1 "* ]]; }
+echo "commit $(cat COMMIT); stages: $stages" | tee "$log/summary.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log/summary.txt"
 for arch in ptx/*.ptx; do echo "ptx: $arch" >> "$log/summary.txt"; done
-./bin/gpu 2>&1 | tee "$log/gpu-tests.txt" || status=1
-if [ "${1:-}" != quick ]; then
+if want tests; then
+  ./bin/gpu 2>&1 | tee "$log/gpu-tests.txt" || status=1
+  grep "gpu tests:" "$log/gpu-tests.txt" >> "$log/summary.txt"
+fi
+if want sanitize; then
   cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
   if [ -n "$cs" ]; then
-    # A subset that still launches every kernel: cache write, paged attention, split + merge.
-    "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" "soft-cap" "one step" "cuda graph" "determinism" "ragged" "Falcon" "group 136" "d96" "mla bf16 16 heads" "mla bf16 128 heads 4 tokens" "mla f16 128 heads 3 splits" "mla vs" > "$log/memcheck.txt" 2>&1 || status=1
-    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" "mla bf16 16 heads 5 splits" "mla bf16 128 heads 4 tokens" "prefill bf16 d128 gqa 4:1 ragged" "prefill portable bf16 d128" > "$log/racecheck.txt" 2>&1 || status=1
+    # A subset that still launches every kernel: cache writes (16-bit, fp8, MLA), decode and
+    # split + merge, both prefills, MLA, at every element type of the cache.
+    "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" "soft-cap" "one step" "cuda graph" "determinism" "ragged" "Falcon" "group 136" "d96" "mla bf16 16 heads" "mla bf16 128 heads 4 tokens" "mla f16 128 heads 3 splits" "mla vs" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 f16 d96" "fp8 prefill bf16 d128" "fp8 prefill bf16 d256" "fp8 bf16 d128 block size 1" "fp8 bf16 d128 saturating" "fp8 cache" > "$log/memcheck.txt" 2>&1 || status=1
+    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" "mla bf16 16 heads 5 splits" "mla bf16 128 heads 4 tokens" "prefill bf16 d128 gqa 4:1 ragged" "prefill portable bf16 d128" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 prefill bf16 d128" "fp8 prefill bf16 d64" > "$log/racecheck.txt" 2>&1 || status=1
     tail -n 3 "$log/memcheck.txt" "$log/racecheck.txt" | tee -a "$log/summary.txt"
   else
     echo "compute-sanitizer not found" | tee -a "$log/summary.txt"
   fi
 fi
-./bin/attn demo 2>&1 | tee "$log/demo.txt" || status=1
-./bin/attn demo --dtype f16 --model mistral-7b 2>&1 | tee -a "$log/demo.txt" || status=1
-./bin/02_gpu_plan_run 2>&1 | tee -a "$log/demo.txt" || status=1
-./bin/attn demo --model deepseek-v3 2>&1 | tee -a "$log/demo.txt" || status=1
-./bin/decode --json --extra 2>&1 | tee "$log/bench-decode.txt" || status=1
-./bin/step --json 2>&1 | tee "$log/bench-step.txt" || status=1
-./bin/prefill --json 2>&1 | tee "$log/bench-prefill.txt" || status=1
-./bin/mla --json --sweep 2>&1 | tee "$log/bench-mla.txt" || status=1
-if [ -f peer_bench.py ] && [ "${1:-}" != quick ]; then
+if want demo; then
+  ./bin/attn demo 2>&1 | tee "$log/demo.txt" || status=1
+  ./bin/attn demo --dtype f16 --model mistral-7b 2>&1 | tee -a "$log/demo.txt" || status=1
+  ./bin/02_gpu_plan_run 2>&1 | tee -a "$log/demo.txt" || status=1
+  ./bin/attn demo --model deepseek-v3 2>&1 | tee -a "$log/demo.txt" || status=1
+fi
+if want decode; then
+  ./bin/decode --json --extra 2>&1 | tee "$log/bench-decode.txt" || status=1
+  ./bin/decode --json --extra --kv-dtype fp8 2>&1 | tee -a "$log/bench-decode.txt" || status=1
+fi
+want step && { ./bin/step --json 2>&1 | tee "$log/bench-step.txt" || status=1; }
+if want prefill; then
+  ./bin/prefill --json 2>&1 | tee "$log/bench-prefill.txt" || status=1
+  ./bin/prefill --json --kv-dtype fp8 2>&1 | tee -a "$log/bench-prefill.txt" || status=1
+fi
+want mla && { ./bin/mla --json --sweep 2>&1 | tee "$log/bench-mla.txt" || status=1; }
+if want peers && [ -f peer_bench.py ]; then
   timeout 300 python3 peer_bench.py --sections prefill --quick > "$log/peers-prefill.txt" 2>&1 || echo "peer bench failed (not a product failure)" >> "$log/summary.txt"
 fi
 echo "run.sh status $status" | tee -a "$log/summary.txt"

@@ -101,6 +101,84 @@ fn check<T: Element>(rt: &Arc<CudaRuntime>, s: &Shape, seed: u64) -> Result<Stri
     if err <= bound { Ok(msg) } else { Err(msg) }
 }
 
+/// The fp8 cases' scales and magnitudes: per-layer or per-head scales, and inputs scaled by
+/// `magnitude` (values past 448 x scale saturate).
+#[derive(Clone, Copy)]
+struct Fp8 {
+    per_head: bool,
+    magnitude: f32,
+}
+
+/// An fp8 (e4m3) cache: the step's cache write quantizes (bit for bit the host quantizer),
+/// decode and prefill read it; the output against the f64 oracle over the dequantized cache
+/// (the bf16 path's bound: twice the CPU backend's error on the same fp8 cache, plus a
+/// floor), and against the oracle over the unquantized values (a bound of 6e-2: e4m3 keeps 3
+/// mantissa bits, 2^-4 relative per element at worst).
+fn check_fp8<T: Element>(rt: &Arc<CudaRuntime>, s: &Shape, f: Fp8, seed: u64) -> Result<String, String> {
+    use attn_backends::fp8::KvScales;
+    let e = |x: AttnError| x.to_string();
+    let mut rng = Rng::new(seed);
+    let spec = &s.spec;
+    let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
+    let num_blocks = blocks_needed(&s.requests, s.block_size) + 7;
+    let layout = KvCacheLayout::new(num_blocks, s.block_size, hkv, d).map_err(e)?.with_kv_dtype(attn_backends::KvCacheDType::Fp8E4m3);
+    let step = schedule(&mut rng, &s.requests, s.block_size, num_blocks).ok_or("pool too small")?;
+    let meta = MetadataBuilder::new(layout).build(&step).map_err(e)?;
+    let n = meta.num_tokens();
+    // Scales near what a calibrated checkpoint has (amax / 448), one per head or one per layer.
+    let scales = if f.per_head {
+        KvScales { k: (0..hkv).map(|h| f.magnitude / 448.0 * (0.5 + 0.25 * h as f32)).collect(), v: (0..hkv).map(|h| f.magnitude / 300.0 * (1.5 - 0.2 * h as f32).max(0.3)).collect() }
+    } else {
+        KvScales::uniform(hkv, f.magnitude / 448.0 * 0.8, f.magnitude / 448.0 * 1.3)
+    };
+    let big = |rng: &mut Rng, len: usize| random_values::<f32>(rng, len).into_iter().map(|x| T::from_f32(x * f.magnitude)).collect::<Vec<T>>();
+    let before_values = HostKvCache { layout, key: big(&mut rng, layout.elements()), value: big(&mut rng, layout.elements()) };
+    let before = HostKvCache::<u8>::quantize_from(&before_values, &scales).map_err(e)?;
+    let q = random_values::<T>(&mut rng, n * hq * d);
+    let k = big(&mut rng, n * hkv * d);
+    let v = big(&mut rng, n * hkv * d);
+
+    let mut gpu = Attention::<T>::new(s.backend, spec.clone(), layout, Some(rt.clone())).map_err(e)?;
+    gpu.load_fp8_cache(&before, &scales).map_err(e)?;
+    let mut out = vec![T::from_f32(f32::NAN); n * hq * d];
+    let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
+    let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, ..PlanOptions::default() }).map_err(e)?;
+    let splits = plan.num_splits;
+    let kernels = plan.launches.iter().map(|l| l.kernel.name()).collect::<Vec<_>>().join("+");
+    gpu.forward_host(&step, &q, &k, &v, &mut out).map_err(e)?;
+
+    let mut want = before.clone();
+    want.write_slots_fp8(&k, &v, meta.slot_mapping(), &scales).map_err(e)?;
+    let (got, got_scales) = gpu.fp8_cache_snapshot().map_err(e)?;
+    if got_scales != scales {
+        return Err("the layer's scales differ from the ones set".into());
+    }
+    if got.key != want.key || got.value != want.value {
+        let bad = got.key.iter().zip(&want.key).chain(got.value.iter().zip(&want.value)).filter(|(a, b)| a != b).count();
+        return Err(format!("fp8 cache after the step: {bad} bytes differ from the host quantizer's"));
+    }
+    let reference = oracle::paged_reference_fp8(&q, &want, &scales, &meta, spec).map_err(e)?;
+    let mut cpu = CpuImpl::<T>::with_fp8_cache(spec.clone(), before.clone(), scales.clone()).map_err(e)?;
+    let mut cpu_out = vec![T::default(); out.len()];
+    cpu.forward(&q, &k, &v, &meta, &mut cpu_out).map_err(e)?;
+    let err = rel_error(&out, &reference);
+    let cpu_err = rel_error(&cpu_out, &reference);
+    let bound = (2.0 * cpu_err + 2e-3).min(1e-2);
+    // Against the values before quantization (saturated inputs excepted: those differ by design).
+    let unquantized = {
+        let mut c = before_values.clone();
+        c.write_slots(&k, &v, meta.slot_mapping()).map_err(e)?;
+        oracle::paged_reference(&q, &c, &meta, spec).map_err(e)?
+    };
+    let err_unq = rel_error(&out, &unquantized);
+    let saturating = f.magnitude > 448.0 * scales.k.iter().chain(&scales.v).cloned().fold(f32::INFINITY, f32::min);
+    let msg = format!(
+        "rel err {err:.2e} vs the fp8 oracle (CPU backend {cpu_err:.2e}, bound {bound:.1e}), {err_unq:.2e} vs the unquantized values{}, tokens {n}, splits {splits}, {kernels}",
+        if saturating { " (saturating)" } else { " (bound 6e-2)" }
+    );
+    if err <= bound && (saturating || err_unq <= 6e-2) { Ok(msg) } else { Err(msg) }
+}
+
 fn shape(hq: usize, hkv: usize, d: usize) -> Shape {
     Shape {
         spec: AttnSpec::new(hq, hkv, d),
@@ -110,6 +188,47 @@ fn shape(hq: usize, hkv: usize, d: usize) -> Shape {
         splits: None,
         backend: BackendName::CudaPaged,
     }
+}
+
+/// The fp8 (e4m3) cache's cases.
+fn fp8_cases() -> Vec<Case> {
+    // fp8 (e4m3) caches: every head dim, decode with and without splits, mixed batches
+    // (chunked and fresh prefill beside decodes), per-layer and per-head scales, saturation.
+    let mut v: Vec<Case> = Vec::new();
+    let mut add8 = |name: String, s: Shape, f: Fp8, bf: bool| {
+        let seed = v.len() as u64 * 7919 + 3;
+        v.push(Case { name, run: Box::new(move |rt| if bf { check_fp8::<bf16>(rt, &s, f, seed) } else { check_fp8::<f16>(rt, &s, f, seed) }) });
+    };
+    let layer_scale = Fp8 { per_head: false, magnitude: 4.0 };
+    let head_scales = Fp8 { per_head: true, magnitude: 4.0 };
+    for bf in [true, false] {
+        let dt = if bf { "bf16" } else { "f16" };
+        for d in [64, 96, 128, 256] {
+            add8(format!("fp8 {dt} d{d} gqa 4:1"), shape(8, 2, d), layer_scale, bf);
+            let mut s = shape(8, 2, d);
+            s.splits = Some(5);
+            add8(format!("fp8 {dt} d{d} gqa 4:1 5 splits, per-head scales"), s, head_scales, bf);
+        }
+    }
+    add8("fp8 bf16 d128 MHA 4:4 per-head scales".into(), shape(4, 4, 128), head_scales, true);
+    add8("fp8 bf16 d128 saturating (values to 4x448 x scale)".into(), shape(8, 2, 128), Fp8 { per_head: false, magnitude: 4.0 * 448.0 * 0.5 / 0.8 }, true);
+    let mut s = shape(8, 2, 128);
+    s.spec.sliding_window = Some(100);
+    s.spec.softcap = Some(30.0);
+    add8("fp8 bf16 d128 window 100, soft-cap 30".into(), s, layer_scale, true);
+    let mut s = shape(8, 8, 64);
+    s.spec.alibi_slopes = Some(attn_backends::spec::alibi_slopes(8));
+    add8("fp8 f16 d64 ALiBi".into(), s, head_scales, false);
+    for d in [64, 128, 256] {
+        let ragged = vec![(0, 15), (7, 17), (100, 63), (0, 64), (33, 65), (250, 129), (0, 300), (13, 1)];
+        let s = Shape { spec: AttnSpec::new(8, 2, d), block_size: 16, requests: ragged, splits: None, backend: BackendName::CudaPaged };
+        add8(format!("fp8 prefill bf16 d{d} ragged"), s, head_scales, true);
+    }
+    let mut s = shape(8, 2, 128);
+    s.block_size = 1;
+    add8("fp8 bf16 d128 block size 1".into(), s, layer_scale, true);
+
+    v
 }
 
 fn cases() -> Vec<Case> {
@@ -260,6 +379,10 @@ fn random_layers(rt: &Arc<CudaRuntime>, spec: &AttnSpec, layout: KvCacheLayout, 
     let mut caches = Vec::new();
     for _ in 0..n {
         let mut l = Attention::<bf16>::new(BackendName::CudaPaged, spec.clone(), layout, Some(rt.clone())).map_err(e)?;
+        if layout.kv_dtype == attn_backends::KvCacheDType::Fp8E4m3 {
+            // Scales as a calibrated checkpoint's: about amax / 448 (the values are in [-1, 1]).
+            l.set_kv_scales(attn_backends::fp8::KvScales::uniform(spec.num_kv_heads, 1.0 / 400.0, 1.0 / 350.0)).map_err(e)?;
+        }
         let c = HostKvCache { layout, key: random_values::<bf16>(rng, layout.elements()), value: random_values::<bf16>(rng, layout.elements()) };
         l.load_cache(&c).map_err(e)?;
         layers.push(l);
@@ -310,7 +433,62 @@ fn step_shared_by_layers(rt: &Arc<CudaRuntime>) -> Result<String, String> {
 /// graph and replayed for three steps, each with new metadata and new inputs written into
 /// the same buffers: every replay bit-identical to eager execution of the same step on a
 /// twin set of layers, the caches too, and each within the bound of the f64 oracle.
+/// A layer's expected cache, as the test keeps it on the host: 16-bit values, or fp8 bytes
+/// and their scales.
+enum Mirror {
+    B16(HostKvCache<bf16>),
+    Fp8(HostKvCache<u8>, attn_backends::fp8::KvScales),
+}
+
+impl Mirror {
+    fn of(layer: &Attention<bf16>) -> Result<Mirror, AttnError> {
+        Ok(match layer.kv_cache_dtype() {
+            attn_backends::KvCacheDType::Auto => Mirror::B16(layer.cache_snapshot()?),
+            attn_backends::KvCacheDType::Fp8E4m3 => {
+                let (c, s) = layer.fp8_cache_snapshot()?;
+                Mirror::Fp8(c, s)
+            }
+        })
+    }
+    fn load_into(&self, layer: &mut Attention<bf16>) -> Result<(), AttnError> {
+        match self {
+            Mirror::B16(c) => layer.load_cache(c),
+            Mirror::Fp8(c, s) => layer.load_fp8_cache(c, s),
+        }
+    }
+    fn write(&mut self, k: &[bf16], v: &[bf16], slots: &[i64]) -> Result<(), AttnError> {
+        match self {
+            Mirror::B16(c) => c.write_slots(k, v, slots),
+            Mirror::Fp8(c, s) => c.write_slots_fp8(k, v, slots, s),
+        }
+    }
+    fn reference(&self, q: &[bf16], meta: &AttentionMetadata, spec: &AttnSpec) -> Result<Vec<f64>, AttnError> {
+        match self {
+            Mirror::B16(c) => oracle::paged_reference(q, c, meta, spec),
+            Mirror::Fp8(c, s) => oracle::paged_reference_fp8(q, c, s, meta, spec),
+        }
+    }
+    /// The stored bits, for bitwise comparisons.
+    fn bits(&self) -> Vec<u32> {
+        match self {
+            Mirror::B16(c) => c.key.iter().chain(&c.value).map(|x| x.to_bits() as u32).collect(),
+            Mirror::Fp8(c, _) => c.key.iter().chain(&c.value).map(|&x| x as u32).collect(),
+        }
+    }
+}
+
 fn graph_replay(rt: &Arc<CudaRuntime>) -> Result<String, String> {
+    graph_replay_kv(rt, attn_backends::KvCacheDType::Auto)
+}
+
+fn graph_replay_fp8(rt: &Arc<CudaRuntime>) -> Result<String, String> {
+    graph_replay_kv(rt, attn_backends::KvCacheDType::Fp8E4m3)
+}
+
+/// Steps of several layers captured once in a CUDA graph and replayed with new inputs written
+/// into the same buffers: bitwise equal to eager execution, and to the oracle, for a 16-bit
+/// or an fp8 cache (scales other than 1).
+fn graph_replay_kv(rt: &Arc<CudaRuntime>, kv: attn_backends::KvCacheDType) -> Result<String, String> {
     let e = |x: AttnError| x.to_string();
     let (hq, hkv, d, num_layers, steps) = (32, 8, 128, 3, 3);
     let spec = AttnSpec::new(hq, hkv, d);
@@ -319,14 +497,15 @@ fn graph_replay(rt: &Arc<CudaRuntime>) -> Result<String, String> {
     // Blocks for the longest step; step s decodes the token at position len + s.
     let last: Vec<(usize, usize)> = lens.iter().map(|&l| (l + steps - 1, 1)).collect();
     let num_blocks = blocks_needed(&last, 16) + 8;
-    let layout = KvCacheLayout::new(num_blocks, 16, hkv, d).map_err(e)?;
+    let layout = KvCacheLayout::new(num_blocks, 16, hkv, d).map_err(e)?.with_kv_dtype(kv);
     let base = schedule(&mut rng, &last, 16, num_blocks).ok_or("pool")?;
     let builder = MetadataBuilder::new(layout);
-    let (mut graph_layers, mut mirrors) = random_layers(rt, &spec, layout, num_layers, &mut rng)?;
+    let (mut graph_layers, _) = random_layers(rt, &spec, layout, num_layers, &mut rng)?;
+    let mut mirrors = graph_layers.iter().map(Mirror::of).collect::<Result<Vec<_>, _>>().map_err(e)?;
     let mut eager_layers = Vec::new();
     for c in &mirrors {
         let mut l = Attention::<bf16>::new(BackendName::CudaPaged, spec.clone(), layout, Some(rt.clone())).map_err(e)?;
-        l.load_cache(c).map_err(e)?;
+        c.load_into(&mut l).map_err(e)?;
         eager_layers.push(l);
     }
     let n = lens.len();
@@ -383,19 +562,19 @@ fn graph_replay(rt: &Arc<CudaRuntime>) -> Result<String, String> {
             if bits(&g) != bits(&ea) {
                 return Err(format!("step {s}, layer {i}: graph replay differs from eager execution"));
             }
-            mirrors[i].write_slots(k_in, v_in, meta.slot_mapping()).map_err(e)?;
-            let reference = oracle::paged_reference(q_in, &mirrors[i], &meta, &spec).map_err(e)?;
+            mirrors[i].write(k_in, v_in, meta.slot_mapping()).map_err(e)?;
+            let reference = mirrors[i].reference(q_in, &meta, &spec).map_err(e)?;
             worst = worst.max(rel_error(&g, &reference));
         }
     }
     for (i, (g, ea)) in graph_layers.iter().zip(&eager_layers).enumerate() {
-        let (cg, ce) = (g.cache_snapshot().map_err(e)?, ea.cache_snapshot().map_err(e)?);
-        if bits(&cg.key) != bits(&ce.key) || bits(&cg.value) != bits(&ce.value) || bits(&cg.key) != bits(&mirrors[i].key) {
+        let (cg, ce) = (Mirror::of(g).map_err(e)?.bits(), Mirror::of(ea).map_err(e)?.bits());
+        if cg != ce || cg != mirrors[i].bits() {
             return Err(format!("layer {i}: caches after the replays differ (graph, eager, expected)"));
         }
     }
     if worst < 1e-2 {
-        Ok(format!("{num_layers} layers x {steps} steps replayed, 4 splits: bitwise equal to eager; worst rel err {worst:.2e}"))
+        Ok(format!("{num_layers} layers x {steps} steps replayed ({kv} cache), 4 splits: bitwise equal to eager; worst rel err {worst:.2e}"))
     } else {
         Err(format!("rel err {worst:.2e}"))
     }
@@ -641,11 +820,13 @@ fn bad_input(rt: &Arc<CudaRuntime>) -> Result<String, String> {
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let mut all = cases();
+    all.extend(fp8_cases());
     all.push(Case { name: "bad input is rejected before launch".into(), run: Box::new(bad_input) });
     all.push(Case { name: "every kernel loads".into(), run: Box::new(every_kernel_loads) });
     all.push(Case { name: "log-sum-exp output".into(), run: Box::new(log_sum_exp) });
     all.push(Case { name: "one step shared by two layers".into(), run: Box::new(step_shared_by_layers) });
     all.push(Case { name: "cuda graph replay".into(), run: Box::new(graph_replay) });
+    all.push(Case { name: "cuda graph replay, fp8 cache".into(), run: Box::new(graph_replay_fp8) });
     all.push(Case { name: "determinism".into(), run: Box::new(determinism) });
     all.push(Case { name: "mla vs the naive oracle".into(), run: Box::new(mla_vs_naive) });
     let all: Vec<Case> = all.into_iter().filter(|c| filter.is_empty() || filter.iter().any(|f| c.name.contains(f.as_str()))).collect();

@@ -77,10 +77,48 @@ pub fn random_cache(layout: KvCacheLayout, rng: &mut Rng) -> HostKvCache<bf16> {
 }
 
 
+/// An fp8 cache of random e4m3 bytes (a random 16 MiB pattern repeated; never NaN, so the
+/// values are finite and bounded by 448 x scale).
+pub fn random_fp8_cache(layout: KvCacheLayout, rng: &mut Rng) -> HostKvCache<u8> {
+    // Any byte but the two NaNs (0x7F, 0xFF).
+    let pattern: Vec<u8> = (0..(16 << 20) + 13).map(|_| (rng.below(254) as u8).wrapping_add(0x80) % 0xFF).map(|b| if b == 0x7F { 0x7E } else { b }).collect();
+    let fill = |off: usize| (0..layout.elements()).map(|i| pattern[(i + off) % pattern.len()]).collect::<Vec<_>>();
+    HostKvCache { layout, key: fill(0), value: fill(12345) }
+}
+
+/// The KV-cache dtype of `--kv-dtype auto|bf16|fp8|fp8_e4m3` (or `--kv-dtype=...`): the
+/// model's 16-bit type (the default) or fp8 e4m3; an unknown name exits with a usage error.
+pub fn kv_dtype_arg() -> attn_backends::KvCacheDType {
+    let args: Vec<String> = std::env::args().collect();
+    let value = args.iter().position(|a| a == "--kv-dtype").and_then(|i| args.get(i + 1).cloned()).or_else(|| args.iter().find_map(|a| a.strip_prefix("--kv-dtype=").map(str::to_string)));
+    match value.as_deref() {
+        None | Some("bf16") | Some("f16") => attn_backends::KvCacheDType::Auto,
+        Some(v) => attn_backends::KvCacheDType::parse(v).unwrap_or_else(|| {
+            eprintln!("--kv-dtype {v}: not one of auto, bf16, fp8, fp8_e4m3");
+            std::process::exit(2);
+        }),
+    }
+}
+
+/// The JSON name of a cache dtype for a layer computing in bf16: "fp8" or "bf16".
+pub fn kv_dtype_name(kv: attn_backends::KvCacheDType) -> &'static str {
+    match kv {
+        attn_backends::KvCacheDType::Auto => "bf16",
+        attn_backends::KvCacheDType::Fp8E4m3 => "fp8",
+    }
+}
+
 /// Workload ids given on the command line (`M2`, `P1`; options start with `-`): only those
 /// run (profiling). An id no workload has is an error naming the known ones.
 pub fn only_ids(known: &[&str]) -> Vec<String> {
-    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    // Option values (`--kv-dtype fp8`, `--block-size 32`) are not workload ids.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with('-') && !(*i > 0 && matches!(args[i - 1].as_str(), "--kv-dtype" | "--block-size")))
+        .map(|(_, a)| a.clone())
+        .collect();
     if let Some(bad) = only.iter().find(|o| !known.contains(&o.as_str())) {
         eprintln!("unknown workload `{bad}` (known: {}; options are `--name` or `--name=value`)", known.join(", "));
         std::process::exit(2);

@@ -23,6 +23,7 @@
 //! cache, block_size a power of two, rows 16-byte aligned, seq_lens >= query lengths.
 
 use crate::elem::Elem;
+use crate::kv::KvStore;
 use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
@@ -33,12 +34,15 @@ use crate::tile::{load_tile, swizzled, LdmLane};
 const WARPS: usize = PREFILL_WARPS as usize;
 const ROWS: usize = PREFILL_ROWS as usize;
 
+/// `E`: the query (MMA) type; `K`: the cache's stored element (fp8: the stage's tiles are
+/// converted by the whole block into one 16-bit pair before the MMAs, the K scale folded
+/// into the softmax scale and the V scale into the output);
 /// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`; `BN`: keys
 /// per K/V tile, `NB = BN / 8` score n-tiles; `STAGES`: tiles in flight; `RC`: 16-byte chunks per shared-memory row;
 /// `Q_SMEM`: Q read from shared memory at every k-step rather than held in registers; `M`:
 /// the score modifier (`score_mod`), one instantiation each.
 #[inline(always)]
-pub(crate) unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const NT: usize, const KS: usize, const BN: usize, const NB: usize, const STAGES: usize, const RC: usize, const Q_SMEM: bool>(
+pub(crate) unsafe fn flash_prefill<E: Elem, K: KvStore, M: ScoreMod, const D: usize, const NT: usize, const KS: usize, const BN: usize, const NB: usize, const STAGES: usize, const RC: usize, const Q_SMEM: bool>(
     p: &PrefillParams,
 ) {
     let chunks = D / 8; // 16-byte chunks of a K/V/Q row in memory
@@ -54,12 +58,18 @@ pub(crate) unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const N
     let t = unsafe { PrefillBlock::new(p) };
     let (t_first, n_tiles) = tile_range(t.kv_begin, t.kv_end, BN);
 
-    // Shared memory: the Q tile [ROWS rows], then STAGES pairs of K, V tiles [BN rows], rows
-    // of RC swizzled chunks (`tile::swizzled`).
+    // Shared memory: the Q tile [ROWS rows], then STAGES pairs of K, V tiles [BN rows] as
+    // stored (16-bit: rows of RC swizzled chunks, `tile::swizzled`; fp8: unswizzled rows of
+    // half the room), then for fp8 the converted 16-bit pair the MMAs read.
     let smem = cvta_to_shared(dynamic_shared_f32());
     let kv_base = smem + (ROWS * row_bytes) as u32;
-    let k_tile = |stage: usize| kv_base + (stage * 2 * BN * row_bytes) as u32;
-    let v_tile = |stage: usize| kv_base + ((stage * 2 + 1) * BN * row_bytes) as u32;
+    let stored_chunks = D * K::BYTES / 16;
+    let stored_row = row_bytes * K::BYTES / 2;
+    let stored_k = |stage: usize| kv_base + (stage * 2 * BN * stored_row) as u32;
+    let stored_v = |stage: usize| kv_base + ((stage * 2 + 1) * BN * stored_row) as u32;
+    let converted = kv_base + (STAGES * 2 * BN * stored_row) as u32;
+    let k_tile = |stage: usize| if K::CONVERT { converted } else { stored_k(stage) };
+    let v_tile = |stage: usize| if K::CONVERT { converted + (BN * row_bytes) as u32 } else { stored_v(stage) };
 
     // K/V tile `t` into `stage`, rows gathered through the block table (keys outside
     // [kv_begin, kv_end) copy a valid row and are masked). Thread -> one key row (`tpr`
@@ -70,16 +80,16 @@ pub(crate) unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const N
     let tpr = THREADS / BN;
     let (my_row, my_chunk0) = (tid / tpr, tid % tpr);
     let issue = |tile: usize, stage: usize| {
-        let off = keys.offset(clamp_key(tile * BN + my_row, t.kv_begin, t.kv_end));
-        let (ksrc, vsrc) = unsafe { ((p.key_cache as *const u16).add(off), (p.value_cache as *const u16).add(off)) };
-        let (kdst, vdst) = (k_tile(stage), v_tile(stage));
-        for k in 0..chunks.div_ceil(tpr) {
+        let byte = keys.offset(clamp_key(tile * BN + my_row, t.kv_begin, t.kv_end)) * K::BYTES;
+        let (ksrc, vsrc) = unsafe { ((p.key_cache as *const u8).add(byte), (p.value_cache as *const u8).add(byte)) };
+        let (kdst, vdst) = (stored_k(stage), stored_v(stage));
+        for k in 0..stored_chunks.div_ceil(tpr) {
             let c = my_chunk0 + k * tpr;
-            if c < chunks {
-                let sw = swizzled(my_row, c, row_bytes) as u32;
+            if c < stored_chunks {
+                let at = if K::CONVERT { my_row * stored_row + 16 * c } else { swizzled(my_row, c, row_bytes) } as u32;
                 unsafe {
-                    cp_async_cg_16(kdst + sw, ksrc.add(8 * c));
-                    cp_async_cg_16(vdst + sw, vsrc.add(8 * c));
+                    cp_async_cg_16(kdst + at, ksrc.add(16 * c) as *const u16);
+                    cp_async_cg_16(vdst + at, vsrc.add(16 * c) as *const u16);
                 }
             }
         }
@@ -111,7 +121,7 @@ pub(crate) unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const N
     }
 
     // This lane's two rows: positions, first visible keys, the score modifier.
-    let lanes = unsafe { LaneRows::<M>::new(p, &t, wrow + r0) };
+    let lanes = unsafe { LaneRows::<M>::new(p, &t, wrow + r0, K::CONVERT) };
     // The factor inside the exponent: the scale in log2 units for raw scores (`Plain`), 1
     // for scores already modified into log2 units.
     let s_exp = lanes.modifier.exp_factor();
@@ -131,6 +141,26 @@ pub(crate) unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const N
         cp_async_commit_group();
         let stage = i % STAGES;
         let key0 = (t_first + i) * BN;
+        if K::CONVERT {
+            // The stage's stored tiles into the converted pair (the barrier above: every warp
+            // is done reading it for tile i - 1), then a barrier before the MMAs read it.
+            let mut u = tid;
+            while u < BN * stored_chunks {
+                let (r, c) = (u / stored_chunks, u % stored_chunks);
+                let at = (r * stored_row + 16 * c) as u32;
+                let widen = |src: u32, dst: u32| {
+                    let (lo, hi) = K::widen::<E>(unsafe { ld_shared_v4(src + at) });
+                    unsafe {
+                        st_shared_v4(dst + swizzled(r, 2 * c, row_bytes) as u32, lo);
+                        st_shared_v4(dst + swizzled(r, 2 * c + 1, row_bytes) as u32, hi);
+                    }
+                };
+                widen(stored_k(stage), k_tile(stage));
+                widen(stored_v(stage), v_tile(stage));
+                u += THREADS;
+            }
+            bar_sync();
+        }
         // This lane's rows of the stage's K and V tiles.
         let (k_rows, v_rows) = (k_tile(stage) + ldm.b_row, v_tile(stage) + ldm.a_row);
 
@@ -165,7 +195,7 @@ pub(crate) unsafe fn flash_prefill<E: Elem, M: ScoreMod, const D: usize, const N
     cp_async_wait_group::<0>();
 
     // Normalise and store this lane's two rows; the log-sum-exp if asked for.
-    unsafe { store_rows::<E, NT>(p, &t, &rows, &o, wrow + r0, lane) };
+    unsafe { store_rows::<E, NT>(p, &t, &rows, &o, wrow + r0, lane, K::CONVERT) };
 }
 
 /// A prefill block's rows and keys, from its tile (request, first token) and grid y (kv
@@ -260,7 +290,8 @@ pub(crate) struct LaneRows<M: ScoreMod> {
 
 impl<M: ScoreMod> LaneRows<M> {
     #[inline(always)]
-    pub unsafe fn new(p: &PrefillParams, t: &PrefillBlock, m0: usize) -> Self {
+    /// `fp8`: the cache is fp8, its K scale (`p.k_scale[kv head]`) folds into the scale.
+    pub unsafe fn new(p: &PrefillParams, t: &PrefillBlock, m0: usize, fp8: bool) -> Self {
         let mut pos = [t.max_pos; 2];
         let mut lo = [0usize; 2];
         let mut slopes = [0.0f32; 2];
@@ -274,7 +305,8 @@ impl<M: ScoreMod> LaneRows<M> {
             }
             lo[h] = if t.window > 0 && pos[h] + 1 > t.window { pos[h] + 1 - t.window } else { 0 };
         }
-        LaneRows { pos, lo, modifier: M::new(p.scale, p.softcap, if M::ALIBI { Some(slopes) } else { None }) }
+        let scale = p.scale * if fp8 { unsafe { kv_scale(p.k_scale, t.kv_head) } } else { 1.0 };
+        LaneRows { pos, lo, modifier: M::new(scale, p.softcap, if M::ALIBI { Some(slopes) } else { None }) }
     }
 
     /// Scores of keys `key0 ..` through the modifier (raw for `Plain`: its scale to log2
@@ -302,18 +334,25 @@ impl<M: ScoreMod> LaneRows<M> {
     }
 }
 
-/// Normalises and stores a lane's two rows (`m0`, `m0 + 8`) of the output fragments, and
-/// their log-sum-exp if asked for.
+/// An fp8 cache's scale of `kv_head` (`f32 [num_kv_heads]` at `ptr`), 1 where none is given.
 #[inline(always)]
-pub(crate) unsafe fn store_rows<E: Elem, const NT: usize>(p: &PrefillParams, t: &PrefillBlock, rows: &RowState, o: &[[f32; 4]; NT], m0: usize, lane: usize) {
+pub(crate) unsafe fn kv_scale(ptr: u64, kv_head: usize) -> f32 {
+    if ptr != 0 { unsafe { *(ptr as *const f32).add(kv_head) } } else { 1.0 }
+}
+
+/// Normalises and stores a lane's two rows (`m0`, `m0 + 8`) of the output fragments, and
+/// their log-sum-exp if asked for; `fp8`: the output also takes the V scale.
+#[inline(always)]
+pub(crate) unsafe fn store_rows<E: Elem, const NT: usize>(p: &PrefillParams, t: &PrefillBlock, rows: &RowState, o: &[[f32; 4]; NT], m0: usize, lane: usize, fp8: bool) {
     let col = 2 * (lane % 4);
+    let v_scale = if fp8 { unsafe { kv_scale(p.v_scale, t.kv_head) } } else { 1.0 };
     for h in 0..2 {
         let mrow = m0 + 8 * h;
         let lsum = rows.denominator(h);
         if !t.row_valid(mrow) {
             continue;
         }
-        let inv = if lsum > 0.0 { 1.0 / lsum } else { 0.0 };
+        let inv = if lsum > 0.0 { v_scale / lsum } else { 0.0 };
         let (token, head) = (t.row_token(mrow) as u64, t.row_head(mrow) as u64);
         let base = token * p.out_token_stride + head * p.out_head_stride;
         for nt in 0..NT {
@@ -335,7 +374,7 @@ macro_rules! flash_prefill_instance {
             use $crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks};
             unsafe {
                 $crate::flash_prefill::flash_prefill::<
-                    $crate::elem::$q, $crate::score_mod::$score, $d, { $d / 8 }, { $d / 16 },
+                    $crate::elem::$q, $crate::kv::$kv, $crate::score_mod::$score, $d, { $d / 8 }, { $d / 16 },
                     { prefill_keys($d) as usize }, { prefill_keys($d) as usize / 8 }, { prefill_stages($d) as usize },
                     { smem_row_chunks($d) as usize }, { prefill_q_in_smem($d) },
                 >(&p)

@@ -152,7 +152,7 @@ pub(crate) unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: u
     setmaxnreg_inc::<CONSUMER_REGS>();
     let wg = warp / 4;
     let col = 2 * (lane % 4);
-    let lanes = unsafe { LaneRows::<M>::new(p, &t, 16 * warp + r0) };
+    let lanes = unsafe { LaneRows::<M>::new(p, &t, 16 * warp + r0, false) };
     let s_exp = lanes.modifier.exp_factor();
     let mut rows = RowState::new();
     let mut o = [[0.0f32; 4]; NT];
@@ -204,7 +204,7 @@ pub(crate) unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: u
     if stmatrix_epilogue(D) {
         unsafe { store_rows_stmatrix::<E, NT>(p, &t, &rows, &o, wg, warp, lane, smem, chunks) };
     } else {
-        unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * warp + r0, lane) };
+        unsafe { store_rows::<E, NT>(p, &t, &rows, &o, 16 * warp + r0, lane, false) };
     }
 }
 

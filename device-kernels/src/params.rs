@@ -238,11 +238,14 @@ pub const fn prefill_stages(d: u32) -> u32 {
 pub const fn prefill_q_in_smem(d: u32) -> bool {
     d > 64
 }
-/// Dynamic shared memory of the prefill kernel: the Q tile (`PREFILL_ROWS` rows) and
-/// `prefill_stages(d)` pairs of K and V tiles. d64: 80 KiB, d96 and d128: 96 KiB, d256: 96 KiB.
-pub const fn prefill_smem_bytes(d: u32) -> u32 {
+/// Dynamic shared memory of the prefill kernel over a cache of `kv_bytes`-byte elements: the
+/// Q tile (`PREFILL_ROWS` rows) and `prefill_stages(d)` pairs of K and V tiles as stored, and
+/// for fp8 the converted 16-bit pair. 16-bit: d64 80 KiB, d96, d128 and d256 96 KiB; fp8:
+/// d128 80 KiB.
+pub const fn prefill_smem_bytes(d: u32, kv_bytes: u32) -> u32 {
     let row = smem_row_chunks(d) * 16;
-    PREFILL_ROWS * row + prefill_stages(d) * 2 * prefill_keys(d) * row
+    let converted = if kv_bytes < 2 { 2 * prefill_keys(d) * row } else { 0 };
+    PREFILL_ROWS * row + prefill_stages(d) * 2 * prefill_keys(d) * (row / 2 * kv_bytes) + converted
 }
 
 /// The Hopper prefill kernel (`Family::FlashPrefillSm90` in `registry`, sm_90a module

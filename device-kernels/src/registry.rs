@@ -248,7 +248,7 @@ impl KernelId {
         match self.family {
             Family::CacheWrite | Family::Merge | Family::MlaCacheWrite => 0,
             Family::PagedDecode => paged_smem_bytes(self.head_dim, self.kv.bytes()),
-            Family::FlashPrefill => prefill_smem_bytes(self.head_dim),
+            Family::FlashPrefill => prefill_smem_bytes(self.head_dim, self.kv.bytes()),
             Family::FlashPrefillSm90 => prefill_sm90_smem_bytes(self.head_dim),
             Family::MlaDecode => mla_smem_bytes(self.stages),
         }
@@ -305,13 +305,16 @@ pub const HEAD_DIMS: &[u32] = &[64, 96, 128, 256];
 pub const SM90_HEAD_DIMS: &[u32] = &[64, 128, 256];
 const MODIFIERS: &[ScoreMod] = &[ScoreMod::Plain, ScoreMod::SoftCap, ScoreMod::Alibi, ScoreMod::SoftCapAlibi];
 const ONE: &[u32] = &[0];
+/// Both KV-cache elements: the query's 16-bit type and fp8 e4m3.
+const KV_ALL: &[KvType] = &[KvType::Native, KvType::Fp8E4m3];
 
 /// The table.
 pub const KERNELS: &[KernelRow] = &[
     KernelRow { family: Family::CacheWrite, q: &[QType::B16], kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
-    KernelRow { family: Family::PagedDecode, q: Q16, kv: &[KvType::Native], head_dims: HEAD_DIMS, scores: &[ScoreMod::Dynamic], stages: ONE, module: Module::Portable, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC },
+    KernelRow { family: Family::CacheWrite, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
+    KernelRow { family: Family::PagedDecode, q: Q16, kv: KV_ALL, head_dims: HEAD_DIMS, scores: &[ScoreMod::Dynamic], stages: ONE, module: Module::Portable, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC },
     KernelRow { family: Family::Merge, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: 0, needs: Features::NONE },
-    KernelRow { family: Family::FlashPrefill, q: Q16, kv: &[KvType::Native], head_dims: HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Portable, threads: PREFILL_WARPS * 32, needs: Features::MMA_SYNC },
+    KernelRow { family: Family::FlashPrefill, q: Q16, kv: KV_ALL, head_dims: HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Portable, threads: PREFILL_WARPS * 32, needs: Features::MMA_SYNC },
     KernelRow { family: Family::FlashPrefillSm90, q: Q16, kv: &[KvType::Native], head_dims: SM90_HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Sm90a, threads: PREFILL_SM90_THREADS, needs: Features::HOPPER },
     KernelRow { family: Family::MlaCacheWrite, q: &[QType::B16], kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
     KernelRow { family: Family::MlaDecode, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_STAGES, module: Module::Portable, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC },

@@ -62,7 +62,7 @@ const PAGED_ROW: BackendCaps = BackendCaps {
     min_compute_capability: Some(80),
     cpu: false,
     dtypes: &[DType::F16, DType::Bf16],
-    kv_cache_dtypes: &[KvCacheDType::Auto],
+    kv_cache_dtypes: &[KvCacheDType::Auto, KvCacheDType::Fp8E4m3],
     head_dims: crate::registry::HEAD_DIMS,
     mha: true,
     mla: false,
@@ -77,7 +77,7 @@ const PAGED_ROW: BackendCaps = BackendCaps {
 
 /// The larger of the decode and prefill kernels' dynamic shared memory.
 fn shared_memory_bytes(head_dim: usize) -> usize {
-    paged_smem_bytes(head_dim as u32, 2).max(prefill_smem_bytes(head_dim as u32)) as usize
+    paged_smem_bytes(head_dim as u32, 2).max(prefill_smem_bytes(head_dim as u32, 2)) as usize
 }
 
 /// Keys one split should at least cover: below this the merge costs more than it saves.
@@ -958,7 +958,7 @@ mod tests {
         );
         // The same step on an A100 (no sm_90a module), or forced portable on an H100: the
         // mma.sync prefill, same tiles and grid.
-        let portable = KernelLaunch { kernel: kid("flash_prefill_bf16_d128"), grid: (3, 8, 1), block: 256, shared_mem_bytes: prefill_smem_bytes(128), tokens: 57 };
+        let portable = KernelLaunch { kernel: kid("flash_prefill_bf16_d128"), grid: (3, 8, 1), block: 256, shared_mem_bytes: prefill_smem_bytes(128, 2), tokens: 57 };
         let opts = PlanOptions { force_splits: Some(1), ..PlanOptions::default() };
         let a100 = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::A100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPaged).unwrap();
         let forced = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &opts, BackendName::CudaPagedPortable).unwrap();
