@@ -11,11 +11,13 @@ pub trait Elem {
     fn from_f32x2(lo: f32, hi: f32) -> u32;
     /// `d = a b + c`, m16n8k16, f32 accumulate, inputs of this type.
     fn mma(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4];
-    /// Two e4m3 bytes, spread to the low byte of each half (`0x00BB00AA`), as two values of
-    /// this type (exact: every e4m3 value is one of each 16-bit type). The byte's 7 magnitude
-    /// bits land under this type's exponent field, then one multiply by a power of two
-    /// re-biases the exponent (e4m3's bias is 7) and turns e4m3 subnormals into normals.
-    fn from_e4m3x2(spread: u32) -> u32;
+    /// Two e4m3 bytes in the high byte of each 16-bit half (`0xBB__AA__`) as two values of
+    /// this type (exact: every e4m3 value is one of each 16-bit type; the low bytes are
+    /// ignored). The byte's sign is already this type's; its 7 magnitude bits shift under
+    /// this type's exponent field, then one multiply by a power of two re-biases the exponent
+    /// (e4m3's bias is 7) and turns e4m3 subnormals into normals. A NaN byte (0x7F, 0xFF)
+    /// comes out as +-480: `e4m3_nan_fixup` makes it a NaN.
+    fn from_e4m3_high_bytes(x: u32) -> u32;
 
     #[inline(always)]
     fn unpack8(v: V4) -> [f32; 8] {
@@ -41,20 +43,22 @@ pub trait Elem {
 pub struct Bf16;
 pub struct F16;
 
-/// `(spread & 0x7F)` per half is 0x7F (an e4m3 NaN): the half's bits set to a NaN.
+/// The halves of `h` whose e4m3 byte (`x`'s high byte of the half) is a NaN, set to a NaN
+/// (`from_e4m3_high_bytes` reads 0x7F as 480: the callers fix up only words that hold a NaN).
 #[inline(always)]
-fn e4m3_nan_fixup(h: u32, spread: u32) -> u32 {
-    // 0x7F + 1 carries into bit 7 of the half, and only 0x7F does (the field is 7 bits).
-    let nan = ((spread & 0x007F_007F) + 0x0001_0001) & 0x0080_0080;
-    h | (nan >> 7) * 0x7FFF
+pub fn e4m3_nan_fixup(h: u32, x: u32) -> u32 {
+    // 0x7F + 1 carries into the half's top bit, and only 0x7F does (the field is 7 bits);
+    // n - (n >> 15) turns each such top bit into 0x7FFF.
+    let n = ((x & 0x7F00_7F00) + 0x0100_0100) & 0x8000_8000;
+    h | (n - (n >> 15))
 }
 
 impl Elem for Bf16 {
     #[inline(always)]
-    fn from_e4m3x2(w: u32) -> u32 {
-        // bf16: 8 exponent bits, 7 mantissa: magnitude << 4, sign << 8; x 2^120 (bias 127 - 7).
-        let h = ((w & 0x007F_007F) << 4) | ((w & 0x0080_0080) << 8);
-        e4m3_nan_fixup(fma_rn_bf16x2(h, 0x7B80_7B80, 0x8000_8000), w)
+    fn from_e4m3_high_bytes(x: u32) -> u32 {
+        // bf16: 8 exponent bits, 7 mantissa: the magnitude to bits 4-10 (>> 4); x 2^120.
+        let h = (x & 0x8000_8000) | ((x >> 4) & 0x07F0_07F0);
+        fma_rn_bf16x2(h, 0x7B80_7B80, 0x8000_8000)
     }
     #[inline(always)]
     fn to_f32x2(x: u32) -> (f32, f32) {
@@ -72,10 +76,10 @@ impl Elem for Bf16 {
 
 impl Elem for F16 {
     #[inline(always)]
-    fn from_e4m3x2(w: u32) -> u32 {
-        // f16: 5 exponent bits, 10 mantissa: magnitude << 7, sign << 8; x 2^8 (bias 15 - 7).
-        let h = ((w & 0x007F_007F) << 7) | ((w & 0x0080_0080) << 8);
-        e4m3_nan_fixup(fma_rn_f16x2(h, 0x5C00_5C00, 0x8000_8000), w)
+    fn from_e4m3_high_bytes(x: u32) -> u32 {
+        // f16: 5 exponent bits, 10 mantissa: the magnitude to bits 7-13 (>> 1); x 2^8.
+        let h = (x & 0x8000_8000) | ((x >> 1) & 0x3F80_3F80);
+        fma_rn_f16x2(h, 0x5C00_5C00, 0x8000_8000)
     }
     #[inline(always)]
     fn to_f32x2(x: u32) -> (f32, f32) {

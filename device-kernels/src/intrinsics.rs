@@ -165,6 +165,17 @@ pub unsafe fn st_global_v2(p: *mut u32, a: u32, b: u32) {
     }
 }
 
+/// `prmt.b32 d, a, b, SEL`: byte `i` of `d` is byte `SEL >> 4i & 7` of the 8 bytes `b:a`.
+#[inline(always)]
+pub fn prmt_b32<const SEL: u32>(a: u32, b: u32) -> u32 {
+    let d: u32;
+    unsafe {
+        asm!("prmt.b32 {d}, {a}, {b}, {sel};", d = out(reg32) d, a = in(reg32) a, b = in(reg32) b, sel = const SEL,
+             options(pure, nomem, nostack));
+    }
+    d
+}
+
 /// `fma.rn.f16x2`: `a * b + c` on both f16 halves, round to nearest even (subnormals kept).
 #[inline(always)]
 pub fn fma_rn_f16x2(a: u32, b: u32, c: u32) -> u32 {
@@ -312,6 +323,16 @@ pub unsafe fn ld_shared_v4(addr: u32) -> V4 {
              p = in(reg32) addr, options(nostack));
     }
     V4([a, b, c, d])
+}
+
+/// `ld.shared.v2.u32`: 8 bytes from a shared-window address (8-byte aligned).
+#[inline(always)]
+pub unsafe fn ld_shared_v2(addr: u32) -> [u32; 2] {
+    let (a, b): (u32, u32);
+    unsafe {
+        asm!("ld.shared.v2.u32 {{{a}, {b}}}, [{p}];", a = out(reg32) a, b = out(reg32) b, p = in(reg32) addr, options(nostack));
+    }
+    [a, b]
 }
 
 /// `bar.warp.sync 0xffffffff`: the warp's lanes reconverge; orders their shared-memory

@@ -3,8 +3,8 @@
 //! converted to the query's type in shared memory before the MMAs read it, the scales folded
 //! in elsewhere: the K scale into the softmax scale, the V scale into the output).
 
-use crate::elem::Elem;
-use crate::intrinsics::V4;
+use crate::elem::{e4m3_nan_fixup, Elem};
+use crate::intrinsics::{prmt_b32, V4};
 
 pub trait KvStore {
     /// Bytes of one stored element.
@@ -14,6 +14,9 @@ pub trait KvStore {
     /// 16 stored bytes (16 e4m3 values) -> the same values as two 16-byte vectors of `E`
     /// (values 0-7, then 8-15). Only called when `CONVERT`.
     fn widen<E: Elem>(raw: V4) -> (V4, V4);
+    /// 8 stored bytes (values 0-7, two words) -> four words of `E`: (values 0, 1), (2, 3),
+    /// (4, 5), (6, 7). Only called when `CONVERT`.
+    fn widen_pair<E: Elem>(raw: [u32; 2]) -> [u32; 4];
 }
 
 pub struct Native;
@@ -26,23 +29,45 @@ impl KvStore for Native {
     fn widen<E: Elem>(raw: V4) -> (V4, V4) {
         (raw, raw)
     }
+    #[inline(always)]
+    fn widen_pair<E: Elem>(raw: [u32; 2]) -> [u32; 4] {
+        [raw[0], raw[0], raw[1], raw[1]]
+    }
 }
 
+/// One byte permutation puts values 2, 3 of a word in the high bytes of its two halves and
+/// values 0, 1 in the low ones (shifted up by 8 for the first pair); each pair then costs a
+/// mask, a shift and a multiply (and the NaN fix-up).
 impl KvStore for E4m3 {
     const BYTES: usize = 1;
     const CONVERT: bool = true;
     #[inline(always)]
     fn widen<E: Elem>(raw: V4) -> (V4, V4) {
-        // Word i holds values 4i..4i+3 (value 4i in its low byte); each pair of bytes is
-        // spread to one byte per 16-bit half and converted.
-        let mut o = [0u32; 8];
-        for i in 0..4 {
-            let x = raw.0[i];
-            o[2 * i] = E::from_e4m3x2((x & 0xFF) | ((x & 0xFF00) << 8));
-            o[2 * i + 1] = E::from_e4m3x2(((x >> 16) & 0xFF) | ((x >> 8) & 0x00FF_0000));
-        }
-        (V4([o[0], o[1], o[2], o[3]]), V4([o[4], o[5], o[6], o[7]]))
+        // Word i holds values 4i..4i+3 (value 4i in its low byte).
+        let (lo, hi) = (Self::widen_pair::<E>([raw.0[0], raw.0[1]]), Self::widen_pair::<E>([raw.0[2], raw.0[3]]));
+        (V4(lo), V4(hi))
     }
+    #[inline(always)]
+    fn widen_pair<E: Elem>(raw: [u32; 2]) -> [u32; 4] {
+        let word = |w: u32| {
+            let y = prmt_b32::<0x3120>(w, 0); // bytes (v0, v2, v1, v3)
+            [(y << 8, E::from_e4m3_high_bytes(y << 8)), (y, E::from_e4m3_high_bytes(y))]
+        };
+        let ([a, b], [c, d]) = (word(raw[0]), word(raw[1]));
+        let mut out = [a.1, b.1, c.1, d.1];
+        // NaN bytes are rare (only a NaN input stores one): one test for the 8 bytes, and
+        // the fix-up only where it found one.
+        if nan_bytes(raw[0]) | nan_bytes(raw[1]) != 0 {
+            out = [e4m3_nan_fixup(a.1, a.0), e4m3_nan_fixup(b.1, b.0), e4m3_nan_fixup(c.1, c.0), e4m3_nan_fixup(d.1, d.0)];
+        }
+        out
+    }
+}
+
+/// The top bit of each byte of `w` that is an e4m3 NaN (low 7 bits all ones), else 0.
+#[inline(always)]
+fn nan_bytes(w: u32) -> u32 {
+    ((w & 0x7F7F_7F7F) + 0x0101_0101) & 0x8080_8080
 }
 
 /// Round-to-nearest-even f32 -> e4m3, saturating at +-448 (every finite value beyond it and

@@ -61,11 +61,11 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
     let row_bytes = smem_row_chunks(D as u32) as usize * 16;
     let tile_bytes = TILE * row_bytes;
     // As stored: 16-byte chunks per row, and the tiles the cp.async pipeline fills (for fp8
-    // unswizzled rows of half the room; converted into a swizzled 16-bit tile pair).
+    // rows of half the room, the V tile converted into a swizzled 16-bit tile).
     let stored_chunks = D * K::BYTES / 16;
     let stored_row = row_bytes * K::BYTES / 2;
     let stored_tile = TILE * stored_row;
-    let converted = if K::CONVERT { 2 * tile_bytes } else { 0 };
+    let converted = if K::CONVERT { tile_bytes } else { 0 };
     let warp_bytes = STAGES * 2 * stored_tile + converted;
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
@@ -112,10 +112,16 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
             0
         }
     };
+    // For an fp8 cache the K fragments come straight from the stored bytes (below), so the
+    // head dim is permuted inside each pair of k-steps: lane c's fragment columns of k-step
+    // `ks` (logical 2c, 2c + 1 and 2c + 8, 2c + 9) are the 4 consecutive dims from
+    // `kperm(ks)`, and Q takes the same permutation (a dot product does not see it).
+    let kperm = |ks: usize| 32 * (ks / 2) + 8 * (lane % 4) + 4 * (ks % 2);
     let mut qa = [[0u32; 4]; KS];
     if !Q_SMEM {
         for ks in 0..KS {
-            qa[ks] = [q_row(r0, ks * 16 + col), q_row(r0 + 8, ks * 16 + col), q_row(r0, ks * 16 + 8 + col), q_row(r0 + 8, ks * 16 + 8 + col)];
+            let (lo, hi) = if K::CONVERT { (kperm(ks), kperm(ks) + 2) } else { (ks * 16 + col, ks * 16 + 8 + col) };
+            qa[ks] = [q_row(r0, lo), q_row(r0 + 8, lo), q_row(r0, hi), q_row(r0 + 8, hi)];
         }
     }
     // Soft-cap and ALiBi, decided at run time (`score_mod::Dynamic`): this kernel is bound
@@ -137,13 +143,18 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
     // `at`: the 16-bit tile the MMAs read (for fp8 the warp's converted pair, after the stages).
     let smem = dynamic_shared_f32();
     let pipe = cvta_to_shared(smem) + (warp * warp_bytes) as u32;
+    // fp8 rows XOR their chunk index with 2 r (inside the row's power-of-two room), so the
+    // 8-byte K fragment loads of a half-warp (4 rows x 4 lanes) hit distinct banks.
+    let room = stored_row / 16;
     let stored_at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
-        let within = if K::CONVERT { r * stored_row + c * 16 } else { swizzled(r, c, row_bytes) };
+        let within = if K::CONVERT { r * stored_row + ((c ^ ((2 * r) & (room - 1))) * 16) } else { swizzled(r, c, row_bytes) };
         pipe + ((stage * 2 + kv) * stored_tile + within) as u32
     };
     let at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
         if K::CONVERT {
-            pipe + (STAGES * 2 * stored_tile + kv * tile_bytes + swizzled(r, c, row_bytes)) as u32
+            // Only V is converted (K's fragments come from the stored bytes).
+            let _ = kv;
+            pipe + (STAGES * 2 * stored_tile + swizzled(r, c, row_bytes)) as u32
         } else {
             stored_at(stage, kv, r, c)
         }
@@ -155,11 +166,17 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
         let mut u = tid;
         while u < ROWS * chunks {
             let (r, c) = (u / chunks, u % chunks);
-            let v = if r < ng {
+            let v = if r >= ng {
+                V4::ZERO
+            } else if K::CONVERT {
+                // Logical chunk c: k-step c / 2, its low (c even) or high fragment columns, in
+                // the permuted order of the K fragments: lane j's dims from kperm.
+                let (ks, h) = (c / 2, c % 2);
+                let word = |j: usize| q_row(r, 32 * (ks / 2) + 8 * j + 4 * (ks % 2) + 2 * h);
+                V4([word(0), word(1), word(2), word(3)])
+            } else {
                 let off = token as u64 * p.q_token_stride + (head0 + r) as u64 * p.q_head_stride + (c * 8) as u64;
                 unsafe { ld_global_nc_v4((p.q as *const u16).add(off as usize)) }
-            } else {
-                V4::ZERO
             };
             unsafe { st_shared_v4(q_at(r, c), v) };
             u += WARPS * 32;
@@ -215,17 +232,16 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
         bar_warp_sync();
         let stage = it % STAGES;
         if K::CONVERT {
-            // The stored tiles into the converted pair (every lane finished reading the pair
-            // for the previous tile: the warp synchronized at the loop's top).
+            // The stored V tile into its converted 16-bit tile (every lane finished reading it
+            // for the previous tile: the warp synchronized at the loop's top); K is read as
+            // stored, below.
             let mut u = lane;
             while u < TILE * stored_chunks {
                 let (r, c) = (u / stored_chunks, u % stored_chunks);
-                for kv in 0..2 {
-                    let (lo, hi) = K::widen::<E>(unsafe { ld_shared_v4(stored_at(stage, kv, r, c)) });
-                    unsafe {
-                        st_shared_v4(at(stage, kv, r, 2 * c), lo);
-                        st_shared_v4(at(stage, kv, r, 2 * c + 1), hi);
-                    }
+                let (lo, hi) = K::widen::<E>(unsafe { ld_shared_v4(stored_at(stage, 1, r, c)) });
+                unsafe {
+                    st_shared_v4(at(stage, 1, r, 2 * c), lo);
+                    st_shared_v4(at(stage, 1, r, 2 * c + 1), hi);
                 }
                 u += 32;
             }
@@ -237,11 +253,27 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
         let mut s = [[0.0f32; 4]; 2];
         let lrow = (lane / 16) * 8 + lane % 8;
         let lhalf = (lane / 8) % 2;
-        for ks in 0..KS {
-            let a = if Q_SMEM { unsafe { ldmatrix_x4(q_at(arow, 2 * ks + ahalf)) } } else { qa[ks] };
-            let b = unsafe { ldmatrix_x4(at(stage, 0, lrow, 2 * ks + lhalf)) };
-            s[0] = E::mma(a, [b[0], b[1]], s[0]);
-            s[1] = E::mma(a, [b[2], b[3]], s[1]);
+        if K::CONVERT {
+            // K's B fragments from the stored bytes: key r0 (+ 8), 8 bytes at dims
+            // kperm(2m) .. kperm(2m) + 8 (k-steps 2m, 2m + 1), widened in registers.
+            for m in 0..KS / 2 {
+                let byte = 32 * m + 8 * (lane % 4);
+                for j in 0..2 {
+                    let b = K::widen_pair::<E>(unsafe { ld_shared_v2(stored_at(stage, 0, r0 + 8 * j, byte / 16) + (byte % 16) as u32) });
+                    for t in 0..2 {
+                        let ks = 2 * m + t;
+                        let a = if Q_SMEM { unsafe { ldmatrix_x4(q_at(arow, 2 * ks + ahalf)) } } else { qa[ks] };
+                        s[j] = E::mma(a, [b[2 * t], b[2 * t + 1]], s[j]);
+                    }
+                }
+            }
+        } else {
+            for ks in 0..KS {
+                let a = if Q_SMEM { unsafe { ldmatrix_x4(q_at(arow, 2 * ks + ahalf)) } } else { qa[ks] };
+                let b = unsafe { ldmatrix_x4(at(stage, 0, lrow, 2 * ks + lhalf)) };
+                s[0] = E::mma(a, [b[0], b[1]], s[0]);
+                s[1] = E::mma(a, [b[2], b[3]], s[1]);
+            }
         }
 
         // Scores in log2 units, masked outside the key range; s[j][i]: row r0 + 8 (i / 2),
