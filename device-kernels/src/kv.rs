@@ -17,6 +17,10 @@ pub trait KvStore {
     /// 8 stored bytes (values 0-7, two words) -> four words of `E`: (values 0, 1), (2, 3),
     /// (4, 5), (6, 7). Only called when `CONVERT`.
     fn widen_pair<E: Elem>(raw: [u32; 2]) -> [u32; 4];
+    /// The 4 words of an `ldmatrix.x4.trans` of stored bytes seen as 16-bit pairs: each
+    /// holds (key a: dims d, d + 1; key a + 1: dims d, d + 1) -> per word the keys' pair at
+    /// dim d and their pair at dim d + 1, as words of `E`. Only called when `CONVERT`.
+    fn widen_trans<E: Elem>(raw: [u32; 4]) -> [[u32; 2]; 4];
 }
 
 pub struct Native;
@@ -32,6 +36,10 @@ impl KvStore for Native {
     #[inline(always)]
     fn widen_pair<E: Elem>(raw: [u32; 2]) -> [u32; 4] {
         [raw[0], raw[0], raw[1], raw[1]]
+    }
+    #[inline(always)]
+    fn widen_trans<E: Elem>(raw: [u32; 4]) -> [[u32; 2]; 4] {
+        raw.map(|w| [w, w])
     }
 }
 
@@ -59,6 +67,18 @@ impl KvStore for E4m3 {
         // the fix-up only where it found one.
         if nan_bytes(raw[0]) | nan_bytes(raw[1]) != 0 {
             out = [e4m3_nan_fixup(a.1, a.0), e4m3_nan_fixup(b.1, b.0), e4m3_nan_fixup(c.1, c.0), e4m3_nan_fixup(d.1, d.0)];
+        }
+        out
+    }
+    #[inline(always)]
+    fn widen_trans<E: Elem>(raw: [u32; 4]) -> [[u32; 2]; 4] {
+        // Bytes (a.d, a.d+1, a+1.d, a+1.d+1): the high bytes of the halves are the keys' dim
+        // d + 1, the low bytes (shifted up) their dim d. No byte permutation needed.
+        let mut out = raw.map(|w| [E::from_e4m3_high_bytes(w << 8), E::from_e4m3_high_bytes(w)]);
+        if nan_bytes(raw[0]) | nan_bytes(raw[1]) | nan_bytes(raw[2]) | nan_bytes(raw[3]) != 0 {
+            for i in 0..4 {
+                out[i] = [e4m3_nan_fixup(out[i][0], raw[i] << 8), e4m3_nan_fixup(out[i][1], raw[i])];
+            }
         }
         out
     }

@@ -61,12 +61,11 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
     let row_bytes = smem_row_chunks(D as u32) as usize * 16;
     let tile_bytes = TILE * row_bytes;
     // As stored: 16-byte chunks per row, and the tiles the cp.async pipeline fills (for fp8
-    // rows of half the room, the V tile converted into a swizzled 16-bit tile).
+    // rows of half the room).
     let stored_chunks = D * K::BYTES / 16;
     let stored_row = row_bytes * K::BYTES / 2;
     let stored_tile = TILE * stored_row;
-    let converted = if K::CONVERT { tile_bytes } else { 0 };
-    let warp_bytes = STAGES * 2 * stored_tile + converted;
+    let warp_bytes = STAGES * 2 * stored_tile;
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
     let warp = tid / 32;
@@ -139,25 +138,17 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
 
     // The K/V pipeline of this warp. Row `r`'s 16-byte chunk `c` of a 16-bit tile lives at
     // r * row_bytes + ((c ^ (r % 8)) * 16): the 8 rows one ldmatrix reads hit 8 distinct banks.
-    // `stored_at`: where the copies land (the 16-bit tile itself for a native cache);
-    // `at`: the 16-bit tile the MMAs read (for fp8 the warp's converted pair, after the stages).
+    // `stored_at`: where the copies land, and where the MMAs' fragments are read from (for
+    // fp8 K by 8-byte loads, V by ldmatrix.trans, both widened in registers).
     let smem = dynamic_shared_f32();
     let pipe = cvta_to_shared(smem) + (warp * warp_bytes) as u32;
-    // fp8 rows XOR their chunk index with 2 r (inside the row's power-of-two room), so the
-    // 8-byte K fragment loads of a half-warp (4 rows x 4 lanes) hit distinct banks.
+    // fp8 rows XOR their chunk index with 2 r + r / 4 % 2 (inside the row's power-of-two
+    // room): the 8-byte K fragment loads of a half-warp (4 rows x 4 lanes) and the 8 rows of
+    // an ldmatrix of V hit distinct banks (d128, d256).
     let room = stored_row / 16;
     let stored_at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
-        let within = if K::CONVERT { r * stored_row + ((c ^ ((2 * r) & (room - 1))) * 16) } else { swizzled(r, c, row_bytes) };
+        let within = if K::CONVERT { r * stored_row + ((c ^ ((2 * r + r / 4 % 2) & (room - 1))) * 16) } else { swizzled(r, c, row_bytes) };
         pipe + ((stage * 2 + kv) * stored_tile + within) as u32
-    };
-    let at = |stage: usize, kv: usize, r: usize, c: usize| -> u32 {
-        if K::CONVERT {
-            // Only V is converted (K's fragments come from the stored bytes).
-            let _ = kv;
-            pipe + (STAGES * 2 * stored_tile + swizzled(r, c, row_bytes)) as u32
-        } else {
-            stored_at(stage, kv, r, c)
-        }
     };
     // The Q tile, after every warp's pipeline, same swizzle; rows past the group are zero.
     let q_tile = cvta_to_shared(smem) + (WARPS * warp_bytes) as u32;
@@ -231,22 +222,6 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
         cp_async_wait_pending(STAGES - 1);
         bar_warp_sync();
         let stage = it % STAGES;
-        if K::CONVERT {
-            // The stored V tile into its converted 16-bit tile (every lane finished reading it
-            // for the previous tile: the warp synchronized at the loop's top); K is read as
-            // stored, below.
-            let mut u = lane;
-            while u < TILE * stored_chunks {
-                let (r, c) = (u / stored_chunks, u % stored_chunks);
-                let (lo, hi) = K::widen::<E>(unsafe { ld_shared_v4(stored_at(stage, 1, r, c)) });
-                unsafe {
-                    st_shared_v4(at(stage, 1, r, 2 * c), lo);
-                    st_shared_v4(at(stage, 1, r, 2 * c + 1), hi);
-                }
-                u += 32;
-            }
-            bar_warp_sync();
-        }
 
         // S = Q K^T: two 8-key n-tiles. ldmatrix x4 per k-step: matrices (keys 0-7, chunk
         // 2ks), (keys 0-7, 2ks+1), (keys 8-15, 2ks), (keys 8-15, 2ks+1).
@@ -270,7 +245,7 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
         } else {
             for ks in 0..KS {
                 let a = if Q_SMEM { unsafe { ldmatrix_x4(q_at(arow, 2 * ks + ahalf)) } } else { qa[ks] };
-                let b = unsafe { ldmatrix_x4(at(stage, 0, lrow, 2 * ks + lhalf)) };
+                let b = unsafe { ldmatrix_x4(stored_at(stage, 0, lrow, 2 * ks + lhalf)) };
                 s[0] = E::mma(a, [b[0], b[1]], s[0]);
                 s[1] = E::mma(a, [b[2], b[3]], s[1]);
             }
@@ -292,15 +267,32 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
         let pa = p_fragment::<E, 2>(&s, 0);
         // O += P V: ldmatrix.trans x4 per pair of 8-dim n-tiles: matrices (keys 0-7, chunk
         // 2dp), (keys 8-15, 2dp), (keys 0-7, 2dp+1), (keys 8-15, 2dp+1).
-        for dp in 0..NT / 2 {
-            let b = unsafe { ldmatrix_x4_trans(at(stage, 1, arow, 2 * dp + ahalf)) };
-            o[2 * dp] = E::mma(pa, [b[0], b[1]], o[2 * dp]);
-            o[2 * dp + 1] = E::mma(pa, [b[2], b[3]], o[2 * dp + 1]);
+        if K::CONVERT {
+            // fp8: ldmatrix.trans on the stored bytes seen as 16-bit pairs of dims, 32 dims a
+            // x4; each word holds keys (2c, 2c + 1) at dims (2g, 2g + 1), widened into the
+            // B fragments of two n-tiles: the even dims and the odd dims of 16 (`o_dim`).
+            for q in 0..D / 32 {
+                let b = K::widen_trans::<E>(unsafe { ldmatrix_x4_trans(stored_at(stage, 1, arow, 2 * q + ahalf)) });
+                o[4 * q] = E::mma(pa, [b[0][0], b[1][0]], o[4 * q]);
+                o[4 * q + 1] = E::mma(pa, [b[0][1], b[1][1]], o[4 * q + 1]);
+                o[4 * q + 2] = E::mma(pa, [b[2][0], b[3][0]], o[4 * q + 2]);
+                o[4 * q + 3] = E::mma(pa, [b[2][1], b[3][1]], o[4 * q + 3]);
+            }
+        } else {
+            for dp in 0..NT / 2 {
+                let b = unsafe { ldmatrix_x4_trans(stored_at(stage, 1, arow, 2 * dp + ahalf)) };
+                o[2 * dp] = E::mma(pa, [b[0], b[1]], o[2 * dp]);
+                o[2 * dp + 1] = E::mma(pa, [b[2], b[3]], o[2 * dp + 1]);
+            }
         }
         t += WARPS;
         it += 1;
     }
 
+    // The head dim of output column n of n-tile nt: nt * 8 + n, or for an fp8 cache (its V
+    // fragments: n-tiles 4q .. 4q + 3 are the even, odd dims of 32q .. 32q + 15, then of
+    // 32q + 16 .. 32q + 31) 32 (nt / 4) + 16 (nt / 2 % 2) + 2 n + nt % 2.
+    let o_dim = |nt: usize, n: usize| if K::CONVERT { 32 * (nt / 4) + 16 * (nt / 2 % 2) + 2 * n + nt % 2 } else { nt * 8 + n };
     // Cross-warp merge through shared memory: merged[w][row] = (acc[0..D], m, l).
     cp_async_wait_group::<0>();
     bar_sync();
@@ -311,8 +303,8 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
         let base = (warp * ROWS + row) * stride;
         unsafe {
             for nt in 0..NT {
-                *smem.add(base + nt * 8 + col) = o[nt][2 * h];
-                *smem.add(base + nt * 8 + col + 1) = o[nt][2 * h + 1];
+                *smem.add(base + o_dim(nt, col)) = o[nt][2 * h];
+                *smem.add(base + o_dim(nt, col + 1)) = o[nt][2 * h + 1];
             }
             if lane % 4 == 0 {
                 *smem.add(base + D) = rows.m[h];

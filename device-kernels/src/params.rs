@@ -149,17 +149,16 @@ pub const fn smem_row_chunks(d: u32) -> u32 {
 }
 
 /// Dynamic shared memory of the paged kernel for head dim `d` over a cache of `kv_bytes`-byte
-/// elements: per warp `paged_stages(d)` K and V tiles of `PAGED_TILE x d` as stored (for an
-/// fp8 cache also the V tile converted to 16 bits, which `ldmatrix.trans` reads), then the Q
+/// elements: per warp `paged_stages(d)` K and V tiles of `PAGED_TILE x d` as stored (fp8
+/// tiles are widened in registers, as the fragments are read), then the Q
 /// tile (`PAGED_ROWS x d`) if `paged_q_in_smem(d)`; the cross-warp merge
 /// (`PAGED_WARPS * PAGED_ROWS * (d + 2)` f32) reuses the pipelines' space.
-/// 16-bit: d64 48 KiB, d96 and d128 96 KiB, d256 136 KiB; fp8: d128 64 KiB.
+/// 16-bit: d64 48 KiB, d96 and d128 96 KiB, d256 136 KiB; fp8: d128 48 KiB.
 pub const fn paged_smem_bytes(d: u32, kv_bytes: u32) -> u32 {
     let row = smem_row_chunks(d) * 16;
     let q_tile = if paged_q_in_smem(d) { PAGED_ROWS * row } else { 0 };
     let stored_row = row / 2 * kv_bytes;
-    let converted = if kv_bytes < 2 { PAGED_TILE * row } else { 0 };
-    let pipeline = PAGED_WARPS * (paged_stages(d) * 2 * PAGED_TILE * stored_row + converted) + q_tile;
+    let pipeline = PAGED_WARPS * paged_stages(d) * 2 * PAGED_TILE * stored_row + q_tile;
     let merge = PAGED_WARPS * PAGED_ROWS * (d + 2) * 4;
     if pipeline > merge { pipeline } else { merge }
 }
