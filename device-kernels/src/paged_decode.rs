@@ -35,7 +35,7 @@ use crate::elem::Elem;
 use crate::kv::KvStore;
 use crate::gather::{clamp_key, find_request, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
-use crate::params::{paged_q_in_smem, paged_stages, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
+use crate::params::{paged_stored_row, paged_q_in_smem, paged_stages, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
 use crate::score_mod::{Dynamic, ScoreMod};
 use crate::softmax::{inv_denominator, lse, merge_weight, p_fragment, rescale, RowState, NEG_INIT};
 use crate::tile::swizzled;
@@ -63,7 +63,7 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
     // As stored: 16-byte chunks per row, and the tiles the cp.async pipeline fills (for fp8
     // rows of half the room).
     let stored_chunks = D * K::BYTES / 16;
-    let stored_row = row_bytes * K::BYTES / 2;
+    let stored_row = paged_stored_row(D as u32, K::BYTES as u32) as usize;
     let stored_tile = TILE * stored_row;
     let warp_bytes = STAGES * 2 * stored_tile;
     let tid = thread_idx_x() as usize;

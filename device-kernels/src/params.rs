@@ -148,6 +148,15 @@ pub const fn smem_row_chunks(d: u32) -> u32 {
     (d / 8).next_power_of_two()
 }
 
+/// Bytes between two rows of the paged kernel's stored K/V tiles: the 16-bit tile's swizzled
+/// row, or for fp8 half of it but at least 128 (so that the fp8 rows' chunk XOR, by
+/// `2 r + r / 4 % 2`, has 8 chunks of room and keeps the fragment loads free of bank
+/// conflicts at d64 too).
+pub const fn paged_stored_row(d: u32, kv_bytes: u32) -> u32 {
+    let row = smem_row_chunks(d) * 16;
+    if kv_bytes < 2 { if row / 2 > 128 { row / 2 } else { 128 } } else { row }
+}
+
 /// Dynamic shared memory of the paged kernel for head dim `d` over a cache of `kv_bytes`-byte
 /// elements: per warp `paged_stages(d)` K and V tiles of `PAGED_TILE x d` as stored (fp8
 /// tiles are widened in registers, as the fragments are read), then the Q
@@ -157,7 +166,7 @@ pub const fn smem_row_chunks(d: u32) -> u32 {
 pub const fn paged_smem_bytes(d: u32, kv_bytes: u32) -> u32 {
     let row = smem_row_chunks(d) * 16;
     let q_tile = if paged_q_in_smem(d) { PAGED_ROWS * row } else { 0 };
-    let stored_row = row / 2 * kv_bytes;
+    let stored_row = paged_stored_row(d, kv_bytes);
     let pipeline = PAGED_WARPS * paged_stages(d) * 2 * PAGED_TILE * stored_row + q_tile;
     let merge = PAGED_WARPS * PAGED_ROWS * (d + 2) * 4;
     if pipeline > merge { pipeline } else { merge }
