@@ -53,7 +53,7 @@ if want prefill; then
   ./bin/prefill --json 2>&1 | tee "$log/bench-prefill.txt" || status=1
   ./bin/prefill --json --kv-dtype fp8 2>&1 | tee -a "$log/bench-prefill.txt" || status=1
 fi
-want mla && { ./bin/mla --json --sweep 2>&1 | tee "$log/bench-mla.txt" || status=1; }
+want mla && { timeout ${MLA_TIMEOUT:-600} ./bin/mla --json --sweep 2>&1 | tee "$log/bench-mla.txt" || status=1; }
 if want peers && [ -f peer_bench.py ]; then
   timeout 300 python3 peer_bench.py --sections prefill --quick > "$log/peers-prefill.txt" 2>&1 || echo "peer bench failed (not a product failure)" >> "$log/summary.txt"
 fi
