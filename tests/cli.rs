@@ -230,3 +230,24 @@ fn an_mla_model_runs_the_mla_path() {
     assert!(text(&o.stderr).contains("MLA"), "{}", text(&o.stderr));
     assert!(!text(&o.stdout).contains("result:"), "{}", text(&o.stdout));
 }
+
+#[test]
+fn an_fp8_kv_cache_runs_the_demo_and_is_refused_where_unsupported() {
+    // The demo on an fp8 cache: the step's cache write checked against the host quantizer,
+    // the output against the oracle over the dequantized cache.
+    let (code, out, err) = run(&["demo", "--cpu", "--model", "mistral-7b", "--kv-cache-dtype", "fp8"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("KV cache: fp8_e4m3") && out.contains("cache write verified"), "{out}");
+    // `fp8` is vLLM's alias; an unknown name is a usage error naming the choices.
+    let (code, _, err) = run(&["select", "--kv-cache-dtype", "fp4"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--kv-cache-dtype") && err.contains("fp8_e4m3"), "{err}");
+    // MLA has no fp8 latent cache yet: an error saying so, not a silent 16-bit run.
+    let (code, _, err) = run(&["demo", "--cpu", "--model", "deepseek-v3", "--kv-cache-dtype", "fp8"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("MLA with an fp8 KV cache"), "{err}");
+    // The selector's table for an fp8 cache: the paged backend serves it on sm_90 and sm_80.
+    let (code, out, err) = run(&["select", "--model", "llama-3-8b", "--dtype", "bf16", "--kv-cache-dtype", "fp8"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("| CUDA sm_90 | bf16 | llama-3-8b | CUDA_PAGED |") && out.contains("KV cache fp8_e4m3"), "{out}");
+}

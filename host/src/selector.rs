@@ -167,6 +167,10 @@ pub fn check(caps: &BackendCaps, platform: Platform, req: &Requirements) -> Vec<
     }
     if !caps.kv_cache_dtypes.contains(&req.kv_cache_dtype) {
         why.push(format!("KV cache dtype {} not supported ({})", req.kv_cache_dtype, join(caps.kv_cache_dtypes)));
+    } else if req.mla && req.kv_cache_dtype == KvCacheDType::Fp8E4m3 {
+        // No backend has MLA's fp8 latent cache yet (FlashMLA's 656-byte rows: 512 e4m3
+        // values, 4 f32 scales, 64 bf16 rope dims).
+        why.push("MLA with an fp8 KV cache (the fp8 latent format) not supported yet".to_string());
     }
     // `head_dims` lists the backend's instantiations: MHA/GQA head dims, or for an
     // MLA-only backend the latent widths; empty means any.

@@ -1,10 +1,10 @@
 //! `attn`: the attn-backends command-line tool.
 //!
-//! - `attn demo [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--cpu] [--seed N] [--block-size N]`:
+//! - `attn demo [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N]`:
 //!   a realistic mixed batch (long-context decodes, a chunked prefill, a fresh prefill)
 //!   through metadata builder -> selector -> backend, on the GPU when one is present,
 //!   checked against the f64 oracle; prints the backend and why, the error and the time.
-//! - `attn select [--model NAME | --config FILE] [--dtype D] [--block-size N]`: the
+//! - `attn select [--model NAME | --config FILE] [--dtype D] [--kv-cache-dtype K] [--block-size N]`: the
 //!   (platform x dtype x model) -> backend matrix (all presets unless one model is named;
 //!   every dtype unless one is given).
 //! - `attn presets`: the built-in model presets.
@@ -14,7 +14,8 @@
 //! `ATTN_BACKEND=<NAME>` forces a backend; `RUST_LOG=debug` shows diagnostics.
 
 use attn_backends::backend::Platform;
-use attn_backends::dtype::DType;
+use attn_backends::dtype::{DType, KvCacheDType};
+use attn_backends::fp8::{quantize_e4m3, KvScales};
 use attn_backends::layer::Attention;
 use attn_backends::model::{self, ModelConfig};
 use attn_backends::selector::{self, Requirements};
@@ -28,8 +29,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const USAGE: &str = "usage:
-  attn demo   [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--cpu] [--seed N] [--block-size N]
-  attn select [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--block-size N]
+  attn demo   [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N]
+  attn select [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--block-size N]
   attn presets
   attn <command> --help
 environment: ATTN_BACKEND=<NAME> forces a backend (CUDA_PAGED, CUDA_MLA, CUDA_PAGED_PORTABLE, CPU); RUST_LOG=info|debug";
@@ -63,15 +64,15 @@ impl Command {
     /// The options this command takes (all but `--cpu` take a value).
     fn options(self) -> &'static [&'static str] {
         match self {
-            Command::Demo => &["--model", "--config", "--dtype", "--cpu", "--seed", "--block-size"],
-            Command::Select => &["--model", "--config", "--dtype", "--block-size"],
+            Command::Demo => &["--model", "--config", "--dtype", "--kv-cache-dtype", "--cpu", "--seed", "--block-size"],
+            Command::Select => &["--model", "--config", "--dtype", "--kv-cache-dtype", "--block-size"],
             Command::Presets => &[],
         }
     }
 
     fn help(self) -> &'static str {
         match self {
-            Command::Demo => "usage: attn demo [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--cpu] [--seed N] [--block-size N]
+            Command::Demo => "usage: attn demo [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N]
 
 Runs one realistic mixed batch (long-context decodes, a chunked prefill, a fresh prefill)
 through metadata builder -> selector -> backend, on the GPU when one is present, and checks
@@ -81,11 +82,13 @@ backend and why, the error and the time.
   --model NAME     a built-in preset (attn presets); default llama-3-8b
   --config FILE    a Hugging Face config.json, or a checkpoint directory holding one
   --dtype D        bf16, f16 or f32; default: the config's dtype, float32 served as bf16
+  --kv-cache-dtype K  auto (the model's dtype, the default) or fp8 (fp8_e4m3: e4m3 with
+                   per-layer scales, as vLLM's --kv-cache-dtype fp8)
   --cpu            run on the CPU backend even when a GPU is present
   --seed N         random inputs' seed (default 1)
   --block-size N   tokens per KV-cache block (default 16)
   -h, --help       this text",
-            Command::Select => "usage: attn select [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--block-size N]
+            Command::Select => "usage: attn select [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--block-size N]
 
 Prints the (platform x dtype x model) -> backend table with the reasons, for every preset
 unless one model is named, and first what was understood of each model.
@@ -93,6 +96,7 @@ unless one model is named, and first what was understood of each model.
   --model NAME     a built-in preset (attn presets)
   --config FILE    a Hugging Face config.json, or a checkpoint directory holding one
   --dtype D        only this dtype's rows (bf16, f16, f32); default all three
+  --kv-cache-dtype K  the KV cache's element: auto (default) or fp8 (fp8_e4m3)
   --block-size N   tokens per KV-cache block (default 16)
   -h, --help       this text",
             Command::Presets => "usage: attn presets
@@ -143,6 +147,7 @@ struct Opts {
     model: Option<String>,
     config: Option<String>,
     dtype: Option<DType>,
+    kv: KvCacheDType,
     cpu: bool,
     seed: u64,
     block_size: usize,
@@ -179,7 +184,7 @@ fn parse_args(args: &[String]) -> Result<Parsed, CliError> {
 /// The options of `cmd`, as `--name value` or `--name=value`; an option `cmd` does not take
 /// is a usage error naming it.
 fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
-    let mut o = Opts { model: None, config: None, dtype: None, cpu: false, seed: 1, block_size: 16 };
+    let mut o = Opts { model: None, config: None, dtype: None, kv: KvCacheDType::Auto, cpu: false, seed: 1, block_size: 16 };
     let takes = || {
         if cmd.options().is_empty() {
             "it takes no options".to_string()
@@ -221,6 +226,9 @@ fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
             "--config" => o.config = Some(v),
             "--dtype" => {
                 o.dtype = Some(DType::parse(&v).ok_or_else(|| CliError::Usage(format!("--dtype: unknown dtype `{v}` (bf16, f16, f32)")))?);
+            }
+            "--kv-cache-dtype" => {
+                o.kv = KvCacheDType::parse(&v).ok_or_else(|| CliError::Usage(format!("--kv-cache-dtype: unknown KV-cache dtype `{v}` (auto, fp8, fp8_e4m3)")))?;
             }
             "--seed" => o.seed = v.parse().map_err(|_| CliError::Usage(format!("--seed: `{v}` is not a number")))?,
             "--block-size" => {
@@ -305,12 +313,13 @@ fn select(o: &Opts) -> Result<(), CliError> {
     if let Some(f) = &forced {
         outln!("{}={f} (forced)", selector::ENV_VAR);
     }
+    outln!("KV cache: {}", o.kv);
     outln!("| platform | dtype | model | backend | reason |");
     outln!("|---|---|---|---|---|");
     for m in &models {
         for &p in &platforms {
             for &d in dtypes {
-                let req = Requirements { dtype: d, ..Requirements::for_model(m, o.block_size) };
+                let req = Requirements { dtype: d, kv_cache_dtype: o.kv, ..Requirements::for_model(m, o.block_size) };
                 let (backend, why) = match selector::select(p, &req, forced.as_deref()) {
                     Ok(s) => (s.backend.to_string(), s.reason),
                     Err(e) => ("-".to_string(), e.to_string()),
@@ -343,7 +352,8 @@ fn demo(o: &Opts) -> Result<(), CliError> {
         }
     };
     let platform = gpu.as_ref().map_or(Platform::Cpu, |rt| rt.platform());
-    let req = Requirements { dtype, ..Requirements::for_model(&cfg, o.block_size) };
+    outln!("KV cache: {}", o.kv);
+    let req = Requirements { dtype, kv_cache_dtype: o.kv, ..Requirements::for_model(&cfg, o.block_size) };
     let sel = selector::select_from_env(platform, &req)?;
     outln!("backend: {} — {}", sel.backend, sel.reason);
     // An MLA model runs the absorbed-form MLA path, never a plain MHA layer (whose spec
@@ -394,10 +404,11 @@ fn demo_step<T: Element>(
     block_size: usize,
     kv_heads: usize,
     head_dim: usize,
+    kv: KvCacheDType,
     what: &CacheShape,
 ) -> Result<(attn_backends::AttentionMetadata, HostKvCache<T>), CliError> {
     let num_blocks = blocks_needed(shapes, block_size) + 16;
-    let layout = KvCacheLayout::new(num_blocks, block_size, kv_heads, head_dim)?;
+    let layout = KvCacheLayout::new(num_blocks, block_size, kv_heads, head_dim)?.with_kv_dtype(kv);
     let step = schedule(rng, shapes, block_size, num_blocks).ok_or_else(|| CliError::Check("block pool too small".into()))?;
     let meta = MetadataBuilder::new(layout).build(&step)?;
     let n = meta.num_tokens() as u64;
@@ -449,7 +460,7 @@ fn run_mla_demo<T: Element>(mla: &MlaSpec, spec: AttnSpec, o: &Opts, backend: Ba
         q_heads: mla.num_q_heads,
         cache_copies: 2,
     };
-    let (meta, mut cache) = demo_step::<T>(&mut rng, &shapes, o.block_size, 1, w, &what)?;
+    let (meta, mut cache) = demo_step::<T>(&mut rng, &shapes, o.block_size, 1, w, o.kv, &what)?;
     let n = meta.num_tokens();
     let latent = random_values::<T>(&mut rng, n * w);
     let q = random_values::<T>(&mut rng, n * mla.num_q_heads * w);
@@ -498,7 +509,7 @@ fn run_demo<T: Element>(spec: AttnSpec, o: &Opts, backend: BackendName, gpu: Opt
         cache_copies: 3,
     };
     // The cache holds each request's earlier tokens (random), the step writes the new ones.
-    let (meta, cache) = demo_step::<T>(&mut rng, &shapes, o.block_size, spec.num_kv_heads, spec.head_dim, &what)?;
+    let (meta, cache) = demo_step::<T>(&mut rng, &shapes, o.block_size, spec.num_kv_heads, spec.head_dim, o.kv, &what)?;
     let layout = *meta.layout();
     let n = meta.num_tokens();
     let q = random_values::<T>(&mut rng, n * spec.num_q_heads * spec.head_dim);
@@ -506,7 +517,14 @@ fn run_demo<T: Element>(spec: AttnSpec, o: &Opts, backend: BackendName, gpu: Opt
     let v = random_values::<T>(&mut rng, n * spec.num_kv_heads * spec.head_dim);
 
     let on_gpu = gpu.is_some();
+    let fp8 = o.kv == KvCacheDType::Fp8E4m3;
     let mut layer = Attention::<T>::new(backend, spec.clone(), layout, gpu)?;
+    // fp8: per-layer scales as a calibrated checkpoint's, about amax / 448 (values in [-1, 1]);
+    // the random cache is quantized with them on the way in.
+    let scales = KvScales::uniform(spec.num_kv_heads, 1.0 / 400.0, 1.0 / 380.0);
+    if fp8 {
+        layer.set_kv_scales(scales.clone())?;
+    }
     layer.load_cache(&cache)?;
     // First call pays one-time costs (module load, allocation); the second is timed.
     layer.forward(&q, &k, &v, &meta)?;
@@ -514,17 +532,29 @@ fn run_demo<T: Element>(spec: AttnSpec, o: &Opts, backend: BackendName, gpu: Opt
     let t = Instant::now();
     let out = layer.forward(&q, &k, &v, &meta)?;
     let elapsed = t.elapsed();
-    let after = layer.cache_snapshot()?;
+    let row = layout.token_stride();
     let t = Instant::now();
-    let reference = oracle::paged_reference(&q, &after, &meta, &spec)?;
+    // The oracle over the cache as stored (fp8: dequantized exactly, in f64); the step's own
+    // tokens must be in the cache where the slot mapping says (fp8: quantized as the host does).
+    let (reference, written) = if fp8 {
+        let (after, scales) = layer.fp8_cache_snapshot()?;
+        let reference = oracle::paged_reference_fp8(&q, &after, &scales, &meta, &spec)?;
+        let written = meta.slot_mapping().iter().enumerate().all(|(t, &s)| {
+            let s = s as usize * row;
+            after.key[s..s + row].iter().zip(&k[t * row..(t + 1) * row]).enumerate().all(|(i, (&a, b))| a == quantize_e4m3(b.to_f32(), scales.k[i / spec.head_dim]))
+        });
+        (reference, written)
+    } else {
+        let after = layer.cache_snapshot()?;
+        let reference = oracle::paged_reference(&q, &after, &meta, &spec)?;
+        let written = meta.slot_mapping().iter().enumerate().all(|(t, &s)| {
+            let s = s as usize * row;
+            after.key[s..s + row].iter().zip(&k[t * row..(t + 1) * row]).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits())
+        });
+        (reference, written)
+    };
     let oracle_time = t.elapsed();
     let err = oracle::rel_error(&out.iter().map(|x| x.to_f64()).collect::<Vec<_>>(), &reference);
-    // The step's own tokens must be in the cache where the slot mapping says.
-    let row = layout.token_stride();
-    let written = meta.slot_mapping().iter().enumerate().all(|(t, &s)| {
-        let s = s as usize * row;
-        after.key[s..s + row].iter().zip(&k[t * row..(t + 1) * row]).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits())
-    });
     outln!(
         "result: rel error vs f64 oracle {err:.2e}; cache write {}; forward {:.2} ms on {backend}{}; oracle {:.0} ms",
         if written { "verified" } else { "WRONG" },
