@@ -436,6 +436,46 @@ fn step_shared_by_layers(rt: &Arc<CudaRuntime>) -> Result<String, String> {
 /// graph and replayed for three steps, each with new metadata and new inputs written into
 /// the same buffers: every replay bit-identical to eager execution of the same step on a
 /// twin set of layers, the caches too, and each within the bound of the f64 oracle.
+/// An e4m3 NaN byte (0x7F) in one request's V cache makes that request's output NaN where P V
+/// reads it (the kernels widen it to NaN, not to 480) and leaves the other request's output
+/// as the oracle's.
+fn fp8_nan(rt: &Arc<CudaRuntime>) -> Result<String, String> {
+    let e = |x: AttnError| x.to_string();
+    let mut rng = Rng::new(77);
+    let spec = AttnSpec::new(8, 2, 128);
+    let shapes = vec![(700, 1), (900, 1)];
+    let num_blocks = blocks_needed(&shapes, 16) + 2;
+    let layout = KvCacheLayout::new(num_blocks, 16, 2, 128).map_err(e)?.with_kv_dtype(attn_backends::KvCacheDType::Fp8E4m3);
+    let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &shapes, 16, num_blocks).ok_or("pool")?).map_err(e)?;
+    let scales = attn_backends::fp8::KvScales::uniform(2, 1.0 / 400.0, 1.0 / 400.0);
+    let values = HostKvCache { layout, key: random_values::<bf16>(&mut rng, layout.elements()), value: random_values::<bf16>(&mut rng, layout.elements()) };
+    let mut cache = HostKvCache::<u8>::quantize_from(&values, &scales).map_err(e)?;
+    // Key 123 of request 0, kv head 1, dim 5 (a K NaN would do the same through the scores).
+    let block = meta.block_ids(0)[123 / 16] as usize;
+    cache.value[layout.offset(block * 16 + 123 % 16, 1) + 5] = 0x7F;
+    let mut layer = Attention::<bf16>::new(BackendName::CudaPaged, spec.clone(), layout, Some(rt.clone())).map_err(e)?;
+    layer.load_fp8_cache(&cache, &scales).map_err(e)?;
+    let n = meta.num_tokens();
+    let (q, k, v) = (random_values::<bf16>(&mut rng, n * 8 * 128), random_values::<bf16>(&mut rng, n * 2 * 128), random_values::<bf16>(&mut rng, n * 2 * 128));
+    let mut out = vec![bf16::from_f32(0.5); n * 8 * 128];
+    let mut step = layer.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
+    step.prepare(&meta).map_err(e)?;
+    layer.forward_host(&step, &q, &k, &v, &mut out).map_err(e)?;
+    let row = 8 * 128;
+    // Request 0's token: dim 5 of the heads of kv head 1 (4..8) is NaN (P V sums that V
+    // column), every other element finite.
+    let nan: Vec<usize> = (0..row).filter(|&i| out[i].is_nan()).collect();
+    let want_nan: Vec<usize> = (4..8).map(|h| h * 128 + 5).collect();
+    if nan != want_nan || out[..row].iter().any(|x| x.is_infinite()) {
+        return Err(format!("request 0: NaN at {nan:?}, expected at {want_nan:?} (dim 5 of heads 4-7)"));
+    }
+    let mut want = cache.clone();
+    want.write_slots_fp8(&k, &v, meta.slot_mapping(), &scales).map_err(e)?;
+    let reference = oracle::paged_reference_fp8(&q, &want, &scales, &meta, &spec).map_err(e)?;
+    let err = rel_error(&out[row..], &reference[row..]);
+    if err < 1e-2 { Ok(format!("NaN at dim 5 of request 0's kv head 1 only; request 1 rel err {err:.2e}")) } else { Err(format!("request 1 rel err {err:.2e}")) }
+}
+
 /// A layer's expected cache, as the test keeps it on the host: 16-bit values, or fp8 bytes
 /// and their scales.
 enum Mirror {
@@ -830,6 +870,7 @@ fn main() {
     all.push(Case { name: "one step shared by two layers".into(), run: Box::new(step_shared_by_layers) });
     all.push(Case { name: "cuda graph replay".into(), run: Box::new(graph_replay) });
     all.push(Case { name: "cuda graph replay, fp8 cache".into(), run: Box::new(graph_replay_fp8) });
+    all.push(Case { name: "fp8 NaN in the cache reads as NaN".into(), run: Box::new(fp8_nan) });
     all.push(Case { name: "determinism".into(), run: Box::new(determinism) });
     all.push(Case { name: "mla vs the naive oracle".into(), run: Box::new(mla_vs_naive) });
     let all: Vec<Case> = all.into_iter().filter(|c| filter.is_empty() || filter.iter().any(|f| c.name.contains(f.as_str()))).collect();
