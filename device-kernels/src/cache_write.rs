@@ -31,45 +31,11 @@ macro_rules! cache_write_instance {
 }
 pub(crate) use cache_write_instance;
 
-/// The 16-bit cache write (see the module's header).
-pub(crate) unsafe fn reshape_and_cache(p: &CacheWriteParams) {
-    let token = block_idx_x();
-    if token >= p.num_tokens {
-        return;
-    }
-    let slot = unsafe { *(p.slot_mapping as *const i64).add(token as usize) };
-    if slot < 0 {
-        return;
-    }
-    let slot = slot as u64;
-    let block = div_nz(slot as usize, p.block_size as usize) as u64;
-    let offset = slot - block * p.block_size as u64;
-    let vecs_per_head = (p.head_dim / 8) as usize;
-    let total = p.num_kv_heads as usize * vecs_per_head;
-    let mut i = thread_idx_x() as usize;
-    while i < total {
-        let head = div_nz(i, vecs_per_head);
-        let d = ((i - head * vecs_per_head) * 8) as u64;
-        let head = head as u64;
-        let src = token as u64 * p.src_token_stride + head * p.src_head_stride + d;
-        let dst = block * p.cache_block_stride + offset * p.cache_token_stride
-            + head * p.cache_head_stride + d;
-        unsafe {
-            let k = ld_global_nc_v4((p.key as *const u16).add(src as usize));
-            let v = ld_global_nc_v4((p.value as *const u16).add(src as usize));
-            st_global_v4((p.key_cache as *mut u16).add(dst as usize) as *mut u32, k);
-            st_global_v4((p.value_cache as *mut u16).add(dst as usize) as *mut u32, v);
-        }
-        i += block_dim_x() as usize;
-    }
-}
-
-/// The fp8 cache write: as `reshape_and_cache`, each element quantized on the way,
-/// `e4m3(x / scale)` with its kv head's scale (`k_scale`, `v_scale`: `f32 [num_kv_heads]`),
-/// rounded to nearest even and saturated at +-448 (`kv::e4m3_from_f32`, bit for bit the
-/// host's quantizer). 16 bytes (8 values of `E`) in, 8 bytes out per thread and step; the
-/// cache strides count bytes (one an element).
-pub(crate) unsafe fn reshape_and_cache_e4m3<E: Elem>(p: &CacheWriteParams) {
+/// Calls `f(head, src, dst)` for each (kv head, 8-element slice) this thread moves of the
+/// block's token: `src` its offset in `key`/`value`, `dst` in the caches (in elements).
+/// Nothing for a token past the step or a padding slot.
+#[inline(always)]
+unsafe fn for_each_slice(p: &CacheWriteParams, mut f: impl FnMut(usize, usize, usize)) {
     let token = block_idx_x();
     if token >= p.num_tokens {
         return;
@@ -89,20 +55,45 @@ pub(crate) unsafe fn reshape_and_cache_e4m3<E: Elem>(p: &CacheWriteParams) {
         let d = ((i - head * vecs_per_head) * 8) as u64;
         let src = token as u64 * p.src_token_stride + head as u64 * p.src_head_stride + d;
         let dst = block * p.cache_block_stride + offset * p.cache_token_stride + head as u64 * p.cache_head_stride + d;
-        // One row slice of K or V: 8 values in, their 8 e4m3 bytes out.
-        let quantize = |x: u64, cache: u64, scale: u64| {
-            let scale = unsafe { *(scale as *const f32).add(head) };
-            let v = E::unpack8(unsafe { ld_global_nc_v4((x as *const u16).add(src as usize)) });
-            let (mut lo, mut hi) = (0u32, 0u32);
-            for j in 0..4 {
-                lo |= (e4m3_from_f32(v[j] / scale) as u32) << (8 * j);
-                hi |= (e4m3_from_f32(v[4 + j] / scale) as u32) << (8 * j);
-            }
-            unsafe { st_global_v2((cache as *mut u8).add(dst as usize) as *mut u32, lo, hi) };
-        };
-        quantize(p.key, p.key_cache, p.k_scale);
-        quantize(p.value, p.value_cache, p.v_scale);
+        f(head, src as usize, dst as usize);
         i += block_dim_x() as usize;
+    }
+}
+
+/// The 16-bit cache write (see the module's header).
+pub(crate) unsafe fn reshape_and_cache(p: &CacheWriteParams) {
+    unsafe {
+        for_each_slice(p, |_, src, dst| {
+            let k = ld_global_nc_v4((p.key as *const u16).add(src));
+            let v = ld_global_nc_v4((p.value as *const u16).add(src));
+            st_global_v4((p.key_cache as *mut u16).add(dst) as *mut u32, k);
+            st_global_v4((p.value_cache as *mut u16).add(dst) as *mut u32, v);
+        })
+    }
+}
+
+/// The fp8 cache write: as `reshape_and_cache`, each element quantized on the way,
+/// `e4m3(x / scale)` with its kv head's scale (`k_scale`, `v_scale`: `f32 [num_kv_heads]`),
+/// rounded to nearest even and saturated at +-448 (`kv::e4m3_from_f32`, bit for bit the
+/// host's quantizer). 16 bytes (8 values of `E`) in, 8 bytes out per thread and step; the
+/// cache strides count bytes (one an element).
+pub(crate) unsafe fn reshape_and_cache_e4m3<E: Elem>(p: &CacheWriteParams) {
+    unsafe {
+        for_each_slice(p, |head, src, dst| {
+            // One row slice of K or V: 8 values in, their 8 e4m3 bytes out.
+            let quantize = |x: u64, cache: u64, scale: u64| {
+                let scale = *(scale as *const f32).add(head);
+                let v = E::unpack8(ld_global_nc_v4((x as *const u16).add(src)));
+                let (mut lo, mut hi) = (0u32, 0u32);
+                for j in 0..4 {
+                    lo |= (e4m3_from_f32(v[j] / scale) as u32) << (8 * j);
+                    hi |= (e4m3_from_f32(v[4 + j] / scale) as u32) << (8 * j);
+                }
+                st_global_v2((cache as *mut u8).add(dst) as *mut u32, lo, hi);
+            };
+            quantize(p.key, p.key_cache, p.k_scale);
+            quantize(p.value, p.value_cache, p.v_scale);
+        })
     }
 }
 

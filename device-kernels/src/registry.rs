@@ -338,20 +338,23 @@ pub fn for_each_kernel(mut f: impl FnMut(KernelSpec)) {
     }
 }
 
-/// The table's entry for `id`, if it has one.
-pub fn find(id: &KernelId) -> Option<KernelSpec> {
+/// The first kernel of the table for which `pred` holds.
+pub fn find_by(pred: impl Fn(&KernelSpec) -> bool) -> Option<KernelSpec> {
     let mut found = None;
     for_each_kernel(|k| {
-        if k.id == *id {
+        if found.is_none() && pred(&k) {
             found = Some(k);
         }
     });
     found
 }
 
+/// The table's entry for `id`, if it has one.
+pub fn find(id: &KernelId) -> Option<KernelSpec> {
+    find_by(|k| k.id == *id)
+}
+
 /// Whether the table has a `family` kernel for this head dim and KV dtype, any query dtype.
 pub fn serves(family: Family, head_dim: u32, kv: KvType) -> bool {
-    let mut yes = false;
-    for_each_kernel(|k| yes |= k.id.family == family && k.id.head_dim == head_dim && k.id.kv == kv);
-    yes
+    find_by(|k| k.id.family == family && k.id.head_dim == head_dim && k.id.kv == kv).is_some()
 }

@@ -57,13 +57,7 @@ pub(crate) const fn kv_type(kv: KvCacheDType) -> crate::registry::KvType {
 impl crate::registry::KernelId {
     /// The table's kernel of entry point `name`, if there is one.
     pub fn by_name(name: &str) -> Option<crate::registry::KernelId> {
-        let mut found = None;
-        crate::registry::for_each_kernel(|k| {
-            if k.id.name() == name {
-                found = Some(k.id);
-            }
-        });
-        found
+        crate::registry::find_by(|k| k.id.name() == name).map(|k| k.id)
     }
 
     /// The kernel's entry point in the PTX (`paged_attention_bf16_d128`, ...).
