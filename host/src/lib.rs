@@ -6,8 +6,13 @@
 //! step's persistent buffers; [`layer::Attention`] runs the selected backend over them for
 //! every layer, launches only (capturable in a CUDA graph on the GPU).
 
+pub mod attention_impl;
 pub mod backend;
+pub mod backend_name;
+pub mod caps;
 pub mod cuda;
+pub mod cuda_cache;
+pub mod cuda_plumbing;
 pub mod dtype;
 pub mod error;
 pub mod fp8;
@@ -16,6 +21,7 @@ pub mod layer;
 pub mod metadata;
 pub mod model;
 pub mod oracle;
+pub mod plan;
 pub mod platform;
 pub mod selector;
 pub mod spec;

@@ -18,7 +18,8 @@
 //! assert!(sel.reason.contains("CUDA_PAGED: MLA not supported"));
 //! ```
 
-use crate::backend::{BackendCaps, BackendName};
+use crate::backend_name::BackendName;
+use crate::caps::BackendCaps;
 use crate::platform::Platform;
 use crate::dtype::{DType, KvCacheDType};
 use crate::error::{AttnError, Result};

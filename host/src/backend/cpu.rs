@@ -29,7 +29,9 @@
 //! assert!(out.iter().all(|&x| (x - 0.25).abs() < 1e-6));
 //! ```
 
-use super::{AttentionImpl, BackendCaps, BackendName};
+use crate::attention_impl::{no_fp8_cache, AttentionImpl};
+use crate::backend_name::BackendName;
+use crate::caps::{check_latent_layout, BackendCaps};
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
 use crate::fp8::{dequantize_e4m3, KvScales};
@@ -37,7 +39,8 @@ use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::PAGED_TILE;
 use crate::spec::{AttnSpec, MlaSpec};
-use crate::step::{LayerShape, PlanOptions, Step, StepPlan};
+use crate::plan::{LayerShape, PlanOptions, StepPlan};
+use crate::step::Step;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -401,7 +404,7 @@ fn check_cache(spec: &AttnSpec, layout: &KvCacheLayout, key_len: usize, value_le
                 reason: "MLA with an fp8 KV cache is not implemented on the CPU yet (the latent cache is kept in the model's dtype); use kv_cache_dtype auto".into(),
             });
         }
-        Some(m) => super::check_latent_layout(m, layout)?,
+        Some(m) => check_latent_layout(m, layout)?,
         None if layout.num_kv_heads != spec.num_kv_heads || layout.head_dim != spec.head_dim => {
             return Err(AttnError::InvalidConfig(format!(
                 "cache of {} kv heads x head dim {} for a layer of {} kv heads x head dim {}",
@@ -516,7 +519,7 @@ impl<T: Element> CpuImpl<T> {
         check_load(cache, self.layout())?;
         let hkv = self.layout().num_kv_heads;
         match &mut self.cache {
-            CpuCache::Values(_) => Err(super::no_fp8_cache(BackendName::Cpu)),
+            CpuCache::Values(_) => Err(no_fp8_cache(BackendName::Cpu)),
             CpuCache::Fp8 { bytes, scales: s } => {
                 scales.validate(hkv)?;
                 bytes.key.copy_from_slice(&cache.key);
@@ -532,7 +535,7 @@ impl<T: Element> CpuImpl<T> {
     pub fn set_kv_scales(&mut self, scales: &KvScales) -> Result<()> {
         let hkv = self.layout().num_kv_heads;
         match &mut self.cache {
-            CpuCache::Values(_) => Err(super::no_fp8_cache(BackendName::Cpu)),
+            CpuCache::Values(_) => Err(no_fp8_cache(BackendName::Cpu)),
             CpuCache::Fp8 { scales: s, .. } => {
                 scales.validate(hkv)?;
                 *s = scales.clone();
@@ -659,7 +662,7 @@ impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
 
     fn fp8_cache_snapshot(&self) -> Result<(HostKvCache<u8>, KvScales)> {
         match &self.cache {
-            CpuCache::Values(_) => Err(super::no_fp8_cache(BackendName::Cpu)),
+            CpuCache::Values(_) => Err(no_fp8_cache(BackendName::Cpu)),
             CpuCache::Fp8 { bytes, scales } => Ok((bytes.clone(), scales.clone())),
         }
     }

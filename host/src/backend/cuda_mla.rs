@@ -17,9 +17,13 @@
 //! the whole step ([`mla_chunk_keys`]), so a ragged batch becomes blocks of nearly equal
 //! work spread over the SMs; [`CudaMlaImpl`] only launches.
 
-use super::cuda_paged::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, max_shared_memory_per_block, merge_kernel, ptr, query_type, through_device, DeviceMetadata, MAX_SPLITS};
+use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, max_shared_memory_per_block, merge_kernel, ptr, query_type, through_device, DeviceMetadata};
+use crate::plan::MAX_SPLITS;
 use crate::registry::{Family, KernelId, KvType, QType, ScoreMod};
-use super::{AttentionImpl, BackendCaps, BackendName, DeviceTensors};
+use crate::attention_impl::AttentionImpl;
+use crate::backend_name::BackendName;
+use crate::caps::{check_latent_layout, BackendCaps};
+use crate::cuda_plumbing::DeviceTensors;
 use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
@@ -28,7 +32,8 @@ use crate::metadata::AttentionMetadata;
 use crate::params::{mla_smem_bytes, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_STAGES, MLA_WARPS};
 use crate::platform::DeviceProps;
 use crate::spec::{AttnSpec, MlaSpec};
-use crate::step::{KernelLaunch, KeySplit, LayerShape, PlanOptions, Step, StepLimits, StepPlan};
+use crate::plan::{KernelLaunch, KeySplit, LayerShape, PlanOptions, StepLimits, StepPlan};
+use crate::step::Step;
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -90,7 +95,7 @@ pub fn check_mla(spec: &AttnSpec, layout: &KvCacheLayout) -> Result<MlaSpec> {
     if !(m.scale.is_finite() && m.scale > 0.0) || m.num_q_heads == 0 {
         return Err(AttnError::InvalidConfig(format!("MLA with {} heads, scale {}: both must be positive", m.num_q_heads, m.scale)));
     }
-    super::check_latent_layout(&m, layout)?;
+    check_latent_layout(&m, layout)?;
     Ok(m)
 }
 

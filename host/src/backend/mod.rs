@@ -13,23 +13,22 @@
 //! maps a backend's name to them.
 
 use crate::cuda::CudaRuntime;
-use crate::dtype::{DType, Element, KvCacheDType};
+use crate::dtype::{DType, Element};
 use crate::error::{AttnError, Result};
-use crate::fp8::KvScales;
-use crate::kv_cache::{HostKvCache, KvCacheLayout};
+use crate::kv_cache::KvCacheLayout;
 use crate::metadata::AttentionMetadata;
 use crate::platform::DeviceProps;
 use crate::selector::Requirements;
 use crate::spec::AttnSpec;
-use crate::step::{LayerShape, PlanOptions, Step, StepLimits, StepPlan};
-use cudarc::driver::CudaSlice;
+use crate::plan::{LayerShape, PlanOptions, StepLimits, StepPlan};
+
+pub use crate::cuda_plumbing::DeviceTensors;
 use std::fmt;
 use std::sync::Arc;
 
 pub use crate::platform::Platform;
 
 pub mod cpu;
-pub mod cuda_cache;
 pub mod cuda_mla;
 pub mod cuda_paged;
 
@@ -46,13 +45,6 @@ pub fn kernel_registry(arch: &str) -> Vec<String> {
     names
 }
 
-/// The kernel table's KV element for a cache dtype.
-pub(crate) const fn kv_type(kv: KvCacheDType) -> crate::registry::KvType {
-    match kv {
-        KvCacheDType::Auto => crate::registry::KvType::Native,
-        KvCacheDType::Fp8E4m3 => crate::registry::KvType::Fp8E4m3,
-    }
-}
 
 impl crate::registry::KernelId {
     /// The table's kernel of entry point `name`, if there is one.
@@ -74,37 +66,11 @@ impl fmt::Display for crate::registry::KernelId {
     }
 }
 
-/// The backends, by the names `ATTN_BACKEND` accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BackendName {
-    /// The Rust PTX paged-attention kernels (cache write, paged decode, split-KV + merge).
-    CudaPaged,
-    /// The Rust PTX MLA kernels (latent cache write, MLA decode with split-KV + merge).
-    CudaMla,
-    /// `CudaPaged` with the portable (`mma.sync`) prefill kernel on every device, Hopper
-    /// included (to compare it with the wgmma one).
-    CudaPagedPortable,
-    /// The rayon CPU backend.
-    Cpu,
-}
+pub use crate::backend_name::BackendName;
 
+/// What each name stands for: its capability row, its planner, its device properties and
+/// its impl.
 impl BackendName {
-    pub const ALL: [BackendName; 4] = [BackendName::CudaPaged, BackendName::CudaMla, BackendName::CudaPagedPortable, BackendName::Cpu];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            BackendName::CudaPaged => "CUDA_PAGED",
-            BackendName::CudaMla => "CUDA_MLA",
-            BackendName::CudaPagedPortable => "CUDA_PAGED_PORTABLE",
-            BackendName::Cpu => "CPU",
-        }
-    }
-
-    /// Case-insensitive; `None` for an unknown name.
-    pub fn parse(s: &str) -> Option<BackendName> {
-        BackendName::ALL.into_iter().find(|b| b.as_str().eq_ignore_ascii_case(s.trim()))
-    }
-
     pub fn caps(self) -> &'static BackendCaps {
         match self {
             BackendName::CudaPaged => &cuda_paged::CAPS,
@@ -133,6 +99,17 @@ impl BackendName {
         }
     }
 
+    /// What this (device) backend's planner needs to know of the device for layers of
+    /// `dtype` and `shape` over caches of `layout`: SMs, occupancy of its kernel, shared
+    /// memory, architecture features.
+    pub fn device_props(self, rt: &CudaRuntime, dtype: DType, layout: &KvCacheLayout, shape: &LayerShape) -> Result<DeviceProps> {
+        match self {
+            BackendName::Cpu => Err(AttnError::InvalidConfig("the CPU backend plans without device properties".into())),
+            BackendName::CudaMla => cuda_mla::device_props(rt, dtype),
+            BackendName::CudaPaged | BackendName::CudaPagedPortable => cuda_paged::device_props(rt, dtype, kv_type(layout.kv_dtype), shape.head_dim),
+        }
+    }
+
     /// A layer's impl on this backend, with its cache of `layout` in the backend's memory,
     /// after the capability row accepted the layer.
     pub fn make_impl<T: Element>(self, spec: &AttnSpec, layout: KvCacheLayout, gpu: Option<Arc<CudaRuntime>>) -> Result<Box<dyn AttentionImpl<T>>> {
@@ -152,42 +129,12 @@ impl BackendName {
     }
 }
 
-impl fmt::Display for BackendName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::attention_impl::AttentionImpl;
+pub use crate::caps::BackendCaps;
+use crate::caps::check_latent_layout;
+use crate::cuda_plumbing::kv_type;
 
-/// A backend's row in the selector's table: everything it can and cannot serve. The one
-/// place a backend's limits live: the selector ([`crate::selector::check`]) and the
-/// constructors ([`BackendCaps::check_layer`]) both read it.
-#[derive(Clone, Debug)]
-pub struct BackendCaps {
-    pub name: BackendName,
-    /// `None`: runs on any platform (the CPU backend). `Some(cc)`: CUDA, compute capability >= cc.
-    pub min_compute_capability: Option<u32>,
-    pub cpu: bool,
-    pub dtypes: &'static [DType],
-    pub kv_cache_dtypes: &'static [KvCacheDType],
-    /// Head dims of MHA/GQA models; empty means any.
-    pub head_dims: &'static [u32],
-    pub mha: bool,
-    pub mla: bool,
-    pub sliding_window: bool,
-    pub softcap: bool,
-    pub alibi: bool,
-    /// Block sizes: powers of two in this inclusive range.
-    pub block_sizes: (usize, usize),
-    /// Dynamic shared memory a block of the backend's kernel needs for a head dim (the
-    /// selector compares it with the architecture's per-block limit); `None` on the CPU.
-    pub shared_memory_bytes: Option<fn(usize) -> usize>,
-    /// Which kernel serves which rows of a step, and why (shown by `attn select`).
-    pub kernels: &'static str,
-    /// What changes on compute capability 9.0 (Hopper kernels of the sm_90a module), if
-    /// anything (shown by `attn select` for such a platform).
-    pub on_sm90: Option<&'static str>,
-}
-
+/// The constructors' check of a capability row (the selector checks the same row).
 impl BackendCaps {
     /// Whether this backend serves a layer of `spec` in `dtype` over a cache of `layout` on
     /// `platform`: the selector's check of the same row, and the layout against the spec.
@@ -229,97 +176,14 @@ impl BackendCaps {
     }
 }
 
-/// An MLA layer's cache: one kv head whose rows are the latent `[kv_c | k_pe]`.
-pub(crate) fn check_latent_layout(m: &crate::spec::MlaSpec, layout: &KvCacheLayout) -> Result<()> {
-    if layout.num_kv_heads != 1 || layout.head_dim != m.latent_dim() {
-        return Err(AttnError::InvalidConfig(format!(
-            "the latent cache is one kv head of {} dims (kv_lora_rank + rope); this layout has {} kv heads of {}",
-            m.latent_dim(),
-            layout.num_kv_heads,
-            layout.head_dim
-        )));
-    }
-    Ok(())
-}
-
-/// A layer's tensors on the device: q, out `[num_tokens, num_q_heads, head_dim]`, k, v
-/// `[num_tokens, num_kv_heads, head_dim]` (at least that many rows: buffers sized for the
-/// largest step serve smaller ones, as CUDA graphs need); optionally `lse`
-/// `[num_tokens, num_q_heads]`, each row's log-sum-exp of its scores (natural log; `-inf`
-/// for a row that sees no key), as cascade attention and speculative decoding use it.
-pub struct DeviceTensors<'a, T> {
-    pub q: &'a CudaSlice<T>,
-    pub k: &'a CudaSlice<T>,
-    pub v: &'a CudaSlice<T>,
-    pub out: &'a mut CudaSlice<T>,
-    pub lse: Option<&'a mut CudaSlice<f32>>,
-}
-
-/// `AttentionImpl`: one layer's forward on one backend. The impl owns the layer's paged KV
-/// cache (in the backend's memory). Both runs follow the step's plan: they write this step's
-/// k, v into the cache at the slot mapping, then attend q over the cache, causally from
-/// each request's context length. Shapes are checked against the layer and the step before
-/// anything is written; a device run (`run_device`) allocates nothing and uploads nothing
-/// (a host run stages its tensors through the device).
-pub trait AttentionImpl<T: Element>: Send {
-    fn backend(&self) -> BackendName;
-
-    /// One step on host tensors: q, out `[num_tokens, num_q_heads, head_dim]`, k, v
-    /// `[num_tokens, num_kv_heads, head_dim]`. The CPU backend's path; a GPU backend copies
-    /// through the device (tests, examples) and synchronizes.
-    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()>;
-
-    /// One step on device tensors, launches only: no allocation, no upload, no host
-    /// synchronization, so it can be captured in a CUDA graph. Backends that run on the host
-    /// return an error.
-    fn run_device(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {
-        let _ = (step, t);
-        Err(AttnError::Unsupported { backend: self.backend().as_str(), reason: "runs on host tensors; use forward_host".into() })
-    }
-
-    /// A host copy of the cache (tests, debugging).
-    fn cache_snapshot(&self) -> Result<HostKvCache<T>>;
-
-    /// Replaces the whole cache with host contents of the same layout (tests, benchmarks and
-    /// the demo start from long cached contexts this way). An fp8 cache quantizes the
-    /// values with the layer's current scales.
-    fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()>;
-
-    /// Sets the scales of the layer's fp8 KV cache (one per kv head for K and V, already
-    /// validated by [`crate::layer::Attention::set_kv_scales`]): the next cache writes
-    /// quantize with them and attention reads every byte with them. Bytes already in the
-    /// cache are kept. The default (a backend or layer without an fp8 cache): an
-    /// [`AttnError::Unsupported`].
-    fn set_kv_scales(&mut self, scales: &KvScales) -> Result<()> {
-        let _ = scales;
-        Err(no_fp8_cache(self.backend()))
-    }
-
-    /// A host copy of the fp8 cache's bytes as stored, with its scales (tests, debugging).
-    /// The default: an [`AttnError::Unsupported`].
-    fn fp8_cache_snapshot(&self) -> Result<(HostKvCache<u8>, KvScales)> {
-        Err(no_fp8_cache(self.backend()))
-    }
-
-    /// Replaces the whole fp8 cache (same geometry) with `cache`'s bytes and its scales with
-    /// `scales`. The default: an [`AttnError::Unsupported`].
-    fn load_fp8_cache(&mut self, cache: &HostKvCache<u8>, scales: &KvScales) -> Result<()> {
-        let _ = (cache, scales);
-        Err(no_fp8_cache(self.backend()))
-    }
-}
-
-/// The error of an fp8-cache call on a layer that has no fp8 KV cache.
-pub(crate) fn no_fp8_cache(backend: BackendName) -> AttnError {
-    AttnError::Unsupported {
-        backend: backend.as_str(),
-        reason: "this layer has no fp8 KV cache (kv_dtype auto, or a backend without fp8 caches): KV scales and fp8 cache copies do not apply".into(),
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::KvCacheDType;
+    use crate::fp8::KvScales;
+    use crate::kv_cache::HostKvCache;
+    use crate::step::Step;
 
     /// An impl with only the required methods, as a backend without fp8 caches is.
     struct Plain;

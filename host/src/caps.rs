@@ -1,0 +1,53 @@
+//! A backend's capability row, the one place a backend's limits live: the selector
+//! (`crate::selector::check`) reads it to choose, the backends' constructors
+//! (`BackendCaps::check_layer`, in `crate::backend`) to refuse a layer. A leaf module, so that
+//! the selector needs no backend.
+
+use crate::backend_name::BackendName;
+use crate::dtype::{DType, KvCacheDType};
+use crate::error::{AttnError, Result};
+use crate::kv_cache::KvCacheLayout;
+
+/// A backend's row in the selector's table: everything it can and cannot serve. The one
+/// place a backend's limits live: the selector ([`crate::selector::check`]) and the
+/// constructors ([`BackendCaps::check_layer`]) both read it.
+#[derive(Clone, Debug)]
+pub struct BackendCaps {
+    pub name: BackendName,
+    /// `None`: runs on any platform (the CPU backend). `Some(cc)`: CUDA, compute capability >= cc.
+    pub min_compute_capability: Option<u32>,
+    pub cpu: bool,
+    pub dtypes: &'static [DType],
+    pub kv_cache_dtypes: &'static [KvCacheDType],
+    /// Head dims of MHA/GQA models; empty means any.
+    pub head_dims: &'static [u32],
+    pub mha: bool,
+    pub mla: bool,
+    pub sliding_window: bool,
+    pub softcap: bool,
+    pub alibi: bool,
+    /// Block sizes: powers of two in this inclusive range.
+    pub block_sizes: (usize, usize),
+    /// Dynamic shared memory a block of the backend's kernel needs for a head dim (the
+    /// selector compares it with the architecture's per-block limit); `None` on the CPU.
+    pub shared_memory_bytes: Option<fn(usize) -> usize>,
+    /// Which kernel serves which rows of a step, and why (shown by `attn select`).
+    pub kernels: &'static str,
+    /// What changes on compute capability 9.0 (Hopper kernels of the sm_90a module), if
+    /// anything (shown by `attn select` for such a platform).
+    pub on_sm90: Option<&'static str>,
+}
+
+
+/// An MLA layer's cache: one kv head whose rows are the latent `[kv_c | k_pe]`.
+pub(crate) fn check_latent_layout(m: &crate::spec::MlaSpec, layout: &KvCacheLayout) -> Result<()> {
+    if layout.num_kv_heads != 1 || layout.head_dim != m.latent_dim() {
+        return Err(AttnError::InvalidConfig(format!(
+            "the latent cache is one kv head of {} dims (kv_lora_rank + rope); this layout has {} kv heads of {}",
+            m.latent_dim(),
+            layout.num_kv_heads,
+            layout.head_dim
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! The CUDA plumbing both CUDA backends use, beneath them (it imports neither): the step's
+//! metadata in persistent device buffers and its one asynchronous upload through page-locked
+//! staging ([`DeviceMetadata`]), the checks every launch makes of its tensors, kernel lookup
+//! with the shared memory opted into, the merge kernel's id, and the host-tensor run through
+//! the device.
+
+use crate::backend_name::BackendName;
+use crate::cuda::CudaRuntime;
+use crate::dtype::{DType, Element, KvCacheDType};
+use crate::error::{AttnError, Result};
+use crate::metadata::AttentionMetadata;
+use crate::plan::{LayerShape, StepLimits, StepPlan};
+use crate::registry::{Family, KernelId, KvType, QType, ScoreMod};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
+use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
+use std::sync::Arc;
+
+/// A layer's tensors on the device: q, out `[num_tokens, num_q_heads, head_dim]`, k, v
+/// `[num_tokens, num_kv_heads, head_dim]` (at least that many rows: buffers sized for the
+/// largest step serve smaller ones, as CUDA graphs need); optionally `lse`
+/// `[num_tokens, num_q_heads]`, each row's log-sum-exp of its scores (natural log; `-inf`
+/// for a row that sees no key), as cascade attention and speculative decoding use it.
+pub struct DeviceTensors<'a, T> {
+    pub q: &'a CudaSlice<T>,
+    pub k: &'a CudaSlice<T>,
+    pub v: &'a CudaSlice<T>,
+    pub out: &'a mut CudaSlice<T>,
+    pub lse: Option<&'a mut CudaSlice<f32>>,
+}
+
+/// The kernels' query type for a dtype; an error for a dtype with no kernel.
+pub(crate) fn query_type(dtype: DType, backend: &'static str) -> Result<QType> {
+    match dtype {
+        DType::Bf16 => Ok(QType::Bf16),
+        DType::F16 => Ok(QType::F16),
+        DType::F32 => Err(AttnError::UnsupportedDType { dtype, backend, supported: "f16, bf16" }),
+    }
+}
+
+
+/// Flash-decoding's merge (f32 partial states in, the query type out), which both CUDA
+/// backends launch after a split.
+pub fn merge_kernel(q: QType) -> KernelId {
+    KernelId { family: Family::Merge, q, kv: KvType::Native, head_dim: 0, score: ScoreMod::Plain, stages: 0 }
+}
+
+
+/// The dynamic shared memory a block may opt into on the runtime's device.
+pub(crate) fn max_shared_memory_per_block(rt: &CudaRuntime) -> Result<u32> {
+    Ok(rt.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0) as u32)
+}
+
+/// A kernel with `smem` bytes of dynamic shared memory opted into (past 48 KiB that must be
+/// asked for per kernel); an error if the device allows less.
+/// The size is the table's (`KernelId::smem_bytes`).
+pub(crate) fn function_with_smem(rt: &CudaRuntime, backend: BackendName, id: KernelId, head_dim: usize) -> Result<CudaFunction> {
+    let smem = id.smem_bytes();
+    let smem_max = max_shared_memory_per_block(rt)?;
+    if smem > smem_max {
+        return Err(AttnError::Unsupported {
+            backend: backend.as_str(),
+            reason: format!("head dim {head_dim}: {id} needs {smem} bytes of shared memory per block; {} allows {smem_max}", rt.device_name()),
+        });
+    }
+    let f = rt.function(id)?;
+    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
+    Ok(f)
+}
+
+
+pub(crate) fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    // Event tracking is off in the runtime's context (one stream), so the guard records nothing.
+    s.device_ptr(stream).0
+}
+
+/// A step's metadata on the device, in buffers sized once for [`StepLimits`], and the
+/// split workspace: what every layer of the step reads. The block table is stored with the
+/// fixed stride `max_blocks_per_req`, so the kernels' arguments do not depend on the step's
+/// own stride.
+pub struct DeviceMetadata {
+    rt: Arc<CudaRuntime>,
+    pub(crate) query_start_loc: CudaSlice<i32>,
+    pub(crate) seq_lens: CudaSlice<i32>,
+    pub(crate) block_table: CudaSlice<i32>,
+    pub(crate) slot_mapping: CudaSlice<i64>,
+    /// The plan's rows: the decode kernel's tokens (when the step also has prefill rows) and
+    /// the prefill kernel's tiles as (request, first token) pairs.
+    pub(crate) decode_map: CudaSlice<i32>,
+    pub(crate) prefill_tiles: CudaSlice<i32>,
+    /// MLA's schedule: (request, split) per decode block, (first slot, count) per token.
+    pub(crate) key_splits: CudaSlice<i32>,
+    pub(crate) token_splits: CudaSlice<i32>,
+    /// `split_rows x Hq` rows of `head_dim` f32 partial outputs, and of (m, l) pairs.
+    pub(crate) partial_out: CudaSlice<f32>,
+    pub(crate) partial_ml: CudaSlice<f32>,
+    /// Page-locked staging of the four maps (the copies from it are asynchronous).
+    staging_i32: PinnedHostSlice<i32>,
+    staging_slots: PinnedHostSlice<i64>,
+    /// Recorded after each upload: the staging memory may be rewritten once it completed.
+    uploaded: CudaEvent,
+    pub(crate) block_table_stride: usize,
+}
+
+impl DeviceMetadata {
+    /// The runtime whose device holds these buffers.
+    pub(crate) fn runtime(&self) -> &Arc<CudaRuntime> {
+        &self.rt
+    }
+    pub(crate) fn new(rt: Arc<CudaRuntime>, shape: LayerShape, limits: &StepLimits) -> Result<Self> {
+        limits.validate()?;
+        let stream = rt.stream().clone();
+        let bt = limits.max_reqs * limits.max_blocks_per_req;
+        let rows = limits.split_rows.checked_mul(shape.num_q_heads).ok_or_else(|| AttnError::InvalidConfig("workspace size overflows".into()))?;
+        // MLA's key splits: at most one per request plus the workspace's rows.
+        let max_key_splits = limits.max_reqs + limits.split_rows;
+        let (query_start_loc, seq_lens, block_table) = (stream.alloc_zeros(limits.max_reqs + 1)?, stream.alloc_zeros(limits.max_reqs)?, stream.alloc_zeros(bt)?);
+        let (decode_map, prefill_tiles) = (stream.alloc_zeros(limits.max_tokens)?, stream.alloc_zeros(2 * limits.max_tokens)?);
+        let (key_splits, token_splits) = (stream.alloc_zeros(2 * max_key_splits)?, stream.alloc_zeros(2 * limits.max_tokens)?);
+        // Staging: one i32 slice per i32 map, in `upload`'s order and of the map's length.
+        let i32_maps: [&CudaSlice<i32>; 7] = [&query_start_loc, &seq_lens, &block_table, &decode_map, &prefill_tiles, &key_splits, &token_splits];
+        let i32s = i32_maps.iter().map(|b| b.len()).sum();
+        // SAFETY: the staging memory is written before it is read (each upload fills what it copies).
+        let (staging_i32, staging_slots) = unsafe { (rt.context().alloc_pinned::<i32>(i32s)?, rt.context().alloc_pinned::<i64>(limits.max_tokens)?) };
+        let m = DeviceMetadata {
+            query_start_loc,
+            seq_lens,
+            block_table,
+            slot_mapping: stream.alloc_zeros(limits.max_tokens)?,
+            decode_map,
+            prefill_tiles,
+            key_splits,
+            token_splits,
+            partial_out: stream.alloc_zeros(rows * shape.head_dim)?,
+            partial_ml: stream.alloc_zeros(rows * 2)?,
+            staging_i32,
+            staging_slots,
+            uploaded: rt.context().new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?,
+            block_table_stride: limits.max_blocks_per_req,
+            rt,
+        };
+        m.uploaded.record(&stream)?;
+        tracing::debug!(?limits, bytes = m.bytes(), "step buffers allocated");
+        Ok(m)
+    }
+
+    /// Device bytes held (metadata and workspace).
+    pub fn bytes(&self) -> usize {
+        4 * (self.query_start_loc.len()
+            + self.seq_lens.len()
+            + self.block_table.len()
+            + self.decode_map.len()
+            + self.prefill_tiles.len()
+            + self.key_splits.len()
+            + self.token_splits.len()
+            + self.partial_out.len()
+            + self.partial_ml.len())
+            + 8 * self.slot_mapping.len()
+    }
+
+    /// Copies a step's maps into the persistent buffers (`Step::prepare` checked them against
+    /// the limits; every copy is bounded by its staging slice all the same):
+    /// waits for the previous upload to leave the staging memory, fills it, and enqueues the
+    /// copies on the runtime's stream, ahead of the step's launches.
+    pub(crate) fn upload(&mut self, meta: &AttentionMetadata, plan: &StepPlan) -> Result<()> {
+        self.uploaded.synchronize()?;
+        let (r, stride, bs) = (meta.num_reqs(), self.block_table_stride, meta.layout().block_size);
+        let staging = self.staging_i32.as_mut_slice()?;
+        let (qsl, rest) = staging.split_at_mut(self.query_start_loc.len());
+        let (seq, rest) = rest.split_at_mut(self.seq_lens.len());
+        let (bt, rest) = rest.split_at_mut(self.block_table.len());
+        let (dmap, rest) = rest.split_at_mut(self.decode_map.len());
+        let (tiles, rest) = rest.split_at_mut(self.prefill_tiles.len());
+        let (ksplits, tsplits) = rest.split_at_mut(self.key_splits.len());
+        let (nk, nts) = (plan.key_splits.len(), plan.token_splits.len());
+        if 2 * nk > ksplits.len() || 2 * nts > tsplits.len() {
+            return Err(AttnError::StepTooLarge(format!(
+                "{nk} key splits, {nts} tokens: past the step's buffers ({} key splits, {} tokens)",
+                ksplits.len() / 2,
+                tsplits.len() / 2
+            )));
+        }
+        for (dst, k) in ksplits.chunks_exact_mut(2).zip(&plan.key_splits) {
+            dst[0] = k.request as i32;
+            dst[1] = k.split as i32;
+        }
+        for (dst, t) in tsplits.chunks_exact_mut(2).zip(&plan.token_splits) {
+            dst[0] = t[0] as i32;
+            dst[1] = t[1] as i32;
+        }
+        // The decode map only matters when some rows go elsewhere (else the kernels run
+        // without one); tiles are (request, first token).
+        let nd = if plan.prefill_tiles.is_empty() { 0 } else { plan.decode_tokens.len() };
+        for (dst, &t) in dmap.iter_mut().zip(&plan.decode_tokens[..nd]) {
+            *dst = t as i32;
+        }
+        let nt = plan.prefill_tiles.len();
+        for (dst, t) in tiles.chunks_exact_mut(2).zip(&plan.prefill_tiles) {
+            dst[0] = t.request as i32;
+            dst[1] = t.first_token as i32;
+        }
+        qsl[..=r].copy_from_slice(meta.query_start_loc());
+        seq[..r].copy_from_slice(meta.seq_lens());
+        for req in 0..r {
+            let used = (meta.seq_lens()[req] as usize).div_ceil(bs);
+            let row = &mut bt[req * stride..(req + 1) * stride];
+            row[..used].copy_from_slice(&meta.block_ids(req)[..used]);
+            row[used..].fill(0);
+        }
+        let n = meta.num_tokens();
+        self.staging_slots.as_mut_slice()?[..n].copy_from_slice(meta.slot_mapping());
+        let stream = self.rt.stream().clone();
+        let (qsl, seq, bt, dmap, tiles) = (&qsl[..=r], &seq[..r], &bt[..r * stride], &dmap[..nd], &tiles[..2 * nt]);
+        let (ksplits, tsplits) = (&ksplits[..2 * nk], &tsplits[..2 * nts]);
+        let slots = &self.staging_slots.as_slice()?[..n];
+        // SAFETY: each destination holds at least its source (sizes from the limits, checked
+        // above); the staging memory is page-locked and is not written again before
+        // `uploaded`, recorded after these copies, completes.
+        unsafe {
+            use cudarc::driver::result::memcpy_htod_async as htod;
+            htod(ptr(&self.query_start_loc, &stream), qsl, stream.cu_stream())?;
+            if r > 0 {
+                htod(ptr(&self.seq_lens, &stream), seq, stream.cu_stream())?;
+                htod(ptr(&self.block_table, &stream), bt, stream.cu_stream())?;
+            }
+            if n > 0 {
+                htod(ptr(&self.slot_mapping, &stream), slots, stream.cu_stream())?;
+            }
+            if nd > 0 {
+                htod(ptr(&self.decode_map, &stream), dmap, stream.cu_stream())?;
+            }
+            if nt > 0 {
+                htod(ptr(&self.prefill_tiles, &stream), tiles, stream.cu_stream())?;
+            }
+            if nk > 0 {
+                htod(ptr(&self.key_splits, &stream), ksplits, stream.cu_stream())?;
+                htod(ptr(&self.token_splits, &stream), tsplits, stream.cu_stream())?;
+            }
+        }
+        self.uploaded.record(&stream)?;
+        Ok(())
+    }
+}
+
+
+/// Host elements as the 16-bit words the kernels move.
+pub(crate) fn as_u16<T: Element>(x: &[T]) -> &[u16] {
+    assert_eq!(std::mem::size_of::<T>(), 2, "caller checked KERNEL_TAG");
+    // SAFETY: T is f16 or bf16 (KERNEL_TAG is Some only for those), both repr(transparent) u16.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) }
+}
+pub(crate) fn as_u16_mut<T: Element>(x: &mut [T]) -> &mut [u16] {
+    assert_eq!(std::mem::size_of::<T>(), 2, "caller checked KERNEL_TAG");
+    // SAFETY: as in `as_u16`.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut u16, x.len()) }
+}
+
+pub(crate) fn check_len(what: &'static str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(AttnError::LengthMismatch { what, detail: format!("{got} elements, expected {want}") });
+    }
+    Ok(())
+}
+
+/// A run on host tensors through the device (tests, examples): q, k, v and out (so that an
+/// element the kernels fail to write keeps the caller's value: tests poison it) copied over,
+/// `run` on them, out copied back, synchronized. Nothing for an empty step.
+pub(crate) fn through_device<T: Element>(rt: &CudaRuntime, q: &[T], k: &[T], v: &[T], out: &mut [T], run: impl FnOnce(DeviceTensors<'_, T>) -> Result<()>) -> Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let stream = rt.stream().clone();
+    let (qd, kd, vd) = (stream.clone_htod(q)?, stream.clone_htod(k)?, stream.clone_htod(v)?);
+    let mut od = stream.clone_htod(&*out)?;
+    run(DeviceTensors { q: &qd, k: &kd, v: &vd, out: &mut od, lse: None })?;
+    stream.memcpy_dtoh(&od, out)?;
+    stream.synchronize()?;
+    Ok(())
+}
+
+/// A device tensor holds at least `rows` rows of `row` elements, in whole rows.
+pub(crate) fn check_rows(what: &'static str, len: usize, rows: usize, row: usize) -> Result<()> {
+    if len < rows * row || len % row != 0 {
+        return Err(AttnError::LengthMismatch {
+            what,
+            detail: format!("{len} elements: not whole rows of {row}, or fewer than the step's {rows} tokens need"),
+        });
+    }
+    Ok(())
+}
+
+
+/// The kernel table's KV element for a cache dtype.
+pub const fn kv_type(kv: KvCacheDType) -> crate::registry::KvType {
+    match kv {
+        KvCacheDType::Auto => crate::registry::KvType::Native,
+        KvCacheDType::Fp8E4m3 => crate::registry::KvType::Fp8E4m3,
+    }
+}

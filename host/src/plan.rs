@@ -1,0 +1,211 @@
+//! The plan of a step, as data: the limits a step context is sized for, the options a caller
+//! may impose, the shape of the layers, and what every layer of the step launches. Pure
+//! types: the backends' planners produce them, the step holds them, the CUDA plumbing
+//! uploads them; this module imports none of those.
+
+use crate::backend_name::BackendName;
+use crate::error::{AttnError, Result};
+use crate::metadata::AttentionMetadata;
+use crate::spec::AttnSpec;
+use std::fmt;
+
+/// Most flash-decoding splits per query token.
+pub const MAX_SPLITS: usize = 32;
+
+/// The largest step a [`Step`] serves; device buffers are sized from these once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepLimits {
+    /// Query tokens in a step (rows of q, k, v, out).
+    pub max_tokens: usize,
+    /// Requests in a step.
+    pub max_reqs: usize,
+    /// Blocks of the KV cache one request may hold (its longest context / block size).
+    pub max_blocks_per_req: usize,
+    /// (split, token) rows the flash-decoding workspace holds: a plan never splits a step
+    /// of `n` tokens into more than `split_rows / n` parts.
+    pub split_rows: usize,
+}
+
+impl StepLimits {
+    /// Limits for `max_tokens` tokens of `max_reqs` requests of up to `max_seq_len` tokens
+    /// each, in blocks of `block_size`; the workspace holds up to 16 splits of `max_reqs`
+    /// tokens (decode-sized: long prefills are not split).
+    pub fn new(max_tokens: usize, max_reqs: usize, max_seq_len: usize, block_size: usize) -> StepLimits {
+        StepLimits {
+            max_tokens,
+            max_reqs,
+            max_blocks_per_req: max_seq_len.div_ceil(block_size.max(1)),
+            split_rows: max_reqs.saturating_mul(16),
+        }
+    }
+
+    /// Limits that fit exactly one step's metadata (the one-shot `Attention::forward`).
+    pub fn for_metadata(meta: &AttentionMetadata) -> StepLimits {
+        let bs = meta.layout().block_size;
+        let mut l = StepLimits::new(meta.num_tokens().max(1), meta.num_reqs().max(1), meta.max_seq_len().max(1), bs);
+        l.split_rows = l.max_tokens.saturating_mul(MAX_SPLITS);
+        l
+    }
+
+    /// Every limit positive and the buffers they size addressable with the kernels' i32
+    /// indices.
+    pub fn validate(&self) -> Result<()> {
+        let fits = |n: usize| n > 0 && n <= i32::MAX as usize;
+        if !(fits(self.max_tokens) && fits(self.max_reqs) && fits(self.max_blocks_per_req) && fits(self.split_rows))
+            || self.max_reqs.checked_mul(self.max_blocks_per_req).is_none_or(|n| n > i32::MAX as usize)
+        {
+            return Err(AttnError::InvalidConfig(format!(
+                "step limits {self:?}: each must be in 1..=2^31-1, and max_reqs x max_blocks_per_req too"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The step fits: tokens, requests and each request's blocks within the limits.
+    pub fn check(&self, meta: &AttentionMetadata) -> Result<()> {
+        let over = |what: &str, got: usize, limit: usize, name: &str| {
+            Err(AttnError::StepTooLarge(format!("{what} {got} exceeds the step limit {name} = {limit}")))
+        };
+        if meta.num_tokens() > self.max_tokens {
+            return over("query tokens", meta.num_tokens(), self.max_tokens, "max_tokens");
+        }
+        if meta.num_reqs() > self.max_reqs {
+            return over("requests", meta.num_reqs(), self.max_reqs, "max_reqs");
+        }
+        let bs = meta.layout().block_size;
+        for r in 0..meta.num_reqs() {
+            let blocks = (meta.seq_lens()[r] as usize).div_ceil(bs);
+            if blocks > self.max_blocks_per_req {
+                return over(&format!("request {r}: blocks ({} tokens)", meta.seq_lens()[r]), blocks, self.max_blocks_per_req, "max_blocks_per_req");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Choices a caller may impose on a plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// A fixed split count (flash-decoding) instead of the heuristic's: tests, benchmarks,
+    /// and CUDA graphs that must replay one launch shape.
+    pub force_splits: Option<usize>,
+    /// A fixed pipeline depth for a kernel built with several (MLA decode: 2 or 3 K tiles in
+    /// flight) instead of the deepest the device's shared memory allows: tests of the
+    /// shallower kernel on a device that could run the deeper.
+    pub pipeline_stages: Option<u32>,
+}
+
+/// The shape of the layers a step serves (all layers of a model share it), with the score
+/// modifiers that choose among a kernel family's instantiations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerShape {
+    pub num_q_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Logits soft-cap on (its value is the layer's, a kernel argument).
+    pub softcap: bool,
+    /// ALiBi biases on (the slopes are the layer's).
+    pub alibi: bool,
+}
+
+impl LayerShape {
+    /// A layer's shape as its kernels see it: for MLA, the absorbed form's heads over one
+    /// latent kv head of `kv_lora_rank + rope` dims.
+    pub fn of(spec: &AttnSpec) -> LayerShape {
+        if let Some(m) = &spec.mla {
+            return LayerShape::heads(m.num_q_heads, 1, m.latent_dim());
+        }
+        LayerShape {
+            num_q_heads: spec.num_q_heads,
+            num_kv_heads: spec.num_kv_heads,
+            head_dim: spec.head_dim,
+            softcap: spec.softcap.is_some(),
+            alibi: spec.alibi_slopes.is_some(),
+        }
+    }
+    /// Plain multi-head attention of these heads (no soft-cap, no ALiBi).
+    pub const fn heads(num_q_heads: usize, num_kv_heads: usize, head_dim: usize) -> LayerShape {
+        LayerShape { num_q_heads, num_kv_heads, head_dim, softcap: false, alibi: false }
+    }
+    pub fn group_size(&self) -> usize {
+        self.num_q_heads / self.num_kv_heads.max(1)
+    }
+}
+
+/// One kernel launch of a layer's step: which kernel, its grid, and how many query tokens
+/// it serves (which ones: [`StepPlan::decode_tokens`], [`StepPlan::prefill_tiles`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelLaunch {
+    /// The kernel, by its id in the kernel table (`kernel.name()` is its PTX entry point).
+    pub kernel: crate::registry::KernelId,
+    pub grid: (u32, u32, u32),
+    pub block: u32,
+    pub shared_mem_bytes: u32,
+    /// Query tokens served (the cache write's: the tokens it stores).
+    pub tokens: usize,
+}
+
+impl fmt::Display for KernelLaunch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (x, y, z) = self.grid;
+        write!(f, "{} grid ({x}, {y}, {z}) x {} threads, {} B shared, {} tokens", self.kernel, self.block, self.shared_mem_bytes, self.tokens)
+    }
+}
+
+/// A tile of the prefill kernel: `tokens` consecutive query tokens of `request`, from the
+/// step's token `first_token`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefillTile {
+    pub request: u32,
+    pub first_token: u32,
+    pub tokens: u32,
+}
+
+/// One block of MLA's split-KV schedule: split `split` of `request`'s keys (keys
+/// `[split * chunk_keys, (split + 1) * chunk_keys)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeySplit {
+    pub request: u32,
+    pub split: u32,
+}
+
+/// What every layer of a step launches, decided once per step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepPlan {
+    pub backend: BackendName,
+    pub num_tokens: usize,
+    pub num_reqs: usize,
+    /// Flash-decoding splits of each query row's keys (1: no split, no merge).
+    pub num_splits: usize,
+    /// Per layer, in order (empty on the CPU backend, which launches nothing).
+    pub launches: Vec<KernelLaunch>,
+    /// The query tokens the decode kernel serves, in its grid's order (all of them when no
+    /// request goes to the prefill kernel).
+    pub decode_tokens: Vec<u32>,
+    /// The prefill kernel's tiles, in launch order (longest key range first).
+    pub prefill_tiles: Vec<PrefillTile>,
+    /// Workspace the plan uses (partial outputs and their (max, sum) pairs when split).
+    pub workspace_bytes: usize,
+    /// MLA's schedule: the decode kernel's blocks, keys per split, and each query token's
+    /// (first workspace slot, split count) (empty on other backends).
+    pub key_splits: Vec<KeySplit>,
+    pub chunk_keys: usize,
+    pub token_splits: Vec<[u32; 2]>,
+}
+
+impl StepPlan {
+    /// Whether a CUDA graph captured for `self` replays `other`: the same launches (kernel,
+    /// grid, rows) and hence the same kernel arguments, the buffers being the step's own.
+    pub fn same_launches(&self, other: &StepPlan) -> bool {
+        self.backend == other.backend
+            && self.num_tokens == other.num_tokens
+            && self.num_reqs == other.num_reqs
+            && self.launches == other.launches
+            && self.decode_tokens == other.decode_tokens
+            && self.prefill_tiles == other.prefill_tiles
+            && self.key_splits == other.key_splits
+            && self.chunk_keys == other.chunk_keys
+            && self.token_splits == other.token_splits
+    }
+}
+
