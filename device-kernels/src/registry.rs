@@ -320,6 +320,26 @@ pub const KERNELS: &[KernelRow] = &[
     KernelRow { family: Family::MlaDecode, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_STAGES, module: Module::Portable, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC },
 ];
 
+/// Whether some row of `family` holds KV dtype `kv` (at compile time: the backends' capability
+/// rows read their KV dtypes from the table this way).
+pub const fn family_has_kv(family: Family, kv: KvType) -> bool {
+    let mut i = 0;
+    while i < KERNELS.len() {
+        let row = &KERNELS[i];
+        if row.family as u8 == family as u8 {
+            let mut j = 0;
+            while j < row.kv.len() {
+                if row.kv[j] as u8 == kv as u8 {
+                    return true;
+                }
+                j += 1;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Calls `f` for every kernel of the table, row by row.
 pub fn for_each_kernel(mut f: impl FnMut(KernelSpec)) {
     for row in KERNELS {

@@ -46,7 +46,12 @@ pub static CAPS: BackendCaps = BackendCaps {
     min_compute_capability: Some(80),
     cpu: false,
     dtypes: &[DType::F16, DType::Bf16],
-    kv_cache_dtypes: &[KvCacheDType::Auto],
+    // fp8 once the table has fp8 MLA cache-write and decode rows.
+    kv_cache_dtypes: if crate::registry::family_has_kv(Family::MlaDecode, KvType::Fp8E4m3) && crate::registry::family_has_kv(Family::MlaCacheWrite, KvType::Fp8E4m3) {
+        &[KvCacheDType::Auto, KvCacheDType::Fp8E4m3]
+    } else {
+        &[KvCacheDType::Auto]
+    },
     head_dims: LATENT_DIMS,
     mha: false,
     mla: true,

@@ -67,7 +67,7 @@ const PAGED_ROW: BackendCaps = BackendCaps {
     min_compute_capability: Some(80),
     cpu: false,
     dtypes: &[DType::F16, DType::Bf16],
-    kv_cache_dtypes: &[KvCacheDType::Auto, KvCacheDType::Fp8E4m3],
+    kv_cache_dtypes: PAGED_KV_DTYPES,
     head_dims: crate::registry::HEAD_DIMS,
     mha: true,
     mla: false,
@@ -78,6 +78,18 @@ const PAGED_ROW: BackendCaps = BackendCaps {
     shared_memory_bytes: Some(shared_memory_bytes),
     kernels: "",
     on_sm90: None,
+};
+
+/// The KV-cache dtypes the table's kernels serve: fp8 where its cache write, decode and
+/// portable prefill all have an fp8 row.
+const PAGED_KV_DTYPES: &[KvCacheDType] = {
+    use crate::registry::family_has_kv as has;
+    let fp8 = KvType::Fp8E4m3;
+    if has(Family::CacheWrite, fp8) && has(Family::PagedDecode, fp8) && has(Family::FlashPrefill, fp8) {
+        &[KvCacheDType::Auto, KvCacheDType::Fp8E4m3]
+    } else {
+        &[KvCacheDType::Auto]
+    }
 };
 
 /// The larger of the decode and prefill kernels' dynamic shared memory.
