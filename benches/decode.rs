@@ -1,11 +1,11 @@
-//! Decode benchmarks D1-D5 of BENCHMARKS.md on a CUDA device (custom harness).
+//! Decode benchmarks D1-D5 of WORKLOADS.md on a CUDA device (custom harness).
 //!
 //! bf16, block size 16, random cache and queries (never zeros), block tables from a shuffled
 //! pool. Times the attention kernels alone (paged attention, plus the merge when the plan
 //! splits) with CUDA events, L2 flushed before every repetition, after a time-based warm-up;
 //! reports the median and spread of >= 20 repetitions. Bytes are counted from the workload:
 //! K and V read + q + out. The ceiling is the device's copy bandwidth measured in the same
-//! run (device-to-device copy, bytes read + written). Peers: BENCHMARKS.md's H100 figures.
+//! run (device-to-device copy, bytes read + written). Peers: WORKLOADS.md's H100 figures.
 //!
 //! With `--kv-dtype fp8` the cache is fp8 e4m3 (random bytes, scales 1/448): bytes count one
 //! an element (plus the scales), and the JSON lines say `"kv_dtype":"fp8"`.
@@ -28,7 +28,7 @@ struct Workload {
     kv_heads: usize,
     head_dim: usize,
     lens: Vec<usize>,
-    /// BENCHMARKS.md's H100 peers, as fractions of copy bandwidth: (cuDNN SDPA contiguous, Triton paged).
+    /// WORKLOADS.md's H100 peers, as fractions of copy bandwidth: (cuDNN SDPA contiguous, Triton paged).
     peers: (f64, f64),
 }
 
@@ -42,7 +42,7 @@ fn workloads() -> Vec<Workload> {
     ]
 }
 
-/// Not BENCHMARKS.md workloads (`--extra`): D1's batch at the other compiled head dims, to
+/// Not WORKLOADS.md workloads (`--extra`): D1's batch at the other compiled head dims, to
 /// see the kernels' other instantiations; no peer figures.
 fn extra_workloads() -> Vec<Workload> {
     vec![

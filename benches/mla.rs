@@ -1,10 +1,10 @@
-//! MLA decode benchmarks M1-M3 of BENCHMARKS.md on a CUDA device (custom harness).
+//! MLA decode benchmarks M1-M3 of WORKLOADS.md on a CUDA device (custom harness).
 //!
 //! DeepSeek-V3 shapes: latent cache bf16 `[blocks, 64, 576]` (kv_c 512 + k_pe 64), block
 //! tables from a shuffled pool, random cache and queries (never zeros). Times the attention
 //! launches of one layer (`CudaMlaImpl::attend`: MLA decode, plus the merge when the plan
 //! splits) with CUDA events, L2 flushed before every repetition, median of 30. Metrics as
-//! BENCHMARKS.md defines them: bytes (latent cache read + q + out) per second and its
+//! WORKLOADS.md defines them: bytes (latent cache read + q + out) per second and its
 //! fraction of the copy bandwidth measured in the same run for M1 and M3; TFLOP/s for M2 with
 //! FLOPs = 2 x batch x queries x heads x context x (576 + 512). Peers: FlashMLA reports about
 //! 3000 GB/s memory-bound and 580-660 TFLOP/s compute-bound on an H800 (not measured here).

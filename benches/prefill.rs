@@ -1,13 +1,13 @@
-//! Prefill benchmarks P1-P5 of BENCHMARKS.md on a CUDA device (custom harness).
+//! Prefill benchmarks P1-P5 of WORKLOADS.md on a CUDA device (custom harness).
 //!
 //! bf16, causal, paged KV cache (block size 16, block tables from a shuffled pool), random
 //! inputs. The step's K/V are in the cache (P1-P4: the prompt itself, as a fresh prefill
 //! writes it; P5: 2048 cached tokens + the 512 new ones per request); the timed work is the
 //! attention launches of one layer (`CudaPagedImpl::attend`: the flash prefill kernel, the
 //! wgmma one on an sm_90a module and then the portable one for comparison), CUDA
-//! events, median of `common::REPS` after a warm-up, L2 not flushed. FLOPs as BENCHMARKS.md counts them:
+//! events, median of `common::REPS` after a warm-up, L2 not flushed. FLOPs as WORKLOADS.md counts them:
 //! `4 x q_heads x head_dim x (sum over queries of the keys each attends to)`. Peers:
-//! BENCHMARKS.md's H100 figures (PyTorch SDPA: cuDNN and its FlashAttention-2 backend).
+//! WORKLOADS.md's H100 figures (PyTorch SDPA: cuDNN and its FlashAttention-2 backend).
 //!
 //! `cargo bench --bench prefill [-- --json] [--block-size=N] [P1 ...]` (block size 16 unless
 //! given: how the kernels' speed depends on the page size).
@@ -29,7 +29,7 @@ struct Workload {
     head_dim: usize,
     /// (cached tokens, new tokens) per request.
     requests: Vec<(usize, usize)>,
-    /// BENCHMARKS.md's H100 figures, TFLOP/s: (cuDNN, FlashAttention-2 backend).
+    /// WORKLOADS.md's H100 figures, TFLOP/s: (cuDNN, FlashAttention-2 backend).
     peers: (f64, f64),
 }
 

@@ -1,4 +1,4 @@
-//! Step benchmark S1 of BENCHMARKS.md on a CUDA device (custom harness): one decode step of
+//! Step benchmark S1 of WORKLOADS.md on a CUDA device (custom harness): one decode step of
 //! Llama-3-8B shapes (32 query heads, 8 KV heads, head dim 128; D1's batch of 64 decodes x
 //! 4096 context, bf16, block size 16) through the `Attention` layer for 32 layers, each with
 //! its own paged cache.

@@ -245,7 +245,7 @@ fn an_fp8_kv_cache_runs_the_demo_and_is_refused_where_unsupported() {
     // MLA has no fp8 latent cache yet: an error saying so, not a silent 16-bit run.
     let (code, _, err) = run(&["demo", "--cpu", "--model", "deepseek-v3", "--kv-cache-dtype", "fp8"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("MLA with an fp8 KV cache"), "{err}");
+    assert!(err.contains("KV cache dtype fp8_e4m3 not supported for MLA's latent cache"), "{err}");
     // The selector's table for an fp8 cache: the paged backend serves it on sm_90 and sm_80.
     let (code, out, err) = run(&["select", "--model", "llama-3-8b", "--dtype", "bf16", "--kv-cache-dtype", "fp8"]);
     assert_eq!(code, 0, "{err}");

@@ -16,7 +16,7 @@ pub trait Elem {
     /// ignored). The byte's sign is already this type's; its 7 magnitude bits shift under
     /// this type's exponent field, then one multiply by a power of two re-biases the exponent
     /// (e4m3's bias is 7) and turns e4m3 subnormals into normals. A NaN byte (0x7F, 0xFF)
-    /// comes out as +-480: `e4m3_nan_fixup` makes it a NaN.
+    /// comes out as +-480: `kv::E4m3` makes it a NaN where one is.
     fn from_e4m3_high_bytes(x: u32) -> u32;
 
     #[inline(always)]
@@ -43,15 +43,6 @@ pub trait Elem {
 pub struct Bf16;
 pub struct F16;
 
-/// The halves of `h` whose e4m3 byte (`x`'s high byte of the half) is a NaN, set to a NaN
-/// (`from_e4m3_high_bytes` reads 0x7F as 480: the callers fix up only words that hold a NaN).
-#[inline(always)]
-pub fn e4m3_nan_fixup(h: u32, x: u32) -> u32 {
-    // 0x7F + 1 carries into the half's top bit, and only 0x7F does (the field is 7 bits);
-    // n - (n >> 15) turns each such top bit into 0x7FFF.
-    let n = ((x & 0x7F00_7F00) + 0x0100_0100) & 0x8000_8000;
-    h | (n - (n >> 15))
-}
 
 impl Elem for Bf16 {
     #[inline(always)]

@@ -26,7 +26,7 @@ use crate::elem::Elem;
 use crate::kv::KvStore;
 use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
-use crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks, PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
+use crate::params::{PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
 use crate::score_mod::ScoreMod;
 use crate::softmax::{p_fragment, rescale, RowState};
 use crate::tile::{load_tile, swizzled, LdmLane};

@@ -28,7 +28,7 @@ use crate::elem::{Elem, Wgmma};
 use crate::flash_prefill::{store_rows, LaneRows, PrefillBlock};
 use crate::gather::{ld_i32, tile_range};
 use crate::intrinsics::*;
-use crate::params::{prefill_sm90_keys, prefill_sm90_stages, PrefillParams, PREFILL_ROWS, PREFILL_SM90_THREADS};
+use crate::params::{PrefillParams, PREFILL_ROWS, PREFILL_SM90_THREADS};
 use crate::score_mod::ScoreMod;
 use crate::softmax::{p_fragment, rescale, RowState};
 use crate::tile::{load_tile, sw128, sw128_desc};

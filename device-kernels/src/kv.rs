@@ -3,7 +3,7 @@
 //! converted to the query's type in shared memory before the MMAs read it, the scales folded
 //! in elsewhere: the K scale into the softmax scale, the V scale into the output).
 
-use crate::elem::{e4m3_nan_fixup, Elem};
+use crate::elem::Elem;
 use crate::intrinsics::{prmt_b32, V4};
 
 pub trait KvStore {
@@ -82,6 +82,16 @@ impl KvStore for E4m3 {
         }
         out
     }
+}
+
+/// The halves of `h` whose e4m3 byte (`x`'s high byte of the half) is a NaN, set to a NaN
+/// (`from_e4m3_high_bytes` reads 0x7F as 480: the callers fix up only words that hold a NaN).
+#[inline(always)]
+fn e4m3_nan_fixup(h: u32, x: u32) -> u32 {
+    // 0x7F + 1 carries into the half's top bit, and only 0x7F does (the field is 7 bits);
+    // n - (n >> 15) turns each such top bit into 0x7FFF.
+    let n = ((x & 0x7F00_7F00) + 0x0100_0100) & 0x8000_8000;
+    h | (n - (n >> 15))
 }
 
 /// The top bit of each byte of `w` that is an e4m3 NaN (low 7 bits all ones), else 0.

@@ -33,7 +33,7 @@
 use crate::elem::Elem;
 use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
-use crate::params::{MlaParams, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROWS, MLA_STAGES, MLA_WARPS};
+use crate::params::{MlaParams, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROWS, MLA_WARPS};
 use crate::softmax::{inv_denominator, p_fragment, rescale, RowState, LOG2E};
 use crate::tile::{load_tile, swizzled, LdmLane};
 

@@ -35,7 +35,7 @@ use crate::elem::Elem;
 use crate::kv::KvStore;
 use crate::gather::{clamp_key, find_request, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
-use crate::params::{paged_stored_row, paged_q_in_smem, paged_stages, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
+use crate::params::{paged_stored_row, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
 use crate::score_mod::{Dynamic, ScoreMod};
 use crate::softmax::{inv_denominator, lse, merge_weight, p_fragment, rescale, RowState, NEG_INIT};
 use crate::tile::swizzled;
@@ -47,8 +47,8 @@ const ROWS: usize = PAGED_ROWS as usize;
 const TILE: usize = PAGED_TILE as usize;
 
 /// `E`: the query (MMA) type; `K`: the cache's stored element (`kv::Native`, or `kv::E4m3`:
-/// tiles land as bytes and are converted to `E` in the warp's own converted tile pair before
-/// the MMAs, the K scale folded into the softmax scale and the V scale into the output);
+/// tiles land as bytes, K and V fragments are read from them and widened to `E` in registers,
+/// the K scale folded into the softmax scale and the V scale into the output);
 /// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`;
 /// `STAGES`: tiles in flight per warp (cp.async pipeline depth), `paged_stages(D)`;
 /// `Q_SMEM`: Q read from shared memory rather than held in registers, `paged_q_in_smem(D)`.
@@ -59,7 +59,6 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
     let chunks = D / 8; // 16-byte chunks per 16-bit K/V row
     // Shared-memory rows take a power of two of chunks, so the XOR swizzle stays in the row.
     let row_bytes = smem_row_chunks(D as u32) as usize * 16;
-    let tile_bytes = TILE * row_bytes;
     // As stored: 16-byte chunks per row, and the tiles the cp.async pipeline fills (for fp8
     // rows of half the room).
     let stored_chunks = D * K::BYTES / 16;
@@ -114,12 +113,12 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
     // For an fp8 cache the K fragments come straight from the stored bytes (below), so the
     // head dim is permuted inside each pair of k-steps: lane c's fragment columns of k-step
     // `ks` (logical 2c, 2c + 1 and 2c + 8, 2c + 9) are the 4 consecutive dims from
-    // `kperm(ks)`, and Q takes the same permutation (a dot product does not see it).
-    let kperm = |ks: usize| 32 * (ks / 2) + 8 * (lane % 4) + 4 * (ks % 2);
+    // `kperm(ks, lane % 4)`, and Q takes the same permutation (a dot product does not see it).
+    let kperm = |ks: usize, c: usize| 32 * (ks / 2) + 8 * c + 4 * (ks % 2);
     let mut qa = [[0u32; 4]; KS];
     if !Q_SMEM {
         for ks in 0..KS {
-            let (lo, hi) = if K::CONVERT { (kperm(ks), kperm(ks) + 2) } else { (ks * 16 + col, ks * 16 + 8 + col) };
+            let (lo, hi) = if K::CONVERT { (kperm(ks, lane % 4), kperm(ks, lane % 4) + 2) } else { (ks * 16 + col, ks * 16 + 8 + col) };
             qa[ks] = [q_row(r0, lo), q_row(r0 + 8, lo), q_row(r0, hi), q_row(r0 + 8, hi)];
         }
     }
@@ -163,7 +162,7 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
                 // Logical chunk c: k-step c / 2, its low (c even) or high fragment columns, in
                 // the permuted order of the K fragments: lane j's dims from kperm.
                 let (ks, h) = (c / 2, c % 2);
-                let word = |j: usize| q_row(r, 32 * (ks / 2) + 8 * j + 4 * (ks % 2) + 2 * h);
+                let word = |j: usize| q_row(r, kperm(ks, j) + 2 * h);
                 V4([word(0), word(1), word(2), word(3)])
             } else {
                 let off = token as u64 * p.q_token_stride + (head0 + r) as u64 * p.q_head_stride + (c * 8) as u64;
@@ -230,9 +229,9 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
         let lhalf = (lane / 8) % 2;
         if K::CONVERT {
             // K's B fragments from the stored bytes: key r0 (+ 8), 8 bytes at dims
-            // kperm(2m) .. kperm(2m) + 8 (k-steps 2m, 2m + 1), widened in registers.
+            // kperm(2m, c) .. + 8 (k-steps 2m, 2m + 1), widened in registers.
             for m in 0..KS / 2 {
-                let byte = 32 * m + 8 * (lane % 4);
+                let byte = kperm(2 * m, lane % 4);
                 for j in 0..2 {
                     let b = K::widen_pair::<E>(unsafe { ld_shared_v2(stored_at(stage, 0, r0 + 8 * j, byte / 16) + (byte % 16) as u32) });
                     for t in 0..2 {

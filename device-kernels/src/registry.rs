@@ -374,7 +374,3 @@ pub fn find(id: &KernelId) -> Option<KernelSpec> {
     find_by(|k| k.id == *id)
 }
 
-/// Whether the table has a `family` kernel for this head dim and KV dtype, any query dtype.
-pub fn serves(family: Family, head_dim: u32, kv: KvType) -> bool {
-    find_by(|k| k.id.family == family && k.id.head_dim == head_dim && k.id.kv == kv).is_some()
-}

@@ -19,6 +19,8 @@ pub struct BackendCaps {
     pub cpu: bool,
     pub dtypes: &'static [DType],
     pub kv_cache_dtypes: &'static [KvCacheDType],
+    /// The KV-cache dtypes of an MLA layer's latent cache (empty: the backend serves no MLA).
+    pub mla_kv_cache_dtypes: &'static [KvCacheDType],
     /// Head dims of MHA/GQA models; empty means any.
     pub head_dims: &'static [u32],
     pub mha: bool,

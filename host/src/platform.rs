@@ -90,7 +90,13 @@ impl ArchFeatures {
     /// From a device's compute capability and the architecture name of its module
     /// (`sm_80`, `sm_90`, `sm_90a`).
     pub fn of_module(compute_capability: u32, module_arch: &str) -> ArchFeatures {
-        ArchFeatures::new(compute_capability, module_arch == "sm_90a")
+        ArchFeatures::new(compute_capability, ArchFeatures::holds_sm90a_kernels(module_arch))
+    }
+
+    /// Whether a PTX module of architecture `module_arch` holds the table's `Module::Sm90a`
+    /// kernels (the one place the name is read).
+    pub fn holds_sm90a_kernels(module_arch: &str) -> bool {
+        module_arch == "sm_90a"
     }
 
     /// Whether this device runs `kernel`: its module holds it and the device has the

@@ -166,12 +166,12 @@ pub fn check(caps: &BackendCaps, platform: Platform, req: &Requirements) -> Vec<
     if !caps.dtypes.contains(&req.dtype) {
         why.push(format!("dtype {} not supported ({})", req.dtype, join(caps.dtypes)));
     }
-    if !caps.kv_cache_dtypes.contains(&req.kv_cache_dtype) {
-        why.push(format!("KV cache dtype {} not supported ({})", req.kv_cache_dtype, join(caps.kv_cache_dtypes)));
-    } else if req.mla && req.kv_cache_dtype == KvCacheDType::Fp8E4m3 {
-        // No backend has MLA's fp8 latent cache yet (FlashMLA's 656-byte rows: 512 e4m3
-        // values, 4 f32 scales, 64 bf16 rope dims).
-        why.push("MLA with an fp8 KV cache (the fp8 latent format) not supported yet".to_string());
+    // An MLA layer's latent cache has its own dtypes (its fp8 format is not the paged one's).
+    let (kv_dtypes, of) = if req.mla { (caps.mla_kv_cache_dtypes, " for MLA's latent cache") } else { (caps.kv_cache_dtypes, "") };
+    if !req.mla || !caps.mla_kv_cache_dtypes.is_empty() {
+        if !kv_dtypes.contains(&req.kv_cache_dtype) {
+            why.push(format!("KV cache dtype {} not supported{of} ({})", req.kv_cache_dtype, join(kv_dtypes)));
+        }
     }
     // `head_dims` lists the backend's instantiations: MHA/GQA head dims, or for an
     // MLA-only backend the latent widths; empty means any.

@@ -1,5 +1,5 @@
 //! Reproducible workloads: a small PRNG, random tensors (never zeros), the ragged-length
-//! generator of BENCHMARKS.md, and scheduler steps with shuffled block ids. Used by the
+//! generator of benches/WORKLOADS.md, and scheduler steps with shuffled block ids. Used by the
 //! demo, the GPU tests and the benchmarks.
 
 use crate::dtype::Element;
@@ -50,7 +50,7 @@ pub fn random_values<T: Element>(rng: &mut Rng, n: usize) -> Vec<T> {
     (0..n).map(|_| T::from_f32(rng.uniform())).collect()
 }
 
-/// BENCHMARKS.md's ragged lengths in `[lo, hi]`: request i gets
+/// benches/WORKLOADS.md's ragged lengths in `[lo, hi]`: request i gets
 /// `lo + (x_{i+1} >> 33) % (hi - lo + 1)` with the LCG
 /// `x_{k+1} = x_k * 6364136223846793005 + 1442695040888963407 (mod 2^64)`, `x_0 = 0`.
 ///

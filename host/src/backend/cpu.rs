@@ -50,6 +50,7 @@ pub static CAPS: BackendCaps = BackendCaps {
     cpu: true,
     dtypes: &[DType::F16, DType::Bf16, DType::F32],
     kv_cache_dtypes: &[KvCacheDType::Auto, KvCacheDType::Fp8E4m3],
+    mla_kv_cache_dtypes: &[KvCacheDType::Auto],
     head_dims: &[],
     mha: true,
     mla: true,

@@ -46,12 +46,8 @@ pub static CAPS: BackendCaps = BackendCaps {
     min_compute_capability: Some(80),
     cpu: false,
     dtypes: &[DType::F16, DType::Bf16],
-    // fp8 once the table has fp8 MLA cache-write and decode rows.
-    kv_cache_dtypes: if crate::registry::family_has_kv(Family::MlaDecode, KvType::Fp8E4m3) && crate::registry::family_has_kv(Family::MlaCacheWrite, KvType::Fp8E4m3) {
-        &[KvCacheDType::Auto, KvCacheDType::Fp8E4m3]
-    } else {
-        &[KvCacheDType::Auto]
-    },
+    kv_cache_dtypes: MLA_KV_DTYPES,
+    mla_kv_cache_dtypes: MLA_KV_DTYPES,
     head_dims: LATENT_DIMS,
     mha: false,
     mla: true,
@@ -63,6 +59,17 @@ pub static CAPS: BackendCaps = BackendCaps {
     kernels: "every row -> mla_decode: 64 (query token, head) rows of a request per block over one latent KV head (576 dims, values its first 512), \
               mma.sync, each K tile read once for Q K^T and P V; split-KV on a per-step schedule that balances ragged batches over the SMs, + merge",
     on_sm90: None,
+};
+
+/// The latent cache's dtypes the table's kernels serve: fp8 once it has fp8 MLA cache-write
+/// and decode rows (FlashMLA's 656-byte rows: 512 e4m3 values, 4 f32 scales, 64 bf16 rope dims).
+const MLA_KV_DTYPES: &[KvCacheDType] = {
+    use crate::registry::family_has_kv as has;
+    if has(Family::MlaDecode, KvType::Fp8E4m3) && has(Family::MlaCacheWrite, KvType::Fp8E4m3) {
+        &[KvCacheDType::Auto, KvCacheDType::Fp8E4m3]
+    } else {
+        &[KvCacheDType::Auto]
+    }
 };
 
 /// The selector's figure: the shallowest pipeline's (every sm_80+ block can have it).

@@ -68,6 +68,7 @@ const PAGED_ROW: BackendCaps = BackendCaps {
     cpu: false,
     dtypes: &[DType::F16, DType::Bf16],
     kv_cache_dtypes: PAGED_KV_DTYPES,
+    mla_kv_cache_dtypes: &[],
     head_dims: crate::registry::HEAD_DIMS,
     mha: true,
     mla: false,
@@ -111,7 +112,7 @@ pub use crate::plan::MAX_SPLITS;
 ///   `RAGGED_KEYS_PER_SPLIT`-key pieces, so the tail of the grid is short.
 /// - Otherwise 1. Never below `MIN_KEYS_PER_SPLIT` keys per split, never above `MAX_SPLITS`.
 ///
-/// Examples (BENCHMARKS.md on an H100: 132 SMs x 2 resident blocks = 264; measured best in
+/// Examples (benches/WORKLOADS.md on an H100: 132 SMs x 2 resident blocks = 264; measured best in
 /// brackets): D3 (4 x 32768 keys, 8 kv heads: 32 blocks) -> 264 / 32 = 8 [4-8];
 /// D4 (128 ragged, 253..8184 keys, mean 4371: 1024 blocks) -> ceil(8184 / 2048) = 4 [4];
 /// D1 (64 x 4096: 512 blocks, uniform) -> 1 [1].

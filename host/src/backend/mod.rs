@@ -35,7 +35,7 @@ pub mod cuda_paged;
 /// Every kernel entry point the PTX module of architecture `arch` must hold: the kernel
 /// table's `Portable` kernels, and in an sm_90a module its `Sm90a` ones too.
 pub fn kernel_registry(arch: &str) -> Vec<String> {
-    let sm90a = arch == "sm_90a";
+    let sm90a = crate::platform::ArchFeatures::holds_sm90a_kernels(arch);
     let mut names = Vec::new();
     crate::registry::for_each_kernel(|k| {
         if k.module == crate::registry::Module::Portable || sm90a {
