@@ -230,6 +230,15 @@ fn fp8_cases() -> Vec<Case> {
     let mut s = shape(8, 2, 128);
     s.block_size = 1;
     add8("fp8 bf16 d128 block size 1".into(), s, layer_scale, true);
+    // The portable decode (bit-twiddled widening, MMAs in the query type), which CUDA_PAGED
+    // replaces on an sm_90a module by the hardware-converting one.
+    for (d, splits, bf) in [(128, None, true), (64, Some(5), false), (256, Some(5), true)] {
+        let mut s = shape(8, 2, d);
+        s.splits = splits;
+        s.backend = BackendName::CudaPagedPortable;
+        let dt = if bf { "bf16" } else { "f16" };
+        add8(format!("fp8 portable {dt} d{d} gqa 4:1{}", if splits.is_some() { " 5 splits" } else { "" }), s, head_scales, bf);
+    }
 
     v
 }

@@ -18,6 +18,10 @@ pub trait Elem {
     /// (e4m3's bias is 7) and turns e4m3 subnormals into normals. A NaN byte (0x7F, 0xFF)
     /// comes out as +-480: `kv::E4m3` makes it a NaN where one is.
     fn from_e4m3_high_bytes(x: u32) -> u32;
+    /// Whether this is f16 (tells the two types apart at compile time).
+    const IS_F16: bool;
+    /// The largest finite value.
+    const MAX: f32;
 
     #[inline(always)]
     fn unpack8(v: V4) -> [f32; 8] {
@@ -43,8 +47,22 @@ pub trait Elem {
 pub struct Bf16;
 pub struct F16;
 
+/// A word of two `From` values as two `To` values: itself for the same type, else through
+/// f32, rounded to nearest even and clamped to `To`'s finite range (a bf16 query beyond f16's
+/// 65504 saturates; NaN stays NaN).
+#[inline(always)]
+pub fn convert_word<From: Elem, To: Elem>(w: u32) -> u32 {
+    if From::IS_F16 == To::IS_F16 {
+        return w;
+    }
+    let (lo, hi) = From::to_f32x2(w);
+    To::from_f32x2(lo.clamp(-To::MAX, To::MAX), hi.clamp(-To::MAX, To::MAX))
+}
+
 
 impl Elem for Bf16 {
+    const IS_F16: bool = false;
+    const MAX: f32 = 3.389_531_4e38;
     #[inline(always)]
     fn from_e4m3_high_bytes(x: u32) -> u32 {
         // bf16: 8 exponent bits, 7 mantissa: the magnitude to bits 4-10 (>> 4); x 2^120.
@@ -66,6 +84,8 @@ impl Elem for Bf16 {
 }
 
 impl Elem for F16 {
+    const IS_F16: bool = true;
+    const MAX: f32 = 65504.0;
     #[inline(always)]
     fn from_e4m3_high_bytes(x: u32) -> u32 {
         // f16: 5 exponent bits, 10 mantissa: the magnitude to bits 7-13 (>> 1); x 2^8.

@@ -45,6 +45,8 @@ const ROWS: usize = PREFILL_ROWS as usize;
 pub(crate) unsafe fn flash_prefill<E: Elem, K: KvStore, M: ScoreMod, const D: usize, const NT: usize, const KS: usize, const BN: usize, const NB: usize, const STAGES: usize, const RC: usize, const Q_SMEM: bool>(
     p: &PrefillParams,
 ) {
+    // The MMAs multiply `E`: a KV store whose fragments come out in another type has no place here.
+    const { assert!(<K::Mma<E> as Elem>::IS_F16 == E::IS_F16, "flash_prefill: the KV store must widen to the query type") };
     let chunks = D / 8; // 16-byte chunks of a K/V/Q row in memory
     let row_bytes = RC * 16;
     let tid = thread_idx_x() as usize;

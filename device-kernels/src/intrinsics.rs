@@ -239,6 +239,19 @@ pub fn cvt_rn_f16x2_f32(lo: f32, hi: f32) -> u32 {
     d
 }
 
+/// `cvt.rn.f16x2.e4m3x2` (sm_89 and newer: here, kernels of the sm_90a module only), on both
+/// 16-bit halves of `w`: its 4 e4m3 bytes -> `[f16x2 of bytes 0, 1; f16x2 of bytes 2, 3]`, the
+/// lower byte in the lower half. Exact (every e4m3 value is an f16); a NaN byte gives a NaN.
+#[inline(always)]
+pub fn cvt_rn_f16x2_e4m3x2(w: u32) -> [u32; 2] {
+    let (d0, d1): (u32, u32);
+    unsafe {
+        asm!("{{ .reg .b16 e0, e1; mov.b32 {{e0, e1}}, {w}; cvt.rn.f16x2.e4m3x2 {d0}, e0; cvt.rn.f16x2.e4m3x2 {d1}, e1; }}",
+             d0 = out(reg32) d0, d1 = out(reg32) d1, w = in(reg32) w, options(pure, nomem, nostack));
+    }
+    [d0, d1]
+}
+
 /// The block's dynamic shared memory (`.extern .shared`), sized by the launch.
 #[inline(always)]
 pub fn dynamic_shared_f32() -> *mut f32 {

@@ -3,10 +3,13 @@
 //! converted to the query's type in shared memory before the MMAs read it, the scales folded
 //! in elsewhere: the K scale into the softmax scale, the V scale into the output).
 
-use crate::elem::Elem;
-use crate::intrinsics::{prmt_b32, V4};
+use crate::elem::{Elem, F16};
+use crate::intrinsics::{cvt_rn_f16x2_e4m3x2, prmt_b32, V4};
 
 pub trait KvStore {
+    /// The MMA's element type for queries of type `E`: `E` itself, or f16 where the
+    /// hardware converts the cache to f16 only (`E4m3Cvt`).
+    type Mma<E: Elem>: Elem;
     /// Bytes of one stored element.
     const BYTES: usize;
     /// Whether tiles must be converted before the MMAs read them.
@@ -25,8 +28,21 @@ pub trait KvStore {
 
 pub struct Native;
 pub struct E4m3;
+/// fp8 e4m3 converted by the hardware (`cvt.rn.f16x2.e4m3x2`, two values an instruction;
+/// sm_90a module only): the fragments come out as f16 whatever the query type, so the MMAs
+/// are f16 ones (`Mma<E> = F16`) and bf16 queries are converted to f16 once, when loaded.
+pub struct E4m3Cvt;
+
+/// The hardware-converting store of a KV type, for the kernel rows of the sm_90a module.
+pub trait Hardware {
+    type Store: KvStore;
+}
+impl Hardware for E4m3 {
+    type Store = E4m3Cvt;
+}
 
 impl KvStore for Native {
+    type Mma<E: Elem> = E;
     const BYTES: usize = 2;
     const CONVERT: bool = false;
     #[inline(always)]
@@ -47,6 +63,7 @@ impl KvStore for Native {
 /// values 0, 1 in the low ones (shifted up by 8 for the first pair); each pair then costs a
 /// mask, a shift and a multiply (and the NaN fix-up).
 impl KvStore for E4m3 {
+    type Mma<E: Elem> = E;
     const BYTES: usize = 1;
     const CONVERT: bool = true;
     #[inline(always)]
@@ -81,6 +98,30 @@ impl KvStore for E4m3 {
             }
         }
         out
+    }
+}
+
+/// One instruction a pair of values; the byte order of each word is already the fragments'
+/// (K), or needs one byte permutation (V's transposed words); NaN comes out NaN.
+impl KvStore for E4m3Cvt {
+    type Mma<E: Elem> = F16;
+    const BYTES: usize = 1;
+    const CONVERT: bool = true;
+    #[inline(always)]
+    fn widen<E: Elem>(raw: V4) -> (V4, V4) {
+        let w = raw.0.map(cvt_rn_f16x2_e4m3x2);
+        (V4([w[0][0], w[0][1], w[1][0], w[1][1]]), V4([w[2][0], w[2][1], w[3][0], w[3][1]]))
+    }
+    #[inline(always)]
+    fn widen_pair<E: Elem>(raw: [u32; 2]) -> [u32; 4] {
+        let ([a, b], [c, d]) = (cvt_rn_f16x2_e4m3x2(raw[0]), cvt_rn_f16x2_e4m3x2(raw[1]));
+        [a, b, c, d]
+    }
+    #[inline(always)]
+    fn widen_trans<E: Elem>(raw: [u32; 4]) -> [[u32; 2]; 4] {
+        // Bytes (a.d, a.d+1, a+1.d, a+1.d+1) -> (a.d, a+1.d, a.d+1, a+1.d+1): the keys' pair
+        // at dim d, then at dim d + 1.
+        raw.map(|w| cvt_rn_f16x2_e4m3x2(prmt_b32::<0x3120>(w, 0)))
     }
 }
 

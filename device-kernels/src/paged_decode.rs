@@ -31,7 +31,7 @@
 //! The host guarantees: block ids inside the cache, block_size a power of two, rows 16-byte
 //! aligned, `num_q_heads % num_kv_heads == 0`, seq_lens >= query lengths.
 
-use crate::elem::Elem;
+use crate::elem::{convert_word, Elem};
 use crate::kv::KvStore;
 use crate::gather::{clamp_key, find_request, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
@@ -46,9 +46,11 @@ const ROWS: usize = PAGED_ROWS as usize;
 /// Keys per tile.
 const TILE: usize = PAGED_TILE as usize;
 
-/// `E`: the query (MMA) type; `K`: the cache's stored element (`kv::Native`, or `kv::E4m3`:
-/// tiles land as bytes, K and V fragments are read from them and widened to `E` in registers,
-/// the K scale folded into the softmax scale and the V scale into the output);
+/// `E`: the query (and output) type; `K`: the cache's stored element (`kv::Native`, or
+/// `kv::E4m3`: tiles land as bytes, K and V fragments are read from them and widened to `E`
+/// in registers, the K scale folded into the softmax scale and the V scale into the output;
+/// or `kv::E4m3Cvt`, the same widened by the hardware into f16); the MMAs multiply
+/// `K::Mma<E>` (`E`, or f16 for `E4m3Cvt`: Q's words are then converted once, as loaded);
 /// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`;
 /// `STAGES`: tiles in flight per warp (cp.async pipeline depth), `paged_stages(D)`;
 /// `Q_SMEM`: Q read from shared memory rather than held in registers, `paged_q_in_smem(D)`.
@@ -105,7 +107,7 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
     let q_row = |r: usize, d: usize| -> u32 {
         if r < ng {
             let off = token as u64 * p.q_token_stride + (head0 + r) as u64 * p.q_head_stride + d as u64;
-            unsafe { *((p.q as *const u16).add(off as usize) as *const u32) }
+            convert_word::<E, K::Mma<E>>(unsafe { *((p.q as *const u16).add(off as usize) as *const u32) })
         } else {
             0
         }
@@ -166,7 +168,8 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
                 V4([word(0), word(1), word(2), word(3)])
             } else {
                 let off = token as u64 * p.q_token_stride + (head0 + r) as u64 * p.q_head_stride + (c * 8) as u64;
-                unsafe { ld_global_nc_v4((p.q as *const u16).add(off as usize)) }
+                let v = unsafe { ld_global_nc_v4((p.q as *const u16).add(off as usize)) };
+                V4(v.0.map(convert_word::<E, K::Mma<E>>))
             };
             unsafe { st_shared_v4(q_at(r, c), v) };
             u += WARPS * 32;
@@ -237,7 +240,7 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
                     for t in 0..2 {
                         let ks = 2 * m + t;
                         let a = if Q_SMEM { unsafe { ldmatrix_x4(q_at(arow, 2 * ks + ahalf)) } } else { qa[ks] };
-                        s[j] = E::mma(a, [b[2 * t], b[2 * t + 1]], s[j]);
+                        s[j] = <K::Mma<E>>::mma(a, [b[2 * t], b[2 * t + 1]], s[j]);
                     }
                 }
             }
@@ -245,8 +248,8 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
             for ks in 0..KS {
                 let a = if Q_SMEM { unsafe { ldmatrix_x4(q_at(arow, 2 * ks + ahalf)) } } else { qa[ks] };
                 let b = unsafe { ldmatrix_x4(stored_at(stage, 0, lrow, 2 * ks + lhalf)) };
-                s[0] = E::mma(a, [b[0], b[1]], s[0]);
-                s[1] = E::mma(a, [b[2], b[3]], s[1]);
+                s[0] = <K::Mma<E>>::mma(a, [b[0], b[1]], s[0]);
+                s[1] = <K::Mma<E>>::mma(a, [b[2], b[3]], s[1]);
             }
         }
 
@@ -263,7 +266,7 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
         // the A operand of P V, the output rescaled.
         let corr = rows.update(&mut s, modifier.exp_factor());
         rescale(&mut o, corr);
-        let pa = p_fragment::<E, 2>(&s, 0);
+        let pa = p_fragment::<K::Mma<E>, 2>(&s, 0);
         // O += P V: ldmatrix.trans x4 per pair of 8-dim n-tiles: matrices (keys 0-7, chunk
         // 2dp), (keys 8-15, 2dp), (keys 0-7, 2dp+1), (keys 8-15, 2dp+1).
         if K::CONVERT {
@@ -272,16 +275,16 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
             // B fragments of two n-tiles: the even dims and the odd dims of 16 (`o_dim`).
             for q in 0..D / 32 {
                 let b = K::widen_trans::<E>(unsafe { ldmatrix_x4_trans(stored_at(stage, 1, arow, 2 * q + ahalf)) });
-                o[4 * q] = E::mma(pa, [b[0][0], b[1][0]], o[4 * q]);
-                o[4 * q + 1] = E::mma(pa, [b[0][1], b[1][1]], o[4 * q + 1]);
-                o[4 * q + 2] = E::mma(pa, [b[2][0], b[3][0]], o[4 * q + 2]);
-                o[4 * q + 3] = E::mma(pa, [b[2][1], b[3][1]], o[4 * q + 3]);
+                o[4 * q] = <K::Mma<E>>::mma(pa, [b[0][0], b[1][0]], o[4 * q]);
+                o[4 * q + 1] = <K::Mma<E>>::mma(pa, [b[0][1], b[1][1]], o[4 * q + 1]);
+                o[4 * q + 2] = <K::Mma<E>>::mma(pa, [b[2][0], b[3][0]], o[4 * q + 2]);
+                o[4 * q + 3] = <K::Mma<E>>::mma(pa, [b[2][1], b[3][1]], o[4 * q + 3]);
             }
         } else {
             for dp in 0..NT / 2 {
                 let b = unsafe { ldmatrix_x4_trans(stored_at(stage, 1, arow, 2 * dp + ahalf)) };
-                o[2 * dp] = E::mma(pa, [b[0], b[1]], o[2 * dp]);
-                o[2 * dp + 1] = E::mma(pa, [b[2], b[3]], o[2 * dp + 1]);
+                o[2 * dp] = <K::Mma<E>>::mma(pa, [b[0], b[1]], o[2 * dp]);
+                o[2 * dp + 1] = <K::Mma<E>>::mma(pa, [b[2], b[3]], o[2 * dp + 1]);
             }
         }
         t += WARPS;
@@ -374,3 +377,19 @@ macro_rules! paged_attention_instance {
     };
 }
 pub(crate) use paged_attention_instance;
+
+/// The sm_90a module's rows (`Family::PagedDecodeSm90`): the same kernel over the KV type's
+/// hardware-converting store (`kv::Hardware`: fp8 by `cvt.rn.f16x2.e4m3x2`, f16 MMAs).
+macro_rules! paged_attention_sm90_instance {
+    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PagedAttnParams) {
+            use $crate::params::{paged_q_in_smem, paged_stages};
+            type Store = <$crate::kv::$kv as $crate::kv::Hardware>::Store;
+            unsafe {
+                $crate::paged_decode::paged_attention::<$crate::elem::$q, Store, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }, { paged_q_in_smem($d) }>(&p)
+            }
+        }
+    };
+}
+pub(crate) use paged_attention_sm90_instance;

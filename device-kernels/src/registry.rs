@@ -28,6 +28,9 @@ pub enum Family {
     CacheWrite,
     /// Paged decode, one query token a block, split-KV (`PagedAttnParams`).
     PagedDecode,
+    /// The same kernel over the hardware's fp8 conversion (`cvt.rn.f16x2.e4m3x2`, f16 MMAs:
+    /// `PagedAttnParams`), in the sm_90a module.
+    PagedDecodeSm90,
     /// Flash-decoding's merge of split partial states (`MergeParams`).
     Merge,
     /// FlashAttention-2 prefill on mma.sync (`PrefillParams`).
@@ -47,6 +50,7 @@ impl Family {
         match self {
             Family::CacheWrite => "crate::cache_write::cache_write_instance",
             Family::PagedDecode => "crate::paged_decode::paged_attention_instance",
+            Family::PagedDecodeSm90 => "crate::paged_decode::paged_attention_sm90_instance",
             Family::Merge => "crate::merge::merge_instance",
             Family::FlashPrefill => "crate::flash_prefill::flash_prefill_instance",
             Family::FlashPrefillSm90 => "crate::flash_prefill_sm90::flash_prefill_sm90_instance",
@@ -58,6 +62,7 @@ impl Family {
         match self {
             Family::CacheWrite => "reshape_and_cache",
             Family::PagedDecode => "paged_attention",
+            Family::PagedDecodeSm90 => "paged_attention_sm90",
             Family::Merge => "merge_splits",
             Family::FlashPrefill => "flash_prefill",
             Family::FlashPrefillSm90 => "flash_prefill_sm90",
@@ -191,8 +196,11 @@ impl Features {
     pub const TMA: Features = Features(4);
     /// `setmaxnreg` (sm_90a).
     pub const SETMAXNREG: Features = Features(8);
+    /// The hardware's fp8 conversions (`cvt.rn.f16x2.e4m3x2`: sm_89 and newer; here in the
+    /// sm_90a module).
+    pub const CVT_FP8: Features = Features(16);
     /// Everything an sm_90a module's kernels may use.
-    pub const HOPPER: Features = Features(1 | 2 | 4 | 8);
+    pub const HOPPER: Features = Features(1 | 2 | 4 | 8 | 16);
 
     pub const fn union(self, o: Features) -> Features {
         Features(self.0 | o.0)
@@ -247,7 +255,7 @@ impl KernelId {
     pub const fn smem_bytes(&self) -> u32 {
         match self.family {
             Family::CacheWrite | Family::Merge | Family::MlaCacheWrite => 0,
-            Family::PagedDecode => paged_smem_bytes(self.head_dim, self.kv.bytes()),
+            Family::PagedDecode | Family::PagedDecodeSm90 => paged_smem_bytes(self.head_dim, self.kv.bytes()),
             Family::FlashPrefill => prefill_smem_bytes(self.head_dim, self.kv.bytes()),
             Family::FlashPrefillSm90 => prefill_sm90_smem_bytes(self.head_dim),
             Family::MlaDecode => mla_smem_bytes(self.stages),
@@ -313,6 +321,7 @@ pub const KERNELS: &[KernelRow] = &[
     KernelRow { family: Family::CacheWrite, q: &[QType::B16], kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
     KernelRow { family: Family::CacheWrite, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
     KernelRow { family: Family::PagedDecode, q: Q16, kv: KV_ALL, head_dims: HEAD_DIMS, scores: &[ScoreMod::Dynamic], stages: ONE, module: Module::Portable, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC },
+    KernelRow { family: Family::PagedDecodeSm90, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: HEAD_DIMS, scores: &[ScoreMod::Dynamic], stages: ONE, module: Module::Sm90a, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC.union(Features::CVT_FP8) },
     KernelRow { family: Family::Merge, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: 0, needs: Features::NONE },
     KernelRow { family: Family::FlashPrefill, q: Q16, kv: KV_ALL, head_dims: HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Portable, threads: PREFILL_WARPS * 32, needs: Features::MMA_SYNC },
     KernelRow { family: Family::FlashPrefillSm90, q: Q16, kv: &[KvType::Native], head_dims: SM90_HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Sm90a, threads: PREFILL_SM90_THREADS, needs: Features::HOPPER },

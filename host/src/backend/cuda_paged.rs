@@ -2,7 +2,8 @@
 //!
 //! - `reshape_and_cache_b16`: this step's K/V into the cache through the slot mapping;
 //! - `paged_attention_<dtype>_d<head_dim>`: the decode rows, one query token per block over
-//!   the block table, the GQA group's heads as tensor-core tile rows;
+//!   the block table, the GQA group's heads as tensor-core tile rows; over an fp8 cache on an
+//!   sm_90a module, `paged_attention_sm90_<dtype>_e4m3_d<head_dim>` ([`decode_kernel`]);
 //! - `merge_splits_<dtype>`: flash-decoding's merge when the plan splits the decode rows' keys;
 //! - `flash_prefill_<dtype>_d<head_dim>[_softcap][_alibi]`: the rows of requests with two or more new tokens
 //!   (chunked or fresh prefill), 128 (token, head) rows per block over shared K/V tiles;
@@ -136,9 +137,16 @@ fn kernel(family: Family, q: QType, kv: KvType, head_dim: usize, score: ScoreMod
     KernelId { family, q, kv, head_dim: head_dim as u32, score, stages: 0 }
 }
 
-/// The decode (paged attention) kernel: modifiers at run time.
-pub fn decode_kernel(q: QType, kv: KvType, head_dim: usize) -> KernelId {
-    kernel(Family::PagedDecode, q, kv, head_dim, ScoreMod::Dynamic)
+/// The decode (paged attention) kernel: modifiers at run time. `CUDA_PAGED` over an fp8
+/// cache takes the sm_90a module's kernel (the hardware's fp8 conversion, f16 MMAs) where the
+/// device runs it (`arch`); otherwise, and on `CUDA_PAGED_PORTABLE`, the portable one.
+pub fn decode_kernel(backend: BackendName, arch: &ArchFeatures, q: QType, kv: KvType, head_dim: usize) -> KernelId {
+    let sm90 = kernel(Family::PagedDecodeSm90, q, kv, head_dim, ScoreMod::Dynamic);
+    if backend == BackendName::CudaPaged && arch.runs_id(&sm90) {
+        sm90
+    } else {
+        kernel(Family::PagedDecode, q, kv, head_dim, ScoreMod::Dynamic)
+    }
 }
 /// The cache write: bitwise for a 16-bit cache, per query type for fp8 (it converts).
 pub fn cache_write_kernel(q: QType, kv: KvType) -> KernelId {
@@ -212,7 +220,7 @@ fn cache_tensor_map(cache: &CudaSlice<u8>, layout: &KvCacheLayout, dtype: DType,
 /// The device's properties a plan reads: SMs, and blocks of the decode kernel per SM
 /// (the driver's occupancy calculator), for a layer of `dtype`, `kv` and `head_dim`.
 pub fn device_props(rt: &CudaRuntime, dtype: DType, kv: KvType, head_dim: usize) -> Result<DeviceProps> {
-    let id = decode_kernel(query_type(dtype, "CUDA_PAGED")?, kv, head_dim);
+    let id = decode_kernel(BackendName::CudaPaged, &rt.features(), query_type(dtype, "CUDA_PAGED")?, kv, head_dim);
     let f = function_with_smem(rt, BackendName::CudaPaged, id, head_dim)?;
     let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PAGED_WARPS * 32, id.smem_bytes() as usize, None)?;
     Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: max_shared_memory_per_block(rt)?, arch: rt.features() })
@@ -298,7 +306,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         launches.push(KernelLaunch { kernel: cache_write_kernel(q, kv), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
     }
     if nd > 0 {
-        let id = decode_kernel(q, kv, d);
+        let id = decode_kernel(backend, &props.arch, q, kv, d);
         launches.push(KernelLaunch {
             kernel: id,
             grid: (nd as u32, (hkv * tiles) as u32, num_splits as u32),
@@ -383,7 +391,7 @@ impl<T: Element> CudaPagedImpl<T> {
     pub fn with_backend(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout, backend: BackendName) -> Result<Self> {
         backend.caps().check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
         let (q, kv, d) = (query_type(T::DTYPE, backend.as_str())?, kv_type(layout.kv_dtype), spec.head_dim);
-        let decode = decode_kernel(q, kv, d);
+        let decode = decode_kernel(backend, &rt.features(), q, kv, d);
         let attention_fn = (decode, function_with_smem(&rt, backend, decode, d)?);
         let stream = rt.stream().clone();
         let cache = DeviceKvCache::new::<T>(&rt, layout)?;
@@ -755,8 +763,16 @@ mod tests {
         // portable kernel there).
         let (sm90, sm90a) = (kernel_registry("sm_90"), kernel_registry("sm_90a"));
         assert!(sm90a.contains(&"flash_prefill_sm90_f16_d256_alibi".to_string()) && !sm90.iter().any(|k| k.contains("_sm90_")));
-        assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4);
+        // The sm_90a module's own: the Hopper prefill (2 dtypes x 3 head dims x 4 modifiers)
+        // and the hardware-converting fp8 decode (2 dtypes x 4 head dims).
+        assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4 + 2 * 4);
         assert!(!sm90a.iter().any(|k| k.starts_with("flash_prefill_sm90") && k.contains("_d96")));
+        // Decode over fp8: the sm_90a kernel on CUDA_PAGED there, the portable one elsewhere.
+        let fp8 = |backend, arch: &ArchFeatures| decode_kernel(backend, arch, QType::Bf16, KvType::Fp8E4m3, 128).name();
+        assert_eq!(fp8(BackendName::CudaPaged, &DeviceProps::H100.arch), "paged_attention_sm90_bf16_e4m3_d128");
+        assert_eq!(fp8(BackendName::CudaPagedPortable, &DeviceProps::H100.arch), "paged_attention_bf16_e4m3_d128");
+        assert_eq!(fp8(BackendName::CudaPaged, &DeviceProps::A100.arch), "paged_attention_bf16_e4m3_d128");
+        assert_eq!(decode_kernel(BackendName::CudaPaged, &DeviceProps::H100.arch, QType::Bf16, KvType::Native, 128).name(), "paged_attention_bf16_d128");
         // f32 has no kernel.
         assert!(plan(&m, &LLAMA, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).is_err());
         // The plan of the same metadata is the same (a graph captured for it replays it).
