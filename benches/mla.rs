@@ -83,7 +83,8 @@ fn main() {
         }
         for opts in options {
             let plan = step.prepare_with(&meta, opts).expect("plan");
-            let (splits, chunk) = (plan.num_splits, plan.chunk_keys);
+            let chunk = plan.rows::<attn_backends::backend::cuda_mla::MlaRows>().map_or(0, |r| r.chunk_keys);
+            let splits = plan.num_splits;
             let kernel = plan.launches.iter().map(|l| l.kernel.name()).find(|k| k.starts_with("mla_decode")).unwrap_or_else(|| "-".into());
             let (ms, lo, hi) = timer.time(|| imp.attend(&step, &q, &mut out));
             let gbs = bytes / (ms * 1e-3) / 1e9;

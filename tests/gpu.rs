@@ -739,7 +739,8 @@ fn check_mla<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Resu
     gpu.load_cache(&before).map_err(e)?;
     let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
     let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, pipeline_stages: s.stages }).map_err(e)?;
-    let (splits, chunk) = (plan.num_splits, plan.chunk_keys);
+    let chunk = plan.rows::<attn_backends::backend::cuda_mla::MlaRows>().ok_or("an MLA plan without MlaRows")?.chunk_keys;
+    let splits = plan.num_splits;
     let kernel = plan.launches.iter().find(|l| l.kernel.family == Family::MlaDecode).map_or("-".into(), |l| l.kernel.name());
     let mut out = vec![T::from_f32(f32::NAN); n * h * r];
     gpu.forward_host(&step, &q, &kv_c, &k_pe, &mut out).map_err(e)?;

@@ -13,6 +13,7 @@ use crate::plan::{LayerShape, StepLimits, StepPlan};
 use crate::registry::{Family, KernelId, KvType, QType, ScoreMod};
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
+use std::any::Any;
 use std::sync::Arc;
 
 /// A layer's tensors on the device: q, out `[num_tokens, num_q_heads, head_dim]`, k, v
@@ -83,13 +84,9 @@ pub struct DeviceMetadata {
     pub(crate) seq_lens: CudaSlice<i32>,
     pub(crate) block_table: CudaSlice<i32>,
     pub(crate) slot_mapping: CudaSlice<i64>,
-    /// The plan's rows: the decode kernel's tokens (when the step also has prefill rows) and
-    /// the prefill kernel's tiles as (request, first token) pairs.
-    pub(crate) decode_map: CudaSlice<i32>,
-    pub(crate) prefill_tiles: CudaSlice<i32>,
-    /// MLA's schedule: (request, split) per decode block, (first slot, count) per token.
-    pub(crate) key_splits: CudaSlice<i32>,
-    pub(crate) token_splits: CudaSlice<i32>,
+    /// The backend's own maps of a step (`cuda_paged::PagedWorkspace`,
+    /// `cuda_mla::MlaWorkspace`), uploaded with the rest.
+    rows: Box<dyn DeviceRows>,
     /// `split_rows x Hq` rows of `head_dim` f32 partial outputs, and of (m, l) pairs.
     pub(crate) partial_out: CudaSlice<f32>,
     pub(crate) partial_ml: CudaSlice<f32>,
@@ -101,24 +98,37 @@ pub struct DeviceMetadata {
     pub(crate) block_table_stride: usize,
 }
 
+/// A backend's own device maps of a step, beside the metadata every CUDA backend uploads
+/// (query_start_loc, seq_lens, block table, slot mapping) and the split-KV workspace. The
+/// backend owns the type; [`DeviceMetadata`] stages and uploads its maps with the others.
+pub(crate) trait DeviceRows: Send + Sync + 'static {
+    /// The maps, in upload order.
+    fn maps(&self) -> Vec<&CudaSlice<i32>>;
+    /// Fills one staging slice per map (each of its map's length) from the plan's rows;
+    /// returns how many values of each to copy. An error if the rows do not fit.
+    fn fill(&self, plan: &StepPlan, staging: &mut [&mut [i32]]) -> Result<Vec<usize>>;
+    fn as_any(&self) -> &dyn Any;
+}
+
 impl DeviceMetadata {
+    /// The backend's maps, if they are of type `W`.
+    pub(crate) fn rows<W: DeviceRows>(&self) -> Option<&W> {
+        self.rows.as_any().downcast_ref::<W>()
+    }
     /// The runtime whose device holds these buffers.
     pub(crate) fn runtime(&self) -> &Arc<CudaRuntime> {
         &self.rt
     }
-    pub(crate) fn new(rt: Arc<CudaRuntime>, shape: LayerShape, limits: &StepLimits) -> Result<Self> {
+    /// The step's buffers for layers of `shape` within `limits`, with the backend's own maps
+    /// (`rows`, made by `BackendName::device_rows`).
+    pub(crate) fn new(rt: Arc<CudaRuntime>, shape: LayerShape, limits: &StepLimits, rows: Box<dyn DeviceRows>) -> Result<Self> {
         limits.validate()?;
         let stream = rt.stream().clone();
         let bt = limits.max_reqs * limits.max_blocks_per_req;
-        let rows = limits.split_rows.checked_mul(shape.num_q_heads).ok_or_else(|| AttnError::InvalidConfig("workspace size overflows".into()))?;
-        // MLA's key splits: at most one per request plus the workspace's rows.
-        let max_key_splits = limits.max_reqs + limits.split_rows;
+        let ws_rows = limits.split_rows.checked_mul(shape.num_q_heads).ok_or_else(|| AttnError::InvalidConfig("workspace size overflows".into()))?;
         let (query_start_loc, seq_lens, block_table) = (stream.alloc_zeros(limits.max_reqs + 1)?, stream.alloc_zeros(limits.max_reqs)?, stream.alloc_zeros(bt)?);
-        let (decode_map, prefill_tiles) = (stream.alloc_zeros(limits.max_tokens)?, stream.alloc_zeros(2 * limits.max_tokens)?);
-        let (key_splits, token_splits) = (stream.alloc_zeros(2 * max_key_splits)?, stream.alloc_zeros(2 * limits.max_tokens)?);
         // Staging: one i32 slice per i32 map, in `upload`'s order and of the map's length.
-        let i32_maps: [&CudaSlice<i32>; 7] = [&query_start_loc, &seq_lens, &block_table, &decode_map, &prefill_tiles, &key_splits, &token_splits];
-        let i32s = i32_maps.iter().map(|b| b.len()).sum();
+        let i32s = query_start_loc.len() + seq_lens.len() + block_table.len() + rows.maps().iter().map(|b| b.len()).sum::<usize>();
         // SAFETY: the staging memory is written before it is read (each upload fills what it copies).
         let (staging_i32, staging_slots) = unsafe { (rt.context().alloc_pinned::<i32>(i32s)?, rt.context().alloc_pinned::<i64>(limits.max_tokens)?) };
         let m = DeviceMetadata {
@@ -126,12 +136,9 @@ impl DeviceMetadata {
             seq_lens,
             block_table,
             slot_mapping: stream.alloc_zeros(limits.max_tokens)?,
-            decode_map,
-            prefill_tiles,
-            key_splits,
-            token_splits,
-            partial_out: stream.alloc_zeros(rows * shape.head_dim)?,
-            partial_ml: stream.alloc_zeros(rows * 2)?,
+            rows,
+            partial_out: stream.alloc_zeros(ws_rows * shape.head_dim)?,
+            partial_ml: stream.alloc_zeros(ws_rows * 2)?,
             staging_i32,
             staging_slots,
             uploaded: rt.context().new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))?,
@@ -148,10 +155,7 @@ impl DeviceMetadata {
         4 * (self.query_start_loc.len()
             + self.seq_lens.len()
             + self.block_table.len()
-            + self.decode_map.len()
-            + self.prefill_tiles.len()
-            + self.key_splits.len()
-            + self.token_splits.len()
+            + self.rows.maps().iter().map(|b| b.len()).sum::<usize>()
             + self.partial_out.len()
             + self.partial_ml.len())
             + 8 * self.slot_mapping.len()
@@ -168,36 +172,16 @@ impl DeviceMetadata {
         let (qsl, rest) = staging.split_at_mut(self.query_start_loc.len());
         let (seq, rest) = rest.split_at_mut(self.seq_lens.len());
         let (bt, rest) = rest.split_at_mut(self.block_table.len());
-        let (dmap, rest) = rest.split_at_mut(self.decode_map.len());
-        let (tiles, rest) = rest.split_at_mut(self.prefill_tiles.len());
-        let (ksplits, tsplits) = rest.split_at_mut(self.key_splits.len());
-        let (nk, nts) = (plan.key_splits.len(), plan.token_splits.len());
-        if 2 * nk > ksplits.len() || 2 * nts > tsplits.len() {
-            return Err(AttnError::StepTooLarge(format!(
-                "{nk} key splits, {nts} tokens: past the step's buffers ({} key splits, {} tokens)",
-                ksplits.len() / 2,
-                tsplits.len() / 2
-            )));
+        // The backend's maps, each in its own staging slice.
+        let maps = self.rows.maps();
+        let mut own: Vec<&mut [i32]> = Vec::with_capacity(maps.len());
+        let mut rest = rest;
+        for m in &maps {
+            let (head, tail) = rest.split_at_mut(m.len());
+            own.push(head);
+            rest = tail;
         }
-        for (dst, k) in ksplits.chunks_exact_mut(2).zip(&plan.key_splits) {
-            dst[0] = k.request as i32;
-            dst[1] = k.split as i32;
-        }
-        for (dst, t) in tsplits.chunks_exact_mut(2).zip(&plan.token_splits) {
-            dst[0] = t[0] as i32;
-            dst[1] = t[1] as i32;
-        }
-        // The decode map only matters when some rows go elsewhere (else the kernels run
-        // without one); tiles are (request, first token).
-        let nd = if plan.prefill_tiles.is_empty() { 0 } else { plan.decode_tokens.len() };
-        for (dst, &t) in dmap.iter_mut().zip(&plan.decode_tokens[..nd]) {
-            *dst = t as i32;
-        }
-        let nt = plan.prefill_tiles.len();
-        for (dst, t) in tiles.chunks_exact_mut(2).zip(&plan.prefill_tiles) {
-            dst[0] = t.request as i32;
-            dst[1] = t.first_token as i32;
-        }
+        let used = self.rows.fill(plan, &mut own)?;
         qsl[..=r].copy_from_slice(meta.query_start_loc());
         seq[..r].copy_from_slice(meta.seq_lens());
         for req in 0..r {
@@ -209,8 +193,7 @@ impl DeviceMetadata {
         let n = meta.num_tokens();
         self.staging_slots.as_mut_slice()?[..n].copy_from_slice(meta.slot_mapping());
         let stream = self.rt.stream().clone();
-        let (qsl, seq, bt, dmap, tiles) = (&qsl[..=r], &seq[..r], &bt[..r * stride], &dmap[..nd], &tiles[..2 * nt]);
-        let (ksplits, tsplits) = (&ksplits[..2 * nk], &tsplits[..2 * nts]);
+        let (qsl, seq, bt) = (&qsl[..=r], &seq[..r], &bt[..r * stride]);
         let slots = &self.staging_slots.as_slice()?[..n];
         // SAFETY: each destination holds at least its source (sizes from the limits, checked
         // above); the staging memory is page-locked and is not written again before
@@ -225,15 +208,10 @@ impl DeviceMetadata {
             if n > 0 {
                 htod(ptr(&self.slot_mapping, &stream), slots, stream.cu_stream())?;
             }
-            if nd > 0 {
-                htod(ptr(&self.decode_map, &stream), dmap, stream.cu_stream())?;
-            }
-            if nt > 0 {
-                htod(ptr(&self.prefill_tiles, &stream), tiles, stream.cu_stream())?;
-            }
-            if nk > 0 {
-                htod(ptr(&self.key_splits, &stream), ksplits, stream.cu_stream())?;
-                htod(ptr(&self.token_splits, &stream), tsplits, stream.cu_stream())?;
+            for ((dst, src), &n) in maps.iter().zip(&own).zip(&used) {
+                if n > 0 {
+                    htod(ptr(*dst, &stream), &src[..n.min(src.len())], stream.cu_stream())?;
+                }
             }
         }
         self.uploaded.record(&stream)?;

@@ -7,6 +7,7 @@ use crate::backend_name::BackendName;
 use crate::error::{AttnError, Result};
 use crate::metadata::AttentionMetadata;
 use crate::spec::AttnSpec;
+use std::any::Any;
 use std::fmt;
 
 /// Most flash-decoding splits per query token.
@@ -133,7 +134,7 @@ impl LayerShape {
 }
 
 /// One kernel launch of a layer's step: which kernel, its grid, and how many query tokens
-/// it serves (which ones: [`StepPlan::decode_tokens`], [`StepPlan::prefill_tiles`]).
+/// it serves (which ones: the backend's [`StepPlan::rows`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelLaunch {
     /// The kernel, by its id in the kernel table (`kernel.name()` is its PTX entry point).
@@ -152,25 +153,30 @@ impl fmt::Display for KernelLaunch {
     }
 }
 
-/// A tile of the prefill kernel: `tokens` consecutive query tokens of `request`, from the
-/// step's token `first_token`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PrefillTile {
-    pub request: u32,
-    pub first_token: u32,
-    pub tokens: u32,
+/// A backend's own part of a step's plan: which rows its kernels serve, in the form they
+/// read them. Each backend owns its type (`cuda_paged::PagedRows`, `cuda_mla::MlaRows`; the
+/// CPU's is `()`); the plan carries it without knowing it (this module imports no backend).
+pub trait PlanRows: fmt::Debug + Send + Sync + 'static {
+    fn as_any(&self) -> &dyn Any;
+    /// Equal to `other` (rows of another type are not).
+    fn same_rows(&self, other: &dyn PlanRows) -> bool;
+    fn clone_rows(&self) -> Box<dyn PlanRows>;
 }
 
-/// One block of MLA's split-KV schedule: split `split` of `request`'s keys (keys
-/// `[split * chunk_keys, (split + 1) * chunk_keys)`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KeySplit {
-    pub request: u32,
-    pub split: u32,
+impl<T: fmt::Debug + Clone + PartialEq + Send + Sync + 'static> PlanRows for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn same_rows(&self, other: &dyn PlanRows) -> bool {
+        other.as_any().downcast_ref::<T>().is_some_and(|o| o == self)
+    }
+    fn clone_rows(&self) -> Box<dyn PlanRows> {
+        Box::new(self.clone())
+    }
 }
 
-/// What every layer of a step launches, decided once per step.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What every layer of a step launches, decided once per step by the backend's planner.
+#[derive(Debug)]
 pub struct StepPlan {
     pub backend: BackendName,
     pub num_tokens: usize,
@@ -179,21 +185,24 @@ pub struct StepPlan {
     pub num_splits: usize,
     /// Per layer, in order (empty on the CPU backend, which launches nothing).
     pub launches: Vec<KernelLaunch>,
-    /// The query tokens the decode kernel serves, in its grid's order (all of them when no
-    /// request goes to the prefill kernel).
-    pub decode_tokens: Vec<u32>,
-    /// The prefill kernel's tiles, in launch order (longest key range first).
-    pub prefill_tiles: Vec<PrefillTile>,
     /// Workspace the plan uses (partial outputs and their (max, sum) pairs when split).
     pub workspace_bytes: usize,
-    /// MLA's schedule: the decode kernel's blocks, keys per split, and each query token's
-    /// (first workspace slot, split count) (empty on other backends).
-    pub key_splits: Vec<KeySplit>,
-    pub chunk_keys: usize,
-    pub token_splits: Vec<[u32; 2]>,
+    /// The backend's rows (see [`StepPlan::rows`]).
+    rows: Box<dyn PlanRows>,
 }
 
 impl StepPlan {
+    /// A plan of `backend` with its own `rows`.
+    pub fn new(backend: BackendName, num_tokens: usize, num_reqs: usize, num_splits: usize, launches: Vec<KernelLaunch>, workspace_bytes: usize, rows: impl PlanRows) -> StepPlan {
+        StepPlan { backend, num_tokens, num_reqs, num_splits, launches, workspace_bytes, rows: Box::new(rows) }
+    }
+
+    /// The backend's rows, if they are of type `R` (`cuda_paged::PagedRows` for the paged
+    /// backends, `cuda_mla::MlaRows` for MLA).
+    pub fn rows<R: PlanRows>(&self) -> Option<&R> {
+        self.rows.as_any().downcast_ref::<R>()
+    }
+
     /// Whether a CUDA graph captured for `self` replays `other`: the same launches (kernel,
     /// grid, rows) and hence the same kernel arguments, the buffers being the step's own.
     pub fn same_launches(&self, other: &StepPlan) -> bool {
@@ -201,11 +210,19 @@ impl StepPlan {
             && self.num_tokens == other.num_tokens
             && self.num_reqs == other.num_reqs
             && self.launches == other.launches
-            && self.decode_tokens == other.decode_tokens
-            && self.prefill_tiles == other.prefill_tiles
-            && self.key_splits == other.key_splits
-            && self.chunk_keys == other.chunk_keys
-            && self.token_splits == other.token_splits
+            && self.rows.same_rows(&*other.rows)
     }
 }
 
+impl Clone for StepPlan {
+    fn clone(&self) -> StepPlan {
+        StepPlan { launches: self.launches.clone(), rows: self.rows.clone_rows(), ..*self }
+    }
+}
+
+impl PartialEq for StepPlan {
+    fn eq(&self, other: &StepPlan) -> bool {
+        self.same_launches(other) && self.num_splits == other.num_splits && self.workspace_bytes == other.workspace_bytes
+    }
+}
+impl Eq for StepPlan {}

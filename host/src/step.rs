@@ -29,7 +29,7 @@ use crate::platform::{DeviceProps, Platform};
 use crate::spec::AttnSpec;
 use std::sync::Arc;
 
-pub use crate::plan::{KernelLaunch, KeySplit, LayerShape, PlanOptions, PrefillTile, StepLimits, StepPlan};
+pub use crate::plan::{KernelLaunch, LayerShape, PlanOptions, PlanRows, StepLimits, StepPlan};
 
 /// The per-step state every layer of a step runs on (see the module docs). Created once
 /// for a backend, a layer shape, a cache layout and [`StepLimits`]; [`Step::prepare`] once
@@ -62,7 +62,7 @@ impl Step {
         } else {
             let rt = gpu.ok_or_else(|| AttnError::NoCuda(format!("backend {backend} needs a CUDA device")))?;
             let props = backend.device_props(&rt, dtype, &layout, &shape)?;
-            (Some(props), Some(DeviceMetadata::new(rt, shape, &limits)?))
+            (Some(props), Some(backend.device_metadata(rt, shape, &limits)?))
         };
         Ok(Step { backend, dtype, shape, layout, limits, props, meta: None, plan: None, device })
     }

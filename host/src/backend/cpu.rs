@@ -151,19 +151,8 @@ pub fn plan(meta: &AttentionMetadata, opts: &PlanOptions) -> Result<StepPlan> {
         Some(s) => s,
         None => 1,
     };
-    Ok(StepPlan {
-        backend: BackendName::Cpu,
-        num_tokens: meta.num_tokens(),
-        num_reqs: meta.num_reqs(),
-        num_splits,
-        launches: Vec::new(),
-        decode_tokens: Vec::new(),
-        prefill_tiles: Vec::new(),
-        workspace_bytes: 0,
-        key_splits: Vec::new(),
-        chunk_keys: 0,
-        token_splits: Vec::new(),
-    })
+    // The CPU reads the step's maps from the host: its plan has no rows of its own.
+    Ok(StepPlan::new(BackendName::Cpu, meta.num_tokens(), meta.num_reqs(), num_splits, Vec::new(), 0, ()))
 }
 
 /// How one query row's scores are formed.

@@ -17,7 +17,7 @@
 //! the whole step ([`mla_chunk_keys`]), so a ragged batch becomes blocks of nearly equal
 //! work spread over the SMs; [`CudaMlaImpl`] only launches.
 
-use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, max_shared_memory_per_block, merge_kernel, ptr, query_type, through_device, DeviceMetadata};
+use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, max_shared_memory_per_block, merge_kernel, ptr, query_type, through_device, DeviceMetadata, DeviceRows};
 use crate::plan::MAX_SPLITS;
 use crate::registry::{Family, KernelId, KvType, QType, ScoreMod};
 use crate::attention_impl::AttentionImpl;
@@ -32,9 +32,9 @@ use crate::metadata::AttentionMetadata;
 use crate::params::{mla_smem_bytes, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_STAGES, MLA_WARPS};
 use crate::platform::DeviceProps;
 use crate::spec::{AttnSpec, MlaSpec};
-use crate::plan::{KernelLaunch, KeySplit, LayerShape, PlanOptions, StepLimits, StepPlan};
+use crate::plan::{KernelLaunch, LayerShape, PlanOptions, StepLimits, StepPlan};
 use crate::step::Step;
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -228,19 +228,80 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         }
     }
     let workspace_bytes = slot as usize * h * (MLA_RANK as usize + 2) * std::mem::size_of::<f32>();
-    Ok(StepPlan {
-        backend: BackendName::CudaMla,
-        num_tokens: n,
-        num_reqs: meta.num_reqs(),
-        num_splits,
-        launches,
-        decode_tokens: Vec::new(),
-        prefill_tiles: Vec::new(),
-        workspace_bytes,
-        key_splits,
-        chunk_keys: chunk,
-        token_splits,
-    })
+    Ok(StepPlan::new(BackendName::CudaMla, n, meta.num_reqs(), num_splits, launches, workspace_bytes, MlaRows { key_splits, chunk_keys: chunk, token_splits }))
+}
+
+/// One block of MLA's split-KV schedule: split `split` of `request`'s keys (keys
+/// `[split * chunk_keys, (split + 1) * chunk_keys)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeySplit {
+    pub request: u32,
+    pub split: u32,
+}
+
+/// MLA's rows of a plan ([`StepPlan::rows`]): its split-KV schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MlaRows {
+    /// The decode kernel's blocks, in grid order.
+    pub key_splits: Vec<KeySplit>,
+    /// Keys per split.
+    pub chunk_keys: usize,
+    /// Each query token's (first workspace slot, split count).
+    pub token_splits: Vec<[u32; 2]>,
+}
+
+/// MLA's rows of a plan (every plan of its has them).
+pub(crate) fn mla_rows(plan: &StepPlan) -> &MlaRows {
+    plan.rows::<MlaRows>().expect("an MLA plan carries MlaRows")
+}
+
+/// MLA's device maps of a step: the key splits as (request, split) pairs and each token's
+/// (first slot, count), sized for the step limits.
+pub struct MlaWorkspace {
+    key_splits: CudaSlice<i32>,
+    token_splits: CudaSlice<i32>,
+}
+
+impl MlaWorkspace {
+    pub(crate) fn new(stream: &Arc<CudaStream>, limits: &StepLimits) -> Result<MlaWorkspace> {
+        // At most one split per request plus the workspace's rows.
+        let max_key_splits = limits.max_reqs + limits.split_rows;
+        Ok(MlaWorkspace { key_splits: stream.alloc_zeros(2 * max_key_splits)?, token_splits: stream.alloc_zeros(2 * limits.max_tokens)? })
+    }
+}
+
+impl DeviceRows for MlaWorkspace {
+    fn maps(&self) -> Vec<&CudaSlice<i32>> {
+        vec![&self.key_splits, &self.token_splits]
+    }
+    fn fill(&self, plan: &StepPlan, staging: &mut [&mut [i32]]) -> Result<Vec<usize>> {
+        let rows = mla_rows(plan);
+        let (nk, nts) = (rows.key_splits.len(), rows.token_splits.len());
+        if 2 * nk > staging[0].len() || 2 * nts > staging[1].len() {
+            return Err(AttnError::StepTooLarge(format!(
+                "{nk} key splits, {nts} tokens: past the step's buffers ({} key splits, {} tokens)",
+                staging[0].len() / 2,
+                staging[1].len() / 2
+            )));
+        }
+        for (dst, k) in staging[0].chunks_exact_mut(2).zip(&rows.key_splits) {
+            dst[0] = k.request as i32;
+            dst[1] = k.split as i32;
+        }
+        for (dst, t) in staging[1].chunks_exact_mut(2).zip(&rows.token_splits) {
+            dst[0] = t[0] as i32;
+            dst[1] = t[1] as i32;
+        }
+        Ok(vec![2 * nk, 2 * nts])
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The step's MLA maps on the device (every MLA step has them).
+fn mla_workspace(dev: &DeviceMetadata) -> &MlaWorkspace {
+    dev.rows::<MlaWorkspace>().expect("an MLA step holds an MlaWorkspace")
 }
 
 /// One MLA layer on the GPU: its latent cache and kernels.
@@ -346,8 +407,8 @@ impl<T: Element> CudaMlaImpl<T> {
                 block_table: ptr(&dev.block_table, &stream),
                 seq_lens: ptr(&dev.seq_lens, &stream),
                 query_start_loc: ptr(&dev.query_start_loc, &stream),
-                splits: ptr(&dev.key_splits, &stream),
-                token_splits: ptr(&dev.token_splits, &stream),
+                splits: ptr(&mla_workspace(dev).key_splits, &stream),
+                token_splits: ptr(&mla_workspace(dev).token_splits, &stream),
                 partial_out: ptr(&dev.partial_out, &stream),
                 partial_ml: ptr(&dev.partial_ml, &stream),
                 lse,
@@ -360,7 +421,7 @@ impl<T: Element> CudaMlaImpl<T> {
                 block_table_stride: dev.block_table_stride as u32,
                 num_q_heads: h as u32,
                 block_size_log2: l.block_size.trailing_zeros(),
-                chunk_keys: plan.chunk_keys as u32,
+                chunk_keys: mla_rows(plan).chunk_keys as u32,
                 scale: self.mla.scale,
                 _pad: 0,
             };
@@ -373,7 +434,7 @@ impl<T: Element> CudaMlaImpl<T> {
                 partial_out: ptr(&dev.partial_out, &stream),
                 partial_ml: ptr(&dev.partial_ml, &stream),
                 token_map: 0,
-                token_splits: ptr(&dev.token_splits, &stream),
+                token_splits: ptr(&mla_workspace(dev).token_splits, &stream),
                 lse,
                 out: ptr(t.out, &stream),
                 out_token_stride: h as u64 * dv,
@@ -478,10 +539,10 @@ mod tests {
         let shape = LayerShape::heads(16, 1, 576);
         let limits = StepLimits::new(8, 2, 4096, 64);
         let p = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap();
-        assert_eq!((p.chunk_keys, p.num_splits), (768, 4));
-        assert_eq!(p.key_splits, vec![KeySplit { request: 0, split: 0 }, KeySplit { request: 1, split: 0 }, KeySplit { request: 1, split: 1 }, KeySplit { request: 1, split: 2 }, KeySplit { request: 1, split: 3 }]);
+        assert_eq!((mla_rows(&p).chunk_keys, p.num_splits), (768, 4));
+        assert_eq!(mla_rows(&p).key_splits, vec![KeySplit { request: 0, split: 0 }, KeySplit { request: 1, split: 0 }, KeySplit { request: 1, split: 1 }, KeySplit { request: 1, split: 2 }, KeySplit { request: 1, split: 3 }]);
         // Token 0 (one split) is written directly; tokens 1, 2 take workspace slots 0-3, 4-7.
-        assert_eq!(p.token_splits, vec![[0, 1], [0, 4], [4, 4]]);
+        assert_eq!(mla_rows(&p).token_splits, vec![[0, 1], [0, 4], [4, 4]]);
         assert_eq!(p.workspace_bytes, 8 * 16 * 514 * 4);
         assert_eq!(
             p.launches,

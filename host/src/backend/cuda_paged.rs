@@ -22,7 +22,7 @@ use crate::backend_name::BackendName;
 use crate::caps::BackendCaps;
 use crate::cuda_plumbing::DeviceTensors;
 pub use crate::cuda_plumbing::{merge_kernel, DeviceMetadata};
-use crate::cuda_plumbing::{check_len, check_rows, function_with_smem, max_shared_memory_per_block, ptr, query_type, through_device};
+use crate::cuda_plumbing::{check_len, check_rows, function_with_smem, max_shared_memory_per_block, ptr, query_type, through_device, DeviceRows};
 use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
@@ -38,7 +38,7 @@ use crate::cuda_cache::DeviceKvCache;
 use crate::cuda_plumbing::kv_type;
 use crate::fp8::KvScales;
 use crate::spec::AttnSpec;
-use crate::plan::{KernelLaunch, LayerShape, PlanOptions, PrefillTile, StepLimits, StepPlan};
+use crate::plan::{KernelLaunch, LayerShape, PlanOptions, StepLimits, StepPlan};
 use crate::step::Step;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use std::marker::PhantomData;
@@ -332,25 +332,83 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         });
     }
     let workspace_bytes = if num_splits > 1 { num_splits * nd * hq * (d + 2) * std::mem::size_of::<f32>() } else { 0 };
-    Ok(StepPlan {
-        backend,
-        num_tokens: n,
-        num_reqs: meta.num_reqs(),
-        num_splits,
-        launches,
-        decode_tokens,
-        prefill_tiles,
-        workspace_bytes,
-        key_splits: Vec::new(),
-        chunk_keys: 0,
-        token_splits: Vec::new(),
-    })
+    Ok(StepPlan::new(backend, n, meta.num_reqs(), num_splits, launches, workspace_bytes, PagedRows { decode_tokens, prefill_tiles }))
+}
+
+/// A tile of the prefill kernel: `tokens` consecutive query tokens of `request`, from the
+/// step's token `first_token`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefillTile {
+    pub request: u32,
+    pub first_token: u32,
+    pub tokens: u32,
+}
+
+/// The paged backends' rows of a plan ([`StepPlan::rows`]): which query tokens each kernel
+/// serves.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PagedRows {
+    /// The query tokens the decode kernel serves, in its grid's order (all of them when no
+    /// request goes to the prefill kernel).
+    pub decode_tokens: Vec<u32>,
+    /// The prefill kernel's tiles, in launch order (longest key range first).
+    pub prefill_tiles: Vec<PrefillTile>,
+}
+
+/// The paged backends' rows of a plan (every plan of theirs has them).
+pub(crate) fn paged_rows(plan: &StepPlan) -> &PagedRows {
+    plan.rows::<PagedRows>().expect("a paged backend's plan carries PagedRows")
+}
+
+/// The paged backends' device maps of a step: the decode kernel's token map and the prefill
+/// kernel's (request, first token) tiles, sized for the step limits.
+pub struct PagedWorkspace {
+    decode_map: CudaSlice<i32>,
+    prefill_tiles: CudaSlice<i32>,
+}
+
+impl PagedWorkspace {
+    pub(crate) fn new(stream: &Arc<CudaStream>, limits: &StepLimits) -> Result<PagedWorkspace> {
+        Ok(PagedWorkspace { decode_map: stream.alloc_zeros(limits.max_tokens)?, prefill_tiles: stream.alloc_zeros(2 * limits.max_tokens)? })
+    }
+}
+
+impl DeviceRows for PagedWorkspace {
+    fn maps(&self) -> Vec<&CudaSlice<i32>> {
+        vec![&self.decode_map, &self.prefill_tiles]
+    }
+    fn fill(&self, plan: &StepPlan, staging: &mut [&mut [i32]]) -> Result<Vec<usize>> {
+        let rows = paged_rows(plan);
+        // The decode map only matters when some rows go elsewhere (else the kernel runs
+        // without one); tiles are (request, first token).
+        let nd = if rows.prefill_tiles.is_empty() { 0 } else { rows.decode_tokens.len() };
+        let nt = rows.prefill_tiles.len();
+        if nd > staging[0].len() || 2 * nt > staging[1].len() {
+            return Err(AttnError::StepTooLarge(format!("{nd} decode rows, {nt} prefill tiles: past the step's buffers")));
+        }
+        for (dst, &t) in staging[0].iter_mut().zip(&rows.decode_tokens[..nd]) {
+            *dst = t as i32;
+        }
+        for (dst, t) in staging[1].chunks_exact_mut(2).zip(&rows.prefill_tiles) {
+            dst[0] = t.request as i32;
+            dst[1] = t.first_token as i32;
+        }
+        Ok(vec![nd, 2 * nt])
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The step's paged maps on the device (every paged step has them).
+fn paged_workspace(dev: &DeviceMetadata) -> &PagedWorkspace {
+    dev.rows::<PagedWorkspace>().expect("a paged backend's step holds a PagedWorkspace")
 }
 
 /// The decode kernel's token map: the step's decode rows when some rows go to the prefill
 /// kernel, else none (0: block x is the token).
 fn token_map(plan: &StepPlan, dev: &DeviceMetadata, stream: &CudaStream) -> u64 {
-    if plan.prefill_tiles.is_empty() { 0 } else { ptr(&dev.decode_map, stream) }
+    if paged_rows(plan).prefill_tiles.is_empty() { 0 } else { ptr(&paged_workspace(dev).decode_map, stream) }
 }
 
 /// The log-sum-exp output's address, or 0 when the caller asked for none.
@@ -556,7 +614,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 seq_lens: ptr(&dev.seq_lens, &stream),
                 query_start_loc: ptr(&dev.query_start_loc, &stream),
                 alibi_slopes: self.alibi.as_ref().map_or(0, |a| ptr(a, &stream)),
-                tiles: ptr(&dev.prefill_tiles, &stream),
+                tiles: ptr(&paged_workspace(dev).prefill_tiles, &stream),
                 lse: lse_ptr(t, &stream),
                 q_token_stride: (hq * d) as u64,
                 q_head_stride: d as u64,
@@ -716,9 +774,9 @@ mod tests {
         // tiles, longest key range first; the decode's token (57) goes to the decode kernel.
         let m = meta(&[(40, 24), (0, 33), (1000, 1)]);
         let p = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &StepLimits::new(64, 4, 1024, 16), &PlanOptions { force_splits: Some(1), ..PlanOptions::default() }, BackendName::CudaPaged).unwrap();
-        assert_eq!(p.decode_tokens, vec![57]);
+        assert_eq!(paged_rows(&p).decode_tokens, vec![57]);
         let tile = |request, first_token, tokens| PrefillTile { request, first_token, tokens };
-        assert_eq!(p.prefill_tiles, vec![tile(0, 0, 24), tile(1, 56, 1), tile(1, 24, 32)]);
+        assert_eq!(paged_rows(&p).prefill_tiles, vec![tile(0, 0, 24), tile(1, 56, 1), tile(1, 24, 32)]);
         assert_eq!(
             p.launches,
             vec![
@@ -747,7 +805,7 @@ mod tests {
         assert_eq!((prefill_tiling(1), prefill_tiling(4), prefill_tiling(7), prefill_tiling(71)), ((1, 128), (4, 32), (7, 18), (71, 1)));
         let wide = LayerShape::heads(136, 1, 64);
         let p = plan(&meta(&[(0, 3)]), &wide, DType::Bf16, &DeviceProps::H100, &StepLimits::new(4, 1, 16, 16), &PlanOptions::default(), BackendName::CudaPaged).unwrap();
-        assert_eq!((p.launches[1].grid, p.prefill_tiles.len()), ((3, 2, 1), 3));
+        assert_eq!((p.launches[1].grid, paged_rows(&p).prefill_tiles.len()), ((3, 2, 1), 3));
         // Score modifiers pick the prefill kernel's instantiation (Gemma-2: soft-cap; BLOOM:
         // ALiBi); the decode kernel decides them at run time.
         let kernels = |softcap, alibi| {

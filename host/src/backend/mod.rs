@@ -110,6 +110,20 @@ impl BackendName {
         }
     }
 
+    /// A (device) step's buffers for this backend: the metadata every CUDA backend uploads
+    /// and the split-KV workspace (`crate::cuda_plumbing`), with the backend's own maps
+    /// (`cuda_paged::PagedWorkspace`, `cuda_mla::MlaWorkspace`).
+    pub(crate) fn device_metadata(self, rt: Arc<CudaRuntime>, shape: LayerShape, limits: &StepLimits) -> Result<crate::cuda_plumbing::DeviceMetadata> {
+        limits.validate()?;
+        let stream = rt.stream().clone();
+        let rows: Box<dyn crate::cuda_plumbing::DeviceRows> = match self {
+            BackendName::Cpu => return Err(AttnError::InvalidConfig("the CPU backend has no device buffers".into())),
+            BackendName::CudaPaged | BackendName::CudaPagedPortable => Box::new(cuda_paged::PagedWorkspace::new(&stream, limits)?),
+            BackendName::CudaMla => Box::new(cuda_mla::MlaWorkspace::new(&stream, limits)?),
+        };
+        crate::cuda_plumbing::DeviceMetadata::new(rt, shape, limits, rows)
+    }
+
     /// A layer's impl on this backend, with its cache of `layout` in the backend's memory,
     /// after the capability row accepted the layer.
     pub fn make_impl<T: Element>(self, spec: &AttnSpec, layout: KvCacheLayout, gpu: Option<Arc<CudaRuntime>>) -> Result<Box<dyn AttentionImpl<T>>> {
