@@ -22,14 +22,14 @@
 //! The host guarantees: tiles inside their request's query tokens, block ids inside the
 //! cache, block_size a power of two, rows 16-byte aligned, seq_lens >= query lengths.
 
-use crate::elem::Elem;
+use crate::elem::{convert_word, Elem};
 use crate::kv::KvStore;
 use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
 use crate::score_mod::ScoreMod;
 use crate::softmax::{p_fragment, rescale, RowState};
-use crate::tile::{load_tile, swizzled, LdmLane};
+use crate::tile::{load_tile_with, swizzled, LdmLane};
 
 const WARPS: usize = PREFILL_WARPS as usize;
 const ROWS: usize = PREFILL_ROWS as usize;
@@ -45,8 +45,6 @@ const ROWS: usize = PREFILL_ROWS as usize;
 pub(crate) unsafe fn flash_prefill<E: Elem, K: KvStore, M: ScoreMod, const D: usize, const NT: usize, const KS: usize, const BN: usize, const NB: usize, const STAGES: usize, const RC: usize, const Q_SMEM: bool>(
     p: &PrefillParams,
 ) {
-    // The MMAs multiply `E`: a KV store whose fragments come out in another type has no place here.
-    const { assert!(<K::Mma<E> as Elem>::IS_F16 == E::IS_F16, "flash_prefill: the KV store must widen to the query type") };
     let chunks = D / 8; // 16-byte chunks of a K/V/Q row in memory
     let row_bytes = RC * 16;
     let tid = thread_idx_x() as usize;
@@ -109,7 +107,8 @@ pub(crate) unsafe fn flash_prefill<E: Elem, K: KvStore, M: ScoreMod, const D: us
         let off = t.row_token(m) as u64 * p.q_token_stride + t.row_head(m) as u64 * p.q_head_stride;
         if t.row_valid(m) { Some((p.q as *const u16).wrapping_add(off as usize)) } else { None }
     };
-    unsafe { load_tile(tid, WARPS * 32, ROWS, chunks, q_row, |m, c| smem + swizzled(m, c, row_bytes) as u32) };
+    // In the MMAs' type (`K::Mma<E>`: f16 over `kv::E4m3Cvt`, whatever the query type).
+    unsafe { load_tile_with(tid, WARPS * 32, ROWS, chunks, q_row, |m, c| smem + swizzled(m, c, row_bytes) as u32, |v| V4(v.0.map(convert_word::<E, K::Mma<E>>))) };
     bar_sync();
     // This lane's ldmatrix addressing; its warp's 16 rows of Q.
     let ldm = LdmLane::new(lane, row_bytes);
@@ -172,8 +171,8 @@ pub(crate) unsafe fn flash_prefill<E: Elem, K: KvStore, M: ScoreMod, const D: us
             let a = if Q_SMEM { unsafe { ldmatrix_x4(ldm.a(q_rows, ks)) } } else { qa[ks] };
             for j in 0..BN / 16 {
                 let b = unsafe { ldmatrix_x4(k_rows + (16 * j * row_bytes) as u32 + (ldm.b_x ^ (32 * ks as u32))) };
-                s[2 * j] = E::mma(a, [b[0], b[1]], s[2 * j]);
-                s[2 * j + 1] = E::mma(a, [b[2], b[3]], s[2 * j + 1]);
+                s[2 * j] = <K::Mma<E>>::mma(a, [b[0], b[1]], s[2 * j]);
+                s[2 * j + 1] = <K::Mma<E>>::mma(a, [b[2], b[3]], s[2 * j + 1]);
             }
         }
 
@@ -186,11 +185,11 @@ pub(crate) unsafe fn flash_prefill<E: Elem, K: KvStore, M: ScoreMod, const D: us
         rescale(&mut o, corr);
         // O += P V, 16 keys at a time: P's A fragment from n-tiles 2 kc, 2 kc + 1.
         for kc in 0..BN / 16 {
-            let pa = p_fragment::<E, NB>(&s, kc);
+            let pa = p_fragment::<K::Mma<E>, NB>(&s, kc);
             for dp in 0..NT / 2 {
                 let b = unsafe { ldmatrix_x4_trans(v_rows + (16 * kc * row_bytes) as u32 + (ldm.a_x ^ (32 * dp as u32))) };
-                o[2 * dp] = E::mma(pa, [b[0], b[1]], o[2 * dp]);
-                o[2 * dp + 1] = E::mma(pa, [b[2], b[3]], o[2 * dp + 1]);
+                o[2 * dp] = <K::Mma<E>>::mma(pa, [b[0], b[1]], o[2 * dp]);
+                o[2 * dp + 1] = <K::Mma<E>>::mma(pa, [b[2], b[3]], o[2 * dp + 1]);
             }
         }
     }
@@ -385,3 +384,23 @@ macro_rules! flash_prefill_instance {
     };
 }
 pub(crate) use flash_prefill_instance;
+
+/// The sm_90a module's rows (`Family::FlashPrefillCvt`): the same kernel over the KV type's
+/// hardware-converting store (`kv::Hardware`: fp8 by `cvt.rn.f16x2.e4m3x2`, f16 MMAs).
+macro_rules! flash_prefill_cvt_instance {
+    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PrefillParams) {
+            use $crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks};
+            type Store = <$crate::kv::$kv as $crate::kv::Hardware>::Store;
+            unsafe {
+                $crate::flash_prefill::flash_prefill::<
+                    $crate::elem::$q, Store, $crate::score_mod::$score, $d, { $d / 8 }, { $d / 16 },
+                    { prefill_keys($d) as usize }, { prefill_keys($d) as usize / 8 }, { prefill_stages($d) as usize },
+                    { smem_row_chunks($d) as usize }, { prefill_q_in_smem($d) },
+                >(&p)
+            }
+        }
+    };
+}
+pub(crate) use flash_prefill_cvt_instance;

@@ -37,6 +37,9 @@ pub enum Family {
     FlashPrefill,
     /// The prefill's tiles on wgmma, TMA and warp specialization (`PrefillParams`).
     FlashPrefillSm90,
+    /// The mma.sync prefill over the hardware's fp8 conversion (f16 MMAs: `PrefillParams`),
+    /// in the sm_90a module: the fp8 rows of Hopper, whose wgmma kernel has none.
+    FlashPrefillCvt,
     /// MLA's latent cache write (`MlaCacheWriteParams`).
     MlaCacheWrite,
     /// MLA decode, absorbed form, split-KV (`MlaParams`).
@@ -54,6 +57,7 @@ impl Family {
             Family::Merge => "crate::merge::merge_instance",
             Family::FlashPrefill => "crate::flash_prefill::flash_prefill_instance",
             Family::FlashPrefillSm90 => "crate::flash_prefill_sm90::flash_prefill_sm90_instance",
+            Family::FlashPrefillCvt => "crate::flash_prefill::flash_prefill_cvt_instance",
             Family::MlaCacheWrite => "crate::cache_write::mla_cache_write_instance",
             Family::MlaDecode => "crate::mla_decode::mla_decode_instance",
         }
@@ -66,6 +70,7 @@ impl Family {
             Family::Merge => "merge_splits",
             Family::FlashPrefill => "flash_prefill",
             Family::FlashPrefillSm90 => "flash_prefill_sm90",
+            Family::FlashPrefillCvt => "flash_prefill_cvt",
             Family::MlaCacheWrite => "mla_cache_write",
             Family::MlaDecode => "mla_decode",
         }
@@ -256,7 +261,7 @@ impl KernelId {
         match self.family {
             Family::CacheWrite | Family::Merge | Family::MlaCacheWrite => 0,
             Family::PagedDecode | Family::PagedDecodeSm90 => paged_smem_bytes(self.head_dim, self.kv.bytes()),
-            Family::FlashPrefill => prefill_smem_bytes(self.head_dim, self.kv.bytes()),
+            Family::FlashPrefill | Family::FlashPrefillCvt => prefill_smem_bytes(self.head_dim, self.kv.bytes()),
             Family::FlashPrefillSm90 => prefill_sm90_smem_bytes(self.head_dim),
             Family::MlaDecode => mla_smem_bytes(self.stages),
         }
@@ -324,6 +329,7 @@ pub const KERNELS: &[KernelRow] = &[
     KernelRow { family: Family::PagedDecodeSm90, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: HEAD_DIMS, scores: &[ScoreMod::Dynamic], stages: ONE, module: Module::Sm90a, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC.union(Features::CVT_FP8) },
     KernelRow { family: Family::Merge, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: 0, needs: Features::NONE },
     KernelRow { family: Family::FlashPrefill, q: Q16, kv: KV_ALL, head_dims: HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Portable, threads: PREFILL_WARPS * 32, needs: Features::MMA_SYNC },
+    KernelRow { family: Family::FlashPrefillCvt, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Sm90a, threads: PREFILL_WARPS * 32, needs: Features::MMA_SYNC.union(Features::CVT_FP8) },
     KernelRow { family: Family::FlashPrefillSm90, q: Q16, kv: &[KvType::Native], head_dims: SM90_HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Sm90a, threads: PREFILL_SM90_THREADS, needs: Features::HOPPER },
     KernelRow { family: Family::MlaCacheWrite, q: &[QType::B16], kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
     KernelRow { family: Family::MlaDecode, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_STAGES, module: Module::Portable, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC },

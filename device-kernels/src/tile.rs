@@ -16,11 +16,17 @@ use crate::intrinsics::{ld_global_nc_v4, st_shared_v4, V4};
 /// barrier, and a proxy fence for wgmma readers).
 #[inline(always)]
 pub unsafe fn load_tile(tid: usize, threads: usize, rows: usize, chunks: usize, row: impl Fn(usize) -> Option<*const u16>, at: impl Fn(usize, usize) -> u32) {
+    unsafe { load_tile_with(tid, threads, rows, chunks, row, at, |v| v) }
+}
+
+/// [`load_tile`] with each loaded chunk passed through `map` (a conversion of its words).
+#[inline(always)]
+pub unsafe fn load_tile_with(tid: usize, threads: usize, rows: usize, chunks: usize, row: impl Fn(usize) -> Option<*const u16>, at: impl Fn(usize, usize) -> u32, map: impl Fn(V4) -> V4) {
     let mut u = tid;
     while u < rows * chunks {
         let (m, c) = (u / chunks, u % chunks);
         let v = match row(m) {
-            Some(src) => unsafe { ld_global_nc_v4(src.add(8 * c)) },
+            Some(src) => map(unsafe { ld_global_nc_v4(src.add(8 * c)) }),
             None => V4::ZERO,
         };
         unsafe { st_shared_v4(at(m, c), v) };

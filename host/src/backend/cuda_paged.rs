@@ -9,7 +9,9 @@
 //!   (chunked or fresh prefill), 128 (token, head) rows per block over shared K/V tiles;
 //! - `flash_prefill_sm90_<dtype>_d<head_dim>[...]` (sm_90a module, [`hopper_prefill`]): the
 //!   same tiles on wgmma, K/V brought by the copy engine through the cache's tensor maps
-//!   (encoded once per layer, `cache_tensor_map`).
+//!   (encoded once per layer, `cache_tensor_map`);
+//! - `flash_prefill_cvt_<dtype>_e4m3_d<head_dim>[...]` (sm_90a module, [`mma_prefill_kernel`]):
+//!   prefill over an fp8 cache there, the portable kernel on the hardware's conversion.
 //!
 //! Plan, then run: [`plan`] is a pure function of a step's metadata, the layer's shape and
 //! the device's properties (split count, grids, workspace); [`DeviceMetadata`] is the
@@ -159,6 +161,14 @@ pub fn cache_write_kernel(q: QType, kv: KvType) -> KernelId {
 pub fn prefill_kernel(q: QType, kv: KvType, head_dim: usize, softcap: bool, alibi: bool, hopper: bool) -> KernelId {
     let family = if hopper { Family::FlashPrefillSm90 } else { Family::FlashPrefill };
     kernel(family, q, kv, head_dim, ScoreMod::of(softcap, alibi))
+}
+
+/// The mma.sync prefill kernel `backend` runs where the wgmma one does not serve: over an
+/// fp8 cache on `CUDA_PAGED`, the sm_90a module's kernel on the hardware's conversion where
+/// the device runs it (`arch`); otherwise the portable one.
+pub fn mma_prefill_kernel(backend: BackendName, arch: &ArchFeatures, q: QType, kv: KvType, head_dim: usize, softcap: bool, alibi: bool) -> KernelId {
+    let cvt = kernel(Family::FlashPrefillCvt, q, kv, head_dim, ScoreMod::of(softcap, alibi));
+    if backend == BackendName::CudaPaged && arch.runs_id(&cvt) { cvt } else { prefill_kernel(q, kv, head_dim, softcap, alibi, false) }
 }
 
 /// Whether `backend` runs prefill on the Hopper kernel: `CUDA_PAGED` on a device that runs
@@ -322,7 +332,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         // The same tiles and parameters on either kernel: 8 warps, or on the Hopper one two
         // consumer warpgroups of 64 rows and a producer warpgroup.
         let hopper = hopper_prefill(backend, &props.arch, q, kv, d, meta.layout().block_size);
-        let id = prefill_kernel(q, kv, d, shape.softcap, shape.alibi, hopper);
+        let id = if hopper { prefill_kernel(q, kv, d, shape.softcap, shape.alibi, true) } else { mma_prefill_kernel(backend, &props.arch, q, kv, d, shape.softcap, shape.alibi) };
         launches.push(KernelLaunch {
             kernel: id,
             grid: (prefill_tiles.len() as u32, (hkv * shape.group_size().div_ceil(hpt)) as u32, 1),
@@ -458,7 +468,7 @@ impl<T: Element> CudaPagedImpl<T> {
             None => None,
         };
         let shape = LayerShape::of(&spec);
-        let portable = prefill_kernel(q, kv, d, shape.softcap, shape.alibi, false);
+        let portable = mma_prefill_kernel(backend, &rt.features(), q, kv, d, shape.softcap, shape.alibi);
         let mut prefill_fns = vec![(portable, function_with_smem(&rt, backend, portable, d)?)];
         let mut tensor_maps = None;
         if hopper_prefill(backend, &rt.features(), q, kv, d, layout.block_size) {
@@ -823,7 +833,7 @@ mod tests {
         assert!(sm90a.contains(&"flash_prefill_sm90_f16_d256_alibi".to_string()) && !sm90.iter().any(|k| k.contains("_sm90_")));
         // The sm_90a module's own: the Hopper prefill (2 dtypes x 3 head dims x 4 modifiers)
         // and the hardware-converting fp8 decode (2 dtypes x 4 head dims).
-        assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4 + 2 * 4);
+        assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4 + 2 * 4 + 2 * 4 * 4);
         assert!(!sm90a.iter().any(|k| k.starts_with("flash_prefill_sm90") && k.contains("_d96")));
         // Decode over fp8: the sm_90a kernel on CUDA_PAGED there, the portable one elsewhere.
         let fp8 = |backend, arch: &ArchFeatures| decode_kernel(backend, arch, QType::Bf16, KvType::Fp8E4m3, 128).name();
@@ -831,6 +841,13 @@ mod tests {
         assert_eq!(fp8(BackendName::CudaPagedPortable, &DeviceProps::H100.arch), "paged_attention_bf16_e4m3_d128");
         assert_eq!(fp8(BackendName::CudaPaged, &DeviceProps::A100.arch), "paged_attention_bf16_e4m3_d128");
         assert_eq!(decode_kernel(BackendName::CudaPaged, &DeviceProps::H100.arch, QType::Bf16, KvType::Native, 128).name(), "paged_attention_bf16_d128");
+        // Prefill over fp8 (no wgmma row): the sm_90a mma.sync kernel on the hardware's
+        // conversion on CUDA_PAGED there, the portable one elsewhere.
+        let pre = |backend, arch: &ArchFeatures| mma_prefill_kernel(backend, arch, QType::F16, KvType::Fp8E4m3, 64, true, false).name();
+        assert_eq!(pre(BackendName::CudaPaged, &DeviceProps::H100.arch), "flash_prefill_cvt_f16_e4m3_d64_softcap");
+        assert_eq!(pre(BackendName::CudaPagedPortable, &DeviceProps::H100.arch), "flash_prefill_f16_e4m3_d64_softcap");
+        assert_eq!(pre(BackendName::CudaPaged, &DeviceProps::A100.arch), "flash_prefill_f16_e4m3_d64_softcap");
+        assert!(!hopper_prefill(BackendName::CudaPaged, &DeviceProps::H100.arch, QType::Bf16, KvType::Fp8E4m3, 128, 16));
         // f32 has no kernel.
         assert!(plan(&m, &LLAMA, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).is_err());
         // The plan of the same metadata is the same (a graph captured for it replays it).
