@@ -52,7 +52,7 @@ fn huge_counts_are_refused_when_the_file_is_read() {
         assert_eq!(code, 1, "{cmd}: {out}{err}");
         assert_no_panic(&err);
         assert!(err.contains("huge.json") && err.contains("`num_attention_heads` is 65536") && err.contains("1024"), "{cmd}: {err}");
-        assert!(!out.contains("| CPU |"), "{cmd} must not claim a backend can serve it: {out}");
+        assert!(!out.contains(": CPU"), "{cmd} must not claim a backend can serve it: {out}");
     }
     let f = config("huge-dim.json", r#"{"num_attention_heads": 32, "head_dim": 8192}"#);
     let (code, _, err) = run(&["demo", "--cpu", "--config", f.to_str().unwrap()]);
@@ -167,21 +167,67 @@ fn options_a_command_does_not_take_are_usage_errors() {
     }
 }
 
+/// `attn select --all`'s rows: `[* ]<platform> | <model> <dtype>: <backend>`.
+fn table_rows(out: &str) -> Vec<&str> {
+    out.lines().filter(|l| l.contains(" | ") && l.contains(": ") && !l.trim_start().starts_with("passed over")).collect()
+}
+
 #[test]
 fn select_honours_dtype_and_prints_the_model() {
-    let (code, out, err) = run(&["select", "--model", "gemma-2-9b", "--dtype", "f16"]);
+    let (code, out, err) = run(&["select", "--model", "gemma-2-9b", "--dtype", "f16", "--all"]);
     assert_eq!(code, 0, "{err}");
-    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| CUDA") || l.starts_with("| CPU")).collect();
+    let rows = table_rows(&out);
     assert_eq!(rows.len(), 3, "one row per platform: {out}");
-    assert!(rows.iter().all(|r| r.contains("| f16 |")), "{out}");
+    assert!(rows.iter().all(|r| r.contains("gemma-2-9b f16:")), "{out}");
     for want in ["16 query heads", "8 KV heads", "head dim 256", "sliding window 4096", "soft-cap 50", "softmax scale 0.0625", "no ALiBi"] {
         assert!(out.contains(want), "{want}: {out}");
     }
-    let (_, out, _) = run(&["select", "--model", "llama-3-8b"]);
-    let rows = out.lines().filter(|l| l.starts_with("| CUDA") || l.starts_with("| CPU")).count();
-    assert_eq!(rows, 9, "every dtype without --dtype: {out}");
-    let (_, out, _) = run(&["select", "--dtype=bf16"]);
-    assert!(out.lines().filter(|l| l.starts_with("| CPU")).all(|l| l.contains("| bf16 |")), "{out}");
+    let (_, out, _) = run(&["select", "--model", "llama-3-8b", "--all"]);
+    assert_eq!(table_rows(&out).len(), 9, "every dtype without --dtype: {out}");
+    // This machine's rows are marked (here, without a GPU: the CPU's).
+    assert!(table_rows(&out).iter().filter(|r| r.starts_with("* ")).all(|r| r.contains("CPU |")), "{out}");
+    let (_, out, _) = run(&["select", "--dtype=bf16", "--all"]);
+    assert!(table_rows(&out).iter().all(|l| l.contains(" bf16: ")), "{out}");
+}
+
+#[test]
+fn select_answers_for_this_machine_by_default() {
+    // One line a preset, in its own dtype, for this machine (no GPU here: the CPU), short.
+    let (code, out, err) = run(&["select"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("this machine: CPU"), "{out}");
+    assert!(out.contains("llama-3-8b bf16: CPU") && out.contains("deepseek-v3 bf16: CPU"), "{out}");
+    assert!(out.len() < 2000, "{} bytes: {out}", out.len());
+    // `--dtype auto` is the default, said explicitly.
+    let (code, auto, err) = run(&["select", "--dtype", "auto"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(auto, out);
+    // The whole table marks this machine; a model no backend serves here exits 1, naming why.
+    let (code, out, err) = run(&["select", "--model", "llama-3-8b", "--block-size", "3"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("llama-3-8b bf16: no backend") && out.contains("passed over CPU: block size 3 is not a power of two"), "{out}");
+    assert!(err.contains("block size 3"), "{err}");
+    let (code, _, err) = run(&["demo", "--cpu", "--model", "llama-3-8b", "--block-size", "3"]);
+    assert_eq!(code, 1, "demo agrees: {err}");
+}
+
+#[test]
+fn select_json_is_one_object_a_line() {
+    let (code, out, err) = run(&["select", "--json", "--all", "--model", "deepseek-v3"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 9, "3 platforms x 3 dtypes: {out}");
+    for l in &lines {
+        assert!(l.starts_with('{') && l.ends_with('}'), "{l}");
+        for key in ["\"platform\":", "\"this_machine\":", "\"dtype\":", "\"model\":\"deepseek-v3\"", "\"backend\":", "\"passed_over\":["] {
+            assert!(l.contains(key), "{key} in {l}");
+        }
+    }
+    // An MLA model on Hopper: CUDA_MLA, CUDA_PAGED passed over for it.
+    let hopper = lines.iter().find(|l| l.contains("\"platform\":\"CUDA sm_90\"") && l.contains("\"dtype\":\"bf16\"")).unwrap();
+    assert!(hopper.contains("\"backend\":\"CUDA_MLA\"") && hopper.contains("{\"backend\":\"CUDA_PAGED\",\"reasons\":[\"MLA not supported\"]}"), "{hopper}");
+    // The CPU's rows are this machine's (no GPU here).
+    assert!(lines.iter().all(|l| l.contains("\"this_machine\":true") == l.contains("\"platform\":\"CPU\"")), "{out}");
 }
 
 #[test]
@@ -247,7 +293,7 @@ fn an_fp8_kv_cache_runs_the_demo_and_is_refused_where_unsupported() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("KV cache dtype fp8_e4m3 not supported for MLA's latent cache"), "{err}");
     // The selector's table for an fp8 cache: the paged backend serves it on sm_90 and sm_80.
-    let (code, out, err) = run(&["select", "--model", "llama-3-8b", "--dtype", "bf16", "--kv-cache-dtype", "fp8"]);
+    let (code, out, err) = run(&["select", "--model", "llama-3-8b", "--dtype", "bf16", "--kv-cache-dtype", "fp8", "--all"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("| CUDA sm_90 | bf16 | llama-3-8b | CUDA_PAGED |") && out.contains("KV cache fp8_e4m3"), "{out}");
+    assert!(out.contains("CUDA sm_90 | llama-3-8b bf16: CUDA_PAGED") && out.contains("KV cache: fp8_e4m3"), "{out}");
 }

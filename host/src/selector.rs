@@ -306,8 +306,26 @@ pub fn select_from_env(platform: Platform, req: &Requirements) -> Result<Selecti
         .insert(key);
     if first_time {
         tracing::info!(backend = %selection.backend, %platform, reason = %selection.reason, "attention backend selected");
+        if platform != Platform::Cpu && selection.backend == BackendName::Cpu {
+            tracing::warn!(%platform, rejected = %describe_rejections(&selection.rejected), serves = %gpu_serves(platform), "a GPU is present but serves none of this layer: running on the CPU");
+        }
     }
     Ok(selection)
+}
+
+/// What the GPU backends serve on `platform`, in a line: dtypes, head dims, KV-cache dtypes
+/// (for the message that says why a layer falls back to the CPU on a GPU machine).
+pub fn gpu_serves(platform: Platform) -> String {
+    priority(platform)
+        .iter()
+        .filter(|b| !b.caps().cpu)
+        .map(|b| {
+            let c = b.caps();
+            let dims = if c.mha { format!("head dims {}", join(c.head_dims)) } else { "MLA models".to_string() };
+            format!("{b}: {}, {dims}, KV cache {}", join(c.dtypes), join(c.kv_cache_dtypes))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// One cell of the CLI's `attn select` table.
@@ -395,6 +413,19 @@ mod tests {
 
     fn req(name: &str) -> Requirements {
         Requirements::for_model(&preset(name).unwrap(), 16)
+    }
+
+    #[test]
+    fn a_gpu_that_serves_none_of_a_layer_says_why_and_what_it_serves() {
+        // Head dim 80 on Hopper: the CPU, with CUDA_PAGED's reason among the rejections.
+        let r = Requirements { head_dim: 80, ..req("llama-3-8b") };
+        let s = select(SM90, &r, None).unwrap();
+        assert_eq!(s.backend, BackendName::Cpu);
+        let paged = s.rejected.iter().find(|(b, _)| *b == BackendName::CudaPaged).map(|(_, why)| why.join(", ")).unwrap();
+        assert!(paged.contains("head dim 80 not in [64, 96, 128, 256]"), "{paged}");
+        let serves = gpu_serves(SM90);
+        assert!(serves.contains("CUDA_PAGED: f16, bf16, head dims 64, 96, 128, 256, KV cache auto, fp8_e4m3") && serves.contains("CUDA_MLA: f16, bf16, MLA models"), "{serves}");
+        assert!(!serves.contains("CPU"), "{serves}");
     }
 
     #[test]

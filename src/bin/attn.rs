@@ -4,9 +4,10 @@
 //!   a realistic mixed batch (long-context decodes, a chunked prefill, a fresh prefill)
 //!   through metadata builder -> selector -> backend, on the GPU when one is present,
 //!   checked against the f64 oracle; prints the backend and why, the error and the time.
-//! - `attn select [--model NAME | --config FILE] [--dtype D] [--kv-cache-dtype K] [--block-size N]`: the
-//!   (platform x dtype x model) -> backend matrix (all presets unless one model is named;
-//!   every dtype unless one is given).
+//! - `attn select [--model NAME | --config FILE] [--dtype D] [--kv-cache-dtype K] [--block-size N] [--all] [--json]`:
+//!   which backend serves each model (every preset unless one is named) on this machine, with
+//!   a line for each backend passed over; `--all` the (platform x dtype x model) table, this
+//!   machine's rows marked; `--json` one object a line. Exits 1 if none serves a model here.
 //! - `attn presets`: the built-in model presets.
 //! - `attn <command> --help`: the command's options. An option a command does not take is a
 //!   usage error (exit 2); a closed stdout (`attn select | head -1`) ends a command quietly.
@@ -29,8 +30,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const USAGE: &str = "usage:
-  attn demo   [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N]
-  attn select [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--block-size N]
+  attn demo   [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N]
+  attn select [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--block-size N] [--all] [--json]
   attn presets
   attn <command> --help
 environment: ATTN_BACKEND=<NAME> forces a backend (CUDA_PAGED, CUDA_MLA, CUDA_PAGED_PORTABLE, CPU); RUST_LOG=info|debug";
@@ -65,14 +66,14 @@ impl Command {
     fn options(self) -> &'static [&'static str] {
         match self {
             Command::Demo => &["--model", "--config", "--dtype", "--kv-cache-dtype", "--cpu", "--seed", "--block-size"],
-            Command::Select => &["--model", "--config", "--dtype", "--kv-cache-dtype", "--block-size"],
+            Command::Select => &["--model", "--config", "--dtype", "--kv-cache-dtype", "--block-size", "--all", "--json"],
             Command::Presets => &[],
         }
     }
 
     fn help(self) -> &'static str {
         match self {
-            Command::Demo => "usage: attn demo [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N]
+            Command::Demo => "usage: attn demo [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N]
 
 Runs one realistic mixed batch (long-context decodes, a chunked prefill, a fresh prefill)
 through metadata builder -> selector -> backend, on the GPU when one is present, and checks
@@ -81,23 +82,29 @@ backend and why, the error and the time.
 
   --model NAME     a built-in preset (attn presets); default llama-3-8b
   --config FILE    a Hugging Face config.json, or a checkpoint directory holding one
-  --dtype D        bf16, f16 or f32; default: the config's dtype, float32 served as bf16
+  --dtype D        auto (the default: the config's dtype, float32 served as bf16), bf16,
+                   f16 or f32
   --kv-cache-dtype K  auto (the model's dtype, the default) or fp8 (fp8_e4m3: e4m3 with
                    per-layer scales, as vLLM's --kv-cache-dtype fp8)
   --cpu            run on the CPU backend even when a GPU is present
   --seed N         random inputs' seed (default 1)
   --block-size N   tokens per KV-cache block (default 16)
   -h, --help       this text",
-            Command::Select => "usage: attn select [--model NAME | --config FILE] [--dtype bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--block-size N]
+            Command::Select => "usage: attn select [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--block-size N] [--all] [--json]
 
-Prints the (platform x dtype x model) -> backend table with the reasons, for every preset
-unless one model is named, and first what was understood of each model.
+Which attention backend serves a model on this machine (its GPU if one is present, else the
+CPU), and a line for each backend passed over, saying why. Every preset unless one model is
+named. Exits 1 if no backend serves a model here.
 
-  --model NAME     a built-in preset (attn presets)
+  --model NAME     a built-in preset (attn presets); with --config, what was understood of it
   --config FILE    a Hugging Face config.json, or a checkpoint directory holding one
-  --dtype D        only this dtype's rows (bf16, f16, f32); default all three
+  --dtype D        auto (the model's dtype, float32 served as bf16; the default), bf16, f16, f32
   --kv-cache-dtype K  the KV cache's element: auto (default) or fp8 (fp8_e4m3)
   --block-size N   tokens per KV-cache block (default 16)
+  --all            the whole table: CUDA sm_90, sm_80 and CPU (and this machine), every dtype,
+                   this machine's rows marked *
+  --json           one JSON object a line (the rows --all would print, or with a model named
+                   and no --all, this machine's)
   -h, --help       this text",
             Command::Presets => "usage: attn presets
 
@@ -151,6 +158,8 @@ struct Opts {
     cpu: bool,
     seed: u64,
     block_size: usize,
+    all: bool,
+    json: bool,
 }
 
 /// What the command line asks for: a command with its options, or a help text.
@@ -184,7 +193,7 @@ fn parse_args(args: &[String]) -> Result<Parsed, CliError> {
 /// The options of `cmd`, as `--name value` or `--name=value`; an option `cmd` does not take
 /// is a usage error naming it.
 fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
-    let mut o = Opts { model: None, config: None, dtype: None, kv: KvCacheDType::Auto, cpu: false, seed: 1, block_size: 16 };
+    let mut o = Opts { model: None, config: None, dtype: None, kv: KvCacheDType::Auto, cpu: false, seed: 1, block_size: 16, all: false, json: false };
     let takes = || {
         if cmd.options().is_empty() {
             "it takes no options".to_string()
@@ -210,11 +219,15 @@ fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
                 takes()
             )));
         }
-        if name == "--cpu" {
+        if let "--cpu" | "--all" | "--json" = name {
             if inline.is_some() {
-                return Err(CliError::Usage("--cpu takes no value".into()));
+                return Err(CliError::Usage(format!("{name} takes no value")));
             }
-            o.cpu = true;
+            match name {
+                "--cpu" => o.cpu = true,
+                "--all" => o.all = true,
+                _ => o.json = true,
+            }
             continue;
         }
         let v = match inline {
@@ -225,7 +238,11 @@ fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
             "--model" => o.model = Some(v),
             "--config" => o.config = Some(v),
             "--dtype" => {
-                o.dtype = Some(DType::parse(&v).ok_or_else(|| CliError::Usage(format!("--dtype: unknown dtype `{v}` (bf16, f16, f32)")))?);
+                o.dtype = if v.trim().eq_ignore_ascii_case("auto") {
+                    None
+                } else {
+                    Some(DType::parse(&v).ok_or_else(|| CliError::Usage(format!("--dtype: unknown dtype `{v}` (auto, bf16, f16, f32)")))?)
+                };
             }
             "--kv-cache-dtype" => {
                 o.kv = KvCacheDType::parse(&v).ok_or_else(|| CliError::Usage(format!("--kv-cache-dtype: unknown KV-cache dtype `{v}` (auto, fp8, fp8_e4m3)")))?;
@@ -293,42 +310,136 @@ fn presets() -> Result<(), CliError> {
     Ok(())
 }
 
+/// One answer of the selector: a model in a dtype on a platform.
+struct Answer {
+    platform: Platform,
+    here: bool,
+    dtype: DType,
+    model: String,
+    req: Requirements,
+    /// The backend, or why none serves.
+    result: Result<selector::Selection, AttnError>,
+}
+
+impl Answer {
+    /// The backends passed over and why: those ahead of the chosen one in the platform's
+    /// priority list, or, when none serves, all of them.
+    fn rejected(&self) -> Vec<(BackendName, Vec<String>)> {
+        match &self.result {
+            Ok(s) => s.rejected.clone(),
+            Err(_) => selector::priority(self.platform)
+                .iter()
+                .map(|&b| (b, selector::check(b.caps(), self.platform, &self.req)))
+                .filter(|(_, why)| !why.is_empty())
+                .collect(),
+        }
+    }
+    /// One line a backend passed over: `CUDA_PAGED: head dim 80 not in [64, 96, 128, 256]`.
+    fn passed_over(&self) -> Vec<String> {
+        self.rejected().into_iter().map(|(b, why)| format!("{b}: {}", why.join(", "))).collect()
+    }
+}
+
 fn select(o: &Opts) -> Result<(), CliError> {
-    let models = if o.model.is_some() || o.config.is_some() {
-        vec![load_model(o)?]
-    } else {
-        model::preset_names().iter().map(|n| model::preset(n)).collect::<Result<Vec<_>, _>>()?
-    };
-    let platforms = [Platform::Cuda { major: 9, minor: 0 }, Platform::Cuda { major: 8, minor: 0 }, Platform::Cpu];
-    let all = [DType::Bf16, DType::F16, DType::F32];
-    let dtypes: &[DType] = match &o.dtype {
-        Some(d) => std::slice::from_ref(d),
-        None => &all,
+    let named = o.model.is_some() || o.config.is_some();
+    let models = if named { vec![load_model(o)?] } else { model::preset_names().iter().map(|n| model::preset(n)).collect::<Result<Vec<_>, _>>()? };
+    // This machine: its GPU if one is present (the module loads), else the CPU.
+    let (here, here_desc) = match attn_backends::gpu_if_present() {
+        Ok(rt) => (rt.platform(), format!("{} ({})", rt.device_name(), rt.platform())),
+        Err(why) => (Platform::Cpu, format!("CPU ({why})")),
     };
     let forced = std::env::var(selector::ENV_VAR).ok().filter(|s| !s.trim().is_empty());
-    for m in &models {
-        let (dtype, why) = m.serving_dtype(o.dtype);
-        outln!("model {}: {}; served in {dtype} ({why})", m.name, m.summary());
+    let mut platforms = vec![Platform::Cuda { major: 9, minor: 0 }, Platform::Cuda { major: 8, minor: 0 }, Platform::Cpu];
+    if !platforms.contains(&here) {
+        platforms.insert(0, here);
     }
-    if let Some(f) = &forced {
-        outln!("{}={f} (forced)", selector::ENV_VAR);
-    }
-    outln!("KV cache: {}", o.kv);
-    outln!("| platform | dtype | model | backend | reason |");
-    outln!("|---|---|---|---|---|");
+    let (platforms, all_dtypes) = if o.all { (platforms, true) } else { (vec![here], false) };
+    let mut answers = Vec::new();
     for m in &models {
+        let dtypes: Vec<DType> = match (o.dtype, all_dtypes) {
+            (Some(d), _) => vec![d],
+            (None, true) => vec![DType::Bf16, DType::F16, DType::F32],
+            (None, false) => vec![m.serving_dtype(None).0],
+        };
         for &p in &platforms {
-            for &d in dtypes {
+            for &d in &dtypes {
                 let req = Requirements { dtype: d, kv_cache_dtype: o.kv, ..Requirements::for_model(m, o.block_size) };
-                let (backend, why) = match selector::select(p, &req, forced.as_deref()) {
-                    Ok(s) => (s.backend.to_string(), s.reason),
-                    Err(e) => ("-".to_string(), e.to_string()),
-                };
-                outln!("| {p} | {d} | {} | {backend} | {why} |", m.name);
+                answers.push(Answer { platform: p, here: p == here, dtype: d, model: m.name.clone(), req, result: selector::select(p, &req, forced.as_deref()) });
             }
         }
     }
+    if o.json {
+        for a in &answers {
+            outln!("{}", json_line(a, o.kv, o.block_size));
+        }
+    } else {
+        outln!("this machine: {here_desc}");
+        if let Some(f) = &forced {
+            outln!("{}={f} (forced)", selector::ENV_VAR);
+        }
+        outln!("KV cache: {}; block size {}", o.kv, o.block_size);
+        if named {
+            let m = &models[0];
+            let (dtype, why) = m.serving_dtype(o.dtype);
+            outln!("model {}: {}; served in {dtype} ({why})", m.name, m.summary());
+        }
+        for a in &answers {
+            let mark = if o.all && a.here { "* " } else if o.all { "  " } else { "" };
+            let backend = match &a.result {
+                Ok(s) => s.backend.to_string(),
+                Err(_) => "no backend".to_string(),
+            };
+            let place = if o.all { format!("{} | ", a.platform) } else { String::new() };
+            outln!("{mark}{place}{} {}: {backend}", a.model, a.dtype);
+            for line in a.passed_over() {
+                outln!("{mark}    passed over {line}");
+            }
+        }
+    }
+    // No backend for a model here: the caller asked for something this machine cannot run.
+    if let Some(a) = answers.iter().find(|a| a.here && a.result.is_err()) {
+        if let Err(e) = &a.result {
+            return Err(CliError::Attn(AttnError::InvalidConfig(format!("{} in {} on this machine: {e}", a.model, a.dtype))));
+        }
+    }
     Ok(())
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// One answer as a JSON object: platform, this machine or not, dtype, model, KV cache, block
+/// size, the backend (or null and the error), the backends passed over with their reasons.
+fn json_line(a: &Answer, kv: KvCacheDType, block_size: usize) -> String {
+    let list = |v: &[String]| format!("[{}]", v.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(","));
+    let passed: Vec<String> =
+        a.rejected().into_iter().map(|(b, why)| format!("{{\"backend\":{},\"reasons\":{}}}", json_str(b.as_str()), list(&why))).collect();
+    let (backend, error) = match &a.result {
+        Ok(s) => (json_str(s.backend.as_str()), "null".to_string()),
+        Err(e) => ("null".to_string(), json_str(&e.to_string())),
+    };
+    format!(
+        "{{\"platform\":{},\"this_machine\":{},\"dtype\":{},\"model\":{},\"kv_cache_dtype\":{},\"block_size\":{block_size},\"backend\":{backend},\"error\":{error},\"passed_over\":[{}]}}",
+        json_str(&a.platform.to_string()),
+        a.here,
+        json_str(&a.dtype.to_string()),
+        json_str(&a.model),
+        json_str(kv.name()),
+        passed.join(",")
+    )
 }
 
 fn demo(o: &Opts) -> Result<(), CliError> {
@@ -356,6 +467,12 @@ fn demo(o: &Opts) -> Result<(), CliError> {
     let req = Requirements { dtype, kv_cache_dtype: o.kv, ..Requirements::for_model(&cfg, o.block_size) };
     let sel = selector::select_from_env(platform, &req)?;
     outln!("backend: {} — {}", sel.backend, sel.reason);
+    if platform != Platform::Cpu && sel.backend == BackendName::Cpu {
+        // A GPU is here but serves none of this layer: say why, and what it does serve.
+        let why: Vec<String> = sel.rejected.iter().map(|(b, why)| format!("{b}: {}", why.join(", "))).collect();
+        outln!("warning: running on the CPU although a GPU ({platform}) is present: {}", why.join("; "));
+        outln!("warning: the GPU serves {}", selector::gpu_serves(platform));
+    }
     // An MLA model runs the absorbed-form MLA path, never a plain MHA layer (whose spec
     // would be the decompressed heads, not what MLA caches).
     match cfg.mla_spec() {
