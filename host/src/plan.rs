@@ -29,23 +29,32 @@ pub struct StepLimits {
 
 impl StepLimits {
     /// Limits for `max_tokens` tokens of `max_reqs` requests of up to `max_seq_len` tokens
-    /// each, in blocks of `block_size`; the workspace holds up to 16 splits of `max_reqs`
-    /// tokens (decode-sized: long prefills are not split).
+    /// each, in blocks of `block_size`. The workspace follows [`StepLimits::split_rows_for`]:
+    /// every request's decode row may be split [`MAX_SPLITS`] ways.
     pub fn new(max_tokens: usize, max_reqs: usize, max_seq_len: usize, block_size: usize) -> StepLimits {
         StepLimits {
             max_tokens,
             max_reqs,
             max_blocks_per_req: max_seq_len.div_ceil(block_size.max(1)),
-            split_rows: max_reqs.saturating_mul(16),
+            split_rows: StepLimits::split_rows_for(max_tokens, max_reqs),
         }
+    }
+
+    /// The one rule for the split-KV workspace: `MAX_SPLITS x min(max_tokens, max_reqs)` rows,
+    /// so that every request's decode row (a paged decode has one query token a request) may
+    /// be split [`MAX_SPLITS`] ways. Prefill rows are not split; an MLA request of several
+    /// query tokens (speculative decoding) gets as many splits as the rows allow (its planner
+    /// fits them). The engine's constructor ([`StepLimits::new`]) and the one-shot one
+    /// ([`StepLimits::for_metadata`]) both use it, so a step's splits do not depend on which
+    /// made its limits.
+    pub fn split_rows_for(max_tokens: usize, max_reqs: usize) -> usize {
+        max_tokens.min(max_reqs).saturating_mul(MAX_SPLITS)
     }
 
     /// Limits that fit exactly one step's metadata (the one-shot `Attention::forward`).
     pub fn for_metadata(meta: &AttentionMetadata) -> StepLimits {
         let bs = meta.layout().block_size;
-        let mut l = StepLimits::new(meta.num_tokens().max(1), meta.num_reqs().max(1), meta.max_seq_len().max(1), bs);
-        l.split_rows = l.max_tokens.saturating_mul(MAX_SPLITS);
-        l
+        StepLimits::new(meta.num_tokens().max(1), meta.num_reqs().max(1), meta.max_seq_len().max(1), bs)
     }
 
     /// Every limit positive and the buffers they size addressable with the kernels' i32

@@ -738,6 +738,18 @@ mod tests {
     const LLAMA: LayerShape = LayerShape::heads(32, 8, 128);
 
     #[test]
+    fn the_engine_and_the_one_shot_limits_split_alike() {
+        // One 131072-key decode: the same splits whichever constructor sized the workspace.
+        let m = meta(&[(131071, 1)]);
+        let engine = StepLimits::new(8192, 256, 131072, 16);
+        let one_shot = StepLimits::for_metadata(&m);
+        assert_eq!((engine.split_rows, one_shot.split_rows), (256 * MAX_SPLITS, MAX_SPLITS));
+        let splits = |l: &StepLimits| plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, l, &PlanOptions::default(), BackendName::CudaPaged).unwrap().num_splits;
+        assert_eq!(splits(&engine), splits(&one_shot));
+        assert!(splits(&engine) > 16, "{}", splits(&engine));
+    }
+
+    #[test]
     fn plan_worked_examples() {
         let smem = paged_smem_bytes(128, 2);
         // D1 on an H100: 64 decodes of 4096 keys; 64 x 8 x 1 = 512 blocks >= 264 resident: no split.
