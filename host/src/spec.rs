@@ -5,7 +5,8 @@ use crate::error::{AttnError, Result};
 
 #[cfg(test)]
 mod tests {
-    use super::alibi_slopes;
+    use super::{alibi_slopes, AttnSpec, MlaSpec};
+    use crate::error::AttnError;
 
     #[test]
     fn alibi_slopes_by_hand() {
@@ -18,6 +19,15 @@ mod tests {
             assert!((s[8 + i] as f64 - 2f64.powf(-e)).abs() < 1e-6, "slope {}: {}", 8 + i, s[8 + i]);
         }
         assert!(alibi_slopes(0).is_empty());
+    }
+
+    #[test]
+    fn an_mla_spec_with_another_head_count_is_refused() {
+        let mla = MlaSpec { num_q_heads: 16, kv_lora_rank: 512, qk_rope_head_dim: 64, qk_nope_head_dim: 128, v_head_dim: 128, scale: 0.07 };
+        let ok = AttnSpec { mla: Some(mla.clone()), ..AttnSpec::new(16, 16, 192) };
+        assert!(ok.validate().is_ok());
+        let e = AttnSpec { mla: Some(mla), ..AttnSpec::new(128, 128, 192) }.validate().unwrap_err();
+        assert!(matches!(e, AttnError::InvalidConfig(_)) && e.to_string().contains("16 query heads and the layer 128"), "{e}");
     }
 }
 
@@ -99,6 +109,16 @@ impl AttnSpec {
         if let Some(s) = &self.alibi_slopes {
             if s.len() != self.num_q_heads {
                 return bad(format!("{} ALiBi slopes for {} query heads", s.len(), self.num_q_heads));
+            }
+        }
+        // An MLA layer names its heads twice (the decompressed form and the absorbed one):
+        // they must agree, or no one can tell which the caller meant.
+        if let Some(m) = &self.mla {
+            if m.num_q_heads != self.num_q_heads {
+                return bad(format!(
+                    "the MLA spec has {} query heads and the layer {}: they must be the same",
+                    m.num_q_heads, self.num_q_heads
+                ));
             }
         }
         Ok(())
