@@ -26,6 +26,7 @@ pub mod platform;
 pub mod selector;
 pub mod spec;
 pub mod step;
+pub mod text;
 pub mod workload;
 
 /// Kernel parameter blocks shared with the device crate (the same source file).

@@ -125,8 +125,12 @@ impl ModelConfig {
             path.push("config.json");
         }
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|source| AttnError::Io { path: shown.clone(), source })?;
-        parse(&model_name_for(&path), &shown, &text)
+        let bytes = std::fs::read(&path).map_err(|source| AttnError::Io { path: shown.clone(), source })?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| AttnError::ModelConfig {
+            path: shown.clone(),
+            detail: format!("not valid JSON: not UTF-8 text (invalid byte at offset {})", e.valid_up_to()),
+        })?;
+        parse(&model_name_for(&path), &shown, text)
     }
 
     pub fn is_mla(&self) -> bool {
@@ -183,7 +187,7 @@ impl ModelConfig {
                     (_, 1) => "MHA".to_string(),
                     (_, g) => format!("GQA, {g} query heads per KV head"),
                 };
-                s.push_str(&format!("{} KV heads ({kind}), head dim {}", self.num_kv_heads, self.head_dim));
+                s.push_str(&format!("{} ({kind}), head dim {}", crate::text::count(self.num_kv_heads, "KV head"), self.head_dim));
             }
         }
         match (self.sliding_window, self.global_layer_every) {
@@ -384,9 +388,70 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A JSON value read as `serde_json::Value` is, except that an object naming a key twice is
+/// an error naming the key (serde_json keeps the last one silently).
+struct StrictJson(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(StrictJson(x)) = seq.next_element()? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        let mut m = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if m.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("the key `{key}` appears twice in one object")));
+            }
+            let StrictJson(value) = map.next_value()?;
+            m.insert(key, value);
+        }
+        Ok(Value::Object(m))
+    }
+}
+
 fn parse(name: &str, origin: &str, json: &str) -> Result<ModelConfig> {
     let err = |detail: String| AttnError::ModelConfig { path: origin.to_string(), detail };
-    let value: Value = serde_json::from_str(json).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    let value = serde_json::from_str::<StrictJson>(json).map_err(|e| err(format!("not valid JSON: {e}")))?.0;
     let Value::Object(root_obj) = &value else {
         return Err(err(format!("expected a JSON object at the top level, found {}", json_kind(&value))));
     };
@@ -1226,6 +1291,23 @@ mod tests {
         assert!(e.contains("top level"), "{e}");
         let e = parse_err("{not json");
         assert!(e.contains("not valid JSON") && e.starts_with("model config test"), "{e}");
+    }
+
+    #[test]
+    fn a_duplicate_key_or_a_non_utf8_file_is_an_error() {
+        let e = parse("m", "dup.json", r#"{"num_attention_heads": 8, "head_dim": 64, "num_attention_heads": 16}"#).unwrap_err().to_string();
+        assert!(e.contains("dup.json") && e.contains("not valid JSON") && e.contains("`num_attention_heads` appears twice"), "{e}");
+        // Nested objects too; the same key in two objects is fine.
+        let e = parse("m", "n.json", r#"{"num_attention_heads": 8, "head_dim": 64, "rope_scaling": {"factor": 2, "factor": 4}}"#).unwrap_err().to_string();
+        assert!(e.contains("`factor` appears twice"), "{e}");
+        assert!(parse("m", "ok.json", r#"{"num_attention_heads": 8, "head_dim": 64, "text_config": {"head_dim": 64}}"#).is_ok());
+        let dir = std::env::temp_dir().join(format!("attn-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("config.json");
+        std::fs::write(&f, b"{\"num_attention_heads\": 8, \"head_dim\": 64, \"x\": \"\xff\"}").unwrap();
+        let e = ModelConfig::from_file(&f).unwrap_err().to_string();
+        assert!(e.contains("not valid JSON") && e.contains("UTF-8"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -158,7 +158,7 @@ pub struct KernelLaunch {
 impl fmt::Display for KernelLaunch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (x, y, z) = self.grid;
-        write!(f, "{} grid ({x}, {y}, {z}) x {} threads, {} B shared, {} tokens", self.kernel, self.block, self.shared_mem_bytes, self.tokens)
+        write!(f, "{} grid ({x}, {y}, {z}) x {} threads, {} B shared, {}", self.kernel, self.block, self.shared_mem_bytes, crate::text::count(self.tokens, "token"))
     }
 }
 

@@ -20,6 +20,7 @@ use attn_backends::fp8::{quantize_e4m3, KvScales};
 use attn_backends::layer::Attention;
 use attn_backends::model::{self, ModelConfig};
 use attn_backends::selector::{self, Requirements};
+use attn_backends::text::count;
 use attn_backends::workload::{blocks_needed, random_values, schedule, Rng};
 use attn_backends::{cuda::CudaRuntime, oracle, AttnError, AttnSpec, BackendName, Element, HostKvCache, KvCacheLayout, MetadataBuilder, MlaSpec};
 use half::{bf16, f16};
@@ -534,7 +535,7 @@ fn demo_step<T: Element>(
     let bytes = (layout.elements() as u64).saturating_mul(2 * size * what.cache_copies).saturating_add(
         n.saturating_mul(head_dim as u64).saturating_mul((2 * what.q_heads + 2 * kv_heads) as u64 * size + 8 * what.q_heads as u64),
     );
-    let shape = format!("{num_blocks} blocks x {block_size} tokens, each token {}", what.row);
+    let shape = format!("{} x {}, each token {}", count(num_blocks, "block"), count(block_size, "token"), what.row);
     if bytes > DEMO_MEMORY_LIMIT {
         return Err(CliError::Attn(AttnError::InvalidConfig(format!(
             "the demo's cache of {shape} in {} needs {:.1} GiB of host memory with its copies and tensors; the demo allows {} GiB",
@@ -621,7 +622,7 @@ fn run_demo<T: Element>(spec: AttnSpec, o: &Opts, backend: BackendName, gpu: Opt
     let shapes = [(8191, 1), (4095, 1), (2999, 1), (1499, 1), (1024, 128), (0, 96)];
     let mut rng = Rng::new(o.seed);
     let what = CacheShape {
-        row: format!("{} KV heads x head dim {}", spec.num_kv_heads, spec.head_dim),
+        row: format!("{} x head dim {}", count(spec.num_kv_heads, "KV head"), spec.head_dim),
         q_heads: spec.num_q_heads,
         cache_copies: 3,
     };
