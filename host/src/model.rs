@@ -1460,7 +1460,7 @@ mod limit_tests {
         }
         assert!(!d.contains("KV heads ("), "{d}");
         let f = preset("falcon-7b").unwrap().summary();
-        assert!(f.contains("71 query heads, 1 KV heads (MQA)") && f.contains("head dim 64"), "{f}");
+        assert!(f.contains("71 query heads, 1 KV head (MQA)") && f.contains("head dim 64"), "{f}");
         let b = preset("bloom-7b1").unwrap().summary();
         assert!(b.contains("(MHA)") && b.contains(", ALiBi") && b.contains("no sliding window"), "{b}");
         assert_eq!((ordinal_suffix(1), ordinal_suffix(6), ordinal_suffix(12), ordinal_suffix(22)), ("st", "th", "th", "nd"));
