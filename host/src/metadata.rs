@@ -166,8 +166,9 @@ impl AttentionMetadata {
         let bs = layout.block_size;
         let (mut max_q, mut max_s) = (0, 0);
         for r in 0..n {
-            let q = query_start_loc[r + 1] - query_start_loc[r];
-            let s = seq_lens[r];
+            // In i64: the entries are not validated yet, and their difference may not fit i32.
+            let q = query_start_loc[r + 1] as i64 - query_start_loc[r] as i64;
+            let s = seq_lens[r] as i64;
             if q < 0 {
                 return Err(AttnError::InvalidRequest { request: r, detail: format!("query_start_loc decreases ({} -> {})", query_start_loc[r], query_start_loc[r + 1]) });
             }
@@ -403,6 +404,15 @@ mod tests {
         assert_eq!(m.slot_mapping(), &[5, 14, 15, 0, 20, 21]);
         assert_eq!(m.counts(), (1, 1, 1));
         assert_eq!((m.max_query_len(), m.max_seq_len()), (3, 6));
+    }
+
+    #[test]
+    fn from_parts_with_query_start_locs_whose_difference_overflows_i32_is_an_error() {
+        // The fuzzer's input: [0, 1, i32::MIN, 0] (a subtraction in i32 panicked in debug builds).
+        let e = AttentionMetadata::from_parts(layout(), vec![0, 1, i32::MIN, 0], vec![1, 1, 1], vec![0, 1, 2], 1, vec![]).unwrap_err();
+        assert!(matches!(e, AttnError::InvalidRequest { request: 1, .. }) && e.to_string().contains("decreases"), "{e}");
+        let e = AttentionMetadata::from_parts(layout(), vec![0, i32::MAX, 0], vec![1, 1], vec![0, 1], 1, vec![]).unwrap_err();
+        assert!(matches!(e, AttnError::InvalidRequest { request: 0, .. }), "{e}");
     }
 
     #[test]

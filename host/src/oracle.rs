@@ -53,8 +53,9 @@ impl Mask {
         for (i, &p) in q_positions.iter().enumerate() {
             for j in 0..lk {
                 let causal = j <= p;
+                // j + w > p, without the sum (a window near usize::MAX would overflow it).
                 let in_window = match window {
-                    Some(w) => j + w > p,
+                    Some(w) => p - j.min(p) < w,
                     None => true,
                 };
                 allowed[i * lk + j] = causal && in_window;
@@ -486,6 +487,9 @@ mod tests {
         assert_eq!(m.allowed, vec![false, true, false, false, false, false, false, true]);
         let m = Mask::causal(&[2], 4, None);
         assert_eq!(m.allowed, vec![true, true, true, false]);
+        // A window as wide as usize (the fuzzer's input: accepted by AttnSpec::validate) is
+        // no window, not an overflow.
+        assert_eq!(Mask::causal(&[1, 3], 4, Some(usize::MAX)).allowed, Mask::causal(&[1, 3], 4, None).allowed);
     }
 
     #[test]
