@@ -30,4 +30,4 @@ os.chmod('.tools/ptxas/bin/ptxas', 0o755)
 PY
   rm -rf .tools/wheels
 fi
-echo "setup: toolchain $toolchain (rust-src, llvm-tools), $(rustup run stable rustc --version), ptxas $($ptxas --version | tail -1)"
+echo "setup: $toolchain ($(rustup run "$toolchain" rustc --version); rust-src, llvm-tools), stable $(rustup run stable rustc --version), ptxas $($ptxas --version | tail -1)"

@@ -212,6 +212,14 @@ fn select_answers_for_this_machine_by_default() {
 }
 
 #[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let o = Command::new(ATTN).args(["demo", "--cpu", "--model", "mistral-7b"]).env("RUST_LOG", "info").env_remove("ATTN_BACKEND").output().unwrap();
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("INFO") && !err.contains('\u{1b}'), "{err:?}");
+}
+
+#[test]
 fn select_json_is_one_object_a_line() {
     let (code, out, err) = run(&["select", "--json", "--all", "--model", "deepseek-v3"]);
     assert_eq!(code, 0, "{err}");

@@ -47,6 +47,18 @@ pub struct Attention<T: Element> {
     imp: Box<dyn AttentionImpl<T>>,
 }
 
+impl<T: Element> std::fmt::Debug for Attention<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attention")
+            .field("dtype", &T::DTYPE)
+            .field("backend", &self.imp.backend())
+            .field("spec", &self.spec)
+            .field("layout", &self.layout)
+            .field("gpu", &self.gpu.as_ref().map(|rt| rt.device_name().to_string()))
+            .finish()
+    }
+}
+
 impl<T: Element> Attention<T> {
     /// A layer on `backend`, with its paged cache of `layout` allocated in that backend's
     /// memory, once the backend's capability row accepted the layer (an MLA layer, a head dim
@@ -55,6 +67,17 @@ impl<T: Element> Attention<T> {
     pub fn new(backend: BackendName, spec: AttnSpec, layout: KvCacheLayout, gpu: Option<Arc<CudaRuntime>>) -> Result<Self> {
         let imp = backend.make_impl::<T>(&spec, layout, gpu.clone())?;
         Ok(Attention { spec, layout, gpu, imp })
+    }
+
+    /// A layer on the backend the selector picks for it on this platform: the GPU of `gpu`
+    /// when given, else the CPU; `ATTN_BACKEND` overrides the choice, as everywhere the
+    /// selector is asked ([`crate::selector::select_from_env`]). [`Attention::new`] takes the
+    /// backend it is given and reads no environment.
+    pub fn for_platform(spec: AttnSpec, layout: KvCacheLayout, gpu: Option<Arc<CudaRuntime>>) -> Result<Self> {
+        let platform = gpu.as_ref().map_or(crate::platform::Platform::Cpu, |rt| rt.platform());
+        let req = crate::selector::Requirements::for_layer(&spec, T::DTYPE, &layout);
+        let choice = crate::selector::select_from_env(platform, &req)?;
+        Attention::new(choice.backend, spec, layout, gpu)
     }
 
     /// The backend the layer runs on.
@@ -155,6 +178,19 @@ mod tests {
     use super::*;
     use crate::error::AttnError;
     use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
+
+    #[test]
+    fn for_platform_asks_the_selector_and_debug_says_what_the_layer_is() {
+        // No GPU: the CPU, for an MHA layer and for an MLA one alike.
+        let layout = KvCacheLayout::new(8, 16, 2, 64).unwrap();
+        let layer = Attention::<f32>::for_platform(AttnSpec::new(8, 2, 64), layout, None).unwrap();
+        assert_eq!(layer.backend(), BackendName::Cpu);
+        let shown = format!("{layer:?}");
+        assert!(shown.contains("Attention") && shown.contains("backend: Cpu") && shown.contains("dtype: F32"), "{shown}");
+        // What no backend serves is the selector's error, before any allocation.
+        let bad = KvCacheLayout::new(8, 3, 2, 64);
+        assert!(bad.is_err() || Attention::<f32>::for_platform(AttnSpec::new(8, 2, 64), bad.unwrap(), None).is_err());
+    }
 
     #[test]
     fn an_mla_model_runs_on_the_cpu_layer_and_never_as_mha() {

@@ -48,3 +48,8 @@ pub use fp8::KvScales;
 pub use kv_cache::{HostKvCache, KvCacheLayout};
 pub use metadata::{AttentionMetadata, MetadataBuilder, RequestSchedule, SchedulerOutput};
 pub use spec::{AttnSpec, MlaSpec};
+// The crates of the public API's types, so that a user's code names the same versions:
+// `attn_backends::half::bf16`, `attn_backends::cudarc::driver::CudaSlice`, `attn_backends::float8`.
+pub use cudarc;
+pub use float8;
+pub use half;

@@ -270,9 +270,12 @@ fn load_model(o: &Opts) -> Result<ModelConfig, CliError> {
 }
 
 fn main() -> ExitCode {
+    // Colour only on a terminal: logs piped to a file or a CI log stay plain text.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = parse_args(&args).and_then(|parsed| match parsed {
