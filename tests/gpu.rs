@@ -751,7 +751,7 @@ fn check_mla<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Resu
     if got.key.iter().zip(&want.key).any(|(a, b)| a.to_f32().to_bits() != b.to_f32().to_bits()) {
         return Err("latent cache after the step differs from the expected cache".into());
     }
-    let reference = oracle::paged_mla_reference(&q, &want, &meta, &mla);
+    let reference = oracle::paged_mla_reference(&q, &want, &meta, &mla).map_err(e)?;
     let cpu = attn_backends::backend::cpu::mla_decode_cpu(&q, &want, &meta, &mla).map_err(e)?;
     let cpu_t: Vec<T> = cpu.iter().map(|&x| T::from_f32(x)).collect();
     let err = rel_error(&out, &reference);

@@ -1,9 +1,12 @@
 //! The f64 oracle: dense attention with explicit masks. Ground truth for every backend.
 //!
-//! Nothing here is clever. Scores are materialised, masks are boolean matrices, the softmax
-//! is the textbook two-pass one (max, then exp and sum). The paged reference gathers each
-//! request's keys through its block table into dense K/V and calls the same dense function,
-//! so the only paged logic in the oracle is one `slot_of` per key.
+//! Nothing here is clever. Scores are materialised a row at a time, the softmax is the
+//! textbook two-pass one (max, then exp and sum). The paged reference gathers each request's
+//! keys through its block table into dense K/V and calls the same dense function, so the only
+//! paged logic in the oracle is one `slot_of` per key. Its masks are functions of the
+//! positions (no `lq x lk` matrix: a 32k-token prompt would need 1 GiB), its rows run on every
+//! core, and [`paged_reference_tokens`] checks a sample of a step's tokens. [`Mask`] is the
+//! explicit matrix, for dense tests and examples.
 //!
 //! Semantics (what the kernels must reproduce): query token `i` of request `r` sits at
 //! absolute position `p = context_len(r) + i` and sees the keys at positions `j <= p`, and
@@ -52,13 +55,7 @@ impl Mask {
         let mut allowed = vec![false; lq * lk];
         for (i, &p) in q_positions.iter().enumerate() {
             for j in 0..lk {
-                let causal = j <= p;
-                // j + w > p, without the sum (a window near usize::MAX would overflow it).
-                let in_window = match window {
-                    Some(w) => p - j.min(p) < w,
-                    None => true,
-                };
-                allowed[i * lk + j] = causal && in_window;
+                allowed[i * lk + j] = sees(p, j, window);
             }
         }
         Mask { lq, lk, allowed, bias: Vec::new() }
@@ -107,53 +104,81 @@ pub struct DenseShape {
 /// Dense attention in f64. Returns (out `[lq, hq, dv]`, log-sum-exp of the scores `[lq, hq]`).
 /// A query row that sees no key gets a zero output and `lse = -inf`.
 pub fn attention(q: &[f64], k: &[f64], v: &[f64], s: &DenseShape, mask: &Mask) -> (Vec<f64>, Vec<f64>) {
+    assert_eq!((mask.lq, mask.lk), (s.lq, s.lk), "mask is [lq, lk]");
+    assert!(mask.bias.is_empty() || mask.bias.len() == s.hq * s.lq * s.lk, "bias is [hq, lq, lk]");
+    attention_with(q, k, v, s, |i, j| mask.is_allowed(i, j), |h, i, j| mask.bias_of(h, i, j), |_| true)
+}
+
+/// [`attention`] with the mask as functions rather than matrices: `visible(i, j)` (query
+/// `i` sees key `j`), `bias(h, i, j)` (added to the soft-capped score), and `wanted(i)`:
+/// the query rows to compute (the others stay zero, their `lse` `-inf`). Rows run in
+/// parallel (rayon); each is the same textbook two-pass softmax, so the result does not
+/// depend on the thread count.
+pub fn attention_with(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    s: &DenseShape,
+    visible: impl Fn(usize, usize) -> bool + Sync,
+    bias: impl Fn(usize, usize, usize) -> f64 + Sync,
+    wanted: impl Fn(usize) -> bool + Sync,
+) -> (Vec<f64>, Vec<f64>) {
+    use rayon::prelude::*;
     assert_eq!(q.len(), s.lq * s.hq * s.d, "q is [lq, hq, d]");
     assert_eq!(k.len(), s.lk * s.hkv * s.d, "k is [lk, hkv, d]");
     assert_eq!(v.len(), s.lk * s.hkv * s.dv, "v is [lk, hkv, dv]");
-    assert_eq!((mask.lq, mask.lk), (s.lq, s.lk), "mask is [lq, lk]");
     assert!(s.hkv > 0 && s.hq % s.hkv == 0, "hq must be a multiple of hkv");
-    assert!(mask.bias.is_empty() || mask.bias.len() == s.hq * s.lq * s.lk, "bias is [hq, lq, lk]");
     let group = s.hq / s.hkv;
     let mut out = vec![0.0; s.lq * s.hq * s.dv];
     let mut lse = vec![f64::NEG_INFINITY; s.lq * s.hq];
-    let mut scores = vec![f64::NEG_INFINITY; s.lk];
-    for i in 0..s.lq {
-        for h in 0..s.hq {
-            let kvh = h / group;
-            let qrow = &q[(i * s.hq + h) * s.d..][..s.d];
-            // Scores of the visible keys; -inf for the rest.
-            for j in 0..s.lk {
-                scores[j] = if mask.is_allowed(i, j) {
-                    let krow = &k[(j * s.hkv + kvh) * s.d..][..s.d];
-                    let mut x = s.scale * qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f64>();
-                    if let Some(cap) = s.softcap {
-                        x = cap * (x / cap).tanh();
-                    }
-                    x + mask.bias_of(h, i, j)
-                } else {
-                    f64::NEG_INFINITY
-                };
-            }
-            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            if max == f64::NEG_INFINITY {
+    if s.dv == 0 {
+        return (out, lse);
+    }
+    out.par_chunks_mut(s.dv).zip(lse.par_iter_mut()).enumerate().for_each(|(row, (orow, lse))| {
+        let (i, h) = (row / s.hq, row % s.hq);
+        if !wanted(i) {
+            return;
+        }
+        let kvh = h / group;
+        let qrow = &q[(i * s.hq + h) * s.d..][..s.d];
+        // Scores of the visible keys; -inf for the rest.
+        let scores: Vec<f64> = (0..s.lk)
+            .map(|j| {
+                if !visible(i, j) {
+                    return f64::NEG_INFINITY;
+                }
+                let krow = &k[(j * s.hkv + kvh) * s.d..][..s.d];
+                let mut x = s.scale * qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f64>();
+                if let Some(cap) = s.softcap {
+                    x = cap * (x / cap).tanh();
+                }
+                x + bias(h, i, j)
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if max == f64::NEG_INFINITY {
+            return;
+        }
+        let denom: f64 = scores.iter().map(|&x| (x - max).exp()).sum();
+        *lse = max + denom.ln();
+        for (j, &x) in scores.iter().enumerate() {
+            if x == f64::NEG_INFINITY {
                 continue;
             }
-            let denom: f64 = scores.iter().map(|&x| (x - max).exp()).sum();
-            lse[i * s.hq + h] = max + denom.ln();
-            let orow = &mut out[(i * s.hq + h) * s.dv..][..s.dv];
-            for j in 0..s.lk {
-                if scores[j] == f64::NEG_INFINITY {
-                    continue;
-                }
-                let p = (scores[j] - max).exp() / denom;
-                let vrow = &v[(j * s.hkv + kvh) * s.dv..][..s.dv];
-                for (o, &x) in orow.iter_mut().zip(vrow) {
-                    *o += p * x;
-                }
+            let p = (x - max).exp() / denom;
+            let vrow = &v[(j * s.hkv + kvh) * s.dv..][..s.dv];
+            for (o, &x) in orow.iter_mut().zip(vrow) {
+                *o += p * x;
             }
         }
-    }
+    });
     (out, lse)
+}
+
+/// Whether a query at position `p` sees the key at `j`: causal, and inside a window of `w`
+/// (`j + w > p`, written without the sum, which a window near `usize::MAX` would overflow).
+fn sees(p: usize, j: usize, window: Option<usize>) -> bool {
+    j <= p && window.is_none_or(|w| p - j < w)
 }
 
 /// The absolute positions of request `r`'s query tokens.
@@ -175,7 +200,18 @@ pub fn paged_reference<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &Atten
 /// [`paged_reference`], and each row's log-sum-exp of its scores `[num_tokens, Hq]`
 /// (natural log, after scale, soft-cap and ALiBi; `-inf` for a row that sees no key).
 pub fn paged_reference_lse<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &AttnSpec) -> Result<(Vec<f64>, Vec<f64>)> {
-    paged_reference_over(q, cache, meta, spec, |x, _, _| x.to_f64())
+    paged_reference_over(q, cache, meta, spec, |x, _, _| x.to_f64(), |_| true)
+}
+
+/// [`paged_reference`] for the query tokens `tokens` only (step-wide indices): the rows of
+/// other tokens are zero, and requests without a wanted token are not gathered. For checking
+/// a sample of a large step (a 32k-token prompt) at a fraction of the cost.
+pub fn paged_reference_tokens<T: Element>(q: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &AttnSpec, tokens: &[usize]) -> Result<Vec<f64>> {
+    let mut want = vec![false; meta.num_tokens()];
+    for &t in tokens {
+        *want.get_mut(t).ok_or_else(|| AttnError::InvalidConfig(format!("oracle: token {t} of a step of {} tokens", meta.num_tokens())))? = true;
+    }
+    paged_reference_over(q, cache, meta, spec, |x, _, _| x.to_f64(), |t| want[t]).map(|(out, _)| out)
 }
 
 /// [`paged_reference`] over an fp8 (e4m3) cache: every element read exactly in f64 as
@@ -189,15 +225,29 @@ pub fn paged_reference_fp8<T: Element>(q: &[T], cache: &HostKvCache<u8>, scales:
 /// [`paged_reference_fp8`], and each row's log-sum-exp as [`paged_reference_lse`] gives it.
 pub fn paged_reference_fp8_lse<T: Element>(q: &[T], cache: &HostKvCache<u8>, scales: &KvScales, meta: &AttentionMetadata, spec: &AttnSpec) -> Result<(Vec<f64>, Vec<f64>)> {
     scales.validate(cache.layout.num_kv_heads)?;
-    paged_reference_over(q, cache, meta, spec, |&b, head, is_value| {
-        let s = if is_value { scales.v[head] } else { scales.k[head] };
-        dequantize_e4m3(b) as f64 * s as f64
-    })
+    paged_reference_over(
+        q,
+        cache,
+        meta,
+        spec,
+        |&b, head, is_value| {
+            let s = if is_value { scales.v[head] } else { scales.k[head] };
+            dequantize_e4m3(b) as f64 * s as f64
+        },
+        |_| true,
+    )
 }
 
 /// The paged reference over a cache of any element, each element `x` of kv head `head`
 /// read as `read(&x, head, is_value)` in f64.
-fn paged_reference_over<T: Element, E>(q: &[T], cache: &HostKvCache<E>, meta: &AttentionMetadata, spec: &AttnSpec, read: impl Fn(&E, usize, bool) -> f64) -> Result<(Vec<f64>, Vec<f64>)> {
+fn paged_reference_over<T: Element, E>(
+    q: &[T],
+    cache: &HostKvCache<E>,
+    meta: &AttentionMetadata,
+    spec: &AttnSpec,
+    read: impl Fn(&E, usize, bool) -> f64,
+    wanted: impl Fn(usize) -> bool + Sync,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     spec.validate()?;
     let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
     if cache.layout.num_kv_heads != hkv || cache.layout.head_dim != d || cache.layout != *meta.layout() {
@@ -219,6 +269,9 @@ fn paged_reference_over<T: Element, E>(q: &[T], cache: &HostKvCache<E>, meta: &A
         let lk = meta.seq_lens()[r] as usize;
         let lq = meta.query_len(r);
         let t0 = meta.query_start_loc()[r] as usize;
+        if !(t0..t0 + lq).any(&wanted) {
+            continue;
+        }
         let mut k = Vec::with_capacity(lk * hkv * d);
         let mut v = Vec::with_capacity(lk * hkv * d);
         for j in 0..lk {
@@ -230,11 +283,7 @@ fn paged_reference_over<T: Element, E>(q: &[T], cache: &HostKvCache<E>, meta: &A
         }
         let qd: Vec<f64> = q[t0 * hq * d..(t0 + lq) * hq * d].iter().map(|x| x.to_f64()).collect();
         let pos = query_positions(meta, r);
-        let mut mask = Mask::causal(&pos, lk, spec.sliding_window);
-        if let Some(slopes) = &spec.alibi_slopes {
-            let slopes: Vec<f64> = slopes.iter().map(|&s| s as f64).collect();
-            mask = mask.with_alibi(&slopes, &pos);
-        }
+        let slopes: Vec<f64> = spec.alibi_slopes.iter().flatten().map(|&s| s as f64).collect();
         let shape = DenseShape {
             lq,
             lk,
@@ -245,7 +294,8 @@ fn paged_reference_over<T: Element, E>(q: &[T], cache: &HostKvCache<E>, meta: &A
             scale: spec.scale as f64,
             softcap: spec.softcap.map(|c| c as f64),
         };
-        let (o, lse) = attention(&qd, &k, &v, &shape, &mask);
+        let bias = |h: usize, i: usize, j: usize| if slopes.is_empty() { 0.0 } else { slopes[h] * (j as f64 - pos[i] as f64) };
+        let (o, lse) = attention_with(&qd, &k, &v, &shape, |i, j| sees(pos[i], j, spec.sliding_window), bias, |i| wanted(t0 + i));
         out[t0 * hq * d..(t0 + lq) * hq * d].copy_from_slice(&o);
         lse_all[t0 * hq..(t0 + lq) * hq].copy_from_slice(&lse);
     }
@@ -412,23 +462,35 @@ pub fn mla_absorbed(x: &MlaInputs, spec: &MlaSpec, mask: &Mask) -> Vec<f64> {
 /// The reference for a paged MLA step: `q_latent` `[num_tokens, H, R + rope]` against the
 /// latent cache (one kv head of width `R + rope`, keys only), causal from each request's
 /// context length. Returns the latent output `[num_tokens, H, R]`.
-pub fn paged_mla_reference<T: Element>(q_latent: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &MlaSpec) -> Vec<f64> {
+pub fn paged_mla_reference<T: Element>(q_latent: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &MlaSpec) -> Result<Vec<f64>> {
     let (h, r, w) = (spec.num_q_heads, spec.kv_lora_rank, spec.latent_dim());
-    assert_eq!(cache.layout.num_kv_heads, 1, "the latent cache has one kv head");
-    assert_eq!(cache.layout.head_dim, w, "latent cache rows are kv_lora_rank + rope wide");
-    assert_eq!(q_latent.len(), meta.num_tokens() * h * w, "q_latent is [num_tokens, H, R + rope]");
+    if cache.layout.num_kv_heads != 1 || cache.layout.head_dim != w || cache.layout != *meta.layout() {
+        return Err(AttnError::Shape(format!(
+            "oracle (MLA): cache {:?} and metadata for {:?} must both be one latent head of kv_lora_rank + rope = {w} dims",
+            cache.layout,
+            meta.layout()
+        )));
+    }
+    if cache.key.len() != cache.layout.elements() {
+        return Err(AttnError::LengthMismatch { what: "oracle MLA cache", detail: format!("{} key elements for {}", cache.key.len(), cache.layout.elements()) });
+    }
+    if Some(q_latent.len()) != meta.num_tokens().checked_mul(h * w) {
+        return Err(AttnError::LengthMismatch { what: "oracle q_latent", detail: format!("{} elements, expected {} tokens x {h} heads x {w}", q_latent.len(), meta.num_tokens()) });
+    }
     let mut out = vec![0.0; meta.num_tokens() * h * r];
     for req in 0..meta.num_reqs() {
         let lk = meta.seq_lens()[req] as usize;
         let lq = meta.query_len(req);
         let t0 = meta.query_start_loc()[req] as usize;
         let rows: Vec<f64> = (0..lk).flat_map(|j| cache.key_row(meta.slot_of(req, j), 0).iter().map(|x| x.to_f64())).collect();
+        let values: Vec<f64> = (0..lk).flat_map(|j| rows[j * w..][..r].iter().copied()).collect();
         let q: Vec<f64> = q_latent[t0 * h * w..(t0 + lq) * h * w].iter().map(|x| x.to_f64()).collect();
-        let mask = Mask::causal(&query_positions(meta, req), lk, None);
-        let o = mla_latent_attention(&q, &rows, lq, lk, spec, &mask);
+        let pos = query_positions(meta, req);
+        let shape = DenseShape { lq, lk, hq: h, hkv: 1, d: w, dv: r, scale: spec.scale as f64, softcap: None };
+        let (o, _) = attention_with(&q, &rows, &values, &shape, |i, j| sees(pos[i], j, None), |_, _, _| 0.0, |_| true);
         out[t0 * h * r..(t0 + lq) * h * r].copy_from_slice(&o);
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -490,6 +552,35 @@ mod tests {
         // A window as wide as usize (the fuzzer's input: accepted by AttnSpec::validate) is
         // no window, not an overflow.
         assert_eq!(Mask::causal(&[1, 3], 4, Some(usize::MAX)).allowed, Mask::causal(&[1, 3], 4, None).allowed);
+    }
+
+    #[test]
+    fn the_paged_reference_of_a_sample_is_the_full_one_there_and_mla_errors_are_errors() {
+        let layout = KvCacheLayout::new(8, 4, 1, 8).unwrap();
+        let sched = SchedulerOutput {
+            requests: vec![
+                RequestSchedule { num_computed_tokens: 3, num_new_tokens: 2, block_ids: vec![0, 1] },
+                RequestSchedule { num_computed_tokens: 0, num_new_tokens: 6, block_ids: vec![2, 3] },
+            ],
+        };
+        let meta = MetadataBuilder::new(layout).build(&sched).unwrap();
+        let mut spec = AttnSpec::new(2, 1, 8);
+        spec.alibi_slopes = Some(vec![0.5, 0.25]);
+        spec.sliding_window = Some(3);
+        let mut rng = crate::workload::Rng::new(9);
+        let cache = HostKvCache { layout, key: crate::workload::random_values::<f32>(&mut rng, layout.elements()), value: crate::workload::random_values::<f32>(&mut rng, layout.elements()) };
+        let q = crate::workload::random_values::<f32>(&mut rng, meta.num_tokens() * 2 * 8);
+        let full = paged_reference(&q, &cache, &meta, &spec).unwrap();
+        let part = paged_reference_tokens(&q, &cache, &meta, &spec, &[1, 6]).unwrap();
+        for t in 0..meta.num_tokens() {
+            let (a, b) = (&full[t * 16..(t + 1) * 16], &part[t * 16..(t + 1) * 16]);
+            if t == 1 || t == 6 { assert_eq!(a, b, "token {t}") } else { assert!(b.iter().all(|&x| x == 0.0), "token {t}") }
+        }
+        assert!(paged_reference_tokens(&q, &cache, &meta, &spec, &[8]).is_err());
+        // The MLA reference: a q of the wrong length is an error, not a panic.
+        let mla = MlaSpec { num_q_heads: 2, kv_lora_rank: 6, qk_rope_head_dim: 2, qk_nope_head_dim: 4, v_head_dim: 4, scale: 0.3 };
+        assert!(matches!(paged_mla_reference(&q[..5], &cache, &meta, &mla), Err(AttnError::LengthMismatch { .. })));
+        assert!(paged_mla_reference(&q, &cache, &meta, &mla).is_ok());
     }
 
     #[test]

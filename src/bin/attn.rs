@@ -611,7 +611,7 @@ fn run_mla_demo<T: Element>(mla: &MlaSpec, spec: AttnSpec, o: &Opts, backend: Ba
     let out: Vec<f64> = out.iter().map(|x| x.to_f64()).collect();
     let label = format!("{:.2} ms on {backend}{}; cache write verified", elapsed.as_secs_f64() * 1e3, if on_gpu { " (host<->device copies included)" } else { "" });
     let t = Instant::now();
-    let reference = oracle::paged_mla_reference(&q, &cache, &meta, mla);
+    let reference = oracle::paged_mla_reference(&q, &cache, &meta, mla)?;
     let oracle_time = t.elapsed();
     let err = oracle::rel_error(&out, &reference);
     outln!("result: rel error vs f64 oracle {err:.2e}; MLA absorbed decode {label}; oracle {:.0} ms", oracle_time.as_secs_f64() * 1e3);
