@@ -137,12 +137,14 @@ impl<T: Element> Attention<T> {
         self.forward_host(&step, q, k, v, out)
     }
 
-    /// Replaces the layer's whole cache (same layout) with host contents.
+    /// Replaces the layer's whole cache (same layout) with host contents. An MLA layer's
+    /// latent rows are `cache.key`; its `value` is not read and may be empty.
     pub fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {
         self.imp.load_cache(cache)
     }
 
     /// A host copy of the cache's values (an fp8 cache's dequantized, `byte * scale` as `T`).
+    /// An MLA layer's: the latent rows as `key`, `value` empty, on every backend.
     pub fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
         self.imp.cache_snapshot()
     }
@@ -232,6 +234,11 @@ mod tests {
             cache.key[o + r..o + w].copy_from_slice(&k_pe[t * rope..(t + 1) * rope]);
         }
         assert_eq!(layer.cache_snapshot().unwrap().key, cache.key, "latent rows at the slot mapping");
+        // The latent cache loads without a value half, and comes back without one.
+        let latent_only = HostKvCache { layout, key: cache.key.clone(), value: Vec::new() };
+        layer.load_cache(&latent_only).unwrap();
+        let snap = layer.cache_snapshot().unwrap();
+        assert!(snap.value.is_empty() && snap.key == cache.key);
         let want = crate::oracle::paged_mla_reference(&q, &cache, &meta, &m).unwrap();
         let err = crate::oracle::rel_error(&out, &want);
         assert!(err < 1e-5, "CPU MLA layer vs the paged MLA reference: rel err {err:e}");

@@ -488,6 +488,19 @@ impl<T: Element> CpuImpl<T> {
     /// Replaces the cache contents with `cache`, which must have this layer's geometry. An
     /// fp8 layer quantizes the values with its current scales.
     pub fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {
+        if self.spec.mla.is_some() {
+            // MLA: the latent rows are `key`; `value` is not read (it may be empty).
+            if !cache.layout.same_geometry(self.layout()) {
+                return Err(AttnError::Shape(format!("cache of layout {:?} loaded into a layer of layout {:?}", cache.layout, self.layout())));
+            }
+            if cache.key.len() != cache.layout.elements() {
+                return Err(AttnError::LengthMismatch { what: "latent cache", detail: format!("{} elements, expected {}", cache.key.len(), cache.layout.elements()) });
+            }
+            if let CpuCache::Values(c) = &mut self.cache {
+                c.key.copy_from_slice(&cache.key);
+                return Ok(());
+            }
+        }
         check_load(cache, self.layout())?;
         match &mut self.cache {
             CpuCache::Values(c) => {
@@ -637,6 +650,8 @@ impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
     /// The values: an fp8 cache's dequantized (`T::from_f32(byte * scale)`).
     fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
         Ok(match &self.cache {
+            // MLA: the latent rows, as every backend returns them (no value half).
+            CpuCache::Values(c) if self.spec.mla.is_some() => HostKvCache { layout: c.layout, key: c.key.clone(), value: Vec::new() },
             CpuCache::Values(c) => c.clone(),
             CpuCache::Fp8 { bytes, scales } => bytes.dequantize(scales),
         })

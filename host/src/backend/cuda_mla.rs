@@ -477,12 +477,14 @@ impl<T: Element> AttentionImpl<T> for CudaMlaImpl<T> {
     }
 
     /// The latent cache in `key` (`value` is unused by MLA and left zero).
+    /// The latent rows as `key`; `value` is empty (an MLA cache has no value half), as the
+    /// CPU backend returns it.
     fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
         let stream = self.rt.stream();
-        let mut c = HostKvCache::<T>::zeros(self.layout);
-        stream.memcpy_dtoh(&self.cache, as_u16_mut(&mut c.key))?;
+        let mut key = vec![T::default(); self.layout.elements()];
+        stream.memcpy_dtoh(&self.cache, as_u16_mut(&mut key))?;
         stream.synchronize()?;
-        Ok(c)
+        Ok(HostKvCache { layout: self.layout, key, value: Vec::new() })
     }
 
     /// Loads `cache.key` as the latent cache (`value` is not read).
