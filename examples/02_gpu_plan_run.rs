@@ -9,7 +9,6 @@ use attn_backends::layer::Attention;
 use attn_backends::metadata::MetadataBuilder;
 use attn_backends::workload::{blocks_needed, random_values, schedule, Rng};
 use attn_backends::{AttnSpec, BackendName, KvCacheLayout, PlanOptions, StepLimits};
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use half::bf16;
 
 fn main() -> attn_backends::Result<()> {
@@ -61,18 +60,20 @@ fn main() -> attn_backends::Result<()> {
     }
     let opts = PlanOptions { force_splits: Some(plan.num_splits), ..PlanOptions::default() };
     step.prepare_with(&builder.build(&next)?, opts)?;
-    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-    for layer in &mut layers {
-        layer.forward_device(&step, &q, &k, &v, &mut out)?;
-    }
-    let graph = stream.end_capture(CUgraphInstantiate_flags(0))?.expect("a captured graph");
-    graph.launch()?;
-    // And the step after: new metadata into the same buffers, replayed.
+    let graph = step.capture(|step| {
+        for layer in &mut layers {
+            layer.forward_device(step, &q, &k, &v, &mut out)?;
+        }
+        Ok(())
+    })?;
+    graph.replay(&step)?;
+    // And the step after: new metadata into the same buffers, replayed (an error if its plan
+    // no longer matches the captured launches).
     for r in &mut next.requests {
         r.num_computed_tokens += 1;
     }
     step.prepare_with(&builder.build(&next)?, opts)?;
-    graph.launch()?;
+    graph.replay(&step)?;
     stream.synchronize()?;
     println!("graph: captured {} layers once, replayed for 2 steps", layers.len());
     Ok(())

@@ -16,7 +16,6 @@ use attn_backends::layer::Attention;
 use attn_backends::metadata::AttentionMetadata;
 use attn_backends::workload::{blocks_needed, random_values, schedule, Rng};
 use attn_backends::{oracle, AttnError, AttnSpec, BackendName, DType, Element, HostKvCache, KvCacheLayout, MetadataBuilder, MlaSpec, PlanOptions, Step, StepLimits};
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -570,7 +569,6 @@ fn graph_replay_kv(rt: &Arc<CudaRuntime>, kv: attn_backends::KvCacheDType) -> Re
     let opts = PlanOptions { force_splits: Some(4), ..PlanOptions::default() };
     let stream = rt.stream().clone();
     let mut graph = None;
-    let mut captured = None;
     let mut worst = 0.0f64;
     for s in 0..steps {
         let mut sched = base.clone();
@@ -591,20 +589,22 @@ fn graph_replay_kv(rt: &Arc<CudaRuntime>, kv: attn_backends::KvCacheDType) -> Re
             inputs.push((hq_in, k_in, v_in));
         }
         if graph.is_none() {
-            stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|x| x.to_string())?;
-            let mut result = Ok(());
-            for (l, (q, k, v, og, _)) in graph_layers.iter_mut().zip(io.iter_mut()) {
-                result = result.and_then(|_| l.forward_device(&step, q, k, v, og));
-            }
-            let g = stream.end_capture(CUgraphInstantiate_flags(0)).map_err(|x| x.to_string())?;
-            result.map_err(e)?;
-            graph = Some(g.ok_or("empty capture")?);
-            captured = Some(plan.clone());
+            // The step's capture helper: the layers' launches recorded once.
+            graph = Some(
+                step.capture(|step| {
+                    for (l, (q, k, v, og, _)) in graph_layers.iter_mut().zip(io.iter_mut()) {
+                        l.forward_device(step, q, k, v, og)?;
+                    }
+                    Ok(())
+                })
+                .map_err(e)?,
+            );
         }
-        if !captured.as_ref().is_some_and(|c| c.same_launches(&plan)) {
+        let g = graph.as_ref().unwrap();
+        if !g.plan().same_launches(&plan) {
             return Err(format!("step {s}: the plan's launches differ from the captured ones"));
         }
-        graph.as_ref().unwrap().launch().map_err(|x| x.to_string())?;
+        g.replay(&step).map_err(e)?;
         for (l, (q, k, v, _, oe)) in eager_layers.iter_mut().zip(io.iter_mut()) {
             l.forward_device(&step, q, k, v, oe).map_err(e)?;
         }

@@ -182,6 +182,19 @@ mod tests {
     use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
 
     #[test]
+    fn a_cpu_step_has_nothing_to_capture() {
+        let layout = KvCacheLayout::new(8, 16, 2, 64).unwrap();
+        let layer = Attention::<f32>::new(BackendName::Cpu, AttnSpec::new(8, 2, 64), layout, None).unwrap();
+        let mut step = layer.new_step(StepLimits::new(4, 2, 64, 16)).unwrap();
+        let e = step.capture(|_| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("not prepared"), "{e}");
+        let meta = MetadataBuilder::new(layout).build(&SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 0, num_new_tokens: 2, block_ids: vec![1] }] }).unwrap();
+        step.prepare(&meta).unwrap();
+        let e = step.capture(|_| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("nothing to capture"), "{e}");
+    }
+
+    #[test]
     fn for_platform_asks_the_selector_and_debug_says_what_the_layer_is() {
         // No GPU: the CPU, for an MHA layer and for an MLA one alike.
         let layout = KvCacheLayout::new(8, 16, 2, 64).unwrap();

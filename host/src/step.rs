@@ -31,6 +31,43 @@ use std::sync::Arc;
 
 pub use crate::plan::{KernelLaunch, LayerShape, PlanOptions, PlanRows, StepLimits, StepPlan};
 
+/// A CUDA graph of one step's launches ([`Step::capture`]), replayed for later steps whose
+/// plans launch the same kernels on the same grids and rows ([`StepPlan::same_launches`]):
+/// the step's device buffers keep their addresses, so only their contents (the metadata each
+/// `prepare` uploads) change between replays.
+pub struct StepGraph {
+    graph: cudarc::driver::CudaGraph,
+    plan: StepPlan,
+}
+
+impl std::fmt::Debug for StepGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepGraph").field("plan", &self.plan).finish_non_exhaustive()
+    }
+}
+
+impl StepGraph {
+    /// The plan the graph was captured for.
+    pub fn plan(&self) -> &StepPlan {
+        &self.plan
+    }
+
+    /// Replays the graph on the step's stream for `step`'s current plan (prepared with the
+    /// next metadata, with [`PlanOptions::force_splits`] at the captured split count); an
+    /// error, with nothing launched, if that plan's launches differ from the captured ones.
+    pub fn replay(&self, step: &Step) -> Result<()> {
+        let plan = step.plan().ok_or_else(|| AttnError::InvalidConfig("the step was not prepared: call Step::prepare(&metadata) first".into()))?;
+        if !plan.same_launches(&self.plan) {
+            return Err(AttnError::InvalidConfig(format!(
+                "the step's plan ({} tokens, {} splits) launches other kernels, grids or rows than the captured one ({} tokens, {} splits): capture it again",
+                plan.num_tokens, plan.num_splits, self.plan.num_tokens, self.plan.num_splits
+            )));
+        }
+        self.graph.launch()?;
+        Ok(())
+    }
+}
+
 /// The per-step state every layer of a step runs on (see the module docs). Created once
 /// for a backend, a layer shape, a cache layout and [`StepLimits`]; [`Step::prepare`] once
 /// per step.
@@ -108,6 +145,27 @@ impl Step {
     pub fn device_props(&self) -> Option<&DeviceProps> {
         self.props.as_ref()
     }
+    /// Captures what `record` launches on the step's CUDA stream (the layers'
+    /// `forward_device` calls for this prepared step) into a graph, to replay for later steps
+    /// ([`StepGraph::replay`]). The launches are recorded, not run: replay the graph to run
+    /// them. Tensors the layers read and write must keep their addresses between replays.
+    /// An error for a CPU step, or an unprepared one; if `record` fails, the capture ends and
+    /// its error is returned.
+    pub fn capture(&self, record: impl FnOnce(&Step) -> Result<()>) -> Result<StepGraph> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let plan = self.plan.clone().ok_or_else(|| AttnError::InvalidConfig("the step was not prepared: call Step::prepare(&metadata) first".into()))?;
+        let dev = self.device.as_ref().ok_or_else(|| AttnError::InvalidConfig(format!("backend {} runs on the host: nothing to capture", self.backend)))?;
+        let stream = dev.runtime().stream().clone();
+        // The upload of this step's maps must not be captured (it would replay stale maps).
+        stream.synchronize()?;
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let recorded = record(self);
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        recorded?;
+        let graph = graph?.ok_or_else(|| AttnError::InvalidConfig("the capture recorded no launch".into()))?;
+        Ok(StepGraph { graph, plan })
+    }
+
     /// The current step's plan; `None` before the first `prepare`.
     pub fn plan(&self) -> Option<&StepPlan> {
         self.plan.as_ref()
