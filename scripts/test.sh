@@ -13,4 +13,6 @@ scripts/ship-ptx.sh
 export ATTN_REQUIRE_PTXAS=1
 cargo test --release --workspace --all-targets
 cargo test --release --workspace --doc
+# The API docs build with no rustdoc warning (broken links and the like).
+RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps -p attn-host -p attn-backends
 scripts/check-downstream.sh

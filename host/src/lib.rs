@@ -29,12 +29,13 @@ pub mod step;
 pub mod text;
 pub mod workload;
 
-/// Kernel parameter blocks shared with the device crate (the same source file).
+// Kernel parameter blocks shared with the device crate (the same source file; its own
+// module docs say what it holds).
 #[path = "../../device-kernels/src/params.rs"]
 pub mod params;
 
-/// The kernel table (the same source file build.rs and the device crate read): every
-/// kernel instantiation, by typed [`registry::KernelId`].
+// The kernel table (the same source file build.rs and the device crate read): every kernel
+// instantiation, by typed `registry::KernelId`.
 #[path = "../../device-kernels/src/registry.rs"]
 pub mod registry;
 

@@ -13,7 +13,7 @@ use std::fmt;
 /// Most flash-decoding splits per query token.
 pub const MAX_SPLITS: usize = 32;
 
-/// The largest step a [`Step`] serves; device buffers are sized from these once.
+/// The largest step a [`Step`](crate::step::Step) serves; device buffers are sized from these once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepLimits {
     /// Query tokens in a step (rows of q, k, v, out).

@@ -117,8 +117,8 @@ pub use crate::plan::MAX_SPLITS;
 ///
 /// Examples (benches/WORKLOADS.md on an H100: 132 SMs x 2 resident blocks = 264; measured best in
 /// brackets): D3 (4 x 32768 keys, 8 kv heads: 32 blocks) -> 264 / 32 = 8 [4-8];
-/// D4 (128 ragged, 253..8184 keys, mean 4371: 1024 blocks) -> ceil(8184 / 2048) = 4 [4];
-/// D1 (64 x 4096: 512 blocks, uniform) -> 1 [1].
+/// D4 (128 ragged, 253..8184 keys, mean 4371: 1024 blocks) -> ceil(8184 / 2048) = 4 \[4\];
+/// D1 (64 x 4096: 512 blocks, uniform) -> 1 \[1\].
 pub fn num_splits_heuristic(blocks: usize, max_seq_len: usize, mean_seq_len: usize, resident: usize) -> usize {
     if blocks == 0 {
         return 1;
