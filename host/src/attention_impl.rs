@@ -31,6 +31,13 @@ pub trait AttentionImpl<T: Element>: Send {
         Err(AttnError::Unsupported { backend: self.backend().as_str(), reason: "runs on host tensors; use forward_host".into() })
     }
 
+    /// Attention alone over the step's cache as it is (no cache write), on device tensors:
+    /// what a benchmark times. Backends that run on the host return an error.
+    fn attend_device(&mut self, step: &Step, q: &cudarc::driver::CudaSlice<T>, out: &mut cudarc::driver::CudaSlice<T>) -> Result<()> {
+        let _ = (step, q, out);
+        Err(AttnError::Unsupported { backend: self.backend().as_str(), reason: "runs on host tensors; time forward_host".into() })
+    }
+
     /// A host copy of the cache (tests, debugging).
     fn cache_snapshot(&self) -> Result<HostKvCache<T>>;
 

@@ -137,6 +137,14 @@ impl<T: Element> Attention<T> {
         self.forward_host(&step, q, k, v, out)
     }
 
+    /// Attention alone over the step's cache as it is (no cache write) on device tensors (q
+    /// `[tokens, q heads, head dim]`; an MLA layer's the absorbed `[tokens, heads, latent]`,
+    /// out its latent `[tokens, heads, kv_lora_rank]`): what a benchmark times, with no need
+    /// of the backend's own types. An error on a host backend.
+    pub fn attend_device(&mut self, step: &Step, q: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
+        self.imp.attend_device(step, q, out)
+    }
+
     /// Replaces the layer's whole cache (same layout) with host contents. An MLA layer's
     /// latent rows are `cache.key`; its `value` is not read and may be empty.
     pub fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {

@@ -212,6 +212,12 @@ impl StepPlan {
         self.rows.as_any().downcast_ref::<R>()
     }
 
+    /// The launches of kernels of the sm_90a module (wgmma, TMA, the hardware's fp8
+    /// conversion): whether, and where, this plan runs Hopper's own kernels.
+    pub fn sm90a_launches(&self) -> impl Iterator<Item = &KernelLaunch> {
+        self.launches.iter().filter(|l| crate::registry::find(&l.kernel).is_some_and(|k| k.module == crate::registry::Module::Sm90a))
+    }
+
     /// Whether a CUDA graph captured for `self` replays `other`: the same launches (kernel,
     /// grid, rows) and hence the same kernel arguments, the buffers being the step's own.
     pub fn same_launches(&self, other: &StepPlan) -> bool {

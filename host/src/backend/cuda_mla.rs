@@ -476,7 +476,10 @@ impl<T: Element> AttentionImpl<T> for CudaMlaImpl<T> {
         self.run(step, t)
     }
 
-    /// The latent cache in `key` (`value` is unused by MLA and left zero).
+    fn attend_device(&mut self, step: &Step, q: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
+        self.attend(step, q, out)
+    }
+
     /// The latent rows as `key`; `value` is empty (an MLA cache has no value half), as the
     /// CPU backend returns it.
     fn cache_snapshot(&self) -> Result<HostKvCache<T>> {

@@ -700,6 +700,10 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
         self.run(step, t)
     }
 
+    fn attend_device(&mut self, step: &Step, q: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
+        self.attend(step, q, out)
+    }
+
     fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
         self.cache.snapshot(&self.rt)
     }
@@ -847,6 +851,11 @@ mod tests {
         // and the hardware-converting fp8 decode (2 dtypes x 4 head dims).
         assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4 + 2 * 4 + 2 * 4 * 4);
         assert!(!sm90a.iter().any(|k| k.starts_with("flash_prefill_sm90") && k.contains("_d96")));
+        // A plan says which of its launches are Hopper's own kernels.
+        let hopper_plan = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).unwrap();
+        assert_eq!(hopper_plan.sm90a_launches().map(|l| l.kernel.name()).collect::<Vec<_>>(), ["flash_prefill_sm90_bf16_d128"]);
+        let a100_plan = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::A100, &limits, &PlanOptions::default(), BackendName::CudaPaged).unwrap();
+        assert_eq!(a100_plan.sm90a_launches().count(), 0);
         // Decode over fp8: the sm_90a kernel on CUDA_PAGED there, the portable one elsewhere.
         let fp8 = |backend, arch: &ArchFeatures| decode_kernel(backend, arch, QType::Bf16, KvType::Fp8E4m3, 128).name();
         assert_eq!(fp8(BackendName::CudaPaged, &DeviceProps::H100.arch), "paged_attention_sm90_bf16_e4m3_d128");
