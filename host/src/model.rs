@@ -47,15 +47,15 @@ const MAX_COUNT: usize = 1 << 24;
 
 /// Limits on the fields that size tensors, checked when a config is read, before anything is
 /// allocated (a config with 65536 heads of dim 8192 would otherwise pass here and abort the
-/// process when its cache is allocated). Each is several times what any released model uses,
-/// and tighter than [`crate::spec::MAX_HEADS`] / [`crate::spec::MAX_HEAD_DIM`], which bound
-/// hand-built specs.
+/// process when its cache is allocated). Each is several times what any released model uses;
+/// hand-built specs have the same ones ([`crate::spec::MAX_HEADS`],
+/// [`crate::spec::MAX_HEAD_DIM`]).
 ///
 /// Query heads: Llama-3-405B and DeepSeek-V3 have 128, Falcon-180B 232.
-pub const MAX_Q_HEADS: usize = 1024;
+pub const MAX_Q_HEADS: usize = crate::spec::MAX_HEADS;
 /// Per-head width (`head_dim`, `hidden_size / heads`, and MLA's `qk_rope_head_dim`,
 /// `qk_nope_head_dim`, `v_head_dim` and their query/key sum): real models use 64 to 256.
-pub const MAX_HEAD_DIM: usize = 1024;
+pub const MAX_HEAD_DIM: usize = crate::spec::MAX_HEAD_DIM;
 /// MLA latent rank (`kv_lora_rank`): DeepSeek-V2/V3 and Kimi-K2 use 512.
 pub const MAX_KV_LORA_RANK: usize = 4096;
 

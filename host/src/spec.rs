@@ -31,10 +31,12 @@ mod tests {
     }
 }
 
-/// Largest head count and head dim any backend is asked to consider (sanity bounds for
-/// configs read from files).
-pub const MAX_HEADS: usize = 1 << 16;
-pub const MAX_HEAD_DIM: usize = 1 << 16;
+/// Largest head count and head dim a spec may have: the same limits the config reader
+/// applies (`model::MAX_Q_HEADS`, `model::MAX_HEAD_DIM`), so every message quoting a limit
+/// quotes the same number. Several times what any released model uses.
+pub const MAX_HEADS: usize = 1024;
+/// See [`MAX_HEADS`].
+pub const MAX_HEAD_DIM: usize = 1024;
 
 /// One attention layer of a model (MHA / GQA / MQA).
 #[derive(Clone, Debug, PartialEq)]
