@@ -63,7 +63,7 @@ grep -q 'using the PTX shipped' "$work/checkout.log" && {
 # b. What `cargo package` ships, on a machine with stable only (a rustup home linking it).
 pkg="$work/packaged/attn-backends"
 rm -rf "$work/packaged" && mkdir -p "$pkg"
-if ! RUSTUP_TOOLCHAIN=stable cargo package --list --allow-dirty >"$work/package.all" 2>"$work/package.err"; then
+if ! RUSTUP_TOOLCHAIN=stable cargo package -p attn-backends --list --allow-dirty >"$work/package.all" 2>"$work/package.err"; then
   cat "$work/package.err" >&2; echo "check-downstream: cargo package --list failed" >&2; exit 1
 fi
 grep -vxE '\.cargo_vcs_info\.json|Cargo\.toml\.orig' "$work/package.all" >"$work/package.list"
