@@ -1,10 +1,23 @@
 //! The `Attention` layer: what a model calls, whatever the backend.
 //!
-//! Once per step the [`Step`] is prepared (plan + one upload); then every layer runs on it:
-//! [`Attention::forward_device`] on device tensors (the GPU path: launches only, capturable
-//! in a CUDA graph), [`Attention::forward_host`] on host slices (the CPU backend; tests and
-//! examples on a GPU). [`Attention::forward`] is the one-shot convenience that plans a step
-//! of its own for each call.
+//! Once per step the [`Step`] is prepared (plan + one upload); then every layer runs on it.
+//! Which call, and when:
+//!
+//! | call | tensors | plan | for |
+//! |---|---|---|---|
+//! | [`Attention::forward_device`] | device (`CudaSlice`) | the step's | serving on a GPU: launches only, capturable in a CUDA graph ([`Step::capture`]) |
+//! | [`Attention::forward_device_lse`] | device, and each row's log-sum-exp | the step's | the same, when partial results are merged later |
+//! | [`Attention::forward_host`] | host slices | the step's | the CPU backend; on a GPU, copies through the device (tests, examples) |
+//! | [`Attention::forward`] / [`Attention::forward_into`] | host slices | its own, each call | one-shot use: a test, a demo (returns the output / writes it into a buffer) |
+//! | [`Attention::attend_device`] | device | the step's | attention alone, without the cache write: benchmarks |
+//!
+//! Every call writes this step's `k`, `v` into the layer's cache at the slot mapping (but
+//! `attend_device`), then attends `q` over the cache. Shapes, for `tokens` query tokens:
+//! - multi-head layers: `q`, `out` `[tokens, q heads, head dim]`; `k`, `v` `[tokens, kv heads,
+//!   head dim]`;
+//! - MLA layers (the absorbed form): `q` `[tokens, heads, kv_lora_rank + rope]` (the query
+//!   after `W_UK`), `k` the latent `kv_c` `[tokens, kv_lora_rank]`, `v` the rotary `k_pe`
+//!   `[tokens, rope]`, `out` the latent output `[tokens, heads, kv_lora_rank]` (before `W_UV`).
 //!
 //! ```
 //! use attn_host::{layer::Attention, spec::AttnSpec, kv_cache::KvCacheLayout, BackendName, Step, StepLimits};
