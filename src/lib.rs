@@ -2,6 +2,8 @@
 //! Rust to PTX (`device-kernels/`, embedded here), and the host side (`attn_host`,
 //! re-exported): metadata builder, selector, backends, CPU oracle and CPU backend.
 
+#![warn(missing_docs)]
+
 pub use attn_host::*;
 
 use std::sync::Arc;

@@ -14,24 +14,36 @@
 pub struct CacheWriteParams {
     /// `[num_tokens, num_kv_heads, head_dim]` (16-bit elements).
     pub key: u64,
+    /// `[num_tokens, num_kv_heads, head_dim]`: this step's values.
     pub value: u64,
     /// `[num_blocks, block_size, num_kv_heads, head_dim]`.
     pub key_cache: u64,
+    /// The V cache, laid out as `key_cache`.
     pub value_cache: u64,
     /// `i64 [num_tokens]`; a negative slot is padding and is skipped.
     pub slot_mapping: u64,
     /// fp8 caches: `f32 [num_kv_heads]`, the K and V scales (stored = e4m3(x / scale));
     /// unused by the 16-bit copy.
     pub k_scale: u64,
+    /// As `k_scale`, for V.
     pub v_scale: u64,
+    /// Elements between consecutive tokens of `key` and `value`.
     pub src_token_stride: u64,
+    /// Elements between consecutive heads of a token of `key` and `value`.
     pub src_head_stride: u64,
+    /// Elements between consecutive blocks of the cache.
     pub cache_block_stride: u64,
+    /// Elements between consecutive tokens of a cache block.
     pub cache_token_stride: u64,
+    /// Elements between consecutive kv heads of a cached token.
     pub cache_head_stride: u64,
+    /// Query tokens of the step.
     pub num_tokens: u32,
+    /// KV heads.
     pub num_kv_heads: u32,
+    /// Elements of one head's row.
     pub head_dim: u32,
+    /// Tokens per cache block.
     pub block_size: u32,
 }
 
@@ -46,6 +58,7 @@ pub struct PagedAttnParams {
     pub out: u64,
     /// `[num_blocks, block_size, num_kv_heads, head_dim]`.
     pub key_cache: u64,
+    /// The V cache, laid out as `key_cache`.
     pub value_cache: u64,
     /// `i32 [num_seqs, block_table_stride]`: logical block -> physical block.
     pub block_table: u64,
@@ -59,6 +72,7 @@ pub struct PagedAttnParams {
     /// `f32 [num_splits, num_tokens, num_q_heads, head_dim]` normalised partial outputs and
     /// `f32 [num_splits, num_tokens, num_q_heads, 2]` (running max in log2 units, denominator).
     pub partial_out: u64,
+    /// The split-KV workspace's (running max in log2 units, denominator) of each partial row.
     pub partial_ml: u64,
     /// `i32 [grid x]`: the query token of each block (the step's decode rows, when other
     /// rows go to the prefill kernel), or 0 for the identity. The split workspace is indexed
@@ -69,23 +83,39 @@ pub struct PagedAttnParams {
     pub lse: u64,
     /// fp8 caches: `f32 [num_kv_heads]`, the K and V scales (value = stored x scale); 0 = 1.
     pub k_scale: u64,
+    /// As `k_scale`, for V.
     pub v_scale: u64,
+    /// Elements between consecutive tokens of `q`.
     pub q_token_stride: u64,
+    /// Elements between consecutive heads of a token of `q`.
     pub q_head_stride: u64,
+    /// Elements between consecutive tokens of `out`.
     pub out_token_stride: u64,
+    /// Elements between consecutive heads of a token of `out`.
     pub out_head_stride: u64,
+    /// Elements between consecutive blocks of the cache.
     pub cache_block_stride: u64,
+    /// Elements between consecutive tokens of a cache block.
     pub cache_token_stride: u64,
+    /// Elements between consecutive kv heads of a cached token.
     pub cache_head_stride: u64,
+    /// Entries per request's row of `block_table`.
     pub block_table_stride: u32,
+    /// Requests of the step.
     pub num_seqs: u32,
+    /// Query tokens of the step.
     pub num_tokens: u32,
+    /// Query heads.
     pub num_q_heads: u32,
+    /// KV heads.
     pub num_kv_heads: u32,
+    /// log2 of the tokens per cache block (a power of two).
     pub block_size_log2: u32,
     /// Keys a query may see to its left, itself included; 0 = unlimited.
     pub sliding_window: u32,
+    /// Key splits per query row (1: no split, the outputs written directly).
     pub num_splits: u32,
+    /// Softmax scale, applied to `q . k`.
     pub scale: f32,
     /// Logits soft-cap (`cap * tanh(s / cap)`); 0 = off.
     pub softcap: f32,
@@ -95,7 +125,9 @@ pub struct PagedAttnParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MergeParams {
+    /// The split-KV workspace's normalised partial outputs (`PagedAttnParams::partial_out`).
     pub partial_out: u64,
+    /// The split-KV workspace's (running max in log2 units, denominator) of each partial row.
     pub partial_ml: u64,
     /// As `PagedAttnParams::token_map`: the output token of each row of the workspace, or 0.
     pub token_map: u64,
@@ -106,12 +138,19 @@ pub struct MergeParams {
     pub token_splits: u64,
     /// As `PagedAttnParams::lse`, for the merged rows; 0 = none.
     pub lse: u64,
+    /// `[num_tokens, num_q_heads, head_dim]`: the merged output.
     pub out: u64,
+    /// Elements between consecutive tokens of `out`.
     pub out_token_stride: u64,
+    /// Elements between consecutive heads of a token of `out`.
     pub out_head_stride: u64,
+    /// Query tokens of the step.
     pub num_tokens: u32,
+    /// Query heads.
     pub num_q_heads: u32,
+    /// Elements of one head's row.
     pub head_dim: u32,
+    /// Key splits per query row (1: no split, the outputs written directly).
     pub num_splits: u32,
 }
 
@@ -126,7 +165,9 @@ const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
 /// Paged attention: warps per block, query heads per block (the rows of the m16n8k16
 /// tiles), keys per tile, and tiles in flight per warp.
 pub const PAGED_WARPS: u32 = 4;
+/// Query heads one paged block computes (the rows of the m16 tiles).
 pub const PAGED_ROWS: u32 = 16;
+/// Keys per paged tile.
 pub const PAGED_TILE: u32 = 16;
 
 /// Tiles in flight per warp for head dim `d`: 3, or 2 for d > 128 so that d256 fits the
@@ -180,31 +221,47 @@ pub const fn paged_smem_bytes(d: u32, kv_bytes: u32) -> u32 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PrefillParams {
-    /// `[num_tokens, num_q_heads, head_dim]`, in and out.
+    /// `[num_tokens, num_q_heads, head_dim]`: the queries.
     pub q: u64,
+    /// `[num_tokens, num_q_heads, head_dim]`: the output.
     pub out: u64,
     /// `[num_blocks, block_size, num_kv_heads, head_dim]`.
     pub key_cache: u64,
+    /// The V cache, laid out as `key_cache`.
     pub value_cache: u64,
     /// As in `PagedAttnParams`.
     pub block_table: u64,
+    /// `i32 [num_seqs]`: keys in the cache for each request, this step's included.
     pub seq_lens: u64,
+    /// `i32 [num_seqs + 1]`: prefix sum of query tokens per request.
     pub query_start_loc: u64,
+    /// `f32 [num_q_heads]` ALiBi slopes, or 0 for none.
     pub alibi_slopes: u64,
     /// `i32 [grid x, 2]`: (request, first query token) of each tile.
     pub tiles: u64,
     /// `f32 [num_tokens, num_q_heads]` log-sum-exp of each row's scores (natural log), or 0.
     pub lse: u64,
+    /// Elements between consecutive tokens of `q`.
     pub q_token_stride: u64,
+    /// Elements between consecutive heads of a token of `q`.
     pub q_head_stride: u64,
+    /// Elements between consecutive tokens of `out`.
     pub out_token_stride: u64,
+    /// Elements between consecutive heads of a token of `out`.
     pub out_head_stride: u64,
+    /// Elements between consecutive blocks of the cache.
     pub cache_block_stride: u64,
+    /// Elements between consecutive tokens of a cache block.
     pub cache_token_stride: u64,
+    /// Elements between consecutive kv heads of a cached token.
     pub cache_head_stride: u64,
+    /// Entries per request's row of `block_table`.
     pub block_table_stride: u32,
+    /// Query heads.
     pub num_q_heads: u32,
+    /// KV heads.
     pub num_kv_heads: u32,
+    /// log2 of the tokens per cache block (a power of two).
     pub block_size_log2: u32,
     /// Keys a query may see to its left, itself included; 0 = unlimited.
     pub sliding_window: u32,
@@ -213,20 +270,26 @@ pub struct PrefillParams {
     pub heads_per_tile: u32,
     /// Query tokens in one tile: `PREFILL_ROWS / heads_per_tile`.
     pub tokens_per_tile: u32,
+    /// Softmax scale, applied to `q . k`.
     pub scale: f32,
+    /// Logits soft-cap (`cap * tanh(s / cap)`); 0 = off.
     pub softcap: f32,
+    /// Padding to the struct's 8-byte alignment (unused).
     pub _pad: u32,
     /// The Hopper kernel's K and V cache tensor maps (`CUtensorMap`, 128 bytes each, in
     /// global memory: the copy engine's view of the cache as 2-D `[blocks x block_size,
     /// kv_heads x head_dim]`, boxes of 64 columns x `min(block_size, keys per tile)` rows,
     /// 128-byte swizzle); unused by the portable kernel.
     pub k_tmap: u64,
+    /// As `k_tmap`, for the V cache.
     pub v_tmap: u64,
     /// As in `PagedAttnParams`.
     pub k_scale: u64,
+    /// As `k_scale`, for V.
     pub v_scale: u64,
 }
 
+/// Warps of a portable prefill block (16 query rows each).
 pub const PREFILL_WARPS: u32 = 8;
 /// Query rows per block: 16 per warp (the rows of its m16n8k16 tiles).
 pub const PREFILL_ROWS: u32 = 16 * PREFILL_WARPS;
@@ -297,8 +360,11 @@ pub struct MlaParams {
     pub out: u64,
     /// `[num_blocks, block_size, MLA_LATENT_DIM]`.
     pub cache: u64,
+    /// `i32 [num_seqs, block_table_stride]`: logical block -> physical block.
     pub block_table: u64,
+    /// `i32 [num_seqs]`: keys in the cache for each request, this step's included.
     pub seq_lens: u64,
+    /// `i32 [num_seqs + 1]`: prefix sum of query tokens per request.
     pub query_start_loc: u64,
     /// `i32 [grid x, 2]`: (request, split) of each block; split `s` reads keys
     /// `[s chunk_keys, (s + 1) chunk_keys)` of the request.
@@ -308,21 +374,33 @@ pub struct MlaParams {
     pub token_splits: u64,
     /// As in `PagedAttnParams` (rows of `MLA_RANK` f32), indexed by slot.
     pub partial_out: u64,
+    /// The split-KV workspace's (running max in log2 units, denominator) of each partial row.
     pub partial_ml: u64,
     /// `f32 [num_tokens, num_q_heads]` log-sum-exp (natural log), or 0.
     pub lse: u64,
+    /// Elements between consecutive tokens of `q`.
     pub q_token_stride: u64,
+    /// Elements between consecutive heads of a token of `q`.
     pub q_head_stride: u64,
+    /// Elements between consecutive tokens of `out`.
     pub out_token_stride: u64,
+    /// Elements between consecutive heads of a token of `out`.
     pub out_head_stride: u64,
+    /// Elements between consecutive blocks of the cache.
     pub cache_block_stride: u64,
+    /// Elements between consecutive tokens of a cache block.
     pub cache_token_stride: u64,
+    /// Entries per request's row of `block_table`.
     pub block_table_stride: u32,
+    /// Query heads.
     pub num_q_heads: u32,
+    /// log2 of the tokens per cache block (a power of two).
     pub block_size_log2: u32,
     /// Keys per split (a multiple of `MLA_KEYS`).
     pub chunk_keys: u32,
+    /// Softmax scale, applied to `q . k`.
     pub scale: f32,
+    /// Padding to the struct's 8-byte alignment (unused).
     pub _pad: u32,
 }
 
@@ -331,28 +409,40 @@ pub struct MlaParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MlaCacheWriteParams {
+    /// `[num_tokens, MLA_RANK]`: this step's compressed KV latents.
     pub kv_c: u64,
+    /// `[num_tokens, MLA_ROPE]`: this step's rotary key parts.
     pub k_pe: u64,
+    /// The latent cache `[num_blocks, block_size, MLA_LATENT_DIM]`.
     pub cache: u64,
     /// `i64 [num_tokens]`; negative: padding, skipped.
     pub slot_mapping: u64,
+    /// Elements between consecutive tokens of `kv_c`.
     pub kv_c_token_stride: u64,
+    /// Elements between consecutive tokens of `k_pe`.
     pub k_pe_token_stride: u64,
+    /// Elements between consecutive blocks of the cache.
     pub cache_block_stride: u64,
+    /// Query tokens of the step.
     pub num_tokens: u32,
+    /// Tokens per cache block.
     pub block_size: u32,
 }
 
 /// MLA's dims (DeepSeek-V2/V3, Kimi-K2): latent rank (the values' width), rope dims, and
 /// the latent row (the keys' width).
 pub const MLA_RANK: u32 = 512;
+/// MLA's rotary dims, the latent row's tail.
 pub const MLA_ROPE: u32 = 64;
+/// A latent row's width: the rank and the rotary dims (576).
 pub const MLA_LATENT_DIM: u32 = MLA_RANK + MLA_ROPE;
 /// MLA decode: warps per block (two per 16-row group, each holding half of the output
 /// columns and computing half of each score's dims), rows per block, keys per tile, tiles
 /// in flight.
 pub const MLA_WARPS: u32 = 8;
+/// (token, head) rows one MLA block computes (16 per pair of warps).
 pub const MLA_ROWS: u32 = 16 * (MLA_WARPS / 2);
+/// Keys per MLA tile.
 pub const MLA_KEYS: u32 = 32;
 /// The MLA decode kernel's pipeline depths (K tiles in flight): 2 fits the 163 KiB an sm_80
 /// block may have (`mla_decode_<tag>`), 3 the 227 KiB of sm_90 (`mla_decode_<tag>_s3`),

@@ -81,12 +81,16 @@ impl Family {
 /// 16-bit words of either type (the 16-bit cache writes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum QType {
+    /// bf16 queries (and MMAs).
     Bf16,
+    /// f16 queries (and MMAs).
     F16,
+    /// Either 16-bit type, moved bitwise (the 16-bit cache writes).
     B16,
 }
 
 impl QType {
+    /// The name's tag (`bf16`, `f16`, `b16`).
     pub const fn tag(self) -> &'static str {
         match self {
             QType::Bf16 => "bf16",
@@ -108,7 +112,9 @@ impl QType {
 /// (one byte an element; the kernels convert tiles to the query type before the MMA).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KvType {
+    /// The query's own 16-bit type.
     Native,
+    /// fp8 e4m3 bytes, with f32 scales per kv head.
     Fp8E4m3,
 }
 
@@ -141,14 +147,20 @@ impl KvType {
 /// memory-bound decode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ScoreMod {
+    /// None.
     Plain,
+    /// The logits soft-cap.
     SoftCap,
+    /// ALiBi.
     Alibi,
+    /// Both.
     SoftCapAlibi,
+    /// Decided at run time from the parameters (the decode kernel).
     Dynamic,
 }
 
 impl ScoreMod {
+    /// The compiled-in modifier for a layer's soft-cap and ALiBi.
     pub const fn of(softcap: bool, alibi: bool) -> ScoreMod {
         match (softcap, alibi) {
             (false, false) => ScoreMod::Plain,
@@ -157,6 +169,7 @@ impl ScoreMod {
             (true, true) => ScoreMod::SoftCapAlibi,
         }
     }
+    /// The name's suffix (`_softcap`, `_alibi`, `_softcap_alibi`; none for `Plain` and `Dynamic`).
     pub const fn suffix(self) -> &'static str {
         match self {
             ScoreMod::Plain | ScoreMod::Dynamic => "",
@@ -182,7 +195,9 @@ impl ScoreMod {
 /// other architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Module {
+    /// Every module: sm_80 and sm_90a.
     Portable,
+    /// The sm_90a module only.
     Sm90a,
 }
 
@@ -192,6 +207,7 @@ pub enum Module {
 pub struct Features(pub u32);
 
 impl Features {
+    /// No feature.
     pub const NONE: Features = Features(0);
     /// `mma.sync`, `ldmatrix`, `cp.async` (sm_80 and newer).
     pub const MMA_SYNC: Features = Features(1);
@@ -207,9 +223,11 @@ impl Features {
     /// Everything an sm_90a module's kernels may use.
     pub const HOPPER: Features = Features(1 | 2 | 4 | 8 | 16);
 
+    /// Both sets.
     pub const fn union(self, o: Features) -> Features {
         Features(self.0 | o.0)
     }
+    /// Whether `self` holds every feature of `o`.
     pub const fn contains(self, o: Features) -> bool {
         self.0 & o.0 == o.0
     }
@@ -218,11 +236,15 @@ impl Features {
 /// A kernel's identity: the typed id a plan's launch carries and a backend matches on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KernelId {
+    /// The kernel's family.
     pub family: Family,
+    /// Its query type.
     pub q: QType,
+    /// Its KV-cache element.
     pub kv: KvType,
     /// 0 for the families that take any head dim (cache writes, merge) or a fixed one (MLA).
     pub head_dim: u32,
+    /// Its score modifier.
     pub score: ScoreMod,
     /// Pipeline depth where a family comes in several (MLA decode); 0 otherwise.
     pub stages: u32,
@@ -286,27 +308,37 @@ fn put_decimal(put: &mut impl FnMut(&[u8]), x: u32) {
 /// One row of the table: a family's instantiations in one module.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelRow {
+    /// The family of the row's kernels.
     pub family: Family,
+    /// Their query types.
     pub q: &'static [QType],
+    /// Their KV-cache elements.
     pub kv: &'static [KvType],
     /// Head dims (`&[0]`: the family takes any, or MLA's fixed one).
     pub head_dims: &'static [u32],
+    /// Their score modifiers.
     pub scores: &'static [ScoreMod],
     /// Pipeline depths (`&[0]`: one).
     pub stages: &'static [u32],
+    /// The module they are in.
     pub module: Module,
     /// Threads per block: the launch's block and the entry point's `.maxntid`. 0: the
     /// launch chooses (the merge: one thread per 8 output dims) and no `.maxntid` is given.
     pub threads: u32,
+    /// The architecture features they require.
     pub needs: Features,
 }
 
 /// One kernel of the table, expanded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelSpec {
+    /// The kernel.
     pub id: KernelId,
+    /// Its module.
     pub module: Module,
+    /// Threads per block (0: the launch chooses).
     pub threads: u32,
+    /// The architecture features it requires.
     pub needs: Features,
 }
 

@@ -16,6 +16,7 @@ use crate::step::Step;
 /// anything is written; a device run (`run_device`) allocates nothing and uploads nothing
 /// (a host run stages its tensors through the device).
 pub trait AttentionImpl<T: Element>: Send {
+    /// The backend this impl belongs to.
     fn backend(&self) -> BackendName;
 
     /// One step on host tensors: q, out `[num_tokens, num_q_heads, head_dim]`, k, v

@@ -20,8 +20,10 @@ pub enum BackendName {
 }
 
 impl BackendName {
+    /// Every backend, in no particular order.
     pub const ALL: [BackendName; 4] = [BackendName::CudaPaged, BackendName::CudaMla, BackendName::CudaPagedPortable, BackendName::Cpu];
 
+    /// The name `ATTN_BACKEND` takes (`CUDA_PAGED`, ...).
     pub const fn as_str(self) -> &'static str {
         match self {
             BackendName::CudaPaged => "CUDA_PAGED",

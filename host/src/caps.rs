@@ -13,20 +13,29 @@ use crate::kv_cache::KvCacheLayout;
 /// constructors ([`BackendCaps::check_layer`]) both read it.
 #[derive(Clone, Debug)]
 pub struct BackendCaps {
+    /// The backend this row describes.
     pub name: BackendName,
     /// `None`: runs on any platform (the CPU backend). `Some(cc)`: CUDA, compute capability >= cc.
     pub min_compute_capability: Option<u32>,
+    /// Runs on the host (any platform), not on a CUDA device.
     pub cpu: bool,
+    /// The activation dtypes it serves.
     pub dtypes: &'static [DType],
+    /// The KV-cache dtypes of a multi-head layer it serves.
     pub kv_cache_dtypes: &'static [KvCacheDType],
     /// The KV-cache dtypes of an MLA layer's latent cache (empty: the backend serves no MLA).
     pub mla_kv_cache_dtypes: &'static [KvCacheDType],
     /// Head dims of MHA/GQA models; empty means any.
     pub head_dims: &'static [u32],
+    /// Serves multi-head layers (MHA, GQA, MQA).
     pub mha: bool,
+    /// Serves MLA layers (DeepSeek's latent attention).
     pub mla: bool,
+    /// Serves a sliding window.
     pub sliding_window: bool,
+    /// Serves a logits soft-cap.
     pub softcap: bool,
+    /// Serves ALiBi.
     pub alibi: bool,
     /// Block sizes: powers of two in this inclusive range.
     pub block_sizes: (usize, usize),

@@ -115,12 +115,15 @@ impl CudaRuntime {
         }))
     }
 
+    /// The device's CUDA context.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
+    /// The one stream every launch and copy of this runtime goes on (capture graphs on it).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
+    /// The device's name (`NVIDIA H200`).
     pub fn device_name(&self) -> &str {
         &self.name
     }
@@ -128,6 +131,7 @@ impl CudaRuntime {
     pub fn arch(&self) -> &'static str {
         self.arch
     }
+    /// Streaming multiprocessors on the device.
     pub fn num_sms(&self) -> u32 {
         self.num_sms
     }
@@ -135,6 +139,7 @@ impl CudaRuntime {
     pub fn features(&self) -> ArchFeatures {
         self.features
     }
+    /// The device as a selector platform (its compute capability).
     pub fn platform(&self) -> Platform {
         Platform::Cuda { major: self.cc.0 as u32, minor: self.cc.1 as u32 }
     }

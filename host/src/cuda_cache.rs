@@ -52,6 +52,7 @@ impl DeviceKvCache {
         })
     }
 
+    /// Whether the cache holds fp8 bytes (and scales) rather than 16-bit values.
     pub fn is_fp8(&self) -> bool {
         self.layout.kv_dtype == KvCacheDType::Fp8E4m3
     }

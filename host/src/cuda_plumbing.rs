@@ -22,10 +22,15 @@ use std::sync::Arc;
 /// `[num_tokens, num_q_heads]`, each row's log-sum-exp of its scores (natural log; `-inf`
 /// for a row that sees no key), as cascade attention and speculative decoding use it.
 pub struct DeviceTensors<'a, T> {
+    /// `[tokens, q heads, head dim]` (MLA: the absorbed query).
     pub q: &'a CudaSlice<T>,
+    /// `[tokens, kv heads, head dim]`: this step's keys (MLA: `kv_c`).
     pub k: &'a CudaSlice<T>,
+    /// `[tokens, kv heads, head dim]`: this step's values (MLA: `k_pe`).
     pub v: &'a CudaSlice<T>,
+    /// `[tokens, q heads, head dim]` (MLA: the latent output).
     pub out: &'a mut CudaSlice<T>,
+    /// `f32 [tokens, q heads]`: each row's log-sum-exp, when asked for.
     pub lse: Option<&'a mut CudaSlice<f32>>,
 }
 

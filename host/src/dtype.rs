@@ -4,13 +4,18 @@ use half::{bf16, f16};
 use std::fmt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The activation dtypes.
 pub enum DType {
+    /// IEEE half precision.
     F16,
+    /// bfloat16.
     Bf16,
+    /// IEEE single precision (the CPU backend only).
     F32,
 }
 
 impl DType {
+    /// The name the CLI and configs use (`bf16`, `f16`, `f32`).
     pub const fn name(self) -> &'static str {
         match self {
             DType::F16 => "f16",
@@ -18,6 +23,7 @@ impl DType {
             DType::F32 => "f32",
         }
     }
+    /// Bytes of one element.
     pub const fn size_bytes(self) -> usize {
         match self {
             DType::F16 | DType::Bf16 => 2,
@@ -88,12 +94,16 @@ impl fmt::Display for KvCacheDType {
 
 /// A host element type the backends compute on (in f32; the oracle in f64).
 pub trait Element: Copy + Send + Sync + Default + fmt::Debug + cudarc::driver::DeviceRepr + 'static {
+    /// The dtype this element type is.
     const DTYPE: DType;
     /// The kernels' name for this type (`paged_attention_<tag>_d128`); `None` if no GPU
     /// kernel is instantiated for it.
     const KERNEL_TAG: Option<&'static str>;
+    /// The value as f32 (exact).
     fn to_f32(self) -> f32;
+    /// The nearest value of this type (round to nearest even).
     fn from_f32(x: f32) -> Self;
+    /// The value as f64 (exact).
     fn to_f64(self) -> f64 {
         self.to_f32() as f64
     }

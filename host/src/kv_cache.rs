@@ -11,9 +11,13 @@ use crate::fp8::{dequantize_e4m3, quantize_e4m3, KvScales};
 /// Geometry of a paged cache, its strides in elements, and its element type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvCacheLayout {
+    /// Physical blocks in the cache.
     pub num_blocks: usize,
+    /// Tokens per block (a power of two).
     pub block_size: usize,
+    /// KV heads a token holds (1 for MLA's latent cache).
     pub num_kv_heads: usize,
+    /// Elements a head's row holds (MLA: the latent width).
     pub head_dim: usize,
     /// What the cache stores: the model's dtype (`Auto`, the default) or fp8 bytes. Part of
     /// the layout: metadata, steps and layers of one cache are built from the same layout.
@@ -94,8 +98,11 @@ impl KvCacheLayout {
 /// `HostKvCache<T>` with `T: Element` holds values; `HostKvCache<u8>` an fp8 cache's bytes.
 #[derive(Clone, Debug)]
 pub struct HostKvCache<T> {
+    /// The cache's geometry.
     pub layout: KvCacheLayout,
+    /// `[num_blocks, block_size, num_kv_heads, head_dim]` keys (MLA: the latent rows).
     pub key: Vec<T>,
+    /// Values, as `key` (MLA: empty or unused).
     pub value: Vec<T>,
 }
 

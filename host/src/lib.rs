@@ -6,6 +6,8 @@
 //! step's persistent buffers; [`layer::Attention`] runs the selected backend over them for
 //! every layer, launches only (capturable in a CUDA graph on the GPU).
 
+#![warn(missing_docs)]
+
 pub mod attention_impl;
 pub mod backend;
 pub mod backend_name;

@@ -35,7 +35,9 @@ pub struct RequestSchedule {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A scheduler's step: the requests it runs, in order.
 pub struct SchedulerOutput {
+    /// One entry per request of the step.
     pub requests: Vec<RequestSchedule>,
 }
 
@@ -65,9 +67,11 @@ pub struct AttentionMetadata {
 }
 
 impl AttentionMetadata {
+    /// The cache layout the maps index.
     pub fn layout(&self) -> &KvCacheLayout {
         &self.layout
     }
+    /// Requests in the step.
     pub fn num_reqs(&self) -> usize {
         self.seq_lens.len()
     }
@@ -87,6 +91,7 @@ impl AttentionMetadata {
     pub fn block_table(&self) -> &[i32] {
         &self.block_table
     }
+    /// Entries per request's row of the block table.
     pub fn block_table_stride(&self) -> usize {
         self.block_table_stride
     }
@@ -94,12 +99,15 @@ impl AttentionMetadata {
     pub fn slot_mapping(&self) -> &[i64] {
         &self.slot_mapping
     }
+    /// The most query tokens of one request.
     pub fn max_query_len(&self) -> usize {
         self.max_query_len
     }
+    /// The longest request's keys, this step's included.
     pub fn max_seq_len(&self) -> usize {
         self.max_seq_len
     }
+    /// Query tokens of request `r` in this step.
     pub fn query_len(&self, r: usize) -> usize {
         (self.query_start_loc[r + 1] - self.query_start_loc[r]) as usize
     }
@@ -107,6 +115,7 @@ impl AttentionMetadata {
     pub fn context_len(&self, r: usize) -> usize {
         self.seq_lens[r] as usize - self.query_len(r)
     }
+    /// Request `r`'s row of the block table (logical block -> physical block).
     pub fn block_ids(&self, r: usize) -> &[i32] {
         let s = r * self.block_table_stride;
         &self.block_table[s..s + self.block_table_stride]
@@ -116,6 +125,7 @@ impl AttentionMetadata {
         let bs = self.layout.block_size;
         self.block_ids(r)[pos / bs] as usize * bs + pos % bs
     }
+    /// Whether request `r` decodes, prefills fresh, or continues a chunked prefill.
     pub fn kind(&self, r: usize) -> RequestKind {
         match (self.context_len(r), self.query_len(r)) {
             (0, _) => RequestKind::Prefill,
@@ -286,10 +296,12 @@ pub struct MetadataBuilder {
 }
 
 impl MetadataBuilder {
+    /// A builder for steps over caches of `layout`.
     pub fn new(layout: KvCacheLayout) -> Self {
         MetadataBuilder { layout }
     }
 
+    /// The cache layout the builder validates block ids and slots against.
     pub fn layout(&self) -> &KvCacheLayout {
         &self.layout
     }

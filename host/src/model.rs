@@ -62,9 +62,13 @@ pub const MAX_KV_LORA_RANK: usize = 4096;
 /// DeepSeek's multi-head latent attention dimensions (from `kv_lora_rank` and friends).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MlaDims {
+    /// Rank of the compressed KV latent (512 for DeepSeek-V3).
     pub kv_lora_rank: usize,
+    /// Rotary dims of a query/key head, shared by the heads as the latent row's tail (64).
     pub qk_rope_head_dim: usize,
+    /// Non-rotary query/key dims per head (128).
     pub qk_nope_head_dim: usize,
+    /// Value dims per head (128).
     pub v_head_dim: usize,
 }
 
@@ -84,8 +88,11 @@ impl MlaDims {
 /// The attention-relevant description of a model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    /// The model's name (the preset's, or the checkpoint directory's).
     pub name: String,
+    /// Query heads.
     pub num_q_heads: usize,
+    /// KV heads (equal to the query heads for MHA, 1 for MQA).
     pub num_kv_heads: usize,
     /// Per-head width. For an MLA model, the decompressed query/key width
     /// (`qk_nope_head_dim + qk_rope_head_dim`); the kernels see [`MlaDims::latent_dim`].
@@ -102,11 +109,13 @@ pub struct ModelConfig {
     pub global_layer_every: Option<usize>,
     /// `attn_logit_softcapping` (Gemma-2: 50.0).
     pub softcap: Option<f32>,
+    /// ALiBi position biases (BLOOM, MPT) instead of rotary embeddings.
     pub alibi: bool,
     /// Softmax scale. `1/sqrt(head_dim)` unless the model says else: Gemma-2's
     /// `query_pre_attn_scalar`, MPT's `attn_config.softmax_scale`, or for MLA
     /// `1/sqrt(qk_nope + qk_rope)` times DeepSeek's YaRN `mscale^2`.
     pub scale: f32,
+    /// MLA's dimensions, for a latent-attention model; `None` otherwise.
     pub mla: Option<MlaDims>,
 }
 
@@ -133,6 +142,7 @@ impl ModelConfig {
         parse(&model_name_for(&path), &shown, text)
     }
 
+    /// Whether the model uses MLA.
     pub fn is_mla(&self) -> bool {
         self.mla.is_some()
     }

@@ -34,7 +34,9 @@ use crate::spec::{AttnSpec, MlaSpec};
 /// Which (query, key) pairs may attend, and an optional additive score bias per query head.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mask {
+    /// Query rows.
     pub lq: usize,
+    /// Keys.
     pub lk: usize,
     /// `[lq, lk]`: `allowed[i * lk + j]` iff query `i` may see key `j`.
     pub allowed: Vec<bool>,
@@ -77,6 +79,7 @@ impl Mask {
         self
     }
 
+    /// Whether query `i` may see key `j`.
     pub fn is_allowed(&self, i: usize, j: usize) -> bool {
         self.allowed[i * self.lk + j]
     }
@@ -91,13 +94,21 @@ impl Mask {
 /// `h / (hq / hkv)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DenseShape {
+    /// Query rows.
     pub lq: usize,
+    /// Keys.
     pub lk: usize,
+    /// Query heads.
     pub hq: usize,
+    /// KV heads.
     pub hkv: usize,
+    /// Query/key dims per head.
     pub d: usize,
+    /// Value dims per head.
     pub dv: usize,
+    /// Softmax scale, applied to `q . k`.
     pub scale: f64,
+    /// Logits soft-cap, `cap * tanh(s / cap)` after the scale.
     pub softcap: Option<f64>,
 }
 
@@ -330,7 +341,9 @@ pub fn rel_error<X: Copy + Into<f64>>(out: &[X], reference: &[f64]) -> f64 {
 /// [`mla_absorbed`]. `H = spec.num_q_heads`, `R = spec.kv_lora_rank`.
 #[derive(Clone, Copy, Debug)]
 pub struct MlaInputs<'a> {
+    /// Query tokens.
     pub lq: usize,
+    /// Key tokens.
     pub lk: usize,
     /// `[lk, R]`: the compressed KV latent of each key token.
     pub c_kv: &'a [f64],

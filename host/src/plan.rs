@@ -109,8 +109,11 @@ pub struct PlanOptions {
 /// modifiers that choose among a kernel family's instantiations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerShape {
+    /// Query heads.
     pub num_q_heads: usize,
+    /// KV heads.
     pub num_kv_heads: usize,
+    /// The head dim the kernels see (MLA: the latent width).
     pub head_dim: usize,
     /// Logits soft-cap on (its value is the layer's, a kernel argument).
     pub softcap: bool,
@@ -137,6 +140,7 @@ impl LayerShape {
     pub const fn heads(num_q_heads: usize, num_kv_heads: usize, head_dim: usize) -> LayerShape {
         LayerShape { num_q_heads, num_kv_heads, head_dim, softcap: false, alibi: false }
     }
+    /// Query heads per KV head.
     pub fn group_size(&self) -> usize {
         self.num_q_heads / self.num_kv_heads.max(1)
     }
@@ -148,8 +152,11 @@ impl LayerShape {
 pub struct KernelLaunch {
     /// The kernel, by its id in the kernel table (`kernel.name()` is its PTX entry point).
     pub kernel: crate::registry::KernelId,
+    /// The launch's grid (x, y, z).
     pub grid: (u32, u32, u32),
+    /// Threads per block.
     pub block: u32,
+    /// Dynamic shared memory per block, bytes.
     pub shared_mem_bytes: u32,
     /// Query tokens served (the cache write's: the tokens it stores).
     pub tokens: usize,
@@ -166,9 +173,11 @@ impl fmt::Display for KernelLaunch {
 /// read them. Each backend owns its type (`cuda_paged::PagedRows`, `cuda_mla::MlaRows`; the
 /// CPU's is `()`); the plan carries it without knowing it (this module imports no backend).
 pub trait PlanRows: fmt::Debug + Send + Sync + 'static {
+    /// The rows as `Any`, to read them as their own type.
     fn as_any(&self) -> &dyn Any;
     /// Equal to `other` (rows of another type are not).
     fn same_rows(&self, other: &dyn PlanRows) -> bool;
+    /// A boxed copy.
     fn clone_rows(&self) -> Box<dyn PlanRows>;
 }
 
@@ -187,8 +196,11 @@ impl<T: fmt::Debug + Clone + PartialEq + Send + Sync + 'static> PlanRows for T {
 /// What every layer of a step launches, decided once per step by the backend's planner.
 #[derive(Debug)]
 pub struct StepPlan {
+    /// The backend whose planner made the plan.
     pub backend: BackendName,
+    /// Query tokens of the step.
     pub num_tokens: usize,
+    /// Requests of the step.
     pub num_reqs: usize,
     /// Flash-decoding splits of each query row's keys (1: no split, no merge).
     pub num_splits: usize,

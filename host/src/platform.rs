@@ -6,9 +6,15 @@ use std::fmt;
 /// Where attention runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Platform {
+    /// The host's cores.
     Cpu,
     /// A CUDA device of this compute capability.
-    Cuda { major: u32, minor: u32 },
+    Cuda {
+        /// The compute capability's major version (9 for an H100).
+        major: u32,
+        /// Its minor version (0 for an H100).
+        minor: u32,
+    },
 }
 
 impl Platform {
@@ -37,7 +43,9 @@ use crate::registry::{Features, KernelId, KernelSpec, Module};
 /// Plans are pure functions of the metadata and these, so they are tested on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceProps {
+    /// Streaming multiprocessors.
     pub num_sms: u32,
+    /// Blocks of the decode kernel resident on one SM at once.
     pub attention_blocks_per_sm: u32,
     /// Dynamic shared memory one block may opt into (bytes): picks between a kernel's
     /// pipeline depths.

@@ -49,14 +49,20 @@ pub fn priority(platform: Platform) -> &'static [BackendName] {
 /// fields are public so that the CLI can override the dtype, KV-cache dtype or block size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Requirements {
+    /// The activation dtype.
     pub dtype: DType,
+    /// The KV cache's element type.
     pub kv_cache_dtype: KvCacheDType,
     /// The head dim the kernels see: the model's head dim, or for MLA the latent width
     /// (`kv_lora_rank + qk_rope_head_dim`, 576 for DeepSeek-V3).
     pub head_dim: usize,
+    /// An MLA layer.
     pub mla: bool,
+    /// The layer has a sliding window.
     pub sliding_window: bool,
+    /// The layer soft-caps its logits.
     pub softcap: bool,
+    /// The layer uses ALiBi.
     pub alibi: bool,
     /// Tokens per KV-cache block.
     pub block_size: usize,
@@ -215,8 +221,11 @@ pub fn check(caps: &BackendCaps, platform: Platform, req: &Requirements) -> Vec<
 /// The chosen backend, why, and why each backend ahead of it in the list was passed over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selection {
+    /// The backend chosen.
     pub backend: BackendName,
+    /// Why, in a sentence (the priority list, the rejections, the kernels).
     pub reason: String,
+    /// The backends ahead of it in the priority list, each with why it was passed over.
     pub rejected: Vec<(BackendName, Vec<String>)>,
 }
 
@@ -331,8 +340,11 @@ pub fn gpu_serves(platform: Platform) -> String {
 /// One cell of the CLI's `attn select` table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MatrixRow {
+    /// The platform asked about.
     pub platform: Platform,
+    /// The dtype asked for.
     pub dtype: DType,
+    /// The model's name.
     pub model: String,
     /// The selection, or the error's message.
     pub result: std::result::Result<Selection, String>,

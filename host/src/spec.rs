@@ -41,8 +41,11 @@ pub const MAX_HEAD_DIM: usize = 1024;
 /// One attention layer of a model (MHA / GQA / MQA).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttnSpec {
+    /// Query heads.
     pub num_q_heads: usize,
+    /// KV heads (a divisor of the query heads).
     pub num_kv_heads: usize,
+    /// Query/key/value dims per head.
     pub head_dim: usize,
     /// Softmax scale, usually `1/sqrt(head_dim)`.
     pub scale: f32,
@@ -59,6 +62,7 @@ pub struct AttnSpec {
 }
 
 impl AttnSpec {
+    /// A plain causal layer: scale `1/sqrt(head_dim)`, no window, soft-cap, ALiBi or MLA.
     pub fn new(num_q_heads: usize, num_kv_heads: usize, head_dim: usize) -> Self {
         AttnSpec {
             num_q_heads,
@@ -72,6 +76,7 @@ impl AttnSpec {
         }
     }
 
+    /// Query heads per KV head.
     pub fn group_size(&self) -> usize {
         self.num_q_heads / self.num_kv_heads
     }
@@ -149,10 +154,15 @@ pub fn alibi_slopes(n: usize) -> Vec<f32> {
 /// `kv_lora_rank` dims are also the values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MlaSpec {
+    /// Query heads (the layer's own count: `AttnSpec::validate` checks they agree).
     pub num_q_heads: usize,
+    /// Rank of the compressed KV latent (512 for DeepSeek-V3): the values' width.
     pub kv_lora_rank: usize,
+    /// Rotary dims, the latent row's tail (64).
     pub qk_rope_head_dim: usize,
+    /// Non-rotary query/key dims per head of the decompressed form (128).
     pub qk_nope_head_dim: usize,
+    /// Value dims per head of the decompressed form (128).
     pub v_head_dim: usize,
     /// Softmax scale: `1/sqrt(qk_nope_head_dim + qk_rope_head_dim)` unless the model says else.
     pub scale: f32,

@@ -127,21 +127,27 @@ impl Step {
         Ok(self.plan.insert(plan))
     }
 
+    /// The step's backend.
     pub fn backend(&self) -> BackendName {
         self.backend
     }
+    /// The layers' activation dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+    /// The layers' shape.
     pub fn shape(&self) -> &LayerShape {
         &self.shape
     }
+    /// The caches' layout.
     pub fn layout(&self) -> &KvCacheLayout {
         &self.layout
     }
+    /// The largest step it serves.
     pub fn limits(&self) -> &StepLimits {
         &self.limits
     }
+    /// What the planner knows of the device; `None` on the CPU.
     pub fn device_props(&self) -> Option<&DeviceProps> {
         self.props.as_ref()
     }

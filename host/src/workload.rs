@@ -10,9 +10,11 @@ use crate::metadata::{RequestSchedule, SchedulerOutput};
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator from `seed` (the same sequence on every machine).
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -38,6 +40,7 @@ impl Rng {
     pub fn uniform(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
+    /// Shuffles `v` in place (Fisher-Yates).
     pub fn shuffle<X>(&mut self, v: &mut [X]) {
         for i in (1..v.len()).rev() {
             v.swap(i, self.below(i + 1));

@@ -44,6 +44,7 @@ use crate::step::Step;
 use rayon::prelude::*;
 use std::ops::Range;
 
+/// The CPU backend's capability row: any platform, every dtype, any head dim, MLA too.
 pub static CAPS: BackendCaps = BackendCaps {
     name: BackendName::Cpu,
     min_compute_capability: None,
@@ -74,8 +75,11 @@ const CHUNK: usize = 32;
 /// accumulator `acc = sum exp(s - m) v`. An empty state has `m = NEG_INIT`, `l = 0`, `acc = 0`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PartialState {
+    /// Running max of the scores (`NEG_INIT` for no key).
     pub m: f32,
+    /// Denominator: `sum exp(s - m)`.
     pub l: f32,
+    /// Unnormalised accumulator: `sum exp(s - m) v`, `dv` values.
     pub acc: Vec<f32>,
 }
 
@@ -85,6 +89,7 @@ impl PartialState {
         PartialState { m: NEG_INIT, l: 0.0, acc: vec![0.0; dv] }
     }
 
+    /// Whether the state has seen no key (its denominator is 0).
     pub fn is_empty(&self) -> bool {
         self.l == 0.0
     }

@@ -41,6 +41,7 @@ use std::sync::Arc;
 /// The latent widths with a kernel: 512 + 64 (DeepSeek-V2/V3, Kimi-K2).
 pub const LATENT_DIMS: &[u32] = &[MLA_LATENT_DIM];
 
+/// CUDA_MLA's capability row: MLA models only (latent width 576), f16/bf16, compute capability 8.0+.
 pub static CAPS: BackendCaps = BackendCaps {
     name: BackendName::CudaMla,
     min_compute_capability: Some(80),
@@ -235,7 +236,9 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
 /// `[split * chunk_keys, (split + 1) * chunk_keys)`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeySplit {
+    /// The request whose keys the block reads.
     pub request: u32,
+    /// Which of the request's splits (its keys `[split * chunk_keys, (split + 1) * chunk_keys)`).
     pub split: u32,
 }
 
@@ -319,6 +322,7 @@ pub struct CudaMlaImpl<T: Element> {
 }
 
 impl<T: Element> CudaMlaImpl<T> {
+    /// An MLA layer on `rt`'s device with a zeroed latent cache of `layout`, once the capability row accepted the layer.
     pub fn new(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout) -> Result<Self> {
         CAPS.check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
         let mla = check_mla(&spec, &layout)?;

@@ -46,6 +46,7 @@ use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKern
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+/// CUDA_PAGED's capability row: MHA/GQA/MQA, f16/bf16, the table's head dims, compute capability 8.0+ (the wgmma prefill on sm_90a).
 pub static CAPS: BackendCaps = BackendCaps {
     kernels: "prefill rows (requests with 2 or more new tokens) -> flash_prefill: 128-row tiles of (token, GQA head) pairs sharing each K/V tile, mma.sync, causal tiles skipped; \
               decode rows (1 new token) -> paged_attention: the GQA group's heads as the rows of the tensor-core tiles, split-KV + merge when the decode rows alone do not fill the GPU",
@@ -349,8 +350,11 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
 /// step's token `first_token`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefillTile {
+    /// The request the tile's tokens belong to.
     pub request: u32,
+    /// The tile's first query token (a step-wide index).
     pub first_token: u32,
+    /// Query tokens in the tile.
     pub tokens: u32,
 }
 
@@ -495,9 +499,11 @@ impl<T: Element> CudaPagedImpl<T> {
         })
     }
 
+    /// The CUDA runtime whose device holds the layer's cache.
     pub fn runtime(&self) -> &Arc<CudaRuntime> {
         &self.rt
     }
+    /// The layer's spec.
     pub fn spec(&self) -> &AttnSpec {
         &self.spec
     }

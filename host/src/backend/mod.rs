@@ -71,6 +71,7 @@ pub use crate::backend_name::BackendName;
 /// What each name stands for: its capability row, its planner, its device properties and
 /// its impl.
 impl BackendName {
+    /// The backend's capability row (what it serves, and where).
     pub fn caps(self) -> &'static BackendCaps {
         match self {
             BackendName::CudaPaged => &cuda_paged::CAPS,
