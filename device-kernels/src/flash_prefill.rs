@@ -366,21 +366,29 @@ pub(crate) unsafe fn store_rows<E: Elem, const NT: usize>(p: &PrefillParams, t: 
     }
 }
 
-/// One entry point (the kernel table's row, `registry::KERNELS`; build.rs writes the calls):
-/// `flash_prefill_instance!(name, Q, KV, D, SCORE, STAGES)`.
-macro_rules! flash_prefill_instance {
-    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
+/// One entry point over a KV store type: the body both instance macros expand to.
+macro_rules! flash_prefill_entry {
+    ($name:ident, $q:ident, $store:ty, $d:literal, $score:ident) => {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PrefillParams) {
             use $crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks};
             unsafe {
                 $crate::flash_prefill::flash_prefill::<
-                    $crate::elem::$q, $crate::kv::$kv, $crate::score_mod::$score, $d, { $d / 8 }, { $d / 16 },
+                    $crate::elem::$q, $store, $crate::score_mod::$score, $d, { $d / 8 }, { $d / 16 },
                     { prefill_keys($d) as usize }, { prefill_keys($d) as usize / 8 }, { prefill_stages($d) as usize },
                     { smem_row_chunks($d) as usize }, { prefill_q_in_smem($d) },
                 >(&p)
             }
         }
+    };
+}
+pub(crate) use flash_prefill_entry;
+
+/// One entry point (the kernel table's row, `registry::KERNELS`; build.rs writes the calls):
+/// `flash_prefill_instance!(name, Q, KV, D, SCORE, STAGES)`.
+macro_rules! flash_prefill_instance {
+    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
+        $crate::flash_prefill::flash_prefill_entry!($name, $q, $crate::kv::$kv, $d, $score);
     };
 }
 pub(crate) use flash_prefill_instance;
@@ -389,18 +397,7 @@ pub(crate) use flash_prefill_instance;
 /// hardware-converting store (`kv::Hardware`: fp8 by `cvt.rn.f16x2.e4m3x2`, f16 MMAs).
 macro_rules! flash_prefill_cvt_instance {
     ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
-        #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PrefillParams) {
-            use $crate::params::{prefill_keys, prefill_q_in_smem, prefill_stages, smem_row_chunks};
-            type Store = <$crate::kv::$kv as $crate::kv::Hardware>::Store;
-            unsafe {
-                $crate::flash_prefill::flash_prefill::<
-                    $crate::elem::$q, Store, $crate::score_mod::$score, $d, { $d / 8 }, { $d / 16 },
-                    { prefill_keys($d) as usize }, { prefill_keys($d) as usize / 8 }, { prefill_stages($d) as usize },
-                    { smem_row_chunks($d) as usize }, { prefill_q_in_smem($d) },
-                >(&p)
-            }
-        }
+        $crate::flash_prefill::flash_prefill_entry!($name, $q, <$crate::kv::$kv as $crate::kv::Hardware>::Store, $d, $score);
     };
 }
 pub(crate) use flash_prefill_cvt_instance;

@@ -362,18 +362,26 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
     }
 }
 
+/// One entry point over a KV store type: the body both instance macros expand to.
+macro_rules! paged_attention_entry {
+    ($name:ident, $q:ident, $store:ty, $d:literal) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PagedAttnParams) {
+            use $crate::params::{paged_q_in_smem, paged_stages};
+            unsafe {
+                $crate::paged_decode::paged_attention::<$crate::elem::$q, $store, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }, { paged_q_in_smem($d) }>(&p)
+            }
+        }
+    };
+}
+pub(crate) use paged_attention_entry;
+
 /// One entry point (the kernel table's row, `registry::KERNELS`; build.rs writes the calls):
 /// `paged_attention_instance!(name, Q, KV, D, SCORE, STAGES)`; decode takes its modifiers at
 /// run time (SCORE is `Dynamic`) and one pipeline depth a head dim (STAGES is 0).
 macro_rules! paged_attention_instance {
     ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
-        #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PagedAttnParams) {
-            use $crate::params::{paged_q_in_smem, paged_stages};
-            unsafe {
-                $crate::paged_decode::paged_attention::<$crate::elem::$q, $crate::kv::$kv, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }, { paged_q_in_smem($d) }>(&p)
-            }
-        }
+        $crate::paged_decode::paged_attention_entry!($name, $q, $crate::kv::$kv, $d);
     };
 }
 pub(crate) use paged_attention_instance;
@@ -382,14 +390,7 @@ pub(crate) use paged_attention_instance;
 /// hardware-converting store (`kv::Hardware`: fp8 by `cvt.rn.f16x2.e4m3x2`, f16 MMAs).
 macro_rules! paged_attention_sm90_instance {
     ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
-        #[unsafe(no_mangle)]
-        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PagedAttnParams) {
-            use $crate::params::{paged_q_in_smem, paged_stages};
-            type Store = <$crate::kv::$kv as $crate::kv::Hardware>::Store;
-            unsafe {
-                $crate::paged_decode::paged_attention::<$crate::elem::$q, Store, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }, { paged_q_in_smem($d) }>(&p)
-            }
-        }
+        $crate::paged_decode::paged_attention_entry!($name, $q, <$crate::kv::$kv as $crate::kv::Hardware>::Store, $d);
     };
 }
 pub(crate) use paged_attention_sm90_instance;

@@ -35,6 +35,21 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// Device `ordinal` as a selector platform, and its name, without loading a kernel module
+/// (the selector's question needs no kernel); an error where no driver or device is usable.
+pub fn probe_device(ordinal: usize) -> Result<(Platform, String)> {
+    if !driver_present() {
+        return Err(AttnError::NoCuda("no CUDA driver library (libcuda.so) on this machine".into()));
+    }
+    let count = CudaContext::device_count()?;
+    if ordinal as i32 >= count {
+        return Err(AttnError::NoCuda(format!("device {ordinal} requested, {count} present")));
+    }
+    let ctx = CudaContext::new(ordinal)?;
+    let (major, minor) = ctx.compute_capability()?;
+    Ok((Platform::Cuda { major: major as u32, minor: minor as u32 }, ctx.name()?))
+}
+
 /// Picks the module built for the newest architecture not above the device's.
 ///
 /// Example: modules for sm_80 and sm_90; an sm_89 device gets sm_80, an sm_90 device sm_90,

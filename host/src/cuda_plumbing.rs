@@ -103,15 +103,19 @@ pub struct DeviceMetadata {
     pub(crate) block_table_stride: usize,
 }
 
+/// How many i32 maps a backend adds to a step's metadata (the paged backends: decode map
+/// and prefill tiles; MLA: key splits and token splits).
+pub(crate) const BACKEND_MAPS: usize = 2;
+
 /// A backend's own device maps of a step, beside the metadata every CUDA backend uploads
 /// (query_start_loc, seq_lens, block table, slot mapping) and the split-KV workspace. The
 /// backend owns the type; [`DeviceMetadata`] stages and uploads its maps with the others.
 pub(crate) trait DeviceRows: Send + Sync + 'static {
     /// The maps, in upload order.
-    fn maps(&self) -> Vec<&CudaSlice<i32>>;
+    fn maps(&self) -> [&CudaSlice<i32>; BACKEND_MAPS];
     /// Fills one staging slice per map (each of its map's length) from the plan's rows;
     /// returns how many values of each to copy. An error if the rows do not fit.
-    fn fill(&self, plan: &StepPlan, staging: &mut [&mut [i32]]) -> Result<Vec<usize>>;
+    fn fill(&self, plan: &StepPlan, staging: [&mut [i32]; BACKEND_MAPS]) -> Result<[usize; BACKEND_MAPS]>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -125,7 +129,7 @@ impl DeviceMetadata {
         &self.rt
     }
     /// The step's buffers for layers of `shape` within `limits`, with the backend's own maps
-    /// (`rows`, made by `BackendName::device_rows`).
+    /// (`rows`, made by `BackendName::device_metadata`).
     pub(crate) fn new(rt: Arc<CudaRuntime>, shape: LayerShape, limits: &StepLimits, rows: Box<dyn DeviceRows>) -> Result<Self> {
         limits.validate()?;
         let stream = rt.stream().clone();
@@ -179,14 +183,9 @@ impl DeviceMetadata {
         let (bt, rest) = rest.split_at_mut(self.block_table.len());
         // The backend's maps, each in its own staging slice.
         let maps = self.rows.maps();
-        let mut own: Vec<&mut [i32]> = Vec::with_capacity(maps.len());
-        let mut rest = rest;
-        for m in &maps {
-            let (head, tail) = rest.split_at_mut(m.len());
-            own.push(head);
-            rest = tail;
-        }
-        let used = self.rows.fill(plan, &mut own)?;
+        let (own0, rest) = rest.split_at_mut(maps[0].len());
+        let own1 = &mut rest[..maps[1].len()];
+        let used = self.rows.fill(plan, [&mut *own0, &mut *own1])?;
         qsl[..=r].copy_from_slice(meta.query_start_loc());
         seq[..r].copy_from_slice(meta.seq_lens());
         for req in 0..r {
@@ -213,9 +212,9 @@ impl DeviceMetadata {
             if n > 0 {
                 htod(ptr(&self.slot_mapping, &stream), slots, stream.cu_stream())?;
             }
-            for ((dst, src), &n) in maps.iter().zip(&own).zip(&used) {
+            for (dst, src, n) in [(maps[0], &*own0, used[0]), (maps[1], &*own1, used[1])] {
                 if n > 0 {
-                    htod(ptr(*dst, &stream), &src[..n.min(src.len())], stream.cu_stream())?;
+                    htod(ptr(dst, &stream), &src[..n.min(src.len())], stream.cu_stream())?;
                 }
             }
         }

@@ -161,9 +161,9 @@ impl Step {
         use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
         let plan = self.plan.clone().ok_or_else(|| AttnError::InvalidConfig("the step was not prepared: call Step::prepare(&metadata) first".into()))?;
         let dev = self.device.as_ref().ok_or_else(|| AttnError::InvalidConfig(format!("backend {} runs on the host: nothing to capture", self.backend)))?;
+        // The step's upload was enqueued by `prepare`, before the capture begins: it is not
+        // recorded (each replay runs after the `prepare` that wrote its maps).
         let stream = dev.runtime().stream().clone();
-        // The upload of this step's maps must not be captured (it would replay stale maps).
-        stream.synchronize()?;
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
         let recorded = record(self);
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));

@@ -347,9 +347,10 @@ impl Answer {
 fn select(o: &Opts) -> Result<(), CliError> {
     let named = o.model.is_some() || o.config.is_some();
     let models = if named { vec![load_model(o)?] } else { model::preset_names().iter().map(|n| model::preset(n)).collect::<Result<Vec<_>, _>>()? };
-    // This machine: its GPU if one is present (the module loads), else the CPU.
-    let (here, here_desc) = match attn_backends::gpu_if_present() {
-        Ok(rt) => (rt.platform(), format!("{} ({})", rt.device_name(), rt.platform())),
+    // This machine: its GPU if one is present (no kernel module is loaded for the question),
+    // else the CPU.
+    let (here, here_desc) = match attn_backends::cuda::probe_device(0) {
+        Ok((platform, name)) => (platform, format!("{name} ({platform})")),
         Err(why) => (Platform::Cpu, format!("CPU ({why})")),
     };
     let forced = std::env::var(selector::ENV_VAR).ok().filter(|s| !s.trim().is_empty());
@@ -357,10 +358,10 @@ fn select(o: &Opts) -> Result<(), CliError> {
     if !platforms.contains(&here) {
         platforms.insert(0, here);
     }
-    let (platforms, all_dtypes) = if o.all { (platforms, true) } else { (vec![here], false) };
+    let platforms = if o.all { platforms } else { vec![here] };
     let mut answers = Vec::new();
     for m in &models {
-        let dtypes: Vec<DType> = match (o.dtype, all_dtypes) {
+        let dtypes: Vec<DType> = match (o.dtype, o.all) {
             (Some(d), _) => vec![d],
             (None, true) => vec![DType::Bf16, DType::F16, DType::F32],
             (None, false) => vec![m.serving_dtype(None).0],

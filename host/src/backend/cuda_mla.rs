@@ -17,7 +17,7 @@
 //! the whole step ([`mla_chunk_keys`]), so a ragged batch becomes blocks of nearly equal
 //! work spread over the SMs; [`CudaMlaImpl`] only launches.
 
-use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, max_shared_memory_per_block, merge_kernel, ptr, query_type, through_device, DeviceMetadata, DeviceRows};
+use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, max_shared_memory_per_block, merge_kernel, ptr, query_type, through_device, DeviceMetadata, DeviceRows, BACKEND_MAPS};
 use crate::plan::MAX_SPLITS;
 use crate::registry::{Family, KernelId, KvType, QType, ScoreMod};
 use crate::attention_impl::AttentionImpl;
@@ -274,10 +274,10 @@ impl MlaWorkspace {
 }
 
 impl DeviceRows for MlaWorkspace {
-    fn maps(&self) -> Vec<&CudaSlice<i32>> {
-        vec![&self.key_splits, &self.token_splits]
+    fn maps(&self) -> [&CudaSlice<i32>; BACKEND_MAPS] {
+        [&self.key_splits, &self.token_splits]
     }
-    fn fill(&self, plan: &StepPlan, staging: &mut [&mut [i32]]) -> Result<Vec<usize>> {
+    fn fill(&self, plan: &StepPlan, staging: [&mut [i32]; BACKEND_MAPS]) -> Result<[usize; BACKEND_MAPS]> {
         let rows = mla_rows(plan);
         let (nk, nts) = (rows.key_splits.len(), rows.token_splits.len());
         if 2 * nk > staging[0].len() || 2 * nts > staging[1].len() {
@@ -295,7 +295,7 @@ impl DeviceRows for MlaWorkspace {
             dst[0] = t[0] as i32;
             dst[1] = t[1] as i32;
         }
-        Ok(vec![2 * nk, 2 * nts])
+        Ok([2 * nk, 2 * nts])
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

@@ -24,7 +24,7 @@ use crate::backend_name::BackendName;
 use crate::caps::BackendCaps;
 use crate::cuda_plumbing::DeviceTensors;
 pub use crate::cuda_plumbing::{merge_kernel, DeviceMetadata};
-use crate::cuda_plumbing::{check_len, check_rows, function_with_smem, max_shared_memory_per_block, ptr, query_type, through_device, DeviceRows};
+use crate::cuda_plumbing::{check_len, check_rows, function_with_smem, max_shared_memory_per_block, ptr, query_type, through_device, DeviceRows, BACKEND_MAPS};
 use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
@@ -388,10 +388,10 @@ impl PagedWorkspace {
 }
 
 impl DeviceRows for PagedWorkspace {
-    fn maps(&self) -> Vec<&CudaSlice<i32>> {
-        vec![&self.decode_map, &self.prefill_tiles]
+    fn maps(&self) -> [&CudaSlice<i32>; BACKEND_MAPS] {
+        [&self.decode_map, &self.prefill_tiles]
     }
-    fn fill(&self, plan: &StepPlan, staging: &mut [&mut [i32]]) -> Result<Vec<usize>> {
+    fn fill(&self, plan: &StepPlan, staging: [&mut [i32]; BACKEND_MAPS]) -> Result<[usize; BACKEND_MAPS]> {
         let rows = paged_rows(plan);
         // The decode map only matters when some rows go elsewhere (else the kernel runs
         // without one); tiles are (request, first token).
@@ -407,7 +407,7 @@ impl DeviceRows for PagedWorkspace {
             dst[0] = t.request as i32;
             dst[1] = t.first_token as i32;
         }
-        Ok(vec![nd, 2 * nt])
+        Ok([nd, 2 * nt])
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

@@ -114,8 +114,8 @@ impl BackendName {
     /// A (device) step's buffers for this backend: the metadata every CUDA backend uploads
     /// and the split-KV workspace (`crate::cuda_plumbing`), with the backend's own maps
     /// (`cuda_paged::PagedWorkspace`, `cuda_mla::MlaWorkspace`).
+    /// `limits` must be validated (`Step::new` does it first).
     pub(crate) fn device_metadata(self, rt: Arc<CudaRuntime>, shape: LayerShape, limits: &StepLimits) -> Result<crate::cuda_plumbing::DeviceMetadata> {
-        limits.validate()?;
         let stream = rt.stream().clone();
         let rows: Box<dyn crate::cuda_plumbing::DeviceRows> = match self {
             BackendName::Cpu => return Err(AttnError::InvalidConfig("the CPU backend has no device buffers".into())),
