@@ -15,7 +15,7 @@ use attn_backends::cuda::CudaRuntime;
 use attn_backends::layer::Attention;
 use attn_backends::metadata::AttentionMetadata;
 use attn_backends::workload::{blocks_needed, random_values, schedule, Rng};
-use attn_backends::{oracle, AttnError, AttnSpec, BackendName, DType, Element, HostKvCache, KvCacheLayout, MetadataBuilder, MlaSpec, PlanOptions, Step, StepLimits};
+use attn_backends::{oracle, AttnError, AttnSpec, BackendName, DType, Element, HostKvCache, KvCacheDType, KvCacheLayout, MetadataBuilder, MlaSpec, PlanOptions, Step, StepLimits};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -370,6 +370,19 @@ fn cases() -> Vec<Case> {
     mla("mla bf16 64 heads 2-stage pipeline".into(), MlaShape { heads: 64, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(2) }, true);
     mla("mla f16 16 heads 2-stage pipeline".into(), MlaShape { heads: 16, block_size: 32, requests: odd.clone(), splits: None, stages: Some(2) }, false);
     mla("mla bf16 16 heads long context".into(), MlaShape { heads: 16, block_size: 64, requests: vec![(32767, 1), (20000, 2)], splits: None, stages: None }, true);
+
+    // MLA over the fp8 latent cache (FlashMLA's 656-byte rows): both query types, both
+    // depths, splits, speculative tokens with a chunk, a ragged batch, tiles of mixed scale.
+    let mut mla8 = |name: String, s: MlaShape, bf: bool| {
+        let seed = v.len() as u64 * 7919 + 3;
+        v.push(Case { name, run: Box::new(move |rt| if bf { check_mla_fp8::<bf16>(rt, &s, seed) } else { check_mla_fp8::<f16>(rt, &s, seed) }) });
+    };
+    mla8("mla fp8 bf16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None }, true);
+    mla8("mla fp8 f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, false);
+    mla8("mla fp8 bf16 64 heads 3-stage 5 splits".into(), MlaShape { heads: 64, block_size: 16, requests: odd.clone(), splits: Some(5), stages: Some(3) }, true);
+    mla8("mla fp8 bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: None }, true);
+    let ragged: Vec<(usize, usize)> = (0..40).map(|i| ((i * 379) % 5000 + 1, 1 + i % 2)).collect();
+    mla8("mla fp8 bf16 32 heads ragged 40".into(), MlaShape { heads: 32, block_size: 128, requests: ragged, splits: None, stages: None }, true);
     v
 }
 
@@ -759,6 +772,65 @@ fn check_mla<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Resu
     let bound = (2.0 * cpu_err + 2e-3).min(1e-2);
     let msg = format!("rel err {err:.2e} (CPU {cpu_err:.2e}, bound {bound:.1e}), tokens {n}, splits {splits} of {chunk} keys, {kernel}");
     if err <= bound { Ok(msg) } else { Err(msg) }
+}
+
+/// Random latent rows whose 128-value tiles differ in magnitude (1e-3 to 300, so each tile's
+/// scale differs, some rows saturate nothing and tiny values go subnormal in e4m3).
+fn mixed_latent<T: Element>(rng: &mut Rng, rows: usize, w: usize) -> Vec<T> {
+    let mags = [1e-3f32, 0.05, 1.0, 7.0, 300.0];
+    let base = random_values::<f32>(rng, rows * w);
+    let pick: Vec<usize> = (0..rows * 5).map(|_| rng.range(0, mags.len())).collect();
+    base.iter().enumerate().map(|(i, &x)| T::from_f32(x * mags[pick[(i / w) * 5 + (i % w) / 128]])).collect()
+}
+
+/// The MLA layer over an fp8 latent cache on the GPU: the cache write bit for bit the host
+/// quantizer's rows; the output against the f64 oracle over the dequantized cache (within
+/// the 16-bit bound), and against the unquantized latent rows within a looser, stated bound.
+fn check_mla_fp8<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Result<String, String> {
+    let e = |x: AttnError| x.to_string();
+    let mut rng = Rng::new(seed);
+    let spec = mla_spec(s.heads);
+    let mla = spec.mla.clone().unwrap();
+    let (h, r, w) = (s.heads, mla.kv_lora_rank, mla.latent_dim());
+    let num_blocks = blocks_needed(&s.requests, s.block_size) + 5;
+    let layout = KvCacheLayout::new(num_blocks, s.block_size, 1, w).map_err(e)?.with_kv_dtype(KvCacheDType::Fp8E4m3);
+    let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &s.requests, s.block_size, num_blocks).ok_or("pool too small")?).map_err(e)?;
+    let n = meta.num_tokens();
+    let before_values = HostKvCache { layout, key: mixed_latent::<T>(&mut rng, layout.capacity_slots(), w), value: Vec::new() };
+    let before = HostKvCache::quantize_latent_from(&before_values).map_err(e)?;
+    let q = random_values::<T>(&mut rng, n * h * w);
+    let latent = mixed_latent::<T>(&mut rng, n, w);
+    let kv_c: Vec<T> = latent.chunks(w).flat_map(|row| row[..r].to_vec()).collect();
+    let k_pe: Vec<T> = latent.chunks(w).flat_map(|row| row[r..].to_vec()).collect();
+
+    let mut gpu = Attention::<T>::new(BackendName::CudaMla, spec, layout, Some(rt.clone())).map_err(e)?;
+    gpu.load_fp8_cache(&before, &attn_backends::fp8::KvScales::ones(1)).map_err(e)?;
+    let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
+    let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, pipeline_stages: s.stages }).map_err(e)?;
+    let splits = plan.num_splits;
+    let kernel = plan.launches.iter().find(|l| l.kernel.family == Family::MlaDecode).map_or("-".into(), |l| l.kernel.name());
+    let mut out = vec![T::from_f32(f32::NAN); n * h * r];
+    gpu.forward_host(&step, &q, &kv_c, &k_pe, &mut out).map_err(e)?;
+
+    let mut want = before.clone();
+    want.write_latent_fp8(&kv_c, &k_pe, meta.slot_mapping()).map_err(e)?;
+    let (got, _) = gpu.fp8_cache_snapshot().map_err(e)?;
+    if let Some(i) = got.key.iter().zip(&want.key).position(|(a, b)| a != b) {
+        return Err(format!("fp8 latent cache byte {i} (slot {}, byte {} of the row) is {:#04x}, the host quantizer's {:#04x}", i / 656, i % 656, got.key[i], want.key[i]));
+    }
+    let reference = oracle::paged_mla_reference_fp8(&q, &want, &meta, &mla).map_err(e)?;
+    let cpu = attn_backends::backend::cpu::mla_decode_cpu_fp8(&q, &want, &meta, &mla).map_err(e)?;
+    let cpu_t: Vec<T> = cpu.iter().map(|&x| T::from_f32(x)).collect();
+    let err = rel_error(&out, &reference);
+    let cpu_err = rel_error(&cpu_t, &reference);
+    let bound = (2.0 * cpu_err + 2e-3).min(1e-2);
+    // Against the rows before quantization: e4m3 keeps 3 mantissa bits (relative step 1/8).
+    let mut unquantized = HostKvCache { value: vec![T::default(); layout.elements()], ..before_values };
+    unquantized.write_slots(&latent, &latent, meta.slot_mapping()).map_err(e)?;
+    let loose = rel_error(&out, &oracle::paged_mla_reference(&q, &unquantized, &meta, &mla).map_err(e)?);
+    const LOOSE: f64 = 0.1;
+    let msg = format!("rel err {err:.2e} (CPU {cpu_err:.2e}, bound {bound:.1e}; vs unquantized {loose:.2e}, bound {LOOSE}), tokens {n}, splits {splits}, {kernel}");
+    if err <= bound && loose <= LOOSE { Ok(msg) } else { Err(msg) }
 }
 
 /// The absorbed kernel against MLA as written (per-head up-projected keys and values): one

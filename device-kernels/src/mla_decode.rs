@@ -26,6 +26,12 @@
 //! balances ragged batches over the SMs); a token whose request has one chunk is written to
 //! `out`, others to the workspace, merged by `merge_splits` with per-token counts.
 //!
+//! An fp8 latent cache (`kv::E4m3`: FlashMLA's 656-byte rows, `params::MLA_FP8_ROW_BYTES`)
+//! streams its rows as stored, a third of the bytes fewer; after the tile's barrier every
+//! thread converts four 16-value chunks of one key (`e4m3 x` its 128-value tile's scale,
+//! rounded once to the query type) and one chunk of its rotary dims into the one 16-bit K
+//! tile the MMAs read, and a second barrier publishes it.
+//!
 //! Grid: x = (request, split) pairs of the plan, y = 64-row tiles of the request's rows.
 //! The host guarantees: block ids inside the cache, block_size a power of two, splits
 //! inside their request's keys, rows 16-byte aligned.
@@ -33,7 +39,8 @@
 use crate::elem::Elem;
 use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
 use crate::intrinsics::*;
-use crate::params::{MlaParams, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROWS, MLA_WARPS};
+use crate::kv::KvStore;
+use crate::params::{mla_row_bytes, MlaParams, MLA_FP8_ROPE_AT, MLA_FP8_SCALES_AT, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROWS, MLA_WARPS};
 use crate::softmax::{inv_denominator, p_fragment, rescale, RowState, LOG2E};
 use crate::tile::{load_tile, swizzled, LdmLane};
 
@@ -54,7 +61,7 @@ const KS_HALF: usize = D / 16 / 2;
 const NT_HALF: usize = DV / 2 / 8;
 
 #[inline(always)]
-pub(crate) unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
+pub(crate) unsafe fn mla_decode<E: Elem, K: KvStore, const STAGES: usize>(p: &MlaParams) {
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
     let warp = tid / 32;
@@ -92,12 +99,16 @@ pub(crate) unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
     let kv_end = if kv_begin + (p.chunk_keys as usize) < max_pos + 1 { kv_begin + p.chunk_keys as usize } else { max_pos + 1 };
     let (t_first, n_tiles) = if kv_end > kv_begin { tile_range(kv_begin, kv_end, BN) } else { (0, 0) };
 
-    // Shared memory: the Q tile [ROWS rows], STAGES K tiles [BN rows], swizzled rows of
-    // CHUNKS chunks; then the score exchange, [warp][n-tile][lane] 16-byte vectors.
+    // Shared memory: the Q tile [ROWS rows], swizzled rows of CHUNKS chunks; an fp8 cache's
+    // converted K tile [BN rows] (the same rows); STAGES cache tiles [BN rows of `raw_row`
+    // bytes: swizzled 16-bit rows, or fp8 rows as stored]; then the score exchange,
+    // [warp][n-tile][lane] 16-byte vectors.
+    let raw_row = mla_row_bytes(K::BYTES as u32) as usize;
     let smem = cvta_to_shared(dynamic_shared_f32());
-    let k_base = smem + (ROWS * ROW_BYTES) as u32;
-    let k_tile = |stage: usize| k_base + (stage * BN * ROW_BYTES) as u32;
-    let xchg = k_base + (STAGES * BN * ROW_BYTES) as u32;
+    let converted = smem + (ROWS * ROW_BYTES) as u32;
+    let k_base = converted + if K::CONVERT { (BN * ROW_BYTES) as u32 } else { 0 };
+    let k_tile = |stage: usize| k_base + (stage * BN * raw_row) as u32;
+    let xchg = k_base + (STAGES * BN * raw_row) as u32;
     let x_at = |w: usize, j: usize| xchg + (((w * NB + j) * 32 + lane) * 16) as u32;
 
     // K tile `t` into `stage`: thread -> one key row (`tpr` threads a row) and every
@@ -108,21 +119,25 @@ pub(crate) unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
         block_size_log2: p.block_size_log2,
         block_stride: p.cache_block_stride,
         // One latent row per token: the token stride is the row (a constant, one register
-        // fewer in the loop).
-        token_stride: D as u64,
+        // fewer in the loop), in elements of 16 bits or bytes of fp8.
+        token_stride: if K::CONVERT { raw_row as u64 } else { D as u64 },
         head_off: 0,
     };
     const THREADS: usize = WARPS * 32;
     let tpr = THREADS / BN;
     let (my_row, my_chunk0) = (tid / tpr, tid % tpr);
+    let raw_chunks = raw_row / 16;
     let issue = |t: usize, stage: usize| {
         let off = keys.offset(clamp_key(t * BN + my_row, kv_begin, kv_end));
-        let src = unsafe { (p.cache as *const u16).add(off) };
+        let src = unsafe { (p.cache as *const u8).add(off * K::BYTES) };
         let dst = k_tile(stage);
-        for k in 0..CHUNKS.div_ceil(tpr) {
+        for k in 0..raw_chunks.div_ceil(tpr) {
             let c = my_chunk0 + k * tpr;
-            if c < CHUNKS {
-                unsafe { cp_async_cg_16(dst + swizzled(my_row, c, ROW_BYTES) as u32, src.add(8 * c)) };
+            if c < raw_chunks {
+                // 16-bit rows land swizzled for ldmatrix; fp8 rows as stored (the conversion
+                // reads them 128 contiguous bytes a quarter-warp: no bank conflicts).
+                let at = if K::CONVERT { my_row * raw_row + 16 * c } else { swizzled(my_row, c, ROW_BYTES) };
+                unsafe { cp_async_cg_16(dst + at as u32, src.add(16 * c) as *const u16) };
             }
         }
     };
@@ -177,7 +192,17 @@ pub(crate) unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
         cp_async_commit_group();
         let stage = i % STAGES;
         let key0 = (t_first + i) * BN;
-        let (k_rows, v_rows) = (k_tile(stage) + ldm.b_row, k_tile(stage) + ldm.a_row);
+        let k_src = if K::CONVERT {
+            // Every warp is done with the converted tile (the barrier above): thread `tid` of
+            // key row `my_row` widens latent chunks `my_chunk0 + 8 k` (128-value tile `k`),
+            // and rotary chunk `my_chunk0`, then the barrier publishes the tile.
+            unsafe { convert_fp8_row::<E, K>(k_tile(stage) + (my_row * raw_row) as u32, converted, my_row, my_chunk0) };
+            bar_sync();
+            converted
+        } else {
+            k_tile(stage)
+        };
+        let (k_rows, v_rows) = (k_src + ldm.b_row, k_src + ldm.a_row);
 
         // Partial S over this half's k-steps, then published for the partner warp.
         let mut s = [[0.0f32; 4]; NB];
@@ -273,13 +298,42 @@ pub(crate) unsafe fn mla_decode<E: Elem, const STAGES: usize>(p: &MlaParams) {
     }
 }
 
+/// One fp8 latent row of a tile, the part of thread (`row`, `j`) (`j` in `0..8`, the row's 8
+/// threads): latent chunks `j + 8 k` (16 e4m3 values each, in 128-value tile `k`) widened
+/// (`K::widen`, exact), times the tile's scale in f32, rounded to `E`, into the 16-bit K
+/// tile's chunks `2 (j + 8 k)`, `2 (j + 8 k) + 1`; and rotary chunk `j` (8 values of `E`)
+/// copied to chunk `64 + j`. `raw` is the row's shared-memory address as stored.
+#[inline(always)]
+unsafe fn convert_fp8_row<E: Elem, K: KvStore>(raw: u32, tile: u32, row: usize, j: usize) {
+    let scales = unsafe { ld_shared_v4(raw + MLA_FP8_SCALES_AT) };
+    for k in 0..(DV / 128) {
+        let c = j + 8 * k;
+        let scale = f32::from_bits(scales.0[k]);
+        let (lo, hi) = K::widen::<E>(unsafe { ld_shared_v4(raw + 16 * c as u32) });
+        let scaled = |v: V4| {
+            let mut w = V4::ZERO;
+            for i in 0..4 {
+                let (x, y) = E::to_f32x2(v.0[i]);
+                w.0[i] = E::from_f32x2(x * scale, y * scale);
+            }
+            w
+        };
+        unsafe {
+            st_shared_v4(tile + swizzled(row, 2 * c, ROW_BYTES) as u32, scaled(lo));
+            st_shared_v4(tile + swizzled(row, 2 * c + 1, ROW_BYTES) as u32, scaled(hi));
+        }
+    }
+    let rope = unsafe { ld_shared_v4(raw + MLA_FP8_ROPE_AT + 16 * j as u32) };
+    unsafe { st_shared_v4(tile + swizzled(row, DV / 8 + j, ROW_BYTES) as u32, rope) };
+}
+
 /// One entry point (the kernel table's row, `registry::KERNELS`; build.rs writes the calls):
-/// `mla_decode_instance!(name, Q, KV, D, SCORE, STAGES)`, STAGES one of `params::MLA_STAGES`.
+/// `mla_decode_instance!(name, Q, KV, D, SCORE, STAGES)`, STAGES one of `params::mla_stages`.
 macro_rules! mla_decode_instance {
     ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::MlaParams) {
-            unsafe { $crate::mla_decode::mla_decode::<$crate::elem::$q, $stages>(&p) }
+            unsafe { $crate::mla_decode::mla_decode::<$crate::elem::$q, $crate::kv::$kv, $stages>(&p) }
         }
     };
 }

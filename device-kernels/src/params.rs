@@ -358,7 +358,7 @@ pub struct MlaParams {
     pub q: u64,
     /// `[num_tokens, num_q_heads, MLA_RANK]`: the latent output (the model applies `W_UV`).
     pub out: u64,
-    /// `[num_blocks, block_size, MLA_LATENT_DIM]`.
+    /// `[num_blocks, block_size, MLA_LATENT_DIM]` (fp8: rows of `MLA_FP8_ROW_BYTES`).
     pub cache: u64,
     /// `i32 [num_seqs, block_table_stride]`: logical block -> physical block.
     pub block_table: u64,
@@ -386,9 +386,9 @@ pub struct MlaParams {
     pub out_token_stride: u64,
     /// Elements between consecutive heads of a token of `out`.
     pub out_head_stride: u64,
-    /// Elements between consecutive blocks of the cache.
+    /// Elements (fp8: bytes) between consecutive blocks of the cache.
     pub cache_block_stride: u64,
-    /// Elements between consecutive tokens of a cache block.
+    /// Elements (fp8: bytes) between consecutive tokens of a cache block.
     pub cache_token_stride: u64,
     /// Entries per request's row of `block_table`.
     pub block_table_stride: u32,
@@ -413,7 +413,8 @@ pub struct MlaCacheWriteParams {
     pub kv_c: u64,
     /// `[num_tokens, MLA_ROPE]`: this step's rotary key parts.
     pub k_pe: u64,
-    /// The latent cache `[num_blocks, block_size, MLA_LATENT_DIM]`.
+    /// The latent cache `[num_blocks, block_size, MLA_LATENT_DIM]` (fp8: `[num_blocks,
+    /// block_size]` rows of `MLA_FP8_ROW_BYTES`).
     pub cache: u64,
     /// `i64 [num_tokens]`; negative: padding, skipped.
     pub slot_mapping: u64,
@@ -421,7 +422,7 @@ pub struct MlaCacheWriteParams {
     pub kv_c_token_stride: u64,
     /// Elements between consecutive tokens of `k_pe`.
     pub k_pe_token_stride: u64,
-    /// Elements between consecutive blocks of the cache.
+    /// Elements (fp8: bytes) between consecutive blocks of the cache.
     pub cache_block_stride: u64,
     /// Query tokens of the step.
     pub num_tokens: u32,
@@ -448,13 +449,38 @@ pub const MLA_KEYS: u32 = 32;
 /// block may have (`mla_decode_<tag>`), 3 the 227 KiB of sm_90 (`mla_decode_<tag>_s3`),
 /// which keeps twice the bytes in flight for the memory-bound shapes.
 pub const MLA_STAGES: [u32; 2] = [2, 3];
-/// Dynamic shared memory of the MLA decode kernel with `stages` K tiles: the Q tile
-/// (`MLA_ROWS` latent rows), the K tiles of `MLA_KEYS` latent rows (the V tiles are their
-/// first `MLA_RANK` dims), and the warps' partial-score exchange (`MLA_KEYS / 8` n-tiles of
-/// 4 f32 per lane): 160 KiB with 2 stages, 196 KiB with 3.
-pub const fn mla_smem_bytes(stages: u32) -> u32 {
+/// The fp8 latent cache's depths (`mla_decode_<tag>_e4m3_s<stages>`): its tiles in flight are
+/// the 656-byte rows as stored, converted into one 16-bit tile (sm_90's 227 KiB; an sm_80
+/// block's 163 KiB holds none of them).
+pub const MLA_FP8_STAGES: [u32; 2] = [3, 4];
+/// The fp8 latent row (FlashMLA's format for DeepSeek-V3.2): `MLA_RANK` e4m3 bytes, one f32
+/// scale per `MLA_FP8_TILE` of them, then the `MLA_ROPE` rotary dims in the model's 16-bit
+/// type: 512 + 16 + 128 = 656 bytes (41 16-byte chunks).
+pub const MLA_FP8_ROW_BYTES: u32 = MLA_RANK + 4 * (MLA_RANK / MLA_FP8_TILE) + 2 * MLA_ROPE;
+/// Latent values that share one scale in an fp8 latent row.
+pub const MLA_FP8_TILE: u32 = 128;
+/// Byte offsets in an fp8 latent row of the scales and of the rotary dims.
+pub const MLA_FP8_SCALES_AT: u32 = MLA_RANK;
+/// Byte offset of the rotary dims in an fp8 latent row.
+pub const MLA_FP8_ROPE_AT: u32 = MLA_RANK + 4 * (MLA_RANK / MLA_FP8_TILE);
+/// Bytes of one cache row (a key) of the latent cache: 576 16-bit values, or the fp8 row.
+pub const fn mla_row_bytes(kv_bytes: u32) -> u32 {
+    if kv_bytes == 1 { MLA_FP8_ROW_BYTES } else { MLA_LATENT_DIM * 2 }
+}
+/// Dynamic shared memory of the MLA decode kernel with `stages` K tiles over a cache of
+/// `kv_bytes`-byte elements (2: 16-bit, 1: fp8): the Q tile (`MLA_ROWS` latent rows), the K
+/// tiles of `MLA_KEYS` cache rows (the V tiles are their first `MLA_RANK` dims; an fp8
+/// cache adds the one 16-bit tile they are converted into), and the warps' partial-score
+/// exchange (`MLA_KEYS / 8` n-tiles of 4 f32 per lane): 16-bit 160 KiB with 2 stages, 196
+/// KiB with 3; fp8 186 KiB with 3, 206 KiB with 4.
+pub const fn mla_smem_bytes(stages: u32, kv_bytes: u32) -> u32 {
     let row = MLA_LATENT_DIM * 2;
-    MLA_ROWS * row + stages * MLA_KEYS * row + MLA_WARPS * 32 * (MLA_KEYS / 8) * 16
+    let converted = if kv_bytes == 1 { MLA_KEYS * row } else { 0 };
+    MLA_ROWS * row + converted + stages * MLA_KEYS * mla_row_bytes(kv_bytes) + MLA_WARPS * 32 * (MLA_KEYS / 8) * 16
+}
+/// The pipeline depths of the MLA decode over a cache of `kv_bytes`-byte elements.
+pub const fn mla_stages(kv_bytes: u32) -> &'static [u32] {
+    if kv_bytes == 1 { &MLA_FP8_STAGES } else { &MLA_STAGES }
 }
 
 /// Threads per block of the cache-write kernel.

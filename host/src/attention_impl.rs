@@ -79,3 +79,8 @@ pub(crate) fn no_fp8_cache(backend: BackendName) -> AttnError {
     }
 }
 
+
+/// The error of a KV-scale call on an MLA layer's fp8 cache, whose rows carry their scales.
+pub(crate) fn latent_rows_have_scales(backend: BackendName) -> AttnError {
+    AttnError::Unsupported { backend: backend.as_str(), reason: "an MLA layer's fp8 latent rows carry their own scales (one per 128 values): per-layer k/v scales do not apply".into() }
+}

@@ -13,6 +13,7 @@
 //! assert_eq!(quantize_e4m3(1e6, 1.0), 0x7E); // saturates at 448
 //! ```
 
+use crate::dtype::{DType, Element};
 use crate::error::{AttnError, Result};
 
 pub use float8::F8E4M3;
@@ -98,6 +99,98 @@ impl KvScales {
     }
 }
 
+/// MLA's fp8 latent row, as FlashMLA stores DeepSeek-V3.2's cache (656 bytes a token):
+/// the `kv_lora_rank = 512` latent values as e4m3 bytes, in 4 tiles of
+/// [`LATENT_TILE`] = 128 values each quantized with its own scale; the 4 scales as f32
+/// (little-endian); then the 64 rotary dims in the model's 16-bit type, as they came. An
+/// MLA layer's `kv_cache_dtype = fp8_e4m3` stores these rows; the per-layer [`KvScales`] do
+/// not apply (each row carries its scales).
+pub const LATENT_ROW_BYTES: usize = crate::params::MLA_FP8_ROW_BYTES as usize;
+/// Latent values sharing one scale in an fp8 latent row.
+pub const LATENT_TILE: usize = crate::params::MLA_FP8_TILE as usize;
+const LATENT_RANK: usize = crate::params::MLA_RANK as usize;
+const LATENT_ROPE: usize = crate::params::MLA_ROPE as usize;
+const SCALES_AT: usize = crate::params::MLA_FP8_SCALES_AT as usize;
+const ROPE_AT: usize = crate::params::MLA_FP8_ROPE_AT as usize;
+
+/// The scale of one tile of latent values: `max(amax / 448, f32::MIN_POSITIVE)`, `amax` the
+/// largest magnitude (NaNs ignored; a tile of zeros gets the smallest normal f32, so every
+/// quotient is finite), as vLLM's `concat_and_cache_ds_mla` computes it.
+pub fn latent_tile_scale(tile: &[f32]) -> f32 {
+    let amax = tile.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    (amax / E4M3_MAX).max(f32::MIN_POSITIVE)
+}
+
+/// The 16-bit pattern of a value of a 16-bit element type (f16 or bf16).
+fn bits16<T: Element>(x: T) -> Result<u16> {
+    match T::DTYPE {
+        DType::F16 => Ok(half::f16::from_f32(x.to_f32()).to_bits()),
+        DType::Bf16 => Ok(half::bf16::from_f32(x.to_f32()).to_bits()),
+        other => Err(AttnError::Unsupported {
+            backend: "fp8 latent cache",
+            reason: format!("the fp8 latent row keeps the rotary dims in a 16-bit type; {other} is not one (use f16 or bf16, or kv_cache_dtype auto)"),
+        }),
+    }
+}
+
+/// The value of a 16-bit pattern of element type `T` (f16 or bf16), as f32 (exact).
+fn from_bits16<T: Element>(b: u16) -> f32 {
+    match T::DTYPE {
+        DType::F16 => half::f16::from_bits(b).to_f32(),
+        _ => half::bf16::from_bits(b).to_f32(),
+    }
+}
+
+/// One token's fp8 latent row ([`LATENT_ROW_BYTES`]) from its `kv_c` (512 values) and `k_pe`
+/// (64): each 128-value tile's [`latent_tile_scale`], its bytes `quantize_e4m3(x, scale)`,
+/// the scales, the rotary dims' 16-bit patterns. The GPU's `mla_cache_write_<q>_e4m3` writes
+/// the same bytes. Errors on wrong lengths and on a `T` that is not 16-bit.
+pub fn quantize_latent_row<T: Element>(kv_c: &[T], k_pe: &[T], row: &mut [u8]) -> Result<()> {
+    if kv_c.len() != LATENT_RANK || k_pe.len() != LATENT_ROPE || row.len() != LATENT_ROW_BYTES {
+        return Err(AttnError::LengthMismatch {
+            what: "fp8 latent row",
+            detail: format!("kv_c {}, k_pe {}, row {} bytes: want {LATENT_RANK}, {LATENT_ROPE}, {LATENT_ROW_BYTES}", kv_c.len(), k_pe.len(), row.len()),
+        });
+    }
+    for (i, x) in k_pe.iter().enumerate() {
+        row[ROPE_AT + 2 * i..][..2].copy_from_slice(&bits16(*x)?.to_le_bytes());
+    }
+    for (t, tile) in kv_c.chunks_exact(LATENT_TILE).enumerate() {
+        let values: Vec<f32> = tile.iter().map(|x| x.to_f32()).collect();
+        let scale = latent_tile_scale(&values);
+        row[SCALES_AT + 4 * t..][..4].copy_from_slice(&scale.to_le_bytes());
+        for (i, &x) in values.iter().enumerate() {
+            row[t * LATENT_TILE + i] = quantize_e4m3(x, scale);
+        }
+    }
+    Ok(())
+}
+
+/// An fp8 latent row's 4 tile scales.
+pub fn latent_row_scales(row: &[u8]) -> [f32; 4] {
+    std::array::from_fn(|t| f32::from_le_bytes(row[SCALES_AT + 4 * t..][..4].try_into().expect("4 bytes")))
+}
+
+/// An fp8 latent row's 576 values (512 latent then 64 rotary), exactly, in f64:
+/// `dequantize_e4m3(byte) * scale` for the latent values (exact: 4 significant bits times an
+/// f32), the rotary dims as `T` (f16 or bf16) reads them. The oracle reads the cache this way.
+pub fn dequantize_latent_row<T: Element>(row: &[u8]) -> Vec<f64> {
+    let scales = latent_row_scales(row);
+    let latent = (0..LATENT_RANK).map(|i| dequantize_e4m3(row[i]) as f64 * scales[i / LATENT_TILE] as f64);
+    let rope = (0..LATENT_ROPE).map(|i| from_bits16::<T>(u16::from_le_bytes([row[ROPE_AT + 2 * i], row[ROPE_AT + 2 * i + 1]])) as f64);
+    latent.chain(rope).collect()
+}
+
+/// An fp8 latent row's values as the GPU kernel hands them to its MMAs: each latent value's
+/// product `dequantize_e4m3(byte) * scale` in f32, rounded to `T`; the rotary dims as stored.
+/// The CPU backend computes on these.
+pub fn widen_latent_row<T: Element>(row: &[u8]) -> Vec<f32> {
+    let scales = latent_row_scales(row);
+    let latent = (0..LATENT_RANK).map(|i| T::from_f32(dequantize_e4m3(row[i]) * scales[i / LATENT_TILE]).to_f32());
+    let rope = (0..LATENT_ROPE).map(|i| from_bits16::<T>(u16::from_le_bytes([row[ROPE_AT + 2 * i], row[ROPE_AT + 2 * i + 1]])));
+    latent.chain(rope).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +224,47 @@ mod tests {
             }
         }
         best.0 | sign
+    }
+
+    #[test]
+    fn latent_row_follows_flashmla_format() {
+        use half::bf16;
+        // Tile t of the latent holds values of magnitude up to 10^(t - 2); one tile of zeros.
+        let kv_c: Vec<bf16> = (0..512).map(|i| {
+            let t = i / 128;
+            let x = if t == 3 { 0.0 } else { ((i * 37 % 101) as f32 / 50.0 - 1.0) * 10f32.powi(t as i32 - 2) };
+            bf16::from_f32(x)
+        }).collect();
+        let k_pe: Vec<bf16> = (0..64).map(|i| bf16::from_f32(i as f32 * 0.25 - 3.0)).collect();
+        let mut row = [0u8; 656];
+        quantize_latent_row(&kv_c, &k_pe, &mut row).unwrap();
+        for t in 0..4 {
+            // The scale, at bytes 512 + 4t: the tile's largest magnitude over 448 (the smallest
+            // normal f32 for the zero tile), computed here from the values.
+            let amax = kv_c[128 * t..128 * (t + 1)].iter().map(|x| x.to_f32().abs()).fold(0.0f32, f32::max);
+            let want = if amax == 0.0 { f32::MIN_POSITIVE } else { amax / 448.0 };
+            let got = f32::from_le_bytes(row[512 + 4 * t..516 + 4 * t].try_into().unwrap());
+            assert_eq!(got, want, "tile {t}");
+            for i in 128 * t..128 * (t + 1) {
+                assert_eq!(row[i], reference(kv_c[i].to_f32() / want), "value {i}");
+            }
+        }
+        // The rotary dims' bf16 patterns, little-endian, at bytes 528..656.
+        for (i, x) in k_pe.iter().enumerate() {
+            assert_eq!(u16::from_le_bytes([row[528 + 2 * i], row[529 + 2 * i]]), x.to_bits());
+        }
+        // Read back: each value within half an e4m3 step of itself (relative 1/16 for the
+        // tile's normals), the rotary dims exact; the largest of a tile is exact (448 x scale).
+        let back = dequantize_latent_row::<bf16>(&row);
+        for (i, x) in kv_c.iter().enumerate() {
+            let (x, s) = (x.to_f32() as f64, latent_row_scales(&row)[i / 128] as f64);
+            assert!((back[i] - x).abs() <= (x.abs() / 16.0).max(s * 2f64.powi(-10)) * 1.0001, "value {i}: {} for {x}", back[i]);
+        }
+        assert!(k_pe.iter().enumerate().all(|(i, x)| back[512 + i] == x.to_f32() as f64));
+        // Wrong lengths and a non-16-bit element type are errors.
+        assert!(quantize_latent_row(&kv_c[..511], &k_pe, &mut row).is_err());
+        let e = quantize_latent_row(&vec![1.0f32; 512], &vec![1.0f32; 64], &mut row).unwrap_err();
+        assert!(e.to_string().contains("16-bit type"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use crate::dtype::{Element, KvCacheDType};
 use crate::error::{AttnError, Result};
-use crate::fp8::{dequantize_e4m3, quantize_e4m3, KvScales};
+use crate::fp8::{dequantize_e4m3, quantize_e4m3, quantize_latent_row, widen_latent_row, KvScales, LATENT_ROW_BYTES};
 
 /// Geometry of a paged cache, its strides in elements, and its element type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,6 +235,82 @@ impl HostKvCache<u8> {
         let (d, hkv) = (self.layout.head_dim, self.layout.num_kv_heads);
         let dq = |bs: &[u8], s: &[f32]| bs.iter().enumerate().map(|(i, &b)| dequantize_e4m3(b) as f64 * s[(i / d) % hkv] as f64).collect();
         (dq(&self.key, &scales.k), dq(&self.value, &scales.v))
+    }
+}
+
+/// MLA's fp8 latent cache ([`crate::fp8::LATENT_ROW_BYTES`]-byte rows, FlashMLA's format) in
+/// a `HostKvCache<u8>`: `key` holds `capacity_slots x 656` bytes, slot after slot; `value`
+/// is empty; the layout is the latent one (one kv head of 576 dims) with `kv_dtype =
+/// Fp8E4m3`.
+impl HostKvCache<u8> {
+    /// A zeroed fp8 latent cache of `layout`'s geometry (every value 0).
+    pub fn zeros_latent_fp8(layout: KvCacheLayout) -> Self {
+        let layout = layout.with_kv_dtype(KvCacheDType::Fp8E4m3);
+        HostKvCache { layout, key: vec![0; layout.capacity_slots() * LATENT_ROW_BYTES], value: Vec::new() }
+    }
+
+    /// Whether this is an fp8 latent cache of its layout's size; an
+    /// [`AttnError::LengthMismatch`] otherwise.
+    pub fn check_latent_fp8(&self) -> Result<()> {
+        let want = self.layout.capacity_slots().checked_mul(LATENT_ROW_BYTES);
+        if self.layout.num_kv_heads != 1 || Some(self.key.len()) != want {
+            return Err(AttnError::LengthMismatch {
+                what: "fp8 latent cache",
+                detail: format!("{} bytes, {} kv heads: want one kv head and {} slots x {LATENT_ROW_BYTES} bytes", self.key.len(), self.layout.num_kv_heads, self.layout.capacity_slots()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The fp8 latent row of `slot`.
+    pub fn latent_row(&self, slot: usize) -> &[u8] {
+        &self.key[slot * LATENT_ROW_BYTES..][..LATENT_ROW_BYTES]
+    }
+
+    /// MLA's cache write into an fp8 latent cache: token `t`'s row ([`quantize_latent_row`]
+    /// of `kv_c[t]`, `k_pe[t]`) to slot `slot_mapping[t]` (negative: skipped). Checks
+    /// everything first (lengths, slots, a 16-bit `T`) and writes nothing on an error.
+    pub fn write_latent_fp8<T: Element>(&mut self, kv_c: &[T], k_pe: &[T], slot_mapping: &[i64]) -> Result<()> {
+        self.check_latent_fp8()?;
+        let (r, rope) = (crate::params::MLA_RANK as usize, crate::params::MLA_ROPE as usize);
+        let n = slot_mapping.len();
+        if kv_c.len() != n * r || k_pe.len() != n * rope {
+            return Err(AttnError::LengthMismatch { what: "kv_c / k_pe", detail: format!("{} and {} elements for {n} tokens of {r} and {rope}", kv_c.len(), k_pe.len()) });
+        }
+        let capacity = self.layout.capacity_slots();
+        if let Some((token, &slot)) = slot_mapping.iter().enumerate().find(|&(_, &s)| s >= 0 && s as usize >= capacity) {
+            return Err(AttnError::SlotOutOfRange { token, slot, capacity });
+        }
+        let mut row = [0u8; LATENT_ROW_BYTES];
+        for (t, &slot) in slot_mapping.iter().enumerate() {
+            if slot >= 0 {
+                quantize_latent_row(&kv_c[t * r..][..r], &k_pe[t * rope..][..rope], &mut row)?;
+                self.key[slot as usize * LATENT_ROW_BYTES..][..LATENT_ROW_BYTES].copy_from_slice(&row);
+            }
+        }
+        Ok(())
+    }
+
+    /// The fp8 latent cache of a latent cache of values (`cache.key`, 576 values a slot):
+    /// every row quantized ([`quantize_latent_row`]).
+    pub fn quantize_latent_from<T: Element>(cache: &HostKvCache<T>) -> Result<HostKvCache<u8>> {
+        let (l, w, r) = (cache.layout, crate::params::MLA_LATENT_DIM as usize, crate::params::MLA_RANK as usize);
+        if l.num_kv_heads != 1 || l.head_dim != w || cache.key.len() != l.elements() {
+            return Err(AttnError::LengthMismatch { what: "latent cache", detail: format!("{} elements of {:?}: want one kv head of {w} dims", cache.key.len(), l) });
+        }
+        let mut out = HostKvCache::zeros_latent_fp8(l);
+        for (src, dst) in cache.key.chunks_exact(w).zip(out.key.chunks_exact_mut(LATENT_ROW_BYTES)) {
+            quantize_latent_row(&src[..r], &src[r..], dst)?;
+        }
+        Ok(out)
+    }
+
+    /// The values of an fp8 latent cache as `T` ([`widen_latent_row`], rounded to `T`: what the
+    /// GPU's MMAs read), as a latent cache of values (`value` empty; the layout kept).
+    pub fn dequantize_latent<T: Element>(&self) -> Result<HostKvCache<T>> {
+        self.check_latent_fp8()?;
+        let key = self.key.chunks_exact(LATENT_ROW_BYTES).flat_map(|row| widen_latent_row::<T>(row).into_iter().map(T::from_f32)).collect();
+        Ok(HostKvCache { layout: self.layout, key, value: Vec::new() })
     }
 }
 

@@ -377,8 +377,13 @@ impl MetadataBuilder {
 /// blocks handed out in order and just enough of them (plan tests of the backends).
 #[cfg(test)]
 pub(crate) fn in_order(reqs: &[(usize, usize)], block_size: usize, kv_heads: usize, head_dim: usize) -> AttentionMetadata {
+    in_order_of(reqs, block_size, kv_heads, head_dim, crate::dtype::KvCacheDType::Auto)
+}
+
+/// [`in_order`] over a cache storing `kv`.
+pub(crate) fn in_order_of(reqs: &[(usize, usize)], block_size: usize, kv_heads: usize, head_dim: usize, kv: crate::dtype::KvCacheDType) -> AttentionMetadata {
     let blocks: usize = reqs.iter().map(|&(c, n)| (c + n).div_ceil(block_size)).sum();
-    let layout = KvCacheLayout::new(blocks.max(1), block_size, kv_heads, head_dim).unwrap();
+    let layout = KvCacheLayout::new(blocks.max(1), block_size, kv_heads, head_dim).unwrap().with_kv_dtype(kv);
     let mut next = 0u32;
     let requests = reqs
         .iter()

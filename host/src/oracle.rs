@@ -27,7 +27,7 @@
 use crate::dtype::Element;
 use crate::error::{AttnError, Result};
 use crate::fp8::{dequantize_e4m3, KvScales};
-use crate::kv_cache::HostKvCache;
+use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::spec::{AttnSpec, MlaSpec};
 
@@ -476,17 +476,38 @@ pub fn mla_absorbed(x: &MlaInputs, spec: &MlaSpec, mask: &Mask) -> Vec<f64> {
 /// latent cache (one kv head of width `R + rope`, keys only), causal from each request's
 /// context length. Returns the latent output `[num_tokens, H, R]`.
 pub fn paged_mla_reference<T: Element>(q_latent: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &MlaSpec) -> Result<Vec<f64>> {
-    let (h, r, w) = (spec.num_q_heads, spec.kv_lora_rank, spec.latent_dim());
-    if cache.layout.num_kv_heads != 1 || cache.layout.head_dim != w || cache.layout != *meta.layout() {
-        return Err(AttnError::Shape(format!(
-            "oracle (MLA): cache {:?} and metadata for {:?} must both be one latent head of kv_lora_rank + rope = {w} dims",
-            cache.layout,
-            meta.layout()
-        )));
-    }
+    check_mla_cache(&cache.layout, meta, spec)?;
     if cache.key.len() != cache.layout.elements() {
         return Err(AttnError::LengthMismatch { what: "oracle MLA cache", detail: format!("{} key elements for {}", cache.key.len(), cache.layout.elements()) });
     }
+    paged_mla_reference_over(q_latent, meta, spec, |slot| cache.key_row(slot, 0).iter().map(|x| x.to_f64()).collect())
+}
+
+/// [`paged_mla_reference`] over an fp8 latent cache (FlashMLA's 656-byte rows,
+/// [`HostKvCache::zeros_latent_fp8`]): every row read exactly in f64
+/// ([`crate::fp8::dequantize_latent_row`]: each e4m3 byte times its tile's scale, the rotary
+/// dims as `T`), then the same f64 attention.
+pub fn paged_mla_reference_fp8<T: Element>(q_latent: &[T], cache: &HostKvCache<u8>, meta: &AttentionMetadata, spec: &MlaSpec) -> Result<Vec<f64>> {
+    check_mla_cache(&cache.layout, meta, spec)?;
+    cache.check_latent_fp8()?;
+    paged_mla_reference_over(q_latent, meta, spec, |slot| crate::fp8::dequantize_latent_row::<T>(cache.latent_row(slot)))
+}
+
+fn check_mla_cache(layout: &KvCacheLayout, meta: &AttentionMetadata, spec: &MlaSpec) -> Result<()> {
+    let w = spec.latent_dim();
+    if layout.num_kv_heads != 1 || layout.head_dim != w || layout != meta.layout() {
+        return Err(AttnError::Shape(format!(
+            "oracle (MLA): cache {:?} and metadata for {:?} must both be one latent head of kv_lora_rank + rope = {w} dims",
+            layout,
+            meta.layout()
+        )));
+    }
+    Ok(())
+}
+
+/// The MLA reference over latent rows read by `row_of(slot)` (`R + rope` values in f64).
+fn paged_mla_reference_over<T: Element>(q_latent: &[T], meta: &AttentionMetadata, spec: &MlaSpec, row_of: impl Fn(usize) -> Vec<f64>) -> Result<Vec<f64>> {
+    let (h, r, w) = (spec.num_q_heads, spec.kv_lora_rank, spec.latent_dim());
     if Some(q_latent.len()) != meta.num_tokens().checked_mul(h * w) {
         return Err(AttnError::LengthMismatch { what: "oracle q_latent", detail: format!("{} elements, expected {} tokens x {h} heads x {w}", q_latent.len(), meta.num_tokens()) });
     }
@@ -495,7 +516,7 @@ pub fn paged_mla_reference<T: Element>(q_latent: &[T], cache: &HostKvCache<T>, m
         let lk = meta.seq_lens()[req] as usize;
         let lq = meta.query_len(req);
         let t0 = meta.query_start_loc()[req] as usize;
-        let rows: Vec<f64> = (0..lk).flat_map(|j| cache.key_row(meta.slot_of(req, j), 0).iter().map(|x| x.to_f64())).collect();
+        let rows: Vec<f64> = (0..lk).flat_map(|j| row_of(meta.slot_of(req, j))).collect();
         let values: Vec<f64> = (0..lk).flat_map(|j| rows[j * w..][..r].iter().copied()).collect();
         let q: Vec<f64> = q_latent[t0 * h * w..(t0 + lq) * h * w].iter().map(|x| x.to_f64()).collect();
         let pos = query_positions(meta, req);

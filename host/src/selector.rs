@@ -554,9 +554,9 @@ mod tests {
             block_size: 24,
             ..req("llama-3-8b")
         };
-        // CUDA_MLA's row: it has no fp8 cache yet (CUDA_PAGED's has).
+        // CUDA_MLA's row has an fp8 cache too (its latent rows): no KV dtype reason there.
         let why = check(BackendName::CudaPaged.caps(), Platform::Cpu, &r);
-        assert!(check(BackendName::CudaMla.caps(), SM90, &r).iter().any(|w| w == "KV cache dtype fp8_e4m3 not supported (auto)"));
+        assert!(!check(BackendName::CudaMla.caps(), SM90, &r).iter().any(|w| w.contains("KV cache dtype")));
         assert_eq!(
             why,
             vec![

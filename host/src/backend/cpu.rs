@@ -13,7 +13,10 @@
 //! ([`HostKvCache<u8>`]) and their [`KvScales`] (scale 1 until
 //! [`AttentionImpl::set_kv_scales`]). The cache write quantizes (`write_slots_fp8`); the
 //! softmax reads each element as `dequantize_e4m3(byte) * scale` in f32, through the same
-//! code as a cache of values ([`CacheView`]). MLA layers keep a cache of the model's dtype.
+//! code as a cache of values ([`CacheView`]). An MLA layer's fp8 cache is FlashMLA's
+//! latent rows ([`crate::fp8::LATENT_ROW_BYTES`] bytes a token, each 128-value tile with its
+//! own scale); the softmax reads each request's rows widened as the GPU widens them
+//! ([`crate::fp8::widen_latent_row`]).
 //!
 //! ```
 //! use attn_host::backend::cpu::CpuImpl;
@@ -29,7 +32,7 @@
 //! assert!(out.iter().all(|&x| (x - 0.25).abs() < 1e-6));
 //! ```
 
-use crate::attention_impl::{no_fp8_cache, AttentionImpl};
+use crate::attention_impl::{latent_rows_have_scales, no_fp8_cache, AttentionImpl};
 use crate::backend_name::BackendName;
 use crate::caps::{check_latent_layout, BackendCaps};
 use crate::dtype::{DType, Element, KvCacheDType};
@@ -51,7 +54,7 @@ pub static CAPS: BackendCaps = BackendCaps {
     cpu: true,
     dtypes: &[DType::F16, DType::Bf16, DType::F32],
     kv_cache_dtypes: &[KvCacheDType::Auto, KvCacheDType::Fp8E4m3],
-    mla_kv_cache_dtypes: &[KvCacheDType::Auto],
+    mla_kv_cache_dtypes: &[KvCacheDType::Auto, KvCacheDType::Fp8E4m3],
     head_dims: &[],
     mha: true,
     mla: true,
@@ -388,16 +391,25 @@ pub struct CpuImpl<T> {
 }
 
 /// A cache of `layout` for a layer of `spec`: kv heads and head dim the spec's (MLA: the
-/// latent layout), the key and value vectors of the layout's size; fp8 only for MHA/GQA.
-fn check_cache(spec: &AttnSpec, layout: &KvCacheLayout, key_len: usize, value_len: usize) -> Result<()> {
+/// latent layout), the key and value vectors of the layout's size (an MLA fp8 cache: its
+/// latent rows, no value half, for a 16-bit `T`).
+fn check_cache<T: Element>(spec: &AttnSpec, layout: &KvCacheLayout, key_len: usize, value_len: usize) -> Result<()> {
     spec.validate()?;
     layout.validate()?;
     match &spec.mla {
-        Some(_) if layout.kv_dtype == KvCacheDType::Fp8E4m3 => {
-            return Err(AttnError::Unsupported {
-                backend: BackendName::Cpu.as_str(),
-                reason: "MLA with an fp8 KV cache is not implemented on the CPU yet (the latent cache is kept in the model's dtype); use kv_cache_dtype auto".into(),
-            });
+        Some(m) if layout.kv_dtype == KvCacheDType::Fp8E4m3 => {
+            check_latent_layout(m, layout)?;
+            if T::DTYPE.size_bytes() != 2 {
+                return Err(AttnError::Unsupported {
+                    backend: BackendName::Cpu.as_str(),
+                    reason: format!("MLA's fp8 latent rows keep the rotary dims in the model's 16-bit type; {} is not one (use f16 or bf16)", T::DTYPE),
+                });
+            }
+            let want = layout.capacity_slots() * crate::fp8::LATENT_ROW_BYTES;
+            if key_len != want || value_len != 0 {
+                return Err(AttnError::LengthMismatch { what: "fp8 latent cache", detail: format!("{key_len} key and {value_len} value bytes: want {want} and 0") });
+            }
+            return Ok(());
         }
         Some(m) => check_latent_layout(m, layout)?,
         None if layout.num_kv_heads != spec.num_kv_heads || layout.head_dim != spec.head_dim => {
@@ -430,6 +442,7 @@ impl<T: Element> CpuImpl<T> {
         layout.validate()?;
         match layout.kv_dtype {
             KvCacheDType::Auto => Self::with_cache(spec, HostKvCache::zeros(layout)),
+            KvCacheDType::Fp8E4m3 if spec.mla.is_some() => Self::with_fp8_cache(spec, HostKvCache::zeros_latent_fp8(layout), KvScales::ones(1)),
             KvCacheDType::Fp8E4m3 => Self::with_fp8_cache(spec, HostKvCache::zeros_fp8(layout), KvScales::ones(layout.num_kv_heads)),
         }
     }
@@ -438,7 +451,11 @@ impl<T: Element> CpuImpl<T> {
     /// A cache whose layout says `Fp8E4m3` holds the values of an fp8 cache: they are
     /// quantized with scale 1 (set other scales with [`CpuImpl::with_fp8_cache`]).
     pub fn with_cache(spec: AttnSpec, cache: HostKvCache<T>) -> Result<Self> {
-        check_cache(&spec, &cache.layout, cache.key.len(), cache.value.len())?;
+        if spec.mla.is_some() && cache.layout.kv_dtype == KvCacheDType::Fp8E4m3 {
+            // MLA's latent rows of values (no value half), quantized row by row.
+            return Self::with_fp8_cache(spec, HostKvCache::quantize_latent_from(&cache)?, KvScales::ones(1));
+        }
+        check_cache::<T>(&spec, &cache.layout, cache.key.len(), cache.value.len())?;
         match cache.layout.kv_dtype {
             KvCacheDType::Auto => Ok(CpuImpl { spec, cache: CpuCache::Values(cache) }),
             KvCacheDType::Fp8E4m3 => {
@@ -450,12 +467,16 @@ impl<T: Element> CpuImpl<T> {
     }
 
     /// A layer over an existing fp8 cache (its layout's `kv_dtype` must be `Fp8E4m3`) read
-    /// with `scales`.
+    /// with `scales` (an MLA layer: fp8 latent rows, which carry their own scales; `scales`
+    /// is not read).
     pub fn with_fp8_cache(spec: AttnSpec, cache: HostKvCache<u8>, scales: KvScales) -> Result<Self> {
         if cache.layout.kv_dtype != KvCacheDType::Fp8E4m3 {
             return Err(AttnError::InvalidConfig(format!("fp8 cache bytes under a layout of kv_dtype {}, not fp8_e4m3", cache.layout.kv_dtype)));
         }
-        check_cache(&spec, &cache.layout, cache.key.len(), cache.value.len())?;
+        check_cache::<T>(&spec, &cache.layout, cache.key.len(), cache.value.len())?;
+        if spec.mla.is_some() {
+            return Ok(CpuImpl { spec, cache: CpuCache::Fp8 { bytes: cache, scales: KvScales::ones(1) } });
+        }
         scales.validate(cache.layout.num_kv_heads)?;
         Ok(CpuImpl { spec, cache: CpuCache::Fp8 { bytes: cache, scales } })
     }
@@ -501,10 +522,11 @@ impl<T: Element> CpuImpl<T> {
             if cache.key.len() != cache.layout.elements() {
                 return Err(AttnError::LengthMismatch { what: "latent cache", detail: format!("{} elements, expected {}", cache.key.len(), cache.layout.elements()) });
             }
-            if let CpuCache::Values(c) = &mut self.cache {
-                c.key.copy_from_slice(&cache.key);
-                return Ok(());
+            match &mut self.cache {
+                CpuCache::Values(c) => c.key.copy_from_slice(&cache.key),
+                CpuCache::Fp8 { bytes, .. } => *bytes = HostKvCache::quantize_latent_from(&HostKvCache { layout: bytes.layout, ..cache.clone() })?,
             }
+            return Ok(());
         }
         check_load(cache, self.layout())?;
         match &mut self.cache {
@@ -524,6 +546,20 @@ impl<T: Element> CpuImpl<T> {
     /// Replaces an fp8 layer's bytes with `cache`'s (same geometry) and its scales with
     /// `scales`; an [`AttnError::Unsupported`] for a layer of values.
     pub fn load_fp8_cache(&mut self, cache: &HostKvCache<u8>, scales: &KvScales) -> Result<()> {
+        if self.spec.mla.is_some() {
+            // MLA: fp8 latent rows, their scales inside them (`scales` is not read).
+            if !cache.layout.same_geometry(self.layout()) {
+                return Err(AttnError::Shape(format!("cache of layout {:?} loaded into a layer of layout {:?}", cache.layout, self.layout())));
+            }
+            cache.check_latent_fp8()?;
+            return match &mut self.cache {
+                CpuCache::Values(_) => Err(no_fp8_cache(BackendName::Cpu)),
+                CpuCache::Fp8 { bytes, .. } => {
+                    bytes.key.copy_from_slice(&cache.key);
+                    Ok(())
+                }
+            };
+        }
         check_load(cache, self.layout())?;
         let hkv = self.layout().num_kv_heads;
         match &mut self.cache {
@@ -541,6 +577,9 @@ impl<T: Element> CpuImpl<T> {
     /// Sets an fp8 layer's scales (validated first); the bytes already cached are kept and
     /// read with the new scales. An [`AttnError::Unsupported`] for a layer of values.
     pub fn set_kv_scales(&mut self, scales: &KvScales) -> Result<()> {
+        if self.spec.mla.is_some() && matches!(self.cache, CpuCache::Fp8 { .. }) {
+            return Err(latent_rows_have_scales(BackendName::Cpu));
+        }
         let hkv = self.layout().num_kv_heads;
         match &mut self.cache {
             CpuCache::Values(_) => Err(no_fp8_cache(BackendName::Cpu)),
@@ -583,17 +622,22 @@ impl<T: Element> CpuImpl<T> {
     /// mapping (the value half stays zero, as on `CUDA_MLA`), then [`mla_decode_cpu`].
     fn forward_mla(&mut self, q: &[T], kv_c: &[T], k_pe: &[T], meta: &AttentionMetadata, out: &mut [T], m: &MlaSpec) -> Result<()> {
         let (n, h, r, rope) = (meta.num_tokens(), m.num_q_heads, m.kv_lora_rank, m.qk_rope_head_dim);
-        let CpuCache::Values(cache) = &mut self.cache else {
-            return Err(AttnError::Unsupported { backend: BackendName::Cpu.as_str(), reason: "MLA with an fp8 KV cache is not implemented on the CPU yet".into() });
-        };
-        check_layout(meta, &cache.layout)?;
+        check_layout(meta, self.layout())?;
         check_len("q", q.len(), n, h, m.latent_dim(), "query heads")?;
         check_len("k (kv_c)", kv_c.len(), n, 1, r, "latent heads")?;
         check_len("v (k_pe)", k_pe.len(), n, 1, rope, "latent heads")?;
         check_len("out", out.len(), n, h, r, "query heads")?;
-        let rows: Vec<T> = (0..n).flat_map(|t| kv_c[t * r..(t + 1) * r].iter().chain(&k_pe[t * rope..(t + 1) * rope])).copied().collect();
-        cache.write_slots(&rows, &vec![T::default(); rows.len()], meta.slot_mapping())?;
-        let latent = mla_decode_cpu(q, cache, meta, m)?;
+        let latent = match &mut self.cache {
+            CpuCache::Values(cache) => {
+                let rows: Vec<T> = (0..n).flat_map(|t| kv_c[t * r..(t + 1) * r].iter().chain(&k_pe[t * rope..(t + 1) * rope])).copied().collect();
+                cache.write_slots(&rows, &vec![T::default(); rows.len()], meta.slot_mapping())?;
+                mla_decode_cpu(q, cache, meta, m)?
+            }
+            CpuCache::Fp8 { bytes, .. } => {
+                bytes.write_latent_fp8(kv_c, k_pe, meta.slot_mapping())?;
+                mla_decode_cpu_fp8(q, bytes, meta, m)?
+            }
+        };
         for (o, x) in out.iter_mut().zip(latent) {
             *o = T::from_f32(x);
         }
@@ -658,6 +702,7 @@ impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
             // MLA: the latent rows, as every backend returns them (no value half).
             CpuCache::Values(c) if self.spec.mla.is_some() => HostKvCache { layout: c.layout, key: c.key.clone(), value: Vec::new() },
             CpuCache::Values(c) => c.clone(),
+            CpuCache::Fp8 { bytes, .. } if self.spec.mla.is_some() => bytes.dequantize_latent()?,
             CpuCache::Fp8 { bytes, scales } => bytes.dequantize(scales),
         })
     }
@@ -719,6 +764,37 @@ pub fn mla_decode_cpu<T: Element>(q_latent: &[T], cache: &HostKvCache<T>, meta: 
         let src = KvSource { keys: &cache.key, values: &cache.key, dv: r, layout: l, kv_head: 0, block_ids: meta.block_ids(req), read_k: AsValue, read_v: AsValue };
         o.copy_from_slice(&attend_core(&qrow, pos, &sc, &src, visible_keys(pos, None)).finish());
     });
+    Ok(out)
+}
+
+/// [`mla_decode_cpu`] over an fp8 latent cache ([`HostKvCache::zeros_latent_fp8`]): each
+/// request's visible rows widened once ([`crate::fp8::widen_latent_row`]: the values the
+/// GPU's MMAs read), then the same online softmax per (token, head) row.
+pub fn mla_decode_cpu_fp8<T: Element>(q_latent: &[T], cache: &HostKvCache<u8>, meta: &AttentionMetadata, spec: &MlaSpec) -> Result<Vec<f32>> {
+    let (h, r, w) = (spec.num_q_heads, spec.kv_lora_rank, spec.latent_dim());
+    if h == 0 || r == 0 || !(spec.scale.is_finite() && spec.scale > 0.0) {
+        return Err(AttnError::InvalidConfig(format!("MLA with {h} heads, kv_lora_rank {r}, scale {}: heads and rank must be positive, the scale positive and finite", spec.scale)));
+    }
+    check_latent_layout(spec, &cache.layout)?;
+    cache.check_latent_fp8()?;
+    check_layout(meta, &cache.layout)?;
+    check_len("q_latent", q_latent.len(), meta.num_tokens(), h, w, "query heads")?;
+    let sc = Scoring { scale: spec.scale, softcap: None, slope: None };
+    let mut out = vec![0.0f32; meta.num_tokens() * h * r];
+    for req in 0..meta.num_reqs() {
+        let (lk, ctx, t0) = (meta.seq_lens()[req] as usize, meta.context_len(req), meta.query_start_loc()[req] as usize);
+        // The request's keys in order, one contiguous "block" of them.
+        let rows: Vec<f32> = (0..lk).into_par_iter().flat_map_iter(|j| crate::fp8::widen_latent_row::<T>(cache.latent_row(meta.slot_of(req, j)))).collect();
+        let layout = KvCacheLayout { num_blocks: 1, block_size: lk.max(1).next_power_of_two(), num_kv_heads: 1, head_dim: w, kv_dtype: KvCacheDType::Auto };
+        let rows_out = &mut out[t0 * h * r..(t0 + meta.query_len(req)) * h * r];
+        rows_out.par_chunks_mut(r).enumerate().for_each(|(i, o)| {
+            let pos = ctx + i / h;
+            let row = (t0 * h + i) * w;
+            let qrow: Vec<f32> = q_latent[row..row + w].iter().map(|x| x.to_f32()).collect();
+            let src = KvSource { keys: &rows, values: &rows, dv: r, layout: &layout, kv_head: 0, block_ids: &[0], read_k: AsValue, read_v: AsValue };
+            o.copy_from_slice(&attend_core(&qrow, pos, &sc, &src, visible_keys(pos, None)).finish());
+        });
+    }
     Ok(out)
 }
 
@@ -871,6 +947,48 @@ mod fp8_tests {
     use crate::step::{PlanOptions, StepLimits};
     use crate::workload::Rng;
     use half::bf16;
+
+    /// MLA over an fp8 latent cache on the CPU, through the layer: against the f64 oracle
+    /// over the cache it wrote (dequantized exactly), within the 16-bit bound; a decode row
+    /// and a 3-token chunk, tiles of several magnitudes.
+    #[test]
+    fn mla_fp8_latent_cache_against_the_oracle() {
+        let mut rng = Rng::new(31);
+        let mla = MlaSpec { num_q_heads: 4, kv_lora_rank: 512, qk_rope_head_dim: 64, qk_nope_head_dim: 128, v_head_dim: 128, scale: 1.0 / 192f32.sqrt() };
+        let spec = AttnSpec { mla: Some(mla.clone()), ..AttnSpec::new(4, 4, 192) };
+        let layout = KvCacheLayout::new(8, 16, 1, 576).unwrap().with_kv_dtype(KvCacheDType::Fp8E4m3);
+        let sched = SchedulerOutput {
+            requests: vec![
+                RequestSchedule { num_computed_tokens: 37, num_new_tokens: 1, block_ids: vec![5, 2, 7] },
+                RequestSchedule { num_computed_tokens: 3, num_new_tokens: 3, block_ids: vec![1] },
+            ],
+        };
+        let meta = MetadataBuilder::new(layout).build(&sched).unwrap();
+        let mut vals = |n: usize| -> Vec<bf16> { (0..n).map(|i| bf16::from_f32((rng.range(0, 2001) as f32 / 1000.0 - 1.0) * [0.01f32, 1.0, 40.0][i / 128 % 3])).collect() };
+        let cached = HostKvCache { layout, key: vals(layout.elements()), value: Vec::new() };
+        let (q, kv_c, k_pe) = (vals(meta.num_tokens() * 4 * 576), vals(meta.num_tokens() * 512), vals(meta.num_tokens() * 64));
+        let mut layer = Attention::<bf16>::new(BackendName::Cpu, spec, layout, None).unwrap();
+        layer.load_cache(&cached).unwrap();
+        let out = layer.forward(&q, &kv_c, &k_pe, &meta).unwrap();
+        let (bytes, _) = layer.fp8_cache_snapshot().unwrap();
+        // This step's rows are the host quantizer's.
+        let mut row = [0u8; 656];
+        for t in 0..meta.num_tokens() {
+            crate::fp8::quantize_latent_row(&kv_c[t * 512..][..512], &k_pe[t * 64..][..64], &mut row).unwrap();
+            assert_eq!(bytes.latent_row(meta.slot_mapping()[t] as usize), &row[..], "token {t}");
+        }
+        let want = oracle::paged_mla_reference_fp8(&q, &bytes, &meta, &mla).unwrap();
+        let err = rel_error(&out, &want);
+        assert!(err < 5e-3, "rel error {err:e}");
+        // The layer's values are the rows widened as the GPU widens them.
+        let snap = layer.cache_snapshot().unwrap();
+        assert_eq!(snap.key.len(), layout.elements());
+        let written: Vec<usize> = meta.slot_mapping().iter().map(|&s| s as usize).collect();
+        for (i, (a, b)) in snap.key.iter().zip(&cached.key).enumerate().filter(|(i, _)| !written.contains(&(i / 576))) {
+            // Within half an e4m3 step of the tile's values, or of its smallest subnormal.
+            assert!((a.to_f32() - b.to_f32()).abs() <= b.to_f32().abs() / 14.0 + 40.0 / 448.0 / 512.0, "element {i}: {a} for {b}");
+        }
+    }
 
     /// Per-head scales, none 1: |x| <= 1 quantizes to at most 1 / 0.0035 = 286 < 448.
     fn scales() -> KvScales {
@@ -1118,14 +1236,18 @@ mod fp8_tests {
 
     #[test]
     fn fp8_layouts_are_refused_where_unsupported() {
-        // MLA over an fp8 cache: not on the CPU yet, with the reason.
+        // MLA over an fp8 cache: the latent rows keep the rotary dims in 16 bits, so an f32
+        // layer is refused, naming why; bf16 is served, and per-layer scales are refused.
         let cfg = crate::model::preset("deepseek-v3").unwrap();
         let spec = cfg.attn_spec();
         let w = spec.mla.as_ref().unwrap().latent_dim();
         let layout = KvCacheLayout::new(4, 16, 1, w).unwrap().with_kv_dtype(KvCacheDType::Fp8E4m3);
-        let e = CpuImpl::<bf16>::new(spec.clone(), layout).map(|_| ()).unwrap_err();
-        assert!(matches!(e, AttnError::Unsupported { backend: "CPU", .. }) && e.to_string().contains("MLA with an fp8 KV cache"), "{e}");
-        assert!(Attention::<bf16>::new(BackendName::Cpu, spec, layout, None).is_err());
+        let e = CpuImpl::<f32>::new(spec.clone(), layout).map(|_| ()).unwrap_err();
+        assert!(matches!(e, AttnError::Unsupported { backend: "CPU", .. }) && e.to_string().contains("16-bit type"), "{e}");
+        let mut mla = Attention::<bf16>::new(BackendName::Cpu, spec, layout, None).unwrap();
+        let e = mla.set_kv_scales(KvScales::ones(1)).unwrap_err();
+        assert!(e.to_string().contains("carry their own scales"), "{e}");
+        assert_eq!(mla.fp8_cache_snapshot().unwrap().0.key.len(), 4 * 16 * crate::fp8::LATENT_ROW_BYTES);
         // The capability rows decide from the layout's kv_dtype: a backend whose row lacks
         // fp8 refuses an fp8 layout, naming it; the CPU's row has it.
         let spec = AttnSpec::new(8, 2, 128);

@@ -7,6 +7,12 @@
 //!   keys per block, each K tile read once for both `Q K^T` and `P V`;
 //! - `merge_splits_<dtype>`: the splits' partial states, with per-token split counts.
 //!
+//! A layout of `kv_dtype = Fp8E4m3` gets FlashMLA's fp8 latent rows (656 bytes a token: 512
+//! e4m3 values in 4 tiles of 128 with an f32 scale each, then the 64 rotary dims in the
+//! model's 16-bit type; [`crate::fp8::LATENT_ROW_BYTES`]): `mla_cache_write_<dtype>_e4m3`
+//! quantizes, `mla_decode_<dtype>_e4m3_s<stages>` streams the rows as stored and widens each
+//! tile in shared memory before its MMAs.
+//!
 //! The layer's tensors ([`DeviceTensors`]): `q` the absorbed query `[tokens, H, 576]`
 //! (`W_UK^T q_nope` and `q_pe`), `k` the compressed kv `kv_c` `[tokens, 512]`, `v` the rope
 //! key `k_pe` `[tokens, 64]`, `out` the latent output `[tokens, H, 512]` (the model applies
@@ -17,7 +23,9 @@
 //! the whole step ([`mla_chunk_keys`]), so a ragged batch becomes blocks of nearly equal
 //! work spread over the SMs; [`CudaMlaImpl`] only launches.
 
-use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, max_shared_memory_per_block, merge_kernel, ptr, query_type, through_device, DeviceMetadata, DeviceRows, BACKEND_MAPS};
+use crate::attention_impl::{latent_rows_have_scales, no_fp8_cache};
+use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, kv_type, max_shared_memory_per_block, merge_kernel, ptr, query_type, through_device, DeviceMetadata, DeviceRows, BACKEND_MAPS};
+use crate::fp8::{KvScales, LATENT_ROW_BYTES};
 use crate::plan::MAX_SPLITS;
 use crate::registry::{Family, KernelId, KvType, QType, ScoreMod};
 use crate::attention_impl::AttentionImpl;
@@ -29,7 +37,7 @@ use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
-use crate::params::{mla_smem_bytes, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_STAGES, MLA_WARPS};
+use crate::params::{mla_row_bytes, mla_smem_bytes, mla_stages, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_STAGES, MLA_WARPS};
 use crate::platform::DeviceProps;
 use crate::spec::{AttnSpec, MlaSpec};
 use crate::plan::{KernelLaunch, LayerShape, PlanOptions, StepLimits, StepPlan};
@@ -73,22 +81,31 @@ const MLA_KV_DTYPES: &[KvCacheDType] = {
     }
 };
 
-/// The selector's figure: the shallowest pipeline's (every sm_80+ block can have it).
+/// The selector's figure: the shallowest 16-bit pipeline's (every sm_80+ block can have it).
 fn shared_memory_bytes(_latent_dim: usize) -> usize {
-    mla_smem_bytes(MLA_STAGES[0]) as usize
+    mla_smem_bytes(MLA_STAGES[0], 2) as usize
 }
 
-/// The MLA decode kernel for a query type and pipeline depth (`params::MLA_STAGES`).
-pub fn decode_kernel(q: QType, stages: u32) -> KernelId {
-    KernelId { family: Family::MlaDecode, q, kv: KvType::Native, head_dim: 0, score: ScoreMod::Plain, stages }
+/// The MLA decode kernel for a query type, latent cache element and pipeline depth
+/// (`params::mla_stages`).
+pub fn decode_kernel(q: QType, kv: KvType, stages: u32) -> KernelId {
+    KernelId { family: Family::MlaDecode, q, kv, head_dim: 0, score: ScoreMod::Plain, stages }
 }
-/// The latent cache write (bitwise, 16-bit).
+/// The latent cache write: bitwise for a 16-bit cache (`mla_cache_write_b16`), quantizing
+/// for fp8 (`mla_cache_write_<q>_e4m3`).
+pub fn cache_write_kernel(q: QType, kv: KvType) -> KernelId {
+    let q = if kv == KvType::Native { QType::B16 } else { q };
+    KernelId { family: Family::MlaCacheWrite, q, kv, head_dim: 0, score: ScoreMod::Plain, stages: 0 }
+}
+/// The 16-bit latent cache write (bitwise).
 pub const CACHE_WRITE_KERNEL: KernelId =
     KernelId { family: Family::MlaCacheWrite, q: QType::B16, kv: KvType::Native, head_dim: 0, score: ScoreMod::Plain, stages: 0 };
 
-/// The deepest pipeline whose shared memory a block of this device may have.
-pub fn pipeline_stages(max_shared_memory_per_block: u32) -> u32 {
-    MLA_STAGES.into_iter().filter(|&s| mla_smem_bytes(s) <= max_shared_memory_per_block).max().unwrap_or(MLA_STAGES[0])
+/// The deepest pipeline over a `kv` cache whose shared memory a block of this device may
+/// have (the shallowest when none fits: the layer's constructor refuses such a device).
+pub fn pipeline_stages(kv: KvType, max_shared_memory_per_block: u32) -> u32 {
+    let stages = mla_stages(kv.bytes());
+    stages.iter().copied().filter(|&s| mla_smem_bytes(s, kv.bytes()) <= max_shared_memory_per_block).max().unwrap_or(stages[0])
 }
 
 
@@ -116,7 +133,7 @@ pub fn check_mla(spec: &AttnSpec, layout: &KvCacheLayout) -> Result<MlaSpec> {
 pub fn device_props(rt: &CudaRuntime, dtype: DType) -> Result<DeviceProps> {
     let q = query_type(dtype, "CUDA_MLA")?;
     let smem_max = max_shared_memory_per_block(rt)?;
-    let id = decode_kernel(q, pipeline_stages(smem_max));
+    let id = decode_kernel(q, KvType::Native, pipeline_stages(KvType::Native, smem_max));
     let f = function_with_smem(rt, BackendName::CudaMla, id, MLA_LATENT_DIM as usize)?;
     let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(MLA_WARPS * 32, id.smem_bytes() as usize, None)?;
     Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: smem_max, arch: rt.features() })
@@ -167,6 +184,7 @@ pub fn mla_chunk_keys(lens: &[usize], tiles: &[usize], slots: usize, workspace_f
 /// their length needs at the same chunk length).
 pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions) -> Result<StepPlan> {
     let q = query_type(dtype, "CUDA_MLA")?;
+    let kv = kv_type(meta.layout().kv_dtype);
     let (n, h, rows) = (meta.num_tokens(), shape.num_q_heads, MLA_ROWS as usize);
     let lens: Vec<usize> = meta.seq_lens().iter().map(|&l| l as usize).collect();
     let lq: Vec<usize> = (0..meta.num_reqs()).map(|r| meta.query_len(r)).collect();
@@ -209,19 +227,23 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     }
     let mut launches = Vec::new();
     if n > 0 {
-        launches.push(KernelLaunch { kernel: CACHE_WRITE_KERNEL, grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
+        launches.push(KernelLaunch { kernel: cache_write_kernel(q, kv), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
+        let depths = mla_stages(kv.bytes());
         let stages = match opts.pipeline_stages {
-            Some(s) if !MLA_STAGES.contains(&s) || mla_smem_bytes(s) > props.max_shared_memory_per_block => {
-                return Err(AttnError::InvalidConfig(format!("pipeline depth {s}: the MLA kernel has {MLA_STAGES:?}, within the device's shared memory")));
+            Some(s) if !depths.contains(&s) || mla_smem_bytes(s, kv.bytes()) > props.max_shared_memory_per_block => {
+                return Err(AttnError::InvalidConfig(format!(
+                    "pipeline depth {s}: the MLA kernel over a {} cache has {depths:?}, within the device's shared memory",
+                    meta.layout().kv_dtype
+                )));
             }
             Some(s) => s,
-            None => pipeline_stages(props.max_shared_memory_per_block),
+            None => pipeline_stages(kv, props.max_shared_memory_per_block),
         };
         launches.push(KernelLaunch {
-            kernel: decode_kernel(q, stages),
+            kernel: decode_kernel(q, kv, stages),
             grid: (key_splits.len() as u32, tiles.iter().copied().max().unwrap_or(1) as u32, 1),
             block: MLA_WARPS * 32,
-            shared_mem_bytes: mla_smem_bytes(stages),
+            shared_mem_bytes: mla_smem_bytes(stages, kv.bytes()),
             tokens: n,
         });
         if num_splits > 1 {
@@ -313,8 +335,9 @@ pub struct CudaMlaImpl<T: Element> {
     mla: MlaSpec,
     shape: LayerShape,
     layout: KvCacheLayout,
-    cache: CudaSlice<u16>,
-    cache_write_fn: CudaFunction,
+    /// The latent cache's bytes: slots of 576 16-bit values, or of fp8 latent rows.
+    cache: CudaSlice<u8>,
+    cache_write_fn: (KernelId, CudaFunction),
     /// The decode kernel of each pipeline depth the device can run (the plan names one).
     decode_fns: Vec<(KernelId, CudaFunction)>,
     merge_fn: (KernelId, CudaFunction),
@@ -322,28 +345,40 @@ pub struct CudaMlaImpl<T: Element> {
 }
 
 impl<T: Element> CudaMlaImpl<T> {
+    fn is_fp8(&self) -> bool {
+        self.layout.kv_dtype == KvCacheDType::Fp8E4m3
+    }
+
     /// An MLA layer on `rt`'s device with a zeroed latent cache of `layout`, once the capability row accepted the layer.
     pub fn new(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout) -> Result<Self> {
         CAPS.check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
         let mla = check_mla(&spec, &layout)?;
         let q = query_type(T::DTYPE, "CUDA_MLA")?;
+        let kv = kv_type(layout.kv_dtype);
         let smem_max = max_shared_memory_per_block(&rt)?;
+        let depths = mla_stages(kv.bytes());
         let mut decode_fns = Vec::new();
-        for stages in MLA_STAGES.into_iter().filter(|&s| mla_smem_bytes(s) <= smem_max) {
-            let id = decode_kernel(q, stages);
+        for &stages in depths.iter().filter(|&&s| mla_smem_bytes(s, kv.bytes()) <= smem_max) {
+            let id = decode_kernel(q, kv, stages);
             decode_fns.push((id, function_with_smem(&rt, BackendName::CudaMla, id, MLA_LATENT_DIM as usize)?));
         }
         if decode_fns.is_empty() {
             return Err(AttnError::Unsupported {
                 backend: "CUDA_MLA",
-                reason: format!("the MLA kernel needs {} bytes of shared memory per block; {} allows {smem_max}", mla_smem_bytes(MLA_STAGES[0]), rt.device_name()),
+                reason: format!(
+                    "the MLA kernel over a {} latent cache needs {} bytes of shared memory per block; {} allows {smem_max}",
+                    layout.kv_dtype,
+                    mla_smem_bytes(depths[0], kv.bytes()),
+                    rt.device_name()
+                ),
             });
         }
+        let cache_write = cache_write_kernel(q, kv);
         Ok(CudaMlaImpl {
-            cache_write_fn: rt.function(CACHE_WRITE_KERNEL)?,
+            cache_write_fn: (cache_write, rt.function(cache_write)?),
             decode_fns,
             merge_fn: (merge_kernel(q), rt.function(merge_kernel(q))?),
-            cache: rt.stream().alloc_zeros::<u16>(layout.elements())?,
+            cache: rt.stream().alloc_zeros::<u8>(layout.capacity_slots() * mla_row_bytes(kv.bytes()) as usize)?,
             shape: LayerShape::of(&spec),
             mla,
             layout,
@@ -376,7 +411,7 @@ impl<T: Element> CudaMlaImpl<T> {
         if let Some(lse) = &t.lse {
             check_rows("lse", lse.len(), n, h)?;
         }
-        for launch in plan.launches.iter().filter(|l| write_cache || l.kernel != CACHE_WRITE_KERNEL) {
+        for launch in plan.launches.iter().filter(|l| write_cache || l.kernel != self.cache_write_fn.0) {
             self.launch(launch, plan, dev, t)?;
         }
         Ok(())
@@ -386,9 +421,15 @@ impl<T: Element> CudaMlaImpl<T> {
         let stream = self.rt.stream().clone();
         let l = self.layout;
         let (h, d, dv) = (self.mla.num_q_heads, MLA_LATENT_DIM as u64, MLA_RANK as u64);
+        // Cache strides in the kernels' units: 16-bit elements, or bytes of fp8 rows.
+        let (token_stride, block_stride) = if self.is_fp8() {
+            (LATENT_ROW_BYTES as u64, (l.block_size * LATENT_ROW_BYTES) as u64)
+        } else {
+            (l.token_stride() as u64, l.block_stride() as u64)
+        };
         let cfg = LaunchConfig { grid_dim: launch.grid, block_dim: (launch.block, 1, 1), shared_mem_bytes: launch.shared_mem_bytes };
         let lse = t.lse.as_ref().map_or(0, |x| ptr(&**x, &stream));
-        if launch.kernel == CACHE_WRITE_KERNEL {
+        if launch.kernel == self.cache_write_fn.0 {
             let p = MlaCacheWriteParams {
                 kv_c: ptr(t.k, &stream),
                 k_pe: ptr(t.v, &stream),
@@ -396,13 +437,13 @@ impl<T: Element> CudaMlaImpl<T> {
                 slot_mapping: ptr(&dev.slot_mapping, &stream),
                 kv_c_token_stride: dv,
                 k_pe_token_stride: MLA_ROPE as u64,
-                cache_block_stride: l.block_stride() as u64,
+                cache_block_stride: block_stride,
                 num_tokens: plan.num_tokens as u32,
                 block_size: l.block_size as u32,
             };
             // SAFETY: kv_c, k_pe hold the step's rows (checked); every non-negative slot was
             // validated against the cache's capacity when the metadata was built.
-            unsafe { stream.launch_builder(&self.cache_write_fn).arg(&p).launch(cfg) }?;
+            unsafe { stream.launch_builder(&self.cache_write_fn.1).arg(&p).launch(cfg) }?;
         } else if let Some((_, decode_fn)) = self.decode_fns.iter().find(|(id, _)| *id == launch.kernel) {
             let p = MlaParams {
                 q: ptr(t.q, &stream),
@@ -420,8 +461,8 @@ impl<T: Element> CudaMlaImpl<T> {
                 q_head_stride: d,
                 out_token_stride: h as u64 * dv,
                 out_head_stride: dv,
-                cache_block_stride: l.block_stride() as u64,
-                cache_token_stride: l.token_stride() as u64,
+                cache_block_stride: block_stride,
+                cache_token_stride: token_stride,
                 block_table_stride: dev.block_table_stride as u32,
                 num_q_heads: h as u32,
                 block_size_log2: l.block_size.trailing_zeros(),
@@ -484,25 +525,75 @@ impl<T: Element> AttentionImpl<T> for CudaMlaImpl<T> {
         self.attend(step, q, out)
     }
 
-    /// The latent rows as `key`; `value` is empty (an MLA cache has no value half), as the
-    /// CPU backend returns it.
+    /// The latent rows as `key` (an fp8 cache's widened to `T`, as the kernels' MMAs read
+    /// them); `value` is empty (an MLA cache has no value half), as the CPU backend returns it.
     fn cache_snapshot(&self) -> Result<HostKvCache<T>> {
+        if self.is_fp8() {
+            return self.fp8_cache_snapshot()?.0.dequantize_latent();
+        }
         let stream = self.rt.stream();
         let mut key = vec![T::default(); self.layout.elements()];
-        stream.memcpy_dtoh(&self.cache, as_u16_mut(&mut key))?;
+        stream.memcpy_dtoh(&self.cache, as_bytes_mut(as_u16_mut(&mut key)))?;
         stream.synchronize()?;
         Ok(HostKvCache { layout: self.layout, key, value: Vec::new() })
     }
 
-    /// Loads `cache.key` as the latent cache (`value` is not read).
+    /// Loads `cache.key` as the latent cache (`value` is not read); an fp8 cache quantizes
+    /// every row ([`crate::fp8::quantize_latent_row`]).
     fn load_cache(&mut self, cache: &HostKvCache<T>) -> Result<()> {
-        if cache.layout != self.layout {
+        if !cache.layout.same_geometry(&self.layout) {
             return Err(AttnError::InvalidConfig(format!("cache layout {:?} differs from the layer's {:?}", cache.layout, self.layout)));
         }
         check_len("latent cache", cache.key.len(), self.layout.elements())?;
-        self.rt.stream().memcpy_htod(as_u16(&cache.key), &mut self.cache)?;
+        if self.is_fp8() {
+            let rows = HostKvCache::quantize_latent_from(&HostKvCache { layout: self.layout, key: cache.key.clone(), value: Vec::new() })?;
+            return self.load_fp8_cache(&rows, &KvScales::ones(1));
+        }
+        self.rt.stream().memcpy_htod(as_bytes(as_u16(&cache.key)), &mut self.cache)?;
         Ok(())
     }
+
+    /// The rows carry their scales: per-layer scales do not apply.
+    fn set_kv_scales(&mut self, _scales: &KvScales) -> Result<()> {
+        Err(if self.is_fp8() { latent_rows_have_scales(BackendName::CudaMla) } else { no_fp8_cache(BackendName::CudaMla) })
+    }
+
+    /// The fp8 latent rows as stored ([`HostKvCache::zeros_latent_fp8`]'s layout) and scales
+    /// of one (the rows carry their own).
+    fn fp8_cache_snapshot(&self) -> Result<(HostKvCache<u8>, KvScales)> {
+        if !self.is_fp8() {
+            return Err(no_fp8_cache(BackendName::CudaMla));
+        }
+        let mut rows = HostKvCache::zeros_latent_fp8(self.layout);
+        let stream = self.rt.stream();
+        stream.memcpy_dtoh(&self.cache, &mut rows.key)?;
+        stream.synchronize()?;
+        Ok((rows, KvScales::ones(1)))
+    }
+
+    /// Replaces the fp8 latent rows with `cache`'s (same geometry; `scales` is not read: the
+    /// rows carry theirs).
+    fn load_fp8_cache(&mut self, cache: &HostKvCache<u8>, _scales: &KvScales) -> Result<()> {
+        if !self.is_fp8() {
+            return Err(no_fp8_cache(BackendName::CudaMla));
+        }
+        if !cache.layout.same_geometry(&self.layout) {
+            return Err(AttnError::InvalidConfig(format!("cache layout {:?} differs from the layer's {:?}", cache.layout, self.layout)));
+        }
+        cache.check_latent_fp8()?;
+        self.rt.stream().memcpy_htod(&cache.key, &mut self.cache)?;
+        Ok(())
+    }
+}
+
+/// A slice of 16-bit words as its bytes.
+fn as_bytes(x: &[u16]) -> &[u8] {
+    // SAFETY: u16 has no padding and any byte is a valid u8; the length is in bytes.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, 2 * x.len()) }
+}
+fn as_bytes_mut(x: &mut [u16]) -> &mut [u8] {
+    // SAFETY: as in `as_bytes`; every byte pattern is a valid u16.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut u8, 2 * x.len()) }
 }
 
 #[cfg(test)]
@@ -557,7 +648,7 @@ mod tests {
             p.launches,
             vec![
                 KernelLaunch { kernel: kid("mla_cache_write_b16"), grid: (3, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 3 },
-                KernelLaunch { kernel: kid("mla_decode_bf16_s3"), grid: (5, 1, 1), block: 256, shared_mem_bytes: mla_smem_bytes(3), tokens: 3 },
+                KernelLaunch { kernel: kid("mla_decode_bf16_s3"), grid: (5, 1, 1), block: 256, shared_mem_bytes: mla_smem_bytes(3, 2), tokens: 3 },
                 KernelLaunch { kernel: kid("merge_splits_bf16"), grid: (3, 16, 1), block: 64, shared_mem_bytes: 0, tokens: 3 },
             ]
         );
@@ -568,15 +659,48 @@ mod tests {
         let e = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &StepLimits { split_rows: 7, ..limits }, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap_err();
         assert!(e.to_string().contains("split_rows is 7"), "{e}");
         assert!(plan(&m, &shape, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default()).is_err());
+
+        // The same step over an fp8 latent cache: the quantizing cache write, the fp8 decode
+        // at its deepest depth that fits (4 on an H100: 206 KiB), the same schedule.
+        let m8 = crate::metadata::in_order_of(&[(99, 1), (2998, 2)], 64, 1, 576, KvCacheDType::Fp8E4m3);
+        let p8 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap();
+        let names: Vec<String> = p8.launches.iter().map(|l| l.kernel.name()).collect();
+        assert_eq!(names, ["mla_cache_write_bf16_e4m3", "mla_decode_bf16_e4m3_s4", "merge_splits_bf16"]);
+        let p = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap();
+        assert_eq!((p8.launches[1].shared_mem_bytes, mla_rows(&p8)), (mla_smem_bytes(4, 1), mla_rows(&p)));
+        // A depth the fp8 kernel does not have is refused, naming the ones it has.
+        let e = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(2), ..PlanOptions::default() }).unwrap_err();
+        assert!(e.to_string().contains("fp8_e4m3 cache has [3, 4]"), "{e}");
     }
 
     #[test]
     fn registry_names() {
         let mla: Vec<String> = kernel_registry("sm_80").into_iter().filter(|k| k.starts_with("mla_")).collect();
-        assert_eq!(mla, ["mla_cache_write_b16", "mla_decode_bf16", "mla_decode_bf16_s3", "mla_decode_f16", "mla_decode_f16_s3"]);
-        assert_eq!(decode_kernel(QType::F16, 3).name(), "mla_decode_f16_s3");
+        assert_eq!(
+            mla,
+            [
+                "mla_cache_write_b16",
+                "mla_cache_write_bf16_e4m3",
+                "mla_cache_write_f16_e4m3",
+                "mla_decode_bf16",
+                "mla_decode_bf16_s3",
+                "mla_decode_f16",
+                "mla_decode_f16_s3",
+                "mla_decode_bf16_e4m3_s3",
+                "mla_decode_bf16_e4m3_s4",
+                "mla_decode_f16_e4m3_s3",
+                "mla_decode_f16_e4m3_s4"
+            ]
+        );
+        assert_eq!(decode_kernel(QType::F16, KvType::Native, 3).name(), "mla_decode_f16_s3");
+        assert_eq!(cache_write_kernel(QType::F16, KvType::Native), CACHE_WRITE_KERNEL);
         // An sm_80-class device (163 KiB a block) gets the 2-stage kernel, an H100 the 3-stage one.
-        assert_eq!((pipeline_stages(DeviceProps::A100.max_shared_memory_per_block), pipeline_stages(DeviceProps::H100.max_shared_memory_per_block)), (2, 3));
-        assert_eq!((mla_smem_bytes(2), mla_smem_bytes(3)), (163_840, 200_704));
+        let (a100, h100) = (DeviceProps::A100.max_shared_memory_per_block, DeviceProps::H100.max_shared_memory_per_block);
+        assert_eq!((pipeline_stages(KvType::Native, a100), pipeline_stages(KvType::Native, h100)), (2, 3));
+        assert_eq!((mla_smem_bytes(2, 2), mla_smem_bytes(3, 2)), (163_840, 200_704));
+        // fp8: 656-byte rows in flight plus the 16-bit tile they widen into; 4 stages on an H100.
+        assert_eq!((mla_smem_bytes(3, 1), mla_smem_bytes(4, 1)), (73_728 + 36_864 + 3 * 32 * 656 + 16_384, 73_728 + 36_864 + 4 * 32 * 656 + 16_384));
+        assert_eq!(pipeline_stages(KvType::Fp8E4m3, h100), 4);
+        assert!(mla_smem_bytes(3, 1) > a100, "no fp8 MLA kernel fits an sm_80 block");
     }
 }
