@@ -9,14 +9,19 @@
 //! FLOPs = 2 x batch x queries x heads x context x (576 + 512). Peers: FlashMLA reports about
 //! 3000 GB/s memory-bound and 580-660 TFLOP/s compute-bound on an H800 (not measured here).
 //!
-//! `cargo bench --bench mla [-- --json] [-- --sweep]` (`--sweep`: also forced split counts)
+//! With `--kv-dtype fp8` the latent cache is FlashMLA's fp8 rows (656 bytes a token:
+//! random e4m3 bytes, tile scales near 1/448, bf16 rope): bytes count 656 a key, and the
+//! JSON lines say `"kv_dtype":"fp8"`.
+//!
+//! `cargo bench --bench mla [-- --json] [--kv-dtype fp8] [--sweep]` (`--sweep`: also forced
+//! split counts and the shallower pipeline)
 
 mod common;
 
 use attn_backends::backend::cuda_mla::CudaMlaImpl;
 use attn_backends::workload::{random_values, schedule, Rng};
 use attn_backends::{AttentionImpl, AttnSpec, BackendName, DType, KvCacheLayout, MetadataBuilder, MlaSpec, PlanOptions, Step, StepLimits};
-use common::{copy_bandwidth, only_ids, random_cache, Timer};
+use common::{copy_bandwidth, kv_dtype_arg, kv_dtype_name, only_ids, random_cache, random_latent_fp8_cache, Timer};
 use half::bf16;
 
 const BLOCK_SIZE: usize = 64;
@@ -51,9 +56,11 @@ fn main() {
             return;
         }
     };
+    let kv = kv_dtype_arg();
+    let fp8 = kv == attn_backends::KvCacheDType::Fp8E4m3;
     let mut timer = Timer::new(&rt);
     let copy = copy_bandwidth(&rt, &mut timer);
-    println!("device: {} ({}, {} SMs); copy bandwidth {:.0} GB/s (read + write)", rt.device_name(), rt.arch(), rt.num_sms(), copy);
+    println!("device: {} ({}, {} SMs); copy bandwidth {:.0} GB/s (read + write); latent cache {}", rt.device_name(), rt.arch(), rt.num_sms(), copy, kv_dtype_name(kv));
     println!("| workload | kernel | splits x keys | time (us) [min, max] | GB/s | of copy | TFLOP/s |");
     println!("|---|---|---|---|---|---|---|");
     let mut rng = Rng::new(576);
@@ -64,22 +71,27 @@ fn main() {
         // The context includes this step's query tokens (already in the cache).
         let shapes = vec![(w.context - w.queries, w.queries); w.batch];
         let num_blocks = w.batch * w.context.div_ceil(BLOCK_SIZE);
-        let layout = KvCacheLayout::new(num_blocks, BLOCK_SIZE, 1, LATENT).expect("layout");
+        let layout = KvCacheLayout::new(num_blocks, BLOCK_SIZE, 1, LATENT).expect("layout").with_kv_dtype(kv);
         let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &shapes, BLOCK_SIZE, num_blocks).expect("blocks")).expect("metadata");
         let mut imp = CudaMlaImpl::<bf16>::new(rt.clone(), spec.clone(), layout).expect("backend");
-        imp.load_cache(&random_cache(layout, &mut rng)).expect("cache upload");
+        if fp8 {
+            imp.load_fp8_cache(&random_latent_fp8_cache(layout, &mut rng), &attn_backends::fp8::KvScales::ones(1)).expect("cache upload");
+        } else {
+            imp.load_cache(&random_cache(layout, &mut rng)).expect("cache upload");
+        }
         let n = meta.num_tokens();
         let q = rt.stream().clone_htod(&random_values::<bf16>(&mut rng, n * w.heads * LATENT)).expect("q");
         let mut out = rt.stream().alloc_zeros::<bf16>(n * w.heads * RANK).expect("out");
         let mut step = Step::new(BackendName::CudaMla, DType::Bf16, &spec, layout, StepLimits::for_metadata(&meta), Some(rt.clone())).expect("step");
-        let bytes = (w.batch * w.context * LATENT * 2 + n * w.heads * (LATENT + RANK) * 2) as f64;
+        let row_bytes = if fp8 { attn_backends::fp8::LATENT_ROW_BYTES } else { LATENT * 2 };
+        let bytes = (w.batch * w.context * row_bytes + n * w.heads * (LATENT + RANK) * 2) as f64;
         let flops = 2.0 * (w.batch * w.queries * w.heads * w.context) as f64 * (LATENT + RANK) as f64;
         let heuristic = step.prepare(&meta).expect("plan").num_splits;
         // The plan's choice, then (--sweep) forced split counts, and the 2-stage kernel.
         let mut options = vec![PlanOptions::default()];
         if sweep {
             options.extend([1, 2, 4, 8].into_iter().filter(|&s| s != heuristic).map(|s| PlanOptions { force_splits: Some(s), ..PlanOptions::default() }));
-            options.push(PlanOptions { pipeline_stages: Some(2), ..PlanOptions::default() });
+            options.push(PlanOptions { pipeline_stages: Some(if fp8 { 3 } else { 2 }), ..PlanOptions::default() });
         }
         for opts in options {
             let plan = step.prepare_with(&meta, opts).expect("plan");
@@ -94,9 +106,10 @@ fn main() {
             if json {
                 let metric = if w.compute_bound { format!("\"tflops\":{tflops:.2}") } else { format!("\"gbps\":{gbs:.1},\"copy_gbps\":{copy:.1},\"fraction_of_copy\":{:.4}", gbs / copy) };
                 println!(
-                    "{{\"bench\":\"mla\",\"workload\":\"{}\",\"device\":\"{}\",\"kernel\":\"{kernel}\",\"splits\":{splits},\"median_us\":{:.2},{metric}}}",
+                    "{{\"bench\":\"mla\",\"workload\":\"{}\",\"device\":\"{}\",\"kv_dtype\":\"{}\",\"kernel\":\"{kernel}\",\"splits\":{splits},\"median_us\":{:.2},{metric}}}",
                     w.id,
                     rt.device_name(),
+                    kv_dtype_name(kv),
                     ms * 1e3
                 );
             }

@@ -31,8 +31,8 @@ if want sanitize; then
   if [ -n "$cs" ]; then
     # A subset that still launches every kernel: cache writes (16-bit, fp8, MLA), decode and
     # split + merge, both prefills, MLA, at every element type of the cache.
-    "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" "soft-cap" "one step" "cuda graph" "determinism" "ragged" "Falcon" "group 136" "d96" "mla bf16 16 heads" "mla bf16 128 heads 4 tokens" "mla f16 128 heads 3 splits" "mla vs" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 f16 d96" "fp8 prefill bf16 d128" "fp8 prefill bf16 d256" "fp8 bf16 d128 block size 1" "fp8 bf16 d128 saturating" "fp8 cache" "fp8 portable" > "$log/memcheck.txt" 2>&1 || status=1
-    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" "mla bf16 16 heads 5 splits" "mla bf16 128 heads 4 tokens" "prefill bf16 d128 gqa 4:1 ragged" "prefill portable bf16 d128" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 prefill bf16 d128" "fp8 prefill bf16 d64" "fp8 portable bf16 d128" "fp8 portable f16 d64" > "$log/racecheck.txt" 2>&1 || status=1
+    "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" "soft-cap" "one step" "cuda graph" "determinism" "ragged" "Falcon" "group 136" "d96" "mla bf16 16 heads" "mla bf16 128 heads 4 tokens" "mla f16 128 heads 3 splits" "mla vs" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 f16 d96" "fp8 prefill bf16 d128" "fp8 prefill bf16 d256" "fp8 bf16 d128 block size 1" "fp8 bf16 d128 saturating" "fp8 cache" "fp8 portable" "mla fp8 bf16 16 heads" "mla fp8 f16 128 heads 3 splits" "mla fp8 bf16 64 heads 3-stage" > "$log/memcheck.txt" 2>&1 || status=1
+    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" "mla bf16 16 heads 5 splits" "mla bf16 128 heads 4 tokens" "prefill bf16 d128 gqa 4:1 ragged" "prefill portable bf16 d128" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 prefill bf16 d128" "fp8 prefill bf16 d64" "fp8 portable bf16 d128" "fp8 portable f16 d64" "mla fp8 bf16 16 heads" "mla fp8 bf16 64 heads 3-stage" > "$log/racecheck.txt" 2>&1 || status=1
     tail -n 3 "$log/memcheck.txt" "$log/racecheck.txt" | tee -a "$log/summary.txt"
   else
     echo "compute-sanitizer not found" | tee -a "$log/summary.txt"
@@ -43,6 +43,11 @@ if want demo; then
   ./bin/attn demo --dtype f16 --model mistral-7b 2>&1 | tee -a "$log/demo.txt" || status=1
   ./bin/02_gpu_plan_run 2>&1 | tee -a "$log/demo.txt" || status=1
   ./bin/attn demo --model deepseek-v3 2>&1 | tee -a "$log/demo.txt" || status=1
+  ./bin/attn demo --model deepseek-v3 --kv-cache-dtype fp8 2>&1 | tee -a "$log/demo.txt" || status=1
+  ./bin/attn demo --model llama-3-8b --kv-cache-dtype fp8 2>&1 | tee -a "$log/demo.txt" || status=1
+  # A layer no GPU kernel serves (f32): the CPU runs it, with the warning saying why.
+  ./bin/attn demo --model llama-3-8b --dtype f32 2>&1 | tee -a "$log/demo.txt" || status=1
+  ./bin/attn select --model deepseek-v3 --kv-cache-dtype fp8 2>&1 | tee -a "$log/demo.txt" || status=1
 fi
 if want decode; then
   ./bin/decode --json --extra 2>&1 | tee "$log/bench-decode.txt" || status=1
@@ -53,7 +58,10 @@ if want prefill; then
   ./bin/prefill --json 2>&1 | tee "$log/bench-prefill.txt" || status=1
   ./bin/prefill --json --kv-dtype fp8 2>&1 | tee -a "$log/bench-prefill.txt" || status=1
 fi
-want mla && { timeout ${MLA_TIMEOUT:-600} ./bin/mla --json --sweep 2>&1 | tee "$log/bench-mla.txt" || status=1; }
+if want mla; then
+  timeout ${MLA_TIMEOUT:-600} ./bin/mla --json --sweep 2>&1 | tee "$log/bench-mla.txt" || status=1
+  timeout ${MLA_TIMEOUT:-600} ./bin/mla --json --sweep --kv-dtype fp8 2>&1 | tee -a "$log/bench-mla.txt" || status=1
+fi
 if want peers && [ -f peer_bench.py ]; then
   timeout 300 python3 peer_bench.py --sections prefill --quick > "$log/peers-prefill.txt" 2>&1 || echo "peer bench failed (not a product failure)" >> "$log/summary.txt"
 fi

@@ -86,6 +86,26 @@ pub fn random_fp8_cache(layout: KvCacheLayout, rng: &mut Rng) -> HostKvCache<u8>
     HostKvCache { layout, key: fill(0), value: fill(12345) }
 }
 
+/// An fp8 latent cache (FlashMLA's 656-byte rows) of random values: e4m3 bytes but the NaNs,
+/// tile scales near 1/448, random bf16 rotary dims (never zeros).
+pub fn random_latent_fp8_cache(layout: KvCacheLayout, rng: &mut Rng) -> HostKvCache<u8> {
+    let mut c = HostKvCache::zeros_latent_fp8(layout);
+    let pattern: Vec<u8> = (0..(16 << 20) + 13).map(|_| (rng.below(254) as u8).wrapping_add(0x80) % 0xFF).map(|b| if b == 0x7F { 0x7E } else { b }).collect();
+    let rope: Vec<u16> = (0..4093).map(|_| half::bf16::from_f32(rng.below(2001) as f32 / 1000.0 - 1.0 + 1e-3).to_bits()).collect();
+    for (i, row) in c.key.chunks_exact_mut(attn_backends::fp8::LATENT_ROW_BYTES).enumerate() {
+        for (j, b) in row[..512].iter_mut().enumerate() {
+            *b = pattern[(i * 512 + j) % pattern.len()];
+        }
+        for t in 0..4 {
+            row[512 + 4 * t..516 + 4 * t].copy_from_slice(&((1.0 + (i % 7 + t) as f32 / 16.0) / 448.0).to_le_bytes());
+        }
+        for d in 0..64 {
+            row[528 + 2 * d..530 + 2 * d].copy_from_slice(&rope[(i * 64 + d) % rope.len()].to_le_bytes());
+        }
+    }
+    c
+}
+
 /// The KV-cache dtype of `--kv-dtype auto|bf16|fp8|fp8_e4m3` (or `--kv-dtype=...`): the
 /// model's 16-bit type (the default) or fp8 e4m3; an unknown name exits with a usage error.
 pub fn kv_dtype_arg() -> attn_backends::KvCacheDType {

@@ -381,6 +381,7 @@ pub(crate) fn in_order(reqs: &[(usize, usize)], block_size: usize, kv_heads: usi
 }
 
 /// [`in_order`] over a cache storing `kv`.
+#[cfg(test)]
 pub(crate) fn in_order_of(reqs: &[(usize, usize)], block_size: usize, kv_heads: usize, head_dim: usize, kv: crate::dtype::KvCacheDType) -> AttentionMetadata {
     let blocks: usize = reqs.iter().map(|&(c, n)| (c + n).div_ceil(block_size)).sum();
     let layout = KvCacheLayout::new(blocks.max(1), block_size, kv_heads, head_dim).unwrap().with_kv_dtype(kv);

@@ -604,15 +604,29 @@ fn run_mla_demo<T: Element>(mla: &MlaSpec, spec: AttnSpec, o: &Opts, backend: Ba
     let t = Instant::now();
     let out = layer.forward(&q, &kv_c, &k_pe, &meta)?;
     let elapsed = t.elapsed();
-    cache.write_slots(&latent, &latent, meta.slot_mapping())?;
-    let same = |a: &T, b: &T| a.to_f32().to_bits() == b.to_f32().to_bits();
-    if !layer.cache_snapshot()?.key.iter().zip(&cache.key).all(|(a, b)| same(a, b)) {
-        return Err(CliError::Check(format!("the latent cache on {backend} differs from the host's after the cache write")));
-    }
     let out: Vec<f64> = out.iter().map(|x| x.to_f64()).collect();
     let label = format!("{:.2} ms on {backend}{}; cache write verified", elapsed.as_secs_f64() * 1e3, if on_gpu { " (host<->device copies included)" } else { "" });
     let t = Instant::now();
-    let reference = oracle::paged_mla_reference(&q, &cache, &meta, mla)?;
+    let reference = if o.kv == KvCacheDType::Fp8E4m3 {
+        // The fp8 latent rows as stored: this step's must be the host quantizer's, and the
+        // oracle reads them dequantized exactly.
+        let (after, _) = layer.fp8_cache_snapshot()?;
+        let mut row = vec![0u8; attn_backends::fp8::LATENT_ROW_BYTES];
+        for (t, &slot) in meta.slot_mapping().iter().enumerate() {
+            attn_backends::fp8::quantize_latent_row(&kv_c[t * r..][..r], &k_pe[t * (w - r)..][..w - r], &mut row)?;
+            if after.latent_row(slot as usize) != &row[..] {
+                return Err(CliError::Check(format!("token {t}'s fp8 latent row on {backend} differs from the host quantizer's")));
+            }
+        }
+        oracle::paged_mla_reference_fp8(&q, &after, &meta, mla)?
+    } else {
+        cache.write_slots(&latent, &latent, meta.slot_mapping())?;
+        let same = |a: &T, b: &T| a.to_f32().to_bits() == b.to_f32().to_bits();
+        if !layer.cache_snapshot()?.key.iter().zip(&cache.key).all(|(a, b)| same(a, b)) {
+            return Err(CliError::Check(format!("the latent cache on {backend} differs from the host's after the cache write")));
+        }
+        oracle::paged_mla_reference(&q, &cache, &meta, mla)?
+    };
     let oracle_time = t.elapsed();
     let err = oracle::rel_error(&out, &reference);
     outln!("result: rel error vs f64 oracle {err:.2e}; MLA absorbed decode {label}; oracle {:.0} ms", oracle_time.as_secs_f64() * 1e3);
