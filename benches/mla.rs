@@ -91,7 +91,7 @@ fn main() {
         let mut options = vec![PlanOptions::default()];
         if sweep {
             options.extend([1, 2, 4, 8].into_iter().filter(|&s| s != heuristic).map(|s| PlanOptions { force_splits: Some(s), ..PlanOptions::default() }));
-            options.push(PlanOptions { pipeline_stages: Some(if fp8 { 3 } else { 2 }), ..PlanOptions::default() });
+            options.push(PlanOptions { pipeline_stages: Some(2), ..PlanOptions::default() });
         }
         for opts in options {
             let plan = step.prepare_with(&meta, opts).expect("plan");

@@ -449,10 +449,10 @@ pub const MLA_KEYS: u32 = 32;
 /// block may have (`mla_decode_<tag>`), 3 the 227 KiB of sm_90 (`mla_decode_<tag>_s3`),
 /// which keeps twice the bytes in flight for the memory-bound shapes.
 pub const MLA_STAGES: [u32; 2] = [2, 3];
-/// The fp8 latent cache's depths (`mla_decode_<tag>_e4m3_s<stages>`): its tiles in flight are
-/// the 656-byte rows as stored, converted into one 16-bit tile (sm_90's 227 KiB; an sm_80
+/// The fp8 latent cache's depths (`mla_decode_<tag>_e4m3[_s3]`): its tiles in flight are the
+/// 656-byte rows as stored, converted into two 16-bit tiles (sm_90's 227 KiB; an sm_80
 /// block's 163 KiB holds none of them).
-pub const MLA_FP8_STAGES: [u32; 2] = [3, 4];
+pub const MLA_FP8_STAGES: [u32; 2] = [2, 3];
 /// The fp8 latent row (FlashMLA's format for DeepSeek-V3.2): `MLA_RANK` e4m3 bytes, one f32
 /// scale per `MLA_FP8_TILE` of them, then the `MLA_ROPE` rotary dims in the model's 16-bit
 /// type: 512 + 16 + 128 = 656 bytes (41 16-byte chunks).
@@ -470,12 +470,12 @@ pub const fn mla_row_bytes(kv_bytes: u32) -> u32 {
 /// Dynamic shared memory of the MLA decode kernel with `stages` K tiles over a cache of
 /// `kv_bytes`-byte elements (2: 16-bit, 1: fp8): the Q tile (`MLA_ROWS` latent rows), the K
 /// tiles of `MLA_KEYS` cache rows (the V tiles are their first `MLA_RANK` dims; an fp8
-/// cache adds the one 16-bit tile they are converted into), and the warps' partial-score
+/// cache adds the two 16-bit tiles they are converted into), and the warps' partial-score
 /// exchange (`MLA_KEYS / 8` n-tiles of 4 f32 per lane): 16-bit 160 KiB with 2 stages, 196
-/// KiB with 3; fp8 186 KiB with 3, 206 KiB with 4.
+/// KiB with 3; fp8 201 KiB with 2, 221.5 KiB with 3.
 pub const fn mla_smem_bytes(stages: u32, kv_bytes: u32) -> u32 {
     let row = MLA_LATENT_DIM * 2;
-    let converted = if kv_bytes == 1 { MLA_KEYS * row } else { 0 };
+    let converted = if kv_bytes == 1 { 2 * MLA_KEYS * row } else { 0 };
     MLA_ROWS * row + converted + stages * MLA_KEYS * mla_row_bytes(kv_bytes) + MLA_WARPS * 32 * (MLA_KEYS / 8) * 16
 }
 /// The pipeline depths of the MLA decode over a cache of `kv_bytes`-byte elements.

@@ -661,16 +661,16 @@ mod tests {
         assert!(plan(&m, &shape, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default()).is_err());
 
         // The same step over an fp8 latent cache: the quantizing cache write, the fp8 decode
-        // at its deepest depth that fits (4 on an H100: 206 KiB), the same schedule.
+        // at its deepest depth that fits (3 on an H100: 221.5 KiB), the same schedule.
         let m8 = crate::metadata::in_order_of(&[(99, 1), (2998, 2)], 64, 1, 576, KvCacheDType::Fp8E4m3);
         let p8 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap();
         let names: Vec<String> = p8.launches.iter().map(|l| l.kernel.name()).collect();
-        assert_eq!(names, ["mla_cache_write_bf16_e4m3", "mla_decode_bf16_e4m3_s4", "merge_splits_bf16"]);
+        assert_eq!(names, ["mla_cache_write_bf16_e4m3", "mla_decode_bf16_e4m3_s3", "merge_splits_bf16"]);
         let p = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap();
-        assert_eq!((p8.launches[1].shared_mem_bytes, mla_rows(&p8)), (mla_smem_bytes(4, 1), mla_rows(&p)));
+        assert_eq!((p8.launches[1].shared_mem_bytes, mla_rows(&p8)), (mla_smem_bytes(3, 1), mla_rows(&p)));
         // A depth the fp8 kernel does not have is refused, naming the ones it has.
-        let e = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(2), ..PlanOptions::default() }).unwrap_err();
-        assert!(e.to_string().contains("fp8_e4m3 cache has [3, 4]"), "{e}");
+        let e = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(4), ..PlanOptions::default() }).unwrap_err();
+        assert!(e.to_string().contains("fp8_e4m3 cache has [2, 3]"), "{e}");
     }
 
     #[test]
@@ -686,10 +686,10 @@ mod tests {
                 "mla_decode_bf16_s3",
                 "mla_decode_f16",
                 "mla_decode_f16_s3",
+                "mla_decode_bf16_e4m3",
                 "mla_decode_bf16_e4m3_s3",
-                "mla_decode_bf16_e4m3_s4",
-                "mla_decode_f16_e4m3_s3",
-                "mla_decode_f16_e4m3_s4"
+                "mla_decode_f16_e4m3",
+                "mla_decode_f16_e4m3_s3"
             ]
         );
         assert_eq!(decode_kernel(QType::F16, KvType::Native, 3).name(), "mla_decode_f16_s3");
@@ -698,9 +698,9 @@ mod tests {
         let (a100, h100) = (DeviceProps::A100.max_shared_memory_per_block, DeviceProps::H100.max_shared_memory_per_block);
         assert_eq!((pipeline_stages(KvType::Native, a100), pipeline_stages(KvType::Native, h100)), (2, 3));
         assert_eq!((mla_smem_bytes(2, 2), mla_smem_bytes(3, 2)), (163_840, 200_704));
-        // fp8: 656-byte rows in flight plus the 16-bit tile they widen into; 4 stages on an H100.
-        assert_eq!((mla_smem_bytes(3, 1), mla_smem_bytes(4, 1)), (73_728 + 36_864 + 3 * 32 * 656 + 16_384, 73_728 + 36_864 + 4 * 32 * 656 + 16_384));
-        assert_eq!(pipeline_stages(KvType::Fp8E4m3, h100), 4);
-        assert!(mla_smem_bytes(3, 1) > a100, "no fp8 MLA kernel fits an sm_80 block");
+        // fp8: 656-byte rows in flight plus the two 16-bit tiles they widen into; 3 stages on an H100.
+        assert_eq!((mla_smem_bytes(2, 1), mla_smem_bytes(3, 1)), (73_728 + 73_728 + 2 * 32 * 656 + 16_384, 73_728 + 73_728 + 3 * 32 * 656 + 16_384));
+        assert_eq!(pipeline_stages(KvType::Fp8E4m3, h100), 3);
+        assert!(mla_smem_bytes(2, 1) > a100, "no fp8 MLA kernel fits an sm_80 block");
     }
 }
