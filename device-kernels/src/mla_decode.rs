@@ -101,13 +101,13 @@ pub(crate) unsafe fn mla_decode<E: Elem, K: KvStore, const STAGES: usize>(p: &Ml
     let (t_first, n_tiles) = if kv_end > kv_begin { tile_range(kv_begin, kv_end, BN) } else { (0, 0) };
 
     // Shared memory: the Q tile [ROWS rows], swizzled rows of CHUNKS chunks; an fp8 cache's
-    // converted K tile [BN rows] (the same rows); STAGES cache tiles [BN rows of `raw_row`
+    // two converted K tiles [BN rows] (the same rows); STAGES cache tiles [BN rows of `raw_row`
     // bytes: swizzled 16-bit rows, or fp8 rows as stored]; then the score exchange,
     // [warp][n-tile][lane] 16-byte vectors.
     let raw_row = mla_row_bytes(K::BYTES as u32) as usize;
     let smem = cvta_to_shared(dynamic_shared_f32());
     let converted = smem + (ROWS * ROW_BYTES) as u32;
-    let k_base = converted + if K::CONVERT { (BN * ROW_BYTES) as u32 } else { 0 };
+    let k_base = converted + if K::CONVERT { (2 * BN * ROW_BYTES) as u32 } else { 0 };
     let k_tile = |stage: usize| k_base + (stage * BN * raw_row) as u32;
     let xchg = k_base + (STAGES * BN * raw_row) as u32;
     let x_at = |w: usize, j: usize| xchg + (((w * NB + j) * 32 + lane) * 16) as u32;
