@@ -730,17 +730,25 @@ struct MlaShape {
     stages: Option<u32>,
 }
 
+/// An MLA case's layer spec, latent cache layout (storing `kv`) and step metadata, with the
+/// random source it was drawn from (seeded by `seed`).
+fn mla_step(s: &MlaShape, seed: u64, kv: KvCacheDType) -> Result<(Rng, AttnSpec, MlaSpec, KvCacheLayout, AttentionMetadata), String> {
+    let e = |x: AttnError| x.to_string();
+    let mut rng = Rng::new(seed);
+    let spec = mla_spec(s.heads);
+    let mla = spec.mla.clone().ok_or("an MLA spec")?;
+    let num_blocks = blocks_needed(&s.requests, s.block_size) + 5;
+    let layout = KvCacheLayout::new(num_blocks, s.block_size, 1, mla.latent_dim()).map_err(e)?.with_kv_dtype(kv);
+    let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &s.requests, s.block_size, num_blocks).ok_or("pool too small")?).map_err(e)?;
+    Ok((rng, spec, mla, layout, meta))
+}
+
 /// The MLA layer on the GPU against the absorbed-form f64 oracle: random latent cache,
 /// q, kv_c and k_pe; output poisoned; the latent cache after the step compared bit for bit.
 fn check_mla<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Result<String, String> {
     let e = |x: AttnError| x.to_string();
-    let mut rng = Rng::new(seed);
-    let spec = mla_spec(s.heads);
-    let mla = spec.mla.clone().unwrap();
+    let (mut rng, spec, mla, layout, meta) = mla_step(s, seed, KvCacheDType::Auto)?;
     let (h, r, w) = (s.heads, mla.kv_lora_rank, mla.latent_dim());
-    let num_blocks = blocks_needed(&s.requests, s.block_size) + 5;
-    let layout = KvCacheLayout::new(num_blocks, s.block_size, 1, w).map_err(e)?;
-    let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &s.requests, s.block_size, num_blocks).ok_or("pool too small")?).map_err(e)?;
     let n = meta.num_tokens();
     let before = HostKvCache { layout, key: random_values::<T>(&mut rng, layout.elements()), value: random_values::<T>(&mut rng, layout.elements()) };
     let q = random_values::<T>(&mut rng, n * h * w);
@@ -788,13 +796,8 @@ fn mixed_latent<T: Element>(rng: &mut Rng, rows: usize, w: usize) -> Vec<T> {
 /// the 16-bit bound), and against the unquantized latent rows within a looser, stated bound.
 fn check_mla_fp8<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Result<String, String> {
     let e = |x: AttnError| x.to_string();
-    let mut rng = Rng::new(seed);
-    let spec = mla_spec(s.heads);
-    let mla = spec.mla.clone().unwrap();
+    let (mut rng, spec, mla, layout, meta) = mla_step(s, seed, KvCacheDType::Fp8E4m3)?;
     let (h, r, w) = (s.heads, mla.kv_lora_rank, mla.latent_dim());
-    let num_blocks = blocks_needed(&s.requests, s.block_size) + 5;
-    let layout = KvCacheLayout::new(num_blocks, s.block_size, 1, w).map_err(e)?.with_kv_dtype(KvCacheDType::Fp8E4m3);
-    let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &s.requests, s.block_size, num_blocks).ok_or("pool too small")?).map_err(e)?;
     let n = meta.num_tokens();
     let before_values = HostKvCache { layout, key: mixed_latent::<T>(&mut rng, layout.capacity_slots(), w), value: Vec::new() };
     let before = HostKvCache::quantize_latent_from(&before_values).map_err(e)?;
