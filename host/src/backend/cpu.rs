@@ -524,7 +524,7 @@ impl<T: Element> CpuImpl<T> {
             }
             match &mut self.cache {
                 CpuCache::Values(c) => c.key.copy_from_slice(&cache.key),
-                CpuCache::Fp8 { bytes, .. } => *bytes = HostKvCache::quantize_latent_from(&HostKvCache { layout: bytes.layout, ..cache.clone() })?,
+                CpuCache::Fp8 { bytes, .. } => *bytes = HostKvCache::quantize_latent_from(cache)?,
             }
             return Ok(());
         }

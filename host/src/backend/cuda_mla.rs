@@ -97,9 +97,6 @@ pub fn cache_write_kernel(q: QType, kv: KvType) -> KernelId {
     let q = if kv == KvType::Native { QType::B16 } else { q };
     KernelId { family: Family::MlaCacheWrite, q, kv, head_dim: 0, score: ScoreMod::Plain, stages: 0 }
 }
-/// The 16-bit latent cache write (bitwise).
-pub const CACHE_WRITE_KERNEL: KernelId =
-    KernelId { family: Family::MlaCacheWrite, q: QType::B16, kv: KvType::Native, head_dim: 0, score: ScoreMod::Plain, stages: 0 };
 
 /// The deepest pipeline over a `kv` cache whose shared memory a block of this device may
 /// have (the shallowest when none fits: the layer's constructor refuses such a device).
@@ -546,8 +543,7 @@ impl<T: Element> AttentionImpl<T> for CudaMlaImpl<T> {
         }
         check_len("latent cache", cache.key.len(), self.layout.elements())?;
         if self.is_fp8() {
-            let rows = HostKvCache::quantize_latent_from(&HostKvCache { layout: self.layout, key: cache.key.clone(), value: Vec::new() })?;
-            return self.load_fp8_cache(&rows, &KvScales::ones(1));
+            return self.load_fp8_cache(&HostKvCache::quantize_latent_from(cache)?, &KvScales::ones(1));
         }
         self.rt.stream().memcpy_htod(as_bytes(as_u16(&cache.key)), &mut self.cache)?;
         Ok(())
@@ -693,7 +689,7 @@ mod tests {
             ]
         );
         assert_eq!(decode_kernel(QType::F16, KvType::Native, 3).name(), "mla_decode_f16_s3");
-        assert_eq!(cache_write_kernel(QType::F16, KvType::Native), CACHE_WRITE_KERNEL);
+        assert_eq!(cache_write_kernel(QType::F16, KvType::Native).name(), "mla_cache_write_b16");
         // An sm_80-class device (163 KiB a block) gets the 2-stage kernel, an H100 the 3-stage one.
         let (a100, h100) = (DeviceProps::A100.max_shared_memory_per_block, DeviceProps::H100.max_shared_memory_per_block);
         assert_eq!((pipeline_stages(KvType::Native, a100), pipeline_stages(KvType::Native, h100)), (2, 3));
