@@ -2,7 +2,9 @@
 //! causal with a start offset, K and V read through the block table: fresh prefill, chunked
 //! prefill and prefix-cached tokens are one path. Sliding window; logits soft-cap and ALiBi as
 //! compile-time score modifiers (`score_mod`), so the plain kernel carries neither;
-//! optionally the log-sum-exp of each row.
+//! chunked local attention (a row sees its own chunk); attention sinks (a logit per query
+//! head joined to each row's final denominator); bidirectional rows over the step's own K/V
+//! (an encoder layer: no cache); optionally the log-sum-exp of each row.
 //!
 //! A thread block owns `ROWS` = 16 x `WARPS` query rows: the (token, query head) pairs of a
 //! tile, `heads_per_tile` heads of one kv head's group for each of `tokens_per_tile`
@@ -24,11 +26,11 @@
 
 use crate::elem::{convert_word, Elem};
 use crate::kv::KvStore;
-use crate::gather::{clamp_key, ld_i32, tile_range, PagedKeys};
+use crate::gather::{clamp_key, ld_i32, tile_range, visible_begin, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{PrefillParams, PREFILL_ROWS, PREFILL_WARPS};
 use crate::score_mod::ScoreMod;
-use crate::softmax::{p_fragment, rescale, RowState};
+use crate::softmax::{join_sink, p_fragment, rescale, sink_log2, RowState};
 use crate::tile::{load_tile_with, swizzled, LdmLane};
 
 const WARPS: usize = PREFILL_WARPS as usize;
@@ -217,10 +219,19 @@ pub(crate) struct PrefillBlock {
     /// Keys before the request's first query token (cached context).
     pub ctx: usize,
     pub window: usize,
+    /// Chunked local attention's chunk (0 = none).
+    pub chunk: usize,
+    /// Bidirectional: every row sees the request's keys `[0, seq_len)`.
+    pub bidirectional: bool,
+    pub seq_len: usize,
     pub min_pos: usize,
     pub max_pos: usize,
     pub kv_begin: usize,
     pub kv_end: usize,
+    /// One past the first row's last key, and the last row's first key: tiles inside
+    /// `[last_lo, first_hi)` need no mask.
+    pub first_hi: usize,
+    pub last_lo: usize,
 }
 
 impl PrefillBlock {
@@ -242,9 +253,20 @@ impl PrefillBlock {
         let tok_end = if tok0 + tpt < q_end { tok0 + tpt } else { q_end };
         let min_pos = ctx + (tok0 - q_start);
         let max_pos = ctx + (tok_end - 1 - q_start);
-        let window = p.sliding_window as usize;
-        let kv_begin = if window > 0 && min_pos + 1 > window { min_pos + 1 - window } else { 0 };
-        PrefillBlock { req, tok0, tok_end, hpt, tpt, group, kv_head, head_tile, q_start, ctx, window, min_pos, max_pos, kv_begin, kv_end: max_pos + 1 }
+        let (window, chunk, bidirectional) = (p.sliding_window as usize, p.chunk_size as usize, p.bidirectional != 0);
+        // Invariant: the first row sees the earliest keys, the last row the latest (a row's
+        // first visible key never decreases with its position).
+        let (kv_begin, kv_end) = if bidirectional { (0, seq_len) } else { (visible_begin(min_pos, window, chunk), max_pos + 1) };
+        let mut t = PrefillBlock { req, tok0, tok_end, hpt, tpt, group, kv_head, head_tile, q_start, ctx, window, chunk, bidirectional, seq_len, min_pos, max_pos, kv_begin, kv_end, first_hi: 0, last_lo: 0 };
+        t.first_hi = t.row_keys(min_pos).1;
+        t.last_lo = t.row_keys(max_pos).0;
+        t
+    }
+    /// Row position `pos`'s keys `[lo, hi)`: from its window or chunk start to itself
+    /// (bidirectional: all of the request's).
+    #[inline(always)]
+    pub fn row_keys(&self, pos: usize) -> (usize, usize) {
+        if self.bidirectional { (0, self.seq_len) } else { (visible_begin(pos, self.window, self.chunk), pos + 1) }
     }
     /// Whether row `m` is one of the tile's (token, head) pairs.
     #[inline(always)]
@@ -259,24 +281,25 @@ impl PrefillBlock {
     pub fn row_head(&self, m: usize) -> usize {
         self.kv_head * self.group + self.head_tile * self.hpt + m % self.hpt
     }
-    /// The request's keys of this block's kv head in the paged cache.
+    /// The request's keys of this block's kv head in the paged cache (bidirectional: in the
+    /// step's K/V, from the request's first token).
     #[inline(always)]
     pub fn keys(&self, p: &PrefillParams) -> PagedKeys {
         PagedKeys {
             block_table: p.block_table,
-            bt_row: self.req * p.block_table_stride as usize,
+            bt_row: if p.block_table == 0 { self.q_start } else { self.req * p.block_table_stride as usize },
             block_size_log2: p.block_size_log2,
             block_stride: p.cache_block_stride,
             token_stride: p.cache_token_stride,
             head_off: self.kv_head as u64 * p.cache_head_stride,
         }
     }
-    /// Whether a tile of `bn` keys from `key0` crosses the first row's causal limit, the
-    /// last row's window start, or the block's key range (only such tiles are masked).
+    /// Whether a tile of `bn` keys from `key0` crosses the first row's last key, the last
+    /// row's first key (window or chunk start), or the block's key range (only such tiles
+    /// are masked).
     #[inline(always)]
     pub fn crosses(&self, key0: usize, bn: usize) -> bool {
-        let w = self.window;
-        key0 + bn > self.min_pos + 1 || (w > 0 && key0 < self.max_pos + 1 - w.min(self.max_pos + 1)) || key0 < self.kv_begin
+        key0 + bn > self.first_hi || key0 < self.last_lo || key0 < self.kv_begin
     }
 }
 
@@ -286,6 +309,8 @@ impl PrefillBlock {
 pub(crate) struct LaneRows<M: ScoreMod> {
     pub pos: [usize; 2],
     pub lo: [usize; 2],
+    /// One past each row's last visible key.
+    pub hi: [usize; 2],
     pub modifier: M,
 }
 
@@ -295,6 +320,7 @@ impl<M: ScoreMod> LaneRows<M> {
     pub unsafe fn new(p: &PrefillParams, t: &PrefillBlock, m0: usize, fp8: bool) -> Self {
         let mut pos = [t.max_pos; 2];
         let mut lo = [0usize; 2];
+        let mut hi = [0usize; 2];
         let mut slopes = [0.0f32; 2];
         for h in 0..2 {
             let m = m0 + 8 * h;
@@ -304,15 +330,15 @@ impl<M: ScoreMod> LaneRows<M> {
                     slopes[h] = unsafe { *(p.alibi_slopes as *const f32).add(t.row_head(m)) };
                 }
             }
-            lo[h] = if t.window > 0 && pos[h] + 1 > t.window { pos[h] + 1 - t.window } else { 0 };
+            (lo[h], hi[h]) = t.row_keys(pos[h]);
         }
         let scale = p.scale * if fp8 { unsafe { kv_scale(p.k_scale, t.kv_head) } } else { 1.0 };
-        LaneRows { pos, lo, modifier: M::new(scale, p.softcap, if M::ALIBI { Some(slopes) } else { None }) }
+        LaneRows { pos, lo, hi, modifier: M::new(scale, p.softcap, if M::ALIBI { Some(slopes) } else { None }) }
     }
 
     /// Scores of keys `key0 ..` through the modifier (raw for `Plain`: its scale to log2
-    /// units is folded into the exponent), then `-inf` past each row's causal limit or
-    /// before its window, on tiles that cross one (`PrefillBlock::crosses`).
+    /// units is folded into the exponent), then `-inf` past each row's last key or before
+    /// its first (window or chunk start), on tiles that cross one (`PrefillBlock::crosses`).
     #[inline(always)]
     pub fn modify_and_mask<const NB: usize>(&self, s: &mut [[f32; 4]; NB], t: &PrefillBlock, key0: usize, bn: usize, col: usize) {
         let kcol = (key0 + col) as u32;
@@ -326,7 +352,7 @@ impl<M: ScoreMod> LaneRows<M> {
             for j in 0..NB {
                 for e in 0..4 {
                     let key = kcol + (8 * j + e % 2) as u32;
-                    if key > self.pos[e / 2] as u32 || key < self.lo[e / 2] as u32 {
+                    if key >= self.hi[e / 2] as u32 || key < self.lo[e / 2] as u32 {
                         s[j][e] = f32::NEG_INFINITY;
                     }
                 }
@@ -349,11 +375,11 @@ pub(crate) unsafe fn store_rows<E: Elem, const NT: usize>(p: &PrefillParams, t: 
     let v_scale = if fp8 { unsafe { kv_scale(p.v_scale, t.kv_head) } } else { 1.0 };
     for h in 0..2 {
         let mrow = m0 + 8 * h;
-        let lsum = rows.denominator(h);
+        let (m, lsum, f) = unsafe { final_state(p, t, rows, h, mrow) };
         if !t.row_valid(mrow) {
             continue;
         }
-        let inv = if lsum > 0.0 { v_scale / lsum } else { 0.0 };
+        let inv = if lsum > 0.0 { f * v_scale / lsum } else { 0.0 };
         let (token, head) = (t.row_token(mrow) as u64, t.row_head(mrow) as u64);
         let base = token * p.out_token_stride + head * p.out_head_stride;
         for nt in 0..NT {
@@ -361,8 +387,21 @@ pub(crate) unsafe fn store_rows<E: Elem, const NT: usize>(p: &PrefillParams, t: 
             unsafe { *((p.out as *mut u16).add((base + (nt * 8 + col) as u64) as usize) as *mut u32) = v };
         }
         if p.lse != 0 && lane % 4 == 0 {
-            unsafe { *(p.lse as *mut f32).add((token * p.num_q_heads as u64 + head) as usize) = rows.lse(h, lsum) };
+            unsafe { *(p.lse as *mut f32).add((token * p.num_q_heads as u64 + head) as usize) = crate::softmax::lse(m, lsum) };
         }
+    }
+}
+
+/// Row `h` (block row `mrow`) of a lane's pair, final: (max, full denominator, the
+/// accumulator's factor), the row's attention sink joined when the layer has sinks. All four
+/// lanes of the quad must call it (the denominator is their sum).
+#[inline(always)]
+pub(crate) unsafe fn final_state(p: &PrefillParams, t: &PrefillBlock, rows: &RowState, h: usize, mrow: usize) -> (f32, f32, f32) {
+    let lsum = rows.denominator(h);
+    if p.sinks != 0 && t.row_valid(mrow) {
+        join_sink(rows.m[h], lsum, unsafe { sink_log2(p.sinks, t.row_head(mrow)) })
+    } else {
+        (rows.m[h], lsum, 1.0)
     }
 }
 

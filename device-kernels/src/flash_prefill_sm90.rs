@@ -25,7 +25,7 @@
 //! Grid and host guarantees: as `flash_prefill`.
 
 use crate::elem::{Elem, Wgmma};
-use crate::flash_prefill::{store_rows, LaneRows, PrefillBlock};
+use crate::flash_prefill::{final_state, store_rows, LaneRows, PrefillBlock};
 use crate::gather::{ld_i32, tile_range};
 use crate::intrinsics::*;
 use crate::params::{PrefillParams, PREFILL_ROWS, PREFILL_SM90_THREADS};
@@ -229,12 +229,12 @@ unsafe fn store_rows_stmatrix<E: Elem, const NT: usize>(
     let r0 = lane / 4;
     let mut inv = [0.0f32; 2];
     for h in 0..2 {
-        let lsum = rows.denominator(h);
-        inv[h] = if lsum > 0.0 { 1.0 / lsum } else { 0.0 };
         let mrow = 16 * warp + r0 + 8 * h;
+        let (m, lsum, f) = unsafe { final_state(p, t, rows, h, mrow) };
+        inv[h] = if lsum > 0.0 { f / lsum } else { 0.0 };
         if p.lse != 0 && lane % 4 == 0 && t.row_valid(mrow) {
             let (token, head) = (t.row_token(mrow) as u64, t.row_head(mrow) as u64);
-            unsafe { *(p.lse as *mut f32).add((token * p.num_q_heads as u64 + head) as usize) = rows.lse(h, lsum) };
+            unsafe { *(p.lse as *mut f32).add((token * p.num_q_heads as u64 + head) as usize) = crate::softmax::lse(m, lsum) };
         }
     }
     // Matrices of one stmatrix: (n-tile nt, rows 0-7), (nt, rows 8-15), (nt + 1, 0-7),

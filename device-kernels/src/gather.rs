@@ -40,9 +40,14 @@ pub(crate) struct PagedKeys {
 
 impl PagedKeys {
     /// Elements from the start of the cache to key `key`'s row (this kv head, dim 0): the
-    /// physical block from the block table, then the offset inside it.
+    /// physical block from the block table, then the offset inside it. Without a block
+    /// table (`block_table` 0: a bidirectional layer's own K/V `[tokens, kv heads, d]`), the
+    /// key is row `bt_row + key` (`bt_row`: the request's first token).
     #[inline(always)]
     pub fn offset(&self, key: usize) -> usize {
+        if self.block_table == 0 {
+            return ((self.bt_row + key) as u64 * self.token_stride + self.head_off) as usize;
+        }
         let phys = unsafe { ld_i32(self.block_table, self.bt_row + (key >> self.block_size_log2)) };
         let in_block = key & ((1usize << self.block_size_log2) - 1);
         (phys as u64 * self.block_stride + in_block as u64 * self.token_stride + self.head_off) as usize
@@ -61,4 +66,14 @@ pub(crate) fn clamp_key(key: usize, begin: usize, end: usize) -> usize {
 pub(crate) fn tile_range(begin: usize, end: usize, tile: usize) -> (usize, usize) {
     let first = div_nz(begin, tile);
     (first, div_nz(end + tile - 1, tile) - first)
+}
+
+/// The first key a query at position `pos` sees: the start of its sliding window of `window`
+/// keys (itself included; 0 = none) and of its chunk of `chunk` keys (chunked local
+/// attention, `pos - pos % chunk`; 0 = none), whichever is later.
+#[inline(always)]
+pub(crate) fn visible_begin(pos: usize, window: usize, chunk: usize) -> usize {
+    let w = if window > 0 && pos + 1 > window { pos + 1 - window } else { 0 };
+    let c = if chunk > 0 { pos - pos % chunk } else { 0 };
+    if w > c { w } else { c }
 }

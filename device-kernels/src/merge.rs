@@ -4,7 +4,8 @@
 //! (m_s, l_s): running max in log2 units and denominator. The merged output is
 //! `sum_s w_s o_s / sum_s w_s` with `w_s = l_s * 2^(m_s - max_s m_s)`; the result does not
 //! depend on the order of the splits, and an empty split (l_s = 0) contributes nothing.
-//! Also the merged log-sum-exp when asked for (`lse`).
+//! Also the merged log-sum-exp when asked for (`lse`). An attention sink (`sinks`) joins
+//! the union as a state of one logit and no value.
 //! Splits are uniform (every row has `num_splits`), or per token (`token_splits`: MLA's
 //! schedule gives each request its own count).
 //! Grid: x = workspace row (its token through `token_map`, or itself), y = query head;
@@ -13,7 +14,7 @@
 use crate::elem::Elem;
 use crate::intrinsics::*;
 use crate::params::MergeParams;
-use crate::softmax::{inv_denominator, lse, merge_weight, NEG_INIT};
+use crate::softmax::{inv_denominator, lse, merge_weight, sink_log2, NEG_INIT};
 
 #[inline(always)]
 pub(crate) unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
@@ -42,7 +43,10 @@ pub(crate) unsafe fn merge_splits<E: Elem>(p: &MergeParams) {
     for s in 0..splits {
         mmax = mmax.max(unsafe { *ml.add(((first + s * step) * 2) as usize) });
     }
-    let mut wsum = 0.0f32;
+    // An attention sink joins the union as one more state: logit `sink`, no value.
+    let sink = unsafe { sink_log2(p.sinks, head as usize) };
+    mmax = mmax.max(sink);
+    let mut wsum = if p.sinks != 0 { merge_weight(sink, mmax) } else { 0.0 };
     let mut o = [0.0f32; 8];
     for s in 0..splits {
         let r = first + s * step;

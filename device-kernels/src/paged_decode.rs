@@ -13,7 +13,8 @@
 //!   block_table `i32 [num_seqs, stride]`; seq_lens `i32`; query_start_loc `i32 [num_seqs+1]`.
 //! - Query token `t` of request `r` sits at absolute position
 //!   `seq_lens[r] - q_len(r) + (t - query_start_loc[r])` and sees keys `[begin, pos]`
-//!   (causal with a start offset; `begin` from the sliding window).
+//!   (causal with a start offset; `begin` from the sliding window or the chunk of chunked
+//!   local attention); an attention sink per query head joins the final denominator.
 //!
 //! Per warp and tile of `TILE` = 16 keys (`S = Q K^T`, then `O += P V`, FlashAttention-2
 //! style, the score accumulators reused as the A operand of the second product):
@@ -33,11 +34,11 @@
 
 use crate::elem::{convert_word, Elem};
 use crate::kv::KvStore;
-use crate::gather::{clamp_key, find_request, ld_i32, tile_range, PagedKeys};
+use crate::gather::{clamp_key, find_request, ld_i32, tile_range, visible_begin, PagedKeys};
 use crate::intrinsics::*;
 use crate::params::{paged_stored_row, smem_row_chunks, PagedAttnParams, PAGED_ROWS, PAGED_TILE, PAGED_WARPS};
 use crate::score_mod::{Dynamic, ScoreMod};
-use crate::softmax::{inv_denominator, lse, merge_weight, p_fragment, rescale, RowState, NEG_INIT};
+use crate::softmax::{inv_denominator, join_sink, lse, merge_weight, p_fragment, rescale, sink_log2, RowState, NEG_INIT};
 use crate::tile::swizzled;
 
 const WARPS: usize = PAGED_WARPS as usize;
@@ -94,8 +95,7 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
     let seq_len = unsafe { ld_i32(p.seq_lens, seq) };
     let q_pos = (seq_len - q_len + (token as i32 - q_start)) as usize;
     let kv_end = q_pos + 1;
-    let window = p.sliding_window as usize;
-    let kv_begin = if window > 0 && kv_end > window { kv_end - window } else { 0 };
+    let kv_begin = visible_begin(q_pos, p.sliding_window as usize, p.chunk_size as usize);
     let (first_tile, n_tiles) = tile_range(kv_begin, kv_end, TILE);
     let per_split = div_nz(n_tiles + p.num_splits as usize - 1, p.num_splits as usize);
     let t_begin = first_tile + split * per_split;
@@ -334,11 +334,14 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
                 acc[i] += unsafe { *smem.add(base + ds + i) } * f;
             }
         }
-        let inv = inv_denominator(lsum) * v_scale;
+        let head = (head0 + row) as u64;
+        // The row's state is final when the keys are not split: the sink joins it here (a
+        // split row's joins in the merge).
+        let (mall, lsum, f) = if p.num_splits == 1 && p.sinks != 0 { join_sink(mall, lsum, unsafe { sink_log2(p.sinks, head as usize) }) } else { (mall, lsum, 1.0) };
+        let inv = inv_denominator(lsum) * v_scale * f;
         for i in 0..8 {
             acc[i] *= inv;
         }
-        let head = (head0 + row) as u64;
         if p.num_splits == 1 {
             let off = token as u64 * p.out_token_stride + head * p.out_head_stride + ds as u64;
             unsafe { st_global_v4((p.out as *mut u16).add(off as usize) as *mut u32, E::pack8(&acc)) };

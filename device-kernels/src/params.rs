@@ -119,6 +119,15 @@ pub struct PagedAttnParams {
     pub scale: f32,
     /// Logits soft-cap (`cap * tanh(s / cap)`); 0 = off.
     pub softcap: f32,
+    /// `f32 [num_q_heads]`: each query head's attention-sink logit (gpt-oss), which joins the
+    /// softmax denominator and adds no value; 0 = none. Applied where a row's state is
+    /// final: here when `num_splits == 1`, else by the merge.
+    pub sinks: u64,
+    /// Chunked local attention (Llama 4): a query at position `p` sees only the keys of its
+    /// own chunk, `[p - p % chunk_size, p]`; 0 = none.
+    pub chunk_size: u32,
+    /// Padding to the struct's 8-byte alignment (unused).
+    pub _pad: u32,
 }
 
 /// Merge of split-KV partial states into the final output.
@@ -152,14 +161,16 @@ pub struct MergeParams {
     pub head_dim: u32,
     /// Key splits per query row (1: no split, the outputs written directly).
     pub num_splits: u32,
+    /// As `PagedAttnParams::sinks` (the merged rows' sinks); 0 = none.
+    pub sinks: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<CacheWriteParams>() == 112);
-const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 208);
-const _: () = assert!(core::mem::size_of::<MergeParams>() == 80);
+const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 224);
+const _: () = assert!(core::mem::size_of::<MergeParams>() == 88);
 const _: () = assert!(core::mem::size_of::<MlaParams>() == 160);
 const _: () = assert!(core::mem::size_of::<MlaCacheWriteParams>() == 64);
-const _: () = assert!(core::mem::size_of::<PrefillParams>() == 208);
+const _: () = assert!(core::mem::size_of::<PrefillParams>() == 224);
 const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
 
 /// Paged attention: warps per block, query heads per block (the rows of the m16n8k16
@@ -274,8 +285,8 @@ pub struct PrefillParams {
     pub scale: f32,
     /// Logits soft-cap (`cap * tanh(s / cap)`); 0 = off.
     pub softcap: f32,
-    /// Padding to the struct's 8-byte alignment (unused).
-    pub _pad: u32,
+    /// As in `PagedAttnParams` (chunked local attention); 0 = none.
+    pub chunk_size: u32,
     /// The Hopper kernel's K and V cache tensor maps (`CUtensorMap`, 128 bytes each, in
     /// global memory: the copy engine's view of the cache as 2-D `[blocks x block_size,
     /// kv_heads x head_dim]`, boxes of 64 columns x `min(block_size, keys per tile)` rows,
@@ -287,6 +298,15 @@ pub struct PrefillParams {
     pub k_scale: u64,
     /// As `k_scale`, for V.
     pub v_scale: u64,
+    /// As in `PagedAttnParams` (attention sinks); 0 = none.
+    pub sinks: u64,
+    /// Bidirectional (an encoder layer, vLLM's encoder-only attention): every query of a
+    /// request sees all its `seq_lens` keys, and K, V are the step's own tensors `[tokens,
+    /// kv_heads, head_dim]` (`key_cache`, `value_cache`; key `j` of request `r` is row
+    /// `query_start_loc[r] + j`; `block_table` 0), not a cache. 0 = causal over the cache.
+    pub bidirectional: u32,
+    /// Padding to the struct's 8-byte alignment (unused).
+    pub _pad: u32,
 }
 
 /// Warps of a portable prefill block (16 query rows each).

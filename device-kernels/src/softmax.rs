@@ -110,6 +110,24 @@ pub fn merge_weight(m: f32, m_union: f32) -> f32 {
     ex2_approx(m - m_union)
 }
 
+/// Joins an attention sink (a logit `sink` in log2 units that enters the denominator and
+/// adds no value) to a row's final state of max `m` and full denominator `l`: returns the
+/// union's max and denominator and the factor `2^(m - m')` its accumulator takes. A sink of
+/// `-inf` changes nothing; a row that saw no key gets `l' = 1` and a zero output.
+#[inline(always)]
+pub fn join_sink(m: f32, l: f32, sink: f32) -> (f32, f32, f32) {
+    let m_union = m.max(sink);
+    let f = ex2_approx(m - m_union);
+    (m_union, l * f + ex2_approx(sink - m_union), f)
+}
+
+/// Query head `head`'s sink logit in log2 units from `f32 [num_q_heads]` at `sinks` (0: none,
+/// `-inf`).
+#[inline(always)]
+pub unsafe fn sink_log2(sinks: u64, head: usize) -> f32 {
+    if sinks != 0 { unsafe { *(sinks as *const f32).add(head) * LOG2E } } else { f32::NEG_INFINITY }
+}
+
 /// `o *= corr` row by row: the output fragments follow their rows' new maxima.
 #[inline(always)]
 pub fn rescale<const NT: usize>(o: &mut [[f32; 4]; NT], corr: [f32; 2]) {

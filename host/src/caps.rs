@@ -37,6 +37,12 @@ pub struct BackendCaps {
     pub softcap: bool,
     /// Serves ALiBi.
     pub alibi: bool,
+    /// Serves chunked local attention (Llama 4).
+    pub chunked: bool,
+    /// Serves attention sinks (gpt-oss).
+    pub sinks: bool,
+    /// Serves bidirectional (encoder) layers over the step's own K/V.
+    pub bidirectional: bool,
     /// Block sizes: powers of two in this inclusive range.
     pub block_sizes: (usize, usize),
     /// Dynamic shared memory a block of the backend's kernel needs for a head dim (the

@@ -117,6 +117,38 @@ pub struct ModelConfig {
     pub scale: f32,
     /// MLA's dimensions, for a latent-attention model; `None` otherwise.
     pub mla: Option<MlaDims>,
+    /// Decoder layers (`num_hidden_layers`, `n_layer`, `num_layers`), when the config says.
+    pub num_layers: Option<usize>,
+    /// Chunked local attention's chunk (Llama 4's `attention_chunk_size`) on the layers
+    /// [`ModelConfig::layer_kind`] names chunked.
+    pub chunk_size: Option<usize>,
+    /// Each layer's attention type, when the config lists them (`layer_types`, or Llama 4's
+    /// `no_rope_layers`); otherwise [`ModelConfig::layer_kind`] follows the model's rule.
+    pub layer_types: Option<Vec<LayerKind>>,
+    /// The model has attention sinks (gpt-oss: a learned logit per query head in every
+    /// layer); the checkpoint holds their values ([`crate::spec::AttnSpec::with_sinks`]).
+    pub sinks: bool,
+}
+
+/// One layer's attention type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LayerKind {
+    /// Causal attention over every key.
+    Full,
+    /// A sliding window of this many keys (the query itself included).
+    Sliding(usize),
+    /// Chunked local attention in chunks of this many tokens.
+    Chunked(usize),
+}
+
+impl std::fmt::Display for LayerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayerKind::Full => write!(f, "full attention"),
+            LayerKind::Sliding(w) => write!(f, "sliding window {w}"),
+            LayerKind::Chunked(c) => write!(f, "chunked local attention, chunks of {c}"),
+        }
+    }
 }
 
 impl ModelConfig {
@@ -201,9 +233,18 @@ impl ModelConfig {
             }
         }
         match (self.sliding_window, self.global_layer_every) {
+            _ if self.layer_types.is_some() || self.chunk_size.is_some() => {}
             (None, _) => s.push_str(", no sliding window"),
             (Some(w), None) => s.push_str(&format!(", sliding window {w}")),
             (Some(w), Some(n)) => s.push_str(&format!(", sliding window {w} on local layers (every {}{} layer global)", n, ordinal_suffix(n))),
+        }
+        let groups = self.layer_groups();
+        if self.layer_types.is_some() || self.chunk_size.is_some() {
+            let parts: Vec<String> = groups.iter().map(|(k, ls)| format!("{k} on {}", crate::text::count(ls.len(), "layer"))).collect();
+            s.push_str(&format!(", {}", parts.join(", ")));
+        }
+        if self.sinks {
+            s.push_str(", attention sinks");
         }
         match self.softcap {
             Some(c) => s.push_str(&format!(", logits soft-cap {c}")),
@@ -222,10 +263,45 @@ impl ModelConfig {
     /// layers 1, 3, 5, ... none.
     pub fn attn_spec_for_layer(&self, layer: usize) -> AttnSpec {
         let mut spec = self.attn_spec();
-        if self.global_layer_every.is_some_and(|n| (layer + 1) % n == 0) {
-            spec.sliding_window = None;
-        }
+        (spec.sliding_window, spec.chunk_size) = match self.layer_kind(layer) {
+            LayerKind::Full => (None, None),
+            LayerKind::Sliding(w) => (Some(w), None),
+            LayerKind::Chunked(c) => (None, Some(c)),
+        };
         spec
+    }
+
+    /// Layer `layer`'s attention type (from 0): the config's list when it has one
+    /// (`layer_types`; Llama 4's `no_rope_layers`); else chunked on every layer but each
+    /// 4th for a chunked model (Llama 4's NoPE layers are global); else the window, but on
+    /// every `global_layer_every`-th layer (Gemma-2, Gemma-3); else full.
+    pub fn layer_kind(&self, layer: usize) -> LayerKind {
+        if let Some(types) = self.layer_types.as_ref().filter(|t| !t.is_empty()) {
+            return types[layer % types.len()];
+        }
+        if let Some(c) = self.chunk_size {
+            return if (layer + 1) % LLAMA4_NOPE_EVERY == 0 { LayerKind::Full } else { LayerKind::Chunked(c) };
+        }
+        match self.sliding_window {
+            Some(_) if self.global_layer_every.is_some_and(|n| (layer + 1) % n == 0) => LayerKind::Full,
+            Some(w) => LayerKind::Sliding(w),
+            None => LayerKind::Full,
+        }
+    }
+
+    /// The model's distinct layer types, each with its layers (all `num_layers` of them;
+    /// one layer 0 when the config gives no count), in order of first appearance.
+    pub fn layer_groups(&self) -> Vec<(LayerKind, Vec<usize>)> {
+        let n = self.num_layers.or(self.layer_types.as_ref().map(|t| t.len())).unwrap_or(1).max(1);
+        let mut groups: Vec<(LayerKind, Vec<usize>)> = Vec::new();
+        for layer in 0..n {
+            let kind = self.layer_kind(layer);
+            match groups.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, ls)) => ls.push(layer),
+                None => groups.push((kind, vec![layer])),
+            }
+        }
+        groups
     }
 
     /// The [`AttnSpec`] of the model's (local) layers, with the standard ALiBi slopes when the
@@ -238,6 +314,9 @@ impl ModelConfig {
             head_dim: self.head_dim,
             scale: self.scale,
             sliding_window: self.sliding_window,
+            chunk_size: None,
+            causal: true,
+            sinks: if self.sinks { crate::spec::Sinks::Unset } else { crate::spec::Sinks::None },
             softcap: self.softcap,
             alibi_slopes: self.alibi.then(|| alibi_slopes(self.num_q_heads)),
             mla: self.mla_spec(),
@@ -519,8 +598,25 @@ fn parse(name: &str, origin: &str, json: &str) -> Result<ModelConfig> {
         (None, _) => None,
         (Some(_), Some(0 | 1)) => None,
         (Some(_), Some(n)) => Some(n),
-        (Some(_), None) => cfg.get("model_type").and_then(Value::as_str).filter(|t| *t == "gemma2").map(|_| 2),
+        // Gemma-2 alternates; Gemma-3's configs may leave out their pattern of 6.
+        (Some(_), None) => match cfg.get("model_type").and_then(Value::as_str) {
+            Some("gemma2") => Some(2),
+            Some("gemma3" | "gemma3_text") => Some(6),
+            _ => None,
+        },
     };
+
+    let num_layers = match cfg.first(&["num_hidden_layers", "n_layer", "num_layers"]) {
+        Some((k, v)) => Some(cfg.at_most(k, cfg.count(k, v)?, MAX_COUNT, "layers")?),
+        None => None,
+    };
+    let chunk_size = match cfg.opt_count("attention_chunk_size")? {
+        Some(0) => return Err(cfg.err(format!("{} is 0, which would hide every key (use null for no chunks)", cfg.field("attention_chunk_size")))),
+        c => c,
+    };
+    let layer_types = parse_layer_types(&cfg, sliding_window, chunk_size, num_layers)?;
+    // gpt-oss: a learned sink logit per query head in every layer (its `sinks` weights).
+    let sinks = cfg.get("model_type").and_then(Value::as_str).is_some_and(|t| t == "gpt_oss");
 
     let model = ModelConfig {
         name: name.to_string(),
@@ -534,6 +630,10 @@ fn parse(name: &str, origin: &str, json: &str) -> Result<ModelConfig> {
         alibi,
         scale,
         mla,
+        num_layers,
+        chunk_size,
+        layer_types,
+        sinks,
     };
     // Everything a multi-head backend relies on holds by construction; a failure here is a
     // parser bug, reported against the file rather than later against nothing. (An MLA
@@ -686,6 +786,64 @@ fn parse_sliding_window(cfg: &Reader<'_>) -> Result<Option<usize>> {
         0 => Err(cfg.err(format!("{} is 0, which would hide every key (use null for no window)", cfg.field(key)))),
         w => Ok(Some(w)),
     }
+}
+
+/// Llama 4: every 4th layer (`no_rope_layer_interval`) is a NoPE layer with global
+/// attention; the others are chunked (vLLM: `use_chunked_local_attn = not nope`).
+const LLAMA4_NOPE_EVERY: usize = 4;
+
+/// Each layer's attention type, where the config lists them: `layer_types` (gpt-oss,
+/// Gemma-3, Qwen3: `"full_attention"`, `"sliding_attention"`, `"chunked_attention"`), or
+/// Llama 4's `no_rope_layers` (1: rotary, hence chunked; 0: NoPE, full). A type that needs a
+/// window or chunk the config lacks, or a list longer than the layers, is an error.
+fn parse_layer_types(cfg: &Reader<'_>, window: Option<usize>, chunk: Option<usize>, num_layers: Option<usize>) -> Result<Option<Vec<LayerKind>>> {
+    let list = |key: &str| -> Result<Option<&Vec<Value>>> {
+        match cfg.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) => Ok(Some(a)),
+            Some(v) => Err(cfg.err(format!("{} must be a list, found {}", cfg.field(key), json_kind(v)))),
+        }
+    };
+    let mut kinds = Vec::new();
+    let key = if let Some(types) = list("layer_types")? {
+        for (i, t) in types.iter().enumerate() {
+            let kind = match t.as_str() {
+                Some("full_attention") => LayerKind::Full,
+                Some("sliding_attention") => LayerKind::Sliding(window.ok_or_else(|| {
+                    cfg.err(format!("{}[{i}] is sliding_attention but the config has no sliding_window", cfg.field("layer_types")))
+                })?),
+                Some("chunked_attention") => LayerKind::Chunked(chunk.ok_or_else(|| {
+                    cfg.err(format!("{}[{i}] is chunked_attention but the config has no attention_chunk_size", cfg.field("layer_types")))
+                })?),
+                _ => {
+                    return Err(cfg.err(format!(
+                        "{}[{i}] is {t}: expected \"full_attention\", \"sliding_attention\" or \"chunked_attention\"",
+                        cfg.field("layer_types")
+                    )));
+                }
+            };
+            kinds.push(kind);
+        }
+        "layer_types"
+    } else if let (Some(c), Some(nope)) = (chunk, list("no_rope_layers")?) {
+        for (i, x) in nope.iter().enumerate() {
+            kinds.push(match x.as_u64() {
+                Some(1) => LayerKind::Chunked(c),
+                Some(0) => LayerKind::Full,
+                _ => return Err(cfg.err(format!("{}[{i}] is {x}: expected 0 (NoPE, global) or 1 (rotary, chunked)", cfg.field("no_rope_layers")))),
+            });
+        }
+        "no_rope_layers"
+    } else {
+        return Ok(None);
+    };
+    if kinds.is_empty() {
+        return Ok(None);
+    }
+    if let Some(n) = num_layers.filter(|&n| n != kinds.len()) {
+        return Err(cfg.err(format!("{} lists {} layers, the model has {n}", cfg.field(key), kinds.len())));
+    }
+    Ok(Some(kinds))
 }
 
 /// ALiBi, in each family's words: Falcon `alibi: true`, MPT `attn_config.alibi: true`,

@@ -10,7 +10,10 @@
 //!
 //! Semantics (what the kernels must reproduce): query token `i` of request `r` sits at
 //! absolute position `p = context_len(r) + i` and sees the keys at positions `j <= p`, and
-//! with a sliding window `W` only those with `j > p - W`. Score `s = scale * q.k`, then the
+//! with a sliding window `W` only those with `j > p - W`, with chunked local attention of
+//! chunk `C` only those with `j >= p - p % C` (its own chunk); a bidirectional (encoder)
+//! layer's query sees every token of its request. An attention sink `s_h` joins each row's
+//! denominator (`+ exp(s_h)`) and adds no value. Score `s = scale * q.k`, then the
 //! soft-cap `s = cap * tanh(s / cap)`, then ALiBi `s += slope[h] * (j - p)`. Query head `h`
 //! reads kv head `h / (Hq / Hkv)`.
 //!
@@ -134,6 +137,23 @@ pub fn attention_with(
     bias: impl Fn(usize, usize, usize) -> f64 + Sync,
     wanted: impl Fn(usize) -> bool + Sync,
 ) -> (Vec<f64>, Vec<f64>) {
+    attention_with_sinks(q, k, v, s, visible, bias, wanted, |_| f64::NEG_INFINITY)
+}
+
+/// [`attention_with`] with an attention sink per query head: `sink(h)` is a logit that
+/// joins row's softmax denominator, `exp(sink - max)`, and adds no value (`-inf`: none).
+/// A row that sees no key but has a sink gets a zero output and `lse = sink`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with_sinks(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    s: &DenseShape,
+    visible: impl Fn(usize, usize) -> bool + Sync,
+    bias: impl Fn(usize, usize, usize) -> f64 + Sync,
+    wanted: impl Fn(usize) -> bool + Sync,
+    sink: impl Fn(usize) -> f64 + Sync,
+) -> (Vec<f64>, Vec<f64>) {
     use rayon::prelude::*;
     assert_eq!(q.len(), s.lq * s.hq * s.d, "q is [lq, hq, d]");
     assert_eq!(k.len(), s.lk * s.hkv * s.d, "k is [lk, hkv, d]");
@@ -166,11 +186,13 @@ pub fn attention_with(
                 x + bias(h, i, j)
             })
             .collect();
-        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let sink = sink(h);
+        let max = scores.iter().copied().fold(sink, f64::max);
         if max == f64::NEG_INFINITY {
             return;
         }
-        let denom: f64 = scores.iter().map(|&x| (x - max).exp()).sum();
+        let sink_term = if sink == f64::NEG_INFINITY { 0.0 } else { (sink - max).exp() };
+        let denom: f64 = scores.iter().map(|&x| (x - max).exp()).sum::<f64>() + sink_term;
         *lse = max + denom.ln();
         for (j, &x) in scores.iter().enumerate() {
             if x == f64::NEG_INFINITY {
@@ -190,6 +212,53 @@ pub fn attention_with(
 /// (`j + w > p`, written without the sum, which a window near `usize::MAX` would overflow).
 fn sees(p: usize, j: usize, window: Option<usize>) -> bool {
     j <= p && window.is_none_or(|w| p - j < w)
+}
+
+/// Whether a query at position `p` of a layer of `spec` sees key `j`: its window, its chunk
+/// (chunked local attention: `j >= p - p % chunk`), or every key of a bidirectional layer.
+fn sees_in(spec: &AttnSpec, p: usize, j: usize) -> bool {
+    if !spec.causal {
+        return true;
+    }
+    sees(p, j, spec.sliding_window) && spec.chunk_size.is_none_or(|c| j >= p - p % c)
+}
+
+/// Query head `h`'s sink logit in f64 (`-inf` without sinks).
+fn sink_of(spec: &AttnSpec, h: usize) -> f64 {
+    spec.sink_logits().map_or(f64::NEG_INFINITY, |s| s[h] as f64)
+}
+
+/// The reference for a bidirectional (encoder) layer: each request's queries attend over
+/// all of its own tokens' keys, `k`, `v` `[num_tokens, Hkv, D]` of the step (no cache);
+/// ALiBi biases by `j - i`, sinks as everywhere. `query_start_loc` `[num_reqs + 1]`.
+pub fn bidirectional_reference<T: Element>(q: &[T], k: &[T], v: &[T], query_start_loc: &[i32], spec: &AttnSpec) -> Result<Vec<f64>> {
+    spec.validate()?;
+    let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
+    let n = query_start_loc.last().copied().unwrap_or(0).max(0) as usize;
+    if q.len() != n * hq * d || k.len() != n * hkv * d || v.len() != n * hkv * d {
+        return Err(AttnError::LengthMismatch { what: "oracle q, k, v", detail: format!("{}, {}, {} elements for {n} tokens", q.len(), k.len(), v.len()) });
+    }
+    let f = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
+    let mut out = vec![0.0; q.len()];
+    for r in query_start_loc.windows(2) {
+        let (t0, t1) = (r[0] as usize, r[1] as usize);
+        let l = t1 - t0;
+        let shape = DenseShape { lq: l, lk: l, hq, hkv, d, dv: d, scale: spec.scale as f64, softcap: spec.softcap.map(|c| c as f64) };
+        let slopes: Vec<f64> = spec.alibi_slopes.iter().flatten().map(|&s| s as f64).collect();
+        let bias = |h: usize, i: usize, j: usize| if slopes.is_empty() { 0.0 } else { slopes[h] * (j as f64 - i as f64) };
+        let (o, _) = attention_with_sinks(
+            &f(&q[t0 * hq * d..t1 * hq * d]),
+            &f(&k[t0 * hkv * d..t1 * hkv * d]),
+            &f(&v[t0 * hkv * d..t1 * hkv * d]),
+            &shape,
+            |_, _| true,
+            bias,
+            |_| true,
+            |h| sink_of(spec, h),
+        );
+        out[t0 * hq * d..t1 * hq * d].copy_from_slice(&o);
+    }
+    Ok(out)
 }
 
 /// The absolute positions of request `r`'s query tokens.
@@ -306,7 +375,7 @@ fn paged_reference_over<T: Element, E>(
             softcap: spec.softcap.map(|c| c as f64),
         };
         let bias = |h: usize, i: usize, j: usize| if slopes.is_empty() { 0.0 } else { slopes[h] * (j as f64 - pos[i] as f64) };
-        let (o, lse) = attention_with(&qd, &k, &v, &shape, |i, j| sees(pos[i], j, spec.sliding_window), bias, |i| wanted(t0 + i));
+        let (o, lse) = attention_with_sinks(&qd, &k, &v, &shape, |i, j| sees_in(spec, pos[i], j), bias, |i| wanted(t0 + i), |h| sink_of(spec, h));
         out[t0 * hq * d..(t0 + lq) * hq * d].copy_from_slice(&o);
         lse_all[t0 * hq..(t0 + lq) * hq].copy_from_slice(&lse);
     }

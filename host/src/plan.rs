@@ -119,6 +119,11 @@ pub struct LayerShape {
     pub softcap: bool,
     /// ALiBi biases on (the slopes are the layer's).
     pub alibi: bool,
+    /// Causal over the cache (`false`: a bidirectional encoder layer over the step's own
+    /// K/V, whose plan writes no cache and sends every request to the prefill kernel).
+    /// Windows, chunks and sinks do not change a plan: the kernels apply them, so the layers
+    /// of a model that differ only in those share one step.
+    pub causal: bool,
 }
 
 impl LayerShape {
@@ -134,11 +139,12 @@ impl LayerShape {
             head_dim: spec.head_dim,
             softcap: spec.softcap.is_some(),
             alibi: spec.alibi_slopes.is_some(),
+            causal: spec.causal,
         }
     }
     /// Plain multi-head attention of these heads (no soft-cap, no ALiBi).
     pub const fn heads(num_q_heads: usize, num_kv_heads: usize, head_dim: usize) -> LayerShape {
-        LayerShape { num_q_heads, num_kv_heads, head_dim, softcap: false, alibi: false }
+        LayerShape { num_q_heads, num_kv_heads, head_dim, softcap: false, alibi: false, causal: true }
     }
     /// Query heads per KV head.
     pub fn group_size(&self) -> usize {

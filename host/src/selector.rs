@@ -23,7 +23,7 @@ use crate::caps::BackendCaps;
 use crate::platform::Platform;
 use crate::dtype::{DType, KvCacheDType};
 use crate::error::{AttnError, Result};
-use crate::model::ModelConfig;
+use crate::model::{LayerKind, ModelConfig};
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
@@ -64,6 +64,12 @@ pub struct Requirements {
     pub softcap: bool,
     /// The layer uses ALiBi.
     pub alibi: bool,
+    /// The layer uses chunked local attention.
+    pub chunked: bool,
+    /// The layer has attention sinks.
+    pub sinks: bool,
+    /// A bidirectional (encoder) layer.
+    pub bidirectional: bool,
     /// Tokens per KV-cache block.
     pub block_size: usize,
 }
@@ -76,10 +82,22 @@ impl Requirements {
             kv_cache_dtype: KvCacheDType::Auto,
             head_dim: model.mla.map_or(model.head_dim, |m| m.latent_dim()),
             mla: model.is_mla(),
-            sliding_window: model.sliding_window.is_some(),
+            sliding_window: model.layer_groups().iter().any(|(k, _)| matches!(k, LayerKind::Sliding(_))),
             softcap: model.softcap.is_some(),
             alibi: model.alibi,
+            chunked: model.layer_groups().iter().any(|(k, _)| matches!(k, LayerKind::Chunked(_))),
+            sinks: model.sinks,
+            bidirectional: false,
             block_size,
+        }
+    }
+
+    /// The requirements of the model's layers of type `kind` (one row of `attn select`).
+    pub fn for_model_layer(model: &ModelConfig, kind: LayerKind, block_size: usize) -> Requirements {
+        Requirements {
+            sliding_window: matches!(kind, LayerKind::Sliding(_)),
+            chunked: matches!(kind, LayerKind::Chunked(_)),
+            ..Requirements::for_model(model, block_size)
         }
     }
 }
@@ -96,6 +114,9 @@ impl Requirements {
             sliding_window: spec.sliding_window.is_some(),
             softcap: spec.softcap.is_some(),
             alibi: spec.alibi_slopes.is_some(),
+            chunked: spec.chunk_size.is_some(),
+            sinks: spec.sinks.present(),
+            bidirectional: !spec.causal,
             block_size: layout.block_size,
         }
     }
@@ -114,8 +135,14 @@ impl fmt::Display for Requirements {
         } else {
             write!(f, ", head dim {}, MHA/GQA", self.head_dim)?;
         }
-        for (on, what) in [(self.sliding_window, "sliding window"), (self.softcap, "logits soft-cap"), (self.alibi, "ALiBi")]
-        {
+        for (on, what) in [
+            (self.sliding_window, "sliding window"),
+            (self.chunked, "chunked local attention"),
+            (self.sinks, "attention sinks"),
+            (self.bidirectional, "bidirectional"),
+            (self.softcap, "logits soft-cap"),
+            (self.alibi, "ALiBi"),
+        ] {
             if on {
                 write!(f, ", {what}")?;
             }
@@ -206,10 +233,16 @@ pub fn check(caps: &BackendCaps, platform: Platform, req: &Requirements) -> Vec<
         (req.sliding_window, caps.sliding_window, "sliding window"),
         (req.softcap, caps.softcap, "logits soft-cap"),
         (req.alibi, caps.alibi, "ALiBi"),
+        (req.chunked, caps.chunked, "chunked local attention"),
+        (req.sinks, caps.sinks, "attention sinks"),
+        (req.bidirectional, caps.bidirectional, "bidirectional (encoder) attention"),
     ] {
         if wanted && !supported {
             why.push(format!("{what} not supported"));
         }
+    }
+    if req.bidirectional && req.kv_cache_dtype != KvCacheDType::Auto {
+        why.push(format!("a bidirectional (encoder) layer caches nothing: KV cache dtype {} does not apply (use auto)", req.kv_cache_dtype));
     }
     if !block_size_ok(req.block_size, caps.block_sizes) {
         let (lo, hi) = caps.block_sizes;

@@ -51,6 +51,14 @@ pub struct AttnSpec {
     pub scale: f32,
     /// A query at position p sees keys in `(p - window, p]`; `None` = unlimited.
     pub sliding_window: Option<usize>,
+    /// Chunked local attention (Llama 4, vLLM's `attention_chunk_size`): a query at position
+    /// p sees only the keys of its own chunk, `[p - p % chunk, p]`; `None` = no chunks.
+    pub chunk_size: Option<usize>,
+    /// `false`: bidirectional (an encoder layer, vLLM's encoder-only attention): each query
+    /// sees every token of its request, the step's own K/V, and nothing is cached.
+    pub causal: bool,
+    /// Attention sinks (gpt-oss): a learned logit per query head.
+    pub sinks: Sinks,
     /// Logits soft-cap: `s -> cap * tanh(s / cap)` after scaling; `None` = off.
     pub softcap: Option<f32>,
     /// ALiBi: `s += slope[h] * (key_pos - query_pos)`; one slope per query head.
@@ -70,6 +78,9 @@ impl AttnSpec {
             head_dim,
             scale: 1.0 / (head_dim as f32).sqrt(),
             sliding_window: None,
+            chunk_size: None,
+            causal: true,
+            sinks: Sinks::None,
             softcap: None,
             alibi_slopes: None,
             mla: None,
@@ -79,6 +90,43 @@ impl AttnSpec {
     /// Query heads per KV head.
     pub fn group_size(&self) -> usize {
         self.num_q_heads / self.num_kv_heads
+    }
+
+    /// The spec with the checkpoint's attention-sink logits (one per query head).
+    pub fn with_sinks(mut self, sinks: Vec<f32>) -> Self {
+        self.sinks = Sinks::Logits(sinks);
+        self
+    }
+
+    /// The sink logits, when the layer has them and they were given.
+    pub fn sink_logits(&self) -> Option<&[f32]> {
+        match &self.sinks {
+            Sinks::Logits(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The first key a query at `pos` sees and one past its last (`seq_len` keys in its
+    /// request): its window or chunk start to itself, or for a bidirectional layer all of
+    /// them. The one rule every backend and the oracle follow.
+    ///
+    /// ```
+    /// use attn_host::spec::AttnSpec;
+    /// let mut s = AttnSpec::new(8, 8, 64);
+    /// assert_eq!(s.visible_keys(10, 20), 0..11);
+    /// s.chunk_size = Some(8);
+    /// assert_eq!(s.visible_keys(10, 20), 8..11);
+    /// s.sliding_window = Some(2);
+    /// assert_eq!(s.visible_keys(10, 20), 9..11);
+    /// ```
+    pub fn visible_keys(&self, pos: usize, seq_len: usize) -> std::ops::Range<usize> {
+        if !self.causal {
+            return 0..seq_len;
+        }
+        let end = pos + 1;
+        let window = self.sliding_window.map_or(0, |w| end.saturating_sub(w));
+        let chunk = self.chunk_size.map_or(0, |c| pos - pos % c);
+        window.max(chunk)..end
     }
 
     /// Checks what every backend relies on.
@@ -108,6 +156,29 @@ impl AttnSpec {
         if self.sliding_window == Some(0) {
             return bad("sliding window 0 would hide every key".into());
         }
+        if self.chunk_size == Some(0) {
+            return bad("chunk size 0 would hide every key (chunked local attention needs chunks of 1 or more tokens)".into());
+        }
+        if !self.causal && (self.sliding_window.is_some() || self.chunk_size.is_some() || self.mla.is_some()) {
+            return bad("a bidirectional (encoder) layer has no sliding window, chunks or MLA: it attends over all of its request's tokens".into());
+        }
+        match &self.sinks {
+            Sinks::None => {}
+            Sinks::Unset => {
+                return bad(format!(
+                    "the layer has attention sinks (the model's config says so) but no sink values: give the checkpoint's {} sink logits with AttnSpec::with_sinks",
+                    self.num_q_heads
+                ));
+            }
+            Sinks::Logits(v) => {
+                if v.len() != self.num_q_heads {
+                    return bad(format!("{} attention-sink logits for {} query heads", v.len(), self.num_q_heads));
+                }
+                if let Some((h, x)) = v.iter().enumerate().find(|(_, x)| x.is_nan() || **x == f32::INFINITY) {
+                    return bad(format!("attention-sink logit of query head {h} is {x}: a sink must be finite, or -inf for none"));
+                }
+            }
+        }
         if let Some(c) = self.softcap {
             if !(c.is_finite() && c > 0.0) {
                 return bad(format!("soft-cap {c} is not a positive finite number"));
@@ -129,6 +200,28 @@ impl AttnSpec {
             }
         }
         Ok(())
+    }
+}
+
+/// A layer's attention sinks: a learned logit per query head (gpt-oss) that joins every
+/// row's softmax denominator and contributes no value, so a row can give attention to
+/// "nothing". They are weights, not config: a config marks the model as having them
+/// (`Unset`), the checkpoint gives their values (`Logits`, [`AttnSpec::with_sinks`]).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum Sinks {
+    /// No sinks.
+    #[default]
+    None,
+    /// The model has sinks, their values are not given yet: a layer refuses to run.
+    Unset,
+    /// One logit per query head (`-inf`: no sink for that head).
+    Logits(Vec<f32>),
+}
+
+impl Sinks {
+    /// Whether the layer has sinks (given or not).
+    pub fn present(&self) -> bool {
+        !matches!(self, Sinks::None)
     }
 }
 

@@ -61,6 +61,9 @@ pub static CAPS: BackendCaps = BackendCaps {
     sliding_window: true,
     softcap: true,
     alibi: true,
+    chunked: true,
+    sinks: true,
+    bidirectional: true,
     block_sizes: (1, 1024),
     shared_memory_bytes: None,
     kernels: "every row (decode or prefill) -> an f32 online softmax per (token, query head) on rayon, through the block table",
@@ -101,6 +104,16 @@ impl PartialState {
     pub fn finish(&self) -> Vec<f32> {
         let inv = if self.l > 0.0 { 1.0 / self.l } else { 0.0 };
         self.acc.iter().map(|&a| a * inv).collect()
+    }
+
+    /// The state with an attention sink joined: a logit `sink` that enters the denominator
+    /// and adds no value (the merge of a one-key state of zero value). `-inf`: unchanged.
+    pub fn with_sink(self, sink: f32) -> PartialState {
+        if sink == f32::NEG_INFINITY {
+            return self;
+        }
+        let dv = self.acc.len();
+        merge(&[self, PartialState { m: sink, l: 1.0, acc: vec![0.0; dv] }])
     }
 
     /// Log-sum-exp of the scores, `m + ln l`; `-inf` for an empty state.
@@ -604,6 +617,9 @@ impl<T: Element> CpuImpl<T> {
             return Err(AttnError::InvalidConfig("num_splits must be at least 1".into()));
         }
         self.check(q, k, v, meta, out)?;
+        if !self.spec.causal {
+            return bidirectional(&self.spec, q, k, v, meta, out);
+        }
         tracing::trace!(tokens = meta.num_tokens(), reqs = meta.num_reqs(), num_splits, kv_dtype = %self.layout().kv_dtype, "cpu attention step");
         match &mut self.cache {
             CpuCache::Values(c) => {
@@ -665,7 +681,7 @@ fn attend<T: Element, C: CacheView>(spec: &AttnSpec, cache: &C, q: &[T], meta: &
         let (token, head) = (row / hq, row % hq);
         let (r, pos) = tokens[token];
         let qrow: Vec<f32> = q[row * d..(row + 1) * d].iter().map(|x| x.to_f32()).collect();
-        let keys = visible_keys(pos, spec.sliding_window);
+        let keys = spec.visible_keys(pos, pos + 1);
         let block_ids = meta.block_ids(r);
         let attend = |range| attend_partition_in(&qrow, pos, head, spec, cache, block_ids, range);
         let state = if num_splits == 1 {
@@ -674,10 +690,67 @@ fn attend<T: Element, C: CacheView>(spec: &AttnSpec, cache: &C, q: &[T], meta: &
             let states: Vec<PartialState> = (0..num_splits).map(|s| attend(split_range(keys.clone(), num_splits, s))).collect();
             merge(&states)
         };
+        let state = state.with_sink(spec.sink_logits().map_or(f32::NEG_INFINITY, |s| s[head]));
         for (o, x) in o.iter_mut().zip(state.finish()) {
             *o = T::from_f32(x);
         }
     });
+}
+
+/// A bidirectional (encoder) layer's step: every (token, query head) row attends over all
+/// of its request's tokens, the step's own `k`, `v` (nothing is cached). Every request must
+/// be fresh (no cached context): an error naming the request otherwise.
+fn bidirectional<T: Element>(spec: &AttnSpec, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T]) -> Result<()> {
+    check_encoder_step(meta)?;
+    let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
+    let tokens = token_positions(meta);
+    let qsl = meta.query_start_loc();
+    out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
+        let (token, head) = (row / hq, row % hq);
+        let (r, i) = tokens[token];
+        let kvh = head / spec.group_size();
+        let (t0, t1) = (qsl[r] as usize, qsl[r + 1] as usize);
+        let qrow: Vec<f32> = q[row * d..(row + 1) * d].iter().map(|x| x.to_f32()).collect();
+        let slope = spec.alibi_slopes.as_ref().map(|s| s[head]);
+        let scores: Vec<f32> = (t0..t1)
+            .map(|t| {
+                let krow = &k[(t * hkv + kvh) * d..][..d];
+                let mut x = qrow.iter().zip(krow).map(|(a, b)| a * b.to_f32()).sum::<f32>() * spec.scale;
+                if let Some(cap) = spec.softcap {
+                    x = cap * (x / cap).tanh();
+                }
+                if let Some(slope) = slope {
+                    x += slope * ((t - t0) as i64 - i as i64) as f32;
+                }
+                x
+            })
+            .collect();
+        let m = scores.iter().copied().fold(NEG_INIT, f32::max);
+        let mut st = PartialState { m, l: 0.0, acc: vec![0.0; d] };
+        for (t, &x) in (t0..t1).zip(&scores) {
+            let p = (x - m).exp();
+            st.l += p;
+            for (a, b) in st.acc.iter_mut().zip(&v[(t * hkv + kvh) * d..][..d]) {
+                *a += p * b.to_f32();
+            }
+        }
+        let st = st.with_sink(spec.sink_logits().map_or(f32::NEG_INFINITY, |s| s[head]));
+        for (o, x) in o.iter_mut().zip(st.finish()) {
+            *o = T::from_f32(x);
+        }
+    });
+    Ok(())
+}
+
+/// An encoder step attends over its own tokens: no request may have cached context.
+pub(crate) fn check_encoder_step(meta: &AttentionMetadata) -> Result<()> {
+    match (0..meta.num_reqs()).find(|&r| meta.context_len(r) > 0) {
+        Some(r) => Err(AttnError::InvalidRequest {
+            request: r,
+            detail: format!("has {} cached tokens, but a bidirectional (encoder) layer attends over the step's own tokens only", meta.context_len(r)),
+        }),
+        None => Ok(()),
+    }
 }
 
 impl<T: Element> AttentionImpl<T> for CpuImpl<T> {

@@ -63,6 +63,9 @@ pub static CAPS: BackendCaps = BackendCaps {
     sliding_window: false,
     softcap: false,
     alibi: false,
+    chunked: false,
+    sinks: false,
+    bidirectional: false,
     block_sizes: (16, 256),
     shared_memory_bytes: Some(shared_memory_bytes),
     kernels: "every row -> mla_decode: 64 (query token, head) rows of a request per block over one latent KV head (576 dims, values its first 512), \
@@ -485,6 +488,7 @@ impl<T: Element> CudaMlaImpl<T> {
                 num_q_heads: h as u32,
                 head_dim: dv as u32,
                 num_splits: plan.num_splits as u32,
+                sinks: 0,
             };
             // SAFETY: the decode launch before it wrote every split token's workspace rows.
             unsafe { stream.launch_builder(&self.merge_fn.1).arg(&m).launch(cfg) }?;

@@ -79,6 +79,9 @@ const PAGED_ROW: BackendCaps = BackendCaps {
     sliding_window: true,
     softcap: true,
     alibi: true,
+    chunked: true,
+    sinks: true,
+    bidirectional: true,
     block_sizes: (1, 256),
     shared_memory_bytes: Some(shared_memory_bytes),
     kernels: "",
@@ -267,6 +270,9 @@ pub fn prefill_tiling(group: usize) -> (usize, usize) {
 pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions, backend: BackendName) -> Result<StepPlan> {
     let q = query_type(dtype, "CUDA_PAGED")?;
     let kv = kv_type(meta.layout().kv_dtype);
+    if !shape.causal {
+        crate::backend::cpu::check_encoder_step(meta)?;
+    }
     let (n, hq, hkv, d) = (meta.num_tokens(), shape.num_q_heads, shape.num_kv_heads, shape.head_dim);
     let (hpt, tpt) = prefill_tiling(shape.group_size());
 
@@ -278,7 +284,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     for r in 0..meta.num_reqs() {
         let (q0, ql) = (meta.query_start_loc()[r] as usize, meta.query_len(r));
         let seq = meta.seq_lens()[r] as usize;
-        if ql >= PREFILL_MIN_QUERY_LEN {
+        if ql >= PREFILL_MIN_QUERY_LEN || !shape.causal {
             for t in (0..ql).step_by(tpt) {
                 let tokens = tpt.min(ql - t);
                 prefill_tiles.push(PrefillTile { request: r as u32, first_token: (q0 + t) as u32, tokens: tokens as u32 });
@@ -313,7 +319,8 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         None => num_splits_heuristic(nd * hkv * tiles, dec_max, dec_sum / nd.max(1), props.resident_blocks()).min(fit),
     };
     let mut launches = Vec::new();
-    if n > 0 {
+    // A bidirectional (encoder) layer attends over the step's own K/V: nothing is cached.
+    if n > 0 && shape.causal {
         launches.push(KernelLaunch { kernel: cache_write_kernel(q, kv), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
     }
     if nd > 0 {
@@ -332,7 +339,9 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     if !prefill_tiles.is_empty() {
         // The same tiles and parameters on either kernel: 8 warps, or on the Hopper one two
         // consumer warpgroups of 64 rows and a producer warpgroup.
-        let hopper = hopper_prefill(backend, &props.arch, q, kv, d, meta.layout().block_size);
+        // The Hopper kernel's copies go through the cache's tensor maps: an encoder layer's
+        // K/V (the step's tensors) take the mma.sync kernel.
+        let hopper = shape.causal && hopper_prefill(backend, &props.arch, q, kv, d, meta.layout().block_size);
         let id = if hopper { prefill_kernel(q, kv, d, shape.softcap, shape.alibi, true) } else { mma_prefill_kernel(backend, &props.arch, q, kv, d, shape.softcap, shape.alibi) };
         launches.push(KernelLaunch {
             kernel: id,
@@ -439,6 +448,8 @@ pub struct CudaPagedImpl<T> {
     /// The layer's cache (16-bit values, or fp8 bytes and their scales).
     cache: DeviceKvCache,
     alibi: Option<CudaSlice<f32>>,
+    /// The attention-sink logits, one per query head, when the layer has them.
+    sinks: Option<CudaSlice<f32>>,
     /// The kernels a step's plan may name, looked up once: the cache write, the decode, the
     /// merge, the portable prefill and (on an sm_90a module, backend CUDA_PAGED) the wgmma one.
     cache_write_fn: (KernelId, CudaFunction),
@@ -471,6 +482,10 @@ impl<T: Element> CudaPagedImpl<T> {
             Some(s) => Some(stream.clone_htod(s)?),
             None => None,
         };
+        let sinks = match spec.sink_logits() {
+            Some(s) => Some(stream.clone_htod(s)?),
+            None => None,
+        };
         let shape = LayerShape::of(&spec);
         let portable = mma_prefill_kernel(backend, &rt.features(), q, kv, d, shape.softcap, shape.alibi);
         let mut prefill_fns = vec![(portable, function_with_smem(&rt, backend, portable, d)?)];
@@ -495,6 +510,7 @@ impl<T: Element> CudaPagedImpl<T> {
             layout,
             cache,
             alibi,
+            sinks,
             _elem: PhantomData,
         })
     }
@@ -533,7 +549,8 @@ impl<T: Element> CudaPagedImpl<T> {
         let n = plan.num_tokens;
         let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
         check_rows("q", t.q.len(), n, hq * d)?;
-        if write_cache {
+        // An encoder layer reads the step's k, v as its keys, in every run.
+        if write_cache || !self.shape.causal {
             check_rows("k", t.k.len(), n, hkv * d)?;
             check_rows("v", t.v.len(), n, hkv * d)?;
         }
@@ -556,6 +573,8 @@ impl<T: Element> CudaPagedImpl<T> {
         let n = plan.num_tokens as u32;
         let (key_cache, value_cache) = self.cache.ptrs(&stream);
         let (k_scale, v_scale) = self.cache.scale_ptrs(&stream);
+        let sinks = self.sinks.as_ref().map_or(0, |a| ptr(a, &stream));
+        let chunk_size = self.spec.chunk_size.unwrap_or(0).min(u32::MAX as usize) as u32;
         // The plan's kernel must be one this layer loaded (same dtype, KV dtype, head dim).
         let loaded = |f: &(KernelId, CudaFunction)| f.0 == launch.kernel;
         if loaded(&self.cache_write_fn) {
@@ -614,6 +633,9 @@ impl<T: Element> CudaPagedImpl<T> {
                 num_splits: plan.num_splits as u32,
                 scale: self.spec.scale,
                 softcap: self.spec.softcap.unwrap_or(0.0),
+                sinks,
+                chunk_size,
+                _pad: 0,
             };
             // SAFETY: q, out hold the step's rows; the metadata buffers hold the step's maps
             // (validated: block ids inside the cache, seq_lens >= query lengths); the plan
@@ -621,12 +643,15 @@ impl<T: Element> CudaPagedImpl<T> {
             unsafe { stream.launch_builder(&self.attention_fn.1).arg(&p).launch(cfg) }?;
         } else if let Some((_, prefill_fn)) = self.prefill_fns.iter().find(|f| loaded(f)) {
             let (hpt, tpt) = prefill_tiling(self.shape.group_size());
+            // An encoder layer's keys: the step's k, v rows `[tokens, kv heads, d]`, no block table.
+            let encoder = !self.shape.causal;
+            let (key_cache, value_cache) = if encoder { (ptr(t.k, &stream), ptr(t.v, &stream)) } else { (key_cache, value_cache) };
             let p = PrefillParams {
                 q: ptr(t.q, &stream),
                 out: ptr(t.out, &stream),
                 key_cache,
                 value_cache,
-                block_table: ptr(&dev.block_table, &stream),
+                block_table: if encoder { 0 } else { ptr(&dev.block_table, &stream) },
                 seq_lens: ptr(&dev.seq_lens, &stream),
                 query_start_loc: ptr(&dev.query_start_loc, &stream),
                 alibi_slopes: self.alibi.as_ref().map_or(0, |a| ptr(a, &stream)),
@@ -636,25 +661,29 @@ impl<T: Element> CudaPagedImpl<T> {
                 q_head_stride: d as u64,
                 out_token_stride: (hq * d) as u64,
                 out_head_stride: d as u64,
-                cache_block_stride: l.block_stride() as u64,
-                cache_token_stride: l.token_stride() as u64,
-                cache_head_stride: l.head_stride() as u64,
+                cache_block_stride: if encoder { 0 } else { l.block_stride() as u64 },
+                cache_token_stride: if encoder { (hkv * d) as u64 } else { l.token_stride() as u64 },
+                cache_head_stride: if encoder { d as u64 } else { l.head_stride() as u64 },
                 block_table_stride: dev.block_table_stride as u32,
                 num_q_heads: hq as u32,
                 num_kv_heads: hkv as u32,
                 block_size_log2: l.block_size.trailing_zeros(),
                 sliding_window: self.spec.sliding_window.unwrap_or(0).min(u32::MAX as usize) as u32,
+                chunk_size,
                 heads_per_tile: hpt as u32,
                 tokens_per_tile: tpt as u32,
                 scale: self.spec.scale,
                 softcap: self.spec.softcap.unwrap_or(0.0),
-                _pad: 0,
                 k_tmap: self.tensor_maps.as_ref().map_or(0, |m| ptr(m, &stream)),
                 v_tmap: self.tensor_maps.as_ref().map_or(0, |m| ptr(m, &stream) + TENSOR_MAP_BYTES as u64),
-                k_scale,
-                v_scale,
+                k_scale: if encoder { 0 } else { k_scale },
+                v_scale: if encoder { 0 } else { v_scale },
+                sinks,
+                bidirectional: encoder as u32,
+                _pad: 0,
             };
-            // SAFETY: q, out hold the step's rows; the tiles buffer holds the plan's tiles,
+            // SAFETY: q, out hold the step's rows (an encoder layer's k, v too, checked by
+            // the caller); the tiles buffer holds the plan's tiles,
             // each inside its request's query tokens; block ids and lengths validated; the
             // tensor maps describe this layer's caches (loaded with the Hopper kernel, so a
             // plan that names it finds them).
@@ -673,6 +702,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 num_q_heads: hq as u32,
                 head_dim: d as u32,
                 num_splits: plan.num_splits as u32,
+                sinks,
             };
             // SAFETY: the split launch before it wrote num_splits x tokens x Hq workspace rows.
             unsafe { stream.launch_builder(&self.merge_fn.1).arg(&m).launch(cfg) }?;
