@@ -5,7 +5,10 @@
 //! b. chunked prefill == one-shot prefill, outputs and caches;
 //! c. split-KV partial states merged in any order or tree == dense attention;
 //! d. MLA absorbed == MLA naive, and the CPU MLA decode == the absorbed oracle;
-//! e. the cache write stores exactly the step's tokens; padding slots write nothing.
+//! e. the cache write stores exactly the step's tokens; padding slots write nothing;
+//! f. a sink of minus infinity is no sink; chunked local attention is attention within each
+//!    chunk (a request of chunks == one fresh request per chunk); a bidirectional layer ==
+//!    the oracle's dense encoder attention.
 //!
 //! Inputs are uniform in [-1, 1] (never zero) from a small PRNG seeded by proptest; the
 //! sizes are small so the file runs in seconds. Nothing is printed unless a case fails.
@@ -48,6 +51,10 @@ struct Layer {
     alibi: bool,
     /// Scale 1 instead of 1/sqrt(d): larger scores, so the soft-cap bites.
     unit_scale: bool,
+    /// Chunked local attention's chunk.
+    chunk: Option<usize>,
+    /// Attention sinks: head h's logit is `base + h / 4`.
+    sinks: Option<f32>,
 }
 
 impl Layer {
@@ -60,6 +67,10 @@ impl Layer {
         s.sliding_window = self.window;
         s.softcap = self.softcap;
         s.alibi_slopes = self.alibi.then(|| alibi_slopes(hq));
+        s.chunk_size = self.chunk;
+        if let Some(base) = self.sinks {
+            s = s.with_sinks((0..hq).map(|h| base + h as f32 / 4.0).collect());
+        }
         s
     }
 }
@@ -74,8 +85,10 @@ fn layer(head_dims: Vec<usize>) -> impl Strategy<Value = Layer> {
         prop::option::of(select(vec![0.5f32, 2.0, 30.0])),
         any::<bool>(),
         any::<bool>(),
+        prop::option::of(1usize..=20),
+        prop::option::of(select(vec![-3.0f32, 0.0, 1.5])),
     )
-        .prop_map(|(block_size, group, hkv, d, window, softcap, alibi, unit_scale)| Layer {
+        .prop_map(|(block_size, group, hkv, d, window, softcap, alibi, unit_scale, chunk, sinks)| Layer {
             block_size,
             group,
             hkv,
@@ -84,6 +97,8 @@ fn layer(head_dims: Vec<usize>) -> impl Strategy<Value = Layer> {
             softcap,
             alibi,
             unit_scale,
+            chunk,
+            sinks,
         })
 }
 
@@ -133,6 +148,11 @@ fn to_f64<T: Element>(x: &[T]) -> Vec<f64> {
 /// One random batch through `CpuImpl` (with `num_splits`) and through the oracle.
 /// Returns (backend output, oracle output).
 fn paged_vs_oracle<T: Element>(seed: u64, num_reqs: usize, l: &Layer, num_splits: usize) -> (Vec<T>, Vec<f64>) {
+    paged_vs_oracle_of(seed, num_reqs, l, num_splits, l.spec())
+}
+
+/// [`paged_vs_oracle`] for a layer of `spec` (of `l`'s shape).
+fn paged_vs_oracle_of<T: Element>(seed: u64, num_reqs: usize, l: &Layer, num_splits: usize, spec: AttnSpec) -> (Vec<T>, Vec<f64>) {
     let mut rng = Rng::new(seed);
     let reqs: Vec<(usize, usize)> = (0..num_reqs)
         .map(|_| {
@@ -144,7 +164,6 @@ fn paged_vs_oracle<T: Element>(seed: u64, num_reqs: usize, l: &Layer, num_splits
     let spare = rng.range(0, 3);
     let (layout, step) = schedule(&mut rng, &reqs, l, spare);
     let meta = MetadataBuilder::new(layout).build(&step).unwrap();
-    let spec = l.spec();
     let n = meta.num_tokens();
     let cache = random_cache::<T>(&mut rng, layout);
     let q: Vec<T> = rng.vec(n * spec.num_q_heads * l.d);
@@ -304,6 +323,7 @@ proptest! {
                 vd.extend(to_f64(cache.value_row(meta.slot_of(0, j), h)));
             }
         }
+        let spec = AttnSpec { chunk_size: None, sinks: Default::default(), ..spec };
         let mut mask = Mask::causal(&[pos], seq_len, spec.sliding_window);
         if let Some(s) = &spec.alibi_slopes {
             mask = mask.with_alibi(&s.iter().map(|&x| x as f64).collect::<Vec<_>>(), &[pos]);
@@ -361,7 +381,7 @@ proptest! {
         let w_uk = rng.vec_f64(heads * nope * rank);
         let w_uv = rng.vec_f64(heads * dv * rank);
         let reqs: Vec<(usize, usize)> = (0..num_reqs).map(|_| (rng.range(0, 12), rng.range(1, 4))).collect();
-        let l = Layer { block_size, group: 1, hkv: 1, d: w, window: None, softcap: None, alibi: false, unit_scale: false };
+        let l = Layer { block_size, group: 1, hkv: 1, d: w, window: None, softcap: None, alibi: false, unit_scale: false, chunk: None, sinks: None };
         let (layout, step) = schedule(&mut rng, &reqs, &l, 0);
         let meta = MetadataBuilder::new(layout).build(&step).unwrap();
         let mut cache = HostKvCache::<f32>::zeros(layout);
@@ -524,5 +544,80 @@ proptest! {
         }
         prop_assert_eq!(*meta.query_start_loc().last().unwrap(), start);
         prop_assert_eq!(meta.slot_mapping(), &slots[..]);
+    }
+}
+
+/// A fresh prefill of `lens` requests through `CpuImpl` of `spec`, cache in order: the output.
+fn fresh_prefill(spec: &AttnSpec, lens: &[usize], q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    let l = Layer { block_size: 4, group: 1, hkv: spec.num_kv_heads, d: spec.head_dim, window: None, softcap: None, alibi: false, unit_scale: false, chunk: None, sinks: None };
+    let reqs: Vec<(usize, usize)> = lens.iter().map(|&n| (0, n)).collect();
+    let (layout, step) = schedule(&mut Rng::new(7), &reqs, &l, 0);
+    let meta = MetadataBuilder::new(layout).build(&step).unwrap();
+    let mut attn = CpuImpl::new(spec.clone(), layout).unwrap();
+    let mut out = vec![f32::NAN; q.len()];
+    attn.forward(q, k, v, &meta, &mut out).unwrap();
+    out
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    /// f. Sinks of -inf change nothing, bitwise, on every row.
+    #[test]
+    fn a_sink_of_minus_infinity_is_no_sink(seed in any::<u64>(), num_reqs in 1usize..=3, l in layer(vec![8, 16]), splits in 1usize..=3) {
+        let l = Layer { sinks: None, ..l };
+        let (plain, _) = paged_vs_oracle::<f32>(seed, num_reqs, &l, splits);
+        let hq = l.spec().num_q_heads;
+        let (with, _) = paged_vs_oracle_of::<f32>(seed, num_reqs, &l, splits, l.spec().with_sinks(vec![f32::NEG_INFINITY; hq]));
+        prop_assert_eq!(plain.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), with.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    }
+
+    /// f. Chunked local attention is attention within each chunk: one fresh request of `len`
+    /// tokens in chunks of `c` gives the outputs of one fresh request per chunk without
+    /// chunking (ALiBi sees only key - query distances, so it may be on).
+    #[test]
+    fn chunked_attention_is_attention_within_each_chunk(seed in any::<u64>(), len in 1usize..=40, c in 1usize..=12, alibi in any::<bool>(), sinks in any::<bool>()) {
+        let mut rng = Rng::new(seed);
+        let (hq, hkv, d) = (4, 2, 8);
+        let mut base = AttnSpec::new(hq, hkv, d);
+        base.alibi_slopes = alibi.then(|| alibi_slopes(hq));
+        if sinks {
+            base = base.with_sinks(vec![0.5, -1.0, 2.0, 0.0]);
+        }
+        let chunked = AttnSpec { chunk_size: Some(c), ..base.clone() };
+        let q: Vec<f32> = rng.vec(len * hq * d);
+        let k: Vec<f32> = rng.vec(len * hkv * d);
+        let v: Vec<f32> = rng.vec(len * hkv * d);
+        let one = fresh_prefill(&chunked, &[len], &q, &k, &v);
+        let pieces: Vec<usize> = (0..len).step_by(c).map(|s| c.min(len - s)).collect();
+        let each = fresh_prefill(&base, &pieces, &q, &k, &v);
+        for (i, (a, b)) in one.iter().zip(&each).enumerate() {
+            prop_assert!((a - b).abs() <= 1e-6, "element {i}: chunked {a} vs per-chunk {b} (len {len}, chunk {c})");
+        }
+    }
+
+    /// f. A bidirectional (encoder) layer on the CPU == the oracle's dense encoder attention,
+    /// ragged requests, GQA, sinks and ALiBi; nothing is written to the cache.
+    #[test]
+    fn bidirectional_matches_oracle(seed in any::<u64>(), lens in prop::collection::vec(1usize..=20, 1..=3), group in select(vec![1usize, 2, 4]), alibi in any::<bool>(), sinks in any::<bool>()) {
+        let mut rng = Rng::new(seed);
+        let (hkv, d) = (2, 16);
+        let hq = hkv * group;
+        let mut spec = AttnSpec::new(hq, hkv, d);
+        spec.causal = false;
+        spec.alibi_slopes = alibi.then(|| alibi_slopes(hq));
+        if sinks {
+            spec = spec.with_sinks((0..hq).map(|h| h as f32 - 1.0).collect());
+        }
+        let n: usize = lens.iter().sum();
+        let q: Vec<f32> = rng.vec(n * hq * d);
+        let k: Vec<f32> = rng.vec(n * hkv * d);
+        let v: Vec<f32> = rng.vec(n * hkv * d);
+        let out = fresh_prefill(&spec, &lens, &q, &k, &v);
+        let mut qsl = vec![0i32];
+        for &l in &lens { qsl.push(qsl.last().unwrap() + l as i32); }
+        let reference = oracle::bidirectional_reference(&q, &k, &v, &qsl, &spec).unwrap();
+        let err = oracle::rel_error(&out, &reference);
+        prop_assert!(err < 1e-5, "rel error {err:e}");
     }
 }

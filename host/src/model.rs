@@ -639,7 +639,8 @@ fn parse(name: &str, origin: &str, json: &str) -> Result<ModelConfig> {
     // parser bug, reported against the file rather than later against nothing. (An MLA
     // model's dims and scale were checked above; its decompressed spec is not what runs.)
     if !model.is_mla() {
-        if let Err(e) = model.attn_spec().validate() {
+        // (A sink model's spec waits for the checkpoint's sink values: checked without them.)
+        if let Err(e) = (AttnSpec { sinks: crate::spec::Sinks::None, ..model.attn_spec() }).validate() {
             return Err(cfg.err(e.to_string()));
         }
     }
@@ -1144,6 +1145,191 @@ const MPT_7B: &str = r#"{
 }"#;
 
 /// Every preset: its name (lower case) and its `config.json` text.
+const GPT_OSS_20B: &str = r#"{
+  "architectures": ["GptOssForCausalLM"],
+  "attention_bias": true,
+  "attention_dropout": 0.0,
+  "eos_token_id": 200002,
+  "experts_per_token": 4,
+  "head_dim": 64,
+  "hidden_act": "silu",
+  "hidden_size": 2880,
+  "initial_context_length": 4096,
+  "initializer_range": 0.02,
+  "intermediate_size": 2880,
+  "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+  "max_position_embeddings": 131072,
+  "model_type": "gpt_oss",
+  "num_attention_heads": 64,
+  "num_experts_per_tok": 4,
+  "num_hidden_layers": 24,
+  "num_key_value_heads": 8,
+  "num_local_experts": 32,
+  "output_router_logits": false,
+  "pad_token_id": 199999,
+  "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"], "quant_method": "mxfp4"},
+  "rms_norm_eps": 1e-05,
+  "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": false},
+  "rope_theta": 150000,
+  "router_aux_loss_coef": 0.9,
+  "sliding_window": 128,
+  "swiglu_limit": 7.0,
+  "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.55.0.dev0",
+  "use_cache": true,
+  "vocab_size": 201088
+}"#;
+
+const GPT_OSS_120B: &str = r#"{
+  "architectures": ["GptOssForCausalLM"],
+  "attention_bias": true,
+  "attention_dropout": 0.0,
+  "eos_token_id": 200002,
+  "experts_per_token": 4,
+  "head_dim": 64,
+  "hidden_act": "silu",
+  "hidden_size": 2880,
+  "initial_context_length": 4096,
+  "initializer_range": 0.02,
+  "intermediate_size": 2880,
+  "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+  "max_position_embeddings": 131072,
+  "model_type": "gpt_oss",
+  "num_attention_heads": 64,
+  "num_experts_per_tok": 4,
+  "num_hidden_layers": 36,
+  "num_key_value_heads": 8,
+  "num_local_experts": 128,
+  "output_router_logits": false,
+  "pad_token_id": 199999,
+  "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"], "quant_method": "mxfp4"},
+  "rms_norm_eps": 1e-05,
+  "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": false},
+  "rope_theta": 150000,
+  "router_aux_loss_coef": 0.9,
+  "sliding_window": 128,
+  "swiglu_limit": 7.0,
+  "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.55.0.dev0",
+  "use_cache": true,
+  "vocab_size": 201088
+}"#;
+
+const LLAMA_4_SCOUT: &str = r#"{
+  "architectures": ["Llama4ForConditionalGeneration"],
+  "boi_token_index": 200080,
+  "eoi_token_index": 200081,
+  "image_token_index": 200092,
+  "model_type": "llama4",
+  "text_config": {
+    "attention_bias": false,
+    "attention_chunk_size": 8192,
+    "attention_dropout": 0.0,
+    "attn_scale": 0.1,
+    "attn_temperature_tuning": true,
+    "bos_token_id": 200000,
+    "eos_token_id": [200001, 200007, 200008],
+    "floor_scale": 8192,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 5120,
+    "initializer_range": 0.02,
+    "interleave_moe_layer_step": 1,
+    "intermediate_size": 8192,
+    "intermediate_size_mlp": 16384,
+    "max_position_embeddings": 10485760,
+    "model_type": "llama4_text",
+    "no_rope_layers": [],
+    "num_attention_heads": 40,
+    "num_experts_per_tok": 1,
+    "num_hidden_layers": 48,
+    "num_key_value_heads": 8,
+    "num_local_experts": 16,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {"factor": 16.0, "high_freq_factor": 1.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0,
+    "torch_dtype": "bfloat16",
+    "use_qk_norm": true,
+    "vocab_size": 202048
+  },
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.51.0.dev0",
+  "vision_config": {
+    "hidden_size": 1408,
+    "image_size": 336,
+    "model_type": "llama4_vision_model",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 34,
+    "patch_size": 14
+  }
+}"#;
+
+const GEMMA_3_27B: &str = r#"{
+  "architectures": ["Gemma3ForConditionalGeneration"],
+  "boi_token_index": 255999,
+  "eoi_token_index": 256000,
+  "eos_token_id": [1, 106],
+  "image_token_index": 262144,
+  "initializer_range": 0.02,
+  "mm_tokens_per_image": 256,
+  "model_type": "gemma3",
+  "text_config": {
+    "head_dim": 128,
+    "hidden_size": 5376,
+    "intermediate_size": 21504,
+    "model_type": "gemma3_text",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 62,
+    "num_key_value_heads": 16,
+    "query_pre_attn_scalar": 168,
+    "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+    "sliding_window": 1024
+  },
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.50.0.dev0",
+  "vision_config": {
+    "hidden_size": 1152,
+    "image_size": 896,
+    "intermediate_size": 4304,
+    "model_type": "siglip_vision_model",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 27,
+    "patch_size": 14,
+    "vision_use_head": false
+  }
+}"#;
+
+const QWEN3_32B: &str = r#"{
+  "architectures": ["Qwen3ForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "bos_token_id": 151643,
+  "eos_token_id": 151645,
+  "head_dim": 128,
+  "hidden_act": "silu",
+  "hidden_size": 5120,
+  "initializer_range": 0.02,
+  "intermediate_size": 25600,
+  "max_position_embeddings": 40960,
+  "max_window_layers": 64,
+  "model_type": "qwen3",
+  "num_attention_heads": 64,
+  "num_hidden_layers": 64,
+  "num_key_value_heads": 8,
+  "rms_norm_eps": 1e-06,
+  "rope_scaling": null,
+  "rope_theta": 1000000,
+  "sliding_window": null,
+  "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.51.0",
+  "use_cache": true,
+  "use_sliding_window": false,
+  "vocab_size": 151936
+}"#;
+
 const PRESETS: &[(&str, &str)] = &[
     ("llama-3-8b", LLAMA_3_8B),
     ("mistral-7b", MISTRAL_7B),
@@ -1153,6 +1339,11 @@ const PRESETS: &[(&str, &str)] = &[
     ("bloom-7b1", BLOOM_7B1),
     ("falcon-7b", FALCON_7B),
     ("mpt-7b", MPT_7B),
+    ("gpt-oss-20b", GPT_OSS_20B),
+    ("gpt-oss-120b", GPT_OSS_120B),
+    ("llama-4-scout", LLAMA_4_SCOUT),
+    ("gemma-3-27b", GEMMA_3_27B),
+    ("qwen3-32b", QWEN3_32B),
 ];
 
 /// Names of the built-in presets, in a stable order.
@@ -1173,6 +1364,62 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
 #[cfg(test)]
 mod more_tests {
     use super::*;
+
+    #[test]
+    fn the_models_people_serve_now_read_as_their_configs_say() {
+        // gpt-oss: sinks on every layer, a 128 window on the even layers, full on the odd.
+        for (name, layers) in [("gpt-oss-20b", 24), ("gpt-oss-120b", 36)] {
+            let m = preset(name).unwrap();
+            assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim, m.num_layers, m.sinks), (64, 8, 64, Some(layers), true));
+            assert!((m.scale - 0.125).abs() < 1e-7, "{}", m.scale);
+            assert_eq!((m.layer_kind(0), m.layer_kind(1), m.layer_kind(layers - 1)), (LayerKind::Sliding(128), LayerKind::Full, LayerKind::Full));
+            let g = m.layer_groups();
+            assert_eq!(g.len(), 2);
+            assert_eq!((g[0].1.len(), g[1].1.len()), (layers / 2, layers / 2));
+            let spec = m.attn_spec_for_layer(0);
+            assert_eq!((spec.sliding_window, spec.chunk_size), (Some(128), None));
+            // The config marks the sinks; the checkpoint gives them: no layer runs without.
+            assert_eq!(spec.sinks, crate::spec::Sinks::Unset);
+            assert!(spec.validate().unwrap_err().to_string().contains("with_sinks"));
+            assert!(spec.with_sinks(vec![0.5; 64]).validate().is_ok());
+        }
+        // Llama 4 Scout: text_config; chunks of 8192 on three layers of four, every 4th global.
+        let m = preset("llama-4-scout").unwrap();
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim, m.num_layers, m.chunk_size, m.sinks), (40, 8, 128, Some(48), Some(8192), false));
+        assert_eq!((0..8).map(|l| m.layer_kind(l)).collect::<Vec<_>>(), [
+            LayerKind::Chunked(8192), LayerKind::Chunked(8192), LayerKind::Chunked(8192), LayerKind::Full,
+            LayerKind::Chunked(8192), LayerKind::Chunked(8192), LayerKind::Chunked(8192), LayerKind::Full,
+        ]);
+        assert_eq!(m.layer_groups().iter().map(|(k, l)| (*k, l.len())).collect::<Vec<_>>(), [(LayerKind::Chunked(8192), 36), (LayerKind::Full, 12)]);
+        assert_eq!(m.attn_spec_for_layer(0).chunk_size, Some(8192));
+        // Gemma 3 27B: text_config, query_pre_attn_scalar 168, window 1024 on 5 of every 6.
+        let m = preset("gemma-3-27b").unwrap();
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim, m.num_layers), (32, 16, 128, Some(62)));
+        assert!((m.scale as f64 - 168f64.powf(-0.5)).abs() < 1e-7, "{}", m.scale);
+        assert_eq!((m.layer_kind(4), m.layer_kind(5), m.layer_kind(6)), (LayerKind::Sliding(1024), LayerKind::Full, LayerKind::Sliding(1024)));
+        assert_eq!(m.layer_groups().iter().map(|(k, l)| (*k, l.len())).collect::<Vec<_>>(), [(LayerKind::Sliding(1024), 52), (LayerKind::Full, 10)]);
+        // Qwen3 32B: full attention everywhere (its unused window is off).
+        let m = preset("qwen3-32b").unwrap();
+        assert_eq!((m.num_q_heads, m.num_kv_heads, m.head_dim, m.sliding_window, m.chunk_size, m.sinks), (64, 8, 128, None, None, false));
+        assert_eq!(m.layer_groups(), vec![(LayerKind::Full, (0..64).collect())]);
+    }
+
+    #[test]
+    fn layer_type_lists_are_checked() {
+        let parse_err = |j: &str| ModelConfig::from_json_str("t", j).unwrap_err().to_string();
+        let parse_ok = |j: &str| ModelConfig::from_json_str("t", j).unwrap();
+        let e = parse_err(r#"{"num_attention_heads": 8, "hidden_size": 512, "layer_types": ["full_attention", "sliding_attention"]}"#);
+        assert!(e.contains("layer_types`[1]") && e.contains("no sliding_window"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 8, "hidden_size": 512, "layer_types": ["local"]}"#);
+        assert!(e.contains("layer_types`[0] is \"local\""), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 8, "hidden_size": 512, "num_hidden_layers": 3, "layer_types": ["full_attention"]}"#);
+        assert!(e.contains("lists 1 layers, the model has 3"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 8, "hidden_size": 512, "attention_chunk_size": 0}"#);
+        assert!(e.contains("attention_chunk_size"), "{e}");
+        // Llama 4's explicit NoPE list: 1 = rotary (chunked), 0 = global.
+        let m = parse_ok(r#"{"num_attention_heads": 8, "hidden_size": 512, "attention_chunk_size": 64, "no_rope_layers": [1, 0, 1]}"#);
+        assert_eq!((m.layer_kind(0), m.layer_kind(1), m.layer_kind(2)), (LayerKind::Chunked(64), LayerKind::Full, LayerKind::Chunked(64)));
+    }
 
     #[test]
     fn gemma2_interleaves_local_and_global_layers() {
@@ -1236,7 +1483,9 @@ mod tests {
         for name in preset_names() {
             let m = preset(name).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(m.name, *name);
-            m.attn_spec().validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            let spec = m.attn_spec();
+            let spec = if m.sinks { spec.with_sinks(vec![0.0; m.num_q_heads]) } else { spec };
+            spec.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }
 

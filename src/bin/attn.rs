@@ -320,6 +320,8 @@ struct Answer {
     here: bool,
     dtype: DType,
     model: String,
+    /// The model's layers this answer is for (`"all"`, or a type and its layer count).
+    layers: String,
     req: Requirements,
     /// The backend, or why none serves.
     result: Result<selector::Selection, AttnError>,
@@ -366,10 +368,24 @@ fn select(o: &Opts) -> Result<(), CliError> {
             (None, true) => vec![DType::Bf16, DType::F16, DType::F32],
             (None, false) => vec![m.serving_dtype(None).0],
         };
+        // One answer per layer type for a model whose layers differ (gpt-oss, Llama 4, Gemma).
+        let groups = m.layer_groups();
+        let kinds: Vec<(Option<model::LayerKind>, String)> = if groups.len() > 1 {
+            groups.iter().map(|(k, ls)| (Some(*k), format!("{k}, {}", count(ls.len(), "layer")))).collect()
+        } else {
+            vec![(None, "all".to_string())]
+        };
         for &p in &platforms {
             for &d in &dtypes {
-                let req = Requirements { dtype: d, kv_cache_dtype: o.kv, ..Requirements::for_model(m, o.block_size) };
-                answers.push(Answer { platform: p, here: p == here, dtype: d, model: m.name.clone(), req, result: selector::select(p, &req, forced.as_deref()) });
+                for (kind, layers) in &kinds {
+                    let base = match kind {
+                        Some(k) => Requirements::for_model_layer(m, *k, o.block_size),
+                        None => Requirements::for_model(m, o.block_size),
+                    };
+                    let req = Requirements { dtype: d, kv_cache_dtype: o.kv, ..base };
+                    let result = selector::select(p, &req, forced.as_deref());
+                    answers.push(Answer { platform: p, here: p == here, dtype: d, model: m.name.clone(), layers: layers.clone(), req, result });
+                }
             }
         }
     }
@@ -395,7 +411,13 @@ fn select(o: &Opts) -> Result<(), CliError> {
                 Err(_) => "no backend".to_string(),
             };
             let place = if o.all { format!("{} | ", a.platform) } else { String::new() };
-            outln!("{mark}{place}{} {}: {backend}", a.model, a.dtype);
+            let layers = if a.layers == "all" { String::new() } else { format!(" [{}]", a.layers) };
+            outln!("{mark}{place}{} {}{layers}: {backend}", a.model, a.dtype);
+            if named && !o.all {
+                if let Ok(sel) = &a.result {
+                    outln!("    why: {}", sel.reason);
+                }
+            }
             for line in a.passed_over() {
                 outln!("{mark}    passed over {line}");
             }
@@ -437,11 +459,12 @@ fn json_line(a: &Answer, kv: KvCacheDType, block_size: usize) -> String {
         Err(e) => ("null".to_string(), json_str(&e.to_string())),
     };
     format!(
-        "{{\"platform\":{},\"this_machine\":{},\"dtype\":{},\"model\":{},\"kv_cache_dtype\":{},\"block_size\":{block_size},\"backend\":{backend},\"error\":{error},\"passed_over\":[{}]}}",
+        "{{\"platform\":{},\"this_machine\":{},\"dtype\":{},\"model\":{},\"layers\":{},\"kv_cache_dtype\":{},\"block_size\":{block_size},\"backend\":{backend},\"error\":{error},\"passed_over\":[{}]}}",
         json_str(&a.platform.to_string()),
         a.here,
         json_str(&a.dtype.to_string()),
         json_str(&a.model),
+        json_str(&a.layers),
         json_str(kv.name()),
         passed.join(",")
     )
@@ -469,8 +492,48 @@ fn demo(o: &Opts) -> Result<(), CliError> {
     };
     let platform = gpu.as_ref().map_or(Platform::Cpu, |rt| rt.platform());
     outln!("KV cache: {}", o.kv);
+    if cfg.mla_spec().is_none() {
+        // Every distinct layer type of the model, each on the backend its layers get.
+        let groups = cfg.layer_groups();
+        let mut rng = Rng::new(o.seed ^ 0x5151);
+        for (kind, layers) in &groups {
+            let shown: Vec<String> = layers.iter().take(6).map(|l| l.to_string()).collect();
+            let more = if layers.len() > 6 { ", ..." } else { "" };
+            outln!("layer type: {kind} ({}: {}{more})", count(layers.len(), "layer"), shown.join(", "));
+            let mut spec = cfg.attn_spec_for_layer(layers[0]);
+            if spec.sinks.present() {
+                // gpt-oss's sinks are weights of the checkpoint: the demo draws them.
+                let sinks: Vec<f32> = (0..spec.num_q_heads).map(|_| 1.0 + 2.0 * rng.uniform()).collect();
+                outln!("sinks: {} random logits in [-1, 3) (the checkpoint's own in a real run)", sinks.len());
+                spec = spec.with_sinks(sinks);
+            }
+            let req = Requirements { dtype, kv_cache_dtype: o.kv, ..Requirements::for_layer(&spec, dtype, &KvCacheLayout::new(1, o.block_size, spec.num_kv_heads, spec.head_dim)?.with_kv_dtype(o.kv)) };
+            let sel = select_and_say(platform, &req)?;
+            let gpu = if sel.backend.caps().cpu { None } else { gpu.clone() };
+            match dtype {
+                DType::Bf16 => run_demo::<bf16>(spec, o, sel.backend, gpu)?,
+                DType::F16 => run_demo::<f16>(spec, o, sel.backend, gpu)?,
+                DType::F32 => run_demo::<f32>(spec, o, sel.backend, gpu)?,
+            }
+        }
+        return Ok(());
+    }
     let req = Requirements { dtype, kv_cache_dtype: o.kv, ..Requirements::for_model(&cfg, o.block_size) };
-    let sel = selector::select_from_env(platform, &req)?;
+    let sel = select_and_say(platform, &req)?;
+    let mla = cfg.mla_spec().expect("an MLA model (checked above)");
+    let gpu = if sel.backend.caps().cpu { None } else { gpu };
+    let spec = cfg.attn_spec();
+    match dtype {
+        DType::Bf16 => run_mla_demo::<bf16>(&mla, spec, o, sel.backend, gpu),
+        DType::F16 => run_mla_demo::<f16>(&mla, spec, o, sel.backend, gpu),
+        DType::F32 => run_mla_demo::<f32>(&mla, spec, o, sel.backend, gpu),
+    }
+}
+
+/// The selector's choice for `req` on `platform`, printed with why (and, where a GPU is
+/// present but serves none of the layer, a warning saying why and what it does serve).
+fn select_and_say(platform: Platform, req: &Requirements) -> Result<selector::Selection, CliError> {
+    let sel = selector::select_from_env(platform, req)?;
     outln!("backend: {} — {}", sel.backend, sel.reason);
     if platform != Platform::Cpu && sel.backend == BackendName::Cpu {
         // A GPU is here but serves none of this layer: say why, and what it does serve.
@@ -478,28 +541,7 @@ fn demo(o: &Opts) -> Result<(), CliError> {
         outln!("warning: running on the CPU although a GPU ({platform}) is present: {}", why.join("; "));
         outln!("warning: the GPU serves {}", selector::gpu_serves(platform));
     }
-    // An MLA model runs the absorbed-form MLA path, never a plain MHA layer (whose spec
-    // would be the decompressed heads, not what MLA caches).
-    match cfg.mla_spec() {
-        Some(mla) => {
-            let gpu = if sel.backend.caps().cpu { None } else { gpu };
-            let spec = cfg.attn_spec();
-            match dtype {
-                DType::Bf16 => run_mla_demo::<bf16>(&mla, spec, o, sel.backend, gpu),
-                DType::F16 => run_mla_demo::<f16>(&mla, spec, o, sel.backend, gpu),
-                DType::F32 => run_mla_demo::<f32>(&mla, spec, o, sel.backend, gpu),
-            }
-        }
-        None => {
-            let spec = cfg.attn_spec();
-            let gpu = if sel.backend.caps().cpu { None } else { gpu };
-            match dtype {
-                DType::Bf16 => run_demo::<bf16>(spec, o, sel.backend, gpu),
-                DType::F16 => run_demo::<f16>(spec, o, sel.backend, gpu),
-                DType::F32 => run_demo::<f32>(spec, o, sel.backend, gpu),
-            }
-        }
-    }
+    Ok(sel)
 }
 
 /// Host memory the demo may use for its caches and tensors. A model within the config limits
@@ -636,7 +678,8 @@ fn run_mla_demo<T: Element>(mla: &MlaSpec, spec: AttnSpec, o: &Opts, backend: Ba
 /// An MHA/GQA/MQA model's layer (`spec` from a model without MLA) on `backend`.
 fn run_demo<T: Element>(spec: AttnSpec, o: &Opts, backend: BackendName, gpu: Option<Arc<CudaRuntime>>) -> Result<(), CliError> {
     // Long-context decodes, a chunked prefill (1024 cached + 128 new), a fresh prefill.
-    let shapes = [(8191, 1), (4095, 1), (2999, 1), (1499, 1), (1024, 128), (0, 96)];
+    // (The 8150 + 96 prefill crosses position 8192: a chunk boundary of Llama 4's layers.)
+    let shapes = [(8191, 1), (4095, 1), (2999, 1), (1499, 1), (1024, 128), (8150, 96), (0, 96)];
     let mut rng = Rng::new(o.seed);
     let what = CacheShape {
         row: format!("{} x head dim {}", count(spec.num_kv_heads, "KV head"), spec.head_dim),
