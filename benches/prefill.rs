@@ -1,4 +1,4 @@
-//! Prefill benchmarks P1-P5 of WORKLOADS.md on a CUDA device (custom harness).
+//! Prefill benchmarks P1-P6 of WORKLOADS.md (P6: bidirectional, an encoder layer) on a CUDA device (custom harness).
 //!
 //! bf16, causal, paged KV cache (block size 16, block tables from a shuffled pool), random
 //! inputs. The step's K/V are in the cache (P1-P4: the prompt itself, as a fresh prefill
@@ -31,15 +31,20 @@ struct Workload {
     requests: Vec<(usize, usize)>,
     /// WORKLOADS.md's H100 figures, TFLOP/s: (cuDNN, FlashAttention-2 backend).
     peers: (f64, f64),
+    /// Bidirectional (P6, an encoder layer): every query sees its request's tokens, K/V are
+    /// the step's own tensors and nothing is cached.
+    bidirectional: bool,
 }
 
 fn workloads() -> Vec<Workload> {
     vec![
-        Workload { id: "P1", q_heads: 32, kv_heads: 8, head_dim: 128, requests: vec![(0, 4096); 4], peers: (592.0, 329.0) },
-        Workload { id: "P2", q_heads: 32, kv_heads: 32, head_dim: 128, requests: vec![(0, 1024); 16], peers: (450.0, 266.0) },
-        Workload { id: "P3", q_heads: 32, kv_heads: 8, head_dim: 128, requests: vec![(0, 16384)], peers: (566.0, 336.0) },
-        Workload { id: "P4", q_heads: 32, kv_heads: 8, head_dim: 64, requests: vec![(0, 4096); 4], peers: (438.0, 288.0) },
-        Workload { id: "P5", q_heads: 32, kv_heads: 8, head_dim: 128, requests: vec![(2048, 512); 8], peers: (f64::NAN, f64::NAN) },
+        Workload { id: "P1", q_heads: 32, kv_heads: 8, head_dim: 128, requests: vec![(0, 4096); 4], peers: (592.0, 329.0), bidirectional: false },
+        Workload { id: "P2", q_heads: 32, kv_heads: 32, head_dim: 128, requests: vec![(0, 1024); 16], peers: (450.0, 266.0), bidirectional: false },
+        Workload { id: "P3", q_heads: 32, kv_heads: 8, head_dim: 128, requests: vec![(0, 16384)], peers: (566.0, 336.0), bidirectional: false },
+        Workload { id: "P4", q_heads: 32, kv_heads: 8, head_dim: 64, requests: vec![(0, 4096); 4], peers: (438.0, 288.0), bidirectional: false },
+        Workload { id: "P5", q_heads: 32, kv_heads: 8, head_dim: 128, requests: vec![(2048, 512); 8], peers: (f64::NAN, f64::NAN), bidirectional: false },
+        // No H100 peer figure: cuDNN's non-causal SDPA is timed in the same lease (gpu-run.sh).
+        Workload { id: "P6", q_heads: 16, kv_heads: 16, head_dim: 64, requests: vec![(0, 1024); 32], peers: (f64::NAN, f64::NAN), bidirectional: true },
     ]
 }
 
@@ -66,8 +71,11 @@ fn main() {
     let mut p1 = f64::NAN;
     let only = only_ids(&workloads().iter().map(|w| w.id).collect::<Vec<_>>());
     for w in workloads().into_iter().filter(|w| only.is_empty() || only.iter().any(|o| o == w.id)) {
+        if fp8 && w.bidirectional {
+            continue; // an encoder layer caches nothing
+        }
         let d = w.head_dim;
-        let spec = AttnSpec::new(w.q_heads, w.kv_heads, d);
+        let spec = AttnSpec { causal: !w.bidirectional, ..AttnSpec::new(w.q_heads, w.kv_heads, d) };
         let num_blocks = blocks_needed(&w.requests, block_size);
         let layout = KvCacheLayout::new(num_blocks, block_size, w.kv_heads, d).expect("layout").with_kv_dtype(kv);
         let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &w.requests, block_size, num_blocks).expect("blocks")).expect("metadata");
@@ -80,6 +88,9 @@ fn main() {
         let n = meta.num_tokens();
         let q = stream.clone_htod(&random_values::<bf16>(&mut rng, n * w.q_heads * d)).expect("q");
         let mut out = stream.alloc_zeros::<bf16>(n * w.q_heads * d).expect("out");
+        // An encoder layer's keys and values: the step's own.
+        let kv_rows = |rng: &mut Rng| stream.clone_htod(&random_values::<bf16>(rng, n * w.kv_heads * d)).expect("k, v");
+        let (k, v) = (kv_rows(&mut rng), kv_rows(&mut rng));
         // CUDA_PAGED (the wgmma kernel on an sm_90a module), then the portable kernel where
         // that is another one.
         let mut seen = Vec::new();
@@ -101,10 +112,15 @@ fn main() {
             }
             seen.push(kernel.clone());
             // Keys attended, summed over queries: query i of a request with c cached sees c + i + 1.
-            let pairs: f64 = w.requests.iter().map(|&(c, q)| (0..q).map(|i| (c + i + 1) as f64).sum::<f64>()).sum();
+            // Bidirectional: every query sees all of its request's q tokens.
+            let pairs: f64 = w.requests.iter().map(|&(c, q)| if w.bidirectional { (q * q) as f64 } else { (0..q).map(|i| (c + i + 1) as f64).sum::<f64>() }).sum();
             let flops = 4.0 * w.q_heads as f64 * d as f64 * pairs;
             // Compute-bound: timed warm (no L2 flush).
-            let (ms, lo, hi) = timer.time_with(false, || imp.attend(&step, &q, &mut out));
+            let (ms, lo, hi) = if w.bidirectional {
+                timer.time_with(false, || imp.run(&step, attn_backends::DeviceTensors { q: &q, k: &k, v: &v, out: &mut out, lse: None }))
+            } else {
+                timer.time_with(false, || imp.attend(&step, &q, &mut out))
+            };
             let (med, lo, hi) = (ms * 1e3, lo * 1e3, hi * 1e3);
             let tflops = flops / (med * 1e-6) / 1e12;
             if w.id == "P1" && backend == BackendName::CudaPaged {

@@ -25,6 +25,7 @@ done
 ptx_dir=$(dirname "$(ls -t target/release/build/attn-backends-*/out/ptx_modules.rs | head -n 1)")
 cp "$ptx_dir"/attn_kernels_*.ptx "$out/ptx/"
 cp scripts/gpu-run.sh "$out/run.sh"
+cp scripts/peer-p6.py "$out/"
 # The peers' benchmark (PyTorch SDPA, Triton), to time them in the same lease; not a dependency.
 [ -f ../shared/peers/peer_bench.py ] && cp ../shared/peers/peer_bench.py "$out/" || true
 git rev-parse --short HEAD > "$out/COMMIT" 2>/dev/null || echo unknown > "$out/COMMIT"

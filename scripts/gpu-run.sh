@@ -31,8 +31,8 @@ if want sanitize; then
   if [ -n "$cs" ]; then
     # A subset that still launches every kernel: cache writes (16-bit, fp8, MLA), decode and
     # split + merge, both prefills, MLA, at every element type of the cache.
-    "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" "soft-cap" "one step" "cuda graph" "determinism" "ragged" "Falcon" "group 136" "d96" "mla bf16 16 heads" "mla bf16 128 heads 4 tokens" "mla f16 128 heads 3 splits" "mla vs" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 f16 d96" "fp8 prefill bf16 d128" "fp8 prefill bf16 d256" "fp8 bf16 d128 block size 1" "fp8 bf16 d128 saturating" "fp8 cache" "fp8 portable" "mla fp8 bf16 16 heads" "mla fp8 f16 128 heads 3 splits" "mla fp8 bf16 64 heads 2-stage" > "$log/memcheck.txt" 2>&1 || status=1
-    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" "mla bf16 16 heads 5 splits" "mla bf16 128 heads 4 tokens" "prefill bf16 d128 gqa 4:1 ragged" "prefill portable bf16 d128" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 prefill bf16 d128" "fp8 prefill bf16 d64" "fp8 portable bf16 d128" "fp8 portable f16 d64" "mla fp8 bf16 16 heads" "mla fp8 bf16 64 heads 2-stage" > "$log/racecheck.txt" 2>&1 || status=1
+    "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" "soft-cap" "one step" "cuda graph" "determinism" "ragged" "Falcon" "group 136" "d96" "mla bf16 16 heads" "mla bf16 128 heads 4 tokens" "mla f16 128 heads 3 splits" "mla vs" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 f16 d96" "fp8 prefill bf16 d128" "fp8 prefill bf16 d256" "fp8 bf16 d128 block size 1" "fp8 bf16 d128 saturating" "fp8 cache" "fp8 portable" "mla fp8 bf16 16 heads" "mla fp8 f16 128 heads 3 splits" "mla fp8 bf16 64 heads 2-stage" "sinks" "chunks bf16 d128 chunks of 64" "chunks f16 d64" "chunks portable" "Llama-4" "bidirectional" "fp8 bf16 d64 gpt-oss" "fp8 f16 d128 chunks" > "$log/memcheck.txt" 2>&1 || status=1
+    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" "mla bf16 16 heads 5 splits" "mla bf16 128 heads 4 tokens" "prefill bf16 d128 gqa 4:1 ragged" "prefill portable bf16 d128" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 prefill bf16 d128" "fp8 prefill bf16 d64" "fp8 portable bf16 d128" "fp8 portable f16 d64" "mla fp8 bf16 16 heads" "mla fp8 bf16 64 heads 2-stage" "sinks bf16 d64 gpt-oss 64:8 full" "sinks bf16 d64 gpt-oss 64:8 window 128, 5 splits" "sinks portable bf16 d64 gpt-oss 64:8 full" "chunks bf16 d128 chunks of 64" "chunks portable bf16 d128" "bidirectional bf16 d64 16:16" "bidirectional bf16 d128" "fp8 f16 d128 chunks" > "$log/racecheck.txt" 2>&1 || status=1
     tail -n 3 "$log/memcheck.txt" "$log/racecheck.txt" | tee -a "$log/summary.txt"
   else
     echo "compute-sanitizer not found" | tee -a "$log/summary.txt"
@@ -48,6 +48,13 @@ if want demo; then
   # A layer no GPU kernel serves (f32): the CPU runs it, with the warning saying why.
   ./bin/attn demo --model llama-3-8b --dtype f32 2>&1 | tee -a "$log/demo.txt" || status=1
   ./bin/attn select --model deepseek-v3 --kv-cache-dtype fp8 2>&1 | tee -a "$log/demo.txt" || status=1
+  # The models people serve now: every layer type of each, on the GPU, checked.
+  for m in gpt-oss-20b gpt-oss-120b llama-4-scout gemma-3-27b qwen3-32b; do
+    ./bin/attn demo --model $m 2>&1 | tee -a "$log/demo.txt" || status=1
+  done
+  ./bin/attn demo --model gpt-oss-120b --kv-cache-dtype fp8 2>&1 | tee -a "$log/demo.txt" || status=1
+  ./bin/attn select --model gpt-oss-20b 2>&1 | tee -a "$log/demo.txt" || status=1
+  ./bin/attn select --model llama-4-scout 2>&1 | tee -a "$log/demo.txt" || status=1
 fi
 if want decode; then
   ./bin/decode --json --extra 2>&1 | tee "$log/bench-decode.txt" || status=1
@@ -61,6 +68,9 @@ fi
 if want mla; then
   timeout ${MLA_TIMEOUT:-600} ./bin/mla --json --sweep 2>&1 | tee "$log/bench-mla.txt" || status=1
   timeout ${MLA_TIMEOUT:-600} ./bin/mla --json --sweep --kv-dtype fp8 2>&1 | tee -a "$log/bench-mla.txt" || status=1
+fi
+if want peers && [ -f peer-p6.py ]; then
+  timeout 120 python3 peer-p6.py > "$log/peers-p6.txt" 2>&1 || echo "P6 peer bench failed (not a product failure)" >> "$log/summary.txt"
 fi
 if want peers && [ -f peer_bench.py ]; then
   timeout 300 python3 peer_bench.py --sections prefill --quick > "$log/peers-prefill.txt" 2>&1 || echo "peer bench failed (not a product failure)" >> "$log/summary.txt"

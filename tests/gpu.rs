@@ -239,6 +239,141 @@ fn fp8_cases() -> Vec<Case> {
         add8(format!("fp8 portable {dt} d{d} gqa 4:1{}", if splits.is_some() { " 5 splits" } else { "" }), s, head_scales, bf);
     }
 
+    // Sinks and chunks over fp8 caches (decode, split decode, prefill).
+    let mut s = shape(64, 8, 64);
+    s.spec = sinks_of(s.spec);
+    s.spec.sliding_window = Some(128);
+    add8("fp8 bf16 d64 gpt-oss 64:8 window 128 + sinks".into(), s.clone(), head_scales, true);
+    s.splits = Some(4);
+    add8("fp8 bf16 d64 gpt-oss 64:8 window 128 + sinks, 4 splits".into(), s, head_scales, true);
+    let mut s = shape(8, 2, 128);
+    s.spec.chunk_size = Some(64);
+    s.requests = chunk_requests();
+    add8("fp8 bf16 d128 chunks of 64".into(), s.clone(), layer_scale, true);
+    s.splits = Some(3);
+    s.spec = sinks_of(s.spec);
+    add8("fp8 f16 d128 chunks of 64 + sinks, 3 splits".into(), s, head_scales, false);
+    v
+}
+
+/// A spec with attention sinks: logits from -0.5 to 1.5 over the query heads.
+fn sinks_of(spec: AttnSpec) -> AttnSpec {
+    let hq = spec.num_q_heads;
+    spec.with_sinks((0..hq).map(|h| (h % 5) as f32 * 0.5 - 0.5).collect())
+}
+
+/// Requests whose queries sit on both sides of chunk boundaries of 64 (and of 8192):
+/// decodes at positions 63, 64, 1000 and 8193, prefills across 64-token chunks.
+fn chunk_requests() -> Vec<(usize, usize)> {
+    vec![(63, 1), (64, 1), (1000, 1), (8193, 1), (40, 24), (50, 100), (0, 200), (127, 2)]
+}
+
+/// A bidirectional (encoder) layer: ragged fresh requests over their own K/V, nothing
+/// cached: the output against the oracle's dense encoder attention (bound from the CPU
+/// backend's error), and the layer's cache unchanged.
+fn check_encoder<T: Element>(rt: &Arc<CudaRuntime>, spec: &AttnSpec, lens: &[usize], seed: u64) -> Result<String, String> {
+    let e = |x: AttnError| x.to_string();
+    let mut rng = Rng::new(seed);
+    let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
+    let requests: Vec<(usize, usize)> = lens.iter().map(|&l| (0, l)).collect();
+    let num_blocks = blocks_needed(&requests, 16) + 1;
+    let layout = KvCacheLayout::new(num_blocks, 16, hkv, d).map_err(e)?;
+    let step = schedule(&mut rng, &requests, 16, num_blocks).ok_or("pool too small")?;
+    let meta = MetadataBuilder::new(layout).build(&step).map_err(e)?;
+    let n = meta.num_tokens();
+    let before = HostKvCache { layout, key: random_values::<T>(&mut rng, layout.elements()), value: random_values::<T>(&mut rng, layout.elements()) };
+    let q = random_values::<T>(&mut rng, n * hq * d);
+    let k = random_values::<T>(&mut rng, n * hkv * d);
+    let v = random_values::<T>(&mut rng, n * hkv * d);
+    let mut gpu = Attention::<T>::new(BackendName::CudaPaged, spec.clone(), layout, Some(rt.clone())).map_err(e)?;
+    gpu.load_cache(&before).map_err(e)?;
+    let mut out = vec![T::from_f32(f32::NAN); n * hq * d];
+    let mut st = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
+    let plan = st.prepare(&meta).map_err(e)?;
+    let kernels = plan.launches.iter().map(|l| l.kernel.name()).collect::<Vec<_>>().join("+");
+    if plan.launches.iter().any(|l| l.kernel.family == Family::CacheWrite) {
+        return Err(format!("an encoder layer's plan writes the cache: {kernels}"));
+    }
+    gpu.forward_host(&st, &q, &k, &v, &mut out).map_err(e)?;
+    let after = gpu.cache_snapshot().map_err(e)?;
+    if bits(&after.key) != bits(&before.key) || bits(&after.value) != bits(&before.value) {
+        return Err("an encoder layer changed its cache".into());
+    }
+    let reference = oracle::bidirectional_reference(&q, &k, &v, meta.query_start_loc(), spec).map_err(e)?;
+    let mut cpu = CpuImpl::<T>::new(spec.clone(), layout).map_err(e)?;
+    let mut cpu_out = vec![T::default(); out.len()];
+    cpu.forward(&q, &k, &v, &meta, &mut cpu_out).map_err(e)?;
+    let err = rel_error(&out, &reference);
+    let cpu_err = rel_error(&cpu_out, &reference);
+    let bound = (2.0 * cpu_err + 2e-3).min(1e-2);
+    let msg = format!("rel err {err:.2e} (CPU backend {cpu_err:.2e}, bound {bound:.1e}), tokens {n}, {kernels}");
+    if err <= bound { Ok(msg) } else { Err(msg) }
+}
+
+/// The models people serve now: sinks, chunked local attention, bidirectional layers, in
+/// every family (decode, split decode + merge, both prefills).
+fn feature_cases() -> Vec<Case> {
+    let mut v: Vec<Case> = Vec::new();
+    let mut add = |name: String, s: Shape, bf: bool| {
+        let seed = v.len() as u64 * 7919 + 11;
+        v.push(Case { name, run: Box::new(move |rt| if bf { check::<bf16>(rt, &s, seed) } else { check::<f16>(rt, &s, seed) }) });
+    };
+    let gpt_oss = |window: Option<usize>| {
+        let mut s = shape(64, 8, 64);
+        s.spec = sinks_of(s.spec);
+        s.spec.sliding_window = window;
+        s
+    };
+    for (window, what) in [(None, "full"), (Some(128), "window 128")] {
+        add(format!("sinks bf16 d64 gpt-oss 64:8 {what}"), gpt_oss(window), true);
+        let mut s = gpt_oss(window);
+        s.splits = Some(5);
+        add(format!("sinks bf16 d64 gpt-oss 64:8 {what}, 5 splits"), s, true);
+        let mut s = gpt_oss(window);
+        s.backend = BackendName::CudaPagedPortable;
+        add(format!("sinks portable bf16 d64 gpt-oss 64:8 {what}"), s, true);
+    }
+    for (d, bf) in [(128, false), (256, true)] {
+        let mut s = shape(8, 2, d);
+        s.spec = sinks_of(s.spec);
+        s.spec.softcap = Some(20.0);
+        add(format!("sinks {} d{d} soft-cap 20", if bf { "bf16" } else { "f16" }), s, bf);
+    }
+    // Chunked local attention: decodes and prefills on both sides of chunk boundaries.
+    for (d, chunk, bf) in [(128, 64, true), (64, 16, false), (256, 64, true), (128, 8192, true)] {
+        let mut s = shape(8, 2, d);
+        s.spec.chunk_size = Some(chunk);
+        s.requests = chunk_requests();
+        let dt = if bf { "bf16" } else { "f16" };
+        add(format!("chunks {dt} d{d} chunks of {chunk}"), s.clone(), bf);
+        s.splits = Some(4);
+        add(format!("chunks {dt} d{d} chunks of {chunk}, 4 splits"), s.clone(), bf);
+        s.splits = None;
+        s.backend = BackendName::CudaPagedPortable;
+        add(format!("chunks portable {dt} d{d} chunks of {chunk}"), s, bf);
+    }
+    let mut s = shape(40, 8, 128);
+    s.spec.chunk_size = Some(64);
+    s.spec.sliding_window = Some(40);
+    s.spec = sinks_of(s.spec);
+    s.requests = chunk_requests();
+    add("chunks bf16 d128 Llama-4 40:8 chunks of 64 + window 40 + sinks".into(), s, true);
+    // Bidirectional (encoder) layers: ragged requests, GQA, sinks, ALiBi, soft-cap.
+    let mut enc = |name: String, spec: AttnSpec, lens: Vec<usize>, bf: bool| {
+        let seed = v.len() as u64 * 7919 + 13;
+        v.push(Case { name, run: Box::new(move |rt| if bf { check_encoder::<bf16>(rt, &spec, &lens, seed) } else { check_encoder::<f16>(rt, &spec, &lens, seed) }) });
+    };
+    let encoder = |hq: usize, hkv: usize, d: usize| AttnSpec { causal: false, ..AttnSpec::new(hq, hkv, d) };
+    let ragged = vec![1, 15, 64, 65, 129, 300, 2, 1024];
+    for (hq, hkv, d, bf) in [(16, 16, 64, true), (8, 2, 128, true), (8, 2, 96, false), (16, 4, 256, true)] {
+        enc(format!("bidirectional {} d{d} {hq}:{hkv} ragged", if bf { "bf16" } else { "f16" }), encoder(hq, hkv, d), ragged.clone(), bf);
+    }
+    let mut spec = sinks_of(encoder(16, 16, 64));
+    spec.alibi_slopes = Some(attn_backends::spec::alibi_slopes(16));
+    enc("bidirectional bf16 d64 sinks + ALiBi".into(), spec, ragged.clone(), true);
+    let mut spec = encoder(8, 8, 128);
+    spec.softcap = Some(10.0);
+    enc("bidirectional f16 d128 soft-cap 10".into(), spec, vec![7, 200], false);
     v
 }
 
@@ -949,6 +1084,7 @@ fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let mut all = cases();
     all.extend(fp8_cases());
+    all.extend(feature_cases());
     all.push(Case { name: "bad input is rejected before launch".into(), run: Box::new(bad_input) });
     all.push(Case { name: "every kernel loads".into(), run: Box::new(every_kernel_loads) });
     all.push(Case { name: "log-sum-exp output".into(), run: Box::new(log_sum_exp) });
