@@ -310,6 +310,59 @@ fn check_encoder<T: Element>(rt: &Arc<CudaRuntime>, spec: &AttnSpec, lens: &[usi
     if err <= bound { Ok(msg) } else { Err(msg) }
 }
 
+/// One step serves every layer type of a model: gpt-oss-120b's sliding (window 128) and
+/// full layers, each with its own sinks, and a Llama-4 chunked layer beside a global one,
+/// prepared once; each layer's output against the oracle of its own spec.
+fn one_step_for_several_layer_types(rt: &Arc<CudaRuntime>) -> Result<String, String> {
+    let e = |x: AttnError| x.to_string();
+    let mut rng = Rng::new(99);
+    let mut msgs = Vec::new();
+    for (base, kinds) in [
+        (AttnSpec::new(64, 8, 64), vec![(Some(128), None, true), (None, None, true)]),
+        (AttnSpec::new(40, 8, 128), vec![(None, Some(256), false), (None, None, false)]),
+    ] {
+        let (hq, hkv, d) = (base.num_q_heads, base.num_kv_heads, base.head_dim);
+        let requests = vec![(300, 1), (1000, 1), (250, 20), (0, 70), (511, 1)];
+        let num_blocks = blocks_needed(&requests, 16) + 3;
+        let layout = KvCacheLayout::new(num_blocks, 16, hkv, d).map_err(e)?;
+        let meta = MetadataBuilder::new(layout).build(&schedule(&mut rng, &requests, 16, num_blocks).ok_or("pool")?).map_err(e)?;
+        let n = meta.num_tokens();
+        let specs: Vec<AttnSpec> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &(window, chunk, sinks))| {
+                let s = AttnSpec { sliding_window: window, chunk_size: chunk, ..base.clone() };
+                if sinks { s.with_sinks((0..hq).map(|h| ((h + i) % 4) as f32 * 0.5).collect()) } else { s }
+            })
+            .collect();
+        let mut layers = Vec::new();
+        let mut befores = Vec::new();
+        for spec in &specs {
+            let mut l = Attention::<bf16>::new(BackendName::CudaPaged, spec.clone(), layout, Some(rt.clone())).map_err(e)?;
+            let c = HostKvCache { layout, key: random_values::<bf16>(&mut rng, layout.elements()), value: random_values::<bf16>(&mut rng, layout.elements()) };
+            l.load_cache(&c).map_err(e)?;
+            layers.push(l);
+            befores.push(c);
+        }
+        let mut step = layers[0].new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
+        step.prepare(&meta).map_err(e)?;
+        for (i, layer) in layers.iter_mut().enumerate() {
+            let q = random_values::<bf16>(&mut rng, n * hq * d);
+            let k = random_values::<bf16>(&mut rng, n * hkv * d);
+            let v = random_values::<bf16>(&mut rng, n * hkv * d);
+            let mut out = vec![bf16::from_f32(f32::NAN); n * hq * d];
+            layer.forward_host(&step, &q, &k, &v, &mut out).map_err(e)?;
+            let reference = oracle::paged_reference(&q, &expected_cache(&befores[i], &k, &v, &meta), &meta, &specs[i]).map_err(e)?;
+            let err = rel_error(&out, &reference);
+            if err > 1e-2 {
+                return Err(format!("layer {i} ({:?} window, {:?} chunk): rel err {err:.2e}", specs[i].sliding_window, specs[i].chunk_size));
+            }
+            msgs.push(format!("{err:.2e}"));
+        }
+    }
+    Ok(format!("rel err {} (one prepared step each model)", msgs.join(", ")))
+}
+
 /// The models people serve now: sinks, chunked local attention, bidirectional layers, in
 /// every family (decode, split decode + merge, both prefills).
 fn feature_cases() -> Vec<Case> {
@@ -1085,6 +1138,7 @@ fn main() {
     let mut all = cases();
     all.extend(fp8_cases());
     all.extend(feature_cases());
+    all.push(Case { name: "one step for several layer types".into(), run: Box::new(one_step_for_several_layer_types) });
     all.push(Case { name: "bad input is rejected before launch".into(), run: Box::new(bad_input) });
     all.push(Case { name: "every kernel loads".into(), run: Box::new(every_kernel_loads) });
     all.push(Case { name: "log-sum-exp output".into(), run: Box::new(log_sum_exp) });
