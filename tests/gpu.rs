@@ -271,7 +271,7 @@ fn chunk_requests() -> Vec<(usize, usize)> {
 /// A bidirectional (encoder) layer: ragged fresh requests over their own K/V, nothing
 /// cached: the output against the oracle's dense encoder attention (bound from the CPU
 /// backend's error), and the layer's cache unchanged.
-fn check_encoder<T: Element>(rt: &Arc<CudaRuntime>, spec: &AttnSpec, lens: &[usize], seed: u64) -> Result<String, String> {
+fn check_encoder<T: Element>(rt: &Arc<CudaRuntime>, spec: &AttnSpec, lens: &[usize], backend: BackendName, seed: u64) -> Result<String, String> {
     let e = |x: AttnError| x.to_string();
     let mut rng = Rng::new(seed);
     let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
@@ -285,7 +285,7 @@ fn check_encoder<T: Element>(rt: &Arc<CudaRuntime>, spec: &AttnSpec, lens: &[usi
     let q = random_values::<T>(&mut rng, n * hq * d);
     let k = random_values::<T>(&mut rng, n * hkv * d);
     let v = random_values::<T>(&mut rng, n * hkv * d);
-    let mut gpu = Attention::<T>::new(BackendName::CudaPaged, spec.clone(), layout, Some(rt.clone())).map_err(e)?;
+    let mut gpu = Attention::<T>::new(backend, spec.clone(), layout, Some(rt.clone())).map_err(e)?;
     gpu.load_cache(&before).map_err(e)?;
     let mut out = vec![T::from_f32(f32::NAN); n * hq * d];
     let mut st = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
@@ -412,10 +412,13 @@ fn feature_cases() -> Vec<Case> {
     s.requests = chunk_requests();
     add("chunks bf16 d128 Llama-4 40:8 chunks of 64 + window 40 + sinks".into(), s, true);
     // Bidirectional (encoder) layers: ragged requests, GQA, sinks, ALiBi, soft-cap.
-    let mut enc = |name: String, spec: AttnSpec, lens: Vec<usize>, bf: bool| {
+    let mut enc_on = |name: String, spec: AttnSpec, lens: Vec<usize>, bf: bool, b: BackendName| {
         let seed = v.len() as u64 * 7919 + 13;
-        v.push(Case { name, run: Box::new(move |rt| if bf { check_encoder::<bf16>(rt, &spec, &lens, seed) } else { check_encoder::<f16>(rt, &spec, &lens, seed) }) });
+        v.push(Case { name, run: Box::new(move |rt| if bf { check_encoder::<bf16>(rt, &spec, &lens, b, seed) } else { check_encoder::<f16>(rt, &spec, &lens, b, seed) }) });
     };
+    enc_on("bidirectional portable bf16 d64 16:16 ragged".into(), AttnSpec { causal: false, ..AttnSpec::new(16, 16, 64) }, vec![1, 15, 64, 65, 129, 300, 2, 1024], true, BackendName::CudaPagedPortable);
+    enc_on("bidirectional portable f16 d128 8:2 ragged".into(), AttnSpec { causal: false, ..AttnSpec::new(8, 2, 128) }, vec![3, 200, 77], false, BackendName::CudaPagedPortable);
+    let mut enc = |name: String, spec: AttnSpec, lens: Vec<usize>, bf: bool| enc_on(name, spec, lens, bf, BackendName::CudaPaged);
     let encoder = |hq: usize, hkv: usize, d: usize| AttnSpec { causal: false, ..AttnSpec::new(hq, hkv, d) };
     let ragged = vec![1, 15, 64, 65, 129, 300, 2, 1024];
     for (hq, hkv, d, bf) in [(16, 16, 64, true), (8, 2, 128, true), (8, 2, 96, false), (16, 4, 256, true)] {

@@ -113,8 +113,12 @@ pub(crate) unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: u
         // of the cache's tensor maps: `rows` keys (a page, or the tile's share of one) x 64
         // columns (a slab), for K and V. Lane 0 announces the tile's bytes; each lane looks
         // up its boxes' pages in the block table and starts their copies.
+        // Without a block table (a bidirectional layer's own K/V, `[tokens, kv heads x D]`)
+        // a tile is one box of BN rows from the request's first token; its rows past the
+        // tensor's end are zero-filled by the copy engine (and masked).
+        let contiguous = p.block_table == 0;
         let bs = 1usize << p.block_size_log2;
-        let rows = if bs < BN { bs } else { BN };
+        let rows = if contiguous || bs >= BN { BN } else { bs };
         let (boxes, slabs) = (BN / rows, D / 64);
         let bt_row = t.req * p.block_table_stride as usize;
         for i in 0..n_tiles {
@@ -135,9 +139,13 @@ pub(crate) unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: u
                 let key = key0 + b * rows;
                 // Boxes past the block's keys read the last page (masked all the same), so
                 // no lookup leaves the request's blocks.
-                let page_key = if key < t.kv_end { key } else { t.kv_end - 1 };
-                let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
-                let token = page * bs + (key & (bs - 1));
+                let token = if contiguous {
+                    t.q_start + key
+                } else {
+                    let page_key = if key < t.kv_end { key } else { t.kv_end - 1 };
+                    let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
+                    page * bs + (key & (bs - 1))
+                };
                 let dst = if kv == 0 { k_tile(stage) } else { v_tile(stage) } + (slab * BN * 128 + b * rows * 128) as u32;
                 let tmap = if kv == 0 { p.k_tmap } else { p.v_tmap };
                 unsafe { cp_async_bulk_tensor_2d(dst, tmap, (t.kv_head * D + slab * 64) as i32, token as i32, full(stage)) };

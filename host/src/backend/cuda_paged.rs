@@ -195,26 +195,33 @@ pub const TENSOR_MAP_BYTES: usize = std::mem::size_of::<cudarc::driver::sys::CUt
 /// memory with the 128-byte swizzle the wgmma descriptors describe. Encoded by the driver,
 /// returned as its bytes (the kernel reads it from global memory).
 fn cache_tensor_map(cache: &CudaSlice<u8>, layout: &KvCacheLayout, dtype: DType, stream: &CudaStream) -> Result<Vec<u8>> {
+    let rows = layout.block_size.min(crate::params::prefill_sm90_keys(layout.head_dim as u32) as usize);
+    tensor_map(ptr(cache, stream), layout.num_blocks * layout.block_size, layout.token_stride(), rows, dtype)
+}
+
+/// The copy engine's view of `tokens` rows of `row` 16-bit elements at device address
+/// `addr` (a paged cache, or an encoder layer's K or V of the step): boxes of 64 columns x
+/// `box_rows` rows, 128-byte swizzle. The driver's encoding, as bytes.
+fn tensor_map(addr: u64, tokens: usize, row: usize, box_rows: usize, dtype: DType) -> Result<Vec<u8>> {
     use cudarc::driver::sys::*;
     let data_type = match dtype {
         DType::Bf16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
         _ => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
     };
-    let row = layout.token_stride();
-    let dims = [row as u64, (layout.num_blocks * layout.block_size) as u64];
+    let dims = [row as u64, tokens as u64];
     let strides = [(row * 2) as u64];
-    let rows = layout.block_size.min(crate::params::prefill_sm90_keys(layout.head_dim as u32) as usize);
+    let rows = box_rows;
     let boxes = [64u32, rows as u32];
     let element_strides = [1u32, 1];
     let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
-    // SAFETY: the arrays hold the rank's entries; the address is the cache's device memory
-    // (16-byte aligned), whose extent the dims and strides describe.
+    // SAFETY: the arrays hold the rank's entries; the address is device memory (16-byte
+    // aligned: a cudarc allocation) whose extent the dims and strides describe.
     let r = unsafe {
         cuTensorMapEncodeTiled(
             map.as_mut_ptr(),
             data_type,
             2,
-            ptr(cache, stream) as *mut std::ffi::c_void,
+            addr as *mut std::ffi::c_void,
             dims.as_ptr(),
             strides.as_ptr(),
             boxes.as_ptr(),
@@ -339,9 +346,9 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     if !prefill_tiles.is_empty() {
         // The same tiles and parameters on either kernel: 8 warps, or on the Hopper one two
         // consumer warpgroups of 64 rows and a producer warpgroup.
-        // The Hopper kernel's copies go through the cache's tensor maps: an encoder layer's
-        // K/V (the step's tensors) take the mma.sync kernel.
-        let hopper = shape.causal && hopper_prefill(backend, &props.arch, q, kv, d, meta.layout().block_size);
+        // (An encoder layer's copies go through tensor maps of the step's K/V instead of the
+        // cache's: `CudaPagedImpl::encoder_tensor_maps`.)
+        let hopper = hopper_prefill(backend, &props.arch, q, kv, d, meta.layout().block_size);
         let id = if hopper { prefill_kernel(q, kv, d, shape.softcap, shape.alibi, true) } else { mma_prefill_kernel(backend, &props.arch, q, kv, d, shape.softcap, shape.alibi) };
         launches.push(KernelLaunch {
             kernel: id,
@@ -459,6 +466,10 @@ pub struct CudaPagedImpl<T> {
     /// The K and V caches' tensor maps for the Hopper prefill's copy engine (two
     /// `CUtensorMap`s, `TENSOR_MAP_BYTES` apart), when that kernel is loaded.
     tensor_maps: Option<CudaSlice<u8>>,
+    /// An encoder layer's tensor maps of the step's K and V for the Hopper prefill, and the
+    /// (k, v, tokens) they were encoded for: re-encoded and uploaded (256 bytes) only when
+    /// the caller's tensors move, so steps on the same buffers launch only.
+    encoder_maps: std::sync::Mutex<Option<((u64, u64, usize), CudaSlice<u8>)>>,
     merge_fn: (KernelId, CudaFunction),
     _elem: PhantomData<T>,
 }
@@ -504,6 +515,7 @@ impl<T: Element> CudaPagedImpl<T> {
             prefill_fns,
             backend,
             tensor_maps,
+            encoder_maps: std::sync::Mutex::new(None),
             rt,
             shape,
             spec,
@@ -646,6 +658,11 @@ impl<T: Element> CudaPagedImpl<T> {
             // An encoder layer's keys: the step's k, v rows `[tokens, kv heads, d]`, no block table.
             let encoder = !self.shape.causal;
             let (key_cache, value_cache) = if encoder { (ptr(t.k, &stream), ptr(t.v, &stream)) } else { (key_cache, value_cache) };
+            let hopper = launch.kernel.family == Family::FlashPrefillSm90;
+            let maps = match (hopper, encoder) {
+                (true, true) => self.encoder_tensor_maps(key_cache, value_cache, plan.num_tokens, &stream)?,
+                _ => self.tensor_maps.as_ref().map_or(0, |m| ptr(m, &stream)),
+            };
             let p = PrefillParams {
                 q: ptr(t.q, &stream),
                 out: ptr(t.out, &stream),
@@ -674,8 +691,8 @@ impl<T: Element> CudaPagedImpl<T> {
                 tokens_per_tile: tpt as u32,
                 scale: self.spec.scale,
                 softcap: self.spec.softcap.unwrap_or(0.0),
-                k_tmap: self.tensor_maps.as_ref().map_or(0, |m| ptr(m, &stream)),
-                v_tmap: self.tensor_maps.as_ref().map_or(0, |m| ptr(m, &stream) + TENSOR_MAP_BYTES as u64),
+                k_tmap: maps,
+                v_tmap: if maps == 0 { 0 } else { maps + TENSOR_MAP_BYTES as u64 },
                 k_scale: if encoder { 0 } else { k_scale },
                 v_scale: if encoder { 0 } else { v_scale },
                 sinks,
@@ -710,6 +727,33 @@ impl<T: Element> CudaPagedImpl<T> {
             return Err(AttnError::InvalidConfig(format!("the plan names kernel {}, which this {} layer does not have", launch.kernel, T::DTYPE)));
         }
         Ok(())
+    }
+}
+
+impl<T: Element> CudaPagedImpl<T> {
+    /// The device address of an encoder layer's two tensor maps over the step's K and V
+    /// (`k`, `v`: `tokens` rows of `kv_heads x head_dim`), boxes of the Hopper prefill's
+    /// keys a tile: the last ones when the tensors have not moved, else encoded and uploaded
+    /// now (a host-to-device copy, which a CUDA graph capture refuses: capture after a call
+    /// on the same tensors).
+    fn encoder_tensor_maps(&self, k: u64, v: u64, tokens: usize, stream: &Arc<CudaStream>) -> Result<u64> {
+        let mut held = self.encoder_maps.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (k, v, tokens);
+        if held.as_ref().is_none_or(|(at, _)| *at != key) {
+            let (row, d) = (self.shape.num_kv_heads * self.shape.head_dim, self.shape.head_dim);
+            let box_rows = crate::params::prefill_sm90_keys(d as u32) as usize;
+            let mut bytes = tensor_map(k, tokens, row, box_rows, T::DTYPE)?;
+            bytes.extend(tensor_map(v, tokens, row, box_rows, T::DTYPE)?);
+            let mut buf = match held.take() {
+                Some((_, b)) => b,
+                None => stream.alloc_zeros::<u8>(2 * TENSOR_MAP_BYTES)?,
+            };
+            stream.memcpy_htod(&bytes, &mut buf)?;
+            // The copy leaves the host buffer before `bytes` is dropped.
+            stream.synchronize()?;
+            *held = Some((key, buf));
+        }
+        Ok(held.as_ref().map_or(0, |(_, b)| ptr(b, stream)))
     }
 }
 
