@@ -177,8 +177,11 @@ fn select_honours_dtype_and_prints_the_model() {
     let (code, out, err) = run(&["select", "--model", "gemma-2-9b", "--dtype", "f16", "--all"]);
     assert_eq!(code, 0, "{err}");
     let rows = table_rows(&out);
-    assert_eq!(rows.len(), 3, "one row per platform: {out}");
-    assert!(rows.iter().all(|r| r.contains("gemma-2-9b f16:")), "{out}");
+    // One row per platform and layer type (Gemma-2: sliding-window and global layers).
+    assert_eq!(rows.len(), 6, "one row per platform and layer type: {out}");
+    assert!(rows.iter().all(|r| r.contains("gemma-2-9b f16 [")), "{out}");
+    assert_eq!(rows.iter().filter(|r| r.contains("[sliding window 4096, 21 layers]")).count(), 3, "{out}");
+    assert_eq!(rows.iter().filter(|r| r.contains("[full attention, 21 layers]")).count(), 3, "{out}");
     for want in ["16 query heads", "8 KV heads", "head dim 256", "sliding window 4096", "soft-cap 50", "softmax scale 0.0625", "no ALiBi"] {
         assert!(out.contains(want), "{want}: {out}");
     }
@@ -187,7 +190,7 @@ fn select_honours_dtype_and_prints_the_model() {
     // This machine's rows are marked (here, without a GPU: the CPU's).
     assert!(table_rows(&out).iter().filter(|r| r.starts_with("* ")).all(|r| r.contains("CPU |")), "{out}");
     let (_, out, _) = run(&["select", "--dtype=bf16", "--all"]);
-    assert!(table_rows(&out).iter().all(|l| l.contains(" bf16: ")), "{out}");
+    assert!(table_rows(&out).iter().all(|l| l.contains(" bf16: ") || l.contains(" bf16 [")), "{out}");
 }
 
 #[test]
@@ -309,4 +312,28 @@ fn an_fp8_kv_cache_runs_the_demo_and_is_refused_where_unsupported() {
     let (code, out, err) = run(&["select", "--model", "llama-3-8b", "--dtype", "bf16", "--kv-cache-dtype", "fp8", "--all"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("CUDA sm_90 | llama-3-8b bf16: CUDA_PAGED") && out.contains("KV cache: fp8_e4m3"), "{out}");
+}
+
+#[test]
+fn select_prints_each_layer_type_of_the_models_people_serve_now() {
+    // gpt-oss: sinks on every layer, alternating a 128-token window and full attention.
+    let (code, out, err) = run(&["select", "--model", "gpt-oss-20b"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sliding window 128 on 12 layers, full attention on 12 layers, attention sinks"), "{out}");
+    assert!(out.contains("gpt-oss-20b bf16 [sliding window 128, 12 layers]: CPU") && out.contains("gpt-oss-20b bf16 [full attention, 12 layers]: CPU"), "{out}");
+    assert!(out.contains("why: ") && out.contains("attention sinks, block size 16"), "{out}");
+    // Llama 4 from a config file: the text model under text_config, chunks on 3 of 4 layers.
+    let path = config(
+        "llama4.json",
+        r#"{"model_type": "llama4", "text_config": {"num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
+            "num_hidden_layers": 8, "attention_chunk_size": 8192, "no_rope_layers": []}}"#,
+    );
+    let (code, out, err) = run(&["select", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[chunked local attention, chunks of 8192, 6 layers]: CPU") && out.contains("[full attention, 2 layers]: CPU"), "{out}");
+    // A layer type the config cannot back is an error naming the field.
+    let path = config("bad-types.json", r#"{"num_attention_heads": 8, "hidden_size": 512, "layer_types": ["sliding_attention"]}"#);
+    let (code, _, err) = run(&["select", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("layer_types") && err.contains("no sliding_window"), "{err}");
 }
