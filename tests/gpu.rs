@@ -561,6 +561,16 @@ fn cases() -> Vec<Case> {
     mla("mla bf16 64 heads 2-stage pipeline".into(), MlaShape { heads: 64, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(2) }, true);
     mla("mla f16 16 heads 2-stage pipeline".into(), MlaShape { heads: 16, block_size: 32, requests: odd.clone(), splits: None, stages: Some(2) }, false);
     mla("mla bf16 16 heads long context".into(), MlaShape { heads: 16, block_size: 64, requests: vec![(32767, 1), (20000, 2)], splits: None, stages: None }, true);
+    mla("mla bf16 32 heads 64k context".into(), MlaShape { heads: 32, block_size: 64, requests: vec![(65535, 1), (700, 3)], splits: None, stages: None }, true);
+    mla("mla bf16 64 heads block size 256".into(), MlaShape { heads: 64, block_size: 256, requests: odd.clone(), splits: Some(2), stages: None }, true);
+    mla("mla f16 32 heads block size 32".into(), MlaShape { heads: 32, block_size: 32, requests: odd.clone(), splits: None, stages: None }, false);
+    // The portable kernel on every device (CUDA_MLA_PORTABLE), beside the Hopper one.
+    let mut mla_portable = |name: String, s: MlaShape, bf: bool| {
+        let seed = v.len() as u64 * 7919 + 5;
+        v.push(Case { name, run: Box::new(move |rt| if bf { check_mla_on::<bf16>(rt, &s, seed, BackendName::CudaMlaPortable) } else { check_mla_on::<f16>(rt, &s, seed, BackendName::CudaMlaPortable) }) });
+    };
+    mla_portable("mla portable bf16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, true);
+    mla_portable("mla portable f16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None }, false);
 
     // MLA over the fp8 latent cache (FlashMLA's 656-byte rows): both query types, both
     // depths, splits, speculative tokens with a chunk, a ragged batch, tiles of mixed scale.
@@ -937,6 +947,12 @@ fn mla_step(s: &MlaShape, seed: u64, kv: KvCacheDType) -> Result<(Rng, AttnSpec,
 /// The MLA layer on the GPU against the absorbed-form f64 oracle: random latent cache,
 /// q, kv_c and k_pe; output poisoned; the latent cache after the step compared bit for bit.
 fn check_mla<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Result<String, String> {
+    check_mla_on::<T>(rt, s, seed, BackendName::CudaMla)
+}
+
+/// [`check_mla`] on `backend` (CUDA_MLA: the wgmma kernel on an sm_90a module;
+/// CUDA_MLA_PORTABLE: the mma.sync one everywhere).
+fn check_mla_on<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64, backend: BackendName) -> Result<String, String> {
     let e = |x: AttnError| x.to_string();
     let (mut rng, spec, mla, layout, meta) = mla_step(s, seed, KvCacheDType::Auto)?;
     let (h, r, w) = (s.heads, mla.kv_lora_rank, mla.latent_dim());
@@ -947,13 +963,13 @@ fn check_mla<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Resu
     let kv_c: Vec<T> = latent.chunks(w).flat_map(|row| row[..r].to_vec()).collect();
     let k_pe: Vec<T> = latent.chunks(w).flat_map(|row| row[r..].to_vec()).collect();
 
-    let mut gpu = Attention::<T>::new(BackendName::CudaMla, spec, layout, Some(rt.clone())).map_err(e)?;
+    let mut gpu = Attention::<T>::new(backend, spec, layout, Some(rt.clone())).map_err(e)?;
     gpu.load_cache(&before).map_err(e)?;
     let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
     let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, pipeline_stages: s.stages }).map_err(e)?;
     let chunk = plan.rows::<attn_backends::backend::cuda_mla::MlaRows>().ok_or("an MLA plan without MlaRows")?.chunk_keys;
     let splits = plan.num_splits;
-    let kernel = plan.launches.iter().find(|l| l.kernel.family == Family::MlaDecode).map_or("-".into(), |l| l.kernel.name());
+    let kernel = plan.launches.iter().find(|l| matches!(l.kernel.family, Family::MlaDecode | Family::MlaDecodeSm90)).map_or("-".into(), |l| l.kernel.name());
     let mut out = vec![T::from_f32(f32::NAN); n * h * r];
     gpu.forward_host(&step, &q, &kv_c, &k_pe, &mut out).map_err(e)?;
 
@@ -1002,7 +1018,7 @@ fn check_mla_fp8<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> 
     let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
     let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, pipeline_stages: s.stages }).map_err(e)?;
     let splits = plan.num_splits;
-    let kernel = plan.launches.iter().find(|l| l.kernel.family == Family::MlaDecode).map_or("-".into(), |l| l.kernel.name());
+    let kernel = plan.launches.iter().find(|l| matches!(l.kernel.family, Family::MlaDecode | Family::MlaDecodeSm90)).map_or("-".into(), |l| l.kernel.name());
     let mut out = vec![T::from_f32(f32::NAN); n * h * r];
     gpu.forward_host(&step, &q, &kv_c, &k_pe, &mut out).map_err(e)?;
 

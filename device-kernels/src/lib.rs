@@ -4,7 +4,8 @@
 //! attention on tensor cores, split-KV), `flash_prefill` (FlashAttention-2 tiling over the
 //! paged cache, varlen and causal with a start offset), `merge` (flash-decoding's merge),
 //! `mla_decode` (DeepSeek's latent attention, absorbed form, split-KV), and for Hopper only
-//! (the sm_90a module) `flash_prefill_sm90` (the prefill's products on wgmma).
+//! (the sm_90a module) `flash_prefill_sm90` (the prefill's products on wgmma) and
+//! `mla_decode_sm90` (MLA's on wgmma, K tiles by TMA).
 //! They are composed of shared building blocks: `tile` (swizzled shared-memory tiles and the
 //! lanes' `ldmatrix` addressing), `softmax` (the online-softmax row state on mma fragments,
 //! its rescale and the P fragment), `gather` (request lookup, paged key addressing),
@@ -33,6 +34,7 @@ pub mod merge;
 pub mod flash_prefill;
 pub mod flash_prefill_sm90;
 pub mod mla_decode;
+pub mod mla_decode_sm90;
 
 // The entry points: one per kernel of the table (`registry.rs`), written by build.rs as calls
 // of each family's `*_instance!` macro.

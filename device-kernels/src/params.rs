@@ -168,7 +168,7 @@ pub struct MergeParams {
 const _: () = assert!(core::mem::size_of::<CacheWriteParams>() == 112);
 const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 224);
 const _: () = assert!(core::mem::size_of::<MergeParams>() == 88);
-const _: () = assert!(core::mem::size_of::<MlaParams>() == 160);
+const _: () = assert!(core::mem::size_of::<MlaParams>() == 168);
 const _: () = assert!(core::mem::size_of::<MlaCacheWriteParams>() == 64);
 const _: () = assert!(core::mem::size_of::<PrefillParams>() == 224);
 const _: () = assert!(core::mem::align_of::<PagedAttnParams>() == 8);
@@ -422,6 +422,10 @@ pub struct MlaParams {
     pub scale: f32,
     /// Padding to the struct's 8-byte alignment (unused).
     pub _pad: u32,
+    /// The Hopper kernel's tensor map of the latent cache (a `CUtensorMap` in global memory:
+    /// `[blocks x block_size, MLA_LATENT_DIM]` in boxes of 64 columns x `min(block_size,
+    /// MLA_SM90_KEYS)` rows, 128-byte swizzle); unused by the portable kernel.
+    pub tmap: u64,
 }
 
 /// The MLA cache write: this step's `kv_c` `[num_tokens, MLA_RANK]` and `k_pe`
@@ -501,6 +505,22 @@ pub const fn mla_smem_bytes(stages: u32, kv_bytes: u32) -> u32 {
 /// The pipeline depths of the MLA decode over a cache of `kv_bytes`-byte elements.
 pub const fn mla_stages(kv_bytes: u32) -> &'static [u32] {
     if kv_bytes == 1 { &MLA_FP8_STAGES } else { &MLA_STAGES }
+}
+
+/// The Hopper MLA decode (`mla_decode_sm90`): a producer warpgroup and two consumer
+/// warpgroups, each consumer all `MLA_ROWS` rows and half the value dims.
+pub const MLA_SM90_THREADS: u32 = 384;
+/// Keys per K tile of the Hopper MLA decode (wgmma n64).
+pub const MLA_SM90_KEYS: u32 = 64;
+/// K tiles in flight (two of 72 KiB beside the 72 KiB Q tile: 217 KiB).
+pub const MLA_SM90_STAGES: u32 = 2;
+/// Smallest block size the Hopper MLA decode serves (its boxes are whole 8-row groups of the
+/// 128-byte swizzle).
+pub const MLA_SM90_MIN_BLOCK: u32 = 8;
+/// Dynamic shared memory of the Hopper MLA decode: 1024 bytes of alignment slack, the Q
+/// tile, the K stages, two mbarriers a stage (222,240 bytes).
+pub const fn mla_sm90_smem_bytes() -> u32 {
+    1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + MLA_SM90_STAGES * (MLA_SM90_KEYS * MLA_LATENT_DIM * 2 + 16)
 }
 
 /// Threads per block of the cache-write kernel.

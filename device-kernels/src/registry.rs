@@ -17,7 +17,7 @@
 //! (`#[path]`), so it depends on nothing but `params`.
 
 use super::params::{
-    mla_smem_bytes, paged_smem_bytes, prefill_sm90_smem_bytes, prefill_smem_bytes, CACHE_WRITE_THREADS, MLA_FP8_STAGES, MLA_STAGES, MLA_WARPS,
+    mla_sm90_smem_bytes, mla_smem_bytes, paged_smem_bytes, prefill_sm90_smem_bytes, prefill_smem_bytes, CACHE_WRITE_THREADS, MLA_FP8_STAGES, MLA_SM90_THREADS, MLA_STAGES, MLA_WARPS,
     PAGED_WARPS, PREFILL_SM90_THREADS, PREFILL_WARPS,
 };
 
@@ -44,6 +44,9 @@ pub enum Family {
     MlaCacheWrite,
     /// MLA decode, absorbed form, split-KV (`MlaParams`).
     MlaDecode,
+    /// The MLA decode's blocks on wgmma, K tiles by TMA, warp specialization (`MlaParams`),
+    /// in the sm_90a module.
+    MlaDecodeSm90,
 }
 
 impl Family {
@@ -60,6 +63,7 @@ impl Family {
             Family::FlashPrefillCvt => "crate::flash_prefill::flash_prefill_cvt_instance",
             Family::MlaCacheWrite => "crate::cache_write::mla_cache_write_instance",
             Family::MlaDecode => "crate::mla_decode::mla_decode_instance",
+            Family::MlaDecodeSm90 => "crate::mla_decode_sm90::mla_decode_sm90_instance",
         }
     }
     const fn prefix(self) -> &'static str {
@@ -73,6 +77,7 @@ impl Family {
             Family::FlashPrefillCvt => "flash_prefill_cvt",
             Family::MlaCacheWrite => "mla_cache_write",
             Family::MlaDecode => "mla_decode",
+            Family::MlaDecodeSm90 => "mla_decode_sm90",
         }
     }
 }
@@ -286,6 +291,7 @@ impl KernelId {
             Family::FlashPrefill | Family::FlashPrefillCvt => prefill_smem_bytes(self.head_dim, self.kv.bytes()),
             Family::FlashPrefillSm90 => prefill_sm90_smem_bytes(self.head_dim),
             Family::MlaDecode => mla_smem_bytes(self.stages, self.kv.bytes()),
+            Family::MlaDecodeSm90 => mla_sm90_smem_bytes(),
         }
     }
 }
@@ -367,6 +373,7 @@ pub const KERNELS: &[KernelRow] = &[
     KernelRow { family: Family::MlaCacheWrite, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
     KernelRow { family: Family::MlaDecode, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_STAGES, module: Module::Portable, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC },
     KernelRow { family: Family::MlaDecode, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_FP8_STAGES, module: Module::Portable, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC },
+    KernelRow { family: Family::MlaDecodeSm90, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Sm90a, threads: MLA_SM90_THREADS, needs: Features::HOPPER },
 ];
 
 /// Whether some row of `family` holds KV dtype `kv` (at compile time: the backends' capability

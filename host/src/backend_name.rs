@@ -15,13 +15,16 @@ pub enum BackendName {
     /// `CudaPaged` with the portable (`mma.sync`) prefill kernel on every device, Hopper
     /// included (to compare it with the wgmma one).
     CudaPagedPortable,
+    /// `CudaMla` with the portable (`mma.sync`) MLA decode on every device, Hopper included
+    /// (to compare it with the wgmma one).
+    CudaMlaPortable,
     /// The rayon CPU backend.
     Cpu,
 }
 
 impl BackendName {
     /// Every backend, in no particular order.
-    pub const ALL: [BackendName; 4] = [BackendName::CudaPaged, BackendName::CudaMla, BackendName::CudaPagedPortable, BackendName::Cpu];
+    pub const ALL: [BackendName; 5] = [BackendName::CudaPaged, BackendName::CudaMla, BackendName::CudaPagedPortable, BackendName::CudaMlaPortable, BackendName::Cpu];
 
     /// The name `ATTN_BACKEND` takes (`CUDA_PAGED`, ...).
     pub const fn as_str(self) -> &'static str {
@@ -29,6 +32,7 @@ impl BackendName {
             BackendName::CudaPaged => "CUDA_PAGED",
             BackendName::CudaMla => "CUDA_MLA",
             BackendName::CudaPagedPortable => "CUDA_PAGED_PORTABLE",
+            BackendName::CudaMlaPortable => "CUDA_MLA_PORTABLE",
             BackendName::Cpu => "CPU",
         }
     }

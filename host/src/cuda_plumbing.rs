@@ -278,3 +278,45 @@ pub const fn kv_type(kv: KvCacheDType) -> crate::registry::KvType {
         KvCacheDType::Fp8E4m3 => crate::registry::KvType::Fp8E4m3,
     }
 }
+
+/// Bytes of a `CUtensorMap`.
+pub const TENSOR_MAP_BYTES: usize = std::mem::size_of::<cudarc::driver::sys::CUtensorMap>();
+
+/// The copy engine's view of `tokens` rows of `row` 16-bit elements at device address
+/// `addr` (a paged cache, or an encoder layer's K or V of the step): boxes of 64 columns x
+/// `box_rows` rows, 128-byte swizzle. The driver's encoding, as bytes.
+pub(crate) fn tensor_map(addr: u64, tokens: usize, row: usize, box_rows: usize, dtype: DType) -> Result<Vec<u8>> {
+    use cudarc::driver::sys::*;
+    let data_type = match dtype {
+        DType::Bf16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        _ => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+    };
+    let dims = [row as u64, tokens as u64];
+    let strides = [(row * 2) as u64];
+    let rows = box_rows;
+    let boxes = [64u32, rows as u32];
+    let element_strides = [1u32, 1];
+    let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
+    // SAFETY: the arrays hold the rank's entries; the address is device memory (16-byte
+    // aligned: a cudarc allocation) whose extent the dims and strides describe.
+    let r = unsafe {
+        cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            data_type,
+            2,
+            addr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            element_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    r.result()?;
+    // SAFETY: encoded above (and zeroed before); plain bytes.
+    let map = unsafe { map.assume_init() };
+    Ok(unsafe { std::slice::from_raw_parts(&map as *const CUtensorMap as *const u8, TENSOR_MAP_BYTES) }.to_vec())
+}

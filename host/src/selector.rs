@@ -477,7 +477,7 @@ mod tests {
     fn priority_lists_cover_every_backend() {
         for b in BackendName::ALL {
             // CUDA_PAGED_PORTABLE only by name: it serves what CUDA_PAGED serves.
-            assert!(CUDA_PRIORITY.contains(&b) || b == BackendName::CudaPagedPortable, "{b} missing from the CUDA priority list");
+            assert!(CUDA_PRIORITY.contains(&b) || matches!(b, BackendName::CudaPagedPortable | BackendName::CudaMlaPortable), "{b} missing from the CUDA priority list");
             assert_eq!(b.caps().name, b, "{b}'s CAPS row names another backend");
             assert_eq!(BackendName::parse(b.as_str()), Some(b));
         }
@@ -638,7 +638,7 @@ mod tests {
         }
         // Never a silent fallback: MLA forced onto CUDA_PAGED fails even though CPU would serve.
         let e = select(SM90, &req("deepseek-v3"), Some("CUDA_PAGED")).unwrap_err().to_string();
-        assert!(e.contains("MLA not supported") && e.contains("Backends that can: CUDA_MLA, CPU"), "{e}");
+        assert!(e.contains("MLA not supported") && e.contains("Backends that can: CUDA_MLA, CUDA_MLA_PORTABLE, CPU"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The CUDA MLA backend: DeepSeek-V2/V3's multi-head latent attention in the absorbed form,
-//! on the Rust PTX kernels (`mma.sync`, the portable path; no Hopper instructions yet).
+//! on the Rust PTX kernels: `mma.sync` everywhere, and on Hopper (the sm_90a module) the
+//! same blocks on wgmma with the copy engine (`mla_decode_sm90_<dtype>`, [`hopper_decode`]).
 //!
 //! - `mla_cache_write_b16`: this step's `kv_c` `[tokens, 512]` and `k_pe` `[tokens, 64]` into
 //!   the latent cache `[num_blocks, block_size, 576]` at the slot mapping;
@@ -24,7 +25,7 @@
 //! work spread over the SMs; [`CudaMlaImpl`] only launches.
 
 use crate::attention_impl::{latent_rows_have_scales, no_fp8_cache};
-use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, kv_type, max_shared_memory_per_block, merge_kernel, ptr, query_type, through_device, DeviceMetadata, DeviceRows, BACKEND_MAPS};
+use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, kv_type, max_shared_memory_per_block, merge_kernel, ptr, query_type, tensor_map, through_device, DeviceMetadata, DeviceRows, BACKEND_MAPS, TENSOR_MAP_BYTES};
 use crate::fp8::{KvScales, LATENT_ROW_BYTES};
 use crate::plan::MAX_SPLITS;
 use crate::registry::{Family, KernelId, KvType, QType, ScoreMod};
@@ -37,8 +38,8 @@ use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
-use crate::params::{mla_row_bytes, mla_smem_bytes, mla_stages, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_STAGES, MLA_WARPS};
-use crate::platform::DeviceProps;
+use crate::params::{mla_row_bytes, mla_smem_bytes, mla_stages, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_SM90_KEYS, MLA_SM90_MIN_BLOCK, MLA_SM90_THREADS, MLA_STAGES, MLA_WARPS};
+use crate::platform::{ArchFeatures, DeviceProps};
 use crate::spec::{AttnSpec, MlaSpec};
 use crate::plan::{KernelLaunch, LayerShape, PlanOptions, StepLimits, StepPlan};
 use crate::step::Step;
@@ -51,6 +52,23 @@ pub const LATENT_DIMS: &[u32] = &[MLA_LATENT_DIM];
 
 /// CUDA_MLA's capability row: MLA models only (latent width 576), f16/bf16, compute capability 8.0+.
 pub static CAPS: BackendCaps = BackendCaps {
+    on_sm90: Some(
+        "on compute capability 9.0 (the sm_90a module), over a 16-bit latent cache of blocks of 8 or more tokens -> mla_decode_sm90: the same blocks on wgmma \
+         (a producer warp bringing K tiles by TMA through the block table, two consumer warpgroups each holding half the value dims); ATTN_BACKEND=CUDA_MLA_PORTABLE keeps mma.sync",
+    ),
+    ..MLA_ROW
+};
+
+/// `CUDA_MLA_PORTABLE`: the same backend with the portable (`mma.sync`) decode on every
+/// device (`ATTN_BACKEND=CUDA_MLA_PORTABLE`, to compare the kernels on a Hopper GPU).
+pub static PORTABLE_CAPS: BackendCaps = BackendCaps {
+    name: BackendName::CudaMlaPortable,
+    kernels: "as CUDA_MLA, with the portable mma.sync decode (mla_decode) on every architecture",
+    ..MLA_ROW
+};
+
+/// The two rows' common fields.
+const MLA_ROW: BackendCaps = BackendCaps {
     name: BackendName::CudaMla,
     min_compute_capability: Some(80),
     cpu: false,
@@ -94,6 +112,16 @@ fn shared_memory_bytes(_latent_dim: usize) -> usize {
 pub fn decode_kernel(q: QType, kv: KvType, stages: u32) -> KernelId {
     KernelId { family: Family::MlaDecode, q, kv, head_dim: 0, score: ScoreMod::Plain, stages }
 }
+/// The Hopper MLA decode (wgmma, TMA) for a query type.
+pub fn sm90_decode_kernel(q: QType) -> KernelId {
+    KernelId { family: Family::MlaDecodeSm90, q, kv: KvType::Native, head_dim: 0, score: ScoreMod::Plain, stages: 0 }
+}
+/// Whether `backend` decodes on the Hopper kernel: `CUDA_MLA` on a device that runs it
+/// (`arch`), over a 16-bit latent cache of blocks of 8 or more tokens (its copies move whole
+/// 8-row groups of the 128-byte swizzle). The plan and the impl both ask this.
+pub fn hopper_decode(backend: BackendName, arch: &ArchFeatures, q: QType, kv: KvType, block_size: usize) -> bool {
+    backend == BackendName::CudaMla && kv == KvType::Native && block_size >= MLA_SM90_MIN_BLOCK as usize && arch.runs_id(&sm90_decode_kernel(q))
+}
 /// The latent cache write: bitwise for a 16-bit cache (`mla_cache_write_b16`), quantizing
 /// for fp8 (`mla_cache_write_<q>_e4m3`).
 pub fn cache_write_kernel(q: QType, kv: KvType) -> KernelId {
@@ -130,12 +158,18 @@ pub fn check_mla(spec: &AttnSpec, layout: &KvCacheLayout) -> Result<MlaSpec> {
 }
 
 /// The device's properties for the MLA plan: SMs, and MLA blocks per SM.
-pub fn device_props(rt: &CudaRuntime, dtype: DType) -> Result<DeviceProps> {
-    let q = query_type(dtype, "CUDA_MLA")?;
+pub fn device_props(rt: &CudaRuntime, dtype: DType, layout: &KvCacheLayout, backend: BackendName) -> Result<DeviceProps> {
+    let q = query_type(dtype, backend.as_str())?;
     let smem_max = max_shared_memory_per_block(rt)?;
-    let id = decode_kernel(q, KvType::Native, pipeline_stages(KvType::Native, smem_max));
-    let f = function_with_smem(rt, BackendName::CudaMla, id, MLA_LATENT_DIM as usize)?;
-    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(MLA_WARPS * 32, id.smem_bytes() as usize, None)?;
+    let kv = kv_type(layout.kv_dtype);
+    // The occupancy of the kernel the plan will name.
+    let (id, threads) = if hopper_decode(backend, &rt.features(), q, kv, layout.block_size) {
+        (sm90_decode_kernel(q), MLA_SM90_THREADS)
+    } else {
+        (decode_kernel(q, kv, pipeline_stages(kv, smem_max)), MLA_WARPS * 32)
+    };
+    let f = function_with_smem(rt, backend, id, MLA_LATENT_DIM as usize)?;
+    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(threads, id.smem_bytes() as usize, None)?;
     Ok(DeviceProps { num_sms: rt.num_sms(), attention_blocks_per_sm: per_sm.max(1), max_shared_memory_per_block: smem_max, arch: rt.features() })
 }
 
@@ -182,8 +216,8 @@ pub fn mla_chunk_keys(lens: &[usize], tiles: &[usize], slots: usize, workspace_f
 /// go through the workspace (`split_rows` token rows) and the merge.
 /// `opts.force_splits = Some(s)`: the longest request gets `s` splits (the others as many as
 /// their length needs at the same chunk length).
-pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions) -> Result<StepPlan> {
-    let q = query_type(dtype, "CUDA_MLA")?;
+pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions, backend: BackendName) -> Result<StepPlan> {
+    let q = query_type(dtype, backend.as_str())?;
     let kv = kv_type(meta.layout().kv_dtype);
     let (n, h, rows) = (meta.num_tokens(), shape.num_q_heads, MLA_ROWS as usize);
     let lens: Vec<usize> = meta.seq_lens().iter().map(|&l| l as usize).collect();
@@ -239,11 +273,14 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
             Some(s) => s,
             None => pipeline_stages(kv, props.max_shared_memory_per_block),
         };
+        // The Hopper kernel unless a depth of the portable one is asked for.
+        let hopper = opts.pipeline_stages.is_none() && hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size);
+        let (kernel, block) = if hopper { (sm90_decode_kernel(q), MLA_SM90_THREADS) } else { (decode_kernel(q, kv, stages), MLA_WARPS * 32) };
         launches.push(KernelLaunch {
-            kernel: decode_kernel(q, kv, stages),
+            kernel,
             grid: (key_splits.len() as u32, tiles.iter().copied().max().unwrap_or(1) as u32, 1),
-            block: MLA_WARPS * 32,
-            shared_mem_bytes: mla_smem_bytes(stages, kv.bytes()),
+            block,
+            shared_mem_bytes: kernel.smem_bytes(),
             tokens: n,
         });
         if num_splits > 1 {
@@ -251,7 +288,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         }
     }
     let workspace_bytes = slot as usize * h * (MLA_RANK as usize + 2) * std::mem::size_of::<f32>();
-    Ok(StepPlan::new(BackendName::CudaMla, n, meta.num_reqs(), num_splits, launches, workspace_bytes, MlaRows { key_splits, chunk_keys: chunk, token_splits }))
+    Ok(StepPlan::new(backend, n, meta.num_reqs(), num_splits, launches, workspace_bytes, MlaRows { key_splits, chunk_keys: chunk, token_splits }))
 }
 
 /// One block of MLA's split-KV schedule: split `split` of `request`'s keys (keys
@@ -341,6 +378,10 @@ pub struct CudaMlaImpl<T: Element> {
     /// The decode kernel of each pipeline depth the device can run (the plan names one).
     decode_fns: Vec<(KernelId, CudaFunction)>,
     merge_fn: (KernelId, CudaFunction),
+    /// CUDA_MLA, or CUDA_MLA_PORTABLE (the mma.sync decode on a Hopper GPU too).
+    backend: BackendName,
+    /// The latent cache's tensor map for the Hopper decode's copy engine, when that kernel is loaded.
+    tmap: Option<CudaSlice<u8>>,
     _elem: PhantomData<T>,
 }
 
@@ -351,9 +392,14 @@ impl<T: Element> CudaMlaImpl<T> {
 
     /// An MLA layer on `rt`'s device with a zeroed latent cache of `layout`, once the capability row accepted the layer.
     pub fn new(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout) -> Result<Self> {
-        CAPS.check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
+        Self::with_backend(rt, spec, layout, BackendName::CudaMla)
+    }
+
+    /// As `new`, for `CudaMla` or `CudaMlaPortable` (the portable decode everywhere).
+    pub fn with_backend(rt: Arc<CudaRuntime>, spec: AttnSpec, layout: KvCacheLayout, backend: BackendName) -> Result<Self> {
+        backend.caps().check_layer(rt.platform(), T::DTYPE, &spec, &layout)?;
         let mla = check_mla(&spec, &layout)?;
-        let q = query_type(T::DTYPE, "CUDA_MLA")?;
+        let q = query_type(T::DTYPE, backend.as_str())?;
         let kv = kv_type(layout.kv_dtype);
         let smem_max = max_shared_memory_per_block(&rt)?;
         let depths = mla_stages(kv.bytes());
@@ -374,11 +420,25 @@ impl<T: Element> CudaMlaImpl<T> {
             });
         }
         let cache_write = cache_write_kernel(q, kv);
+        let cache = rt.stream().alloc_zeros::<u8>(layout.capacity_slots() * mla_row_bytes(kv.bytes()) as usize)?;
+        // The Hopper decode and the copy engine's view of the cache: its slots as rows of
+        // 576 16-bit values, boxes of a page (or a tile's share of one).
+        let mut tmap = None;
+        if hopper_decode(backend, &rt.features(), q, kv, layout.block_size) {
+            let id = sm90_decode_kernel(q);
+            decode_fns.push((id, function_with_smem(&rt, backend, id, MLA_LATENT_DIM as usize)?));
+            let stream = rt.stream().clone();
+            let bytes = tensor_map(ptr(&cache, &stream), layout.capacity_slots(), MLA_LATENT_DIM as usize, layout.block_size.min(MLA_SM90_KEYS as usize), T::DTYPE)?;
+            debug_assert_eq!(bytes.len(), TENSOR_MAP_BYTES);
+            tmap = Some(stream.clone_htod(&bytes)?);
+        }
         Ok(CudaMlaImpl {
             cache_write_fn: (cache_write, rt.function(cache_write)?),
             decode_fns,
             merge_fn: (merge_kernel(q), rt.function(merge_kernel(q))?),
-            cache: rt.stream().alloc_zeros::<u8>(layout.capacity_slots() * mla_row_bytes(kv.bytes()) as usize)?,
+            cache,
+            backend,
+            tmap,
             shape: LayerShape::of(&spec),
             mla,
             layout,
@@ -400,7 +460,7 @@ impl<T: Element> CudaMlaImpl<T> {
     }
 
     fn run_launches(&self, step: &Step, t: &DeviceTensors<'_, T>, write_cache: bool) -> Result<()> {
-        let (plan, dev) = step.for_device_layer(BackendName::CudaMla, T::DTYPE, &self.shape, &self.layout, &self.rt)?;
+        let (plan, dev) = step.for_device_layer(self.backend, T::DTYPE, &self.shape, &self.layout, &self.rt)?;
         let (n, h) = (plan.num_tokens, self.mla.num_q_heads);
         check_rows("q", t.q.len(), n, h * MLA_LATENT_DIM as usize)?;
         if write_cache {
@@ -469,6 +529,7 @@ impl<T: Element> CudaMlaImpl<T> {
                 chunk_keys: mla_rows(plan).chunk_keys as u32,
                 scale: self.mla.scale,
                 _pad: 0,
+                tmap: self.tmap.as_ref().map_or(0, |m| ptr(m, &stream)),
             };
             // SAFETY: q, out hold the step's rows; the metadata buffers hold the step's maps
             // and schedule (validated block ids; the plan's workspace rows fit split_rows,
@@ -501,14 +562,14 @@ impl<T: Element> CudaMlaImpl<T> {
 
 impl<T: Element> AttentionImpl<T> for CudaMlaImpl<T> {
     fn backend(&self) -> BackendName {
-        BackendName::CudaMla
+        self.backend
     }
 
     /// Host tensors: q `[tokens, H, 576]`, k = kv_c `[tokens, 512]`, v = k_pe `[tokens, 64]`,
     /// out `[tokens, H, 512]`; copied through the device (out too, so that a row the kernels
     /// fail to write keeps the caller's poison).
     fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
-        let plan = step.for_layer(BackendName::CudaMla, T::DTYPE, &self.shape, &self.layout)?;
+        let plan = step.for_layer(self.backend, T::DTYPE, &self.shape, &self.layout)?;
         let (n, h) = (plan.num_tokens, self.mla.num_q_heads);
         check_len("q", q.len(), n * h * MLA_LATENT_DIM as usize)?;
         check_len("k (kv_c)", k.len(), n * MLA_RANK as usize)?;
@@ -638,7 +699,7 @@ mod tests {
         let m = meta(&[(99, 1), (2998, 2)]);
         let shape = LayerShape::heads(16, 1, 576);
         let limits = StepLimits::new(8, 2, 4096, 64);
-        let p = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap();
+        let p = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }, BackendName::CudaMlaPortable).unwrap();
         assert_eq!((mla_rows(&p).chunk_keys, p.num_splits), (768, 4));
         assert_eq!(mla_rows(&p).key_splits, vec![KeySplit { request: 0, split: 0 }, KeySplit { request: 1, split: 0 }, KeySplit { request: 1, split: 1 }, KeySplit { request: 1, split: 2 }, KeySplit { request: 1, split: 3 }]);
         // Token 0 (one split) is written directly; tokens 1, 2 take workspace slots 0-3, 4-7.
@@ -653,24 +714,38 @@ mod tests {
             ]
         );
         // 128 heads x 2 tokens = 256 rows: 4 row tiles (grid y).
-        let p = plan(&m, &LayerShape::heads(128, 1, 576), DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(1), ..PlanOptions::default() }).unwrap();
+        let p = plan(&m, &LayerShape::heads(128, 1, 576), DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(1), ..PlanOptions::default() }, BackendName::CudaMlaPortable).unwrap();
         assert_eq!((p.launches[1].grid, p.num_splits, p.launches.len()), ((2, 4, 1), 1, 2));
         // The workspace limit: 4 splits of 2 tokens need 8 token rows.
-        let e = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &StepLimits { split_rows: 7, ..limits }, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap_err();
+        let e = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &StepLimits { split_rows: 7, ..limits }, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }, BackendName::CudaMlaPortable).unwrap_err();
         assert!(e.to_string().contains("split_rows is 7"), "{e}");
-        assert!(plan(&m, &shape, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default()).is_err());
+        assert!(plan(&m, &shape, DType::F32, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaMlaPortable).is_err());
 
         // The same step over an fp8 latent cache: the quantizing cache write, the fp8 decode
         // at its deepest depth that fits (3 on an H100: 221.5 KiB), the same schedule.
         let m8 = crate::metadata::in_order_of(&[(99, 1), (2998, 2)], 64, 1, 576, KvCacheDType::Fp8E4m3);
-        let p8 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap();
+        let p8 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }, BackendName::CudaMlaPortable).unwrap();
         let names: Vec<String> = p8.launches.iter().map(|l| l.kernel.name()).collect();
         assert_eq!(names, ["mla_cache_write_bf16_e4m3", "mla_decode_bf16_e4m3_s3", "merge_splits_bf16"]);
-        let p = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }).unwrap();
+        let p = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }, BackendName::CudaMlaPortable).unwrap();
         assert_eq!((p8.launches[1].shared_mem_bytes, mla_rows(&p8)), (mla_smem_bytes(3, 1), mla_rows(&p)));
         // A depth the fp8 kernel does not have is refused, naming the ones it has.
-        let e = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(4), ..PlanOptions::default() }).unwrap_err();
+        let e = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(4), ..PlanOptions::default() }, BackendName::CudaMlaPortable).unwrap_err();
         assert!(e.to_string().contains("fp8_e4m3 cache has [2, 3]"), "{e}");
+
+        // CUDA_MLA on an H100 takes the Hopper kernel for the 16-bit cache (same schedule,
+        // 384 threads, one block an SM), the portable one for fp8, an A100 the portable one;
+        // a pipeline depth asks for the portable kernel.
+        let opts = PlanOptions { force_splits: Some(4), ..PlanOptions::default() };
+        let h = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
+        assert_eq!(h.launches[1], KernelLaunch { kernel: kid("mla_decode_sm90_bf16"), grid: (5, 1, 1), block: 384, shared_mem_bytes: crate::params::mla_sm90_smem_bytes(), tokens: 3 });
+        assert_eq!(mla_rows(&h), mla_rows(&p));
+        let h8 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
+        assert_eq!(h8.launches[1].kernel.name(), "mla_decode_bf16_e4m3_s3");
+        let a = plan(&m, &shape, DType::Bf16, &DeviceProps::A100, &limits, &opts, BackendName::CudaMla).unwrap();
+        assert_eq!(a.launches[1].kernel.name(), "mla_decode_bf16");
+        let d = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(2), ..opts }, BackendName::CudaMla).unwrap();
+        assert_eq!(d.launches[1].kernel.name(), "mla_decode_bf16");
     }
 
     #[test]

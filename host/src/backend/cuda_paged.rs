@@ -24,7 +24,7 @@ use crate::backend_name::BackendName;
 use crate::caps::BackendCaps;
 use crate::cuda_plumbing::DeviceTensors;
 pub use crate::cuda_plumbing::{merge_kernel, DeviceMetadata};
-use crate::cuda_plumbing::{check_len, check_rows, function_with_smem, max_shared_memory_per_block, ptr, query_type, through_device, DeviceRows, BACKEND_MAPS};
+use crate::cuda_plumbing::{check_len, check_rows, function_with_smem, max_shared_memory_per_block, ptr, query_type, tensor_map, through_device, DeviceRows, BACKEND_MAPS};
 use crate::cuda::CudaRuntime;
 use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
@@ -187,7 +187,7 @@ pub fn hopper_prefill(backend: BackendName, arch: &ArchFeatures, q: QType, kv: K
 }
 
 /// Bytes of a `CUtensorMap`.
-pub const TENSOR_MAP_BYTES: usize = std::mem::size_of::<cudarc::driver::sys::CUtensorMap>();
+pub use crate::cuda_plumbing::TENSOR_MAP_BYTES;
 
 /// The copy engine's view of a paged cache `[blocks, block_size, kv_heads, head_dim]`: a
 /// 2-D tensor of `blocks x block_size` rows of `kv_heads x head_dim` elements, read in boxes
@@ -197,45 +197,6 @@ pub const TENSOR_MAP_BYTES: usize = std::mem::size_of::<cudarc::driver::sys::CUt
 fn cache_tensor_map(cache: &CudaSlice<u8>, layout: &KvCacheLayout, dtype: DType, stream: &CudaStream) -> Result<Vec<u8>> {
     let rows = layout.block_size.min(crate::params::prefill_sm90_keys(layout.head_dim as u32) as usize);
     tensor_map(ptr(cache, stream), layout.num_blocks * layout.block_size, layout.token_stride(), rows, dtype)
-}
-
-/// The copy engine's view of `tokens` rows of `row` 16-bit elements at device address
-/// `addr` (a paged cache, or an encoder layer's K or V of the step): boxes of 64 columns x
-/// `box_rows` rows, 128-byte swizzle. The driver's encoding, as bytes.
-fn tensor_map(addr: u64, tokens: usize, row: usize, box_rows: usize, dtype: DType) -> Result<Vec<u8>> {
-    use cudarc::driver::sys::*;
-    let data_type = match dtype {
-        DType::Bf16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-        _ => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-    };
-    let dims = [row as u64, tokens as u64];
-    let strides = [(row * 2) as u64];
-    let rows = box_rows;
-    let boxes = [64u32, rows as u32];
-    let element_strides = [1u32, 1];
-    let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
-    // SAFETY: the arrays hold the rank's entries; the address is device memory (16-byte
-    // aligned: a cudarc allocation) whose extent the dims and strides describe.
-    let r = unsafe {
-        cuTensorMapEncodeTiled(
-            map.as_mut_ptr(),
-            data_type,
-            2,
-            addr as *mut std::ffi::c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            element_strides.as_ptr(),
-            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    };
-    r.result()?;
-    // SAFETY: encoded above (and zeroed before); plain bytes.
-    let map = unsafe { map.assume_init() };
-    Ok(unsafe { std::slice::from_raw_parts(&map as *const CUtensorMap as *const u8, TENSOR_MAP_BYTES) }.to_vec())
 }
 
 /// The device's properties a plan reads: SMs, and blocks of the decode kernel per SM
@@ -927,9 +888,10 @@ mod tests {
         // portable kernel there).
         let (sm90, sm90a) = (kernel_registry("sm_90"), kernel_registry("sm_90a"));
         assert!(sm90a.contains(&"flash_prefill_sm90_f16_d256_alibi".to_string()) && !sm90.iter().any(|k| k.contains("_sm90_")));
-        // The sm_90a module's own: the Hopper prefill (2 dtypes x 3 head dims x 4 modifiers)
-        // and the hardware-converting fp8 decode (2 dtypes x 4 head dims).
-        assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4 + 2 * 4 + 2 * 4 * 4);
+        // The sm_90a module's own: the Hopper prefill (2 dtypes x 3 head dims x 4 modifiers),
+        // the hardware-converting fp8 decode (2 dtypes x 4 head dims), the fp8 prefill on the
+        // same conversion (2 x 4 x 4) and the Hopper MLA decode (2 dtypes).
+        assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4 + 2 * 4 + 2 * 4 * 4 + 2);
         assert!(!sm90a.iter().any(|k| k.starts_with("flash_prefill_sm90") && k.contains("_d96")));
         // A plan says which of its launches are Hopper's own kernels.
         let hopper_plan = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).unwrap();

@@ -77,6 +77,7 @@ impl BackendName {
             BackendName::CudaPaged => &cuda_paged::CAPS,
             BackendName::CudaMla => &cuda_mla::CAPS,
             BackendName::CudaPagedPortable => &cuda_paged::PORTABLE_CAPS,
+            BackendName::CudaMlaPortable => &cuda_mla::PORTABLE_CAPS,
             BackendName::Cpu => &cpu::CAPS,
         }
     }
@@ -84,7 +85,7 @@ impl BackendName {
     /// The backend's plan of a step (a pure function; `props` is the device's, `None` on
     /// the CPU).
     pub fn plan(self, meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: Option<&DeviceProps>, limits: &StepLimits, opts: &PlanOptions) -> Result<StepPlan> {
-        if let (Some(s), false) = (opts.pipeline_stages, self == BackendName::CudaMla) {
+        if let (Some(s), false) = (opts.pipeline_stages, matches!(self, BackendName::CudaMla | BackendName::CudaMlaPortable)) {
             return Err(AttnError::InvalidConfig(format!("pipeline_stages {s}: only CUDA_MLA's kernel comes in several pipeline depths, not {self}'s")));
         }
         match self {
@@ -93,9 +94,9 @@ impl BackendName {
                 let props = props.ok_or_else(|| AttnError::NoCuda(format!("planning {self} needs the device's properties")))?;
                 cuda_paged::plan(meta, shape, dtype, props, limits, opts, self)
             }
-            BackendName::CudaMla => {
-                let props = props.ok_or_else(|| AttnError::NoCuda("planning CUDA_MLA needs the device's properties".into()))?;
-                cuda_mla::plan(meta, shape, dtype, props, limits, opts)
+            BackendName::CudaMla | BackendName::CudaMlaPortable => {
+                let props = props.ok_or_else(|| AttnError::NoCuda(format!("planning {self} needs the device's properties")))?;
+                cuda_mla::plan(meta, shape, dtype, props, limits, opts, self)
             }
         }
     }
@@ -106,7 +107,7 @@ impl BackendName {
     pub fn device_props(self, rt: &CudaRuntime, dtype: DType, layout: &KvCacheLayout, shape: &LayerShape) -> Result<DeviceProps> {
         match self {
             BackendName::Cpu => Err(AttnError::InvalidConfig("the CPU backend plans without device properties".into())),
-            BackendName::CudaMla => cuda_mla::device_props(rt, dtype),
+            BackendName::CudaMla | BackendName::CudaMlaPortable => cuda_mla::device_props(rt, dtype, layout, self),
             BackendName::CudaPaged | BackendName::CudaPagedPortable => cuda_paged::device_props(rt, dtype, kv_type(layout.kv_dtype), shape.head_dim),
         }
     }
@@ -120,7 +121,7 @@ impl BackendName {
         let rows: Box<dyn crate::cuda_plumbing::DeviceRows> = match self {
             BackendName::Cpu => return Err(AttnError::InvalidConfig("the CPU backend has no device buffers".into())),
             BackendName::CudaPaged | BackendName::CudaPagedPortable => Box::new(cuda_paged::PagedWorkspace::new(&stream, limits)?),
-            BackendName::CudaMla => Box::new(cuda_mla::MlaWorkspace::new(&stream, limits)?),
+            BackendName::CudaMla | BackendName::CudaMlaPortable => Box::new(cuda_mla::MlaWorkspace::new(&stream, limits)?),
         };
         crate::cuda_plumbing::DeviceMetadata::new(rt, shape, limits, rows)
     }
@@ -136,9 +137,9 @@ impl BackendName {
                 let rt = gpu.ok_or_else(|| AttnError::NoCuda(format!("backend {self} needs a CUDA device")))?;
                 Box::new(cuda_paged::CudaPagedImpl::<T>::with_backend(rt, spec.clone(), layout, self)?)
             }
-            BackendName::CudaMla => {
+            BackendName::CudaMla | BackendName::CudaMlaPortable => {
                 let rt = gpu.ok_or_else(|| AttnError::NoCuda(format!("backend {self} needs a CUDA device")))?;
-                Box::new(cuda_mla::CudaMlaImpl::<T>::new(rt, spec.clone(), layout)?)
+                Box::new(cuda_mla::CudaMlaImpl::<T>::with_backend(rt, spec.clone(), layout, self)?)
             }
         })
     }
