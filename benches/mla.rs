@@ -99,12 +99,16 @@ fn main() {
             if seen.contains(&first) {
                 continue;
             }
-            seen.push(first);
+            seen.push(first.clone());
             // The plan's choice, then (--sweep) forced split counts, and the 2-stage kernel.
             let mut options = vec![PlanOptions::default()];
             if sweep {
                 options.extend([1, 2, 4, 8].into_iter().filter(|&s| s != heuristic).map(|s| PlanOptions { force_splits: Some(s), ..PlanOptions::default() }));
-                options.push(PlanOptions { pipeline_stages: Some(2), ..PlanOptions::default() });
+                // The other depths: the Hopper kernel's two tile shapes, the portable one's
+                // shallower pipeline.
+                let hopper = first.starts_with("mla_decode_sm90");
+                let depths: &[u32] = if hopper { &[2, 4] } else { &[2] };
+                options.extend(depths.iter().map(|&d| PlanOptions { pipeline_stages: Some(d), ..PlanOptions::default() }));
             }
             for opts in options {
                 let plan = step.prepare_with(&meta, opts).expect("plan");

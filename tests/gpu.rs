@@ -558,8 +558,10 @@ fn cases() -> Vec<Case> {
     mla("mla bf16 64 heads ragged 40".into(), MlaShape { heads: 64, block_size: 64, requests: ragged, splits: None, stages: None }, true);
     mla("mla bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: None }, true);
     // The 2-stage kernel (what sm_80-class GPUs run), on any device.
-    mla("mla bf16 64 heads 2-stage pipeline".into(), MlaShape { heads: 64, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(2) }, true);
-    mla("mla f16 16 heads 2-stage pipeline".into(), MlaShape { heads: 16, block_size: 32, requests: odd.clone(), splits: None, stages: Some(2) }, false);
+    // The Hopper kernel's second shape: 4 stages of 32 keys (on CUDA_MLA; elsewhere it is
+    // refused, so these cases run where there is an sm_90a module).
+    mla("mla bf16 64 heads 4-stage (32-key tiles)".into(), MlaShape { heads: 64, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(4) }, true);
+    mla("mla f16 16 heads 4-stage (32-key tiles) block size 16".into(), MlaShape { heads: 16, block_size: 16, requests: odd.clone(), splits: None, stages: Some(4) }, false);
     mla("mla bf16 16 heads long context".into(), MlaShape { heads: 16, block_size: 64, requests: vec![(32767, 1), (20000, 2)], splits: None, stages: None }, true);
     mla("mla bf16 32 heads 64k context".into(), MlaShape { heads: 32, block_size: 64, requests: vec![(65535, 1), (700, 3)], splits: None, stages: None }, true);
     mla("mla bf16 64 heads block size 256".into(), MlaShape { heads: 64, block_size: 256, requests: odd.clone(), splits: Some(2), stages: None }, true);
@@ -571,6 +573,9 @@ fn cases() -> Vec<Case> {
     };
     mla_portable("mla portable bf16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, true);
     mla_portable("mla portable f16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None }, false);
+    // The portable 2-stage kernel (what sm_80-class GPUs run), on any device.
+    mla_portable("mla portable bf16 64 heads 2-stage pipeline".into(), MlaShape { heads: 64, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(2) }, true);
+    mla_portable("mla portable f16 16 heads 2-stage pipeline".into(), MlaShape { heads: 16, block_size: 32, requests: odd.clone(), splits: None, stages: Some(2) }, false);
 
     // MLA over the fp8 latent cache (FlashMLA's 656-byte rows): both query types, both
     // depths, splits, speculative tokens with a chunk, a ragged batch, tiles of mixed scale.

@@ -116,16 +116,17 @@ pub trait Wgmma {
 }
 
 macro_rules! wgmma_dispatch {
-    ($elem:ty, $ss64:ident, $ss128:ident, $rs64:ident, $rs128:ident, $rs256:ident) => {
+    ($elem:ty, $ss32:ident, $ss64:ident, $ss128:ident, $rs64:ident, $rs128:ident, $rs256:ident) => {
         impl Wgmma for $elem {
             #[inline(always)]
             unsafe fn ss<const NB: usize>(d: &mut [[f32; 4]; NB], a_desc: u64, b_desc: u64, scale_d: u32) {
-                const { assert!(NB == 8 || NB == 16, "wgmma ss: N must be 64 or 128 (NB 8 or 16)") };
+                const { assert!(NB == 4 || NB == 8 || NB == 16, "wgmma ss: N must be 32, 64 or 128 (NB 4, 8 or 16)") };
                 let p = d as *mut [[f32; 4]; NB];
                 // SAFETY (each arm): NB is the array's length, so the cast is to its own type;
                 // the assertion above leaves no other NB.
                 unsafe {
                     match NB {
+                        4 => crate::intrinsics::$ss32(&mut *(p as *mut [[f32; 4]; 4]), a_desc, b_desc, scale_d),
                         8 => crate::intrinsics::$ss64(&mut *(p as *mut [[f32; 4]; 8]), a_desc, b_desc, scale_d),
                         16 => crate::intrinsics::$ss128(&mut *(p as *mut [[f32; 4]; 16]), a_desc, b_desc, scale_d),
                         _ => core::hint::unreachable_unchecked(),
@@ -149,5 +150,5 @@ macro_rules! wgmma_dispatch {
         }
     };
 }
-wgmma_dispatch!(Bf16, wgmma_m64n64k16_ss_bf16, wgmma_m64n128k16_ss_bf16, wgmma_m64n64k16_rs_bf16, wgmma_m64n128k16_rs_bf16, wgmma_m64n256k16_rs_bf16);
-wgmma_dispatch!(F16, wgmma_m64n64k16_ss_f16, wgmma_m64n128k16_ss_f16, wgmma_m64n64k16_rs_f16, wgmma_m64n128k16_rs_f16, wgmma_m64n256k16_rs_f16);
+wgmma_dispatch!(Bf16, wgmma_m64n32k16_ss_bf16, wgmma_m64n64k16_ss_bf16, wgmma_m64n128k16_ss_bf16, wgmma_m64n64k16_rs_bf16, wgmma_m64n128k16_rs_bf16, wgmma_m64n256k16_rs_bf16);
+wgmma_dispatch!(F16, wgmma_m64n32k16_ss_f16, wgmma_m64n64k16_ss_f16, wgmma_m64n128k16_ss_f16, wgmma_m64n64k16_rs_f16, wgmma_m64n128k16_rs_f16, wgmma_m64n256k16_rs_f16);

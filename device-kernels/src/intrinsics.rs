@@ -578,6 +578,44 @@ pub fn wgmma_wait_group_0<const N: usize>(acc: &mut [[f32; 4]; N]) {
     pin_f32(acc);
 }
 
+macro_rules! wgmma_m64n32k16_ss {
+    ($name:ident, $ty:literal) => {
+        /// `wgmma.mma_async.sync.aligned.m64n32k16.f32` (sm_90a): as `wgmma_m64n64k16_ss`,
+        /// 32 columns (four `[f32; 4]` a warp's 16 rows).
+        #[inline(always)]
+        pub unsafe fn $name(d: &mut [[f32; 4]; 4], a_desc: u64, b_desc: u64, scale_d: u32) {
+            unsafe {
+                asm!(
+                    concat!("{{ .reg .pred p; setp.ne.b32 p, {18}, 0;\n",
+                            "wgmma.mma_async.sync.aligned.m64n32k16.f32.", $ty, ".", $ty, " {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}}}, {16}, {17}, p, 1, 1, 0, 0;\n}}"),
+                    inout(reg32) d[0][0],
+                    inout(reg32) d[0][1],
+                    inout(reg32) d[0][2],
+                    inout(reg32) d[0][3],
+                    inout(reg32) d[1][0],
+                    inout(reg32) d[1][1],
+                    inout(reg32) d[1][2],
+                    inout(reg32) d[1][3],
+                    inout(reg32) d[2][0],
+                    inout(reg32) d[2][1],
+                    inout(reg32) d[2][2],
+                    inout(reg32) d[2][3],
+                    inout(reg32) d[3][0],
+                    inout(reg32) d[3][1],
+                    inout(reg32) d[3][2],
+                    inout(reg32) d[3][3],
+                    in(reg64) a_desc,
+                    in(reg64) b_desc,
+                    in(reg32) scale_d,
+                    options(nostack),
+                );
+            }
+        }
+    };
+}
+wgmma_m64n32k16_ss!(wgmma_m64n32k16_ss_bf16, "bf16");
+wgmma_m64n32k16_ss!(wgmma_m64n32k16_ss_f16, "f16");
+
 macro_rules! wgmma_m64n64k16_ss {
     ($name:ident, $ty:literal) => {
         /// `wgmma.mma_async.sync.aligned.m64n64k16.f32` (sm_90a), A and B from shared memory by

@@ -7,14 +7,15 @@
 //! gives its registers away with `setmaxnreg`) has the copy engine (TMA) bring each K tile
 //! of `BN` latent rows, page by page through the block table, into a `STAGES`-deep ring of
 //! 128-byte-swizzled stages with `full` and `empty` mbarriers; no block barrier in the loop.
+//! Two tile shapes (`params::mla_sm90_keys`): 2 stages of 64 keys, or 4 of 32.
 //! Consumer warpgroup `g` holds all 64 rows and the value dims `256 g .. 256 g + 256`
 //! (128 f32 accumulators a thread). Per tile:
-//! - `S = Q K^T` over 576 dims: 36 `wgmma` m64 n64 k16 (both warpgroups compute the same S:
+//! - `S = Q K^T` over 576 dims: 36 `wgmma` m64 n`BN` k16 (both warpgroups compute the same S:
 //!   the same operations in the same order, so their online softmax states agree bit for
 //!   bit; the duplicated product is the price of no exchange between them);
 //! - the causal mask (query tokens of a request among themselves) and the split's bounds,
 //!   only on tiles that cross them; online softmax in log2 units;
-//! - `O += P V`: 4 `wgmma` m64 n256 k16, P from registers, V = the same tile's columns
+//! - `O += P V`: `BN / 16` `wgmma` m64 n256 k16, P from registers, V = the same tile's columns
 //!   `256 g ..` read N-major (transposed by the descriptor).
 //! Epilogue as the portable kernel: a token of one split to `out`, else its partial row and
 //! (max, denominator) to the workspace for `merge_splits`.
@@ -24,7 +25,7 @@
 use crate::elem::{Elem, Wgmma};
 use crate::gather::{ld_i32, tile_range};
 use crate::intrinsics::*;
-use crate::params::{MlaParams, MLA_LATENT_DIM, MLA_RANK, MLA_ROWS, MLA_SM90_KEYS, MLA_SM90_THREADS};
+use crate::params::{MlaParams, MLA_LATENT_DIM, MLA_RANK, MLA_ROWS, MLA_SM90_THREADS};
 use crate::softmax::{inv_denominator, p_fragment, rescale, RowState, LOG2E};
 use crate::tile::{load_tile, sw128, sw128_desc};
 
@@ -36,19 +37,16 @@ const _: () = assert!(THREADS == CONSUMER_THREADS + 128);
 const PRODUCER_REGS: u32 = 40;
 const CONSUMER_REGS: u32 = 232;
 const ROWS: usize = MLA_ROWS as usize;
-/// Keys a tile, score n-tiles, k-steps of `P V`.
-const BN: usize = MLA_SM90_KEYS as usize;
-const NB: usize = BN / 8;
-const KC: usize = BN / 16;
 /// Key dims (9 slabs of 64), k-steps of `Q K^T`, a warpgroup's output n-tiles (256 dims).
 const D: usize = MLA_LATENT_DIM as usize;
 const SLABS: usize = D / 64;
 const KS: usize = D / 16;
 const NT_HALF: usize = MLA_RANK as usize / 2 / 8;
 
-/// `E`: the query (MMA) type; `STAGES`: K tiles in flight.
+/// `E`: the query (MMA) type; `BN` keys a tile (`params::mla_sm90_keys`), `NB = BN / 8`
+/// score n-tiles, `KC = BN / 16` k-steps of `P V`; `STAGES`: K tiles in flight.
 #[inline(always)]
-pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const STAGES: usize>(p: &MlaParams) {
+pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB: usize, const KC: usize, const STAGES: usize>(p: &MlaParams) {
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
     let warp = tid / 32;
@@ -254,13 +252,18 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const STAGES: usize>(p: &M
 }
 
 /// One entry point (the kernel table's row, `registry::KERNELS`, module `Sm90a`):
-/// `mla_decode_sm90_instance!(name, Q, KV, D, SCORE, STAGES)` (KV native, STAGES 0: the
-/// depth is `MLA_SM90_STAGES`).
+/// `mla_decode_sm90_instance!(name, Q, KV, D, SCORE, STAGES)` (KV native; STAGES one of
+/// `MLA_SM90_STAGES`, which sets the tile's keys too).
 macro_rules! mla_decode_sm90_instance {
     ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::MlaParams) {
-            unsafe { $crate::mla_decode_sm90::mla_decode_sm90::<$crate::elem::$q, { $crate::params::MLA_SM90_STAGES as usize }>(&p) }
+            use $crate::params::mla_sm90_keys;
+            unsafe {
+                $crate::mla_decode_sm90::mla_decode_sm90::<
+                    $crate::elem::$q, { mla_sm90_keys($stages) as usize }, { mla_sm90_keys($stages) as usize / 8 }, { mla_sm90_keys($stages) as usize / 16 }, $stages,
+                >(&p)
+            }
         }
     };
 }

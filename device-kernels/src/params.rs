@@ -510,17 +510,20 @@ pub const fn mla_stages(kv_bytes: u32) -> &'static [u32] {
 /// The Hopper MLA decode (`mla_decode_sm90`): a producer warpgroup and two consumer
 /// warpgroups, each consumer all `MLA_ROWS` rows and half the value dims.
 pub const MLA_SM90_THREADS: u32 = 384;
-/// Keys per K tile of the Hopper MLA decode (wgmma n64).
-pub const MLA_SM90_KEYS: u32 = 64;
-/// K tiles in flight (two of 72 KiB beside the 72 KiB Q tile: 217 KiB).
-pub const MLA_SM90_STAGES: u32 = 2;
+/// The Hopper MLA decode's two tile shapes, by pipeline depth: 2 stages of 64 keys
+/// (wgmma n64), or 4 of 32 (n32: twice the tiles in flight at the same shared memory).
+pub const MLA_SM90_STAGES: [u32; 2] = [2, 4];
+/// Keys per K tile of the Hopper MLA decode at pipeline depth `stages`.
+pub const fn mla_sm90_keys(stages: u32) -> u32 {
+    if stages >= 4 { 32 } else { 64 }
+}
 /// Smallest block size the Hopper MLA decode serves (its boxes are whole 8-row groups of the
 /// 128-byte swizzle).
 pub const MLA_SM90_MIN_BLOCK: u32 = 8;
-/// Dynamic shared memory of the Hopper MLA decode: 1024 bytes of alignment slack, the Q
-/// tile, the K stages, two mbarriers a stage (222,240 bytes).
-pub const fn mla_sm90_smem_bytes() -> u32 {
-    1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + MLA_SM90_STAGES * (MLA_SM90_KEYS * MLA_LATENT_DIM * 2 + 16)
+/// Dynamic shared memory of the Hopper MLA decode at depth `stages`: 1024 bytes of alignment
+/// slack, the Q tile, the K stages, two mbarriers a stage (222,240 or 222,272 bytes).
+pub const fn mla_sm90_smem_bytes(stages: u32) -> u32 {
+    1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + stages * (mla_sm90_keys(stages) * MLA_LATENT_DIM * 2 + 16)
 }
 
 /// Threads per block of the cache-write kernel.

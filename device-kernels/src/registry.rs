@@ -17,7 +17,7 @@
 //! (`#[path]`), so it depends on nothing but `params`.
 
 use super::params::{
-    mla_sm90_smem_bytes, mla_smem_bytes, paged_smem_bytes, prefill_sm90_smem_bytes, prefill_smem_bytes, CACHE_WRITE_THREADS, MLA_FP8_STAGES, MLA_SM90_THREADS, MLA_STAGES, MLA_WARPS,
+    mla_sm90_smem_bytes, mla_smem_bytes, paged_smem_bytes, prefill_sm90_smem_bytes, prefill_smem_bytes, CACHE_WRITE_THREADS, MLA_FP8_STAGES, MLA_SM90_STAGES, MLA_SM90_THREADS, MLA_STAGES, MLA_WARPS,
     PAGED_WARPS, PREFILL_SM90_THREADS, PREFILL_WARPS,
 };
 
@@ -291,7 +291,7 @@ impl KernelId {
             Family::FlashPrefill | Family::FlashPrefillCvt => prefill_smem_bytes(self.head_dim, self.kv.bytes()),
             Family::FlashPrefillSm90 => prefill_sm90_smem_bytes(self.head_dim),
             Family::MlaDecode => mla_smem_bytes(self.stages, self.kv.bytes()),
-            Family::MlaDecodeSm90 => mla_sm90_smem_bytes(),
+            Family::MlaDecodeSm90 => mla_sm90_smem_bytes(self.stages),
         }
     }
 }
@@ -373,7 +373,7 @@ pub const KERNELS: &[KernelRow] = &[
     KernelRow { family: Family::MlaCacheWrite, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
     KernelRow { family: Family::MlaDecode, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_STAGES, module: Module::Portable, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC },
     KernelRow { family: Family::MlaDecode, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_FP8_STAGES, module: Module::Portable, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC },
-    KernelRow { family: Family::MlaDecodeSm90, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Sm90a, threads: MLA_SM90_THREADS, needs: Features::HOPPER },
+    KernelRow { family: Family::MlaDecodeSm90, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_SM90_STAGES, module: Module::Sm90a, threads: MLA_SM90_THREADS, needs: Features::HOPPER },
 ];
 
 /// Whether some row of `family` holds KV dtype `kv` (at compile time: the backends' capability

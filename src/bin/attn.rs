@@ -616,8 +616,8 @@ fn within_tolerance<T: Element>(err: f64) -> Result<(), CliError> {
 /// into the cache and attends; on the CPU, `mla_decode_cpu`. Checked against the oracle (and
 /// on the GPU, the cache write against the host's).
 fn run_mla_demo<T: Element>(mla: &MlaSpec, spec: AttnSpec, o: &Opts, backend: BackendName, gpu: Option<Arc<CudaRuntime>>) -> Result<(), CliError> {
-    if backend != BackendName::Cpu && backend != BackendName::CudaMla {
-        return Err(CliError::Attn(AttnError::Unsupported { backend: backend.as_str(), reason: "MLA runs on CUDA_MLA or the CPU".into() }));
+    if !matches!(backend, BackendName::Cpu | BackendName::CudaMla | BackendName::CudaMlaPortable) {
+        return Err(CliError::Attn(AttnError::Unsupported { backend: backend.as_str(), reason: "MLA runs on CUDA_MLA, CUDA_MLA_PORTABLE or the CPU".into() }));
     }
     let shapes = [(4095, 1), (2047, 1), (1023, 1), (511, 1), (300, 2), (256, 16), (0, 16)];
     let (w, r) = (mla.latent_dim(), mla.kv_lora_rank);

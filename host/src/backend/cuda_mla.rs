@@ -38,7 +38,8 @@ use crate::dtype::{DType, Element, KvCacheDType};
 use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
-use crate::params::{mla_row_bytes, mla_smem_bytes, mla_stages, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_SM90_KEYS, MLA_SM90_MIN_BLOCK, MLA_SM90_THREADS, MLA_STAGES, MLA_WARPS};
+use crate::params::{mla_row_bytes, mla_smem_bytes, mla_stages, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_SM90_MIN_BLOCK, MLA_SM90_STAGES, MLA_SM90_THREADS, MLA_STAGES, MLA_WARPS};
+use crate::params::mla_sm90_keys;
 use crate::platform::{ArchFeatures, DeviceProps};
 use crate::spec::{AttnSpec, MlaSpec};
 use crate::plan::{KernelLaunch, LayerShape, PlanOptions, StepLimits, StepPlan};
@@ -112,15 +113,18 @@ fn shared_memory_bytes(_latent_dim: usize) -> usize {
 pub fn decode_kernel(q: QType, kv: KvType, stages: u32) -> KernelId {
     KernelId { family: Family::MlaDecode, q, kv, head_dim: 0, score: ScoreMod::Plain, stages }
 }
-/// The Hopper MLA decode (wgmma, TMA) for a query type.
-pub fn sm90_decode_kernel(q: QType) -> KernelId {
-    KernelId { family: Family::MlaDecodeSm90, q, kv: KvType::Native, head_dim: 0, score: ScoreMod::Plain, stages: 0 }
+/// The Hopper MLA decode (wgmma, TMA) for a query type and depth (`MLA_SM90_STAGES`: 2
+/// tiles of 64 keys or 4 of 32).
+pub fn sm90_decode_kernel(q: QType, stages: u32) -> KernelId {
+    KernelId { family: Family::MlaDecodeSm90, q, kv: KvType::Native, head_dim: 0, score: ScoreMod::Plain, stages }
 }
+/// The Hopper MLA decode's depth unless a plan asks for another.
+pub const SM90_DEFAULT_STAGES: u32 = MLA_SM90_STAGES[0];
 /// Whether `backend` decodes on the Hopper kernel: `CUDA_MLA` on a device that runs it
 /// (`arch`), over a 16-bit latent cache of blocks of 8 or more tokens (its copies move whole
 /// 8-row groups of the 128-byte swizzle). The plan and the impl both ask this.
 pub fn hopper_decode(backend: BackendName, arch: &ArchFeatures, q: QType, kv: KvType, block_size: usize) -> bool {
-    backend == BackendName::CudaMla && kv == KvType::Native && block_size >= MLA_SM90_MIN_BLOCK as usize && arch.runs_id(&sm90_decode_kernel(q))
+    backend == BackendName::CudaMla && kv == KvType::Native && block_size >= MLA_SM90_MIN_BLOCK as usize && arch.runs_id(&sm90_decode_kernel(q, SM90_DEFAULT_STAGES))
 }
 /// The latent cache write: bitwise for a 16-bit cache (`mla_cache_write_b16`), quantizing
 /// for fp8 (`mla_cache_write_<q>_e4m3`).
@@ -164,7 +168,7 @@ pub fn device_props(rt: &CudaRuntime, dtype: DType, layout: &KvCacheLayout, back
     let kv = kv_type(layout.kv_dtype);
     // The occupancy of the kernel the plan will name.
     let (id, threads) = if hopper_decode(backend, &rt.features(), q, kv, layout.block_size) {
-        (sm90_decode_kernel(q), MLA_SM90_THREADS)
+        (sm90_decode_kernel(q, SM90_DEFAULT_STAGES), MLA_SM90_THREADS)
     } else {
         (decode_kernel(q, kv, pipeline_stages(kv, smem_max)), MLA_WARPS * 32)
     };
@@ -262,20 +266,24 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     let mut launches = Vec::new();
     if n > 0 {
         launches.push(KernelLaunch { kernel: cache_write_kernel(q, kv), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
-        let depths = mla_stages(kv.bytes());
+        // The Hopper kernel where the device runs it (a depth of its own asked for, or its
+        // default); else the portable one at the depth asked for or the deepest that fits.
+        let hopper = hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size);
+        let depths = if hopper { &MLA_SM90_STAGES[..] } else { mla_stages(kv.bytes()) };
+        let fits = |s: u32| if hopper { true } else { mla_smem_bytes(s, kv.bytes()) <= props.max_shared_memory_per_block };
         let stages = match opts.pipeline_stages {
-            Some(s) if !depths.contains(&s) || mla_smem_bytes(s, kv.bytes()) > props.max_shared_memory_per_block => {
+            Some(s) if !depths.contains(&s) || !fits(s) => {
                 return Err(AttnError::InvalidConfig(format!(
-                    "pipeline depth {s}: the MLA kernel over a {} cache has {depths:?}, within the device's shared memory",
+                    "pipeline depth {s}: the {} MLA kernel over a {} cache has {depths:?}, within the device's shared memory",
+                    if hopper { "Hopper (wgmma)" } else { "portable" },
                     meta.layout().kv_dtype
                 )));
             }
             Some(s) => s,
+            None if hopper => SM90_DEFAULT_STAGES,
             None => pipeline_stages(kv, props.max_shared_memory_per_block),
         };
-        // The Hopper kernel unless a depth of the portable one is asked for.
-        let hopper = opts.pipeline_stages.is_none() && hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size);
-        let (kernel, block) = if hopper { (sm90_decode_kernel(q), MLA_SM90_THREADS) } else { (decode_kernel(q, kv, stages), MLA_WARPS * 32) };
+        let (kernel, block) = if hopper { (sm90_decode_kernel(q, stages), MLA_SM90_THREADS) } else { (decode_kernel(q, kv, stages), MLA_WARPS * 32) };
         launches.push(KernelLaunch {
             kernel,
             grid: (key_splits.len() as u32, tiles.iter().copied().max().unwrap_or(1) as u32, 1),
@@ -425,11 +433,15 @@ impl<T: Element> CudaMlaImpl<T> {
         // 576 16-bit values, boxes of a page (or a tile's share of one).
         let mut tmap = None;
         if hopper_decode(backend, &rt.features(), q, kv, layout.block_size) {
-            let id = sm90_decode_kernel(q);
-            decode_fns.push((id, function_with_smem(&rt, backend, id, MLA_LATENT_DIM as usize)?));
+            // Both depths, each with its map (boxes of a page, or of the tile's keys).
             let stream = rt.stream().clone();
-            let bytes = tensor_map(ptr(&cache, &stream), layout.capacity_slots(), MLA_LATENT_DIM as usize, layout.block_size.min(MLA_SM90_KEYS as usize), T::DTYPE)?;
-            debug_assert_eq!(bytes.len(), TENSOR_MAP_BYTES);
+            let mut bytes = Vec::new();
+            for &stages in &MLA_SM90_STAGES {
+                let id = sm90_decode_kernel(q, stages);
+                decode_fns.push((id, function_with_smem(&rt, backend, id, MLA_LATENT_DIM as usize)?));
+                let rows = layout.block_size.min(mla_sm90_keys(stages) as usize);
+                bytes.extend(tensor_map(ptr(&cache, &stream), layout.capacity_slots(), MLA_LATENT_DIM as usize, rows, T::DTYPE)?);
+            }
             tmap = Some(stream.clone_htod(&bytes)?);
         }
         Ok(CudaMlaImpl {
@@ -529,7 +541,11 @@ impl<T: Element> CudaMlaImpl<T> {
                 chunk_keys: mla_rows(plan).chunk_keys as u32,
                 scale: self.mla.scale,
                 _pad: 0,
-                tmap: self.tmap.as_ref().map_or(0, |m| ptr(m, &stream)),
+                // The map of the kernel's depth (`MLA_SM90_STAGES` order).
+                tmap: self.tmap.as_ref().map_or(0, |m| {
+                    let i = MLA_SM90_STAGES.iter().position(|&s| s == launch.kernel.stages).unwrap_or(0);
+                    ptr(m, &stream) + (i * TENSOR_MAP_BYTES) as u64
+                }),
             };
             // SAFETY: q, out hold the step's rows; the metadata buffers hold the step's maps
             // and schedule (validated block ids; the plan's workspace rows fit split_rows,
@@ -738,13 +754,19 @@ mod tests {
         // a pipeline depth asks for the portable kernel.
         let opts = PlanOptions { force_splits: Some(4), ..PlanOptions::default() };
         let h = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
-        assert_eq!(h.launches[1], KernelLaunch { kernel: kid("mla_decode_sm90_bf16"), grid: (5, 1, 1), block: 384, shared_mem_bytes: crate::params::mla_sm90_smem_bytes(), tokens: 3 });
+        assert_eq!(h.launches[1], KernelLaunch { kernel: kid("mla_decode_sm90_bf16"), grid: (5, 1, 1), block: 384, shared_mem_bytes: crate::params::mla_sm90_smem_bytes(2), tokens: 3 });
         assert_eq!(mla_rows(&h), mla_rows(&p));
         let h8 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
         assert_eq!(h8.launches[1].kernel.name(), "mla_decode_bf16_e4m3_s3");
         let a = plan(&m, &shape, DType::Bf16, &DeviceProps::A100, &limits, &opts, BackendName::CudaMla).unwrap();
         assert_eq!(a.launches[1].kernel.name(), "mla_decode_bf16");
-        let d = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(2), ..opts }, BackendName::CudaMla).unwrap();
+        // A depth picks among the Hopper kernel's two shapes (2 x 64 keys, 4 x 32); another
+        // is refused naming them; CUDA_MLA_PORTABLE keeps the portable kernel's depths.
+        let d = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(4), ..opts }, BackendName::CudaMla).unwrap();
+        assert_eq!((d.launches[1].kernel.name(), d.launches[1].shared_mem_bytes), ("mla_decode_sm90_bf16_s4".to_string(), crate::params::mla_sm90_smem_bytes(4)));
+        let e = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(3), ..opts }, BackendName::CudaMla).unwrap_err();
+        assert!(e.to_string().contains("Hopper (wgmma) MLA kernel over a auto cache has [2, 4]"), "{e}");
+        let d = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(2), ..opts }, BackendName::CudaMlaPortable).unwrap();
         assert_eq!(d.launches[1].kernel.name(), "mla_decode_bf16");
     }
 

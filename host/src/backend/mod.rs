@@ -161,17 +161,17 @@ impl BackendCaps {
         match &spec.mla {
             // An MLA layer runs where the backend's layer computes MLA (CUDA_MLA, the CPU);
             // never as a multi-head layer over the MHA view of its heads.
-            Some(m) if !matches!(self.name, BackendName::CudaMla | BackendName::Cpu) => {
+            Some(m) if !matches!(self.name, BackendName::CudaMla | BackendName::CudaMlaPortable | BackendName::Cpu) => {
                 return Err(AttnError::Unsupported {
                     backend: self.name.as_str(),
                     reason: format!(
                         "the layer is MLA (kv_lora_rank {}, rope dim {}, latent cache of one head of {} dims): the multi-head Attention layer \
-                         would compute it as MHA over {} KV heads of {} dims, which is not what the model caches. MLA layers run on CUDA_MLA or CPU",
+                         would compute it as MHA over {} KV heads of {} dims, which is not what the model caches. MLA layers run on CUDA_MLA, CUDA_MLA_PORTABLE or CPU",
                         m.kv_lora_rank, m.qk_rope_head_dim, m.latent_dim(), spec.num_kv_heads, spec.head_dim
                     ),
                 });
             }
-            Some(_) if self.name == BackendName::CudaMla => {
+            Some(_) if matches!(self.name, BackendName::CudaMla | BackendName::CudaMlaPortable) => {
                 cuda_mla::check_mla(spec, layout)?;
             }
             Some(m) => check_latent_layout(m, layout)?,
