@@ -54,7 +54,7 @@ pub const LATENT_DIMS: &[u32] = &[MLA_LATENT_DIM];
 /// CUDA_MLA's capability row: MLA models only (latent width 576), f16/bf16, compute capability 8.0+.
 pub static CAPS: BackendCaps = BackendCaps {
     on_sm90: Some(
-        "on compute capability 9.0 (the sm_90a module), over a 16-bit latent cache of blocks of 8 or more tokens -> mla_decode_sm90: the same blocks on wgmma \
+        "on compute capability 9.0 (the sm_90a module), over a 16-bit latent cache, steps with more than 16 rows a request -> mla_decode_sm90: the same blocks on wgmma \
          (a producer warp bringing K tiles by TMA through the block table, two consumer warpgroups each holding half the value dims); ATTN_BACKEND=CUDA_MLA_PORTABLE keeps mma.sync",
     ),
     ..MLA_ROW
