@@ -59,7 +59,7 @@ const CHUNKS: usize = D / 8;
 const ROW_BYTES: usize = D * 2;
 /// k-steps of one half's partial scores; output n-tiles of one half's columns.
 const KS_HALF: usize = D / 16 / 2;
-const NT_HALF: usize = DV / 2 / 8;
+pub(crate) const NT_HALF: usize = DV / 2 / 8;
 
 #[inline(always)]
 pub(crate) unsafe fn mla_decode<E: Elem, K: KvStore, const STAGES: usize>(p: &MlaParams) {
@@ -72,32 +72,11 @@ pub(crate) unsafe fn mla_decode<E: Elem, K: KvStore, const STAGES: usize>(p: &Ml
     let r0 = lane / 4;
     let col = 2 * (lane % 4);
 
-    // The block's (request, split) and its rows: the request's (token, head) pairs in q's
-    // order, from row0.
-    let item = block_idx_x() as usize;
-    let req = unsafe { ld_i32(p.splits, 2 * item) } as usize;
-    let split = unsafe { ld_i32(p.splits, 2 * item + 1) } as usize;
-    let hq = p.num_q_heads as usize;
-    let q_start = unsafe { ld_i32(p.query_start_loc, req) } as usize;
-    let q_end = unsafe { ld_i32(p.query_start_loc, req + 1) } as usize;
-    let seq_len = unsafe { ld_i32(p.seq_lens, req) } as usize;
-    let ctx = seq_len - (q_end - q_start);
-    let n_rows = (q_end - q_start) * hq;
-    let row0 = block_idx_y() as usize * ROWS;
-    if row0 >= n_rows {
+    let Some(b) = (unsafe { MlaBlock::new(p) }) else {
         return; // the whole block: a request with fewer rows than the grid's widest
-    }
-    let row_valid = |i: usize| row0 + i < n_rows;
-    let row_token = |i: usize| div_nz(row0 + i, hq); // within the request
-    let row_head = |i: usize| row0 + i - row_token(i) * hq;
-
-    // Keys: this split's chunk, cut after the block's last row's position; tiles
-    // [t_first, t_first + n_tiles).
-    let last = if row0 + ROWS < n_rows { row0 + ROWS - 1 } else { n_rows - 1 };
-    let min_pos = ctx + div_nz(row0, hq);
-    let max_pos = ctx + div_nz(last, hq);
-    let kv_begin = split * p.chunk_keys as usize;
-    let kv_end = if kv_begin + (p.chunk_keys as usize) < max_pos + 1 { kv_begin + p.chunk_keys as usize } else { max_pos + 1 };
+    };
+    let MlaBlock { req, q_start, ctx, min_pos, max_pos, kv_begin, kv_end, .. } = b;
+    let (row_valid, row_token, row_head) = (|i| b.row_valid(i), |i| b.row_token(i), |i| b.row_head(i));
     let (t_first, n_tiles) = if kv_end > kv_begin { tile_range(kv_begin, kv_end, BN) } else { (0, 0) };
 
     // Shared memory: the Q tile [ROWS rows], swizzled rows of CHUNKS chunks; an fp8 cache's
@@ -263,16 +242,86 @@ pub(crate) unsafe fn mla_decode<E: Elem, K: KvStore, const STAGES: usize>(p: &Ml
     }
     cp_async_wait_group::<0>();
 
-    // Each lane's two rows: to `out` (normalised; the log-sum-exp if asked) when the token
-    // has one split, else the normalised partial row and its (max, denominator) to the
-    // token's workspace slot for this split.
+    // Each lane's two rows: to `out`, or to the workspace for the merge.
+    unsafe { store_mla_rows::<E>(p, &b, &rows, &o, wrow + r0, half, lane) };
+}
+
+/// An MLA block's request, split and rows, from its grid position: `(request, split)` from
+/// the plan's schedule (grid x), 64 rows from `row0` (grid y) of the request's (token, head)
+/// pairs in q's order, and the split's keys `[kv_begin, kv_end)`, cut after the block's last
+/// row's position. Shared by the `mma.sync` and the wgmma (`mla_decode_sm90`) kernels.
+#[derive(Clone, Copy)]
+pub(crate) struct MlaBlock {
+    pub req: usize,
+    pub split: usize,
+    pub hq: usize,
+    pub q_start: usize,
+    /// Keys before the request's first query token.
+    pub ctx: usize,
+    pub n_rows: usize,
+    pub row0: usize,
+    pub min_pos: usize,
+    pub max_pos: usize,
+    pub kv_begin: usize,
+    pub kv_end: usize,
+}
+
+impl MlaBlock {
+    /// `None` for a block past its request's rows (the grid is as wide as the widest).
+    #[inline(always)]
+    pub unsafe fn new(p: &MlaParams) -> Option<MlaBlock> {
+        let item = block_idx_x() as usize;
+        let req = unsafe { ld_i32(p.splits, 2 * item) } as usize;
+        let split = unsafe { ld_i32(p.splits, 2 * item + 1) } as usize;
+        let hq = p.num_q_heads as usize;
+        let q_start = unsafe { ld_i32(p.query_start_loc, req) } as usize;
+        let q_end = unsafe { ld_i32(p.query_start_loc, req + 1) } as usize;
+        let seq_len = unsafe { ld_i32(p.seq_lens, req) } as usize;
+        let ctx = seq_len - (q_end - q_start);
+        let n_rows = (q_end - q_start) * hq;
+        let row0 = block_idx_y() as usize * ROWS;
+        if row0 >= n_rows {
+            return None;
+        }
+        let last = if row0 + ROWS < n_rows { row0 + ROWS - 1 } else { n_rows - 1 };
+        let min_pos = ctx + div_nz(row0, hq);
+        let max_pos = ctx + div_nz(last, hq);
+        let kv_begin = split * p.chunk_keys as usize;
+        let kv_end = if kv_begin + (p.chunk_keys as usize) < max_pos + 1 { kv_begin + p.chunk_keys as usize } else { max_pos + 1 };
+        Some(MlaBlock { req, split, hq, q_start, ctx, n_rows, row0, min_pos, max_pos, kv_begin, kv_end })
+    }
+    /// Whether block row `i` is one of the request's rows.
+    #[inline(always)]
+    pub fn row_valid(&self, i: usize) -> bool {
+        self.row0 + i < self.n_rows
+    }
+    /// Block row `i`'s query token, within the request.
+    #[inline(always)]
+    pub fn row_token(&self, i: usize) -> usize {
+        div_nz(self.row0 + i, self.hq)
+    }
+    /// Block row `i`'s query head.
+    #[inline(always)]
+    pub fn row_head(&self, i: usize) -> usize {
+        self.row0 + i - self.row_token(i) * self.hq
+    }
+}
+
+/// A lane's two rows (`m0`, `m0 + 8` of the block) of one half of the value dims (`half`:
+/// columns `256 half ..`): to `out` (normalised; the log-sum-exp, by half 0, if asked) when
+/// the token has one split, else the normalised partial row and its (max, denominator) to the
+/// token's workspace slot for this split. All four lanes of a quad call it.
+#[inline(always)]
+pub(crate) unsafe fn store_mla_rows<E: Elem>(p: &MlaParams, b: &MlaBlock, rows: &RowState, o: &[[f32; 4]; NT_HALF], m0: usize, half: usize, lane: usize) {
+    let col = 2 * (lane % 4);
+    let hq = b.hq;
     for h in 0..2 {
-        let i = wrow + r0 + 8 * h;
+        let i = m0 + 8 * h;
         let lsum = rows.denominator(h);
-        if !row_valid(i) {
+        if !b.row_valid(i) {
             continue;
         }
-        let (token, head) = (q_start + row_token(i), row_head(i));
+        let (token, head) = (b.q_start + b.row_token(i), b.row_head(i));
         let (slot0, count) = unsafe { (ld_i32(p.token_splits, 2 * token) as usize, ld_i32(p.token_splits, 2 * token + 1)) };
         let inv = inv_denominator(lsum);
         let c0 = half * (DV / 2) + col;
@@ -286,7 +335,7 @@ pub(crate) unsafe fn mla_decode<E: Elem, K: KvStore, const STAGES: usize>(p: &Ml
                 unsafe { *(p.lse as *mut f32).add(token * hq + head) = rows.lse(h, lsum) };
             }
         } else {
-            let r = (slot0 + split) * hq + head;
+            let r = (slot0 + b.split) * hq + head;
             let po = (p.partial_out as *mut f32).wrapping_add(r * DV + c0);
             for nt in 0..NT_HALF {
                 unsafe {

@@ -25,8 +25,9 @@
 use crate::elem::{Elem, Wgmma};
 use crate::gather::{ld_i32, tile_range};
 use crate::intrinsics::*;
-use crate::params::{MlaParams, MLA_LATENT_DIM, MLA_RANK, MLA_ROWS, MLA_SM90_THREADS};
-use crate::softmax::{inv_denominator, p_fragment, rescale, RowState, LOG2E};
+use crate::params::{MlaParams, MLA_LATENT_DIM, MLA_ROWS, MLA_SM90_THREADS};
+use crate::mla_decode::{store_mla_rows, MlaBlock, NT_HALF};
+use crate::softmax::{p_fragment, rescale, RowState, LOG2E};
 use crate::tile::{load_tile, sw128, sw128_desc};
 
 const CONSUMER_THREADS: usize = 256;
@@ -41,7 +42,6 @@ const ROWS: usize = MLA_ROWS as usize;
 const D: usize = MLA_LATENT_DIM as usize;
 const SLABS: usize = D / 64;
 const KS: usize = D / 16;
-const NT_HALF: usize = MLA_RANK as usize / 2 / 8;
 
 /// `E`: the query (MMA) type; `BN` keys a tile (`params::mla_sm90_keys`), `NB = BN / 8`
 /// score n-tiles, `KC = BN / 16` k-steps of `P V`; `STAGES`: K tiles in flight.
@@ -54,27 +54,11 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
     let col = 2 * (lane % 4);
 
     // The block's (request, split) and rows, as in `mla_decode`.
-    let item = block_idx_x() as usize;
-    let req = unsafe { ld_i32(p.splits, 2 * item) } as usize;
-    let split = unsafe { ld_i32(p.splits, 2 * item + 1) } as usize;
-    let hq = p.num_q_heads as usize;
-    let q_start = unsafe { ld_i32(p.query_start_loc, req) } as usize;
-    let q_end = unsafe { ld_i32(p.query_start_loc, req + 1) } as usize;
-    let seq_len = unsafe { ld_i32(p.seq_lens, req) } as usize;
-    let ctx = seq_len - (q_end - q_start);
-    let n_rows = (q_end - q_start) * hq;
-    let row0 = block_idx_y() as usize * ROWS;
-    if row0 >= n_rows {
+    let Some(b) = (unsafe { MlaBlock::new(p) }) else {
         return; // the whole block, before any barrier
-    }
-    let row_valid = |i: usize| row0 + i < n_rows;
-    let row_token = |i: usize| div_nz(row0 + i, hq);
-    let row_head = |i: usize| row0 + i - row_token(i) * hq;
-    let last = if row0 + ROWS < n_rows { row0 + ROWS - 1 } else { n_rows - 1 };
-    let min_pos = ctx + div_nz(row0, hq);
-    let max_pos = ctx + div_nz(last, hq);
-    let kv_begin = split * p.chunk_keys as usize;
-    let kv_end = if kv_begin + (p.chunk_keys as usize) < max_pos + 1 { kv_begin + p.chunk_keys as usize } else { max_pos + 1 };
+    };
+    let MlaBlock { req, q_start, ctx, min_pos, max_pos, kv_begin, kv_end, .. } = b;
+    let (row_valid, row_token, row_head) = (|i| b.row_valid(i), |i| b.row_token(i), |i| b.row_head(i));
     let (t_first, n_tiles) = if kv_end > kv_begin { tile_range(kv_begin, kv_end, BN) } else { (0, 0) };
 
     // Shared memory from the first 1024-byte boundary: the Q tile [ROWS rows], STAGES K
@@ -210,45 +194,8 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
         unsafe { mbarrier_arrive(empty(stage)) };
     }
 
-    // Each lane's two rows: to `out` when the token has one split, else the normalised
-    // partial row and its (max, denominator) to the token's workspace slot for this split.
-    for h in 0..2 {
-        let i = wrow + r0 + 8 * h;
-        let lsum = rows.denominator(h);
-        if !row_valid(i) {
-            continue;
-        }
-        let (token, head) = (q_start + row_token(i), row_head(i));
-        let (slot0, count) = unsafe { (ld_i32(p.token_splits, 2 * token) as usize, ld_i32(p.token_splits, 2 * token + 1)) };
-        let inv = inv_denominator(lsum);
-        let c0 = wg * (MLA_RANK as usize / 2) + col;
-        if count == 1 {
-            let base = token as u64 * p.out_token_stride + head as u64 * p.out_head_stride + c0 as u64;
-            for nt in 0..NT_HALF {
-                let v = E::from_f32x2(o[nt][2 * h] * inv, o[nt][2 * h + 1] * inv);
-                unsafe { *((p.out as *mut u16).add((base + 8 * nt as u64) as usize) as *mut u32) = v };
-            }
-            if p.lse != 0 && wg == 0 && lane % 4 == 0 {
-                unsafe { *(p.lse as *mut f32).add(token * hq + head) = rows.lse(h, lsum) };
-            }
-        } else {
-            let r = (slot0 + split) * hq + head;
-            let po = (p.partial_out as *mut f32).wrapping_add(r * MLA_RANK as usize + c0);
-            for nt in 0..NT_HALF {
-                unsafe {
-                    *po.add(8 * nt) = o[nt][2 * h] * inv;
-                    *po.add(8 * nt + 1) = o[nt][2 * h + 1] * inv;
-                }
-            }
-            if wg == 0 && lane % 4 == 0 {
-                let ml = p.partial_ml as *mut f32;
-                unsafe {
-                    *ml.add(2 * r) = rows.m[h];
-                    *ml.add(2 * r + 1) = lsum;
-                }
-            }
-        }
-    }
+    // Each lane's two rows of this warpgroup's value dims: to `out`, or to the workspace.
+    unsafe { store_mla_rows::<E>(p, &b, &rows, &o, wrow + r0, wg, lane) };
 }
 
 /// One entry point (the kernel table's row, `registry::KERNELS`, module `Sm90a`):
