@@ -203,6 +203,34 @@ mod tests {
     use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
 
     #[test]
+    fn sinks_and_encoder_layers_refuse_bad_input_before_anything_runs() {
+        // gpt-oss from its config: the layer refuses to run until the sinks are given.
+        let cfg = crate::model::preset("gpt-oss-20b").unwrap();
+        let spec = cfg.attn_spec_for_layer(0);
+        let layout = KvCacheLayout::new(8, 16, 8, 64).unwrap();
+        let e = Attention::<f32>::new(BackendName::Cpu, spec.clone(), layout, None).unwrap_err();
+        assert!(matches!(e, AttnError::InvalidConfig(_)) && e.to_string().contains("with_sinks"), "{e}");
+        let e = Attention::<f32>::new(BackendName::Cpu, spec.clone().with_sinks(vec![0.0; 8]), layout, None).unwrap_err();
+        assert!(e.to_string().contains("8 attention-sink logits for 64 query heads"), "{e}");
+        let e = Attention::<f32>::new(BackendName::Cpu, spec.clone().with_sinks(vec![f32::NAN; 64]), layout, None).unwrap_err();
+        assert!(e.to_string().contains("query head 0 is NaN"), "{e}");
+        assert!(Attention::<f32>::new(BackendName::Cpu, spec.with_sinks(vec![0.5; 64]), layout, None).is_ok());
+        // An encoder layer: no window, no fp8 cache, no cached context.
+        let enc = AttnSpec { causal: false, ..AttnSpec::new(8, 8, 64) };
+        let e = AttnSpec { sliding_window: Some(4), ..enc.clone() }.validate().unwrap_err();
+        assert!(e.to_string().contains("bidirectional"), "{e}");
+        let fp8 = layout.with_kv_dtype(crate::dtype::KvCacheDType::Fp8E4m3);
+        let e = Attention::<f32>::new(BackendName::Cpu, enc.clone(), fp8, None).unwrap_err();
+        assert!(e.to_string().contains("caches nothing"), "{e}");
+        let mut layer = Attention::<f32>::new(BackendName::Cpu, enc, layout, None).unwrap();
+        let sched = SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 3, num_new_tokens: 2, block_ids: vec![1] }] };
+        let meta = MetadataBuilder::new(layout).build(&sched).unwrap();
+        let x = vec![0.5f32; 2 * 8 * 64];
+        let e = layer.forward(&x, &x, &x, &meta).unwrap_err();
+        assert!(e.to_string().contains("3 cached tokens"), "{e}");
+    }
+
+    #[test]
     fn a_cpu_step_has_nothing_to_capture() {
         let layout = KvCacheLayout::new(8, 16, 2, 64).unwrap();
         let layer = Attention::<f32>::new(BackendName::Cpu, AttnSpec::new(8, 2, 64), layout, None).unwrap();

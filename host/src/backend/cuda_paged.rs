@@ -511,7 +511,11 @@ impl<T: Element> CudaPagedImpl<T> {
     }
 
     /// Attention alone (no cache write) over a prepared step: what the decode benchmarks time.
+    /// An encoder layer has no cache to attend over: an error (run it with its K, V).
     pub fn attend(&mut self, step: &Step, q: &CudaSlice<T>, out: &mut CudaSlice<T>) -> Result<()> {
+        if !self.shape.causal {
+            return Err(AttnError::InvalidConfig("a bidirectional (encoder) layer attends over the step's own K and V, not a cache: use forward_device / run with them".into()));
+        }
         let t = DeviceTensors { q, k: q, v: q, out, lse: None };
         self.run_launches(step, &t, false)
     }
