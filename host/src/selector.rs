@@ -695,6 +695,17 @@ mod tests {
         assert_eq!(find(SM75, DType::F16, "llama-3-8b"), BackendName::Cpu);
         assert_eq!(find(SM90, DType::Bf16, "deepseek-v3"), BackendName::CudaMla);
         assert_eq!(find(SM90, DType::F32, "deepseek-v3"), BackendName::Cpu);
+        // The models people serve now: sinks, chunks and windows on the GPU's paged backend.
+        for m in ["gpt-oss-20b", "gpt-oss-120b", "llama-4-scout", "gemma-3-27b", "qwen3-32b"] {
+            assert_eq!(find(SM90, DType::Bf16, m), BackendName::CudaPaged, "{m}");
+            assert_eq!(find(Platform::Cpu, DType::Bf16, m), BackendName::Cpu, "{m}");
+        }
+        let req = |m: &str| Requirements::for_model(models.iter().find(|c| c.name == m).unwrap(), 16);
+        let (oss, scout) = (req("gpt-oss-120b"), req("llama-4-scout"));
+        assert!(oss.sinks && oss.sliding_window && !oss.chunked, "{oss:?}");
+        assert!(scout.chunked && !scout.sinks && !scout.sliding_window, "{scout:?}");
+        let reason = rows.iter().find(|r| r.platform == SM90 && r.dtype == DType::Bf16 && r.model == "gpt-oss-120b").unwrap().result.clone().unwrap().reason;
+        assert!(reason.contains("attention sinks") && reason.contains("sliding window"), "{reason}");
         assert!(rows.iter().all(|r| r.result.is_ok()), "the CPU backend serves everything");
     }
 
