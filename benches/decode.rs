@@ -70,7 +70,7 @@ fn workloads() -> Vec<Workload> {
         Workload { id: "D3", q_heads: 32, kv_heads: 8, head_dim: 128, lens: vec![32768; 4], peers: (0.927, 0.878), features: NONE },
         Workload { id: "D4", q_heads: 32, kv_heads: 8, head_dim: 128, lens: ragged_lengths(128, 8192, 128), peers: (0.518, 0.932), features: NONE },
         Workload { id: "D5", q_heads: 32, kv_heads: 32, head_dim: 128, lens: vec![2048; 32], peers: (0.988, 0.969), features: NONE },
-        // The models people serve now (BENCHMARKS.md's G and L rows), each beside the same
+        // The models people serve now (benches/WORKLOADS.md's G and L rows), each beside the same
         // kernel without the feature: sinks and chunks should cost nothing (the `ref` rows),
         // and a window should cost about as much as a context of its size.
         Workload { id: "G1", q_heads: 64, kv_heads: 8, head_dim: 64, lens: vec![8192; 64], peers: NO_PEERS, features: Features { sinks: true, ..NONE } },

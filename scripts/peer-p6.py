@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""P6 (BENCHMARKS.md): bidirectional attention of an encoder layer, 32 x 1024 tokens, 16 heads,
+"""P6 (benches/WORKLOADS.md): bidirectional attention of an encoder layer, 32 x 1024 tokens, 16 heads,
 head dim 64, bf16, timed on PyTorch's SDPA backends (cuDNN, flash, efficient) with is_causal=False,
 to set beside `cargo bench --bench prefill`'s P6 in the same lease. A peer's timing script,
 not part of the product (which needs no Python)."""

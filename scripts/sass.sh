@@ -11,20 +11,7 @@ kernel=${1:?usage: scripts/sass.sh KERNEL [ARCH]}
 arch=${2:-sm_90a}
 nvdisasm=.tools/nvdisasm/bin/nvdisasm
 if [ ! -x "$nvdisasm" ]; then
-  mkdir -p .tools/wheels .tools/nvdisasm/bin
-  python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
-    --python-version 3.11 -d .tools/wheels 'nvidia-cuda-nvdisasm==13.2.78'
-  python3 - <<'PY'
-import glob, zipfile, os
-whl = glob.glob('.tools/wheels/nvidia_cuda_nvdisasm-*.whl')[0]
-with zipfile.ZipFile(whl) as z:
-    name = next(n for n in z.namelist() if n.endswith('/bin/nvdisasm'))
-    data = z.read(name)
-with open('.tools/nvdisasm/bin/nvdisasm', 'wb') as f:
-    f.write(data)
-os.chmod('.tools/nvdisasm/bin/nvdisasm', 0o755)
-PY
-  rm -rf .tools/wheels
+  scripts/fetch-nvidia-tool.sh 'nvidia-cuda-nvdisasm==13.2.78' bin/nvdisasm "$nvdisasm"
 fi
 ptx_dir=$(dirname "$(ls -t target/release/build/attn-backends-*/out/ptx_modules.rs | head -n 1)")
 ptx="$ptx_dir/attn_kernels_${arch}.ptx"

@@ -16,18 +16,6 @@ if ! rustup run stable rustc --version >/dev/null 2>&1; then
 fi
 ptxas=.tools/ptxas/bin/ptxas
 if [ ! -x "$ptxas" ]; then
-  mkdir -p .tools/wheels .tools/ptxas/bin
-  python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
-    --python-version 3.11 -d .tools/wheels 'nvidia-cuda-nvcc-cu12==12.9.86'
-  python3 - <<'PY'
-import glob, zipfile, os
-whl = glob.glob('.tools/wheels/nvidia_cuda_nvcc_cu12-*.whl')[0]
-with zipfile.ZipFile(whl) as z:
-    data = z.read('nvidia/cuda_nvcc/bin/ptxas')
-with open('.tools/ptxas/bin/ptxas', 'wb') as f:
-    f.write(data)
-os.chmod('.tools/ptxas/bin/ptxas', 0o755)
-PY
-  rm -rf .tools/wheels
+  scripts/fetch-nvidia-tool.sh 'nvidia-cuda-nvcc-cu12==12.9.86' bin/ptxas "$ptxas"
 fi
 echo "setup: $toolchain ($(rustup run "$toolchain" rustc --version); rust-src, llvm-tools), stable $(rustup run stable rustc --version), ptxas $($ptxas --version | tail -1)"

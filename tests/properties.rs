@@ -331,7 +331,7 @@ proptest! {
         let shape = DenseShape { lq: 1, lk: seq_len, hq, hkv, d, dv: d, scale: spec.scale as f64, softcap: spec.softcap.map(f64::from) };
         let (want, want_lse) = oracle::attention(&to_f64(&q), &kd, &vd, &shape, &mask);
 
-        let keys = cpu::visible_keys(pos, spec.sliding_window);
+        let keys = spec.visible_keys(pos, seq_len);
         for h in 0..hq {
             // Random cut points (repeats make empty partitions).
             let mut cuts: Vec<usize> = (1..parts).map(|_| rng.range(keys.start, keys.end)).collect();

@@ -115,6 +115,14 @@ impl AttentionMetadata {
     pub fn context_len(&self, r: usize) -> usize {
         self.seq_lens[r] as usize - self.query_len(r)
     }
+    /// That no request has cached context (a step of fresh prompts only: what an encoder
+    /// layer attends over); an error naming the first request that has, and `why`.
+    pub fn check_no_context(&self, why: &str) -> Result<()> {
+        match (0..self.num_reqs()).find(|&r| self.context_len(r) > 0) {
+            Some(r) => Err(AttnError::InvalidRequest { request: r, detail: format!("has {} cached tokens, but {why}", self.context_len(r)) }),
+            None => Ok(()),
+        }
+    }
     /// Request `r`'s row of the block table (logical block -> physical block).
     pub fn block_ids(&self, r: usize) -> &[i32] {
         let s = r * self.block_table_stride;

@@ -56,6 +56,8 @@ pub const MAX_Q_HEADS: usize = crate::spec::MAX_HEADS;
 /// Per-head width (`head_dim`, `hidden_size / heads`, and MLA's `qk_rope_head_dim`,
 /// `qk_nope_head_dim`, `v_head_dim` and their query/key sum): real models use 64 to 256.
 pub const MAX_HEAD_DIM: usize = crate::spec::MAX_HEAD_DIM;
+/// Decoder layers (`num_hidden_layers`): Llama-3-405B has 126, DeepSeek-V3 61.
+pub const MAX_LAYERS: usize = 1024;
 /// MLA latent rank (`kv_lora_rank`): DeepSeek-V2/V3 and Kimi-K2 use 512.
 pub const MAX_KV_LORA_RANK: usize = 4096;
 
@@ -607,7 +609,7 @@ fn parse(name: &str, origin: &str, json: &str) -> Result<ModelConfig> {
     };
 
     let num_layers = match cfg.first(&["num_hidden_layers", "n_layer", "num_layers"]) {
-        Some((k, v)) => Some(cfg.at_most(k, cfg.count(k, v)?, MAX_COUNT, "layers")?),
+        Some((k, v)) => Some(cfg.at_most(k, cfg.count(k, v)?, MAX_LAYERS, "layers")?),
         None => None,
     };
     let chunk_size = match cfg.opt_count("attention_chunk_size")? {
@@ -1414,6 +1416,8 @@ mod more_tests {
         assert!(e.contains("layer_types`[0] is \"local\""), "{e}");
         let e = parse_err(r#"{"num_attention_heads": 8, "hidden_size": 512, "num_hidden_layers": 3, "layer_types": ["full_attention"]}"#);
         assert!(e.contains("lists 1 layers, the model has 3"), "{e}");
+        let e = parse_err(r#"{"num_attention_heads": 8, "hidden_size": 512, "num_hidden_layers": 16000000}"#);
+        assert!(e.contains("num_hidden_layers") && e.contains("at most 1024 layers"), "{e}");
         let e = parse_err(r#"{"num_attention_heads": 8, "hidden_size": 512, "attention_chunk_size": 0}"#);
         assert!(e.contains("attention_chunk_size"), "{e}");
         // Llama 4's explicit NoPE list: 1 = rotary (chunked), 0 = global.

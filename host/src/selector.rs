@@ -77,15 +77,16 @@ pub struct Requirements {
 impl Requirements {
     /// The model's requirements in its own dtype, with a KV cache of the same dtype.
     pub fn for_model(model: &ModelConfig, block_size: usize) -> Requirements {
+        let groups = model.layer_groups();
         Requirements {
             dtype: model.dtype,
             kv_cache_dtype: KvCacheDType::Auto,
             head_dim: model.mla.map_or(model.head_dim, |m| m.latent_dim()),
             mla: model.is_mla(),
-            sliding_window: model.layer_groups().iter().any(|(k, _)| matches!(k, LayerKind::Sliding(_))),
+            sliding_window: groups.iter().any(|(k, _)| matches!(k, LayerKind::Sliding(_))),
             softcap: model.softcap.is_some(),
             alibi: model.alibi,
-            chunked: model.layer_groups().iter().any(|(k, _)| matches!(k, LayerKind::Chunked(_))),
+            chunked: groups.iter().any(|(k, _)| matches!(k, LayerKind::Chunked(_))),
             sinks: model.sinks,
             bidirectional: false,
             block_size,

@@ -140,13 +140,6 @@ pub fn merge(states: &[PartialState]) -> PartialState {
     out
 }
 
-/// The keys a query at `q_pos` sees: `[q_pos + 1 - window, q_pos + 1)` (from 0 without a window).
-pub fn visible_keys(q_pos: usize, window: Option<usize>) -> Range<usize> {
-    let end = q_pos + 1;
-    let begin = window.map_or(0, |w| end.saturating_sub(w));
-    begin..end
-}
-
 /// Split `split` of `num_splits` parts of `keys`, cut as the GPU's paged kernel cuts them:
 /// the 16-key tiles (`PAGED_TILE`, aligned to absolute key positions) that `keys` touches are
 /// dealt `ceil(tiles / num_splits)` to a split, and each split keeps its tiles' part of
@@ -701,7 +694,7 @@ fn attend<T: Element, C: CacheView>(spec: &AttnSpec, cache: &C, q: &[T], meta: &
 /// of its request's tokens, the step's own `k`, `v` (nothing is cached). Every request must
 /// be fresh (no cached context): an error naming the request otherwise.
 fn bidirectional<T: Element>(spec: &AttnSpec, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T]) -> Result<()> {
-    check_encoder_step(meta)?;
+    meta.check_no_context("a bidirectional (encoder) layer attends over the step's own tokens only")?;
     let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
     let tokens = token_positions(meta);
     let qsl = meta.query_start_loc();
@@ -742,16 +735,6 @@ fn bidirectional<T: Element>(spec: &AttnSpec, q: &[T], k: &[T], v: &[T], meta: &
     Ok(())
 }
 
-/// An encoder step attends over its own tokens: no request may have cached context.
-pub(crate) fn check_encoder_step(meta: &AttentionMetadata) -> Result<()> {
-    match (0..meta.num_reqs()).find(|&r| meta.context_len(r) > 0) {
-        Some(r) => Err(AttnError::InvalidRequest {
-            request: r,
-            detail: format!("has {} cached tokens, but a bidirectional (encoder) layer attends over the step's own tokens only", meta.context_len(r)),
-        }),
-        None => Ok(()),
-    }
-}
 
 impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
     fn backend(&self) -> BackendName {
@@ -835,7 +818,7 @@ pub fn mla_decode_cpu<T: Element>(q_latent: &[T], cache: &HostKvCache<T>, meta: 
         let (req, pos) = tokens[row / h];
         let qrow: Vec<f32> = q_latent[row * w..(row + 1) * w].iter().map(|x| x.to_f32()).collect();
         let src = KvSource { keys: &cache.key, values: &cache.key, dv: r, layout: l, kv_head: 0, block_ids: meta.block_ids(req), read_k: AsValue, read_v: AsValue };
-        o.copy_from_slice(&attend_core(&qrow, pos, &sc, &src, visible_keys(pos, None)).finish());
+        o.copy_from_slice(&attend_core(&qrow, pos, &sc, &src, 0..pos + 1).finish());
     });
     Ok(out)
 }
@@ -865,7 +848,7 @@ pub fn mla_decode_cpu_fp8<T: Element>(q_latent: &[T], cache: &HostKvCache<u8>, m
             let row = (t0 * h + i) * w;
             let qrow: Vec<f32> = q_latent[row..row + w].iter().map(|x| x.to_f32()).collect();
             let src = KvSource { keys: &rows, values: &rows, dv: r, layout: &layout, kv_head: 0, block_ids: &[0], read_k: AsValue, read_v: AsValue };
-            o.copy_from_slice(&attend_core(&qrow, pos, &sc, &src, visible_keys(pos, None)).finish());
+            o.copy_from_slice(&attend_core(&qrow, pos, &sc, &src, 0..pos + 1).finish());
         });
     }
     Ok(out)
@@ -914,9 +897,11 @@ mod tests {
         assert_eq!(parts, vec![20..48, 48..80, 80..100, 100..100]);
         assert_eq!(split_range(0..2, 4, 3), 2..2);
         assert_eq!(split_range(5..5, 3, 0), 5..5);
-        assert_eq!(visible_keys(5, Some(2)), 4..6);
-        assert_eq!(visible_keys(1, Some(8)), 0..2);
-        assert_eq!(visible_keys(3, None), 0..4);
+        // The keys a query sees (the spec's one rule, `AttnSpec::visible_keys`).
+        let window = |w| AttnSpec { sliding_window: w, ..AttnSpec::new(1, 1, 8) };
+        assert_eq!(window(Some(2)).visible_keys(5, 6), 4..6);
+        assert_eq!(window(Some(8)).visible_keys(1, 2), 0..2);
+        assert_eq!(window(None).visible_keys(3, 4), 0..4);
     }
 
     fn setup() -> (CpuImpl<f32>, AttentionMetadata) {

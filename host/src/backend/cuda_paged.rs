@@ -239,7 +239,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     let q = query_type(dtype, "CUDA_PAGED")?;
     let kv = kv_type(meta.layout().kv_dtype);
     if !shape.causal {
-        crate::backend::cpu::check_encoder_step(meta)?;
+        meta.check_no_context("a bidirectional (encoder) layer attends over the step's own tokens only")?;
     }
     let (n, hq, hkv, d) = (meta.num_tokens(), shape.num_q_heads, shape.num_kv_heads, shape.head_dim);
     let (hpt, tpt) = prefill_tiling(shape.group_size());
@@ -699,8 +699,8 @@ impl<T: Element> CudaPagedImpl<T> {
     /// The device address of an encoder layer's two tensor maps over the step's K and V
     /// (`k`, `v`: `tokens` rows of `kv_heads x head_dim`), boxes of the Hopper prefill's
     /// keys a tile: the last ones when the tensors have not moved, else encoded and uploaded
-    /// now (a host-to-device copy, which a CUDA graph capture refuses: capture after a call
-    /// on the same tensors).
+    /// now (a 256-byte host-to-device copy on the stream, which a CUDA graph capture refuses:
+    /// capture after a call on the same tensors).
     fn encoder_tensor_maps(&self, k: u64, v: u64, tokens: usize, stream: &Arc<CudaStream>) -> Result<u64> {
         let mut held = self.encoder_maps.lock().unwrap_or_else(|p| p.into_inner());
         let key = (k, v, tokens);
@@ -713,9 +713,9 @@ impl<T: Element> CudaPagedImpl<T> {
                 Some((_, b)) => b,
                 None => stream.alloc_zeros::<u8>(2 * TENSOR_MAP_BYTES)?,
             };
+            // From pageable memory: the driver stages `bytes` before the call returns, so it
+            // may be dropped at once; the launch after it on the stream sees the maps.
             stream.memcpy_htod(&bytes, &mut buf)?;
-            // The copy leaves the host buffer before `bytes` is dropped.
-            stream.synchronize()?;
             *held = Some((key, buf));
         }
         Ok(held.as_ref().map_or(0, |(_, b)| ptr(b, stream)))
