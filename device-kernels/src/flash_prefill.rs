@@ -82,7 +82,7 @@ pub(crate) unsafe fn flash_prefill<E: Elem, K: KvStore, M: ScoreMod, const D: us
     let tpr = THREADS / BN;
     let (my_row, my_chunk0) = (tid / tpr, tid % tpr);
     let issue = |tile: usize, stage: usize| {
-        let byte = keys.offset(clamp_key(tile * BN + my_row, t.kv_begin, t.kv_end)) * K::BYTES;
+        let byte = keys.offset_or_contiguous(clamp_key(tile * BN + my_row, t.kv_begin, t.kv_end)) * K::BYTES;
         let (ksrc, vsrc) = unsafe { ((p.key_cache as *const u8).add(byte), (p.value_cache as *const u8).add(byte)) };
         let (kdst, vdst) = (stored_k(stage), stored_v(stage));
         for k in 0..stored_chunks.div_ceil(tpr) {

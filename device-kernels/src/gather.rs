@@ -40,17 +40,24 @@ pub(crate) struct PagedKeys {
 
 impl PagedKeys {
     /// Elements from the start of the cache to key `key`'s row (this kv head, dim 0): the
-    /// physical block from the block table, then the offset inside it. Without a block
-    /// table (`block_table` 0: a bidirectional layer's own K/V `[tokens, kv heads, d]`), the
-    /// key is row `bt_row + key` (`bt_row`: the request's first token).
+    /// physical block from the block table, then the offset inside it.
     #[inline(always)]
     pub fn offset(&self, key: usize) -> usize {
-        if self.block_table == 0 {
-            return ((self.bt_row + key) as u64 * self.token_stride + self.head_off) as usize;
-        }
         let phys = unsafe { ld_i32(self.block_table, self.bt_row + (key >> self.block_size_log2)) };
         let in_block = key & ((1usize << self.block_size_log2) - 1);
         (phys as u64 * self.block_stride + in_block as u64 * self.token_stride + self.head_off) as usize
+    }
+
+    /// As [`offset`](Self::offset), and also for keys without a block table (`block_table`
+    /// 0: a bidirectional layer's own K/V `[tokens, kv heads, d]`, where the key is row
+    /// `bt_row + key`, `bt_row` the request's first token). Only the prefill reads such
+    /// keys; the decode loops keep the paged-only form, so no branch sits in their copy loop.
+    #[inline(always)]
+    pub fn offset_or_contiguous(&self, key: usize) -> usize {
+        if self.block_table == 0 {
+            return ((self.bt_row + key) as u64 * self.token_stride + self.head_off) as usize;
+        }
+        self.offset(key)
     }
 }
 
