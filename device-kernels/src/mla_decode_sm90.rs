@@ -154,10 +154,10 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
 
     // The exchange: thread `ct`'s P fragments (`KC` x 16 bytes) and two maxima. Thread `ct`
     // of the one warpgroup writes only what thread `ct` of the other reads, so the named
-    // barriers READY (owner arrives, follower waits) are the only ordering needed: the next
+    // barrier READY (owner arrives, follower waits) is the only ordering needed: the next
     // write into a slot comes from the thread that last read it.
     let xp = bars + (16 * STAGES) as u32;
-    let x = Exchange { p: xp + (ct * 16) as u32, m: xp + (128 * 16 * KC + ct * 8) as u32, wg: wg as u32 };
+    let x = Exchange { p: xp + (ct * 16) as u32, m: xp + (128 * 16 * KC + ct * 8) as u32 };
     let v_tile = |stage: usize| k_tile(stage) + (4 * wg * BN * 128) as u32;
     let mut t = wg;
     while t < n_tiles {
@@ -241,20 +241,18 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
     unsafe { store_mla_rows::<E>(p, &b, &rows, &o, wrow + r0, wg, lane) };
 }
 
-/// Named barriers of the two consumer warpgroups (`bar_sync` is 0): `READY + g`, a tile of
-/// warpgroup `g` handed over (`g` arrives, the other waits: one barrier a direction, so an
-/// owner's arrival can never meet its own later wait), and both past their last tile.
+/// Named barriers of the two consumer warpgroups (`bar_sync` is 0): a tile's P handed over,
+/// and both past their last tile.
 const READY: u32 = 1;
-const DONE: u32 = 3;
+const DONE: u32 = 2;
 const BOTH: u32 = CONSUMER_THREADS as u32;
 
 /// One consumer thread's slot of the exchange: its P fragments at `p + 2048 kc` (slot-major
-/// by k-step, 16 bytes a thread) and its two row maxima at `m`; `wg`, its warpgroup.
+/// by k-step, 16 bytes a thread) and its two row maxima at `m`.
 #[derive(Clone, Copy)]
 struct Exchange {
     p: u32,
     m: u32,
-    wg: u32,
 }
 
 impl Exchange {
@@ -265,13 +263,13 @@ impl Exchange {
             unsafe { st_shared_v4(self.p + (kc * 2048) as u32, V4(pa[kc])) };
         }
         unsafe { st_shared_v2(self.m, [m[0].to_bits(), m[1].to_bits()]) };
-        bar_arrive_named(READY + self.wg, BOTH);
+        bar_arrive_named(READY, BOTH);
     }
 
     /// The follower's side: waits for READY, then reads what the owner's same thread sent.
     #[inline(always)]
     unsafe fn receive<const KC: usize>(&self) -> ([[u32; 4]; KC], [f32; 2]) {
-        bar_sync_named(READY + (1 - self.wg), BOTH);
+        bar_sync_named(READY, BOTH);
         let mut pa = [[0u32; 4]; KC];
         for kc in 0..KC {
             pa[kc] = unsafe { ld_shared_v4(self.p + (kc * 2048) as u32) }.0;
