@@ -9,18 +9,14 @@
 //! 128-byte-swizzled stages with `full` and `empty` mbarriers; no block barrier in the loop.
 //! Two tile shapes (`params::mla_sm90_keys`): 2 stages of 64 keys, or 4 of 32.
 //! Consumer warpgroup `g` holds all 64 rows and the value dims `256 g .. 256 g + 256`
-//! (128 f32 accumulators a thread). The seesaw: tile `t` is owned by warpgroup `t % 2`,
-//! which alone computes
-//! - `S = Q K^T` over 576 dims: 36 `wgmma` m64 n`BN` k16;
+//! (128 f32 accumulators a thread). Per tile:
+//! - `S = Q K^T` over 576 dims: 36 `wgmma` m64 n`BN` k16 (both warpgroups compute the same S:
+//!   the same operations in the same order, so their online softmax states agree bit for
+//!   bit; the duplicated product is the price of no exchange between them);
 //! - the causal mask (query tokens of a request among themselves) and the split's bounds,
-//!   only on tiles that cross them; the online softmax in log2 units, from the row maxima
-//!   after tile `t - 1` (the other warpgroup's);
-//! and hands P (its 16-bit A fragments) and the new maxima to the other through shared
-//! memory (a named barrier); both then add `O += P V` (`BN / 16` `wgmma` m64 n256 k16, P from
-//! registers, V = the tile's columns `256 g ..` read N-major). A warpgroup issues its own
-//! tile's S before following the other's tile, so each softmax overlaps the other's MMAs
-//! and the tensor cores compute every product once. Each warpgroup sums the probabilities
-//! of its own tiles; the two denominators are added in the epilogue.
+//!   only on tiles that cross them; online softmax in log2 units;
+//! - `O += P V`: `BN / 16` `wgmma` m64 n256 k16, P from registers, V = the same tile's columns
+//!   `256 g ..` read N-major (transposed by the descriptor).
 //! Epilogue as the portable kernel: a token of one split to `out`, else its partial row and
 //! (max, denominator) to the workspace for `merge_splits`.
 //!
@@ -129,17 +125,10 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
         return;
     }
 
-    // Consumers, the seesaw: warpgroup g holds every row (its warp `warp % 4` rows
-    // 16 (warp % 4) .. + 16) and value dims 256 g .. 256 g + 256. Tile t is *owned* by
-    // warpgroup t % 2, which alone computes S = Q K^T, the mask and the online softmax, and
-    // hands the other (the *follower*) its probabilities P and new row maxima through the
-    // exchange; both then add P V over their own value dims. A warpgroup issues its next
-    // own tile's S before it follows the other's tile, so one's softmax overlaps the
-    // other's MMAs. Invariant: both warpgroups see the same sequence of row maxima (each
-    // tile's, from its owner), so their outputs and denominators share one scale.
+    // Consumers: warpgroup g holds every row and value dims 256 g .. 256 g + 256; its warp
+    // `warp % 4` rows 16 (warp % 4) .. + 16.
     setmaxnreg_inc::<CONSUMER_REGS>();
     let wg = warp / 4;
-    let ct = tid % 128; // the thread's place in its warpgroup: its slot of the exchange
     let wrow = 16 * (warp % 4);
     let mut pos = [max_pos; 2];
     for h in 0..2 {
@@ -152,18 +141,10 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
     let mut rows = RowState::new();
     let mut o = [[0.0f32; 4]; NT_HALF];
 
-    // The exchange: thread `ct`'s P fragments (`KC` x 16 bytes) and two maxima. Thread `ct`
-    // of the one warpgroup writes only what thread `ct` of the other reads, so the named
-    // barrier READY (owner arrives, follower waits) is the only ordering needed: the next
-    // write into a slot comes from the thread that last read it.
-    let xp = bars + (16 * STAGES) as u32;
-    let x = Exchange { p: xp + (ct * 16) as u32, m: xp + (128 * 16 * KC + ct * 8) as u32 };
-    let v_tile = |stage: usize| k_tile(stage) + (4 * wg * BN * 128) as u32;
-    let mut t = wg;
-    while t < n_tiles {
-        let stage = t % STAGES;
-        unsafe { mbarrier_wait_parity(full(stage), ((t / STAGES) & 1) as u32) };
-        let key0 = (t_first + t) * BN;
+    for i in 0..n_tiles {
+        let stage = i % STAGES;
+        unsafe { mbarrier_wait_parity(full(stage), ((i / STAGES) & 1) as u32) };
+        let key0 = (t_first + i) * BN;
 
         // S = Q K^T over 36 k-steps (the first overwrites S): k-step kk is 32 bytes into
         // slab kk / 4 of both tiles.
@@ -177,17 +158,7 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
             unsafe { E::ss::<NB>(&mut s, a, b, (kk > 0) as u32) };
         }
         wgmma_commit_group();
-        // While S runs: the other's previous tile (its softmax finished meanwhile).
-        if t > 0 {
-            let (prev, parity) = ((t - 1) % STAGES, (((t - 1) / STAGES) & 1) as u32);
-            unsafe { follow::<E, BN, KC>(&mut o, &mut rows, x, full(prev), parity, v_tile(prev)) };
-        }
         wgmma_wait_group_0(&mut s);
-        pin_f32(&mut o);
-        if t > 0 {
-            // The stage is free again once both warpgroups' products have read it.
-            unsafe { mbarrier_arrive(empty((t - 1) % STAGES)) };
-        }
 
         // Masked only where the tile crosses the first row's position or the split's bounds.
         if key0 + BN > min_pos + 1 || key0 + BN > kv_end || key0 < kv_begin {
@@ -201,116 +172,30 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
             }
         }
         let corr = rows.update(&mut s, s_exp);
+        rescale(&mut o, corr);
+
+        // O += P V over this warpgroup's 256 value dims: slabs 4 wg .. 4 wg + 4 of the tile
+        // (BN x 128 bytes apart), keys 16 kc .. 16 kc + 16.
         let mut pa = [[0u32; 4]; KC];
         for kc in 0..KC {
             pa[kc] = p_fragment::<E, NB>(&s, kc);
         }
-        // Hand P and the maxima to the follower.
-        unsafe { x.send(&pa, rows.m) };
-
-        rescale(&mut o, corr);
         pin_u32(&mut pa);
         pin_f32(&mut o);
         wgmma_fence();
-        unsafe { pv::<E, BN, KC>(&mut o, &pa, v_tile(stage)) };
+        let v_tile = k_tile(stage) + (4 * wg * BN * 128) as u32;
+        for kc in 0..KC {
+            let b = sw128_desc(v_tile + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
+            unsafe { E::rs::<NT_HALF>(&mut o, pa[kc], b) };
+        }
+        wgmma_commit_group();
         wgmma_wait_group_0(&mut o);
+        // The stage is free again once both warpgroups' products have read it.
         unsafe { mbarrier_arrive(empty(stage)) };
-        t += 2;
-    }
-    // The last tile, where it is the other's.
-    if n_tiles > 0 && (n_tiles - 1) % 2 != wg {
-        let (last, parity) = ((n_tiles - 1) % STAGES, (((n_tiles - 1) / STAGES) & 1) as u32);
-        unsafe { follow::<E, BN, KC>(&mut o, &mut rows, x, full(last), parity, v_tile(last)) };
-        wgmma_wait_group_0(&mut o);
-        unsafe { mbarrier_arrive(empty((n_tiles - 1) % STAGES)) };
-    }
-
-    // The denominators: each warpgroup summed its own tiles' probabilities (on the shared
-    // maxima); the two parts meet in the Q tile, free once both warpgroups' last S is done
-    // (each waited for the other's last tile, or owned it).
-    let l_slot = |g: usize| smem + ((g * 128 + ct) * 8) as u32;
-    bar_sync_named(DONE, BOTH);
-    unsafe { st_shared_v2(l_slot(wg), [rows.l[0].to_bits(), rows.l[1].to_bits()]) };
-    bar_sync_named(DONE, BOTH);
-    let other = unsafe { ld_shared_v2(l_slot(1 - wg)) };
-    for h in 0..2 {
-        rows.l[h] += f32::from_bits(other[h]);
     }
 
     // Each lane's two rows of this warpgroup's value dims: to `out`, or to the workspace.
     unsafe { store_mla_rows::<E>(p, &b, &rows, &o, wrow + r0, wg, lane) };
-}
-
-/// Named barriers of the two consumer warpgroups (`bar_sync` is 0): a tile's P handed over,
-/// and both past their last tile.
-const READY: u32 = 1;
-const DONE: u32 = 2;
-const BOTH: u32 = CONSUMER_THREADS as u32;
-
-/// One consumer thread's slot of the exchange: its P fragments at `p + 2048 kc` (slot-major
-/// by k-step, 16 bytes a thread) and its two row maxima at `m`.
-#[derive(Clone, Copy)]
-struct Exchange {
-    p: u32,
-    m: u32,
-}
-
-impl Exchange {
-    /// The owner's side: writes its P fragments and maxima, then signals READY.
-    #[inline(always)]
-    unsafe fn send<const KC: usize>(&self, pa: &[[u32; 4]; KC], m: [f32; 2]) {
-        for kc in 0..KC {
-            unsafe { st_shared_v4(self.p + (kc * 2048) as u32, V4(pa[kc])) };
-        }
-        unsafe { st_shared_v2(self.m, [m[0].to_bits(), m[1].to_bits()]) };
-        bar_arrive_named(READY, BOTH);
-    }
-
-    /// The follower's side: waits for READY, then reads what the owner's same thread sent.
-    #[inline(always)]
-    unsafe fn receive<const KC: usize>(&self) -> ([[u32; 4]; KC], [f32; 2]) {
-        bar_sync_named(READY, BOTH);
-        let mut pa = [[0u32; 4]; KC];
-        for kc in 0..KC {
-            pa[kc] = unsafe { ld_shared_v4(self.p + (kc * 2048) as u32) }.0;
-        }
-        let m = unsafe { ld_shared_v2(self.m) };
-        (pa, [f32::from_bits(m[0]), f32::from_bits(m[1])])
-    }
-}
-
-/// `O += P V` over a warpgroup's 256 value dims of the tile at `v_tile` (its first value
-/// slab; slabs `BN x 128` bytes apart), keys `16 kc .. 16 kc + 16` a k-step; committed, not
-/// waited for.
-#[inline(always)]
-unsafe fn pv<E: Elem + Wgmma, const BN: usize, const KC: usize>(o: &mut [[f32; 4]; NT_HALF], pa: &[[u32; 4]; KC], v_tile: u32) {
-    for kc in 0..KC {
-        let b = sw128_desc(v_tile + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
-        unsafe { E::rs::<NT_HALF>(o, pa[kc], b) };
-    }
-    wgmma_commit_group();
-}
-
-/// The follower's part of a tile: its P and maxima from the exchange, O and the denominator
-/// onto the new maxima, then (once the tile's `full` barrier shows its bytes) `P V` issued,
-/// not waited for.
-#[inline(always)]
-unsafe fn follow<E: Elem + Wgmma, const BN: usize, const KC: usize>(
-    o: &mut [[f32; 4]; NT_HALF], rows: &mut RowState, x: Exchange, full: u32, parity: u32, v_tile: u32,
-) {
-    let (mut pa, m) = unsafe { x.receive::<KC>() };
-    let mut corr = [1.0f32; 2];
-    for h in 0..2 {
-        corr[h] = ex2_approx(rows.m[h] - m[h]);
-        rows.m[h] = m[h];
-        rows.l[h] *= corr[h];
-    }
-    rescale(o, corr);
-    unsafe { mbarrier_wait_parity(full, parity) };
-    pin_u32(&mut pa);
-    pin_f32(o);
-    wgmma_fence();
-    unsafe { pv::<E, BN, KC>(o, &pa, v_tile) };
 }
 
 /// One entry point (the kernel table's row, `registry::KERNELS`, module `Sm90a`):
