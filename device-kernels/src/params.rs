@@ -165,6 +165,36 @@ pub struct MergeParams {
     pub sinks: u64,
 }
 
+/// Context parallelism's merge: every rank's partial output over its shard of the keys and
+/// that output's log-sum-exp, gathered from the ranks, into the output over all keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MergeRanksParams {
+    /// `[num_ranks, num_tokens, num_heads, head_dim]` (the query type): each rank's output,
+    /// normalised over its own keys.
+    pub rank_out: u64,
+    /// `f32 [num_ranks, num_tokens, num_heads]`: each rank's log-sum-exp (natural log).
+    pub rank_lse: u64,
+    /// `i32 [num_ranks, num_tokens]`: keys each rank's row saw; 0 = none, the row is not read
+    /// (the rank ran it over a placeholder key).
+    pub keys_seen: u64,
+    /// `f32 [num_heads]` attention-sink logits (natural log), joined once; 0 = none.
+    pub sinks: u64,
+    /// `[num_tokens, num_heads, head_dim]`: the merged output.
+    pub out: u64,
+    /// `f32 [num_tokens, num_heads]`: the merged log-sum-exp; 0 = not written.
+    pub lse: u64,
+    /// Ranks gathered.
+    pub num_ranks: u32,
+    /// Query tokens of the step.
+    pub num_tokens: u32,
+    /// Query heads.
+    pub num_heads: u32,
+    /// Elements of one head's output row (a multiple of 8).
+    pub head_dim: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<MergeRanksParams>() == 64);
 const _: () = assert!(core::mem::size_of::<CacheWriteParams>() == 112);
 const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 224);
 const _: () = assert!(core::mem::size_of::<MergeParams>() == 88);

@@ -33,6 +33,8 @@ pub enum Family {
     PagedDecodeSm90,
     /// Flash-decoding's merge of split partial states (`MergeParams`).
     Merge,
+    /// Context parallelism's merge of the ranks' (output, log-sum-exp) (`MergeRanksParams`).
+    MergeRanks,
     /// FlashAttention-2 prefill on mma.sync (`PrefillParams`).
     FlashPrefill,
     /// The prefill's tiles on wgmma, TMA and warp specialization (`PrefillParams`).
@@ -58,6 +60,7 @@ impl Family {
             Family::PagedDecode => "crate::paged_decode::paged_attention_instance",
             Family::PagedDecodeSm90 => "crate::paged_decode::paged_attention_sm90_instance",
             Family::Merge => "crate::merge::merge_instance",
+            Family::MergeRanks => "crate::merge::merge_ranks_instance",
             Family::FlashPrefill => "crate::flash_prefill::flash_prefill_instance",
             Family::FlashPrefillSm90 => "crate::flash_prefill_sm90::flash_prefill_sm90_instance",
             Family::FlashPrefillCvt => "crate::flash_prefill::flash_prefill_cvt_instance",
@@ -72,6 +75,7 @@ impl Family {
             Family::PagedDecode => "paged_attention",
             Family::PagedDecodeSm90 => "paged_attention_sm90",
             Family::Merge => "merge_splits",
+            Family::MergeRanks => "merge_ranks",
             Family::FlashPrefill => "flash_prefill",
             Family::FlashPrefillSm90 => "flash_prefill_sm90",
             Family::FlashPrefillCvt => "flash_prefill_cvt",
@@ -286,7 +290,7 @@ impl KernelId {
     /// Dynamic shared memory a block of this kernel takes, bytes.
     pub const fn smem_bytes(&self) -> u32 {
         match self.family {
-            Family::CacheWrite | Family::Merge | Family::MlaCacheWrite => 0,
+            Family::CacheWrite | Family::Merge | Family::MergeRanks | Family::MlaCacheWrite => 0,
             Family::PagedDecode | Family::PagedDecodeSm90 => paged_smem_bytes(self.head_dim, self.kv.bytes()),
             Family::FlashPrefill | Family::FlashPrefillCvt => prefill_smem_bytes(self.head_dim, self.kv.bytes()),
             Family::FlashPrefillSm90 => prefill_sm90_smem_bytes(self.head_dim),
@@ -366,6 +370,7 @@ pub const KERNELS: &[KernelRow] = &[
     KernelRow { family: Family::PagedDecode, q: Q16, kv: KV_ALL, head_dims: HEAD_DIMS, scores: &[ScoreMod::Dynamic], stages: ONE, module: Module::Portable, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC },
     KernelRow { family: Family::PagedDecodeSm90, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: HEAD_DIMS, scores: &[ScoreMod::Dynamic], stages: ONE, module: Module::Sm90a, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC.union(Features::CVT_FP8) },
     KernelRow { family: Family::Merge, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: 0, needs: Features::NONE },
+    KernelRow { family: Family::MergeRanks, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: 0, needs: Features::NONE },
     KernelRow { family: Family::FlashPrefill, q: Q16, kv: KV_ALL, head_dims: HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Portable, threads: PREFILL_WARPS * 32, needs: Features::MMA_SYNC },
     KernelRow { family: Family::FlashPrefillCvt, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Sm90a, threads: PREFILL_WARPS * 32, needs: Features::MMA_SYNC.union(Features::CVT_FP8) },
     KernelRow { family: Family::FlashPrefillSm90, q: Q16, kv: &[KvType::Native], head_dims: SM90_HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Sm90a, threads: PREFILL_SM90_THREADS, needs: Features::HOPPER },

@@ -20,9 +20,11 @@ pub trait AttentionImpl<T: Element>: Send {
     fn backend(&self) -> BackendName;
 
     /// One step on host tensors: q, out `[num_tokens, num_q_heads, head_dim]`, k, v
-    /// `[num_tokens, num_kv_heads, head_dim]`. The CPU backend's path; a GPU backend copies
-    /// through the device (tests, examples) and synchronizes.
-    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()>;
+    /// `[num_tokens, num_kv_heads, head_dim]`; with `lse`, each row's log-sum-exp too
+    /// (`f32 [num_tokens, num_q_heads]`, natural log, `-inf` for a row that saw no key). The
+    /// CPU backend's path; a GPU backend copies through the device (tests, examples) and
+    /// synchronizes.
+    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T], lse: Option<&mut [f32]>) -> Result<()>;
 
     /// One step on device tensors, launches only: no allocation, no upload, no host
     /// synchronization, so it can be captured in a CUDA graph. Backends that run on the host

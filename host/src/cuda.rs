@@ -24,6 +24,7 @@ pub type PtxModule = (u32, &'static str, &'static str);
 unsafe impl DeviceRepr for crate::params::CacheWriteParams {}
 unsafe impl DeviceRepr for crate::params::PagedAttnParams {}
 unsafe impl DeviceRepr for crate::params::MergeParams {}
+unsafe impl DeviceRepr for crate::params::MergeRanksParams {}
 unsafe impl DeviceRepr for crate::params::PrefillParams {}
 unsafe impl DeviceRepr for crate::params::MlaParams {}
 unsafe impl DeviceRepr for crate::params::MlaCacheWriteParams {}

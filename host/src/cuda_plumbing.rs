@@ -246,15 +246,22 @@ pub(crate) fn check_len(what: &'static str, got: usize, want: usize) -> Result<(
 /// A run on host tensors through the device (tests, examples): q, k, v and out (so that an
 /// element the kernels fail to write keeps the caller's value: tests poison it) copied over,
 /// `run` on them, out copied back, synchronized. Nothing for an empty step.
-pub(crate) fn through_device<T: Element>(rt: &CudaRuntime, q: &[T], k: &[T], v: &[T], out: &mut [T], run: impl FnOnce(DeviceTensors<'_, T>) -> Result<()>) -> Result<()> {
+pub(crate) fn through_device<T: Element>(rt: &CudaRuntime, q: &[T], k: &[T], v: &[T], out: &mut [T], lse: Option<&mut [f32]>, run: impl FnOnce(DeviceTensors<'_, T>) -> Result<()>) -> Result<()> {
     if out.is_empty() {
         return Ok(());
     }
     let stream = rt.stream().clone();
     let (qd, kd, vd) = (stream.clone_htod(q)?, stream.clone_htod(k)?, stream.clone_htod(v)?);
     let mut od = stream.clone_htod(&*out)?;
-    run(DeviceTensors { q: &qd, k: &kd, v: &vd, out: &mut od, lse: None })?;
+    let mut ld = match &lse {
+        Some(l) => Some(stream.clone_htod(&**l)?),
+        None => None,
+    };
+    run(DeviceTensors { q: &qd, k: &kd, v: &vd, out: &mut od, lse: ld.as_mut() })?;
     stream.memcpy_dtoh(&od, out)?;
+    if let (Some(ld), Some(l)) = (&ld, lse) {
+        stream.memcpy_dtoh(ld, l)?;
+    }
     stream.synchronize()?;
     Ok(())
 }

@@ -154,6 +154,15 @@ pub enum AttnError {
     #[error("{0}")]
     Shape(String),
 
+    /// A context-parallel group, shard or exchange that cannot work (ranks, interleave, a
+    /// layer DCP does not shard, ranks that disagree).
+    #[error("context parallelism: {0}")]
+    InvalidShard(String),
+
+    /// NCCL is not loadable, or one of its calls failed.
+    #[error("NCCL: {0}")]
+    Nccl(String),
+
     /// A step beyond the step limits the buffers were sized for.
     #[error("step too large: {0}")]
     StepTooLarge(String),

@@ -93,6 +93,11 @@ impl<T: Element> Attention<T> {
         Attention::new(choice.backend, spec, layout, gpu)
     }
 
+    /// The CUDA runtime the layer runs on; `None` for a host layer.
+    pub fn runtime(&self) -> Option<Arc<CudaRuntime>> {
+        self.gpu.clone()
+    }
+
     /// The backend the layer runs on.
     pub fn backend(&self) -> BackendName {
         self.imp.backend()
@@ -126,7 +131,13 @@ impl<T: Element> Attention<T> {
 
     /// One layer of a prepared step on host slices (`out` has q's shape).
     pub fn forward_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
-        self.imp.run_host(step, q, k, v, out)
+        self.imp.run_host(step, q, k, v, out, None)
+    }
+
+    /// [`Attention::forward_host`], also writing each row's log-sum-exp into `lse`
+    /// (`f32 [num_tokens, num_q_heads]`, natural log; `-inf` for a row that saw no key).
+    pub fn forward_host_lse(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T], lse: &mut [f32]) -> Result<()> {
+        self.imp.run_host(step, q, k, v, out, Some(lse))
     }
 
     /// One-shot: plans a step of its own for `meta` (on a GPU: allocates its buffers and

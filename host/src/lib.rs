@@ -15,6 +15,7 @@ pub mod caps;
 pub mod cuda;
 pub mod cuda_cache;
 pub mod cuda_plumbing;
+pub mod dcp;
 pub mod dtype;
 pub mod error;
 pub mod fp8;

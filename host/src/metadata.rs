@@ -297,6 +297,16 @@ impl AttentionMetadata {
     }
 }
 
+impl AttentionMetadata {
+    /// Maps the caller guarantees consistent (context parallelism's per-rank rows, built
+    /// from a share [`MetadataBuilder::build_inner`] validated): only the maxima are derived.
+    pub(crate) fn from_trusted(layout: KvCacheLayout, query_start_loc: Vec<i32>, seq_lens: Vec<i32>, block_table: Vec<i32>, block_table_stride: usize, slot_mapping: Vec<i64>) -> Self {
+        let max_query_len = query_start_loc.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        let max_seq_len = seq_lens.iter().map(|&s| s as usize).max().unwrap_or(0);
+        AttentionMetadata { layout, query_start_loc, seq_lens, block_table, block_table_stride, slot_mapping, max_query_len, max_seq_len }
+    }
+}
+
 /// Builds [`AttentionMetadata`] for a cache of a given geometry.
 #[derive(Clone, Debug)]
 pub struct MetadataBuilder {
@@ -316,6 +326,13 @@ impl MetadataBuilder {
 
     /// Validates the step and packs it. Errors name the request and the offending value.
     pub fn build(&self, step: &SchedulerOutput) -> Result<AttentionMetadata> {
+        self.build_inner(step, false)
+    }
+
+    /// [`MetadataBuilder::build`], where `idle` lets a request schedule no new tokens: a
+    /// context-parallel rank's share of a step, where the rank holds some of a request's
+    /// context and none of its new tokens ([`crate::dcp`] validates each rank's share so).
+    pub(crate) fn build_inner(&self, step: &SchedulerOutput, idle: bool) -> Result<AttentionMetadata> {
         self.layout.validate()?;
         let bs = self.layout.block_size;
         let n = step.requests.len();
@@ -325,7 +342,7 @@ impl MetadataBuilder {
         let mut total: usize = 0;
         let mut stride = 0usize;
         for (r, req) in step.requests.iter().enumerate() {
-            if req.num_new_tokens == 0 {
+            if req.num_new_tokens == 0 && !idle {
                 return Err(AttnError::InvalidRequest { request: r, detail: "schedules no new tokens".into() });
             }
             let seq_len = req.num_computed_tokens.checked_add(req.num_new_tokens).filter(|&s| s <= i32::MAX as usize);

@@ -606,22 +606,31 @@ impl<T: Element> CpuImpl<T> {
     /// [`CpuImpl::forward`] with each row's keys cut into `num_splits` partitions
     /// whose states are merged (flash-decoding); `num_splits = 1` is the plain forward.
     pub fn forward_split(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T], num_splits: usize) -> Result<()> {
+        self.forward_split_lse(q, k, v, meta, out, None, num_splits)
+    }
+
+    /// [`CpuImpl::forward_split`], with each row's log-sum-exp into `lse` when given
+    /// (`[num_tokens, num_q_heads]`, natural log; `-inf` for a row that saw no key).
+    pub fn forward_split_lse(&mut self, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T], lse: Option<&mut [f32]>, num_splits: usize) -> Result<()> {
         if num_splits == 0 {
             return Err(AttnError::InvalidConfig("num_splits must be at least 1".into()));
         }
         self.check(q, k, v, meta, out)?;
+        if let Some(l) = &lse {
+            check_len("lse", l.len(), meta.num_tokens(), self.spec.num_q_heads, 1, "query heads")?;
+        }
         if !self.spec.causal {
-            return bidirectional(&self.spec, q, k, v, meta, out);
+            return bidirectional(&self.spec, q, k, v, meta, out, lse);
         }
         tracing::trace!(tokens = meta.num_tokens(), reqs = meta.num_reqs(), num_splits, kv_dtype = %self.layout().kv_dtype, "cpu attention step");
         match &mut self.cache {
             CpuCache::Values(c) => {
                 c.write_slots(k, v, meta.slot_mapping())?;
-                attend(&self.spec, c, q, meta, out, num_splits);
+                attend(&self.spec, c, q, meta, out, lse, num_splits);
             }
             CpuCache::Fp8 { bytes, scales } => {
                 bytes.write_slots_fp8(k, v, meta.slot_mapping(), scales)?;
-                attend(&self.spec, &Fp8View { cache: bytes, scales }, q, meta, out, num_splits);
+                attend(&self.spec, &Fp8View { cache: bytes, scales }, q, meta, out, lse, num_splits);
             }
         }
         Ok(())
@@ -629,24 +638,30 @@ impl<T: Element> CpuImpl<T> {
 
     /// An MLA step: the latent rows `[kv_c | k_pe]` into the cache's key half at the slot
     /// mapping (the value half stays zero, as on `CUDA_MLA`), then [`mla_decode_cpu`].
-    fn forward_mla(&mut self, q: &[T], kv_c: &[T], k_pe: &[T], meta: &AttentionMetadata, out: &mut [T], m: &MlaSpec) -> Result<()> {
+    fn forward_mla(&mut self, q: &[T], kv_c: &[T], k_pe: &[T], meta: &AttentionMetadata, out: &mut [T], lse: Option<&mut [f32]>, m: &MlaSpec) -> Result<()> {
         let (n, h, r, rope) = (meta.num_tokens(), m.num_q_heads, m.kv_lora_rank, m.qk_rope_head_dim);
         check_layout(meta, self.layout())?;
         check_len("q", q.len(), n, h, m.latent_dim(), "query heads")?;
         check_len("k (kv_c)", kv_c.len(), n, 1, r, "latent heads")?;
         check_len("v (k_pe)", k_pe.len(), n, 1, rope, "latent heads")?;
         check_len("out", out.len(), n, h, r, "query heads")?;
-        let latent = match &mut self.cache {
+        if let Some(l) = &lse {
+            check_len("lse", l.len(), n, h, 1, "query heads")?;
+        }
+        let (latent, row_lse) = match &mut self.cache {
             CpuCache::Values(cache) => {
                 let rows: Vec<T> = (0..n).flat_map(|t| kv_c[t * r..(t + 1) * r].iter().chain(&k_pe[t * rope..(t + 1) * rope])).copied().collect();
                 cache.write_slots(&rows, &vec![T::default(); rows.len()], meta.slot_mapping())?;
-                mla_decode_cpu(q, cache, meta, m)?
+                mla_decode_cpu_lse(q, cache, meta, m)?
             }
             CpuCache::Fp8 { bytes, .. } => {
                 bytes.write_latent_fp8(kv_c, k_pe, meta.slot_mapping())?;
-                mla_decode_cpu_fp8(q, bytes, meta, m)?
+                mla_decode_cpu_fp8_lse(q, bytes, meta, m)?
             }
         };
+        if let Some(l) = lse {
+            l.copy_from_slice(&row_lse);
+        }
         for (o, x) in out.iter_mut().zip(latent) {
             *o = T::from_f32(x);
         }
@@ -667,10 +682,11 @@ impl<T: Element> CpuImpl<T> {
 
 /// Every (token, query head) row of the step in parallel: its online softmax over `cache`
 /// (values or fp8 bytes, whichever [`CacheView`] reads it), split `num_splits` ways and merged.
-fn attend<T: Element, C: CacheView>(spec: &AttnSpec, cache: &C, q: &[T], meta: &AttentionMetadata, out: &mut [T], num_splits: usize) {
+fn attend<T: Element, C: CacheView>(spec: &AttnSpec, cache: &C, q: &[T], meta: &AttentionMetadata, out: &mut [T], lse: Option<&mut [f32]>, num_splits: usize) {
     let (hq, d) = (spec.num_q_heads, spec.head_dim);
     let tokens = token_positions(meta);
-    out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
+    let mut row_lse = vec![f32::NEG_INFINITY; out.len() / d];
+    out.par_chunks_mut(d).zip(row_lse.par_iter_mut()).enumerate().for_each(|(row, (o, row_lse))| {
         let (token, head) = (row / hq, row % hq);
         let (r, pos) = tokens[token];
         let qrow: Vec<f32> = q[row * d..(row + 1) * d].iter().map(|x| x.to_f32()).collect();
@@ -684,21 +700,26 @@ fn attend<T: Element, C: CacheView>(spec: &AttnSpec, cache: &C, q: &[T], meta: &
             merge(&states)
         };
         let state = state.with_sink(spec.sink_logits().map_or(f32::NEG_INFINITY, |s| s[head]));
+        *row_lse = state.lse();
         for (o, x) in o.iter_mut().zip(state.finish()) {
             *o = T::from_f32(x);
         }
     });
+    if let Some(l) = lse {
+        l.copy_from_slice(&row_lse);
+    }
 }
 
 /// A bidirectional (encoder) layer's step: every (token, query head) row attends over all
 /// of its request's tokens, the step's own `k`, `v` (nothing is cached). Every request must
 /// be fresh (no cached context): an error naming the request otherwise.
-fn bidirectional<T: Element>(spec: &AttnSpec, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T]) -> Result<()> {
+fn bidirectional<T: Element>(spec: &AttnSpec, q: &[T], k: &[T], v: &[T], meta: &AttentionMetadata, out: &mut [T], lse: Option<&mut [f32]>) -> Result<()> {
     meta.check_no_context("a bidirectional (encoder) layer attends over the step's own tokens only")?;
     let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
     let tokens = token_positions(meta);
     let qsl = meta.query_start_loc();
-    out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
+    let mut row_lse = vec![f32::NEG_INFINITY; out.len() / d];
+    out.par_chunks_mut(d).zip(row_lse.par_iter_mut()).enumerate().for_each(|(row, (o, row_lse))| {
         let (token, head) = (row / hq, row % hq);
         let (r, i) = tokens[token];
         let kvh = head / spec.group_size();
@@ -728,10 +749,14 @@ fn bidirectional<T: Element>(spec: &AttnSpec, q: &[T], k: &[T], v: &[T], meta: &
             }
         }
         let st = st.with_sink(spec.sink_logits().map_or(f32::NEG_INFINITY, |s| s[head]));
+        *row_lse = st.lse();
         for (o, x) in o.iter_mut().zip(st.finish()) {
             *o = T::from_f32(x);
         }
     });
+    if let Some(l) = lse {
+        l.copy_from_slice(&row_lse);
+    }
     Ok(())
 }
 
@@ -743,12 +768,12 @@ impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
 
     /// MLA layers (as `CUDA_MLA`): `q` absorbed `[T, H, R + rope]`, `k` = kv_c `[T, R]`,
     /// `v` = k_pe `[T, rope]`, `out` latent `[T, H, R]`.
-    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
+    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T], lse: Option<&mut [f32]>) -> Result<()> {
         let plan = step.for_layer(BackendName::Cpu, T::DTYPE, &LayerShape::of(&self.spec), self.layout())?;
         let meta = step.host_metadata()?;
         match self.spec.mla.clone() {
-            Some(m) => self.forward_mla(q, k, v, meta, out, &m),
-            None => self.forward_split(q, k, v, meta, out, plan.num_splits),
+            Some(m) => self.forward_mla(q, k, v, meta, out, lse, &m),
+            None => self.forward_split_lse(q, k, v, meta, out, lse, plan.num_splits),
         }
     }
 
@@ -789,6 +814,11 @@ impl<T: Element> AttentionImpl<T> for CpuImpl<T> {
 /// request's context length. Returns the latent output `[num_tokens, H, R]` in f32
 /// (`W_UV` is applied by the model).
 pub fn mla_decode_cpu<T: Element>(q_latent: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &MlaSpec) -> Result<Vec<f32>> {
+    mla_decode_cpu_lse(q_latent, cache, meta, spec).map(|(out, _)| out)
+}
+
+/// [`mla_decode_cpu`], and each (token, head) row's log-sum-exp (natural log).
+pub fn mla_decode_cpu_lse<T: Element>(q_latent: &[T], cache: &HostKvCache<T>, meta: &AttentionMetadata, spec: &MlaSpec) -> Result<(Vec<f32>, Vec<f32>)> {
     let (h, r, w) = (spec.num_q_heads, spec.kv_lora_rank, spec.latent_dim());
     if h == 0 || r == 0 || !(spec.scale.is_finite() && spec.scale > 0.0) {
         return Err(AttnError::InvalidConfig(format!(
@@ -814,19 +844,27 @@ pub fn mla_decode_cpu<T: Element>(q_latent: &[T], cache: &HostKvCache<T>, meta: 
     let tokens = token_positions(meta);
     let sc = Scoring { scale: spec.scale, softcap: None, slope: None };
     let mut out = vec![0.0f32; meta.num_tokens() * h * r];
-    out.par_chunks_mut(r).enumerate().for_each(|(row, o)| {
+    let mut lse = vec![f32::NEG_INFINITY; meta.num_tokens() * h];
+    out.par_chunks_mut(r).zip(lse.par_iter_mut()).enumerate().for_each(|(row, (o, lse))| {
         let (req, pos) = tokens[row / h];
         let qrow: Vec<f32> = q_latent[row * w..(row + 1) * w].iter().map(|x| x.to_f32()).collect();
         let src = KvSource { keys: &cache.key, values: &cache.key, dv: r, layout: l, kv_head: 0, block_ids: meta.block_ids(req), read_k: AsValue, read_v: AsValue };
-        o.copy_from_slice(&attend_core(&qrow, pos, &sc, &src, 0..pos + 1).finish());
+        let state = attend_core(&qrow, pos, &sc, &src, 0..pos + 1);
+        *lse = state.lse();
+        o.copy_from_slice(&state.finish());
     });
-    Ok(out)
+    Ok((out, lse))
 }
 
 /// [`mla_decode_cpu`] over an fp8 latent cache ([`HostKvCache::zeros_latent_fp8`]): each
 /// request's visible rows widened once ([`crate::fp8::widen_latent_row`]: the values the
 /// GPU's MMAs read), then the same online softmax per (token, head) row.
 pub fn mla_decode_cpu_fp8<T: Element>(q_latent: &[T], cache: &HostKvCache<u8>, meta: &AttentionMetadata, spec: &MlaSpec) -> Result<Vec<f32>> {
+    mla_decode_cpu_fp8_lse(q_latent, cache, meta, spec).map(|(out, _)| out)
+}
+
+/// [`mla_decode_cpu_fp8`], and each (token, head) row's log-sum-exp (natural log).
+pub fn mla_decode_cpu_fp8_lse<T: Element>(q_latent: &[T], cache: &HostKvCache<u8>, meta: &AttentionMetadata, spec: &MlaSpec) -> Result<(Vec<f32>, Vec<f32>)> {
     let (h, r, w) = (spec.num_q_heads, spec.kv_lora_rank, spec.latent_dim());
     if h == 0 || r == 0 || !(spec.scale.is_finite() && spec.scale > 0.0) {
         return Err(AttnError::InvalidConfig(format!("MLA with {h} heads, kv_lora_rank {r}, scale {}: heads and rank must be positive, the scale positive and finite", spec.scale)));
@@ -837,21 +875,25 @@ pub fn mla_decode_cpu_fp8<T: Element>(q_latent: &[T], cache: &HostKvCache<u8>, m
     check_len("q_latent", q_latent.len(), meta.num_tokens(), h, w, "query heads")?;
     let sc = Scoring { scale: spec.scale, softcap: None, slope: None };
     let mut out = vec![0.0f32; meta.num_tokens() * h * r];
+    let mut lse = vec![f32::NEG_INFINITY; meta.num_tokens() * h];
     for req in 0..meta.num_reqs() {
         let (lk, ctx, t0) = (meta.seq_lens()[req] as usize, meta.context_len(req), meta.query_start_loc()[req] as usize);
         // The request's keys in order, one contiguous "block" of them.
         let rows: Vec<f32> = (0..lk).into_par_iter().flat_map_iter(|j| crate::fp8::widen_latent_row::<T>(cache.latent_row(meta.slot_of(req, j)))).collect();
         let layout = KvCacheLayout { num_blocks: 1, block_size: lk.max(1).next_power_of_two(), num_kv_heads: 1, head_dim: w, kv_dtype: KvCacheDType::Auto };
         let rows_out = &mut out[t0 * h * r..(t0 + meta.query_len(req)) * h * r];
-        rows_out.par_chunks_mut(r).enumerate().for_each(|(i, o)| {
+        let rows_lse = &mut lse[t0 * h..(t0 + meta.query_len(req)) * h];
+        rows_out.par_chunks_mut(r).zip(rows_lse.par_iter_mut()).enumerate().for_each(|(i, (o, lse))| {
             let pos = ctx + i / h;
             let row = (t0 * h + i) * w;
             let qrow: Vec<f32> = q_latent[row..row + w].iter().map(|x| x.to_f32()).collect();
             let src = KvSource { keys: &rows, values: &rows, dv: r, layout: &layout, kv_head: 0, block_ids: &[0], read_k: AsValue, read_v: AsValue };
-            o.copy_from_slice(&attend_core(&qrow, pos, &sc, &src, 0..pos + 1).finish());
+            let state = attend_core(&qrow, pos, &sc, &src, 0..pos + 1);
+            *lse = state.lse();
+            o.copy_from_slice(&state.finish());
         });
     }
-    Ok(out)
+    Ok((out, lse))
 }
 
 #[cfg(test)]

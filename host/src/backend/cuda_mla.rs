@@ -594,7 +594,7 @@ impl<T: Element> AttentionImpl<T> for CudaMlaImpl<T> {
     /// Host tensors: q `[tokens, H, 576]`, k = kv_c `[tokens, 512]`, v = k_pe `[tokens, 64]`,
     /// out `[tokens, H, 512]`; copied through the device (out too, so that a row the kernels
     /// fail to write keeps the caller's poison).
-    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
+    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T], lse: Option<&mut [f32]>) -> Result<()> {
         let plan = step.for_layer(self.backend, T::DTYPE, &self.shape, &self.layout)?;
         let (n, h) = (plan.num_tokens, self.mla.num_q_heads);
         check_len("q", q.len(), n * h * MLA_LATENT_DIM as usize)?;
@@ -602,7 +602,10 @@ impl<T: Element> AttentionImpl<T> for CudaMlaImpl<T> {
         check_len("v (k_pe)", v.len(), n * MLA_ROPE as usize)?;
         check_len("out", out.len(), n * h * MLA_RANK as usize)?;
         let rt = self.rt.clone();
-        through_device(&rt, q, k, v, out, |t| self.run(step, t))
+        if let Some(l) = &lse {
+            check_len("lse", l.len(), n * h)?;
+        }
+        through_device(&rt, q, k, v, out, lse, |t| self.run(step, t))
     }
 
     fn run_device(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {

@@ -729,7 +729,7 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
 
     /// Copies q, k, v (and out, so that an element the kernels fail to write keeps the
     /// caller's value: tests poison it) to the device, runs, copies out back, synchronizes.
-    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
+    fn run_host(&mut self, step: &Step, q: &[T], k: &[T], v: &[T], out: &mut [T], lse: Option<&mut [f32]>) -> Result<()> {
         let plan = step.for_layer(self.backend, T::DTYPE, &self.shape, &self.layout)?;
         let n = plan.num_tokens;
         let (hq, hkv, d) = (self.shape.num_q_heads, self.shape.num_kv_heads, self.shape.head_dim);
@@ -738,7 +738,10 @@ impl<T: Element> AttentionImpl<T> for CudaPagedImpl<T> {
         check_len("v", v.len(), n * hkv * d)?;
         check_len("out", out.len(), n * hq * d)?;
         let rt = self.rt.clone();
-        through_device(&rt, q, k, v, out, |t| self.run(step, t))
+        if let Some(l) = &lse {
+            check_len("lse", l.len(), n * hq)?;
+        }
+        through_device(&rt, q, k, v, out, lse, |t| self.run(step, t))
     }
 
     fn run_device(&mut self, step: &Step, t: DeviceTensors<'_, T>) -> Result<()> {

@@ -208,7 +208,7 @@ mod tests {
         fn backend(&self) -> BackendName {
             BackendName::CudaPaged
         }
-        fn run_host(&mut self, _: &Step, _: &[f32], _: &[f32], _: &[f32], _: &mut [f32]) -> Result<()> {
+        fn run_host(&mut self, _: &Step, _: &[f32], _: &[f32], _: &[f32], _: &mut [f32], _: Option<&mut [f32]>) -> Result<()> {
             Ok(())
         }
         fn cache_snapshot(&self) -> Result<HostKvCache<f32>> {
