@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=gpu-bundle
 rm -rf "$out" && mkdir -p "$out/bin" "$out/ptx"
-exes=$( (cargo test --release --no-run --test gpu --message-format=json &&
-         cargo bench --no-run --bench decode --bench step --bench prefill --bench mla --message-format=json &&
+exes=$( (cargo test --release --no-run --features nccl --test gpu --message-format=json &&
+         cargo bench --no-run --bench decode --bench step --bench prefill --bench mla --bench dcp --message-format=json &&
          cargo build --release --bin attn --example 02_gpu_plan_run --message-format=json) |
   python3 -c '
 import json, sys
@@ -19,13 +19,13 @@ for line in sys.stdin:
 while read -r name exe; do
   cp "$exe" "$out/bin/$name" && strip "$out/bin/$name"
 done <<< "$exes"
-for b in gpu decode step prefill mla attn 02_gpu_plan_run; do
+for b in gpu decode step prefill mla dcp attn 02_gpu_plan_run; do
   [ -x "$out/bin/$b" ] || { echo "gpu-bundle: $b did not build" >&2; exit 1; }
 done
 ptx_dir=$(dirname "$(ls -t target/release/build/attn-backends-*/out/ptx_modules.rs | head -n 1)")
 cp "$ptx_dir"/attn_kernels_*.ptx "$out/ptx/"
 cp scripts/gpu-run.sh "$out/run.sh"
-cp scripts/peer-p6.py "$out/"
+cp scripts/peer-p6.py scripts/nccl-lib.sh "$out/"
 # The peers' benchmark (PyTorch SDPA, Triton), to time them in the same lease; not a dependency.
 [ -f ../shared/peers/peer_bench.py ] && cp ../shared/peers/peer_bench.py "$out/" || true
 git rev-parse --short HEAD > "$out/COMMIT" 2>/dev/null || echo unknown > "$out/COMMIT"

@@ -1162,6 +1162,8 @@ fn main() {
     let mut all = cases();
     all.extend(fp8_cases());
     all.extend(feature_cases());
+    all.extend(dcp_cases());
+    all.extend(dcp_nccl_cases());
     all.push(Case { name: "one step for several layer types".into(), run: Box::new(one_step_for_several_layer_types) });
     all.push(Case { name: "bad input is rejected before launch".into(), run: Box::new(bad_input) });
     all.push(Case { name: "every kernel loads".into(), run: Box::new(every_kernel_loads) });
@@ -1199,4 +1201,109 @@ fn main() {
     if failed > 0 {
         std::process::exit(1);
     }
+}
+
+/// Context parallelism on one GPU: N ranks in process (each its own shard of the cache, the
+/// device kernels over its per-token rows, the merge kernel) against the f64 oracle over
+/// the whole unsharded context, and against the unsharded CPU layer. Ragged requests whose
+/// lengths divide by nothing, decodes beside chunked prefills, 64k contexts, GQA and MHA
+/// head dims, sinks, fp8 caches, MLA on both kernels; graph replay bitwise equal to eager.
+fn dcp_cases() -> Vec<Case> {
+    use attn_backends::dcp::check::{self, DcpCase, DcpPath};
+    use attn_backends::dcp::DcpGroup;
+    let mixed: Vec<(usize, usize)> = vec![(4099, 1), (1, 1), (333, 1), (1000, 1), (0, 1), (7, 5), (2047, 13)];
+    let mla_mixed: Vec<(usize, usize)> = vec![(4097, 1), (1, 1), (100, 1), (2, 3), (777, 2)];
+    let mla = |h: usize| AttnSpec { mla: Some(MlaSpec { num_q_heads: h, kv_lora_rank: 512, qk_rope_head_dim: 64, qk_nope_head_dim: 128, v_head_dim: 128, scale: 0.07 }), ..AttnSpec::new(h, h, 192) };
+    struct D {
+        what: &'static str,
+        backend: BackendName,
+        spec: AttnSpec,
+        ranks: usize,
+        interleave: usize,
+        reqs: Vec<(usize, usize)>,
+        kv: KvCacheDType,
+        f16: bool,
+        path: DcpPath,
+    }
+    let gqa = AttnSpec::new(32, 8, 128);
+    let mut ds = Vec::new();
+    for ranks in [2, 4, 8] {
+        for interleave in [1, 16, 64] {
+            ds.push(D { what: "gqa d128", backend: BackendName::CudaPaged, spec: gqa.clone(), ranks, interleave, reqs: mixed.clone(), kv: KvCacheDType::Auto, f16: false, path: DcpPath::Device });
+        }
+    }
+    let more = [
+        D { what: "gqa d128 f16", backend: BackendName::CudaPaged, spec: gqa.clone(), ranks: 3, interleave: 16, reqs: mixed.clone(), kv: KvCacheDType::Auto, f16: true, path: DcpPath::Device },
+        D { what: "gqa d128 fp8", backend: BackendName::CudaPaged, spec: gqa.clone(), ranks: 4, interleave: 16, reqs: mixed.clone(), kv: KvCacheDType::Fp8E4m3, f16: false, path: DcpPath::Device },
+        D { what: "gqa d128 fp8", backend: BackendName::CudaPaged, spec: gqa.clone(), ranks: 2, interleave: 1, reqs: mixed.clone(), kv: KvCacheDType::Fp8E4m3, f16: true, path: DcpPath::Device },
+        D { what: "gqa d64 sinks (gpt-oss)", backend: BackendName::CudaPaged, spec: AttnSpec::new(64, 8, 64).with_sinks((0..64).map(|h| 0.25 * (h % 7) as f32 - 0.5).collect()), ranks: 2, interleave: 1, reqs: mixed.clone(), kv: KvCacheDType::Auto, f16: false, path: DcpPath::Device },
+        D { what: "gqa d256", backend: BackendName::CudaPaged, spec: AttnSpec::new(16, 8, 256), ranks: 2, interleave: 64, reqs: mixed.clone(), kv: KvCacheDType::Auto, f16: false, path: DcpPath::Device },
+        D { what: "mha d128", backend: BackendName::CudaPaged, spec: AttnSpec::new(32, 32, 128), ranks: 4, interleave: 1, reqs: mixed.clone(), kv: KvCacheDType::Auto, f16: false, path: DcpPath::Device },
+        D { what: "gqa d128 64k context", backend: BackendName::CudaPaged, spec: gqa.clone(), ranks: 8, interleave: 64, reqs: vec![(65535, 1), (3001, 1)], kv: KvCacheDType::Auto, f16: false, path: DcpPath::Device },
+        D { what: "gqa d128 portable", backend: BackendName::CudaPagedPortable, spec: gqa.clone(), ranks: 4, interleave: 16, reqs: mixed.clone(), kv: KvCacheDType::Auto, f16: false, path: DcpPath::Device },
+        D { what: "gqa d128 graph", backend: BackendName::CudaPaged, spec: gqa.clone(), ranks: 4, interleave: 16, reqs: mixed.clone(), kv: KvCacheDType::Auto, f16: false, path: DcpPath::Graph },
+        D { what: "gqa d128 host path", backend: BackendName::CudaPaged, spec: gqa.clone(), ranks: 2, interleave: 16, reqs: mixed.clone(), kv: KvCacheDType::Auto, f16: false, path: DcpPath::Host },
+        D { what: "mla 16 heads", backend: BackendName::CudaMla, spec: mla(16), ranks: 2, interleave: 1, reqs: mla_mixed.clone(), kv: KvCacheDType::Auto, f16: false, path: DcpPath::Device },
+        D { what: "mla 128 heads", backend: BackendName::CudaMla, spec: mla(128), ranks: 4, interleave: 64, reqs: mla_mixed.clone(), kv: KvCacheDType::Auto, f16: false, path: DcpPath::Device },
+        D { what: "mla 64 heads f16", backend: BackendName::CudaMla, spec: mla(64), ranks: 8, interleave: 16, reqs: mla_mixed.clone(), kv: KvCacheDType::Auto, f16: true, path: DcpPath::Device },
+        D { what: "mla 32 heads portable", backend: BackendName::CudaMlaPortable, spec: mla(32), ranks: 4, interleave: 16, reqs: mla_mixed.clone(), kv: KvCacheDType::Auto, f16: false, path: DcpPath::Device },
+        D { what: "mla 16 heads fp8", backend: BackendName::CudaMla, spec: mla(16), ranks: 4, interleave: 64, reqs: mla_mixed.clone(), kv: KvCacheDType::Fp8E4m3, f16: false, path: DcpPath::Device },
+        D { what: "mla 128 heads 64k context", backend: BackendName::CudaMla, spec: mla(128), ranks: 8, interleave: 64, reqs: vec![(65535, 1), (513, 1)], kv: KvCacheDType::Auto, f16: false, path: DcpPath::Device },
+        D { what: "mla 16 heads graph", backend: BackendName::CudaMla, spec: mla(16), ranks: 2, interleave: 64, reqs: mla_mixed.clone(), kv: KvCacheDType::Auto, f16: false, path: DcpPath::Graph },
+    ];
+    ds.extend(more);
+    ds.into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let name = format!("dcp {} N={} I={}{}", d.what, d.ranks, d.interleave, if d.kv == KvCacheDType::Fp8E4m3 && !d.what.contains("fp8") { " fp8" } else { "" });
+            let case = DcpCase { group: DcpGroup::new(d.ranks, d.interleave).unwrap(), spec: d.spec, block_size: 16, requests: d.reqs, kv_dtype: d.kv, seed: 9000 + i as u64 };
+            let (backend, path, f16) = (d.backend, d.path, d.f16);
+            Case {
+                name,
+                run: Box::new(move |rt| {
+                    let r = if f16 { check::run::<f16>(&case, backend, Some(rt.clone()), path) } else { check::run::<bf16>(&case, backend, Some(rt.clone()), path) }.map_err(|e| e.to_string())?;
+                    let msg = format!("rel err {:.2e} (vs unsharded {:.1e}), lse err {:.1e}, {} tokens, keys per rank {:?}{}", r.rel_err, r.vs_unsharded, r.lse_err, r.tokens, r.kv_tokens, r.graph_bitwise.map_or(String::new(), |b| format!(", graph replay bitwise equal: {b}")));
+                    let ok = r.rel_err < 1e-2 && r.lse_err < 2e-2 && r.graph_bitwise != Some(false);
+                    if ok { Ok(msg) } else { Err(msg) }
+                }),
+            }
+        })
+        .collect()
+}
+
+/// NCCL with one rank on one GPU (the `nccl` feature; NCCL found through LD_LIBRARY_PATH):
+/// the library loads, communicators from both constructors (one process for all GPUs, and
+/// a rank of a group by id), the all-gather inside a DCP step against the oracle, and the
+/// step captured in a CUDA graph with the collective in it, replayed bitwise equal to eager.
+#[cfg(feature = "nccl")]
+fn dcp_nccl_cases() -> Vec<Case> {
+    use attn_backends::dcp::check::{self, DcpCase, DcpPath};
+    use attn_backends::dcp::{nccl, DcpAttention, DcpGroup};
+    let case = DcpCase { group: DcpGroup::new(1, 1).unwrap(), spec: AttnSpec::new(32, 8, 128), block_size: 16, requests: vec![(4099, 1), (1, 1), (333, 1), (7, 5)], kv_dtype: KvCacheDType::Auto, seed: 77 };
+    let mut v = Vec::new();
+    for (name, by_id, path) in [("dcp nccl 1 rank (comm for devices)", false, DcpPath::Device), ("dcp nccl 1 rank (comm by id), graph", true, DcpPath::Graph)] {
+        let case = case.clone();
+        v.push(Case {
+            name: name.into(),
+            run: Box::new(move |rt| {
+                nccl::available().map_err(|e| e.to_string())?;
+                let comms = if by_id {
+                    let id = nccl::new_id().map_err(|e| e.to_string())?;
+                    vec![nccl::comm_for_rank(rt, 0, 1, id).map_err(|e| e.to_string())?]
+                } else {
+                    nccl::comms_for_devices(std::slice::from_ref(rt)).map_err(|e| e.to_string())?
+                };
+                let (group, spec, rt2) = (case.group, case.spec.clone(), rt.clone());
+                let r = check::run_with::<bf16>(&case, Some(rt.clone()), path, move |layout| DcpAttention::nccl(BackendName::CudaPaged, group, spec, layout, vec![rt2], comms)).map_err(|e| e.to_string())?;
+                let msg = format!("rel err {:.2e}, lse err {:.1e}{}", r.rel_err, r.lse_err, r.graph_bitwise.map_or(String::new(), |b| format!(", graph replay (all-gather captured) bitwise equal: {b}")));
+                if r.rel_err < 1e-2 && r.lse_err < 2e-2 && r.graph_bitwise != Some(false) { Ok(msg) } else { Err(msg) }
+            }),
+        });
+    }
+    v
+}
+
+#[cfg(not(feature = "nccl"))]
+fn dcp_nccl_cases() -> Vec<Case> {
+    vec![Case { name: "dcp nccl 1 rank".into(), run: Box::new(|_| Ok("SKIPPED: built without the nccl feature (cargo test --features nccl)".into())) }]
 }

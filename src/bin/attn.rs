@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const USAGE: &str = "usage:
-  attn demo   [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N]
+  attn demo   [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N] [--dcp N [--interleave I]]
   attn select [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--block-size N] [--all] [--json]
   attn presets
   attn <command> --help
@@ -66,7 +66,7 @@ impl Command {
     /// The options this command takes (all but `--cpu` take a value).
     fn options(self) -> &'static [&'static str] {
         match self {
-            Command::Demo => &["--model", "--config", "--dtype", "--kv-cache-dtype", "--cpu", "--seed", "--block-size"],
+            Command::Demo => &["--model", "--config", "--dtype", "--kv-cache-dtype", "--cpu", "--seed", "--block-size", "--dcp", "--interleave"],
             Command::Select => &["--model", "--config", "--dtype", "--kv-cache-dtype", "--block-size", "--all", "--json"],
             Command::Presets => &[],
         }
@@ -74,7 +74,7 @@ impl Command {
 
     fn help(self) -> &'static str {
         match self {
-            Command::Demo => "usage: attn demo [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N]
+            Command::Demo => "usage: attn demo [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N] [--dcp N [--interleave I]]
 
 Runs one realistic mixed batch (long-context decodes, a chunked prefill, a fresh prefill)
 through metadata builder -> selector -> backend, on the GPU when one is present, and checks
@@ -90,6 +90,11 @@ backend and why, the error and the time.
   --cpu            run on the CPU backend even when a GPU is present
   --seed N         random inputs' seed (default 1)
   --block-size N   tokens per KV-cache block (default 16)
+  --dcp N          context parallelism: the batch's KV cache sharded by token over N ranks
+                   (each its own cache), merged by log-sum-exp, checked against the oracle
+                   over the unsharded context. The ranks run in turn in this process on one
+                   device (the GPU or the CPU): the demo says so
+  --interleave I   with --dcp: consecutive positions a rank stores (default 1)
   -h, --help       this text",
             Command::Select => "usage: attn select [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--block-size N] [--all] [--json]
 
@@ -161,6 +166,8 @@ struct Opts {
     block_size: usize,
     all: bool,
     json: bool,
+    dcp: Option<usize>,
+    interleave: usize,
 }
 
 /// What the command line asks for: a command with its options, or a help text.
@@ -194,7 +201,7 @@ fn parse_args(args: &[String]) -> Result<Parsed, CliError> {
 /// The options of `cmd`, as `--name value` or `--name=value`; an option `cmd` does not take
 /// is a usage error naming it.
 fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
-    let mut o = Opts { model: None, config: None, dtype: None, kv: KvCacheDType::Auto, cpu: false, seed: 1, block_size: 16, all: false, json: false };
+    let mut o = Opts { model: None, config: None, dtype: None, kv: KvCacheDType::Auto, cpu: false, seed: 1, block_size: 16, all: false, json: false, dcp: None, interleave: 1 };
     let takes = || {
         if cmd.options().is_empty() {
             "it takes no options".to_string()
@@ -252,6 +259,8 @@ fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
             "--block-size" => {
                 o.block_size = v.parse().map_err(|_| CliError::Usage(format!("--block-size: `{v}` is not a number")))?;
             }
+            "--dcp" => o.dcp = Some(v.parse().map_err(|_| CliError::Usage(format!("--dcp: `{v}` is not a number of ranks")))?),
+            "--interleave" => o.interleave = v.parse().map_err(|_| CliError::Usage(format!("--interleave: `{v}` is not a number")))?,
             _ => unreachable!("{name} is in {:?}", cmd.options()),
         }
     }
@@ -510,6 +519,14 @@ fn demo(o: &Opts) -> Result<(), CliError> {
             let req = Requirements { dtype, kv_cache_dtype: o.kv, ..Requirements::for_layer(&spec, dtype, &KvCacheLayout::new(1, o.block_size, spec.num_kv_heads, spec.head_dim)?.with_kv_dtype(o.kv)) };
             let sel = select_and_say(platform, &req)?;
             let gpu = if sel.backend.caps().cpu { None } else { gpu.clone() };
+            if o.dcp.is_some() {
+                match dtype {
+                    DType::Bf16 => run_dcp_demo::<bf16>(spec, o, sel.backend, gpu)?,
+                    DType::F16 => run_dcp_demo::<f16>(spec, o, sel.backend, gpu)?,
+                    DType::F32 => run_dcp_demo::<f32>(spec, o, sel.backend, gpu)?,
+                }
+                continue;
+            }
             match dtype {
                 DType::Bf16 => run_demo::<bf16>(spec, o, sel.backend, gpu)?,
                 DType::F16 => run_demo::<f16>(spec, o, sel.backend, gpu)?,
@@ -523,6 +540,13 @@ fn demo(o: &Opts) -> Result<(), CliError> {
     let mla = cfg.mla_spec().expect("an MLA model (checked above)");
     let gpu = if sel.backend.caps().cpu { None } else { gpu };
     let spec = cfg.attn_spec();
+    if o.dcp.is_some() {
+        return match dtype {
+            DType::Bf16 => run_dcp_demo::<bf16>(spec, o, sel.backend, gpu),
+            DType::F16 => run_dcp_demo::<f16>(spec, o, sel.backend, gpu),
+            DType::F32 => run_dcp_demo::<f32>(spec, o, sel.backend, gpu),
+        };
+    }
     match dtype {
         DType::Bf16 => run_mla_demo::<bf16>(&mla, spec, o, sel.backend, gpu),
         DType::F16 => run_mla_demo::<f16>(&mla, spec, o, sel.backend, gpu),
@@ -676,6 +700,42 @@ fn run_mla_demo<T: Element>(mla: &MlaSpec, spec: AttnSpec, o: &Opts, backend: Ba
 }
 
 /// An MHA/GQA/MQA model's layer (`spec` from a model without MLA) on `backend`.
+/// `--dcp N`: a mixed batch (long decodes, a chunked prefill, a fresh prefill) over N
+/// context-parallel ranks, each its own shard of the cache, checked against the f64 oracle
+/// over the whole unsharded context (`attn_backends::dcp::check`).
+fn run_dcp_demo<T: Element>(spec: AttnSpec, o: &Opts, backend: BackendName, gpu: Option<Arc<CudaRuntime>>) -> Result<(), CliError> {
+    use attn_backends::dcp::check::{self, DcpCase, DcpPath};
+    use attn_backends::dcp::DcpGroup;
+    let ranks = o.dcp.unwrap_or(1);
+    let group = DcpGroup::new(ranks, o.interleave)?;
+    let gpus = if gpu.is_some() { attn_backends::cudarc::driver::CudaContext::device_count().map_or(1, |n| n.max(1) as usize) } else { 0 };
+    let device = gpu.as_ref().map_or("the CPU".to_string(), |rt| format!("one {}", rt.device_name()));
+    outln!(
+        "context parallelism: {ranks} ranks, interleave {}: simulated in process on {device} (this machine has {} GPU{}); one GPU a rank over NCCL is `DcpAttention::nccl` (the nccl feature)",
+        o.interleave,
+        gpus,
+        if gpus == 1 { "" } else { "s" }
+    );
+    if let Err(e) = attn_backends::dcp::check_spec(&spec) {
+        outln!("not sharded: {e}");
+        return Ok(());
+    }
+    let requests = vec![(8191, 1), (4095, 1), (2999, 1), (1499, 1), (1024, 16), (0, 24)];
+    let case = DcpCase { group, spec, block_size: o.block_size, requests, kv_dtype: o.kv, seed: o.seed };
+    let path = if gpu.is_some() { DcpPath::Device } else { DcpPath::Host };
+    let t0 = std::time::Instant::now();
+    let r = check::run::<T>(&case, backend, gpu, path)?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    outln!("step: {} query tokens over {} cached keys; keys per rank {:?}", r.tokens, r.kv_tokens.iter().sum::<usize>(), r.kv_tokens);
+    outln!("error vs the f64 oracle over the unsharded context: {:.2e} (vs the unsharded CPU layer {:.1e}; log-sum-exp within {:.1e}); {ms:.0} ms with the checks", r.rel_err, r.vs_unsharded, r.lse_err);
+    let bound = if T::DTYPE == DType::F32 && o.kv == KvCacheDType::Auto { 1e-4 } else { 1e-2 };
+    if !(r.rel_err < bound) {
+        return Err(CliError::Check(format!("DCP output off the oracle by {:.2e} (bound {bound:e})", r.rel_err)));
+    }
+    outln!("check: ok (bound {bound:e})");
+    Ok(())
+}
+
 fn run_demo<T: Element>(spec: AttnSpec, o: &Opts, backend: BackendName, gpu: Option<Arc<CudaRuntime>>) -> Result<(), CliError> {
     // Long-context decodes, a chunked prefill (1024 cached + 128 new), a fresh prefill.
     // (The 8150 + 96 prefill crosses position 8192: a chunk boundary of Llama 4's layers.)

@@ -76,6 +76,14 @@ fn fail(msg: String) -> AttnError {
 /// Runs `case` on `backend` (`gpu` for a CUDA one) along `path`; the error bound is the
 /// caller's to apply.
 pub fn run<T: Element>(case: &DcpCase, backend: BackendName, gpu: Option<Arc<CudaRuntime>>, path: DcpPath) -> Result<DcpReport> {
+    let (group, spec) = (case.group, case.spec.clone());
+    let g = gpu.clone();
+    run_with::<T>(case, gpu, path, move |layout| DcpAttention::in_process(backend, group, spec, layout, g))
+}
+
+/// [`run`] on the layer `make` builds over the shards' layout (every rank in this process:
+/// in process, or NCCL with every rank local).
+pub fn run_with<T: Element>(case: &DcpCase, gpu: Option<Arc<CudaRuntime>>, path: DcpPath, make: impl FnOnce(KvCacheLayout) -> Result<DcpAttention<T>>) -> Result<DcpReport> {
     let (group, spec, bs) = (case.group, &case.spec, case.block_size);
     let mut rng = Rng::new(case.seed);
     let mla = spec.mla.clone();
@@ -97,7 +105,10 @@ pub fn run<T: Element>(case: &DcpCase, backend: BackendName, gpu: Option<Arc<Cud
     let layout_u = KvCacheLayout::new(nu.max(1) as usize, bs, hkv, d)?.with_kv_dtype(case.kv_dtype);
     let layout = KvCacheLayout::new(ns.max(1) as usize, bs, hkv, d)?.with_kv_dtype(case.kv_dtype);
     let mut reference = Attention::<T>::new(BackendName::Cpu, spec.clone(), layout_u, None)?;
-    let mut dcp = DcpAttention::<T>::in_process(backend, group, spec.clone(), layout, gpu.clone())?;
+    let mut dcp = make(layout)?;
+    if dcp.group() != group || dcp.local_ranks() != (0..group.ranks()) {
+        return Err(fail(format!("the check runs every rank of {group:?} in this process; the layer runs {:?}", dcp.local_ranks())));
+    }
     let per_head_scales = case.kv_dtype == KvCacheDType::Fp8E4m3 && mla.is_none();
     if per_head_scales {
         let scales = KvScales { k: (0..hkv).map(|h| 0.5 + 0.125 * h as f32).collect(), v: (0..hkv).map(|h| 0.75 + 0.0625 * h as f32).collect() };

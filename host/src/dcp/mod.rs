@@ -536,25 +536,48 @@ impl<T: Element> DcpAttention<T> {
     /// [`DcpAttention::forward_device`] with one set of tensors a device: in process one
     /// (every rank reads the same q, k, v), under NCCL one a local rank.
     pub fn forward_devices(&mut self, step: &mut DcpStep<T>, tensors: &mut [DcpTensors<'_, T>]) -> Result<()> {
+        self.check_tensors(step, tensors)?;
+        self.attend_ranks(step, tensors)?;
+        self.exchange(step)?;
+        self.merge(step, tensors)
+    }
+
+    /// The prepared step's token count, and `tensors` checked against it: one set a merge
+    /// site, out and lse holding the step's rows.
+    fn check_tensors(&self, step: &DcpStep<T>, tensors: &[DcpTensors<'_, T>]) -> Result<usize> {
         let n = step.num_tokens.ok_or_else(|| AttnError::InvalidConfig("the DCP step was not prepared: call DcpStep::prepare(&metadata) first".into()))?;
         let sites = step.gathered.len();
         if tensors.len() != sites {
             return Err(AttnError::InvalidShard(format!("{} tensor sets for {sites} devices (in process: one; NCCL: one a local rank)", tensors.len())));
         }
         let (heads, dim) = out_shape(&self.spec);
-        let (row, ranks) = (heads * dim, self.group.ranks());
-        for t in tensors.iter() {
-            crate::cuda_plumbing::check_rows("out", t.out.len(), n, row)?;
+        for t in tensors {
+            crate::cuda_plumbing::check_rows("out", t.out.len(), n, heads * dim)?;
             if let Some(l) = &t.lse {
                 crate::cuda_plumbing::check_rows("lse", l.len(), n, heads)?;
             }
         }
-        // Each local rank over its shard, its result into its own buffers.
+        Ok(n)
+    }
+
+    /// The first phase of [`DcpAttention::forward_devices`]: each local rank writes its tokens
+    /// into its shard and attends over it, its result into the step's own buffers.
+    pub fn attend_ranks(&mut self, step: &mut DcpStep<T>, tensors: &[DcpTensors<'_, T>]) -> Result<()> {
+        self.check_tensors(step, tensors)?;
+        let sites = step.gathered.len();
         for (i, layer) in self.ranks.iter_mut().enumerate() {
             let t = &tensors[if sites == 1 { 0 } else { i }];
             layer.forward_device_lse(&step.steps[i], t.q, t.k, t.v, &mut step.rank_out[i], &mut step.rank_lse[i])?;
         }
-        // The exchange: every rank's result into each merge site's gathered buffers.
+        Ok(())
+    }
+
+    /// The second phase: every rank's result into each merge site's gathered buffers (copies
+    /// on the device in process; NCCL's all-gather).
+    pub fn exchange(&mut self, step: &mut DcpStep<T>) -> Result<()> {
+        let n = step.num_tokens.ok_or_else(|| AttnError::InvalidConfig("the DCP step was not prepared: call DcpStep::prepare(&metadata) first".into()))?;
+        let (heads, dim) = out_shape(&self.spec);
+        let (row, ranks) = (heads * dim, self.group.ranks());
         match &self.exchange {
             Exchange::InProcess => {
                 let stream = step.runtimes[0].stream().clone();
@@ -567,7 +590,14 @@ impl<T: Element> DcpAttention<T> {
             #[cfg(feature = "nccl")]
             Exchange::Nccl(comms) => nccl::all_gather(comms, &step.rank_out, &step.rank_lse, &mut step.gathered, n * row, n * heads)?,
         }
-        // The merge on each site.
+        Ok(())
+    }
+
+    /// The last phase: the merge of the gathered results into each site's `out` (and lse).
+    pub fn merge(&mut self, step: &mut DcpStep<T>, tensors: &mut [DcpTensors<'_, T>]) -> Result<()> {
+        let n = self.check_tensors(step, tensors)?;
+        let (heads, dim) = out_shape(&self.spec);
+        let ranks = self.group.ranks();
         let id = self.merge_id.ok_or_else(|| AttnError::InvalidShard("the ranks run on the host: use forward_host".into()))?;
         for (site, t) in tensors.iter_mut().enumerate() {
             let stream = step.runtimes[site].stream().clone();
