@@ -7,7 +7,8 @@
 //! - `unsharded`: the plain layer's step (cache write of the new token + attention);
 //! - `rank_share`: rank 0's step over its shard (it holds the most keys): what each GPU of
 //!   an N-GPU group runs;
-//! - `merge`: the exchange in process (device copies; NCCL's all-gather on several GPUs)
+//! - `merge`: the exchange (in process nothing moves: the merge reads each rank's buffers;
+//!   NCCL's all-gather on several GPUs)
 //!   and the merge kernel;
 //! - `in_process_step`: all N ranks in turn on this one GPU, exchange and merge included
 //!   (the memory split without more GPUs: about the unsharded time).

@@ -92,9 +92,9 @@ pub(crate) unsafe fn merge_ranks<E: Elem>(p: &MergeRanksParams) {
         return;
     }
     let seen = p.keys_seen as *const i32;
-    let lses = p.rank_lse as *const f32;
+    let (outs, lses) = (p.rank_out as *const u64, p.rank_lse as *const u64);
     // Invariant: `mmax` is the largest log2-unit lse of the ranks read so far (and the sink).
-    let lse_log2 = |r: usize| unsafe { *lses.add((r * n + token) * hq + head) } * LOG2E;
+    let lse_log2 = |r: usize| unsafe { *(*lses.add(r) as *const f32).add(token * hq + head) } * LOG2E;
     let reads = |r: usize| unsafe { *seen.add(r * n + token) } > 0;
     let sink = unsafe { sink_log2(p.sinks, head) };
     let mut mmax = if p.sinks != 0 { sink } else { NEG_INIT };
@@ -111,7 +111,7 @@ pub(crate) unsafe fn merge_ranks<E: Elem>(p: &MergeRanksParams) {
         }
         let w = merge_weight(lse_log2(r), mmax);
         wsum += w;
-        let src = (p.rank_out as *const u16).wrapping_add(((r * n + token) * hq + head) * d + ds) as *const u32;
+        let src = (unsafe { *outs.add(r) } as *const u16).wrapping_add((token * hq + head) * d + ds) as *const u32;
         let x = E::unpack8(unsafe { ld_global_v4(src) });
         for i in 0..8 {
             o[i] += w * x[i];

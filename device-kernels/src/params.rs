@@ -170,10 +170,12 @@ pub struct MergeParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MergeRanksParams {
-    /// `[num_ranks, num_tokens, num_heads, head_dim]` (the query type): each rank's output,
-    /// normalised over its own keys.
+    /// `u64 [num_ranks]`: where each rank's output starts, `[num_tokens, num_heads,
+    /// head_dim]` of the query type, normalised over the rank's own keys (in process: each
+    /// rank's own buffer; under NCCL: its part of the gathered buffer).
     pub rank_out: u64,
-    /// `f32 [num_ranks, num_tokens, num_heads]`: each rank's log-sum-exp (natural log).
+    /// `u64 [num_ranks]`: where each rank's log-sum-exp starts, `f32 [num_tokens, num_heads]`
+    /// (natural log).
     pub rank_lse: u64,
     /// `i32 [num_ranks, num_tokens]`: keys each rank's row saw; 0 = none, the row is not read
     /// (the rank ran it over a placeholder key).

@@ -266,8 +266,8 @@ pub fn merge_ranks_host(rank_out: &[&[f32]], rank_lse: &[&[f32]], keys_seen: &[i
 
 /// How the ranks' partial results reach the merge.
 pub enum Exchange {
-    /// Every rank in this process, on one device (a GPU, or the CPU), run in turn; their
-    /// results are gathered by copies on the device's stream.
+    /// Every rank in this process, on one device (a GPU, or the CPU), run in turn; the merge
+    /// reads each rank's results where the rank wrote them (no copy).
     InProcess,
     /// NCCL's all-gather, one communicator a local rank (`nccl` feature).
     #[cfg(feature = "nccl")]
@@ -490,9 +490,20 @@ impl<T: Element> DcpAttention<T> {
         };
         let mut gathered = Vec::new();
         let mut sinks = Vec::new();
+        let in_process = matches!(self.exchange, Exchange::InProcess);
         for rt in sites {
             let s = rt.stream();
-            gathered.push(Gathered { out: s.clone_htod(&vec![T::default(); n * t * heads * dim])?, lse: s.alloc_zeros::<f32>(n * t * heads)?, keys_seen: s.alloc_zeros::<i32>(n * t)? });
+            // In process the merge reads the ranks' own buffers: their addresses, fixed for the
+            // step's life. Under NCCL it reads the gathered buffers, at offsets that depend on
+            // the step's token count (DcpStep::prepare writes them).
+            let (out, lse, tables) = if in_process {
+                let mut table: Vec<u64> = rank_out.iter().map(|o| ptr(o, s)).collect();
+                table.extend(rank_lse.iter().map(|l| ptr(l, s)));
+                (None, None, s.clone_htod(&table)?)
+            } else {
+                (Some(s.clone_htod(&vec![T::default(); n * t * heads * dim])?), Some(s.alloc_zeros::<f32>(n * t * heads)?), s.alloc_zeros::<u64>(2 * n)?)
+            };
+            gathered.push(Gathered { out, lse, tables, keys_seen: s.alloc_zeros::<i32>(n * t)? });
             if let Some(logits) = self.spec.sink_logits() {
                 sinks.push(s.clone_htod(logits)?);
             }
@@ -572,23 +583,17 @@ impl<T: Element> DcpAttention<T> {
         Ok(())
     }
 
-    /// The second phase: every rank's result into each merge site's gathered buffers (copies
-    /// on the device in process; NCCL's all-gather).
+    /// The second phase: every rank's result to each merge site (NCCL's all-gather into the
+    /// gathered buffers; in process nothing moves: the merge reads the ranks' own buffers).
     pub fn exchange(&mut self, step: &mut DcpStep<T>) -> Result<()> {
         let n = step.num_tokens.ok_or_else(|| AttnError::InvalidConfig("the DCP step was not prepared: call DcpStep::prepare(&metadata) first".into()))?;
         let (heads, dim) = out_shape(&self.spec);
-        let (row, ranks) = (heads * dim, self.group.ranks());
         match &self.exchange {
             Exchange::InProcess => {
-                let stream = step.runtimes[0].stream().clone();
-                let g = &mut step.gathered[0];
-                for r in 0..ranks {
-                    stream.memcpy_dtod(&step.rank_out[r].slice(..n * row), &mut g.out.slice_mut(r * n * row..(r + 1) * n * row))?;
-                    stream.memcpy_dtod(&step.rank_lse[r].slice(..n * heads), &mut g.lse.slice_mut(r * n * heads..(r + 1) * n * heads))?;
-                }
+                let _ = (n, heads, dim);
             }
             #[cfg(feature = "nccl")]
-            Exchange::Nccl(comms) => nccl::all_gather(comms, &step.rank_out, &step.rank_lse, &mut step.gathered, n * row, n * heads)?,
+            Exchange::Nccl(comms) => nccl::all_gather(comms, &step.rank_out, &step.rank_lse, &mut step.gathered, n * heads * dim, n * heads)?,
         }
         Ok(())
     }
@@ -603,9 +608,10 @@ impl<T: Element> DcpAttention<T> {
             let stream = step.runtimes[site].stream().clone();
             let g = &step.gathered[site];
             let sinks_ptr = step.sinks.get(site).map_or(0, |s| ptr(s, &stream));
+            let table = ptr(&g.tables, &stream);
             let p = MergeRanksParams {
-                rank_out: ptr(&g.out, &stream),
-                rank_lse: ptr(&g.lse, &stream),
+                rank_out: table,
+                rank_lse: table + 8 * ranks as u64,
                 keys_seen: ptr(&g.keys_seen, &stream),
                 sinks: sinks_ptr,
                 out: ptr(t.out, &stream),
@@ -617,9 +623,9 @@ impl<T: Element> DcpAttention<T> {
             };
             let cfg = LaunchConfig { grid_dim: (n as u32, heads as u32, 1), block_dim: (dim as u32 / 8, 1, 1), shared_mem_bytes: 0 };
             tracing::trace!(kernel = %id, tokens = n, ranks, "DCP merge");
-            // SAFETY: the gathered buffers hold every rank's rows of this step (written above on
-            // this stream), keys_seen the step's counts (DcpStep::prepare), out and lse at least
-            // the step's rows (checked above).
+            // SAFETY: the tables point at every rank's rows of this step (its own buffers, or the
+            // gathered ones the exchange filled, on this stream), keys_seen holds the step's
+            // counts (DcpStep::prepare), out and lse at least the step's rows (checked above).
             unsafe { stream.launch_builder(&self.merge_fns[site]).arg(&p).launch(cfg) }?;
         }
         Ok(())
@@ -640,9 +646,13 @@ pub struct DcpTensors<'a, T> {
     pub lse: Option<&'a mut CudaSlice<f32>>,
 }
 
-struct Gathered<T> {
-    out: CudaSlice<T>,
-    lse: CudaSlice<f32>,
+/// What one merge site reads: the gathered buffers (NCCL only: `[ranks, tokens, ...]`),
+/// the tables of where each rank's rows start (`u64 [2 ranks]`: outputs, then log-sum-exps)
+/// and the step's keys seen.
+pub(crate) struct Gathered<T> {
+    pub(crate) out: Option<CudaSlice<T>>,
+    pub(crate) lse: Option<CudaSlice<f32>>,
+    tables: CudaSlice<u64>,
     keys_seen: CudaSlice<i32>,
 }
 
@@ -675,9 +685,19 @@ impl<T> DcpStep<T> {
         for (i, step) in self.steps.iter_mut().enumerate() {
             step.prepare(meta.rank(self.first_rank + i))?;
         }
-        let len = self.group.ranks() * n;
+        let ranks = self.group.ranks();
         for (site, g) in self.gathered.iter_mut().enumerate() {
-            self.runtimes[site].stream().memcpy_htod(meta.keys_seen(), &mut g.keys_seen.slice_mut(..len))?;
+            let s = self.runtimes[site].stream();
+            s.memcpy_htod(meta.keys_seen(), &mut g.keys_seen.slice_mut(..ranks * n))?;
+            // The gathered buffers' layout depends on the token count: rank r's rows at r x n rows.
+            if let (Some(out), Some(lse)) = (&g.out, &g.lse) {
+                let row_bytes = (out.len() / (ranks * self.limits.max_tokens)) * std::mem::size_of::<T>();
+                let (o, l) = (ptr(out, s), ptr(lse, s));
+                let lse_row_bytes = (lse.len() / (ranks * self.limits.max_tokens)) * 4;
+                let mut table: Vec<u64> = (0..ranks).map(|r| o + (r * n * row_bytes) as u64).collect();
+                table.extend((0..ranks).map(|r| l + (r * n * lse_row_bytes) as u64));
+                s.memcpy_htod(&table, &mut g.tables)?;
+            }
         }
         self.num_tokens = Some(n);
         Ok(())

@@ -122,14 +122,15 @@ pub(super) fn all_gather<T>(comms: &[Comm], rank_out: &[CudaSlice<T>], rank_lse:
     let mut result = Ok(());
     for (i, c) in comms.iter().enumerate() {
         let g = &mut gathered[i];
+        let (Some(out), Some(lse)) = (g.out.as_mut(), g.lse.as_mut()) else { unreachable!("an NCCL step allocates its gathered buffers") };
         // SAFETY: the views reinterpret whole buffers of plain 16-bit elements as their bytes
         // (`bytes` within the send buffer, `world x bytes` within the gathered one, which
         // DcpStep sized for every rank's rows).
         let (send, mut recv) = unsafe {
-            (rank_out[i].transmute::<u8>(bytes).expect("rank output holds the step's rows"), g.out.transmute_mut::<u8>(world * bytes).expect("gathered output holds every rank's rows"))
+            (rank_out[i].transmute::<u8>(bytes).expect("rank output holds the step's rows"), out.transmute_mut::<u8>(world * bytes).expect("gathered output holds every rank's rows"))
         };
         let r1 = c.all_gather(&send, &mut recv).map(|_| ()).map_err(|e| nccl_error("ncclAllGather (out)", e));
-        let r2 = c.all_gather(&rank_lse[i].slice(..lse_len), &mut g.lse.slice_mut(..world * lse_len)).map(|_| ()).map_err(|e| nccl_error("ncclAllGather (lse)", e));
+        let r2 = c.all_gather(&rank_lse[i].slice(..lse_len), &mut lse.slice_mut(..world * lse_len)).map(|_| ()).map_err(|e| nccl_error("ncclAllGather (lse)", e));
         result = result.and(r1).and(r2);
     }
     cudarc::nccl::result::group_end().map_err(|e| nccl_error("ncclGroupEnd", e))?;
