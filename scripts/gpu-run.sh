@@ -4,7 +4,7 @@
 # Logs go to $OUT (or ./logs).
 #   run.sh                 every stage
 #   run.sh quick           every stage but the sanitizers and the peers
-#   run.sh STAGE...        only these: tests sanitize demo decode step prefill mla peers
+#   run.sh STAGE...        only these: tests sanitize demo decode step prefill mla dcp peers
 set -uo pipefail
 cd "$(dirname "$0")"
 [ -d bin ] || tar -xzf bin.tar.gz
@@ -12,10 +12,12 @@ log=${OUT:-logs}
 mkdir -p "$log"
 status=0
 export ATTN_REQUIRE_GPU=1
-all="tests sanitize demo decode step prefill mla peers"
+# NCCL for the DCP tests (the nccl feature): PyTorch's, linked as libnccl.so.
+nccl_dir=$(./nccl-lib.sh "${TMPDIR:-/tmp}/attn-nccl" 2>/dev/null) && export LD_LIBRARY_PATH="$nccl_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+all="tests sanitize demo decode step prefill mla dcp peers"
 case "${1:-}" in
   "") stages=$all ;;
-  quick) stages="tests demo decode step prefill mla" ;;
+  quick) stages="tests demo decode step prefill mla dcp" ;;
   *) stages="$*" ;;
 esac
 want() { [[ " $stages " == *" $1 "* ]]; }
@@ -31,8 +33,8 @@ if want sanitize; then
   if [ -n "$cs" ]; then
     # A subset that still launches every kernel: cache writes (16-bit, fp8, MLA), decode and
     # split + merge, both prefills, MLA, at every element type of the cache.
-    "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" "soft-cap" "one step" "cuda graph" "determinism" "ragged" "Falcon" "group 136" "d96" "mla bf16 16 heads" "mla bf16 128 heads 4 tokens" "mla f16 128 heads 3 splits" "mla vs" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 f16 d96" "fp8 prefill bf16 d128" "fp8 prefill bf16 d256" "fp8 bf16 d128 block size 1" "fp8 bf16 d128 saturating" "fp8 cache" "fp8 portable" "mla fp8 bf16 16 heads" "mla fp8 f16 128 heads 3 splits" "mla fp8 bf16 64 heads 2-stage" "sinks" "chunks bf16 d128 chunks of 64" "chunks f16 d64" "chunks portable" "Llama-4" "bidirectional" "fp8 bf16 d64 gpt-oss" "fp8 f16 d128 chunks" "mla portable" "mla bf16 64 heads block size 256" "mla bf16 32 heads 64k" "4-stage (32-key" > "$log/memcheck.txt" 2>&1 || status=1
-    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" "mla bf16 16 heads 5 splits" "mla bf16 128 heads 4 tokens" "prefill bf16 d128 gqa 4:1 ragged" "prefill portable bf16 d128" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 prefill bf16 d128" "fp8 prefill bf16 d64" "fp8 portable bf16 d128" "fp8 portable f16 d64" "mla fp8 bf16 16 heads" "mla fp8 bf16 64 heads 2-stage" "sinks bf16 d64 gpt-oss 64:8 full" "sinks bf16 d64 gpt-oss 64:8 window 128, 5 splits" "sinks portable bf16 d64 gpt-oss 64:8 full" "chunks bf16 d128 chunks of 64" "chunks portable bf16 d128" "bidirectional bf16 d64 16:16" "bidirectional bf16 d128" "bidirectional portable bf16 d64" "fp8 f16 d128 chunks" "mla portable bf16" "mla bf16 32 heads block size 16" "mla bf16 64 heads 4-stage" > "$log/racecheck.txt" 2>&1 || status=1
+    "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "d128 gqa 8:2" "d64 gqa 4:4" "d256 gqa 8:2 5 splits" "block size 1" "window" "ALiBi" "soft-cap" "one step" "cuda graph" "determinism" "ragged" "Falcon" "group 136" "d96" "mla bf16 16 heads" "mla bf16 128 heads 4 tokens" "mla f16 128 heads 3 splits" "mla vs" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 f16 d96" "fp8 prefill bf16 d128" "fp8 prefill bf16 d256" "fp8 bf16 d128 block size 1" "fp8 bf16 d128 saturating" "fp8 cache" "fp8 portable" "mla fp8 bf16 16 heads" "mla fp8 f16 128 heads 3 splits" "mla fp8 bf16 64 heads 2-stage" "sinks" "chunks bf16 d128 chunks of 64" "chunks f16 d64" "chunks portable" "Llama-4" "bidirectional" "fp8 bf16 d64 gpt-oss" "fp8 f16 d128 chunks" "mla portable" "mla bf16 64 heads block size 256" "mla bf16 32 heads 64k" "4-stage (32-key" "dcp gqa d128 N=4 I=16" "dcp mla 16 heads N=2" "dcp gqa d64 sinks" "dcp mla 16 heads fp8" "dcp gqa d128 graph" > "$log/memcheck.txt" 2>&1 || status=1
+    "$cs" --tool racecheck --error-exitcode 9 ./bin/gpu "bf16 d128 gqa 8:2" "f16 d256 gqa 4:4 5 splits" "cuda graph" "Falcon" "group 136" "soft-cap 10" "mla bf16 16 heads 5 splits" "mla bf16 128 heads 4 tokens" "prefill bf16 d128 gqa 4:1 ragged" "prefill portable bf16 d128" "fp8 bf16 d128 gqa 4:1" "fp8 f16 d256 gqa 4:1 5 splits" "fp8 prefill bf16 d128" "fp8 prefill bf16 d64" "fp8 portable bf16 d128" "fp8 portable f16 d64" "mla fp8 bf16 16 heads" "mla fp8 bf16 64 heads 2-stage" "sinks bf16 d64 gpt-oss 64:8 full" "sinks bf16 d64 gpt-oss 64:8 window 128, 5 splits" "sinks portable bf16 d64 gpt-oss 64:8 full" "chunks bf16 d128 chunks of 64" "chunks portable bf16 d128" "bidirectional bf16 d64 16:16" "bidirectional bf16 d128" "bidirectional portable bf16 d64" "fp8 f16 d128 chunks" "mla portable bf16" "mla bf16 32 heads block size 16" "mla bf16 64 heads 4-stage" "dcp gqa d128 N=4 I=16" "dcp mla 16 heads N=2" "dcp gqa d128 f16" > "$log/racecheck.txt" 2>&1 || status=1
     tail -n 3 "$log/memcheck.txt" "$log/racecheck.txt" | tee -a "$log/summary.txt"
   else
     echo "compute-sanitizer not found" | tee -a "$log/summary.txt"
@@ -68,6 +70,9 @@ fi
 if want mla; then
   timeout ${MLA_TIMEOUT:-600} ./bin/mla --json --sweep 2>&1 | tee "$log/bench-mla.txt" || status=1
   timeout ${MLA_TIMEOUT:-600} ./bin/mla --json --sweep --kv-dtype fp8 2>&1 | tee -a "$log/bench-mla.txt" || status=1
+fi
+if want dcp; then
+  timeout ${DCP_TIMEOUT:-400} ./bin/dcp --json 2>&1 | tee "$log/bench-dcp.txt" || status=1
 fi
 if want peers && [ -f peer-p6.py ]; then
   timeout 120 python3 peer-p6.py > "$log/peers-p6.txt" 2>&1 || echo "P6 peer bench failed (not a product failure)" >> "$log/summary.txt"

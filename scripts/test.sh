@@ -13,6 +13,10 @@ scripts/ship-ptx.sh
 export ATTN_REQUIRE_PTXAS=1
 cargo test --release --workspace --all-targets
 cargo test --release --workspace --doc
+# The nccl feature (context parallelism over NCCL) builds and its tests run with no NCCL and
+# no GPU: NCCL is loaded at run time; the GPU cases skip, saying why.
+cargo test --release --features nccl -p attn-host --lib dcp
+cargo test --release --features nccl --test dcp --test gpu
 # The API docs build with no rustdoc warning (broken links and the like).
-RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps -p attn-host -p attn-backends
+RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps -p attn-host -p attn-backends --features nccl
 scripts/check-downstream.sh

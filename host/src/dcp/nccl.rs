@@ -136,3 +136,26 @@ pub(super) fn all_gather<T>(comms: &[Comm], rank_out: &[CudaSlice<T>], rank_lse:
     cudarc::nccl::result::group_end().map_err(|e| nccl_error("ncclGroupEnd", e))?;
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_nccl_or_communicators_the_errors_say_what_to_do() {
+        // Where NCCL is not installed (CI), loading it is an error naming the fix, not a panic.
+        if let Err(e) = available() {
+            assert!(matches!(e, AttnError::Nccl(_)) && e.to_string().contains("LD_LIBRARY_PATH"), "{e}");
+            assert!(new_id().is_err());
+        }
+        // A layer needs a communicator a runtime: refused before NCCL or a GPU is touched.
+        let group = DcpGroup::new(2, 1).unwrap();
+        let layout = KvCacheLayout::new(4, 16, 8, 128).unwrap();
+        let e = DcpAttention::<half::bf16>::nccl(BackendName::CudaPaged, group, AttnSpec::new(32, 8, 128), layout, vec![], vec![]).unwrap_err();
+        assert!(matches!(e, AttnError::InvalidShard(_)) && e.to_string().contains("0 runtimes for 0 communicators"), "{e}");
+        // And a layer DCP does not shard is refused first.
+        let windowed = AttnSpec { sliding_window: Some(128), ..AttnSpec::new(32, 8, 128) };
+        let e = DcpAttention::<half::bf16>::nccl(BackendName::CudaPaged, group, windowed, layout, vec![], vec![]).unwrap_err();
+        assert!(e.to_string().contains("sliding window"), "{e}");
+    }
+}
