@@ -1300,6 +1300,34 @@ fn dcp_nccl_cases() -> Vec<Case> {
             }),
         });
     }
+    // Every GPU of the machine, one rank each, in this process (issue 20's run): skips with
+    // the reason where there are fewer than 2.
+    for (ranks_per_gpu_interleave, mla) in [(1usize, false), (64, false), (64, true)] {
+        let name = format!("dcp nccl all GPUs I={ranks_per_gpu_interleave}{}", if mla { " mla 128 heads" } else { "" });
+        v.push(Case {
+            name,
+            run: Box::new(move |rt| {
+                let gpus = attn_backends::cudarc::driver::CudaContext::device_count().map_err(|e| e.to_string())? as usize;
+                if gpus < 2 {
+                    return Ok(format!("SKIPPED: needs 2 or more GPUs, {} has {gpus}", rt.device_name()));
+                }
+                nccl::available().map_err(|e| e.to_string())?;
+                let runtimes: Vec<_> = std::iter::once(Ok(rt.clone())).chain((1..gpus).map(attn_backends::cuda_runtime)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+                let comms = nccl::comms_for_devices(&runtimes).map_err(|e| e.to_string())?;
+                let spec = if mla {
+                    AttnSpec { mla: Some(MlaSpec { num_q_heads: 128, kv_lora_rank: 512, qk_rope_head_dim: 64, qk_nope_head_dim: 128, v_head_dim: 128, scale: 0.07 }), ..AttnSpec::new(128, 128, 192) }
+                } else {
+                    AttnSpec::new(32, 8, 128)
+                };
+                let backend = if mla { BackendName::CudaMla } else { BackendName::CudaPaged };
+                let case = DcpCase { group: DcpGroup::new(gpus, ranks_per_gpu_interleave).unwrap(), spec: spec.clone(), block_size: 16, requests: vec![(16383, 1), (5, 1), (1000, 3), (0, 2)], kv_dtype: KvCacheDType::Auto, seed: 78 };
+                let group = case.group;
+                let r = check::run_with::<bf16>(&case, Some(rt.clone()), DcpPath::Device, move |layout| DcpAttention::nccl(backend, group, spec, layout, runtimes, comms)).map_err(|e| e.to_string())?;
+                let msg = format!("{gpus} GPUs: rel err {:.2e}, lse err {:.1e}, keys per rank {:?}, every GPU's output bitwise equal", r.rel_err, r.lse_err, r.kv_tokens);
+                if r.rel_err < 1e-2 && r.lse_err < 2e-2 { Ok(msg) } else { Err(msg) }
+            }),
+        });
+    }
     v
 }
 

@@ -147,6 +147,35 @@ pub fn run_with<T: Element>(case: &DcpCase, gpu: Option<Arc<CudaRuntime>>, path:
     let mut graph_bitwise = None;
     match path {
         DcpPath::Host => dcp.forward_host(&q, &k, &v, &meta, &mut out, Some(&mut lse))?,
+        DcpPath::Device if dcp.merge_sites() > 1 => {
+            // NCCL with several local ranks: each device gets the inputs and the whole merged
+            // output; every device's must be the same, bit for bit.
+            let runtimes = dcp.local_runtimes()?;
+            let mut dev = Vec::new();
+            for rt in &runtimes {
+                let s = rt.stream();
+                dev.push((s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?, s.clone_htod(&out)?, s.clone_htod(&lse)?));
+            }
+            let mut step = dcp.new_step(meta.limits())?;
+            step.prepare(&meta)?;
+            let mut tensors: Vec<super::DcpTensors<'_, T>> = dev.iter_mut().map(|(q, k, v, o, l)| super::DcpTensors { q, k, v, out: o, lse: Some(l) }).collect();
+            dcp.forward_devices(&mut step, &mut tensors)?;
+            drop(tensors);
+            let mut first: Option<Vec<T>> = None;
+            for (rt, (_, _, _, od, ld)) in runtimes.iter().zip(&dev) {
+                let s = rt.stream();
+                let mut o = vec![poison; out.len()];
+                s.memcpy_dtoh(od, &mut o)?;
+                s.memcpy_dtoh(ld, &mut lse)?;
+                s.synchronize()?;
+                match &first {
+                    None => first = Some(o),
+                    Some(f) if f.iter().zip(&o).all(|(a, b)| a.to_f32().to_bits() == b.to_f32().to_bits()) => {}
+                    Some(_) => return Err(fail(format!("device {} merged another output than device 0", rt.device_name()))),
+                }
+            }
+            out = first.unwrap_or(out);
+        }
         DcpPath::Device | DcpPath::Graph => {
             let rt = gpu.clone().ok_or_else(|| AttnError::NoCuda("a device DCP check needs a CUDA runtime".into()))?;
             let s = rt.stream().clone();

@@ -29,6 +29,27 @@
 //! dtype, with attention sinks (joined once, in the merge). Sliding windows, chunked local
 //! attention and ALiBi are refused ([`check_spec`]): their masks depend on key positions,
 //! which a rank's kernels see as local indices.
+//!
+//! ```
+//! use attn_host::dcp::{DcpAttention, DcpGroup};
+//! use attn_host::metadata::{RequestSchedule, SchedulerOutput};
+//! use attn_host::{AttnSpec, BackendName, KvCacheLayout};
+//! let group = DcpGroup::new(2, 4).unwrap(); // 2 ranks, runs of 4 positions
+//! let layout = KvCacheLayout::new(8, 16, 2, 64).unwrap();
+//! // 40 cached tokens and 1 new: rank 0 stores 21 of the 41 (positions 0-3, 8-11, ..., 40),
+//! // in 2 blocks of 16; every rank reads its own blocks 3 and 5.
+//! assert_eq!(group.blocks_needed(41, 16), 2);
+//! let step = SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 40, num_new_tokens: 1, block_ids: vec![3, 5] }] };
+//! let meta = group.shard(layout, &step).unwrap();
+//! assert_eq!((meta.kv_tokens(0), meta.kv_tokens(1)), (21, 20));
+//! // Position 40 is rank 0's local key 20: block 5, offset 4; rank 1 writes nothing.
+//! assert_eq!((meta.rank(0).slot_mapping(), meta.rank(1).slot_mapping()), (&[5 * 16 + 4][..], &[-1][..]));
+//! let mut layer = DcpAttention::<f32>::in_process(BackendName::Cpu, group, AttnSpec::new(8, 2, 64), layout, None).unwrap();
+//! let (q, kv) = (vec![0.5f32; 8 * 64], vec![0.25f32; 2 * 64]);
+//! let mut out = vec![f32::NAN; q.len()];
+//! layer.forward_host(&q, &kv, &kv, &meta, &mut out, None).unwrap();
+//! assert!(out.iter().all(|x| x.is_finite()));
+//! ```
 
 use crate::backend::BackendName;
 use crate::backend::cpu::{merge, PartialState};
@@ -531,6 +552,19 @@ impl<T: Element> DcpAttention<T> {
     }
 
     /// Each local rank's CUDA runtime (an error for host ranks).
+    pub fn local_runtimes(&self) -> Result<Vec<Arc<CudaRuntime>>> {
+        self.runtimes()
+    }
+
+    /// Devices the merge runs on: one in process, each local rank's under NCCL.
+    pub fn merge_sites(&self) -> usize {
+        match &self.exchange {
+            Exchange::InProcess => 1,
+            #[cfg(feature = "nccl")]
+            Exchange::Nccl(c) => c.len(),
+        }
+    }
+
     fn runtimes(&self) -> Result<Vec<Arc<CudaRuntime>>> {
         self.ranks.iter().map(|l| l.runtime().ok_or_else(|| AttnError::InvalidShard(format!("backend {} runs on the host: use forward_host", l.backend())))).collect()
     }
