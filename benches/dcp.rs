@@ -18,7 +18,8 @@
 //! lines (`--json`) carry `bench` "dcp", `workload`, `device`, `gpus` (GPUs used: 1),
 //! `ranks`, `interleave`, `part`, `median_us`, `kv_bytes_per_rank`.
 //!
-//! `cargo bench --bench dcp [-- --json] [D6|M5] [--interleave I]`
+//! `cargo bench --bench dcp [-- --json] [D6|M5] [--interleave I] [--sweep]` (`--sweep`: rank
+//! 0's share also as attention alone and at forced split counts)
 
 mod common;
 
@@ -48,6 +49,7 @@ fn workloads() -> Vec<Workload> {
 
 fn main() {
     let json = std::env::args().any(|a| a == "--json");
+    let sweep = std::env::args().any(|a| a == "--sweep");
     let args: Vec<String> = std::env::args().collect();
     let interleaves: Vec<usize> = match args.iter().position(|a| a == "--interleave").and_then(|i| args.get(i + 1)) {
         Some(v) => vec![v.parse().expect("--interleave N")],
@@ -135,13 +137,28 @@ fn main() {
                 let share = {
                     let (mut o, mut l) = (s.alloc_zeros::<bf16>(heads * out_dim).expect("out"), s.alloc_zeros::<f32>(heads).expect("lse"));
                     let layer = dcp.rank_layer(0).expect("rank 0");
-                    timer.time(|| layer.forward_device_lse(step.rank_step(0), &q, &k, &v, &mut o, &mut l))
+                    let t = timer.time(|| layer.forward_device_lse(step.rank_step(0), &q, &k, &v, &mut o, &mut l));
+                    if sweep {
+                        // Rank 0's share on a step of its own: the attention alone, and forced
+                        // split counts (what the plan's split rule leaves on the table).
+                        let m0 = meta.rank(0);
+                        let mut own = layer.new_step(attn_backends::StepLimits::for_metadata(m0)).expect("step");
+                        let chosen = own.prepare(m0).expect("plan").num_splits;
+                        let a = timer.time(|| layer.attend_device(&own, &q, &mut o));
+                        row(ranks, interleave, &format!("rank_share_attention_only_{chosen}_splits"), a, kv_bytes, None);
+                        for splits in [4, 8, 16, 32] {
+                            own.prepare_with(m0, attn_backends::PlanOptions { force_splits: Some(splits), ..Default::default() }).expect("plan");
+                            let t = timer.time(|| layer.forward_device_lse(&own, &q, &k, &v, &mut o, &mut l));
+                            row(ranks, interleave, &format!("rank_share_{splits}_splits"), t, kv_bytes, None);
+                        }
+                    }
+                    t
                 };
                 // The exchange and merge read what a full step left in the step's buffers.
                 dcp.forward_device(&mut step, &q, &k, &v, &mut out, Some(&mut lse)).expect("step");
                 let merge = timer.time(|| {
                     dcp.exchange(&mut step)?;
-                    dcp.merge(&mut step, &mut [attn_backends::dcp::DcpTensors { q: &q, k: &k, v: &v, out: &mut out, lse: Some(&mut lse) }])
+                    dcp.merge(&mut step, &mut [attn_backends::DeviceTensors { q: &q, k: &k, v: &v, out: &mut out, lse: Some(&mut lse) }])
                 });
                 let whole = timer.time(|| dcp.forward_device(&mut step, &q, &k, &v, &mut out, Some(&mut lse)));
                 let speedup = unsharded_ms / (share.0 + merge.0);

@@ -136,7 +136,7 @@ pub fn only_ids(known: &[&str]) -> Vec<String> {
     let only: Vec<String> = args
         .iter()
         .enumerate()
-        .filter(|(i, a)| !a.starts_with('-') && !(*i > 0 && matches!(args[i - 1].as_str(), "--kv-dtype" | "--block-size")))
+        .filter(|(i, a)| !a.starts_with('-') && !(*i > 0 && matches!(args[i - 1].as_str(), "--kv-dtype" | "--block-size" | "--interleave")))
         .map(|(_, a)| a.clone())
         .collect();
     if let Some(bad) = only.iter().find(|o| !known.contains(&o.as_str())) {

@@ -158,7 +158,7 @@ pub fn run_with<T: Element>(case: &DcpCase, gpu: Option<Arc<CudaRuntime>>, path:
             }
             let mut step = dcp.new_step(meta.limits())?;
             step.prepare(&meta)?;
-            let mut tensors: Vec<super::DcpTensors<'_, T>> = dev.iter_mut().map(|(q, k, v, o, l)| super::DcpTensors { q, k, v, out: o, lse: Some(l) }).collect();
+            let mut tensors: Vec<crate::cuda_plumbing::DeviceTensors<'_, T>> = dev.iter_mut().map(|(q, k, v, o, l)| crate::cuda_plumbing::DeviceTensors { q, k, v, out: o, lse: Some(l) }).collect();
             dcp.forward_devices(&mut step, &mut tensors)?;
             drop(tensors);
             let mut first: Option<Vec<T>> = None;

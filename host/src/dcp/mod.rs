@@ -54,7 +54,7 @@
 use crate::backend::BackendName;
 use crate::backend::cpu::{merge, PartialState};
 use crate::cuda::CudaRuntime;
-use crate::cuda_plumbing::{ptr, query_type};
+use crate::cuda_plumbing::{ptr, query_type, DeviceTensors};
 use crate::dtype::Element;
 use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
@@ -575,12 +575,12 @@ impl<T: Element> DcpAttention<T> {
     /// In process, one set of tensors on the one device; under NCCL, one set a local rank
     /// ([`DcpAttention::forward_devices`]).
     pub fn forward_device(&mut self, step: &mut DcpStep<T>, q: &CudaSlice<T>, k: &CudaSlice<T>, v: &CudaSlice<T>, out: &mut CudaSlice<T>, lse: Option<&mut CudaSlice<f32>>) -> Result<()> {
-        self.forward_devices(step, &mut [DcpTensors { q, k, v, out, lse }])
+        self.forward_devices(step, &mut [DeviceTensors { q, k, v, out, lse }])
     }
 
     /// [`DcpAttention::forward_device`] with one set of tensors a device: in process one
     /// (every rank reads the same q, k, v), under NCCL one a local rank.
-    pub fn forward_devices(&mut self, step: &mut DcpStep<T>, tensors: &mut [DcpTensors<'_, T>]) -> Result<()> {
+    pub fn forward_devices(&mut self, step: &mut DcpStep<T>, tensors: &mut [DeviceTensors<'_, T>]) -> Result<()> {
         self.check_tensors(step, tensors)?;
         self.attend_ranks(step, tensors)?;
         self.exchange(step)?;
@@ -589,7 +589,7 @@ impl<T: Element> DcpAttention<T> {
 
     /// The prepared step's token count, and `tensors` checked against it: one set a merge
     /// site, out and lse holding the step's rows.
-    fn check_tensors(&self, step: &DcpStep<T>, tensors: &[DcpTensors<'_, T>]) -> Result<usize> {
+    fn check_tensors(&self, step: &DcpStep<T>, tensors: &[DeviceTensors<'_, T>]) -> Result<usize> {
         let n = step.num_tokens.ok_or_else(|| AttnError::InvalidConfig("the DCP step was not prepared: call DcpStep::prepare(&metadata) first".into()))?;
         let sites = step.gathered.len();
         if tensors.len() != sites {
@@ -607,7 +607,7 @@ impl<T: Element> DcpAttention<T> {
 
     /// The first phase of [`DcpAttention::forward_devices`]: each local rank writes its tokens
     /// into its shard and attends over it, its result into the step's own buffers.
-    pub fn attend_ranks(&mut self, step: &mut DcpStep<T>, tensors: &[DcpTensors<'_, T>]) -> Result<()> {
+    pub fn attend_ranks(&mut self, step: &mut DcpStep<T>, tensors: &[DeviceTensors<'_, T>]) -> Result<()> {
         self.check_tensors(step, tensors)?;
         let sites = step.gathered.len();
         for (i, layer) in self.ranks.iter_mut().enumerate() {
@@ -633,7 +633,7 @@ impl<T: Element> DcpAttention<T> {
     }
 
     /// The last phase: the merge of the gathered results into each site's `out` (and lse).
-    pub fn merge(&mut self, step: &mut DcpStep<T>, tensors: &mut [DcpTensors<'_, T>]) -> Result<()> {
+    pub fn merge(&mut self, step: &mut DcpStep<T>, tensors: &mut [DeviceTensors<'_, T>]) -> Result<()> {
         let n = self.check_tensors(step, tensors)?;
         let (heads, dim) = out_shape(&self.spec);
         let ranks = self.group.ranks();
@@ -666,19 +666,6 @@ impl<T: Element> DcpAttention<T> {
     }
 }
 
-/// One device's tensors of a DCP step ([`DcpAttention::forward_devices`]).
-pub struct DcpTensors<'a, T> {
-    /// `[tokens, q heads, head dim]` (MLA: the absorbed query).
-    pub q: &'a CudaSlice<T>,
-    /// This step's keys (MLA: `kv_c`).
-    pub k: &'a CudaSlice<T>,
-    /// This step's values (MLA: `k_pe`).
-    pub v: &'a CudaSlice<T>,
-    /// The merged output, written.
-    pub out: &'a mut CudaSlice<T>,
-    /// The merged log-sum-exp, written when given.
-    pub lse: Option<&'a mut CudaSlice<f32>>,
-}
 
 /// What one merge site reads: the gathered buffers (NCCL only: `[ranks, tokens, ...]`),
 /// the tables of where each rank's rows start (`u64 [2 ranks]`: outputs, then log-sum-exps)
