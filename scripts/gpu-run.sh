@@ -4,7 +4,7 @@
 # Logs go to $OUT (or ./logs).
 #   run.sh                 every stage
 #   run.sh quick           every stage but the sanitizers and the peers
-#   run.sh STAGE...        only these: tests sanitize demo decode step prefill mla dcp peers
+#   run.sh STAGE...        only these: tests sanitize demo decode step prefill mla dcp peers attnbench
 set -uo pipefail
 cd "$(dirname "$0")"
 [ -d bin ] || tar -xzf bin.tar.gz
@@ -73,6 +73,21 @@ if want mla; then
 fi
 if want dcp; then
   timeout ${DCP_TIMEOUT:-400} ./bin/dcp --json 2>&1 | tee "$log/bench-dcp.txt" || status=1
+fi
+if want attnbench; then
+  # `attn bench`: every workload of WORKLOADS.md, then sweeps (a Llama-3-8B decode at batch 8
+  # over contexts 1k-128k; DeepSeek-V3 MLA at batch 32 over 1-4 query tokens), with the
+  # peers' figures (peer_bench.py's peers.json, timed first in the same lease) drawn beside.
+  peers=""
+  if [ -f peer_bench.py ]; then
+    timeout 300 python3 peer_bench.py --sections ceil,prefill,decode,mla --quick --out "$log" > "$log/peers.txt" 2>&1 || echo "peer bench failed (not a product failure)" >> "$log/summary.txt"
+    [ -f "$log/peers.json" ] && peers="--peers $log/peers.json"
+  fi
+  ./bin/attn bench --json $peers > "$log/attn-bench.jsonl" 2> "$log/attn-bench.err" || status=1
+  ./bin/attn bench --model llama-3-8b --batch 8 --sweep context --json > "$log/attn-bench-sweep.jsonl" 2>> "$log/attn-bench.err" || status=1
+  ./bin/attn bench --model deepseek-v3 --batch 32 --context 8192 --sweep queries=1,2,3,4 --json >> "$log/attn-bench-sweep.jsonl" 2>> "$log/attn-bench.err" || status=1
+  ./bin/attn bench --from "$log/attn-bench.jsonl" $peers --plot "$log/attn-bench.svg" >> "$log/summary.txt" 2>&1 || status=1
+  ./bin/attn bench --from "$log/attn-bench-sweep.jsonl" --plot "$log/attn-bench-sweep.svg" >> "$log/summary.txt" 2>&1 || status=1
 fi
 if want peers && [ -f peer-p6.py ]; then
   timeout 120 python3 peer-p6.py > "$log/peers-p6.txt" 2>&1 || echo "P6 peer bench failed (not a product failure)" >> "$log/summary.txt"

@@ -8,6 +8,8 @@ pub use attn_host::*;
 
 use std::sync::Arc;
 
+pub mod bench;
+
 /// The PTX modules built from `device-kernels/` by `build.rs`, one per target architecture.
 pub mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx_modules.rs"));

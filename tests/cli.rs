@@ -130,7 +130,7 @@ fn a_closed_stdout_ends_quietly() {
 
 #[test]
 fn help_for_every_command() {
-    for cmd in ["demo", "select", "presets"] {
+    for cmd in ["demo", "select", "bench", "presets"] {
         for flag in ["--help", "-h"] {
             let (code, out, err) = run(&[cmd, flag]);
             assert_eq!(code, 0, "{cmd} {flag}: {err}");
@@ -159,6 +159,10 @@ fn options_a_command_does_not_take_are_usage_errors() {
         (&["demo", "stray"][..], "stray"),
         (&["select", "--dtype", "int8"][..], "int8"),
         (&["demo", "--seed"][..], "--seed"),
+        (&["bench", "--sweep", "heads"][..], "heads"),
+        (&["bench", "--cpu", "--batch", "0"][..], "--batch"),
+        (&["bench", "--cpu", "--from", "/nonexistent/records.jsonl", "--plot", "x.svg"][..], "/nonexistent"),
+        (&["demo", "--sweep", "context"][..], "--sweep"),
     ] {
         let (code, out, err) = run(args);
         assert_eq!(code, 2, "{args:?}: {out}{err}");
@@ -336,4 +340,69 @@ fn select_prints_each_layer_type_of_the_models_people_serve_now() {
     let (code, _, err) = run(&["select", "--config", path.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("layer_types") && err.contains("no sliding_window"), "{err}");
+}
+
+/// A temp path of this test's own.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("attn-cli-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn bench_json_lines_are_records_of_the_named_shape() {
+    let (code, out, err) = run(&["bench", "--cpu", "--model", "gpt-oss-20b", "--batch", "2", "--context", "96", "--json", "--reps", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_no_panic(&err);
+    let lines: Vec<&str> = out.lines().collect();
+    // gpt-oss: its sliding and its full layers, one workload each; every line a record.
+    assert_eq!(lines.len(), 2, "{out}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+        assert_eq!(v["bench"], "decode");
+        assert_eq!(v["backend"], "CPU");
+        assert!(v["workload"].as_str().unwrap().starts_with("gpt-oss-20b ("), "{l}");
+        assert!(v["workload"].as_str().unwrap().ends_with("b2 c96 q1"), "{l}");
+        assert!(v["median_us"].as_f64().unwrap() > 0.0 && v["gbps"].as_f64().unwrap() > 0.0, "{l}");
+        assert_eq!(v["ceiling"], "copy");
+    }
+}
+
+#[test]
+fn bench_table_then_plot_of_a_sweep_and_a_redraw_from_json() {
+    let svg = scratch("sweep.svg");
+    let (code, out, err) = run(&["bench", "--cpu", "--model", "llama-3-8b", "--batch", "1", "--context", "64", "--sweep", "context=32,64,128", "--reps", "1", "--plot", svg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("| workload |") && out.contains("(context 128)"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("| llama-3-8b b1 q1 (context")).count(), 3, "{out}");
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg") && drawn.contains("time against context") && drawn.contains("llama-3-8b b1 q1: CPU"), "{}", &drawn[..200.min(drawn.len())]);
+    // JSON lines recorded, then drawn again elsewhere (no device needed), with peers beside.
+    let (code, json, err) = run(&["bench", "--cpu", "--model", "qwen3-32b", "--batch", "2", "--context", "64", "--queries", "2", "--json", "--reps", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let recs = scratch("recs.jsonl");
+    std::fs::write(&recs, format!("not a record\n{json}")).unwrap();
+    let peers = scratch("peers.json");
+    std::fs::write(&peers, r#"{"ceilings":{"copy_GBps":100.0,"mm_TFLOPs":800.0},"results":[{"workload":"qwen3-32b b2 c64 q2","system":"a peer","GBps":7.5}]}"#).unwrap();
+    let bars = scratch("bars.svg");
+    let (code, out, err) = run(&["bench", "--from", recs.to_str().unwrap(), "--plot", bars.to_str().unwrap(), "--peers", peers.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 records"), "{out}");
+    let drawn = std::fs::read_to_string(&bars).unwrap();
+    assert!(drawn.contains("qwen3-32b b2 c64 q2") && drawn.contains("best peer"), "bars with the peer");
+}
+
+#[test]
+fn bench_refuses_unknown_workloads_and_backends_naming_them() {
+    let (code, _, err) = run(&["bench", "--cpu", "Q7"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown workload `Q7`") && err.contains("M5"), "{err}");
+    let (code, _, err) = run(&["bench", "--cpu", "--backend", "FLASHINFER", "--context", "64"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("FLASHINFER"), "{err}");
+    // A GPU backend on the CPU runner: an error saying what it needs, not a panic.
+    let (code, _, err) = run(&["bench", "--cpu", "--backend", "CUDA_PAGED", "--context", "64", "--batch", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert_no_panic(&err);
+    assert!(err.contains("CUDA"), "{err}");
 }

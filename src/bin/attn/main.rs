@@ -8,11 +8,17 @@
 //!   which backend serves each model (every preset unless one is named) on this machine, with
 //!   a line for each backend passed over; `--all` the (platform x dtype x model) table, this
 //!   machine's rows marked; `--json` one object a line. Exits 1 if none serves a model here.
+//! - `attn bench [IDS...] [--model NAME | --config FILE] [--batch N] [--context N] [--queries N] [--sweep AXIS[=v,...]] [--json] [--plot FILE.svg] [--peers FILE.json] [--from FILE.jsonl]`:
+//!   the workloads of `benches/WORKLOADS.md` by id (or a model's shapes), through the
+//!   harness the cargo benches share; a table, JSON lines, SVG plots.
 //! - `attn presets`: the built-in model presets.
 //! - `attn <command> --help`: the command's options. An option a command does not take is a
 //!   usage error (exit 2); a closed stdout (`attn select | head -1`) ends a command quietly.
 //!
 //! `ATTN_BACKEND=<NAME>` forces a backend; `RUST_LOG=debug` shows diagnostics.
+
+mod bench;
+mod plot;
 
 use attn_backends::backend::Platform;
 use attn_backends::dtype::{DType, KvCacheDType};
@@ -33,6 +39,7 @@ use std::time::Instant;
 const USAGE: &str = "usage:
   attn demo   [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--cpu] [--seed N] [--block-size N] [--dcp N [--interleave I]]
   attn select [--model NAME | --config FILE] [--dtype auto|bf16|f16|f32] [--kv-cache-dtype auto|fp8] [--block-size N] [--all] [--json]
+  attn bench  [IDS...] [--model NAME | --config FILE] [--batch N] [--context N] [--queries N] [--kv-cache-dtype auto|fp8] [--backend NAME] [--sweep AXIS[=v,...]] [--json] [--plot FILE.svg] [--peers FILE.json] [--from FILE.jsonl] [--cpu] [--reps N] [--seed N]
   attn presets
   attn <command> --help
 environment: ATTN_BACKEND=<NAME> forces a backend (CUDA_PAGED, CUDA_MLA, CUDA_PAGED_PORTABLE, CPU); RUST_LOG=info|debug";
@@ -42,6 +49,7 @@ environment: ATTN_BACKEND=<NAME> forces a backend (CUDA_PAGED, CUDA_MLA, CUDA_PA
 enum Command {
     Demo,
     Select,
+    Bench,
     Presets,
 }
 
@@ -50,6 +58,7 @@ impl Command {
         match s {
             "demo" => Some(Command::Demo),
             "select" => Some(Command::Select),
+            "bench" => Some(Command::Bench),
             "presets" => Some(Command::Presets),
             _ => None,
         }
@@ -59,6 +68,7 @@ impl Command {
         match self {
             Command::Demo => "demo",
             Command::Select => "select",
+            Command::Bench => "bench",
             Command::Presets => "presets",
         }
     }
@@ -68,6 +78,9 @@ impl Command {
         match self {
             Command::Demo => &["--model", "--config", "--dtype", "--kv-cache-dtype", "--cpu", "--seed", "--block-size", "--dcp", "--interleave"],
             Command::Select => &["--model", "--config", "--dtype", "--kv-cache-dtype", "--block-size", "--all", "--json"],
+            Command::Bench => &[
+                "--model", "--config", "--batch", "--context", "--queries", "--kv-cache-dtype", "--backend", "--sweep", "--json", "--plot", "--peers", "--from", "--cpu", "--reps", "--seed",
+            ],
             Command::Presets => &[],
         }
     }
@@ -111,6 +124,37 @@ named. Exits 1 if no backend serves a model here.
                    this machine's rows marked *
   --json           one JSON object a line (the rows --all would print, or with a model named
                    and no --all, this machine's)
+  -h, --help       this text",
+            Command::Bench => "usage: attn bench [IDS...] [--model NAME | --config FILE] [--batch N] [--context N] [--queries N] [--kv-cache-dtype auto|fp8] [--backend NAME] [--sweep AXIS[=v,...]] [--json] [--plot FILE.svg] [--peers FILE.json] [--from FILE.jsonl] [--cpu] [--reps N] [--seed N]
+
+Times attention on this machine's GPU (CUDA events, the kernels alone; else the CPU backend,
+by the wall clock) on the workloads of benches/WORKLOADS.md, through the harness the cargo
+benches share. Each row: the backend and kernels its plan launched, the split count, the
+median time of 30 runs [min, max], GB/s, TFLOP/s and the fraction of the ceiling (decode:
+the copy bandwidth measured in the same run; compute-bound work: the dense bf16 tensor peak,
+or the peers' measured matmul with --peers).
+
+  IDS              workload ids (D1 ... D6, X1, X2, G1, G2, L1, P1 ... P6, M1 ... M5), a
+                   letter for a group (D, P, M), or all. Default: every workload on a GPU;
+                   on the CPU, a small decode of the model (batch 4, context 1024)
+  --model NAME     a preset's shapes (one workload a layer type): a decode of --batch
+                   requests (default 64) of --context keys (4096), --queries new tokens
+                   each (1; more for speculative decoding)
+  --config FILE    the same from a Hugging Face config.json
+  --kv-cache-dtype K  auto (bf16, the default) or fp8
+  --backend NAME   time this backend only (CUDA_PAGED, CUDA_PAGED_PORTABLE, CUDA_MLA,
+                   CUDA_MLA_PORTABLE, CPU); default: the Hopper backend, then the portable
+                   one where it runs other kernels
+  --sweep AXIS     context (1k-128k), batch (1-256) or queries (1-8), or AXIS=v1,v2,...:
+                   every workload at each point; the plot draws curves
+  --json           one JSON object a measurement (the benches' format), no table
+  --plot FILE.svg  draw the fraction of the ceiling per workload (bars), sweeps as curves
+  --peers FILE     the peers' figures (peer_bench.py's peers.json): drawn beside ours, and
+                   their measured matmul becomes the compute ceiling
+  --from FILE      redraw --plot from recorded JSON lines (no device needed)
+  --cpu            the CPU backend even when a GPU is present
+  --reps N         CPU runs timed a measurement (default 3; a GPU times 30)
+  --seed N         random inputs' seed
   -h, --help       this text",
             Command::Presets => "usage: attn presets
 
@@ -168,6 +212,7 @@ struct Opts {
     json: bool,
     dcp: Option<usize>,
     interleave: usize,
+    bench: bench::BenchOpts,
 }
 
 /// What the command line asks for: a command with its options, or a help text.
@@ -201,7 +246,7 @@ fn parse_args(args: &[String]) -> Result<Parsed, CliError> {
 /// The options of `cmd`, as `--name value` or `--name=value`; an option `cmd` does not take
 /// is a usage error naming it.
 fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
-    let mut o = Opts { model: None, config: None, dtype: None, kv: KvCacheDType::Auto, cpu: false, seed: 1, block_size: 16, all: false, json: false, dcp: None, interleave: 1 };
+    let mut o = Opts { model: None, config: None, dtype: None, kv: KvCacheDType::Auto, cpu: false, seed: 1, block_size: 16, all: false, json: false, dcp: None, interleave: 1, bench: bench::BenchOpts::default() };
     let takes = || {
         if cmd.options().is_empty() {
             "it takes no options".to_string()
@@ -215,11 +260,15 @@ fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
             Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
             _ => (a.as_str(), None),
         };
+        if !name.starts_with('-') && cmd == Command::Bench {
+            o.bench.ids.push(a.clone());
+            continue;
+        }
         if !name.starts_with('-') {
             return Err(CliError::Usage(format!("`attn {}`: unexpected argument `{a}` ({})", cmd.name(), takes())));
         }
         if !cmd.options().contains(&name) {
-            let known = [Command::Demo, Command::Select].iter().any(|c| c.options().contains(&name));
+            let known = [Command::Demo, Command::Select, Command::Bench].iter().any(|c| c.options().contains(&name));
             return Err(CliError::Usage(format!(
                 "`attn {}` does not take `{name}`{} ({})",
                 cmd.name(),
@@ -234,7 +283,10 @@ fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
             match name {
                 "--cpu" => o.cpu = true,
                 "--all" => o.all = true,
-                _ => o.json = true,
+                _ => {
+                    o.json = true;
+                    o.bench.json = true;
+                }
             }
             continue;
         }
@@ -261,6 +313,20 @@ fn parse_opts(cmd: Command, args: &[String]) -> Result<Opts, CliError> {
             }
             "--dcp" => o.dcp = Some(v.parse().map_err(|_| CliError::Usage(format!("--dcp: `{v}` is not a number of ranks")))?),
             "--interleave" => o.interleave = v.parse().map_err(|_| CliError::Usage(format!("--interleave: `{v}` is not a number")))?,
+            "--batch" | "--context" | "--queries" | "--reps" => {
+                let n = v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| CliError::Usage(format!("{name}: `{v}` is not a positive number")))?;
+                match name {
+                    "--batch" => o.bench.batch = Some(n),
+                    "--context" => o.bench.context = Some(n),
+                    "--queries" => o.bench.queries = Some(n),
+                    _ => o.bench.reps = Some(n),
+                }
+            }
+            "--backend" => o.bench.backend = Some(v),
+            "--sweep" => o.bench.sweep = Some(bench::parse_sweep(&v)?),
+            "--plot" => o.bench.plot = Some(v),
+            "--peers" => o.bench.peers = Some(v),
+            "--from" => o.bench.from = Some(v),
             _ => unreachable!("{name} is in {:?}", cmd.options()),
         }
     }
@@ -291,6 +357,7 @@ fn main() -> ExitCode {
         Parsed::Help(text) => out(format_args!("{text}")),
         Parsed::Run(Command::Demo, o) => demo(&o),
         Parsed::Run(Command::Select, o) => select(&o),
+        Parsed::Run(Command::Bench, o) => bench::run(&o),
         Parsed::Run(Command::Presets, _) => presets(),
     });
     // stderr may be closed too: never panic over a message.
