@@ -74,8 +74,7 @@ fn draw_bars(area: &Area<'_>, recs: &[&Record], peers: Option<&Peers>) -> Result
     }
     let peer_of = |r: &Record| peers.and_then(|p| p.best(&r.workload, &r.metric)).map(|(s, v)| (s.to_string(), v / r.ceiling_value));
     let with_peers = recs.iter().any(|r| peer_of(r).is_some());
-    let slots = series.len() + usize::from(with_peers);
-    let top = recs.iter().map(|r| r.fraction_of_ceiling).chain(recs.iter().filter_map(|r| peer_of(r).map(|p| p.1))).fold(1.0f64, f64::max) * 1.1;
+    let top = recs.iter().map(|r| r.fraction_of_ceiling).chain(recs.iter().filter_map(|r| peer_of(r).map(|p| p.1))).fold(1.0f64, f64::max) * 1.45;
     let device = recs.first().map_or("", |r| r.device.as_str());
     let mut chart = ChartBuilder::on(area)
         .caption(format!("fraction of the ceiling ({device}; decode: copy bandwidth, prefill and MLA at many heads: {})", recs.iter().find(|r| r.metric == "tflops").map_or("tensor peak", |r| r.ceiling.as_str())), ("sans-serif", 18))
@@ -94,32 +93,31 @@ fn draw_bars(area: &Area<'_>, recs: &[&Record], peers: Option<&Peers>) -> Result
         })
         .y_desc("of ceiling")
         .draw()?;
-    let width = 0.8 / slots as f64;
+    // Each workload's bars side by side, centred on it: its backends in legend order, then
+    // the best peer.
+    let mut place: Vec<(usize, f64, f64)> = Vec::new(); // (record index, x0, width)
+    let mut peer_bars = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let mut mine: Vec<usize> = (0..recs.len()).filter(|&j| recs[j].workload == *id).collect();
+        mine.sort_by_key(|&j| series.iter().position(|s| *s == recs[j].backend));
+        let peer = peer_of(recs[mine[0]]);
+        let slots = mine.len() + usize::from(peer.is_some());
+        let width = 0.8 / slots as f64;
+        for (k, &j) in mine.iter().enumerate() {
+            place.push((j, i as f64 - 0.4 + k as f64 * width, width));
+        }
+        if let Some((_, f)) = peer {
+            let x0 = i as f64 - 0.4 + mine.len() as f64 * width;
+            peer_bars.push(Rectangle::new([(x0, 0.0), (x0 + width * 0.9, f)], PEER.filled()));
+        }
+    }
     for (k, s) in series.iter().enumerate() {
         let color = PALETTE[k % PALETTE.len()];
-        let rects = recs.iter().filter(|r| r.backend == *s).map(|r| {
-            let i = ids.iter().position(|id| *id == r.workload).expect("listed") as f64;
-            let x0 = i - 0.4 + k as f64 * width;
-            Rectangle::new([(x0, 0.0), (x0 + width * 0.9, r.fraction_of_ceiling)], color.filled())
-        });
+        let rects = place.iter().filter(|p| recs[p.0].backend == *s).map(|&(j, x0, w)| Rectangle::new([(x0, 0.0), (x0 + w * 0.9, recs[j].fraction_of_ceiling)], color.filled()));
         chart.draw_series(rects)?.label(s.to_string()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
     if with_peers {
-        let k = series.len();
-        let mut done: Vec<&str> = Vec::new();
-        let mut rects = Vec::new();
-        for r in recs {
-            if done.contains(&r.workload.as_str()) {
-                continue;
-            }
-            done.push(&r.workload);
-            if let Some((_, f)) = peer_of(r) {
-                let i = ids.iter().position(|id| *id == r.workload).expect("listed") as f64;
-                let x0 = i - 0.4 + k as f64 * width;
-                rects.push(Rectangle::new([(x0, 0.0), (x0 + width * 0.9, f)], PEER.filled()));
-            }
-        }
-        chart.draw_series(rects)?.label("best peer (--peers)").legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], PEER.filled()));
+        chart.draw_series(peer_bars)?.label("best peer (--peers)").legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], PEER.filled()));
     }
     chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (ids.len() as f64 - 0.5, 1.0)], BLACK.stroke_width(1))))?;
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw()?;
