@@ -51,12 +51,17 @@ proptest! {
         reqs in requests(),
         sinks in any::<bool>(),
         fp8 in any::<bool>(),
+        window in prop::option::of(1usize..40),
+        chunk in prop::option::of(select(vec![3usize, 8, 16, 50])),
         seed in any::<u64>(),
     ) {
         let mut spec = AttnSpec::new(4, 2, 16);
         if sinks {
             spec = spec.with_sinks(vec![0.5, -1.0, 2.0, f32::NEG_INFINITY]);
         }
+        // Windows and chunks stay global (any of them, with any group).
+        spec.sliding_window = window;
+        spec.chunk_size = chunk;
         let kv_dtype = if fp8 { KvCacheDType::Fp8E4m3 } else { KvCacheDType::Auto };
         let case = DcpCase { group: DcpGroup::new(ranks, interleave).unwrap(), spec, block_size, requests: reqs, kv_dtype, seed };
         let r = check::run::<f32>(&case, BackendName::Cpu, None, DcpPath::Host).unwrap();
@@ -136,9 +141,9 @@ fn bad_groups_shards_and_layers_are_typed_errors() {
     assert!(e.to_string().contains("slot 4"), "{e}");
     // Layers DCP does not shard.
     let layer = |s: AttnSpec| DcpAttention::<f32>::in_process(BackendName::Cpu, g, s, layout, None).map(|_| ());
+    let mla = attn_backends::MlaSpec { num_q_heads: 2, kv_lora_rank: 8, qk_rope_head_dim: 8, qk_nope_head_dim: 8, v_head_dim: 8, scale: 0.25 };
     for (spec, what) in [
-        (AttnSpec { sliding_window: Some(64), ..AttnSpec::new(2, 1, 8) }, "sliding window"),
-        (AttnSpec { chunk_size: Some(64), ..AttnSpec::new(2, 1, 8) }, "chunked local"),
+        (AttnSpec { sliding_window: Some(64), mla: Some(mla), ..AttnSpec::new(2, 2, 16) }, "MLA layer with a window"),
         (AttnSpec { alibi_slopes: Some(vec![0.5, 0.25]), ..AttnSpec::new(2, 1, 8) }, "ALiBi"),
         (AttnSpec { causal: false, ..AttnSpec::new(2, 1, 8) }, "bidirectional"),
     ] {
@@ -153,4 +158,14 @@ fn bad_groups_shards_and_layers_are_typed_errors() {
     assert!(matches!(e, AttnError::InvalidShard(_)) && e.to_string().contains("sharded for"), "{e}");
     // A CPU layer has no device step.
     assert!(l.new_step(other.limits()).is_err());
+    // A windowed layer's metadata comes from its own spec's shard: full attention's maps, or
+    // another window's, are refused, naming both.
+    let windowed = AttnSpec { sliding_window: Some(5), ..AttnSpec::new(2, 1, 8) };
+    let mut w = DcpAttention::<f32>::in_process(BackendName::Cpu, g, windowed.clone(), layout, None).unwrap();
+    let step = SchedulerOutput { requests: vec![req(0, 1, &[0])] };
+    let full = g.shard(layout, &step).unwrap();
+    let e = w.forward_host(&x, &x[..8], &x[..8], &full, &mut vec![0.0; 16], None).unwrap_err();
+    assert!(matches!(e, AttnError::InvalidShard(_)) && e.to_string().contains("window Some(5)") && e.to_string().contains("shard_for"), "{e}");
+    let own = g.shard_for(&windowed, layout, &step).unwrap();
+    w.forward_host(&x, &x[..8], &x[..8], &own, &mut vec![0.0; 16], None).unwrap();
 }

@@ -95,7 +95,14 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
     let seq_len = unsafe { ld_i32(p.seq_lens, seq) };
     let q_pos = (seq_len - q_len + (token as i32 - q_start)) as usize;
     let kv_end = q_pos + 1;
-    let kv_begin = visible_begin(q_pos, p.sliding_window as usize, p.chunk_size as usize);
+    let mut kv_begin = visible_begin(q_pos, p.sliding_window as usize, p.chunk_size as usize);
+    // A request's own first key floors the window (the host keeps it below kv_end).
+    if p.first_key != 0 {
+        let floor = unsafe { ld_i32(p.first_key, seq) } as usize;
+        if floor > kv_begin {
+            kv_begin = floor;
+        }
+    }
     let (first_tile, n_tiles) = tile_range(kv_begin, kv_end, TILE);
     let per_split = div_nz(n_tiles + p.num_splits as usize - 1, p.num_splits as usize);
     let t_begin = first_tile + split * per_split;

@@ -128,6 +128,9 @@ pub struct PagedAttnParams {
     pub chunk_size: u32,
     /// Padding to the struct's 8-byte alignment (unused).
     pub _pad: u32,
+    /// `i32 [num_seqs]`: each request's first visible key, a floor under its queries' window
+    /// and chunk (context parallelism's windowed layers on a rank's local keys); 0 = none.
+    pub first_key: u64,
 }
 
 /// Merge of split-KV partial states into the final output.
@@ -198,7 +201,7 @@ pub struct MergeRanksParams {
 
 const _: () = assert!(core::mem::size_of::<MergeRanksParams>() == 64);
 const _: () = assert!(core::mem::size_of::<CacheWriteParams>() == 112);
-const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 224);
+const _: () = assert!(core::mem::size_of::<PagedAttnParams>() == 232);
 const _: () = assert!(core::mem::size_of::<MergeParams>() == 88);
 const _: () = assert!(core::mem::size_of::<MlaParams>() == 168);
 const _: () = assert!(core::mem::size_of::<MlaCacheWriteParams>() == 64);

@@ -89,6 +89,9 @@ pub struct DeviceMetadata {
     pub(crate) seq_lens: CudaSlice<i32>,
     pub(crate) block_table: CudaSlice<i32>,
     pub(crate) slot_mapping: CudaSlice<i64>,
+    /// `[max_reqs]`: each request's first visible key, uploaded when the step's maps carry
+    /// them (`AttentionMetadata::first_keys`).
+    pub(crate) first_keys: CudaSlice<i32>,
     /// The backend's own maps of a step (`cuda_paged::PagedWorkspace`,
     /// `cuda_mla::MlaWorkspace`), uploaded with the rest.
     rows: Box<dyn DeviceRows>,
@@ -137,7 +140,8 @@ impl DeviceMetadata {
         let ws_rows = limits.split_rows.checked_mul(shape.num_q_heads).ok_or_else(|| AttnError::InvalidConfig("workspace size overflows".into()))?;
         let (query_start_loc, seq_lens, block_table) = (stream.alloc_zeros(limits.max_reqs + 1)?, stream.alloc_zeros(limits.max_reqs)?, stream.alloc_zeros(bt)?);
         // Staging: one i32 slice per i32 map, in `upload`'s order and of the map's length.
-        let i32s = query_start_loc.len() + seq_lens.len() + block_table.len() + rows.maps().iter().map(|b| b.len()).sum::<usize>();
+        let first_keys = stream.alloc_zeros(limits.max_reqs.max(1))?;
+        let i32s = query_start_loc.len() + seq_lens.len() + block_table.len() + first_keys.len() + rows.maps().iter().map(|b| b.len()).sum::<usize>();
         // SAFETY: the staging memory is written before it is read (each upload fills what it copies).
         let (staging_i32, staging_slots) = unsafe { (rt.context().alloc_pinned::<i32>(i32s)?, rt.context().alloc_pinned::<i64>(limits.max_tokens)?) };
         let m = DeviceMetadata {
@@ -145,6 +149,7 @@ impl DeviceMetadata {
             seq_lens,
             block_table,
             slot_mapping: stream.alloc_zeros(limits.max_tokens)?,
+            first_keys,
             rows,
             partial_out: stream.alloc_zeros(ws_rows * shape.head_dim)?,
             partial_ml: stream.alloc_zeros(ws_rows * 2)?,
@@ -164,6 +169,7 @@ impl DeviceMetadata {
         4 * (self.query_start_loc.len()
             + self.seq_lens.len()
             + self.block_table.len()
+            + self.first_keys.len()
             + self.rows.maps().iter().map(|b| b.len()).sum::<usize>()
             + self.partial_out.len()
             + self.partial_ml.len())
@@ -181,6 +187,7 @@ impl DeviceMetadata {
         let (qsl, rest) = staging.split_at_mut(self.query_start_loc.len());
         let (seq, rest) = rest.split_at_mut(self.seq_lens.len());
         let (bt, rest) = rest.split_at_mut(self.block_table.len());
+        let (fk, rest) = rest.split_at_mut(self.first_keys.len());
         // The backend's maps, each in its own staging slice.
         let maps = self.rows.maps();
         let (own0, rest) = rest.split_at_mut(maps[0].len());
@@ -194,6 +201,8 @@ impl DeviceMetadata {
             row[..used].copy_from_slice(&meta.block_ids(req)[..used]);
             row[used..].fill(0);
         }
+        let fks = meta.first_keys().len();
+        fk[..fks].copy_from_slice(meta.first_keys());
         let n = meta.num_tokens();
         self.staging_slots.as_mut_slice()?[..n].copy_from_slice(meta.slot_mapping());
         let stream = self.rt.stream().clone();
@@ -211,6 +220,9 @@ impl DeviceMetadata {
             }
             if n > 0 {
                 htod(ptr(&self.slot_mapping, &stream), slots, stream.cu_stream())?;
+            }
+            if fks > 0 {
+                htod(ptr(&self.first_keys, &stream), &fk[..fks], stream.cu_stream())?;
             }
             for (dst, src, n) in [(maps[0], &*own0, used[0]), (maps[1], &*own1, used[1])] {
                 if n > 0 {

@@ -64,6 +64,9 @@ pub struct AttentionMetadata {
     slot_mapping: Vec<i64>,
     max_query_len: usize,
     max_seq_len: usize,
+    /// `[num_reqs]`, or empty: each request's first visible key, a floor under every one of
+    /// its queries' own (window, chunk) start. Only context parallelism's rank maps have it.
+    first_keys: Vec<i32>,
 }
 
 impl AttentionMetadata {
@@ -106,6 +109,16 @@ impl AttentionMetadata {
     /// The longest request's keys, this step's included.
     pub fn max_seq_len(&self) -> usize {
         self.max_seq_len
+    }
+    /// `[num_reqs]`, or empty (none): each request's first visible key, below which its
+    /// queries see nothing whatever their window (context parallelism's rank maps: a global
+    /// window's first key among the rank's local keys).
+    pub fn first_keys(&self) -> &[i32] {
+        &self.first_keys
+    }
+    /// Request `r`'s first visible key (0 where the maps set none).
+    pub fn first_key(&self, r: usize) -> usize {
+        self.first_keys.get(r).map_or(0, |&k| k as usize)
     }
     /// Query tokens of request `r` in this step.
     pub fn query_len(&self, r: usize) -> usize {
@@ -218,6 +231,7 @@ impl AttentionMetadata {
             slot_mapping,
             max_query_len: max_q,
             max_seq_len: max_s,
+            first_keys: Vec::new(),
         };
         meta.check_slots()?;
         Ok(meta)
@@ -303,7 +317,16 @@ impl AttentionMetadata {
     pub(crate) fn from_trusted(layout: KvCacheLayout, query_start_loc: Vec<i32>, seq_lens: Vec<i32>, block_table: Vec<i32>, block_table_stride: usize, slot_mapping: Vec<i64>) -> Self {
         let max_query_len = query_start_loc.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
         let max_seq_len = seq_lens.iter().map(|&s| s as usize).max().unwrap_or(0);
-        AttentionMetadata { layout, query_start_loc, seq_lens, block_table, block_table_stride, slot_mapping, max_query_len, max_seq_len }
+        AttentionMetadata { layout, query_start_loc, seq_lens, block_table, block_table_stride, slot_mapping, max_query_len, max_seq_len, first_keys: Vec::new() }
+    }
+
+    /// These maps with a first visible key a request (`keys[r] < seq_lens[r]`, trusted):
+    /// context parallelism's sliding windows and chunks, which on a rank's local keys start
+    /// at a key of their own.
+    pub(crate) fn with_first_keys(mut self, keys: Vec<i32>) -> Self {
+        debug_assert!(keys.len() == self.seq_lens.len() && keys.iter().zip(&self.seq_lens).all(|(&k, &s)| k >= 0 && k < s.max(1)));
+        self.first_keys = keys;
+        self
     }
 }
 
@@ -391,6 +414,7 @@ impl MetadataBuilder {
             slot_mapping,
             max_query_len,
             max_seq_len,
+            first_keys: Vec::new(),
         };
         // Two requests sharing a physical block may not both write into it this step.
         meta.check_slots()?;

@@ -691,6 +691,8 @@ fn attend<T: Element, C: CacheView>(spec: &AttnSpec, cache: &C, q: &[T], meta: &
         let (r, pos) = tokens[token];
         let qrow: Vec<f32> = q[row * d..(row + 1) * d].iter().map(|x| x.to_f32()).collect();
         let keys = spec.visible_keys(pos, pos + 1);
+        // A request's own first key (context parallelism's rank maps) floors the window.
+        let keys = keys.start.max(meta.first_key(r)).min(keys.end)..keys.end;
         let block_ids = meta.block_ids(r);
         let attend = |range| attend_partition_in(&qrow, pos, head, spec, cache, block_ids, range);
         let state = if num_splits == 1 {

@@ -227,6 +227,9 @@ pub fn mla_chunk_keys(lens: &[usize], tiles: &[usize], slots: usize, workspace_f
 pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions, backend: BackendName) -> Result<StepPlan> {
     let q = query_type(dtype, backend.as_str())?;
     let kv = kv_type(meta.layout().kv_dtype);
+    if !meta.first_keys().is_empty() {
+        return Err(AttnError::InvalidConfig("the step's maps give requests a first visible key (a windowed layer's DCP shard): MLA layers have no windows".into()));
+    }
     let (n, h, rows) = (meta.num_tokens(), shape.num_q_heads, MLA_ROWS as usize);
     let lens: Vec<usize> = meta.seq_lens().iter().map(|&l| l as usize).collect();
     let lq: Vec<usize> = (0..meta.num_reqs()).map(|r| meta.query_len(r)).collect();

@@ -261,9 +261,18 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
             }
         } else {
             decode_tokens.extend((q0..q0 + ql).map(|t| t as u32));
-            dec_max = dec_max.max(seq);
-            dec_sum += seq * ql;
+            // The keys it reads: from its first key on (context parallelism's windows).
+            let keys = seq - meta.first_key(r);
+            dec_max = dec_max.max(keys);
+            dec_sum += keys * ql;
         }
+    }
+    let first_keys = !meta.first_keys().is_empty();
+    if first_keys && !prefill_tiles.is_empty() {
+        return Err(AttnError::InvalidConfig(format!(
+            "the step's maps give requests a first visible key, which only the decode kernel reads; {} rows would run the prefill kernel (a DCP rank's maps have one-token requests only)",
+            n - decode_tokens.len()
+        )));
     }
     let mut order: Vec<usize> = (0..prefill_tiles.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(keys_of_tile[i]));
@@ -320,7 +329,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         });
     }
     let workspace_bytes = if num_splits > 1 { num_splits * nd * hq * (d + 2) * std::mem::size_of::<f32>() } else { 0 };
-    Ok(StepPlan::new(backend, n, meta.num_reqs(), num_splits, launches, workspace_bytes, PagedRows { decode_tokens, prefill_tiles }))
+    Ok(StepPlan::new(backend, n, meta.num_reqs(), num_splits, launches, workspace_bytes, PagedRows { decode_tokens, prefill_tiles, first_keys }))
 }
 
 /// A tile of the prefill kernel: `tokens` consecutive query tokens of `request`, from the
@@ -344,6 +353,9 @@ pub struct PagedRows {
     pub decode_tokens: Vec<u32>,
     /// The prefill kernel's tiles, in launch order (longest key range first).
     pub prefill_tiles: Vec<PrefillTile>,
+    /// Whether the step's maps give each request a first visible key (the decode kernel
+    /// reads them; context parallelism's windowed layers).
+    pub first_keys: bool,
 }
 
 /// The paged backends' rows of a plan (every plan of theirs has them).
@@ -613,6 +625,7 @@ impl<T: Element> CudaPagedImpl<T> {
                 sinks,
                 chunk_size,
                 _pad: 0,
+                first_key: if paged_rows(plan).first_keys { ptr(&dev.first_keys, &stream) } else { 0 },
             };
             // SAFETY: q, out hold the step's rows; the metadata buffers hold the step's maps
             // (validated: block ids inside the cache, seq_lens >= query lengths); the plan

@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub struct DcpCase {
     /// The group.
     pub group: DcpGroup,
-    /// The layer (full attention; MLA or multi-head; sinks allowed).
+    /// The layer (MLA, or multi-head with any window or chunks; sinks allowed).
     pub spec: AttnSpec,
     /// Tokens per cache block.
     pub block_size: usize,
@@ -131,7 +131,7 @@ pub fn run_with<T: Element>(case: &DcpCase, gpu: Option<Arc<CudaRuntime>>, path:
         requests: case.requests.iter().zip(ids).map(|(&(c, n), b)| RequestSchedule { num_computed_tokens: c, num_new_tokens: n, block_ids: b.clone() }).collect(),
     };
     let meta_u = MetadataBuilder::new(layout_u).build(&sched(&unsharded_blocks))?;
-    let meta = group.shard(layout, &sched(&blocks))?;
+    let meta = group.shard_for(spec, layout, &sched(&blocks))?;
     let n = meta.num_tokens();
     let (heads, out_dim, q_dim, k_dim, v_dim) = match &mla {
         Some(m) => (m.num_q_heads, m.kv_lora_rank, m.latent_dim(), m.kv_lora_rank, m.qk_rope_head_dim),

@@ -25,10 +25,18 @@
 //! process, or NCCL's all-gather behind the `nccl` feature) and merged, on the GPU by the
 //! `merge_ranks` kernel (`device-kernels/src/merge.rs`), on the host by [`merge_ranks_host`].
 //!
-//! What is sharded: causal full-attention layers, multi-head (paged) and MLA, any cache
-//! dtype, with attention sinks (joined once, in the merge). Sliding windows, chunked local
-//! attention and ALiBi are refused ([`check_spec`]): their masks depend on key positions,
-//! which a rank's kernels see as local indices.
+//! Sliding windows and chunked local attention stay global: a query at p sees the global
+//! keys `[g, p]` (`g` its window's or chunk's first position), which on rank r are the local
+//! keys `[L_r(g), L_r(p + 1))`, a contiguous run since `L_r` only grows. So the rank's maps
+//! ([`DcpGroup::shard_for`]) give each one-token request that first key
+//! ([`AttentionMetadata::first_keys`]), which the decode kernel and the CPU backend take as a
+//! floor under the (local, windowless) keys they read; the rank's layer runs without the
+//! window.
+//!
+//! What is sharded: causal multi-head (paged) layers, full, sliding-window or chunked, and
+//! causal full-attention MLA layers, any cache dtype, with attention sinks (joined once, in
+//! the merge). ALiBi is refused ([`check_spec`]): its bias depends on key positions, which a
+//! rank's kernels see as local indices.
 //!
 //! ```
 //! use attn_host::dcp::{DcpAttention, DcpGroup};
@@ -121,13 +129,35 @@ impl DcpGroup {
         self.local_len(0, len).div_ceil(block_size.max(1))
     }
 
+    /// [`DcpGroup::shard`] for a layer of `spec`: with its sliding window or chunks, each
+    /// rank's one-token requests start at the first of their window's keys that the rank
+    /// holds (see the module docs). A layer's metadata must come from its own spec's shard:
+    /// the layer checks.
+    pub fn shard_for(&self, spec: &AttnSpec, layout: KvCacheLayout, step: &SchedulerOutput) -> Result<DcpMetadata> {
+        self.shard_windowed(layout, step, spec.sliding_window, spec.chunk_size)
+    }
+
     /// Each rank's maps for a step of `step`'s requests over caches of `layout` (every rank's
     /// cache has this layout): validated once for all ranks, before anything runs. Errors
     /// name the request and the value: no new tokens, too few block ids
     /// ([`DcpGroup::blocks_needed`]), a block id outside the cache, a slot written twice or
     /// over another request's context on some rank.
     pub fn shard(&self, layout: KvCacheLayout, step: &SchedulerOutput) -> Result<DcpMetadata> {
+        self.shard_windowed(layout, step, None, None)
+    }
+
+    fn shard_windowed(&self, layout: KvCacheLayout, step: &SchedulerOutput, window: Option<usize>, chunk: Option<usize>) -> Result<DcpMetadata> {
         layout.validate()?;
+        if window == Some(0) || chunk == Some(0) {
+            return Err(AttnError::InvalidShard("a window or chunk of 0 keys".into()));
+        }
+        let windowed = window.is_some() || chunk.is_some();
+        // A query at global position p sees the global keys [first_global(p), p].
+        let first_global = |p: usize| {
+            let w = window.map_or(0, |w| (p + 1).saturating_sub(w));
+            let c = chunk.map_or(0, |c| p - p % c);
+            w.max(c)
+        };
         let bs = layout.block_size;
         let mut tokens: Vec<(usize, usize)> = Vec::new();
         for (r, req) in step.requests.iter().enumerate() {
@@ -176,11 +206,18 @@ impl DcpGroup {
             let mut seq_lens = Vec::with_capacity(n);
             let mut block_table = vec![0i32; n * stride];
             let mut slot_mapping = Vec::with_capacity(n);
+            let mut first_keys = Vec::with_capacity(if windowed { n } else { 0 });
             for (t, &(r, p)) in tokens.iter().enumerate() {
                 let ids = &step.requests[r].block_ids;
-                let seen = self.local_len(rank, p + 1);
-                keys_seen[rank * n + t] = seen as i32;
-                seq_lens.push(seen.max(1) as i32);
+                let end = self.local_len(rank, p + 1);
+                let first = if windowed { self.local_len(rank, first_global(p)) } else { 0 };
+                keys_seen[rank * n + t] = (end - first) as i32;
+                seq_lens.push(end.max(1) as i32);
+                if windowed {
+                    // A token that sees none of this rank's keys reads one placeholder key
+                    // (the merge skips it): the first key stays below the length.
+                    first_keys.push(first.min(end.max(1) - 1) as i32);
+                }
                 for (dst, &b) in block_table[t * stride..][..row_len(r)].iter_mut().zip(ids) {
                     *dst = b as i32;
                 }
@@ -192,12 +229,13 @@ impl DcpGroup {
                 });
             }
             let query_start_loc = (0..=n as i32).collect();
-            ranks.push(AttentionMetadata::from_trusted(layout, query_start_loc, seq_lens, block_table, stride, slot_mapping));
+            let m = AttentionMetadata::from_trusted(layout, query_start_loc, seq_lens, block_table, stride, slot_mapping);
+            ranks.push(if windowed { m.with_first_keys(first_keys) } else { m });
         }
         let kv_tokens = (0..self.ranks)
             .map(|rank| step.requests.iter().map(|q| self.local_len(rank, q.num_computed_tokens + q.num_new_tokens)).sum())
             .collect();
-        Ok(DcpMetadata { group: *self, layout, num_tokens: n, ranks, keys_seen, kv_tokens })
+        Ok(DcpMetadata { group: *self, layout, num_tokens: n, ranks, keys_seen, kv_tokens, window, chunk })
     }
 }
 
@@ -210,6 +248,9 @@ pub struct DcpMetadata {
     ranks: Vec<AttentionMetadata>,
     keys_seen: Vec<i32>,
     kv_tokens: Vec<usize>,
+    /// The window and chunk it was sharded for ([`DcpGroup::shard_for`]).
+    window: Option<usize>,
+    chunk: Option<usize>,
 }
 
 impl DcpMetadata {
@@ -254,11 +295,8 @@ pub fn check_spec(spec: &AttnSpec) -> Result<()> {
     if !spec.causal {
         return refuse("a bidirectional (encoder) layer caches nothing".into());
     }
-    if let Some(w) = spec.sliding_window {
-        return refuse(format!("a sliding window of {w} keys"));
-    }
-    if let Some(c) = spec.chunk_size {
-        return refuse(format!("chunked local attention of {c}-token chunks"));
+    if spec.mla.is_some() && (spec.sliding_window.is_some() || spec.chunk_size.is_some()) {
+        return refuse("an MLA layer with a window or chunks".into());
     }
     if spec.alibi_slopes.is_some() {
         return refuse("ALiBi (its bias depends on key positions)".into());
@@ -335,9 +373,15 @@ fn out_shape(spec: &AttnSpec) -> (usize, usize) {
     }
 }
 
-/// The spec a rank runs: the layer's, without its sinks (the merge joins them once).
+/// The spec a rank runs: the layer's, without its sinks (the merge joins them once) and
+/// without its window and chunks (the rank's maps carry them as each request's first key).
 fn rank_spec(spec: &AttnSpec) -> AttnSpec {
-    AttnSpec { sinks: if matches!(spec.sinks, Sinks::Logits(_)) { Sinks::None } else { spec.sinks.clone() }, ..spec.clone() }
+    AttnSpec {
+        sinks: if matches!(spec.sinks, Sinks::Logits(_)) { Sinks::None } else { spec.sinks.clone() },
+        sliding_window: None,
+        chunk_size: None,
+        ..spec.clone()
+    }
 }
 
 impl<T: Element> DcpAttention<T> {
@@ -446,6 +490,12 @@ impl<T: Element> DcpAttention<T> {
                 meta.group, meta.layout, self.group, self.layout
             )));
         }
+        if (meta.window, meta.chunk) != (self.spec.sliding_window, self.spec.chunk_size) {
+            return Err(AttnError::InvalidShard(format!(
+                "metadata sharded for window {:?} and chunks {:?}; this layer has window {:?} and chunks {:?} (shard with DcpGroup::shard_for and the layer's spec)",
+                meta.window, meta.chunk, self.spec.sliding_window, self.spec.chunk_size
+            )));
+        }
         Ok(())
     }
 
@@ -529,7 +579,8 @@ impl<T: Element> DcpAttention<T> {
                 sinks.push(s.clone_htod(logits)?);
             }
         }
-        Ok(DcpStep { group: self.group, first_rank: self.first_rank, steps, rank_out, rank_lse, gathered, sinks, limits, num_tokens: None, runtimes })
+        let visibility = (self.spec.sliding_window, self.spec.chunk_size);
+        Ok(DcpStep { group: self.group, first_rank: self.first_rank, steps, rank_out, rank_lse, gathered, sinks, limits, num_tokens: None, runtimes, visibility })
     }
 
     /// Captures one step's launches (every local rank's, the exchange's copies and the merge)
@@ -690,6 +741,8 @@ pub struct DcpStep<T> {
     limits: StepLimits,
     num_tokens: Option<usize>,
     runtimes: Vec<Arc<CudaRuntime>>,
+    /// The layer's (window, chunks): its metadata must be sharded for them.
+    visibility: (Option<usize>, Option<usize>),
 }
 
 impl<T> DcpStep<T> {
@@ -698,6 +751,12 @@ impl<T> DcpStep<T> {
     pub fn prepare(&mut self, meta: &DcpMetadata) -> Result<()> {
         if meta.group != self.group {
             return Err(AttnError::InvalidShard(format!("metadata sharded for {:?}; this step serves {:?}", meta.group, self.group)));
+        }
+        if (meta.window, meta.chunk) != self.visibility {
+            return Err(AttnError::InvalidShard(format!(
+                "metadata sharded for window {:?} and chunks {:?}; this step's layer has window {:?} and chunks {:?} (shard with DcpGroup::shard_for)",
+                meta.window, meta.chunk, self.visibility.0, self.visibility.1
+            )));
         }
         let n = meta.num_tokens();
         if n > self.limits.max_tokens {
