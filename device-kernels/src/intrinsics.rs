@@ -46,24 +46,6 @@ pub fn bar_sync_named(id: u32, count: u32) {
     unsafe { asm!("bar.sync {i}, {c};", i = in(reg32) id, c = in(reg32) count, options(nostack)) }
 }
 
-/// `bar.arrive id, count`: arrives at named barrier `id` without waiting (a producer's
-/// signal; the consumers `bar_sync_named` on the same id and count). Orders this thread's
-/// earlier shared-memory writes before the waiters' later reads.
-#[inline(always)]
-pub fn bar_arrive_named(id: u32, count: u32) {
-    unsafe { asm!("bar.arrive {i}, {c};", i = in(reg32) id, c = in(reg32) count, options(nostack)) }
-}
-
-/// `shfl.sync.idx.b32` over the full warp: lane `src`'s value, in every lane. Broadcasting a
-/// value makes it warp-uniform to ptxas (as CUTLASS's `canonical_warp_group_idx`), so a
-/// branch on it around `wgmma` is not a divergent path.
-#[inline(always)]
-pub fn shfl_sync_idx_u32(v: u32, src: u32) -> u32 {
-    let r: u32;
-    unsafe { asm!("shfl.sync.idx.b32 {r}, {v}, {s}, 31, -1;", r = out(reg32) r, v = in(reg32) v, s = in(reg32) src, options(nostack)) }
-    r
-}
-
 /// `shfl.sync.bfly.b32` over the full warp: the value of lane `lane ^ mask`.
 #[inline(always)]
 pub fn shfl_sync_bfly_f32(v: f32, mask: u32) -> f32 {
@@ -366,12 +348,6 @@ pub unsafe fn ld_shared_v2(addr: u32) -> [u32; 2] {
     [a, b]
 }
 
-/// `st.shared.v2.u32`: 8 bytes to a shared-window address (8-byte aligned).
-#[inline(always)]
-pub unsafe fn st_shared_v2(addr: u32, v: [u32; 2]) {
-    unsafe { asm!("st.shared.v2.u32 [{p}], {{{a}, {b}}};", p = in(reg32) addr, a = in(reg32) v[0], b = in(reg32) v[1], options(nostack)) }
-}
-
 /// `bar.warp.sync 0xffffffff`: the warp's lanes reconverge; orders their shared-memory
 /// accesses (what one lane copied with cp.async, another may then read).
 #[inline(always)]
@@ -599,15 +575,6 @@ pub fn wgmma_commit_group() {
 #[inline(always)]
 pub fn wgmma_wait_group_0<const N: usize>(acc: &mut [[f32; 4]; N]) {
     unsafe { asm!("wgmma.wait_group.sync.aligned 0;", options(nostack)) }
-    pin_f32(acc);
-}
-
-/// `wgmma.wait_group.sync.aligned 1`: waits for every committed batch but the newest; then
-/// pins `acc`, the accumulators of the batches now complete (not the newest's, still in
-/// flight).
-#[inline(always)]
-pub fn wgmma_wait_group_1<const N: usize>(acc: &mut [[f32; 4]; N]) {
-    unsafe { asm!("wgmma.wait_group.sync.aligned 1;", options(nostack)) }
     pin_f32(acc);
 }
 
