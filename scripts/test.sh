@@ -11,6 +11,10 @@ scripts/setup.sh
 python3 scripts/import-cycles.py
 scripts/ship-ptx.sh
 export ATTN_REQUIRE_PTXAS=1
+# The PTX ship-ptx.sh just built from the kernels (for every architecture): the builds below
+# embed it rather than compile the kernels again (scripts/check-downstream.sh still builds
+# them from source, as a user's build does, and compares).
+export ATTN_PTX_FROM=shipped
 cargo test --release --workspace --all-targets
 cargo test --release --workspace --doc
 # The nccl feature (context parallelism over NCCL) builds and its tests run with no NCCL and

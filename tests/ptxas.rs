@@ -1,5 +1,5 @@
 //! Assembles every embedded PTX module with `ptxas` for its architecture (no GPU needed) and
-//! fails on an assembly error. The register / stack / spill report of every kernel is kept in
+//! fails on an assembly error, or where ptxas serializes a kernel's `wgmma` (C7518). The register / stack / spill report of every kernel is kept in
 //! `target/ptx/<arch>.ptxas.txt`, beside the PTX itself (`target/ptx/<arch>.ptx`).
 //!
 //! ptxas: `$ATTN_PTXAS`, else `.tools/ptxas/bin/ptxas` (scripts/setup.sh), else `ptxas` on
@@ -77,8 +77,16 @@ fn main() {
         std::fs::write(dir.join(format!("{arch}.ptxas.txt")), &report).expect("write report");
         let kernels = report.matches("Compiling entry function").count();
         let spilling = report.lines().filter(|l| l.contains("Registers are spilled")).count();
+        // A Hopper kernel whose wgmma ptxas serializes (C7518: it could not keep them
+        // asynchronous, e.g. for register pressure) runs its MMAs one batch at a time: the
+        // v2 seesaw MLA kernel lost 40% that way, silently. Such a kernel fails here.
+        let serialized: Vec<&str> = report.lines().filter(|l| l.contains("C7518")).collect();
+        if !serialized.is_empty() {
+            failed = true;
+            println!("ptxas {arch}: wgmma serialized by ptxas in {} kernel(s):\n{}", serialized.len(), serialized.join("\n"));
+        }
         if out.status.success() && kernels > 0 {
-            println!("ptxas {arch}: ok, {kernels} kernels, {spilling} with spills (report: target/ptx/{arch}.ptxas.txt)");
+            println!("ptxas {arch}: ok, {kernels} kernels, {spilling} with spills, none with serialized wgmma (report: target/ptx/{arch}.ptxas.txt)");
         } else {
             failed = true;
             println!("ptxas {arch}: FAILED ({}):\n{report}", out.status);

@@ -154,8 +154,8 @@ mod tests {
         let e = DcpAttention::<half::bf16>::nccl(BackendName::CudaPaged, group, AttnSpec::new(32, 8, 128), layout, vec![], vec![]).unwrap_err();
         assert!(matches!(e, AttnError::InvalidShard(_)) && e.to_string().contains("0 runtimes for 0 communicators"), "{e}");
         // And a layer DCP does not shard is refused first.
-        let windowed = AttnSpec { sliding_window: Some(128), ..AttnSpec::new(32, 8, 128) };
-        let e = DcpAttention::<half::bf16>::nccl(BackendName::CudaPaged, group, windowed, layout, vec![], vec![]).unwrap_err();
-        assert!(e.to_string().contains("sliding window"), "{e}");
+        let alibi = AttnSpec { alibi_slopes: Some(vec![0.5; 32]), ..AttnSpec::new(32, 8, 128) };
+        let e = DcpAttention::<half::bf16>::nccl(BackendName::CudaPaged, group, alibi, layout, vec![], vec![]).unwrap_err();
+        assert!(e.to_string().contains("ALiBi"), "{e}");
     }
 }
