@@ -86,6 +86,8 @@ pub struct Workload {
     /// The model a workload of [`decode_of`] was made from (its id is then the model and
     /// the shape).
     pub model: Option<String>,
+    /// Layers a step runs (S1: 32, each its own cache, one plan for all); 1 elsewhere.
+    pub layers: usize,
 }
 
 /// The axis of a sweep: how the cost grows as the work grows.
@@ -128,7 +130,7 @@ impl SweepAxis {
 }
 
 fn paged(id: &str, q_heads: usize, kv_heads: usize, head_dim: usize, requests: Vec<(usize, usize)>, features: Features, metric: Metric) -> Workload {
-    Workload { id: id.into(), shape: Shape::Paged { q_heads, kv_heads, head_dim, requests, features, bidirectional: false }, block_size: 16, metric, sweep: None, model: None }
+    Workload { id: id.into(), shape: Shape::Paged { q_heads, kv_heads, head_dim, requests, features, bidirectional: false }, block_size: 16, metric, sweep: None, model: None, layers: 1 }
 }
 
 /// Decodes: one new token after `len - 1` cached ones.
@@ -137,10 +139,11 @@ fn decodes(lens: &[usize]) -> Vec<(usize, usize)> {
 }
 
 fn mla(id: &str, heads: usize, batch: usize, context: usize, queries: usize, metric: Metric) -> Workload {
-    Workload { id: id.into(), shape: Shape::Mla { heads, requests: vec![(context - queries, queries); batch] }, block_size: 64, metric, sweep: None, model: None }
+    Workload { id: id.into(), shape: Shape::Mla { heads, requests: vec![(context - queries, queries); batch] }, block_size: 64, metric, sweep: None, model: None, layers: 1 }
 }
 
-/// Every workload of `benches/WORKLOADS.md` (decode D, X, G, L; prefill P; MLA M), in order.
+/// Every workload of `benches/WORKLOADS.md` (decode D, X, G, L; prefill P; MLA M; the step
+/// S1), in order.
 pub fn catalog() -> Vec<Workload> {
     use Metric::{Bandwidth as B, Flops as F};
     let none = Features::default();
@@ -172,6 +175,8 @@ pub fn catalog() -> Vec<Workload> {
         mla("M3", 16, 128, 4096, 2, B),
         mla("M4", 128, 32, 16384, 2, F),
         mla("M5", 128, 1, 262144, 1, F),
+        // S1: D1's batch through 32 Llama-3-8B layers, one plan for the step.
+        Workload { layers: 32, ..paged("S1", 32, 8, 128, decodes(&[4096; 64]), none, B) },
     ]
 }
 
@@ -226,7 +231,7 @@ pub fn decode_of(name: &str, spec: &AttnSpec, batch: usize, context: usize, quer
             (Shape::Paged { q_heads: spec.num_q_heads, kv_heads: spec.num_kv_heads, head_dim: spec.head_dim, requests, features, bidirectional: false }, 16, Metric::Bandwidth)
         }
     };
-    Ok(Workload { id: format!("{name} b{batch} c{context} q{queries}"), shape, block_size, metric, sweep: None, model: Some(name.to_string()) })
+    Ok(Workload { id: format!("{name} b{batch} c{context} q{queries}"), shape, block_size, metric, sweep: None, model: Some(name.to_string()), layers: 1 })
 }
 
 /// `base` at each point of `axis` (its batch, context or query tokens replaced).
@@ -271,8 +276,11 @@ impl Workload {
         }
     }
 
-    /// The benches' name for its kind: `decode`, `prefill` or `mla`.
+    /// The benches' name for its kind: `decode`, `prefill`, `mla` or `step`.
     pub fn bench(&self) -> &'static str {
+        if self.layers > 1 {
+            return "step";
+        }
         match &self.shape {
             Shape::Mla { .. } => "mla",
             Shape::Paged { .. } if self.metric == Metric::Bandwidth => "decode",
@@ -658,6 +666,9 @@ impl Runner {
     /// CPU backend) at each plan option. A backend that cannot serve the workload here is
     /// an error naming why.
     pub fn measure(&mut self, w: &Workload, opts: &MeasureOptions) -> Result<Vec<Record>> {
+        if w.layers > 1 {
+            return self.measure_step(w, opts);
+        }
         let spec = w.spec();
         let layout = w.layout(opts.kv)?;
         let mut rng = Rng::new(opts.seed);
@@ -781,6 +792,129 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// A step of `w.layers` layers (S1): each layer its own cache, one prepared `Step`, the
+    /// layers' `forward_device` calls (cache write + attention) as a model makes them. Two
+    /// records, time per layer eager and replayed from a CUDA graph, each as a fraction of
+    /// the layers' own kernel time (events between the layers of an eager step, median over
+    /// layers 1..): 1.0 is a layer that costs nothing beyond its kernels. GPU only.
+    fn measure_step(&mut self, w: &Workload, opts: &MeasureOptions) -> Result<Vec<Record>> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let Runner::Gpu { rt, .. } = &*self else {
+            return Err(AttnError::InvalidConfig(format!("{}: a step of {} layers is timed on a GPU (its caches and CUDA graph)", w.id, w.layers)));
+        };
+        let rt = rt.clone();
+        let backend = opts.backends.first().copied().unwrap_or(BackendName::CudaPaged);
+        let (spec, layout) = (w.spec(), w.layout(opts.kv)?);
+        let mut rng = Rng::new(opts.seed);
+        let sched = schedule(&mut rng, w.requests(), w.block_size, layout.num_blocks)
+            .ok_or_else(|| AttnError::InvalidConfig(format!("{}: the cache cannot hold the workload's blocks", w.id)))?;
+        let meta = MetadataBuilder::new(layout).build(&sched)?;
+        let cache = random_cache(layout, &mut rng);
+        let mut layers = Vec::with_capacity(w.layers);
+        for _ in 0..w.layers {
+            let mut l = crate::layer::Attention::<bf16>::new(backend, spec.clone(), layout, Some(rt.clone()))?;
+            if opts.kv == KvCacheDType::Fp8E4m3 {
+                l.set_kv_scales(crate::fp8::KvScales::uniform(layout.num_kv_heads, 1.0 / 448.0, 1.0 / 448.0))?;
+            }
+            l.load_cache(&cache)?;
+            layers.push(l);
+        }
+        drop(cache);
+        let stream = rt.stream().clone();
+        let n = meta.num_tokens();
+        let (hq, hkv, d) = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim);
+        let mut io = Vec::with_capacity(w.layers);
+        for _ in 0..w.layers {
+            let t = |heads: usize, rng: &mut Rng| stream.clone_htod(&random_values::<bf16>(rng, n * heads * d));
+            io.push((t(hq, &mut rng)?, t(hkv, &mut rng)?, t(hkv, &mut rng)?, t(hq, &mut rng)?));
+        }
+        let mut step = layers[0].new_step(StepLimits::for_metadata(&meta))?;
+        let plan = step.prepare(&meta)?.clone();
+        let kernel = plan.launches.iter().map(|l| l.kernel.name()).collect::<Vec<_>>().join("+");
+        let eager = |layers: &mut Vec<crate::layer::Attention<bf16>>, io: &mut Vec<_>, step: &Step| -> Result<()> {
+            for (l, (q, k, v, o)) in layers.iter_mut().zip(io.iter_mut()) {
+                l.forward_device(step, q, k, v, o)?;
+            }
+            Ok(())
+        };
+        let ctx = stream.context().clone();
+        let event = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT));
+        for _ in 0..3 {
+            eager(&mut layers, &mut io, &step)?;
+        }
+        stream.synchronize()?;
+        let per_layer = |ms: f32| ms as f64 * 1e3 / w.layers as f64;
+        // Eager: events around the step.
+        let mut eager_us = Vec::with_capacity(REPS);
+        for _ in 0..REPS {
+            let (a, b) = (event()?, event()?);
+            a.record(&stream)?;
+            eager(&mut layers, &mut io, &step)?;
+            b.record(&stream)?;
+            b.synchronize()?;
+            eager_us.push(per_layer(a.elapsed_ms(&b)?));
+        }
+        // The kernels alone: events between layers (the queue runs ahead after the first).
+        let mut kernel_us = Vec::with_capacity(REPS);
+        for _ in 0..REPS {
+            let evs = (0..=w.layers).map(|_| event()).collect::<std::result::Result<Vec<_>, _>>()?;
+            evs[0].record(&stream)?;
+            for (i, (l, (q, k, v, o))) in layers.iter_mut().zip(io.iter_mut()).enumerate() {
+                l.forward_device(&step, q, k, v, o)?;
+                evs[i + 1].record(&stream)?;
+            }
+            evs[w.layers].synchronize()?;
+            let per = (1..w.layers).map(|i| Ok(evs[i].elapsed_ms(&evs[i + 1])? as f64 * 1e3)).collect::<Result<Vec<f64>>>()?;
+            kernel_us.push(spread(per).0);
+        }
+        // Graph: the step captured once, replayed.
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let captured = eager(&mut layers, &mut io, &step);
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0))?;
+        captured?;
+        let graph = graph.ok_or_else(|| AttnError::InvalidConfig("the step's capture made no graph".into()))?;
+        graph.upload()?;
+        for _ in 0..3 {
+            graph.launch()?;
+        }
+        let mut graph_us = Vec::with_capacity(REPS);
+        for _ in 0..REPS {
+            let (a, b) = (event()?, event()?);
+            a.record(&stream)?;
+            graph.launch()?;
+            b.record(&stream)?;
+            b.synchronize()?;
+            graph_us.push(per_layer(a.elapsed_ms(&b)?));
+        }
+        let kernels = spread(kernel_us).0;
+        let bytes = w.bytes(opts.kv);
+        let device = self.device_name();
+        let record = |mode: &str, (med, lo, hi): (f64, f64, f64)| Record {
+            bench: "step".into(),
+            workload: w.id.clone(),
+            device: device.clone(),
+            kv_dtype: if opts.kv == KvCacheDType::Fp8E4m3 { "fp8" } else { "bf16" }.into(),
+            backend: format!("{backend} ({mode}, {} layers)", w.layers),
+            kernel: kernel.clone(),
+            splits: plan.num_splits,
+            forced: false,
+            median_us: med,
+            min_us: lo,
+            max_us: hi,
+            gbps: bytes / (med * 1e-6) / 1e9,
+            tflops: w.flops() / (med * 1e-6) / 1e12,
+            metric: "layer_us".into(),
+            ceiling: "kernels' own time".into(),
+            ceiling_value: kernels,
+            fraction_of_ceiling: kernels / med,
+            sweep: None,
+            x: None,
+        };
+        Ok(vec![record("eager", spread(eager_us)), record("graph", spread(graph_us))])
+    }
+}
+
 /// The device's SM count and clock, for a description (`None` off a GPU).
 pub fn clock_mhz(rt: &CudaRuntime) -> Option<f64> {
     rt.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE).ok().map(|khz| khz as f64 / 1e3)
@@ -826,6 +960,14 @@ mod tests {
         let q = sweep(&base, SweepAxis::Queries, &[4]).unwrap();
         assert_eq!(q[0].requests()[0], (4092, 4));
         assert!(sweep(&base, SweepAxis::Batch, &[0]).is_err());
+    }
+
+    #[test]
+    fn the_step_workload_is_gpu_only_and_says_so() {
+        let s1 = find("S1").unwrap();
+        assert_eq!((s1.bench(), s1.layers), ("step", 32));
+        let e = Runner::cpu(1).measure(&s1, &MeasureOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("S1") && e.contains("GPU"), "{e}");
     }
 
     #[test]

@@ -134,7 +134,7 @@ median time of 30 runs [min, max], GB/s, TFLOP/s and the fraction of the ceiling
 the copy bandwidth measured in the same run; compute-bound work: the dense bf16 tensor peak,
 or the peers' measured matmul with --peers).
 
-  IDS              workload ids (D1 ... D6, X1, X2, G1, G2, L1, P1 ... P6, M1 ... M5), a
+  IDS              workload ids (D1 ... D6, X1, X2, G1, G2, L1, P1 ... P6, M1 ... M5, S1), a
                    letter for a group (D, P, M), or all. Default: every workload on a GPU;
                    on the CPU, a small decode of the model (batch 4, context 1024)
   --model NAME     a preset's shapes (one workload a layer type): a decode of --batch
