@@ -74,10 +74,17 @@ fn draw_bars(area: &Area<'_>, recs: &[&Record], peers: Option<&Peers>) -> Result
     }
     let peer_of = |r: &Record| peers.and_then(|p| p.best(&r.workload, &r.metric)).map(|(s, v)| (s.to_string(), v / r.ceiling_value));
     let with_peers = recs.iter().any(|r| peer_of(r).is_some());
-    let top = recs.iter().map(|r| r.fraction_of_ceiling).chain(recs.iter().filter_map(|r| peer_of(r).map(|p| p.1))).fold(1.0f64, f64::max) * 1.45;
+    let top = recs.iter().map(|r| r.fraction_of_ceiling).chain(recs.iter().filter_map(|r| peer_of(r).map(|p| p.1))).fold(1.0f64, f64::max) * 1.75;
     let device = recs.first().map_or("", |r| r.device.as_str());
     let mut chart = ChartBuilder::on(area)
-        .caption(format!("fraction of the ceiling ({device}; decode: copy bandwidth, prefill and MLA at many heads: {})", recs.iter().find(|r| r.metric == "tflops").map_or("tensor peak", |r| r.ceiling.as_str())), ("sans-serif", 18))
+        .caption(
+            format!(
+                "fraction of the ceiling ({device}; decode: copy bandwidth; prefill, MLA at many heads: {}{})",
+                recs.iter().find(|r| r.metric == "tflops").map_or("tensor peak", |r| r.ceiling.as_str()),
+                if recs.iter().any(|r| r.bench == "step") { "; S1: the layers' own kernel time" } else { "" }
+            ),
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -120,7 +127,8 @@ fn draw_bars(area: &Area<'_>, recs: &[&Record], peers: Option<&Peers>) -> Result
         chart.draw_series(peer_bars)?.label("best peer (--peers)").legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], PEER.filled()));
     }
     chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (ids.len() as f64 - 0.5, 1.0)], BLACK.stroke_width(1))))?;
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw()?;
+    // Above the prefill bars, the lowest group of a full catalogue.
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperMiddle).draw()?;
     Ok(())
 }
 
