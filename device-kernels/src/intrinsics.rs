@@ -46,34 +46,6 @@ pub fn bar_sync_named(id: u32, count: u32) {
     unsafe { asm!("bar.sync {i}, {c};", i = in(reg32) id, c = in(reg32) count, options(nostack)) }
 }
 
-/// `bar.arrive id, count`: arrives at named barrier `id` without waiting (a producer's
-/// signal; the consumers `bar_sync_named` on the same id and count). Orders this thread's
-/// earlier shared-memory writes before the waiters' later reads.
-#[inline(always)]
-pub fn bar_arrive_named(id: u32, count: u32) {
-    unsafe { asm!("bar.arrive {i}, {c};", i = in(reg32) id, c = in(reg32) count, options(nostack)) }
-}
-
-/// `mov.u32` that the compiler cannot see through or move (an asm with effects): a value
-/// made opaque where it stands, so that what is computed from it stays there (loop-invariant
-/// wgmma descriptors, which LLVM would otherwise hoist and keep live across a loop).
-#[inline(always)]
-pub fn opaque_u32(x: u32) -> u32 {
-    let r: u32;
-    unsafe { asm!("mov.u32 {r}, {x};", r = out(reg32) r, x = in(reg32) x, options(nostack)) }
-    r
-}
-
-/// `shfl.sync.idx.b32` over the full warp: lane `src`'s value, in every lane. Broadcasting a
-/// value makes it warp-uniform to ptxas (as CUTLASS's `canonical_warp_group_idx`), so a
-/// branch on it around `wgmma` is not a divergent path.
-#[inline(always)]
-pub fn shfl_sync_idx_u32(v: u32, src: u32) -> u32 {
-    let r: u32;
-    unsafe { asm!("shfl.sync.idx.b32 {r}, {v}, {s}, 31, -1;", r = out(reg32) r, v = in(reg32) v, s = in(reg32) src, options(nostack)) }
-    r
-}
-
 /// `shfl.sync.bfly.b32` over the full warp: the value of lane `lane ^ mask`.
 #[inline(always)]
 pub fn shfl_sync_bfly_f32(v: f32, mask: u32) -> f32 {
@@ -374,12 +346,6 @@ pub unsafe fn ld_shared_v2(addr: u32) -> [u32; 2] {
         asm!("ld.shared.v2.u32 {{{a}, {b}}}, [{p}];", a = out(reg32) a, b = out(reg32) b, p = in(reg32) addr, options(nostack));
     }
     [a, b]
-}
-
-/// `st.shared.v2.u32`: 8 bytes to a shared-window address (8-byte aligned).
-#[inline(always)]
-pub unsafe fn st_shared_v2(addr: u32, v: [u32; 2]) {
-    unsafe { asm!("st.shared.v2.u32 [{p}], {{{a}, {b}}};", p = in(reg32) addr, a = in(reg32) v[0], b = in(reg32) v[1], options(nostack)) }
 }
 
 /// `bar.warp.sync 0xffffffff`: the warp's lanes reconverge; orders their shared-memory

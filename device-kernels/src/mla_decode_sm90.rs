@@ -9,19 +9,14 @@
 //! 128-byte-swizzled stages with `full` and `empty` mbarriers; no block barrier in the loop.
 //! Two tile shapes (`params::mla_sm90_keys`): 2 stages of 64 keys, or 4 of 32.
 //! Consumer warpgroup `g` holds all 64 rows and the value dims `256 g .. 256 g + 256`
-//! (128 f32 accumulators a thread). The seesaw: tile `t` is owned by warpgroup `t % 2`,
-//! which alone computes
-//! - `S = Q K^T` over 576 dims: 36 `wgmma` m64 n`BN` k16;
+//! (128 f32 accumulators a thread). Per tile:
+//! - `S = Q K^T` over 576 dims: 36 `wgmma` m64 n`BN` k16 (both warpgroups compute the same S:
+//!   the same operations in the same order, so their online softmax states agree bit for
+//!   bit; the duplicated product is the price of no exchange between them);
 //! - the causal mask (query tokens of a request among themselves) and the split's bounds,
-//!   only on tiles that cross them; the online softmax in log2 units, from the row maxima
-//!   after tile `t - 1` (the other warpgroup's);
-//! and hands P (its 16-bit A fragments) and the new maxima to the other through shared
-//! memory (a named barrier); both then add `O += P V` (`BN / 16` `wgmma` m64 n256 k16, P from
-//! registers, V = the tile's columns `256 g ..` read N-major). The tensor cores compute every
-//! product once. v4 (v2 at 845d977 and the v3 trial were serialized by ptxas, C7518): a
-//! warpgroup computes its own tile's S, then issues the P V of the other's previous tile and
-//! runs its own softmax while that P V runs. Each warpgroup sums the probabilities
-//! of its own tiles; the two denominators are added in the epilogue.
+//!   only on tiles that cross them; online softmax in log2 units;
+//! - `O += P V`: `BN / 16` `wgmma` m64 n256 k16, P from registers, V = the same tile's columns
+//!   `256 g ..` read N-major (transposed by the descriptor).
 //! Epilogue as the portable kernel: a token of one split to `out`, else its partial row and
 //! (max, denominator) to the workspace for `merge_splits`.
 //!
@@ -130,18 +125,10 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
         return;
     }
 
-    // Consumers, the seesaw: warpgroup g holds every row (its warp `warp % 4` rows
-    // 16 (warp % 4) .. + 16) and value dims 256 g .. 256 g + 256. Tile t is *owned* by
-    // warpgroup t % 2, which alone computes S = Q K^T, the mask and the online softmax, and
-    // hands the other (the *follower*) its probabilities P and new row maxima through the
-    // exchange; both then add P V over their own value dims; a warpgroup's softmax runs
-    // while its P V of the other's tile does. Invariant: both warpgroups see the same sequence of row maxima (each
-    // tile's, from its owner), so their outputs and denominators share one scale.
+    // Consumers: warpgroup g holds every row and value dims 256 g .. 256 g + 256; its warp
+    // `warp % 4` rows 16 (warp % 4) .. + 16.
     setmaxnreg_inc::<CONSUMER_REGS>();
-    // The warpgroup, broadcast from lane 0 so that ptxas sees the branches on it (which
-    // tiles a warpgroup owns) as uniform: wgmma in a divergent path is serialized.
-    let wg = shfl_sync_idx_u32((warp / 4) as u32, 0) as usize;
-    let ct = tid % 128; // the thread's place in its warpgroup: its slot of the exchange
+    let wg = warp / 4;
     let wrow = 16 * (warp % 4);
     let mut pos = [max_pos; 2];
     for h in 0..2 {
@@ -154,200 +141,61 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
     let mut rows = RowState::new();
     let mut o = [[0.0f32; 4]; NT_HALF];
 
-    // The exchange: thread `ct`'s P fragments (`KC` x 16 bytes) and two maxima. Thread `ct`
-    // of the one warpgroup writes only what thread `ct` of the other reads, so the named
-    // barriers READY (owner arrives, follower waits) are the only ordering needed: the next
-    // write into a slot comes from the thread that last read it.
-    let xp = bars + (16 * STAGES) as u32;
-    let x = Exchange { p: xp + (ct * 16) as u32, m: xp + (128 * 16 * KC + ct * 8) as u32, wg: wg as u32 };
-    let v_tile = |stage: usize| k_tile(stage) + (4 * wg * BN * 128) as u32;
-    let parity = |t: usize| ((t / STAGES) & 1) as u32;
-    let bounds = Bounds { min_pos, kv_begin, kv_end, pos, col };
-    // A warpgroup's own tile t: S(t), waited for | the other's P(t - 1) and maxima
-    // received, O onto those maxima, P V(t - 1) issued | mask, softmax, P(t) sent while
-    // that P V runs | P V(t - 1) waited, its stage released; O onto the new maxima; P V(t).
-    // (Leaving S(t) in flight across the follow, as v3 did, makes ptxas serialize every
-    // wgmma of the kernel: C7518, which tests/ptxas.rs refuses.)
-    let mut pa = [[0u32; 4]; KC];
-    let mut t = wg;
-    while t < n_tiles {
-        let stage = t % STAGES;
-        unsafe { mbarrier_wait_parity(full(stage), parity(t)) };
-        if t > 0 {
-            // The other's tile t - 1 too (its bytes, for this warpgroup's P V), waited for
-            // before anything is in flight.
-            unsafe { mbarrier_wait_parity(full((t - 1) % STAGES), parity(t - 1)) };
-        }
+    for i in 0..n_tiles {
+        let stage = i % STAGES;
+        unsafe { mbarrier_wait_parity(full(stage), ((i / STAGES) & 1) as u32) };
+        let key0 = (t_first + i) * BN;
 
         // S = Q K^T over 36 k-steps (the first overwrites S): k-step kk is 32 bytes into
         // slab kk / 4 of both tiles.
         let mut s = [[0.0f32; 4]; NB];
         pin_f32(&mut s);
-        // The Q tile's address made opaque each tile: its 36 descriptors are built here
-        // rather than hoisted out of the loop, where they held 72 registers (and spilled).
-        let q_smem = opaque_u32(smem);
         wgmma_fence();
         for kk in 0..KS {
             let in_slab = ((kk % 4) * 32) as u32;
-            let a = sw128_desc(q_smem + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
+            let a = sw128_desc(smem + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
             let b = sw128_desc(k_tile(stage) + ((kk / 4) * BN * 128) as u32 + in_slab, 16, 1024);
             unsafe { E::ss::<NB>(&mut s, a, b, (kk > 0) as u32) };
         }
         wgmma_commit_group();
         wgmma_wait_group_0(&mut s);
-        let corr = if t > 0 {
-            // The other's tile t - 1 (its softmax done meanwhile).
-            let (mut pf, mf) = unsafe { x.receive::<KC>() };
-            onto_maxima(&mut rows, &mut o, mf);
-            pin_u32(&mut pf);
-            pin_f32(&mut o);
-            wgmma_fence();
-            unsafe { pv::<E, BN, KC>(&mut o, &pf, v_tile((t - 1) % STAGES)) };
-            let corr = unsafe { own_softmax::<E, NB, KC>(&mut s, &mut rows, &mut pa, x, (t_first + t) * BN, &bounds, s_exp) };
-            wgmma_wait_group_0(&mut o);
-            pin_u32(&mut pf);
-            unsafe { mbarrier_arrive(empty((t - 1) % STAGES)) };
-            corr
-        } else {
-            unsafe { own_softmax::<E, NB, KC>(&mut s, &mut rows, &mut pa, x, (t_first + t) * BN, &bounds, s_exp) }
-        };
-        rescale(&mut o, corr);
-        pin_u32(&mut pa);
-        pin_f32(&mut o);
-        wgmma_fence();
-        unsafe { pv::<E, BN, KC>(&mut o, &pa, v_tile(stage)) };
-        wgmma_wait_group_0(&mut o);
-        pin_u32(&mut pa);
-        unsafe { mbarrier_arrive(empty(stage)) };
-        t += 2;
-    }
-    // The other's last tile, where it is theirs.
-    if n_tiles > 0 && (n_tiles - 1) % 2 != wg {
-        let last = n_tiles - 1;
-        let (mut pf, mf) = unsafe { x.receive::<KC>() };
-        onto_maxima(&mut rows, &mut o, mf);
-        unsafe { mbarrier_wait_parity(full(last % STAGES), parity(last)) };
-        pin_u32(&mut pf);
-        pin_f32(&mut o);
-        wgmma_fence();
-        unsafe { pv::<E, BN, KC>(&mut o, &pf, v_tile(last % STAGES)) };
-        wgmma_wait_group_0(&mut o);
-        pin_u32(&mut pf);
-        unsafe { mbarrier_arrive(empty(last % STAGES)) };
-    }
 
-    // The denominators: each warpgroup summed its own tiles' probabilities (on the shared
-    // maxima); the two parts meet in the Q tile, free once both warpgroups' last S is done
-    // (each waited for the other's last tile, or owned it).
-    let l_slot = |g: usize| smem + ((g * 128 + ct) * 8) as u32;
-    bar_sync_named(DONE, BOTH);
-    unsafe { st_shared_v2(l_slot(wg), [rows.l[0].to_bits(), rows.l[1].to_bits()]) };
-    bar_sync_named(DONE, BOTH);
-    let other = unsafe { ld_shared_v2(l_slot(1 - wg)) };
-    for h in 0..2 {
-        rows.l[h] += f32::from_bits(other[h]);
+        // Masked only where the tile crosses the first row's position or the split's bounds.
+        if key0 + BN > min_pos + 1 || key0 + BN > kv_end || key0 < kv_begin {
+            for j in 0..NB {
+                for e in 0..4 {
+                    let key = key0 + 8 * j + col + e % 2;
+                    if key > pos[e / 2] || key >= kv_end || key < kv_begin {
+                        s[j][e] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let corr = rows.update(&mut s, s_exp);
+        rescale(&mut o, corr);
+
+        // O += P V over this warpgroup's 256 value dims: slabs 4 wg .. 4 wg + 4 of the tile
+        // (BN x 128 bytes apart), keys 16 kc .. 16 kc + 16.
+        let mut pa = [[0u32; 4]; KC];
+        for kc in 0..KC {
+            pa[kc] = p_fragment::<E, NB>(&s, kc);
+        }
+        pin_u32(&mut pa);
+        pin_f32(&mut o);
+        wgmma_fence();
+        let v_tile = k_tile(stage) + (4 * wg * BN * 128) as u32;
+        for kc in 0..KC {
+            let b = sw128_desc(v_tile + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
+            unsafe { E::rs::<NT_HALF>(&mut o, pa[kc], b) };
+        }
+        wgmma_commit_group();
+        wgmma_wait_group_0(&mut o);
+        // The stage is free again once both warpgroups' products have read it.
+        unsafe { mbarrier_arrive(empty(stage)) };
     }
 
     // Each lane's two rows of this warpgroup's value dims: to `out`, or to the workspace.
     unsafe { store_mla_rows::<E>(p, &b, &rows, &o, wrow + r0, wg, lane) };
-}
-
-/// Named barriers of the two consumer warpgroups (`bar_sync` is 0): `READY + g`, a tile of
-/// warpgroup `g` handed over (`g` arrives, the other waits: one barrier a direction, so an
-/// owner's arrival can never meet its own later wait), and both past their last tile.
-const READY: u32 = 1;
-const DONE: u32 = 3;
-const BOTH: u32 = CONSUMER_THREADS as u32;
-
-/// One consumer thread's slot of the exchange: its P fragments at `p + 2048 kc` (slot-major
-/// by k-step, 16 bytes a thread) and its two row maxima at `m`; `wg`, its warpgroup.
-#[derive(Clone, Copy)]
-struct Exchange {
-    p: u32,
-    m: u32,
-    wg: u32,
-}
-
-impl Exchange {
-    /// The owner's side: writes its P fragments and maxima, then signals READY.
-    #[inline(always)]
-    unsafe fn send<const KC: usize>(&self, pa: &[[u32; 4]; KC], m: [f32; 2]) {
-        for kc in 0..KC {
-            unsafe { st_shared_v4(self.p + (kc * 2048) as u32, V4(pa[kc])) };
-        }
-        unsafe { st_shared_v2(self.m, [m[0].to_bits(), m[1].to_bits()]) };
-        bar_arrive_named(READY + self.wg, BOTH);
-    }
-
-    /// The follower's side: waits for READY, then reads what the owner's same thread sent.
-    #[inline(always)]
-    unsafe fn receive<const KC: usize>(&self) -> ([[u32; 4]; KC], [f32; 2]) {
-        bar_sync_named(READY + (1 - self.wg), BOTH);
-        let mut pa = [[0u32; 4]; KC];
-        for kc in 0..KC {
-            pa[kc] = unsafe { ld_shared_v4(self.p + (kc * 2048) as u32) }.0;
-        }
-        let m = unsafe { ld_shared_v2(self.m) };
-        (pa, [f32::from_bits(m[0]), f32::from_bits(m[1])])
-    }
-}
-
-/// `O += P V` over a warpgroup's 256 value dims of the tile at `v_tile` (its first value
-/// slab; slabs `BN x 128` bytes apart), keys `16 kc .. 16 kc + 16` a k-step; committed, not
-/// waited for.
-#[inline(always)]
-unsafe fn pv<E: Elem + Wgmma, const BN: usize, const KC: usize>(o: &mut [[f32; 4]; NT_HALF], pa: &[[u32; 4]; KC], v_tile: u32) {
-    for kc in 0..KC {
-        let b = sw128_desc(v_tile + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
-        unsafe { E::rs::<NT_HALF>(o, pa[kc], b) };
-    }
-    wgmma_commit_group();
-}
-
-/// What masks a tile: the first row's position (causal among the request's query tokens),
-/// the split's keys, each lane's two rows' positions and its fragment column.
-struct Bounds {
-    min_pos: usize,
-    kv_begin: usize,
-    kv_end: usize,
-    pos: [usize; 2],
-    col: usize,
-}
-
-/// The follower's rows onto the owner's new maxima `m`: O and the denominators rescaled.
-#[inline(always)]
-fn onto_maxima<const NT: usize>(rows: &mut RowState, o: &mut [[f32; 4]; NT], m: [f32; 2]) {
-    let mut corr = [1.0f32; 2];
-    for h in 0..2 {
-        corr[h] = ex2_approx(rows.m[h] - m[h]);
-        rows.m[h] = m[h];
-        rows.l[h] *= corr[h];
-    }
-    rescale(o, corr);
-}
-
-/// The owner's softmax of its tile at `key0`: the mask (only where the tile crosses the
-/// first row's position or the split's bounds), the online softmax onto the running maxima,
-/// P as A fragments into `pa`, handed with the new maxima to the follower. Returns O's
-/// correction.
-#[inline(always)]
-unsafe fn own_softmax<E: Elem, const NB: usize, const KC: usize>(
-    s: &mut [[f32; 4]; NB], rows: &mut RowState, pa: &mut [[u32; 4]; KC], x: Exchange, key0: usize, b: &Bounds, s_exp: f32,
-) -> [f32; 2] {
-    for j in 0..NB {
-        for e in 0..4 {
-            let key = key0 + 8 * j + b.col + e % 2;
-            if key > b.pos[e / 2] || key >= b.kv_end || key < b.kv_begin {
-                s[j][e] = f32::NEG_INFINITY;
-            }
-        }
-    }
-    let corr = rows.update(s, s_exp);
-    for kc in 0..KC {
-        pa[kc] = p_fragment::<E, NB>(s, kc);
-    }
-    unsafe { x.send(pa, rows.m) };
-    corr
 }
 
 /// One entry point (the kernel table's row, `registry::KERNELS`, module `Sm90a`):

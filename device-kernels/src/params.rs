@@ -555,17 +555,10 @@ pub const fn mla_sm90_keys(stages: u32) -> u32 {
 /// Smallest block size the Hopper MLA decode serves (its boxes are whole 8-row groups of the
 /// 128-byte swizzle).
 pub const MLA_SM90_MIN_BLOCK: u32 = 8;
-/// Bytes of the Hopper MLA decode's exchange between its consumer warpgroups at depth
-/// `stages`: a tile's probabilities as each consumer thread's 16-bit `P` fragments (`keys /
-/// 16` of 16 bytes, for 128 threads) and each thread's two row maxima.
-pub const fn mla_sm90_exchange_bytes(stages: u32) -> u32 {
-    128 * mla_sm90_keys(stages) + 128 * 8
-}
 /// Dynamic shared memory of the Hopper MLA decode at depth `stages`: 1024 bytes of alignment
-/// slack, the Q tile, the K stages, two mbarriers a stage, the exchange (231,456 or 227,392
-/// bytes; the limit is 232,448).
+/// slack, the Q tile, the K stages, two mbarriers a stage (222,240 or 222,272 bytes).
 pub const fn mla_sm90_smem_bytes(stages: u32) -> u32 {
-    1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + stages * (mla_sm90_keys(stages) * MLA_LATENT_DIM * 2 + 16) + mla_sm90_exchange_bytes(stages)
+    1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + stages * (mla_sm90_keys(stages) * MLA_LATENT_DIM * 2 + 16)
 }
 
 /// Threads per block of the cache-write kernel.
