@@ -24,7 +24,7 @@
 use crate::cuda::CudaRuntime;
 use crate::workload::{blocks_needed, random_values, ragged_lengths, schedule, Rng};
 use crate::{AttnError, AttnSpec, BackendName, DType, HostKvCache, KvCacheDType, KvCacheLayout, MetadataBuilder, MlaSpec, PlanOptions, Result, Step, StepLimits};
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use std::sync::Arc;
@@ -88,6 +88,9 @@ pub struct Workload {
     pub model: Option<String>,
     /// Layers a step runs (S1: 32, each its own cache, one plan for all); 1 elsewhere.
     pub layers: usize,
+    /// The layer itself where a model gave it ([`decode_of`]: its soft-cap, ALiBi, scale,
+    /// sinks, window, chunks); else [`Workload::spec`] builds it from the shape.
+    pub layer: Option<AttnSpec>,
 }
 
 /// The axis of a sweep: how the cost grows as the work grows.
@@ -130,7 +133,7 @@ impl SweepAxis {
 }
 
 fn paged(id: &str, q_heads: usize, kv_heads: usize, head_dim: usize, requests: Vec<(usize, usize)>, features: Features, metric: Metric) -> Workload {
-    Workload { id: id.into(), shape: Shape::Paged { q_heads, kv_heads, head_dim, requests, features, bidirectional: false }, block_size: 16, metric, sweep: None, model: None, layers: 1 }
+    Workload { id: id.into(), shape: Shape::Paged { q_heads, kv_heads, head_dim, requests, features, bidirectional: false }, block_size: 16, metric, sweep: None, model: None, layers: 1, layer: None }
 }
 
 /// Decodes: one new token after `len - 1` cached ones.
@@ -139,7 +142,7 @@ fn decodes(lens: &[usize]) -> Vec<(usize, usize)> {
 }
 
 fn mla(id: &str, heads: usize, batch: usize, context: usize, queries: usize, metric: Metric) -> Workload {
-    Workload { id: id.into(), shape: Shape::Mla { heads, requests: vec![(context - queries, queries); batch] }, block_size: 64, metric, sweep: None, model: None, layers: 1 }
+    Workload { id: id.into(), shape: Shape::Mla { heads, requests: vec![(context - queries, queries); batch] }, block_size: 64, metric, sweep: None, model: None, layers: 1, layer: None }
 }
 
 /// Every workload of `benches/WORKLOADS.md` (decode D, X, G, L; prefill P; MLA M; the step
@@ -231,11 +234,26 @@ pub fn decode_of(name: &str, spec: &AttnSpec, batch: usize, context: usize, quer
             (Shape::Paged { q_heads: spec.num_q_heads, kv_heads: spec.num_kv_heads, head_dim: spec.head_dim, requests, features, bidirectional: false }, 16, Metric::Bandwidth)
         }
     };
-    Ok(Workload { id: format!("{name} b{batch} c{context} q{queries}"), shape, block_size, metric, sweep: None, model: Some(name.to_string()), layers: 1 })
+    // The model's layer as it is, sinks given values where the config left them to the
+    // checkpoint.
+    let mut layer = spec.clone();
+    if layer.sinks == crate::spec::Sinks::Unset {
+        layer = layer.with_sinks((0..spec.num_q_heads).map(|h| (h % 7) as f32 * 0.25).collect());
+    }
+    if !layer.causal {
+        return Err(AttnError::InvalidConfig(format!("{name}: a bidirectional (encoder) layer has no decode; time it as P6 does")));
+    }
+    Ok(Workload { id: format!("{name} b{batch} c{context} q{queries}"), shape, block_size, metric, sweep: None, model: Some(name.to_string()), layers: 1, layer: Some(layer) })
 }
 
 /// `base` at each point of `axis` (its batch, context or query tokens replaced).
 pub fn sweep(base: &Workload, axis: SweepAxis, points: &[usize]) -> Result<Vec<Workload>> {
+    if !base.sweepable() {
+        return Err(AttnError::InvalidConfig(format!(
+            "{}: only a decode of equal requests (MLA too) sweeps along context, batch or query tokens; not a prefill, a ragged batch or a step of layers",
+            base.id
+        )));
+    }
     let reqs = base.requests();
     let (batch, context, queries) = (reqs.len(), reqs[0].0 + reqs[0].1, reqs[0].1);
     points
@@ -255,6 +273,10 @@ pub fn sweep(base: &Workload, axis: SweepAxis, points: &[usize]) -> Result<Vec<W
                 Shape::Paged { requests: r, .. } | Shape::Mla { requests: r, .. } => *r = requests,
             }
             w.sweep = Some((axis, x));
+            if let Shape::Mla { heads, .. } = w.shape {
+                // Many heads or query tokens make MLA compute-bound (as `decode_of` decides).
+                w.metric = if heads * q >= 64 { Metric::Flops } else { Metric::Bandwidth };
+            }
             // A model's workload is named by its shape: along a sweep, by the axes that stay.
             if let Some(m) = &base.model {
                 w.id = match axis {
@@ -269,6 +291,14 @@ pub fn sweep(base: &Workload, axis: SweepAxis, points: &[usize]) -> Result<Vec<W
 }
 
 impl Workload {
+    /// Whether [`sweep`] takes it: a decode (memory-bound, or MLA) of equal requests, one
+    /// layer.
+    pub fn sweepable(&self) -> bool {
+        let r = self.requests();
+        let decode = matches!(self.shape, Shape::Mla { .. }) || self.metric == Metric::Bandwidth;
+        self.layers == 1 && decode && !r.is_empty() && r.iter().all(|x| *x == r[0])
+    }
+
     /// (cached, new) tokens per request.
     pub fn requests(&self) -> &[(usize, usize)] {
         match &self.shape {
@@ -290,6 +320,9 @@ impl Workload {
 
     /// The layer: bf16, causal unless bidirectional, with the workload's features.
     pub fn spec(&self) -> AttnSpec {
+        if let Some(layer) = &self.layer {
+            return layer.clone();
+        }
         match &self.shape {
             Shape::Paged { q_heads, kv_heads, head_dim, features, bidirectional, .. } => {
                 let mut spec = AttnSpec { causal: !bidirectional, ..AttnSpec::new(*q_heads, *kv_heads, *head_dim) };
@@ -330,8 +363,9 @@ impl Workload {
             Shape::Paged { q_heads, kv_heads, head_dim, requests, bidirectional, .. } => {
                 let spec = self.spec();
                 let elem = if fp8 { 1 } else { 2 };
-                // The last query of a request sees the most keys (a window or chunk its own).
-                let keys: usize = requests.iter().map(|&(c, q)| if *bidirectional { q } else { spec.visible_keys(c + q - 1, c + q).len() }).sum();
+                // The keys any of a request's queries sees: from the first query's first
+                // visible key (a window or chunk starts it) to the last query.
+                let keys: usize = requests.iter().map(|&(c, q)| if *bidirectional { q } else { c + q - spec.visible_keys(c, c + q).start }).sum();
                 let scales = if fp8 { 2 * 4 * kv_heads } else { 0 };
                 (keys * kv_heads * head_dim * 2 * elem + scales + 2 * n * q_heads * head_dim * 2) as f64
             }
@@ -505,7 +539,7 @@ impl Default for MeasureOptions {
 /// the ceiling. [`Record::json`] is the benches' JSON line.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
-    /// `decode`, `prefill` or `mla`.
+    /// `decode`, `prefill`, `mla` or `step`.
     pub bench: String,
     /// The workload's id.
     pub workload: String,
@@ -523,7 +557,7 @@ pub struct Record {
     pub forced: bool,
     /// Median time, microseconds.
     pub median_us: f64,
-    /// Fastest and slowest run, microseconds.
+    /// Fastest run, microseconds.
     pub min_us: f64,
     /// Slowest run, microseconds.
     pub max_us: f64,
@@ -531,10 +565,12 @@ pub struct Record {
     pub gbps: f64,
     /// Useful TFLOP/s.
     pub tflops: f64,
-    /// `gbps` or `tflops`: which figure the workload reports.
+    /// `gbps` or `tflops`: which figure the workload reports; `layer_us` for a step (S1:
+    /// microseconds a layer).
     pub metric: String,
     /// What the figure is a fraction of (`copy`: copy bandwidth measured in the same run;
-    /// `bf16 peak`: the dense tensor peak; `bf16 matmul`: a measured one).
+    /// `bf16 peak`: the dense tensor peak; `bf16 matmul`: a measured one; for a step, `kernels'
+    /// own time`: the fraction is that time over the layer's).
     pub ceiling: String,
     /// The ceiling's value, in the metric's unit (NaN, `null` in JSON, where none is known:
     /// compute-bound work on the CPU).
@@ -804,6 +840,9 @@ impl Runner {
             return Err(AttnError::InvalidConfig(format!("{}: a step of {} layers is timed on a GPU (its caches and CUDA graph)", w.id, w.layers)));
         };
         let rt = rt.clone();
+        if opts.backends.len() > 1 || !opts.plans.is_empty() {
+            return Err(AttnError::InvalidConfig(format!("{}: a step is timed on one backend with its plan's own choices (given {} backends, {} plan options)", w.id, opts.backends.len(), opts.plans.len())));
+        }
         let backend = opts.backends.first().copied().unwrap_or(BackendName::CudaPaged);
         let (spec, layout) = (w.spec(), w.layout(opts.kv)?);
         let mut rng = Rng::new(opts.seed);
@@ -915,11 +954,6 @@ impl Runner {
     }
 }
 
-/// The device's SM count and clock, for a description (`None` off a GPU).
-pub fn clock_mhz(rt: &CudaRuntime) -> Option<f64> {
-    rt.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE).ok().map(|khz| khz as f64 / 1e3)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -960,6 +994,26 @@ mod tests {
         let q = sweep(&base, SweepAxis::Queries, &[4]).unwrap();
         assert_eq!(q[0].requests()[0], (4092, 4));
         assert!(sweep(&base, SweepAxis::Batch, &[0]).is_err());
+        // Prefills, ragged batches and steps are not swept: an error naming the workload.
+        for id in ["P1", "D4", "S1"] {
+            let e = sweep(&find(id).unwrap(), SweepAxis::Context, &[1024]).unwrap_err().to_string();
+            assert!(e.contains(id), "{e}");
+        }
+        // MLA turns compute-bound as heads x query tokens reach 64.
+        let m1 = sweep(&find("M1").unwrap(), SweepAxis::Queries, &[1, 4]).unwrap();
+        assert_eq!((m1[0].metric, m1[1].metric), (Metric::Bandwidth, Metric::Flops));
+    }
+
+    #[test]
+    fn a_models_layer_is_timed_as_it_is() {
+        // Gemma-2-like: soft-cap and a window, kept by the workload's layer.
+        let spec = AttnSpec { softcap: Some(50.0), sliding_window: Some(4096), ..AttnSpec::new(16, 8, 256) };
+        let w = decode_of("g", &spec, 2, 8192, 1).unwrap();
+        assert_eq!((w.spec().softcap, w.spec().sliding_window), (Some(50.0), Some(4096)));
+        // Bytes: the window's keys only, for each of 2 requests (+ q and out).
+        assert_eq!(w.bytes(KvCacheDType::Auto), (2 * 4096 * 8 * 256 * 2 * 2 + 2 * 2 * 16 * 256 * 2) as f64);
+        let enc = AttnSpec { causal: false, ..AttnSpec::new(4, 4, 64) };
+        assert!(decode_of("e", &enc, 1, 64, 1).is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ fn main() -> candle_core::Result<()> {
     let (_, timing_twin) = common::models(&shape, layout, 3, DType::F32, &dev)?;
     let mut timed = Engine::new(timing_twin, layout, max_batch);
     for (p, &n) in prompts.iter().zip(&new_tokens) {
-        timed.add(p.clone(), n);
+        timed.add(p.clone(), n)?;
     }
     let t = Instant::now();
     let mut steps = 0;

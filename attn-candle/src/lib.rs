@@ -49,8 +49,10 @@ fn host<T: candle_core::WithDType>(dtype: DType, device: &Device, name: &str, t:
     if !t.device().same_device(device) {
         return Err(Error::Msg(format!("attn-candle: {name} is on {:?}, the layer on {device:?}", t.device())));
     }
-    if t.elem_count() != rows * row {
-        return Err(Error::Msg(format!("attn-candle: {name} has shape {:?} ({} elements); {rows} x {row} expected", t.dims(), t.elem_count())));
+    // Tokens first: [rows, ...] whose other dims make `row` (a transposed q would have the
+    // right count and the wrong meaning).
+    if t.dims().first() != Some(&rows) || t.elem_count() != rows * row {
+        return Err(Error::Msg(format!("attn-candle: {name} has shape {:?}; [{rows}, ...] of {rows} x {row} elements expected (tokens first)", t.dims())));
     }
     t.flatten_all()?.to_vec1::<T>()
 }
@@ -92,6 +94,9 @@ impl PagedAttention {
     /// `dtype` (f32, bf16 or f16: the dtype of the q, k, v tensors it will take).
     pub fn new(spec: AttnSpec, layout: KvCacheLayout, dtype: DType, device: &Device) -> Result<Self> {
         let backend = backend_for(device)?;
+        if spec.mla.is_some() {
+            return Err(Error::Msg("attn-candle: an MLA layer (latent cache, absorbed queries) is not served by this multi-head layer yet".into()));
+        }
         let layer = match dtype {
             DType::F32 => Layer::F32(Attention::new(backend, spec.clone(), layout, None).map_err(candle_error)?),
             DType::BF16 => Layer::Bf16(Attention::new(backend, spec.clone(), layout, None).map_err(candle_error)?),

@@ -214,12 +214,25 @@ impl Engine {
         Engine { model, layout, free: (0..layout.num_blocks as u32).rev().collect(), running: Vec::new(), waiting: VecDeque::new(), max_batch: max_batch.max(1), next_id: 0, finished: Vec::new() }
     }
 
-    /// Queues a request; returns its id.
-    pub fn add(&mut self, prompt: Vec<u32>, max_new: usize) -> usize {
+    /// Queues a request; returns its id. Refused (nothing queued): an empty prompt, one
+    /// whose tokens would pass the model's positions, one the whole block pool cannot hold.
+    pub fn add(&mut self, prompt: Vec<u32>, max_new: usize) -> Result<usize> {
+        let max_new = max_new.max(1);
+        let total = prompt.len() + max_new;
+        let refuse = |why: String| Err(candle_core::Error::Msg(format!("attn-candle: request refused: {why}")));
+        if prompt.is_empty() {
+            return refuse("an empty prompt".into());
+        }
+        if total > self.model.shape.max_position_embeddings {
+            return refuse(format!("{} prompt + {max_new} new tokens pass max_position_embeddings {}", prompt.len(), self.model.shape.max_position_embeddings));
+        }
+        if total.div_ceil(self.layout.block_size) > self.layout.num_blocks {
+            return refuse(format!("{total} tokens need {} blocks; the cache has {}", total.div_ceil(self.layout.block_size), self.layout.num_blocks));
+        }
         let id = self.next_id;
         self.next_id += 1;
-        self.waiting.push_back(Request { id, prompt, generated: Vec::new(), max_new: max_new.max(1), computed: 0, blocks: Vec::new() });
-        id
+        self.waiting.push_back(Request { id, prompt, generated: Vec::new(), max_new, computed: 0, blocks: Vec::new() });
+        Ok(id)
     }
 
     /// The tokens each finished request generated, by request id.
@@ -249,15 +262,12 @@ impl Engine {
     /// One step (see the type's docs). Returns what each request in it got.
     pub fn step(&mut self) -> Result<Vec<StepOutput>> {
         let bs = self.layout.block_size;
-        for r in &mut self.running {
-            if !Self::grow(&mut self.free, bs, r, 1) {
-                return Err(candle_core::Error::Msg(format!("attn-candle: the block pool ran out decoding request {}", r.id)));
-            }
-        }
+        // A request joins with the blocks of all its tokens, prompt and new ones, so a
+        // running request never waits for a block.
         while self.running.len() < self.max_batch {
             let Some(mut r) = self.waiting.pop_front() else { break };
-            let len = r.prompt.len();
-            if !Self::grow(&mut self.free, bs, &mut r, len) {
+            let total = r.prompt.len() + r.max_new;
+            if !Self::grow(&mut self.free, bs, &mut r, total) {
                 self.waiting.push_front(r);
                 break;
             }

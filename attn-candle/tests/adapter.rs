@@ -99,11 +99,16 @@ fn mistakes_are_candle_errors_with_our_message_and_write_nothing() {
     let e = MetadataBuilder::new(layout).build(&bad).map_err(attn_candle::candle_error).unwrap_err().to_string();
     assert!(e.contains('7'), "{e}");
     let meta = step(&[(3, 1, vec![2])], layout);
-    // The wrong dtype, the wrong shape, the wrong device kind.
+    // The wrong dtype, the wrong shape (a count that fits, tokens not first), an MLA spec.
     let e = attn.forward(&q.to_dtype(DType::BF16).unwrap(), &k, &k, &meta).unwrap_err().to_string();
     assert!(e.contains("q is BF16") && e.contains("F32"), "{e}");
     let e = attn.forward(&q, &Tensor::zeros((2, 2, 32), DType::F32, &dev).unwrap(), &k, &meta).unwrap_err().to_string();
     assert!(e.contains("k has shape [2, 2, 32]"), "{e}");
+    let e = attn.forward(&q.reshape((4, 1, 32)).unwrap(), &k, &k, &meta).unwrap_err().to_string();
+    assert!(e.contains("q has shape [4, 1, 32]") && e.contains("tokens first"), "{e}");
+    let mla = attn_backends::MlaSpec { num_q_heads: 4, kv_lora_rank: 16, qk_rope_head_dim: 16, qk_nope_head_dim: 16, v_head_dim: 16, scale: 0.2 };
+    let e = PagedAttention::new(AttnSpec { mla: Some(mla), ..AttnSpec::new(4, 4, 32) }, layout, DType::F32, &dev).unwrap_err().to_string();
+    assert!(e.contains("MLA"), "{e}");
     let e = PagedAttention::new(AttnSpec::new(4, 2, 32), layout, DType::U8, &dev).unwrap_err().to_string();
     assert!(e.contains("U8"), "{e}");
     // A head dim that disagrees with the cache: the library's own error, as a candle error.

@@ -42,3 +42,28 @@ fn twin_matches_candle_transformers_bf16() {
     // bf16 rounds each layer's activations: the bound is bf16's, a few ulps of the logits.
     run(DType::BF16, 5e-2);
 }
+
+#[test]
+fn the_engine_refuses_requests_it_could_never_serve() {
+    let dev = Device::Cpu;
+    let shape = tiny();
+    let layout = KvCacheLayout::new(4, 16, shape.num_key_value_heads, shape.head_dim()).unwrap();
+    let (_, twin) = common::models(&shape, layout, 7, DType::F32, &dev).unwrap();
+    let mut engine = Engine::new(twin, layout, 2);
+    for (prompt, new, why) in [(vec![], 3, "empty prompt"), (vec![1; 250], 10, "max_position_embeddings"), (vec![1; 60], 10, "blocks")] {
+        let e = engine.add(prompt, new).unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    }
+    assert_eq!(engine.pending(), 0);
+    // Two requests of 40 + 20 tokens each need 4 blocks each: the second waits for the first
+    // to leave (its blocks are reserved at admission), and both finish.
+    engine.add(vec![3; 40], 20).unwrap();
+    engine.add(vec![5; 40], 20).unwrap();
+    let mut steps = 0;
+    while engine.pending() > 0 {
+        let outs = engine.step().unwrap();
+        assert_eq!(outs.len(), 1, "one request at a time fits the pool");
+        steps += 1;
+    }
+    assert_eq!((steps, engine.finished.len()), (40, 2));
+}

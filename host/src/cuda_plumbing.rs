@@ -139,8 +139,8 @@ impl DeviceMetadata {
         let bt = limits.max_reqs * limits.max_blocks_per_req;
         let ws_rows = limits.split_rows.checked_mul(shape.num_q_heads).ok_or_else(|| AttnError::InvalidConfig("workspace size overflows".into()))?;
         let (query_start_loc, seq_lens, block_table) = (stream.alloc_zeros(limits.max_reqs + 1)?, stream.alloc_zeros(limits.max_reqs)?, stream.alloc_zeros(bt)?);
-        // Staging: one i32 slice per i32 map, in `upload`'s order and of the map's length.
         let first_keys = stream.alloc_zeros(limits.max_reqs.max(1))?;
+        // Staging: one i32 slice per i32 map, in `upload`'s order and of the map's length.
         let i32s = query_start_loc.len() + seq_lens.len() + block_table.len() + first_keys.len() + rows.maps().iter().map(|b| b.len()).sum::<usize>();
         // SAFETY: the staging memory is written before it is read (each upload fills what it copies).
         let (staging_i32, staging_slots) = unsafe { (rt.context().alloc_pinned::<i32>(i32s)?, rt.context().alloc_pinned::<i64>(limits.max_tokens)?) };

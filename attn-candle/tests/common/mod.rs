@@ -98,7 +98,7 @@ pub struct Comparison {
 /// candle-transformers' examples decode), comparing the logits at every step.
 pub fn compare(engine: &mut Engine, reference: &reference::Llama, shape: &LlamaShape, prompts: &[Vec<u32>], new_tokens: &[usize], dtype: DType, dev: &Device) -> Result<Comparison> {
     for (p, &n) in prompts.iter().zip(new_tokens) {
-        engine.add(p.clone(), n);
+        engine.add(p.clone(), n)?;
     }
     let mut ours: HashMap<usize, Vec<StepOutput>> = HashMap::new();
     let mut c = Comparison::default();

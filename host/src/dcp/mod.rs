@@ -14,7 +14,7 @@
 //! x block_size)` in that rank's own cache. Rank 0 holds the most keys, so a request needs
 //! [`DcpGroup::blocks_needed`] block ids.
 //!
-//! Why the kernels need no change: under causal full attention a query at global position p
+//! Why the kernels need (almost) no change: under causal full attention a query at global position p
 //! sees, on rank r, exactly the local prefix `[0, L_r(p + 1))` of that rank's keys
 //! (`L_r(n)`, [`DcpGroup::local_len`], counts rank r's positions below n). So each rank runs
 //! its ordinary kernels over metadata where every query token is a request of one token

@@ -97,12 +97,15 @@ fn workloads(o: &Opts, on_cpu: bool) -> Result<Vec<Workload>, CliError> {
     } else if shape_flags {
         return Err(CliError::Usage("--batch, --context and --queries shape a --model's (or --config's) workload: name one".into()));
     }
-    if list.is_empty() {
+    let whole_catalogue = list.is_empty();
+    if whole_catalogue {
         list = bench::catalog();
     }
     if let Some((axis, points)) = &b.sweep {
         let mut swept = Vec::new();
-        for w in &list {
+        // The whole catalogue sweeps its decodes of equal requests; a workload named is swept
+        // or refused, saying why.
+        for w in list.iter().filter(|w| !whole_catalogue || w.sweepable()) {
             swept.extend(bench::sweep(w, *axis, points)?);
         }
         list = swept;
