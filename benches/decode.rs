@@ -57,7 +57,7 @@ fn main() {
     let ids: Vec<&str> = list.iter().map(|w| w.id.as_str()).collect();
     let only = only_ids(&ids);
     let Some(mut runner) = gpu_runner("decode") else { return };
-    println!("{}; KV cache {}", runner.describe(), if kv == attn_backends::KvCacheDType::Fp8E4m3 { "fp8" } else { "bf16" });
+    println!("{}; KV cache {}", runner.describe(), attn_backends::bench::kv_name(kv));
     print_header();
     // The plan's split count, then (--sweep) forced ones.
     let mut plans = vec![PlanOptions::default()];

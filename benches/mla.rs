@@ -29,7 +29,7 @@ fn main() {
     let list: Vec<_> = catalog().into_iter().filter(|w| w.bench() == "mla" && w.id != "M5").collect();
     let only = only_ids(&list.iter().map(|w| w.id.as_str()).collect::<Vec<_>>());
     let Some(mut runner) = gpu_runner("mla") else { return };
-    println!("{}; latent cache {}", runner.describe(), if kv == attn_backends::KvCacheDType::Fp8E4m3 { "fp8" } else { "bf16" });
+    println!("{}; latent cache {}", runner.describe(), attn_backends::bench::kv_name(kv));
     print_header();
     for w in list.into_iter().filter(|w| only.is_empty() || only.contains(&w.id)) {
         if !flag("--sweep") {

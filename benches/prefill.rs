@@ -24,7 +24,7 @@ fn main() {
     let list: Vec<_> = catalog().into_iter().filter(|w| w.bench() == "prefill").collect();
     let only = only_ids(&list.iter().map(|w| w.id.as_str()).collect::<Vec<_>>());
     let Some(mut runner) = gpu_runner("prefill") else { return };
-    println!("{}; block size {}; KV cache {}", runner.describe(), block_size.unwrap_or(16), if kv == attn_backends::KvCacheDType::Fp8E4m3 { "fp8" } else { "bf16" });
+    println!("{}; block size {}; KV cache {}", runner.describe(), block_size.unwrap_or(16), attn_backends::bench::kv_name(kv));
     print_header();
     let opts = MeasureOptions { kv, ..MeasureOptions::default() };
     for mut w in list.into_iter().filter(|w| only.is_empty() || only.contains(&w.id)) {

@@ -411,6 +411,11 @@ pub fn random_cache(layout: KvCacheLayout, rng: &mut Rng) -> HostKvCache<bf16> {
     HostKvCache { layout, key: fill(0), value: fill(12345) }
 }
 
+/// A bf16 layer's cache dtype in the records: `bf16` or `fp8`.
+pub fn kv_name(kv: KvCacheDType) -> &'static str {
+    if kv == KvCacheDType::Fp8E4m3 { "fp8" } else { "bf16" }
+}
+
 /// Random e4m3 bytes but the two NaNs (0x7F, 0xFF): finite values bounded by 448 x scale.
 fn fp8_pattern(rng: &mut Rng) -> Vec<u8> {
     (0..(16 << 20) + 13).map(|_| (rng.below(254) as u8).wrapping_add(0x80) % 0xFF).map(|b| if b == 0x7F { 0x7E } else { b }).collect()
@@ -614,10 +619,6 @@ impl Record {
             self.workload, self.backend, self.kernel, self.splits, self.median_us, self.min_us, self.max_us, self.gbps, self.tflops
         )
     }
-    /// The figure the workload reports (GB/s or TFLOP/s).
-    pub fn figure(&self) -> f64 {
-        if self.metric == "tflops" { self.tflops } else { self.gbps }
-    }
 }
 
 /// Where workloads run: a CUDA device (events, the kernels' own time) or the CPU backend
@@ -805,7 +806,7 @@ impl Runner {
                     bench: w.bench().into(),
                     workload: w.id.clone(),
                     device: device.clone(),
-                    kv_dtype: if fp8 { "fp8" } else { "bf16" }.into(),
+                    kv_dtype: kv_name(opts.kv).into(),
                     backend: backend.as_str().into(),
                     kernel,
                     splits,
@@ -933,7 +934,7 @@ impl Runner {
             bench: "step".into(),
             workload: w.id.clone(),
             device: device.clone(),
-            kv_dtype: if opts.kv == KvCacheDType::Fp8E4m3 { "fp8" } else { "bf16" }.into(),
+            kv_dtype: kv_name(opts.kv).into(),
             backend: format!("{backend} ({mode}, {} layers)", w.layers),
             kernel: kernel.clone(),
             splits: plan.num_splits,

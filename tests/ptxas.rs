@@ -1,6 +1,7 @@
 //! Assembles every embedded PTX module with `ptxas` for its architecture (no GPU needed) and
-//! fails on an assembly error, or where ptxas serializes a kernel's `wgmma` (C7518). The register / stack / spill report of every kernel is kept in
-//! `target/ptx/<arch>.ptxas.txt`, beside the PTX itself (`target/ptx/<arch>.ptx`).
+//! fails on an assembly error, or where ptxas serializes a kernel's `wgmma` (C7518). The
+//! register / stack / spill report of every kernel is kept in `target/ptx/<arch>.ptxas.txt`,
+//! beside the PTX itself (`target/ptx/<arch>.ptx`).
 //!
 //! ptxas: `$ATTN_PTXAS`, else `.tools/ptxas/bin/ptxas` (scripts/setup.sh), else `ptxas` on
 //! PATH. Missing, the test skips and says so, unless `ATTN_REQUIRE_PTXAS=1` (CI).
@@ -78,8 +79,9 @@ fn main() {
         let kernels = report.matches("Compiling entry function").count();
         let spilling = report.lines().filter(|l| l.contains("Registers are spilled")).count();
         // A Hopper kernel whose wgmma ptxas serializes (C7518: it could not keep them
-        // asynchronous, e.g. for register pressure) runs its MMAs one batch at a time: the
-        // v2 seesaw MLA kernel lost 40% that way, silently. Such a kernel fails here.
+        // asynchronous; in the seesaw MLA kernels, a batch left in flight across other
+        // register work) runs its MMAs one batch at a time: the v2 seesaw lost 40% that way,
+        // silently (benches/NOTES-mla.md). Such a kernel fails here.
         let serialized: Vec<&str> = report.lines().filter(|l| l.contains("C7518")).collect();
         if !serialized.is_empty() {
             failed = true;

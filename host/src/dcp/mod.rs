@@ -14,8 +14,8 @@
 //! x block_size)` in that rank's own cache. Rank 0 holds the most keys, so a request needs
 //! [`DcpGroup::blocks_needed`] block ids.
 //!
-//! Why the kernels need (almost) no change: under causal full attention a query at global position p
-//! sees, on rank r, exactly the local prefix `[0, L_r(p + 1))` of that rank's keys
+//! Why the kernels need (almost) no change: under causal full attention a query at global
+//! position p sees, on rank r, exactly the local prefix `[0, L_r(p + 1))` of that rank's keys
 //! (`L_r(n)`, [`DcpGroup::local_len`], counts rank r's positions below n). So each rank runs
 //! its ordinary kernels over metadata where every query token is a request of one token
 //! with `seq_len = L_r(p + 1)` ([`DcpMetadata::rank`]); the cache write stores only the
@@ -134,7 +134,8 @@ impl DcpGroup {
     /// holds (see the module docs). A layer's metadata must come from its own spec's shard:
     /// the layer checks.
     pub fn shard_for(&self, spec: &AttnSpec, layout: KvCacheLayout, step: &SchedulerOutput) -> Result<DcpMetadata> {
-        self.shard_windowed(layout, step, spec.sliding_window, spec.chunk_size)
+        spec.validate()?;
+        self.shard_with(layout, step, Some(spec))
     }
 
     /// Each rank's maps for a step of `step`'s requests over caches of `layout` (every rank's
@@ -143,21 +144,17 @@ impl DcpGroup {
     /// ([`DcpGroup::blocks_needed`]), a block id outside the cache, a slot written twice or
     /// over another request's context on some rank.
     pub fn shard(&self, layout: KvCacheLayout, step: &SchedulerOutput) -> Result<DcpMetadata> {
-        self.shard_windowed(layout, step, None, None)
+        self.shard_with(layout, step, None)
     }
 
-    fn shard_windowed(&self, layout: KvCacheLayout, step: &SchedulerOutput, window: Option<usize>, chunk: Option<usize>) -> Result<DcpMetadata> {
+    /// The shard, for `spec`'s window and chunks where given (full attention else).
+    fn shard_with(&self, layout: KvCacheLayout, step: &SchedulerOutput, spec: Option<&AttnSpec>) -> Result<DcpMetadata> {
         layout.validate()?;
-        if window == Some(0) || chunk == Some(0) {
-            return Err(AttnError::InvalidShard("a window or chunk of 0 keys".into()));
-        }
+        let (window, chunk) = spec.map_or((None, None), |s| (s.sliding_window, s.chunk_size));
         let windowed = window.is_some() || chunk.is_some();
-        // A query at global position p sees the global keys [first_global(p), p].
-        let first_global = |p: usize| {
-            let w = window.map_or(0, |w| (p + 1).saturating_sub(w));
-            let c = chunk.map_or(0, |c| p - p % c);
-            w.max(c)
-        };
+        // A query at global position p sees the global keys [first_global(p), p]: the
+        // spec's one rule.
+        let first_global = |p: usize| spec.map_or(0, |s| s.visible_keys(p, p + 1).start);
         let bs = layout.block_size;
         let mut tokens: Vec<(usize, usize)> = Vec::new();
         for (r, req) in step.requests.iter().enumerate() {
@@ -254,6 +251,17 @@ pub struct DcpMetadata {
 }
 
 impl DcpMetadata {
+    /// That these maps were sharded for a layer of this (window, chunks); an error naming both.
+    fn check_visibility(&self, layer: (Option<usize>, Option<usize>)) -> Result<()> {
+        if (self.window, self.chunk) != layer {
+            return Err(AttnError::InvalidShard(format!(
+                "metadata sharded for window {:?} and chunks {:?}; this layer has window {:?} and chunks {:?} (shard with DcpGroup::shard_for and the layer's spec)",
+                self.window, self.chunk, layer.0, layer.1
+            )));
+        }
+        Ok(())
+    }
+
     /// The group it was sharded for.
     pub fn group(&self) -> DcpGroup {
         self.group
@@ -490,13 +498,7 @@ impl<T: Element> DcpAttention<T> {
                 meta.group, meta.layout, self.group, self.layout
             )));
         }
-        if (meta.window, meta.chunk) != (self.spec.sliding_window, self.spec.chunk_size) {
-            return Err(AttnError::InvalidShard(format!(
-                "metadata sharded for window {:?} and chunks {:?}; this layer has window {:?} and chunks {:?} (shard with DcpGroup::shard_for and the layer's spec)",
-                meta.window, meta.chunk, self.spec.sliding_window, self.spec.chunk_size
-            )));
-        }
-        Ok(())
+        meta.check_visibility((self.spec.sliding_window, self.spec.chunk_size))
     }
 
     /// One step on host tensors, every rank in this process ([`Exchange::InProcess`]): each
@@ -752,12 +754,7 @@ impl<T> DcpStep<T> {
         if meta.group != self.group {
             return Err(AttnError::InvalidShard(format!("metadata sharded for {:?}; this step serves {:?}", meta.group, self.group)));
         }
-        if (meta.window, meta.chunk) != self.visibility {
-            return Err(AttnError::InvalidShard(format!(
-                "metadata sharded for window {:?} and chunks {:?}; this step's layer has window {:?} and chunks {:?} (shard with DcpGroup::shard_for)",
-                meta.window, meta.chunk, self.visibility.0, self.visibility.1
-            )));
-        }
+        meta.check_visibility(self.visibility)?;
         let n = meta.num_tokens();
         if n > self.limits.max_tokens {
             return Err(AttnError::StepTooLarge(format!("{n} tokens > max_tokens = {}", self.limits.max_tokens)));
