@@ -1,5 +1,5 @@
 //! Assembles every embedded PTX module with `ptxas` for its architecture (no GPU needed) and
-//! fails on an assembly error, or where ptxas serializes a kernel's `wgmma` (C7518). The
+//! fails on an assembly error, or where ptxas serializes a kernel's `wgmma` (C7514/C7515/C7518/C7520). The
 //! register / stack / spill report of every kernel is kept in `target/ptx/<arch>.ptxas.txt`,
 //! beside the PTX itself (`target/ptx/<arch>.ptx`).
 //!
@@ -78,11 +78,12 @@ fn main() {
         std::fs::write(dir.join(format!("{arch}.ptxas.txt")), &report).expect("write report");
         let kernels = report.matches("Compiling entry function").count();
         let spilling = report.lines().filter(|l| l.contains("Registers are spilled")).count();
-        // A Hopper kernel whose wgmma ptxas serializes (C7518: it could not keep them
-        // asynchronous; in the seesaw MLA kernels, a batch left in flight across other
-        // register work) runs its MMAs one batch at a time: the v2 seesaw lost 40% that way,
-        // silently (benches/NOTES-mla.md). Such a kernel fails here.
-        let serialized: Vec<&str> = report.lines().filter(|l| l.contains("C7518")).collect();
+        // A Hopper kernel whose wgmma ptxas serializes (C7514, C7515, C7518, C7520, each a
+        // reason it could not keep them asynchronous: in the seesaw MLA kernels, a batch
+        // left in flight across a branch, an mbarrier wait loop or the loop's back edge)
+        // runs its MMAs one batch at a time: the v2 seesaw lost 40% that way, silently
+        // (benches/NOTES-mla.md). Such a kernel fails here.
+        let serialized: Vec<&str> = report.lines().filter(|l| l.contains("wgmma.mma_async instructions are serialized")).collect();
         if !serialized.is_empty() {
             failed = true;
             println!("ptxas {arch}: wgmma serialized by ptxas in {} kernel(s):\n{}", serialized.len(), serialized.join("\n"));

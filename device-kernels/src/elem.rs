@@ -113,10 +113,12 @@ impl Elem for F16 {
 pub trait Wgmma {
     unsafe fn ss<const NB: usize>(d: &mut [[f32; 4]; NB], a_desc: u64, b_desc: u64, scale_d: u32);
     unsafe fn rs<const NT: usize>(d: &mut [[f32; 4]; NT], a: [u32; 4], b_desc: u64);
+    /// `d += a b` with A (K-major) and B (N-major) both from shared memory; N = 256 only.
+    unsafe fn ss_tb<const NT: usize>(d: &mut [[f32; 4]; NT], a_desc: u64, b_desc: u64);
 }
 
 macro_rules! wgmma_dispatch {
-    ($elem:ty, $ss32:ident, $ss64:ident, $ss128:ident, $rs64:ident, $rs128:ident, $rs256:ident) => {
+    ($elem:ty, $ss32:ident, $ss64:ident, $ss128:ident, $rs64:ident, $rs128:ident, $rs256:ident, $sstb256:ident) => {
         impl Wgmma for $elem {
             #[inline(always)]
             unsafe fn ss<const NB: usize>(d: &mut [[f32; 4]; NB], a_desc: u64, b_desc: u64, scale_d: u32) {
@@ -147,8 +149,14 @@ macro_rules! wgmma_dispatch {
                     }
                 }
             }
+            #[inline(always)]
+            unsafe fn ss_tb<const NT: usize>(d: &mut [[f32; 4]; NT], a_desc: u64, b_desc: u64) {
+                const { assert!(NT == 32, "wgmma ss_tb: N must be 256 (NT 32)") };
+                // SAFETY: as in `ss`.
+                unsafe { crate::intrinsics::$sstb256(&mut *(d as *mut [[f32; 4]; NT] as *mut [[f32; 4]; 32]), a_desc, b_desc) }
+            }
         }
     };
 }
-wgmma_dispatch!(Bf16, wgmma_m64n32k16_ss_bf16, wgmma_m64n64k16_ss_bf16, wgmma_m64n128k16_ss_bf16, wgmma_m64n64k16_rs_bf16, wgmma_m64n128k16_rs_bf16, wgmma_m64n256k16_rs_bf16);
-wgmma_dispatch!(F16, wgmma_m64n32k16_ss_f16, wgmma_m64n64k16_ss_f16, wgmma_m64n128k16_ss_f16, wgmma_m64n64k16_rs_f16, wgmma_m64n128k16_rs_f16, wgmma_m64n256k16_rs_f16);
+wgmma_dispatch!(Bf16, wgmma_m64n32k16_ss_bf16, wgmma_m64n64k16_ss_bf16, wgmma_m64n128k16_ss_bf16, wgmma_m64n64k16_rs_bf16, wgmma_m64n128k16_rs_bf16, wgmma_m64n256k16_rs_bf16, wgmma_m64n256k16_ss_tb_bf16);
+wgmma_dispatch!(F16, wgmma_m64n32k16_ss_f16, wgmma_m64n64k16_ss_f16, wgmma_m64n128k16_ss_f16, wgmma_m64n64k16_rs_f16, wgmma_m64n128k16_rs_f16, wgmma_m64n256k16_rs_f16, wgmma_m64n256k16_ss_tb_f16);

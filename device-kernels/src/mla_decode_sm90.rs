@@ -9,14 +9,21 @@
 //! 128-byte-swizzled stages with `full` and `empty` mbarriers; no block barrier in the loop.
 //! Two tile shapes (`params::mla_sm90_keys`): 2 stages of 64 keys, or 4 of 32.
 //! Consumer warpgroup `g` holds all 64 rows and the value dims `256 g .. 256 g + 256`
-//! (128 f32 accumulators a thread). Per tile:
-//! - `S = Q K^T` over 576 dims: 36 `wgmma` m64 n`BN` k16 (both warpgroups compute the same S:
-//!   the same operations in the same order, so their online softmax states agree bit for
-//!   bit; the duplicated product is the price of no exchange between them);
+//! (128 f32 accumulators a thread). The seesaw: tile `t` is owned by warpgroup `t % 2`,
+//! which alone computes
+//! - `S = Q K^T` over 576 dims: 36 `wgmma` m64 n`BN` k16;
 //! - the causal mask (query tokens of a request among themselves) and the split's bounds,
-//!   only on tiles that cross them; online softmax in log2 units;
-//! - `O += P V`: `BN / 16` `wgmma` m64 n256 k16, P from registers, V = the same tile's columns
-//!   `256 g ..` read N-major (transposed by the descriptor).
+//!   only on tiles that cross them; the online softmax in log2 units, on top of the row
+//!   maxima after tile `t - 1` (the other warpgroup's);
+//! - `O += P V` over its value dims: `BN / 16` `wgmma` m64 n256 k16, P from registers, V =
+//!   the tile's columns read N-major (transposed by the descriptor);
+//! and publishes P (a 64 x 64 16-bit `sw128` slab) and the new maxima in the exchange, an
+//! mbarrier a warpgroup saying when; the other warpgroup rescales its O onto those maxima
+//! and adds `P V` over its own value dims with both operands from shared memory (the SS
+//! form: no register operand of another warpgroup's making). Every product is computed
+//! once (v1 computed S in both warpgroups), and a warpgroup's softmax runs while the
+//! tensor cores run the other's products. Each warpgroup sums the probabilities of its own
+//! tiles; the two denominators are added in the epilogue.
 //! Epilogue as the portable kernel: a token of one split to `out`, else its partial row and
 //! (max, denominator) to the workspace for `merge_splits`.
 //!
@@ -66,7 +73,12 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
     let smem = (cvta_to_shared(dynamic_shared_f32()) + 1023) & !1023;
     let (q_bytes, k_bytes) = (ROWS * D * 2, BN * D * 2);
     let k_tile = |stage: usize| smem + (q_bytes + stage * k_bytes) as u32;
-    let bars = smem + (q_bytes + STAGES * k_bytes) as u32;
+    // Then the exchange (`MLA_SM90_EXCHANGE_BYTES`): the P slab (1024-aligned, as every
+    // tile before it), the consumers' maxima slots, the two `ready` mbarriers.
+    let x_p = smem + (q_bytes + STAGES * k_bytes) as u32;
+    let x_max = x_p + (ROWS * 128) as u32;
+    let x_ready = x_max + 128 * 8;
+    let bars = x_ready + 16;
     let full = |stage: usize| bars + 8 * stage as u32;
     let empty = |stage: usize| bars + 8 * (STAGES + stage) as u32;
     if tid == 0 {
@@ -75,6 +87,9 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
                 mbarrier_init(full(s), 1);
                 mbarrier_init(empty(s), CONSUMER_THREADS as u32);
             }
+        }
+        for g in 0..2 {
+            unsafe { mbarrier_init(x_ready + 8 * g, 128) };
         }
     }
     // Q tile by every thread (rows past the request's are zero), published to the async
@@ -125,10 +140,19 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
         return;
     }
 
-    // Consumers: warpgroup g holds every row and value dims 256 g .. 256 g + 256; its warp
-    // `warp % 4` rows 16 (warp % 4) .. + 16.
+    // Consumers, the seesaw: warpgroup g holds every row (its warp `warp % 4` rows
+    // 16 (warp % 4) .. + 16) and value dims 256 g .. 256 g + 256. Tile t is *owned* by
+    // warpgroup t % 2, which alone computes S(t) = Q K^T, the mask and the online softmax,
+    // adds P(t) V over its dims from registers, and publishes P(t) (a `sw128` slab) with the
+    // new row maxima in the exchange; the other, following, adds P(t) V over its dims with
+    // both operands from shared memory. Invariant: both warpgroups see one sequence of row
+    // maxima (tile t's, from its owner, on top of tile t - 1's), so their outputs and their
+    // denominators (each sums its own tiles') share one scale.
     setmaxnreg_inc::<CONSUMER_REGS>();
-    let wg = warp / 4;
+    // The warpgroup, broadcast from lane 0 so that ptxas sees the branches on it (which
+    // tiles a warpgroup owns) as uniform: wgmma in a divergent path is serialized.
+    let wg = shfl_sync_idx_u32((warp / 4) as u32, 0) as usize;
+    let ct = tid % 128; // the thread's slot of the exchange's maxima
     let wrow = 16 * (warp % 4);
     let mut pos = [max_pos; 2];
     for h in 0..2 {
@@ -137,65 +161,264 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
             pos[h] = ctx + row_token(i);
         }
     }
-    let s_exp = p.scale * LOG2E;
+    let w = Seesaw::<BN, STAGES> {
+        q: smem,
+        k0: k_tile(0),
+        x_p,
+        m_slot: x_max + (ct * 8) as u32,
+        x_ready,
+        bars,
+        wg,
+        t_first,
+        min_pos,
+        kv_begin,
+        kv_end,
+        pos,
+        row: wrow + r0,
+        lane,
+        s_exp: p.scale * LOG2E,
+    };
     let mut rows = RowState::new();
     let mut o = [[0.0f32; 4]; NT_HALF];
+    // The first tile has no predecessor to follow; every later one has. Nothing is in flight
+    // across the loop's back edge or a branch on the tile: where something was, ptxas
+    // serialized every wgmma (C7514, C7515, C7518, C7520; `tests/ptxas.rs` refuses them).
+    let mut t = wg;
+    if wg == 0 && n_tiles > 0 {
+        unsafe { w.tile::<E, NB, KC, false>(0, &mut rows, &mut o) };
+        t = 2;
+    }
+    while t < n_tiles {
+        unsafe { w.tile::<E, NB, KC, true>(t, &mut rows, &mut o) };
+        t += 2;
+    }
+    // The other's last tile, where it is theirs.
+    if n_tiles > 0 && (n_tiles - 1) % 2 != wg {
+        unsafe { w.follow::<E, KC>(n_tiles - 1, &mut rows, &mut o) };
+        wgmma_wait_group_0(&mut o);
+        unsafe { mbarrier_arrive(w.empty((n_tiles - 1) % STAGES)) };
+    }
 
-    for i in 0..n_tiles {
-        let stage = i % STAGES;
-        unsafe { mbarrier_wait_parity(full(stage), ((i / STAGES) & 1) as u32) };
-        let key0 = (t_first + i) * BN;
+    // The denominators: each warpgroup summed its own tiles' probabilities (on the shared
+    // maxima); the two parts meet in the Q tile, free once both are past their last tile.
+    let l_slot = |g: usize| smem + ((g * 128 + ct) * 8) as u32;
+    bar_sync_named(DONE, CONSUMER_THREADS as u32);
+    unsafe { st_shared_v2(l_slot(wg), [rows.l[0].to_bits(), rows.l[1].to_bits()]) };
+    bar_sync_named(DONE, CONSUMER_THREADS as u32);
+    let other = unsafe { ld_shared_v2(l_slot(1 - wg)) };
+    for h in 0..2 {
+        rows.l[h] += f32::from_bits(other[h]);
+    }
 
-        // S = Q K^T over 36 k-steps (the first overwrites S): k-step kk is 32 bytes into
-        // slab kk / 4 of both tiles.
-        let mut s = [[0.0f32; 4]; NB];
-        pin_f32(&mut s);
+    // Each lane's two rows of this warpgroup's value dims: to `out`, or to the workspace.
+    unsafe { store_mla_rows::<E>(p, &b, &rows, &o, wrow + r0, wg, lane) };
+}
+
+/// The consumers' named barrier (`bar_sync` is 0): both past their last tile.
+const DONE: u32 = 1;
+
+/// Whether a warpgroup issues the other's `P(t - 1) V` before its own `S(t)` (its stage is
+/// released sooner; the softmax of t overlaps none of this warpgroup's products) or after
+/// (the softmax of t overlaps that `P V`; the stage is released after the softmax).
+const FOLLOW_FIRST: bool = false;
+
+/// A consumer thread's view of the block: shared-memory addresses (the Q tile, the first K
+/// stage, the exchange's P slab, its maxima slot and `ready` mbarriers, the stages' `full`
+/// and `empty` mbarriers), its warpgroup, and what masks its rows.
+struct Seesaw<const BN: usize, const STAGES: usize> {
+    q: u32,
+    k0: u32,
+    x_p: u32,
+    m_slot: u32,
+    x_ready: u32,
+    bars: u32,
+    wg: usize,
+    t_first: usize,
+    min_pos: usize,
+    kv_begin: usize,
+    kv_end: usize,
+    /// The positions of this lane's two rows (causal among the request's query tokens).
+    pos: [usize; 2],
+    /// This lane's first row (the second is 8 below).
+    row: usize,
+    lane: usize,
+    s_exp: f32,
+}
+
+impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
+    #[inline(always)]
+    fn k_tile(&self, stage: usize) -> u32 {
+        self.k0 + (stage * BN * D * 2) as u32
+    }
+    /// The first of this warpgroup's value slabs in a stage (slabs `BN x 128` bytes apart).
+    #[inline(always)]
+    fn v_tile(&self, stage: usize) -> u32 {
+        self.k_tile(stage) + (4 * self.wg * BN * 128) as u32
+    }
+    #[inline(always)]
+    fn full(&self, stage: usize) -> u32 {
+        self.bars + 8 * stage as u32
+    }
+    #[inline(always)]
+    fn empty(&self, stage: usize) -> u32 {
+        self.bars + 8 * (STAGES + stage) as u32
+    }
+    #[inline(always)]
+    fn ready(&self, g: usize) -> u32 {
+        self.x_ready + 8 * g as u32
+    }
+
+    /// Waits for tile t's bytes in its stage.
+    #[inline(always)]
+    unsafe fn wait_full(&self, t: usize) {
+        unsafe { mbarrier_wait_parity(self.full(t % STAGES), ((t / STAGES) & 1) as u32) };
+    }
+
+    /// Following the other's tile `t`: its P and maxima awaited (and its bytes), O onto the
+    /// maxima, `O += P(t) V` issued with both operands from shared memory (committed).
+    #[inline(always)]
+    unsafe fn follow<E: Elem + Wgmma, const KC: usize>(&self, t: usize, rows: &mut RowState, o: &mut [[f32; 4]; NT_HALF]) {
+        unsafe {
+            self.wait_full(t);
+            mbarrier_wait_parity(self.ready(1 - self.wg), ((t / 2) & 1) as u32);
+        }
+        let m = unsafe { ld_shared_v2(self.m_slot) };
+        onto_maxima(rows, o, [f32::from_bits(m[0]), f32::from_bits(m[1])]);
+        pin_f32(o);
+        wgmma_fence();
+        unsafe { pv_shared::<E, BN, KC>(o, self.x_p, self.v_tile(t % STAGES)) };
+    }
+
+    /// `S = Q K^T` of tile `t` over 36 k-steps (the first overwrites S), issued and
+    /// committed: k-step kk is 32 bytes into slab kk / 4 of both tiles. The Q tile's address
+    /// is made opaque each tile, so its 36 descriptors are built here rather than hoisted
+    /// out of the loop (72 registers).
+    #[inline(always)]
+    unsafe fn scores<E: Elem + Wgmma, const NB: usize>(&self, t: usize, s: &mut [[f32; 4]; NB]) {
+        let stage = t % STAGES;
+        pin_f32(s);
+        let q = opaque_u32(self.q);
         wgmma_fence();
         for kk in 0..KS {
             let in_slab = ((kk % 4) * 32) as u32;
-            let a = sw128_desc(smem + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
-            let b = sw128_desc(k_tile(stage) + ((kk / 4) * BN * 128) as u32 + in_slab, 16, 1024);
-            unsafe { E::ss::<NB>(&mut s, a, b, (kk > 0) as u32) };
+            let a = sw128_desc(q + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
+            let b = sw128_desc(self.k_tile(stage) + ((kk / 4) * BN * 128) as u32 + in_slab, 16, 1024);
+            unsafe { E::ss::<NB>(s, a, b, (kk > 0) as u32) };
         }
         wgmma_commit_group();
-        wgmma_wait_group_0(&mut s);
+    }
+
+    /// This warpgroup's own tile `t` (`FOLLOW`: after following the other's tile `t - 1`):
+    /// S(t) and the follow, in `FOLLOW_FIRST`'s order | mask, softmax | P(t) and the new
+    /// maxima published once the follow is done (the exchange is read) | O onto them,
+    /// `O += P(t) V` from registers, waited for; the stages released.
+    #[inline(always)]
+    unsafe fn tile<E: Elem + Wgmma, const NB: usize, const KC: usize, const FOLLOW: bool>(&self, t: usize, rows: &mut RowState, o: &mut [[f32; 4]; NT_HALF]) {
+        let stage = t % STAGES;
+        let mut s = [[0.0f32; 4]; NB];
+        unsafe { self.wait_full(t) };
+        if FOLLOW && FOLLOW_FIRST {
+            unsafe {
+                self.follow::<E, KC>(t - 1, rows, o);
+                self.scores::<E, NB>(t, &mut s);
+            }
+            wgmma_wait_group_1(o);
+            unsafe { mbarrier_arrive(self.empty((t - 1) % STAGES)) };
+            wgmma_wait_group_0(&mut s);
+        } else if FOLLOW {
+            unsafe {
+                self.scores::<E, NB>(t, &mut s);
+                self.follow::<E, KC>(t - 1, rows, o);
+            }
+            wgmma_wait_group_1(&mut s);
+        } else {
+            unsafe { self.scores::<E, NB>(t, &mut s) };
+            wgmma_wait_group_0(&mut s);
+        }
 
         // Masked only where the tile crosses the first row's position or the split's bounds.
-        if key0 + BN > min_pos + 1 || key0 + BN > kv_end || key0 < kv_begin {
+        let key0 = (self.t_first + t) * BN;
+        if key0 + BN > self.min_pos + 1 || key0 + BN > self.kv_end || key0 < self.kv_begin {
+            let col = 2 * (self.lane % 4);
             for j in 0..NB {
                 for e in 0..4 {
                     let key = key0 + 8 * j + col + e % 2;
-                    if key > pos[e / 2] || key >= kv_end || key < kv_begin {
+                    if key > self.pos[e / 2] || key >= self.kv_end || key < self.kv_begin {
                         s[j][e] = f32::NEG_INFINITY;
                     }
                 }
             }
         }
-        let corr = rows.update(&mut s, s_exp);
-        rescale(&mut o, corr);
-
-        // O += P V over this warpgroup's 256 value dims: slabs 4 wg .. 4 wg + 4 of the tile
-        // (BN x 128 bytes apart), keys 16 kc .. 16 kc + 16.
+        let corr = rows.update(&mut s, self.s_exp);
         let mut pa = [[0u32; 4]; KC];
         for kc in 0..KC {
             pa[kc] = p_fragment::<E, NB>(&s, kc);
         }
+        if FOLLOW && !FOLLOW_FIRST {
+            wgmma_wait_group_0(o);
+            unsafe { mbarrier_arrive(self.empty((t - 1) % STAGES)) };
+        }
+        unsafe { publish::<E, NB>(&s, rows.m, self.x_p, self.m_slot, self.row, self.lane, self.ready(self.wg)) };
+
+        // O += P V over this warpgroup's 256 value dims: keys 16 kc .. 16 kc + 16.
+        rescale(o, corr);
         pin_u32(&mut pa);
-        pin_f32(&mut o);
+        pin_f32(o);
         wgmma_fence();
-        let v_tile = k_tile(stage) + (4 * wg * BN * 128) as u32;
+        let vt = self.v_tile(stage);
         for kc in 0..KC {
-            let b = sw128_desc(v_tile + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
-            unsafe { E::rs::<NT_HALF>(&mut o, pa[kc], b) };
+            let b = sw128_desc(vt + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
+            unsafe { E::rs::<NT_HALF>(o, pa[kc], b) };
         }
         wgmma_commit_group();
-        wgmma_wait_group_0(&mut o);
-        // The stage is free again once both warpgroups' products have read it.
-        unsafe { mbarrier_arrive(empty(stage)) };
+        wgmma_wait_group_0(o);
+        unsafe { mbarrier_arrive(self.empty(stage)) };
     }
+}
 
-    // Each lane's two rows of this warpgroup's value dims: to `out`, or to the workspace.
-    unsafe { store_mla_rows::<E>(p, &b, &rows, &o, wrow + r0, wg, lane) };
+/// The owner's side of the exchange: P (the probabilities in `s`, 16-bit) into the `sw128`
+/// slab at `x_p` (this lane's rows `r` and `r + 8`, its column pair of each 8-key chunk),
+/// its rows' maxima `m` into its slot, made visible to the follower's `wgmma` (the async
+/// proxy) and released through the `ready` mbarrier.
+#[inline(always)]
+unsafe fn publish<E: Elem, const NB: usize>(s: &[[f32; 4]; NB], m: [f32; 2], x_p: u32, m_slot: u32, r: usize, lane: usize, ready: u32) {
+    // Opaque, so that LLVM does not hoist the 16 addresses out of the tile loop (spilled).
+    let x_p = opaque_u32(x_p);
+    for h in 0..2 {
+        let row = x_p + ((r + 8 * h) * 128 + 4 * (lane % 4)) as u32;
+        for j in 0..NB {
+            let chunk = ((j ^ (r % 8)) * 16) as u32;
+            unsafe { st_shared_u32(row + chunk, E::from_f32x2(s[j][2 * h], s[j][2 * h + 1])) };
+        }
+    }
+    unsafe { st_shared_v2(m_slot, [m[0].to_bits(), m[1].to_bits()]) };
+    fence_proxy_async_shared_cta();
+    unsafe { mbarrier_arrive(ready) };
+}
+
+/// The follower's `O += P V` over its 256 value dims of the tile at `v_tile` (its first
+/// value slab; slabs `BN x 128` bytes apart), P the exchange's slab at `x_p` (keys
+/// `16 kc .. 16 kc + 16` 32 bytes into it); committed, not waited for.
+#[inline(always)]
+unsafe fn pv_shared<E: Elem + Wgmma, const BN: usize, const KC: usize>(o: &mut [[f32; 4]; NT_HALF], x_p: u32, v_tile: u32) {
+    for kc in 0..KC {
+        let a = sw128_desc(x_p + (kc * 32) as u32, 16, 1024);
+        let b = sw128_desc(v_tile + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
+        unsafe { E::ss_tb::<NT_HALF>(o, a, b) };
+    }
+    wgmma_commit_group();
+}
+
+/// The follower's rows onto the owner's new maxima `m`: O and the denominators rescaled.
+#[inline(always)]
+fn onto_maxima<const NT: usize>(rows: &mut RowState, o: &mut [[f32; 4]; NT], m: [f32; 2]) {
+    let mut corr = [1.0f32; 2];
+    for h in 0..2 {
+        corr[h] = ex2_approx(rows.m[h] - m[h]);
+        rows.m[h] = m[h];
+        rows.l[h] *= corr[h];
+    }
+    rescale(o, corr);
 }
 
 /// One entry point (the kernel table's row, `registry::KERNELS`, module `Sm90a`):

@@ -555,11 +555,18 @@ pub const fn mla_sm90_keys(stages: u32) -> u32 {
 /// Smallest block size the Hopper MLA decode serves (its boxes are whole 8-row groups of the
 /// 128-byte swizzle).
 pub const MLA_SM90_MIN_BLOCK: u32 = 8;
+/// Bytes of the Hopper MLA decode's exchange between its two consumer warpgroups (the
+/// seesaw): one tile's probabilities P as a 64 x 64 16-bit `sw128` slab (the A operand of the
+/// follower's `P V`), each consumer thread's two row maxima, and the two warpgroups' `ready`
+/// mbarriers.
+pub const MLA_SM90_EXCHANGE_BYTES: u32 = MLA_ROWS * 64 * 2 + 128 * 8 + 16;
 /// Dynamic shared memory of the Hopper MLA decode at depth `stages`: 1024 bytes of alignment
-/// slack, the Q tile, the K stages, two mbarriers a stage (222,240 or 222,272 bytes).
+/// slack, the Q tile, the K stages, two mbarriers a stage, the exchange (231,520 or 231,504
+/// bytes; the limit is 232,448).
 pub const fn mla_sm90_smem_bytes(stages: u32) -> u32 {
-    1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + stages * (mla_sm90_keys(stages) * MLA_LATENT_DIM * 2 + 16)
+    1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + stages * (mla_sm90_keys(stages) * MLA_LATENT_DIM * 2 + 16) + MLA_SM90_EXCHANGE_BYTES
 }
+const _: () = assert!(mla_sm90_smem_bytes(2) <= 232_448 && mla_sm90_smem_bytes(4) <= 232_448);
 
 /// Threads per block of the cache-write kernel.
 pub const CACHE_WRITE_THREADS: u32 = 128;
