@@ -22,8 +22,9 @@
 //! and adds `P V` over its own value dims with both operands from shared memory (the SS
 //! form: no register operand of another warpgroup's making). Every product is computed
 //! once (v1 computed S in both warpgroups), and a warpgroup's softmax runs while the
-//! tensor cores run the other's products. Each warpgroup sums the probabilities of its own
-//! tiles; the two denominators are added in the epilogue.
+//! tensor cores run the other's products (on an H100: M2 1.03x and M4 1.10x of v1). Each
+//! warpgroup sums the probabilities of its own tiles; the two denominators are added in the
+//! epilogue.
 //! Epilogue as the portable kernel: a token of one split to `out`, else its partial row and
 //! (max, denominator) to the workspace for `merge_splits`.
 //!
@@ -219,8 +220,10 @@ const DONE: u32 = 1;
 
 /// Whether a warpgroup issues the other's `P(t - 1) V` before its own `S(t)` (its stage is
 /// released sooner; the softmax of t overlaps none of this warpgroup's products) or after
-/// (the softmax of t overlaps that `P V`; the stage is released after the softmax).
-const FOLLOW_FIRST: bool = false;
+/// (the softmax of t overlaps that `P V`; the stage is released after the softmax). On an
+/// H100, same lease (benches/NOTES-mla.md, v5): first, M2 338.0 and M4 436.4 TFLOP/s; after,
+/// 327.0 and 420.9 (v1: 329.5 and 397.2): the next tile's copy matters more than the overlap.
+const FOLLOW_FIRST: bool = true;
 
 /// A consumer thread's view of the block: shared-memory addresses (the Q tile, the first K
 /// stage, the exchange's P slab, its maxima slot and `ready` mbarriers, the stages' `full`
