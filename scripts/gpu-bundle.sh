@@ -24,6 +24,8 @@ for b in gpu decode step prefill mla dcp attn 02_gpu_plan_run; do
 done
 ptx_dir=$(dirname "$(ls -t target/release/build/attn-backends-*/out/ptx_modules.rs | head -n 1)")
 cp "$ptx_dir"/attn_kernels_*.ptx "$out/ptx/"
+# PTX variants for an A/B in one lease (scripts/ptx-variant.sh; `run.sh ab`).
+if [ -d target/ptx-variants ]; then mkdir -p "$out/alt" && cp -r target/ptx-variants/. "$out/alt/"; fi
 cp scripts/gpu-run.sh "$out/run.sh"
 cp scripts/peer-p6.py scripts/nccl-lib.sh "$out/"
 # The peers' benchmark (PyTorch SDPA, Triton), to time them in the same lease; not a dependency.

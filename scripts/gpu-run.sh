@@ -4,7 +4,10 @@
 # Logs go to $OUT (or ./logs).
 #   run.sh                 every stage
 #   run.sh quick           every stage but the sanitizers and the peers
-#   run.sh STAGE...        only these: tests sanitize demo decode step prefill mla dcp peers attnbench
+#   run.sh STAGE...        only these: tests sanitize demo decode step prefill mla dcp peers attnbench ab
+#   AB="M2 M4" AB_BACKEND=CUDA_MLA run.sh ab
+#                          main's embedded PTX against each variant in alt/ (scripts/ptx-variant.sh),
+#                          one after another in this lease: `attn bench $AB` for each, then a table
 set -uo pipefail
 cd "$(dirname "$0")"
 [ -d bin ] || tar -xzf bin.tar.gz
@@ -88,6 +91,31 @@ if want attnbench; then
   ./bin/attn bench --model deepseek-v3 --batch 32 --context 8192 --sweep queries=1,2,3,4 --json >> "$log/attn-bench-sweep.jsonl" 2>> "$log/attn-bench.err" || status=1
   ./bin/attn bench --from "$log/attn-bench.jsonl" $peers --plot "$log/attn-bench.svg" >> "$log/summary.txt" 2>&1 || status=1
   ./bin/attn bench --from "$log/attn-bench-sweep.jsonl" --plot "$log/attn-bench-sweep.svg" >> "$log/summary.txt" 2>&1 || status=1
+fi
+if want ab; then
+  for d in alt/*/; do for f in "$d"*.ptx.gz; do [ -f "$f" ] && gunzip -f "$f"; done; done
+  for v in main alt/*/; do
+    v=${v%/}; name=${v#alt/}
+    if [ "$v" = main ]; then unset ATTN_PTX_DIR; else export ATTN_PTX_DIR=$v; fi
+    ./bin/attn bench ${AB:-M2 M4 M3} ${AB_BACKEND:+--backend $AB_BACKEND} --json > "$log/ab-$name.jsonl" 2> "$log/ab-$name.err" || status=1
+  done
+  unset ATTN_PTX_DIR
+  python3 - "$log" <<'PY' | tee -a "$log/summary.txt"
+import glob, json, os, sys
+runs = {}
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "ab-*.jsonl"))):
+    name = os.path.basename(path)[3:-6]
+    for line in open(path):
+        try: r = json.loads(line)
+        except ValueError: continue
+        runs.setdefault((r["workload"], r["backend"]), {})[name] = r
+names = sorted({n for v in runs.values() for n in v}, key=lambda n: (n != "main", n))
+print("| workload | backend | " + " | ".join(names) + " |")
+print("|---|---|" + "---|" * len(names))
+for (w, b), by in runs.items():
+    cell = lambda r: f'{r["median_us"]:.1f} us, {r["fraction_of_ceiling"]:.3f} of {r["ceiling"]}' if r else "-"
+    print(f"| {w} | {b} | " + " | ".join(cell(by.get(n)) for n in names) + " |")
+PY
 fi
 if want peers && [ -f peer-p6.py ]; then
   timeout 120 python3 peer-p6.py > "$log/peers-p6.txt" 2>&1 || echo "P6 peer bench failed (not a product failure)" >> "$log/summary.txt"

@@ -2,19 +2,16 @@
 # One kernel through ptxas in under a minute, for kernel work without a GPU: builds only the
 # named architecture's PTX (the project's build script), cuts the kernel's entry out of the
 # module, assembles it alone (-v) and prints its registers, spills and any ptxas performance
-# warning (C7518: wgmma serialized). scripts/sass.sh disassembles whole modules.
+# warning (C7514/C7515/C7518/C7520: wgmma serialized). scripts/sass.sh disassembles whole
+# modules; scripts/ptx-variant.sh keeps a whole module for an A/B run on the GPU.
 #   scripts/ptxas-kernel.sh mla_decode_sm90_bf16 [sm_90a]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kernel=${1:?usage: scripts/ptxas-kernel.sh KERNEL [ARCH]}
 arch=${2:-sm_90a}
 work=target/ptxas-kernel
-mkdir -p "$work/out"
-rustc --edition 2024 -O --crate-name build_script_build build.rs -o "$work/build-script"
-env -u ATTN_PTX_FROM -u RUSTUP_TOOLCHAIN ATTN_PTX_FROM=build ATTN_CUDA_ARCHS="$arch" \
-  CARGO_MANIFEST_DIR="$PWD" OUT_DIR="$PWD/$work/out" HOST="${HOST:-x86_64-unknown-linux-gnu}" \
-  "$work/build-script" >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; exit 1; }
-python3 - "$work/out/attn_kernels_$arch.ptx" "$kernel" "$work/$kernel.ptx" <<'PY'
+module=$(scripts/build-ptx.sh "$arch" "$work")
+python3 - "$module" "$kernel" "$work/$kernel.ptx" <<'PY'
 import sys
 ptx, name, dest = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3]
 head = [l for l in ptx.splitlines() if l.startswith(('.version', '.target', '.address_size', '.extern', '.shared', '.global'))]
