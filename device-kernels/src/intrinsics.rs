@@ -952,19 +952,19 @@ macro_rules! wgmma_m64n128k16_rs {
 wgmma_m64n128k16_rs!(wgmma_m64n128k16_rs_bf16, "bf16");
 wgmma_m64n128k16_rs!(wgmma_m64n128k16_rs_f16, "f16");
 
-macro_rules! wgmma_m64n256k16_rs {
-    ($name:ident, $ty:literal) => {
-        /// `wgmma.mma_async.sync.aligned.m64n256k16.f32` (sm_90a), A from registers (this warp's
-        /// 16 x 16 fragment, the `mma.m16n8k16` A layout), B from shared memory by descriptor,
-        /// N-major (`imm-trans-b` = 1): `d += a b`. Asynchronous: read `d` only after
-        /// `wgmma_wait_group_0`.
+/// `wgmma.mma_async.sync.aligned.m64n256k16.f32` (sm_90a), B from shared memory by descriptor,
+/// N-major (`imm-trans-b` = 1): `d += a b`, for this warp's 16 rows of the warpgroup's 64 (the
+/// 128 accumulators in the `mma.m16n8` C layout, one `[f32; 4]` per 8 columns). One body, two
+/// forms of A: `$a` names the function's A arguments, `$a_tmpl` their place in the instruction
+/// (operands from 128), `$a_ops` their asm operands. Asynchronous: read `d` only after a wait.
+macro_rules! wgmma_m64n256k16 {
+    ($name:ident, $ty:literal, ($($a:ident: $at:ty),*), $a_tmpl:literal, $setp:literal, [$($a_ops:tt)*]) => {
         #[inline(always)]
-        pub unsafe fn $name(d: &mut [[f32; 4]; 32], a: [u32; 4], b_desc: u64) {
+        pub unsafe fn $name(d: &mut [[f32; 4]; 32], $($a: $at),*) {
             unsafe {
                 asm!(
-                    concat!("{{ .reg .pred p; setp.ne.b32 p, {133}, 0;\n",
-                            "wgmma.mma_async.sync.aligned.m64n256k16.f32.", $ty, ".", $ty, " {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}, {68}, {69}, {70}, {71}, {72}, {73}, {74}, {75}, {76}, {77}, {78}, {79}, {80}, {81}, {82}, {83}, {84}, {85}, {86}, {87}, {88}, {89}, {90}, {91}, {92}, {93}, {94}, {95}, {96}, {97}, {98}, {99}, {100}, {101}, {102}, {103}, {104}, {105}, {106}, {107}, {108}, {109}, {110}, {111}, {112}, {113}, {114}, {115}, {116}, {117}, {118}, {119}, {120}, {121}, {122}, {123}, {124}, {125}, {126}, {127}}}, ",
-                            "{{{128}, {129}, {130}, {131}}}, {132}, p, 1, 1, 1;\n}}"),
+                    concat!("{{ .reg .pred p; setp.ne.b32 p, ", $setp, ", 0;\n",
+                            "wgmma.mma_async.sync.aligned.m64n256k16.f32.", $ty, ".", $ty, " {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}, {68}, {69}, {70}, {71}, {72}, {73}, {74}, {75}, {76}, {77}, {78}, {79}, {80}, {81}, {82}, {83}, {84}, {85}, {86}, {87}, {88}, {89}, {90}, {91}, {92}, {93}, {94}, {95}, {96}, {97}, {98}, {99}, {100}, {101}, {102}, {103}, {104}, {105}, {106}, {107}, {108}, {109}, {110}, {111}, {112}, {113}, {114}, {115}, {116}, {117}, {118}, {119}, {120}, {121}, {122}, {123}, {124}, {125}, {126}, {127}}}, ", $a_tmpl, ";\n}}"),
                     inout(reg32) d[0][0],
                     inout(reg32) d[0][1],
                     inout(reg32) d[0][2],
@@ -1093,11 +1093,7 @@ macro_rules! wgmma_m64n256k16_rs {
                     inout(reg32) d[31][1],
                     inout(reg32) d[31][2],
                     inout(reg32) d[31][3],
-                    in(reg32) a[0],
-                    in(reg32) a[1],
-                    in(reg32) a[2],
-                    in(reg32) a[3],
-                    in(reg64) b_desc,
+                    $($a_ops)*
                     in(reg32) 1u32,
                     options(nostack),
                 );
@@ -1105,157 +1101,10 @@ macro_rules! wgmma_m64n256k16_rs {
         }
     };
 }
-wgmma_m64n256k16_rs!(wgmma_m64n256k16_rs_bf16, "bf16");
-wgmma_m64n256k16_rs!(wgmma_m64n256k16_rs_f16, "f16");
-
-macro_rules! wgmma_m64n256k16_ss_tb {
-    ($name:ident, $ty:literal) => {
-        /// `wgmma.mma_async.sync.aligned.m64n256k16.f32` (sm_90a), A and B from shared memory by
-        /// descriptor, A K-major and B N-major (`imm-trans-b` = 1): `d += a b`. The SS form
-        /// of `wgmma_m64n256k16_rs_*`, for an A operand another warpgroup wrote (no register
-        /// operand stays in flight but the accumulators). Asynchronous: read `d` only after a wait.
-        #[inline(always)]
-        pub unsafe fn $name(d: &mut [[f32; 4]; 32], a_desc: u64, b_desc: u64) {
-            unsafe {
-                asm!(
-                    concat!("{{ .reg .pred p; setp.ne.b32 p, {130}, 0;\n",
-                            "wgmma.mma_async.sync.aligned.m64n256k16.f32.", $ty, ".", $ty, " {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}, {64}, {65}, {66}, {67}, {68}, {69}, {70}, {71}, {72}, {73}, {74}, {75}, {76}, {77}, {78}, {79}, {80}, {81}, {82}, {83}, {84}, {85}, {86}, {87}, {88}, {89}, {90}, {91}, {92}, {93}, {94}, {95}, {96}, {97}, {98}, {99}, {100}, {101}, {102}, {103}, {104}, {105}, {106}, {107}, {108}, {109}, {110}, {111}, {112}, {113}, {114}, {115}, {116}, {117}, {118}, {119}, {120}, {121}, {122}, {123}, {124}, {125}, {126}, {127}}}, {128}, {129}, p, 1, 1, 0, 1;\n}}"),
-                    inout(reg32) d[0][0],
-                    inout(reg32) d[0][1],
-                    inout(reg32) d[0][2],
-                    inout(reg32) d[0][3],
-                    inout(reg32) d[1][0],
-                    inout(reg32) d[1][1],
-                    inout(reg32) d[1][2],
-                    inout(reg32) d[1][3],
-                    inout(reg32) d[2][0],
-                    inout(reg32) d[2][1],
-                    inout(reg32) d[2][2],
-                    inout(reg32) d[2][3],
-                    inout(reg32) d[3][0],
-                    inout(reg32) d[3][1],
-                    inout(reg32) d[3][2],
-                    inout(reg32) d[3][3],
-                    inout(reg32) d[4][0],
-                    inout(reg32) d[4][1],
-                    inout(reg32) d[4][2],
-                    inout(reg32) d[4][3],
-                    inout(reg32) d[5][0],
-                    inout(reg32) d[5][1],
-                    inout(reg32) d[5][2],
-                    inout(reg32) d[5][3],
-                    inout(reg32) d[6][0],
-                    inout(reg32) d[6][1],
-                    inout(reg32) d[6][2],
-                    inout(reg32) d[6][3],
-                    inout(reg32) d[7][0],
-                    inout(reg32) d[7][1],
-                    inout(reg32) d[7][2],
-                    inout(reg32) d[7][3],
-                    inout(reg32) d[8][0],
-                    inout(reg32) d[8][1],
-                    inout(reg32) d[8][2],
-                    inout(reg32) d[8][3],
-                    inout(reg32) d[9][0],
-                    inout(reg32) d[9][1],
-                    inout(reg32) d[9][2],
-                    inout(reg32) d[9][3],
-                    inout(reg32) d[10][0],
-                    inout(reg32) d[10][1],
-                    inout(reg32) d[10][2],
-                    inout(reg32) d[10][3],
-                    inout(reg32) d[11][0],
-                    inout(reg32) d[11][1],
-                    inout(reg32) d[11][2],
-                    inout(reg32) d[11][3],
-                    inout(reg32) d[12][0],
-                    inout(reg32) d[12][1],
-                    inout(reg32) d[12][2],
-                    inout(reg32) d[12][3],
-                    inout(reg32) d[13][0],
-                    inout(reg32) d[13][1],
-                    inout(reg32) d[13][2],
-                    inout(reg32) d[13][3],
-                    inout(reg32) d[14][0],
-                    inout(reg32) d[14][1],
-                    inout(reg32) d[14][2],
-                    inout(reg32) d[14][3],
-                    inout(reg32) d[15][0],
-                    inout(reg32) d[15][1],
-                    inout(reg32) d[15][2],
-                    inout(reg32) d[15][3],
-                    inout(reg32) d[16][0],
-                    inout(reg32) d[16][1],
-                    inout(reg32) d[16][2],
-                    inout(reg32) d[16][3],
-                    inout(reg32) d[17][0],
-                    inout(reg32) d[17][1],
-                    inout(reg32) d[17][2],
-                    inout(reg32) d[17][3],
-                    inout(reg32) d[18][0],
-                    inout(reg32) d[18][1],
-                    inout(reg32) d[18][2],
-                    inout(reg32) d[18][3],
-                    inout(reg32) d[19][0],
-                    inout(reg32) d[19][1],
-                    inout(reg32) d[19][2],
-                    inout(reg32) d[19][3],
-                    inout(reg32) d[20][0],
-                    inout(reg32) d[20][1],
-                    inout(reg32) d[20][2],
-                    inout(reg32) d[20][3],
-                    inout(reg32) d[21][0],
-                    inout(reg32) d[21][1],
-                    inout(reg32) d[21][2],
-                    inout(reg32) d[21][3],
-                    inout(reg32) d[22][0],
-                    inout(reg32) d[22][1],
-                    inout(reg32) d[22][2],
-                    inout(reg32) d[22][3],
-                    inout(reg32) d[23][0],
-                    inout(reg32) d[23][1],
-                    inout(reg32) d[23][2],
-                    inout(reg32) d[23][3],
-                    inout(reg32) d[24][0],
-                    inout(reg32) d[24][1],
-                    inout(reg32) d[24][2],
-                    inout(reg32) d[24][3],
-                    inout(reg32) d[25][0],
-                    inout(reg32) d[25][1],
-                    inout(reg32) d[25][2],
-                    inout(reg32) d[25][3],
-                    inout(reg32) d[26][0],
-                    inout(reg32) d[26][1],
-                    inout(reg32) d[26][2],
-                    inout(reg32) d[26][3],
-                    inout(reg32) d[27][0],
-                    inout(reg32) d[27][1],
-                    inout(reg32) d[27][2],
-                    inout(reg32) d[27][3],
-                    inout(reg32) d[28][0],
-                    inout(reg32) d[28][1],
-                    inout(reg32) d[28][2],
-                    inout(reg32) d[28][3],
-                    inout(reg32) d[29][0],
-                    inout(reg32) d[29][1],
-                    inout(reg32) d[29][2],
-                    inout(reg32) d[29][3],
-                    inout(reg32) d[30][0],
-                    inout(reg32) d[30][1],
-                    inout(reg32) d[30][2],
-                    inout(reg32) d[30][3],
-                    inout(reg32) d[31][0],
-                    inout(reg32) d[31][1],
-                    inout(reg32) d[31][2],
-                    inout(reg32) d[31][3],
-                    in(reg64) a_desc,
-                    in(reg64) b_desc,
-                    in(reg32) 1u32,
-                    options(nostack),
-                );
-            }
-        }
-    };
-}
-wgmma_m64n256k16_ss_tb!(wgmma_m64n256k16_ss_tb_bf16, "bf16");
-wgmma_m64n256k16_ss_tb!(wgmma_m64n256k16_ss_tb_f16, "f16");
+// A from registers (this warp's 16 x 16 fragment, the `mma.m16n8k16` A layout).
+wgmma_m64n256k16!(wgmma_m64n256k16_rs_bf16, "bf16", (a: [u32; 4], b_desc: u64), "{{{128}, {129}, {130}, {131}}}, {132}, p, 1, 1, 1", "{133}", [in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3], in(reg64) b_desc,]);
+wgmma_m64n256k16!(wgmma_m64n256k16_rs_f16, "f16", (a: [u32; 4], b_desc: u64), "{{{128}, {129}, {130}, {131}}}, {132}, p, 1, 1, 1", "{133}", [in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3], in(reg64) b_desc,]);
+// A from shared memory by descriptor, K-major (the SS form, `imm-trans-a` = 0): for an A
+// operand another warpgroup wrote (no register operand stays in flight but the accumulators).
+wgmma_m64n256k16!(wgmma_m64n256k16_ss_tb_bf16, "bf16", (a_desc: u64, b_desc: u64), "{128}, {129}, p, 1, 1, 0, 1", "{130}", [in(reg64) a_desc, in(reg64) b_desc,]);
+wgmma_m64n256k16!(wgmma_m64n256k16_ss_tb_f16, "f16", (a_desc: u64, b_desc: u64), "{128}, {129}, p, 1, 1, 0, 1", "{130}", [in(reg64) a_desc, in(reg64) b_desc,]);

@@ -59,7 +59,6 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
     let lane = tid % 32;
     let warp = tid / 32;
     let r0 = lane / 4;
-    let col = 2 * (lane % 4);
 
     // The block's (request, split) and rows, as in `mla_decode`.
     let Some(b) = (unsafe { MlaBlock::new(p) }) else {
@@ -73,20 +72,20 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
     // tiles [BN rows] (`sw128` tiles of 576 columns: 9 slabs), the stages' mbarriers.
     let smem = (cvta_to_shared(dynamic_shared_f32()) + 1023) & !1023;
     let (q_bytes, k_bytes) = (ROWS * D * 2, BN * D * 2);
-    let k_tile = |stage: usize| smem + (q_bytes + stage * k_bytes) as u32;
     // Then the exchange (`MLA_SM90_EXCHANGE_BYTES`): the P slab (1024-aligned, as every
     // tile before it), the consumers' maxima slots, the two `ready` mbarriers.
     let x_p = smem + (q_bytes + STAGES * k_bytes) as u32;
     let x_max = x_p + (ROWS * 128) as u32;
     let x_ready = x_max + 128 * 8;
-    let bars = x_ready + 16;
-    let full = |stage: usize| bars + 8 * stage as u32;
-    let empty = |stage: usize| bars + 8 * (STAGES + stage) as u32;
+    let ring = Ring::<BN, STAGES> { k0: smem + q_bytes as u32, bars: x_ready + 16 };
+    // The producer's stage addresses (the same bytes as `Ring::k_tile`, in the form the GPU
+    // run at a4545a1 checked: the PTX is byte-identical to that run's).
+    let k_tile = |stage: usize| smem + (q_bytes + stage * k_bytes) as u32;
     if tid == 0 {
         for s in 0..STAGES {
             unsafe {
-                mbarrier_init(full(s), 1);
-                mbarrier_init(empty(s), CONSUMER_THREADS as u32);
+                mbarrier_init(ring.full(s), 1);
+                mbarrier_init(ring.empty(s), CONSUMER_THREADS as u32);
             }
         }
         for g in 0..2 {
@@ -117,11 +116,11 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
         for i in 0..n_tiles {
             let stage = i % STAGES;
             if i >= STAGES {
-                unsafe { mbarrier_wait_parity(empty(stage), ((i / STAGES - 1) & 1) as u32) };
+                unsafe { mbarrier_wait_parity(ring.empty(stage), ((i / STAGES - 1) & 1) as u32) };
             }
             bar_warp_sync();
             if elect_sync() {
-                unsafe { mbarrier_arrive_expect_tx(full(stage), k_bytes as u32) };
+                unsafe { mbarrier_arrive_expect_tx(ring.full(stage), k_bytes as u32) };
             }
             let key0 = (t_first + i) * BN;
             let mut j = lane;
@@ -134,7 +133,7 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
                 let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
                 let token = page * bs + (key & (bs - 1));
                 let dst = k_tile(stage) + (slab * BN * 128 + b * rows * 128) as u32;
-                unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token as i32, full(stage)) };
+                unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token as i32, ring.full(stage)) };
                 j += 32;
             }
         }
@@ -164,11 +163,10 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
     }
     let w = Seesaw::<BN, STAGES> {
         q: smem,
-        k0: k_tile(0),
+        ring: Ring { k0: k_tile(0), ..ring },
         x_p,
         m_slot: x_max + (ct * 8) as u32,
         x_ready,
-        bars,
         wg,
         t_first,
         min_pos,
@@ -218,23 +216,15 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
 /// The consumers' named barrier (`bar_sync` is 0): both past their last tile.
 const DONE: u32 = 1;
 
-/// Whether a warpgroup issues the other's `P(t - 1) V` before its own `S(t)` (its stage is
-/// released sooner; the softmax of t overlaps none of this warpgroup's products) or after
-/// (the softmax of t overlaps that `P V`; the stage is released after the softmax). On an
-/// H100, same lease (benches/NOTES-mla.md, v5): first, M2 338.0 and M4 436.4 TFLOP/s; after,
-/// 327.0 and 420.9 (v1: 329.5 and 397.2): the next tile's copy matters more than the overlap.
-const FOLLOW_FIRST: bool = true;
-
-/// A consumer thread's view of the block: shared-memory addresses (the Q tile, the first K
-/// stage, the exchange's P slab, its maxima slot and `ready` mbarriers, the stages' `full`
-/// and `empty` mbarriers), its warpgroup, and what masks its rows.
+/// A consumer thread's view of the block: shared-memory addresses (the Q tile, the K ring,
+/// the exchange's P slab, its maxima slot and `ready` mbarriers), its warpgroup, and what
+/// masks its rows.
 struct Seesaw<const BN: usize, const STAGES: usize> {
     q: u32,
-    k0: u32,
+    ring: Ring<BN, STAGES>,
     x_p: u32,
     m_slot: u32,
     x_ready: u32,
-    bars: u32,
     wg: usize,
     t_first: usize,
     min_pos: usize,
@@ -248,15 +238,19 @@ struct Seesaw<const BN: usize, const STAGES: usize> {
     s_exp: f32,
 }
 
-impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
+/// The K ring: `STAGES` tiles of `BN` latent rows from `k0` (`sw128`, 9 slabs each), and
+/// each stage's `full` (the producer's copy landed) and `empty` (both consumers are done
+/// with it) mbarriers from `bars`.
+#[derive(Clone, Copy)]
+struct Ring<const BN: usize, const STAGES: usize> {
+    k0: u32,
+    bars: u32,
+}
+
+impl<const BN: usize, const STAGES: usize> Ring<BN, STAGES> {
     #[inline(always)]
     fn k_tile(&self, stage: usize) -> u32 {
         self.k0 + (stage * BN * D * 2) as u32
-    }
-    /// The first of this warpgroup's value slabs in a stage (slabs `BN x 128` bytes apart).
-    #[inline(always)]
-    fn v_tile(&self, stage: usize) -> u32 {
-        self.k_tile(stage) + (4 * self.wg * BN * 128) as u32
     }
     #[inline(always)]
     fn full(&self, stage: usize) -> u32 {
@@ -266,6 +260,22 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
     fn empty(&self, stage: usize) -> u32 {
         self.bars + 8 * (STAGES + stage) as u32
     }
+}
+
+impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
+    #[inline(always)]
+    fn k_tile(&self, stage: usize) -> u32 {
+        self.ring.k_tile(stage)
+    }
+    /// The first of this warpgroup's value slabs in a stage (slabs `BN x 128` bytes apart).
+    #[inline(always)]
+    fn v_tile(&self, stage: usize) -> u32 {
+        self.k_tile(stage) + (4 * self.wg * BN * 128) as u32
+    }
+    #[inline(always)]
+    fn empty(&self, stage: usize) -> u32 {
+        self.ring.empty(stage)
+    }
     #[inline(always)]
     fn ready(&self, g: usize) -> u32 {
         self.x_ready + 8 * g as u32
@@ -274,7 +284,7 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
     /// Waits for tile t's bytes in its stage.
     #[inline(always)]
     unsafe fn wait_full(&self, t: usize) {
-        unsafe { mbarrier_wait_parity(self.full(t % STAGES), ((t / STAGES) & 1) as u32) };
+        unsafe { mbarrier_wait_parity(self.ring.full(t % STAGES), ((t / STAGES) & 1) as u32) };
     }
 
     /// Following the other's tile `t`: its P and maxima awaited (and its bytes), O onto the
@@ -286,7 +296,7 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
             mbarrier_wait_parity(self.ready(1 - self.wg), ((t / 2) & 1) as u32);
         }
         let m = unsafe { ld_shared_v2(self.m_slot) };
-        onto_maxima(rows, o, [f32::from_bits(m[0]), f32::from_bits(m[1])]);
+        rescale(o, rows.onto([f32::from_bits(m[0]), f32::from_bits(m[1])]));
         pin_f32(o);
         wgmma_fence();
         unsafe { pv_shared::<E, BN, KC>(o, self.x_p, self.v_tile(t % STAGES)) };
@@ -312,15 +322,17 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
     }
 
     /// This warpgroup's own tile `t` (`FOLLOW`: after following the other's tile `t - 1`):
-    /// S(t) and the follow, in `FOLLOW_FIRST`'s order | mask, softmax | P(t) and the new
-    /// maxima published once the follow is done (the exchange is read) | O onto them,
-    /// `O += P(t) V` from registers, waited for; the stages released.
+    /// the follow's `P V` issued, then S(t); the follow waited for and its stage released |
+    /// mask, softmax | P(t) and the new maxima published | O onto them, `O += P(t) V` from
+    /// registers, waited for; the stage released. The follow goes first so that its stage
+    /// is refilled sooner: on an H100 (benches/NOTES-mla.md, v5) M2 338.0 and M4 436.4
+    /// TFLOP/s, against 327.0 and 420.9 with S first and the follow under the softmax.
     #[inline(always)]
     unsafe fn tile<E: Elem + Wgmma, const NB: usize, const KC: usize, const FOLLOW: bool>(&self, t: usize, rows: &mut RowState, o: &mut [[f32; 4]; NT_HALF]) {
         let stage = t % STAGES;
         let mut s = [[0.0f32; 4]; NB];
         unsafe { self.wait_full(t) };
-        if FOLLOW && FOLLOW_FIRST {
+        if FOLLOW {
             unsafe {
                 self.follow::<E, KC>(t - 1, rows, o);
                 self.scores::<E, NB>(t, &mut s);
@@ -328,12 +340,6 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
             wgmma_wait_group_1(o);
             unsafe { mbarrier_arrive(self.empty((t - 1) % STAGES)) };
             wgmma_wait_group_0(&mut s);
-        } else if FOLLOW {
-            unsafe {
-                self.scores::<E, NB>(t, &mut s);
-                self.follow::<E, KC>(t - 1, rows, o);
-            }
-            wgmma_wait_group_1(&mut s);
         } else {
             unsafe { self.scores::<E, NB>(t, &mut s) };
             wgmma_wait_group_0(&mut s);
@@ -356,10 +362,6 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
         let mut pa = [[0u32; 4]; KC];
         for kc in 0..KC {
             pa[kc] = p_fragment::<E, NB>(&s, kc);
-        }
-        if FOLLOW && !FOLLOW_FIRST {
-            wgmma_wait_group_0(o);
-            unsafe { mbarrier_arrive(self.empty((t - 1) % STAGES)) };
         }
         unsafe { publish::<E, NB>(&s, rows.m, self.x_p, self.m_slot, self.row, self.lane, self.ready(self.wg)) };
 
@@ -410,18 +412,6 @@ unsafe fn pv_shared<E: Elem + Wgmma, const BN: usize, const KC: usize>(o: &mut [
         unsafe { E::ss_tb::<NT_HALF>(o, a, b) };
     }
     wgmma_commit_group();
-}
-
-/// The follower's rows onto the owner's new maxima `m`: O and the denominators rescaled.
-#[inline(always)]
-fn onto_maxima<const NT: usize>(rows: &mut RowState, o: &mut [[f32; 4]; NT], m: [f32; 2]) {
-    let mut corr = [1.0f32; 2];
-    for h in 0..2 {
-        corr[h] = ex2_approx(rows.m[h] - m[h]);
-        rows.m[h] = m[h];
-        rows.l[h] *= corr[h];
-    }
-    rescale(o, corr);
 }
 
 /// One entry point (the kernel table's row, `registry::KERNELS`, module `Sm90a`):

@@ -72,6 +72,19 @@ impl RowState {
         corr
     }
 
+    /// Moves the rows onto maxima `m` another part of the block computed (larger or equal):
+    /// the denominators follow; returns the output's factor `2^(m_old - m)`.
+    #[inline(always)]
+    pub fn onto(&mut self, m: [f32; 2]) -> [f32; 2] {
+        let mut corr = [1.0f32; 2];
+        for h in 0..2 {
+            corr[h] = ex2_approx(self.m[h] - m[h]);
+            self.m[h] = m[h];
+            self.l[h] *= corr[h];
+        }
+        corr
+    }
+
     /// Row `h`'s full denominator: the quad's sum (all four lanes must call it).
     #[inline(always)]
     pub fn denominator(&self, h: usize) -> f32 {
