@@ -219,8 +219,8 @@ pub fn mla_chunk_keys(lens: &[usize], tiles: &[usize], slots: usize, workspace_f
 }
 
 /// The plan of an MLA step (pure: tested on the CPU). Every request's rows (its query
-/// tokens x heads, in 64-row tiles: grid y) over splits of `chunk_keys` keys (grid x:
-/// (request, split) pairs); tokens of requests with one split are written directly, others
+/// tokens x heads, in 64-row tiles: grid x, so that a request's tiles run together and share
+/// its keys through L2) over splits of `chunk_keys` keys (grid y: (request, split) pairs); tokens of requests with one split are written directly, others
 /// go through the workspace (`split_rows` token rows) and the merge.
 /// `opts.force_splits = Some(s)`: the longest request gets `s` splits (the others as many as
 /// their length needs at the same chunk length).
@@ -270,6 +270,13 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
             }
         }
     }
+    // The decode's (request, split) pairs are its grid's y: CUDA's limit there.
+    if key_splits.len() > MAX_GRID_Y {
+        return Err(AttnError::InvalidConfig(format!(
+            "the MLA step needs {} (request, split) blocks, more than a launch's {MAX_GRID_Y}: fewer requests a step, or fewer splits (force_splits)",
+            key_splits.len()
+        )));
+    }
     let mut launches = Vec::new();
     if n > 0 {
         launches.push(KernelLaunch { kernel: cache_write_kernel(q, kv), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
@@ -299,7 +306,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         let (kernel, block) = if hopper { (sm90_decode_kernel(q, stages), MLA_SM90_THREADS) } else { (decode_kernel(q, kv, stages), MLA_WARPS * 32) };
         launches.push(KernelLaunch {
             kernel,
-            grid: (key_splits.len() as u32, tiles.iter().copied().max().unwrap_or(1) as u32, 1),
+            grid: (tiles.iter().copied().max().unwrap_or(1) as u32, key_splits.len() as u32, 1),
             block,
             shared_mem_bytes: kernel.smem_bytes(),
             tokens: n,
@@ -311,6 +318,9 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     let workspace_bytes = slot as usize * h * (MLA_RANK as usize + 2) * std::mem::size_of::<f32>();
     Ok(StepPlan::new(backend, n, meta.num_reqs(), num_splits, launches, workspace_bytes, MlaRows { key_splits, chunk_keys: chunk, token_splits }))
 }
+
+/// CUDA's largest grid y (the MLA decode's (request, split) pairs).
+pub const MAX_GRID_Y: usize = 65_535;
 
 /// One block of MLA's split-KV schedule: split `split` of `request`'s keys (keys
 /// `[split * chunk_keys, (split + 1) * chunk_keys)`).
@@ -741,13 +751,13 @@ mod tests {
             p.launches,
             vec![
                 KernelLaunch { kernel: kid("mla_cache_write_b16"), grid: (3, 1, 1), block: 128, shared_mem_bytes: 0, tokens: 3 },
-                KernelLaunch { kernel: kid("mla_decode_bf16_s3"), grid: (5, 1, 1), block: 256, shared_mem_bytes: mla_smem_bytes(3, 2), tokens: 3 },
+                KernelLaunch { kernel: kid("mla_decode_bf16_s3"), grid: (1, 5, 1), block: 256, shared_mem_bytes: mla_smem_bytes(3, 2), tokens: 3 },
                 KernelLaunch { kernel: kid("merge_splits_bf16"), grid: (3, 16, 1), block: 64, shared_mem_bytes: 0, tokens: 3 },
             ]
         );
-        // 128 heads x 2 tokens = 256 rows: 4 row tiles (grid y).
+        // 128 heads x 2 tokens = 256 rows: 4 row tiles (grid x).
         let p = plan(&m, &LayerShape::heads(128, 1, 576), DType::F16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(1), ..PlanOptions::default() }, BackendName::CudaMlaPortable).unwrap();
-        assert_eq!((p.launches[1].grid, p.num_splits, p.launches.len()), ((2, 4, 1), 1, 2));
+        assert_eq!((p.launches[1].grid, p.num_splits, p.launches.len()), ((4, 2, 1), 1, 2));
         // The workspace limit: 4 splits of 2 tokens need 8 token rows.
         let e = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &StepLimits { split_rows: 7, ..limits }, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }, BackendName::CudaMlaPortable).unwrap_err();
         assert!(e.to_string().contains("split_rows is 7"), "{e}");
@@ -770,7 +780,7 @@ mod tests {
         // a pipeline depth asks for the portable kernel.
         let opts = PlanOptions { force_splits: Some(4), ..PlanOptions::default() };
         let h = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
-        assert_eq!(h.launches[1], KernelLaunch { kernel: kid("mla_decode_sm90_bf16"), grid: (5, 1, 1), block: 384, shared_mem_bytes: crate::params::mla_sm90_smem_bytes(2), tokens: 3 });
+        assert_eq!(h.launches[1], KernelLaunch { kernel: kid("mla_decode_sm90_bf16"), grid: (1, 5, 1), block: 384, shared_mem_bytes: crate::params::mla_sm90_smem_bytes(2), tokens: 3 });
         assert_eq!(mla_rows(&h), mla_rows(&p));
         let h8 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
         assert_eq!(h8.launches[1].kernel.name(), "mla_decode_bf16_e4m3_s3");
@@ -788,6 +798,25 @@ mod tests {
         assert!(e.to_string().contains("Hopper (wgmma) MLA kernel over a auto cache has [2, 4]"), "{e}");
         let d = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(2), ..opts }, BackendName::CudaMlaPortable).unwrap();
         assert_eq!(d.launches[1].kernel.name(), "mla_decode_bf16");
+    }
+
+    #[test]
+    fn more_blocks_than_a_grid_holds_is_an_error() {
+        // Requests of 2048 keys, forced to split as finely as the plan allows (22 splits of
+        // 96 keys): 2900 requests fit a grid's 65,535 (request, split) pairs, 3000 do not.
+        let forced = PlanOptions { force_splits: Some(32), ..PlanOptions::default() };
+        let try_plan = |n: usize| {
+            let m = meta(&vec![(2048, 1); n]);
+            plan(&m, &LayerShape::heads(16, 1, 576), DType::Bf16, &DeviceProps::H100, &StepLimits::new(n, n, 2048, 64), &forced, BackendName::CudaMlaPortable)
+        };
+        let p = try_plan(2900).map_err(|e| e.to_string()).expect("2900 requests fit");
+        let pairs = mla_rows(&p).key_splits.len();
+        assert!(pairs <= MAX_GRID_Y && pairs > 2900 * 20, "{pairs} pairs");
+        assert_eq!(p.launches[1].grid.1 as usize, pairs);
+        match try_plan(3000) {
+            Err(e) => assert!(e.to_string().contains("(request, split) blocks, more than a launch's 65535"), "{e}"),
+            Ok(p) => panic!("3000 requests planned {} pairs", mla_rows(&p).key_splits.len()),
+        }
     }
 
     #[test]
