@@ -506,6 +506,24 @@ pub unsafe fn mbarrier_wait_parity(addr: u32, parity: u32) {
     while !unsafe { mbarrier_try_wait_parity(addr, parity) } {}
 }
 
+/// Waits until the phase of parity `parity` of the mbarrier at `addr` completed: the
+/// `mbarrier.try_wait.parity` loop inside one asm block (labels scoped by its braces), so
+/// that the compiler sees no loop: `wgmma` batches in flight across it stay asynchronous
+/// (a loop in the compiled code around it, `mbarrier_wait_parity`, makes ptxas serialize
+/// them).
+#[inline(always)]
+#[allow(named_asm_labels)] // PTX scopes the label to the asm's braces (no numeric labels)
+pub unsafe fn mbarrier_wait_parity_spin(addr: u32, parity: u32) {
+    unsafe {
+        asm!(
+            "{{ .reg .pred p; WAIT: mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [{a}], {ph}; @!p bra WAIT; }}",
+            a = in(reg32) addr,
+            ph = in(reg32) parity,
+            options(nostack)
+        )
+    }
+}
+
 /// `mbarrier.arrive.expect_tx.release.cta.shared::cta.b64`: this thread's arrival, and
 /// `bytes` more expected by the phase's transaction count (the bulk copies that complete on
 /// this mbarrier count them down).

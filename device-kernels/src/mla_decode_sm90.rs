@@ -83,10 +83,10 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
     let k_tile = |stage: usize| smem + (q_bytes + stage * k_bytes) as u32;
     if tid == 0 {
         for s in 0..STAGES {
-            unsafe {
-                mbarrier_init(ring.full(s), 1);
-                mbarrier_init(ring.empty(s), CONSUMER_THREADS as u32);
+            for slab in 0..SLABS {
+                unsafe { mbarrier_init(ring.full(s, slab), 1) };
             }
+            unsafe { mbarrier_init(ring.empty(s), CONSUMER_THREADS as u32) };
         }
         for g in 0..2 {
             unsafe { mbarrier_init(x_ready + 8 * g, 128) };
@@ -119,13 +119,15 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
                 unsafe { mbarrier_wait_parity(ring.empty(stage), ((i / STAGES - 1) & 1) as u32) };
             }
             bar_warp_sync();
-            if elect_sync() {
-                unsafe { mbarrier_arrive_expect_tx(ring.full(stage), k_bytes as u32) };
+            if lane < SLABS {
+                unsafe { mbarrier_arrive_expect_tx(ring.full(stage, lane), (BN * 128) as u32) };
             }
             let key0 = (t_first + i) * BN;
+            // Slab by slab, each slab's boxes completing its own `full` mbarrier, so that
+            // the consumers' S starts on the first slab while the others land.
             let mut j = lane;
             while j < boxes * SLABS {
-                let (b, slab) = (j / SLABS, j % SLABS);
+                let (b, slab) = (j % boxes, j / boxes);
                 let key = key0 + b * rows;
                 // Boxes past the split's keys read its last page (masked), so no lookup leaves
                 // the request's blocks.
@@ -133,7 +135,7 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
                 let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
                 let token = page * bs + (key & (bs - 1));
                 let dst = k_tile(stage) + (slab * BN * 128 + b * rows * 128) as u32;
-                unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token as i32, ring.full(stage)) };
+                unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token as i32, ring.full(stage, slab)) };
                 j += 32;
             }
         }
@@ -252,13 +254,14 @@ impl<const BN: usize, const STAGES: usize> Ring<BN, STAGES> {
     fn k_tile(&self, stage: usize) -> u32 {
         self.k0 + (stage * BN * D * 2) as u32
     }
+    /// Slab `slab` of the stage landed.
     #[inline(always)]
-    fn full(&self, stage: usize) -> u32 {
-        self.bars + 8 * stage as u32
+    fn full(&self, stage: usize, slab: usize) -> u32 {
+        self.bars + 8 * (stage * SLABS + slab) as u32
     }
     #[inline(always)]
     fn empty(&self, stage: usize) -> u32 {
-        self.bars + 8 * (STAGES + stage) as u32
+        self.bars + 8 * (STAGES * SLABS + stage) as u32
     }
 }
 
@@ -281,10 +284,11 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
         self.x_ready + 8 * g as u32
     }
 
-    /// Waits for tile t's bytes in its stage.
+    /// Waits for slab `slab` of tile t in its stage (a loop the compiler does not see:
+    /// batches may be in flight across it).
     #[inline(always)]
-    unsafe fn wait_full(&self, t: usize) {
-        unsafe { mbarrier_wait_parity(self.ring.full(t % STAGES), ((t / STAGES) & 1) as u32) };
+    unsafe fn wait_slab(&self, t: usize, slab: usize) {
+        unsafe { mbarrier_wait_parity_spin(self.ring.full(t % STAGES, slab), ((t / STAGES) & 1) as u32) };
     }
 
     /// Following the other's tile `t`: its P and maxima awaited (and its bytes), O onto the
@@ -292,7 +296,9 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
     #[inline(always)]
     unsafe fn follow<E: Elem + Wgmma, const KC: usize>(&self, t: usize, rows: &mut RowState, o: &mut [[f32; 4]; NT_HALF]) {
         unsafe {
-            self.wait_full(t);
+            for slab in 4 * self.wg..4 * self.wg + 4 {
+                self.wait_slab(t, slab);
+            }
             mbarrier_wait_parity(self.ready(1 - self.wg), ((t / 2) & 1) as u32);
         }
         let m = unsafe { ld_shared_v2(self.m_slot) };
@@ -313,6 +319,9 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
         let q = opaque_u32(self.q);
         wgmma_fence();
         for kk in 0..KS {
+            if kk % 4 == 0 {
+                unsafe { self.wait_slab(t, kk / 4) };
+            }
             let in_slab = ((kk % 4) * 32) as u32;
             let a = sw128_desc(q + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
             let b = sw128_desc(self.k_tile(stage) + ((kk / 4) * BN * 128) as u32 + in_slab, 16, 1024);
@@ -331,7 +340,6 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
     unsafe fn tile<E: Elem + Wgmma, const NB: usize, const KC: usize, const FOLLOW: bool>(&self, t: usize, rows: &mut RowState, o: &mut [[f32; 4]; NT_HALF]) {
         let stage = t % STAGES;
         let mut s = [[0.0f32; 4]; NB];
-        unsafe { self.wait_full(t) };
         if FOLLOW {
             unsafe {
                 self.follow::<E, KC>(t - 1, rows, o);

@@ -564,7 +564,7 @@ pub const MLA_SM90_EXCHANGE_BYTES: u32 = MLA_ROWS * 64 * 2 + 128 * 8 + 16;
 /// slack, the Q tile, the K stages, two mbarriers a stage, the exchange (231,520 or 231,504
 /// bytes; the limit is 232,448).
 pub const fn mla_sm90_smem_bytes(stages: u32) -> u32 {
-    1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + stages * (mla_sm90_keys(stages) * MLA_LATENT_DIM * 2 + 16) + MLA_SM90_EXCHANGE_BYTES
+    1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + stages * (mla_sm90_keys(stages) * MLA_LATENT_DIM * 2 + 8 * (MLA_LATENT_DIM / 64 + 1)) + MLA_SM90_EXCHANGE_BYTES
 }
 const _: () = assert!(mla_sm90_smem_bytes(2) <= 232_448 && mla_sm90_smem_bytes(4) <= 232_448);
 
