@@ -560,11 +560,13 @@ pub const MLA_SM90_MIN_BLOCK: u32 = 8;
 /// follower's `P V`), each consumer thread's two row maxima, and the two warpgroups' `ready`
 /// mbarriers.
 pub const MLA_SM90_EXCHANGE_BYTES: u32 = MLA_ROWS * 64 * 2 + 128 * 8 + 16;
+/// mbarriers a K stage: a `full` a slab (9) and the `empty` ones, with room for more.
+pub const MLA_SM90_STAGE_BARS: u32 = 16;
 /// Dynamic shared memory of the Hopper MLA decode at depth `stages`: 1024 bytes of alignment
-/// slack, the Q tile, the K stages, two mbarriers a stage, the exchange (231,520 or 231,504
+/// slack, the Q tile, the K stages with their mbarriers, the exchange (231,696 or 231,952
 /// bytes; the limit is 232,448).
 pub const fn mla_sm90_smem_bytes(stages: u32) -> u32 {
-    1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + stages * (mla_sm90_keys(stages) * MLA_LATENT_DIM * 2 + 8 * (MLA_LATENT_DIM / 64 + 1)) + MLA_SM90_EXCHANGE_BYTES
+    1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + stages * (mla_sm90_keys(stages) * MLA_LATENT_DIM * 2 + MLA_SM90_STAGE_BARS * 8) + MLA_SM90_EXCHANGE_BYTES
 }
 const _: () = assert!(mla_sm90_smem_bytes(2) <= 232_448 && mla_sm90_smem_bytes(4) <= 232_448);
 
