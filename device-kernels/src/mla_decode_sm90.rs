@@ -86,7 +86,9 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
             for slab in 0..SLABS {
                 unsafe { mbarrier_init(ring.full(s, slab), 1) };
             }
-            unsafe { mbarrier_init(ring.empty(s), CONSUMER_THREADS as u32) };
+            for part in 0..3 {
+                unsafe { mbarrier_init(ring.empty(s, part), 128) };
+            }
         }
         for g in 0..2 {
             unsafe { mbarrier_init(x_ready + 8 * g, 128) };
@@ -115,28 +117,32 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
         let bt_row = req * p.block_table_stride as usize;
         for i in 0..n_tiles {
             let stage = i % STAGES;
-            if i >= STAGES {
-                unsafe { mbarrier_wait_parity(ring.empty(stage), ((i / STAGES - 1) & 1) as u32) };
-            }
-            bar_warp_sync();
-            if lane < SLABS {
-                unsafe { mbarrier_arrive_expect_tx(ring.full(stage, lane), (BN * 128) as u32) };
-            }
             let key0 = (t_first + i) * BN;
-            // Slab by slab, each slab's boxes completing its own `full` mbarrier, so that
-            // the consumers' S starts on the first slab while the others land.
-            let mut j = lane;
-            while j < boxes * SLABS {
-                let (b, slab) = (j % boxes, j / boxes);
-                let key = key0 + b * rows;
-                // Boxes past the split's keys read its last page (masked), so no lookup leaves
-                // the request's blocks.
-                let page_key = if key < kv_end { key } else { kv_end - 1 };
-                let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
-                let token = page * bs + (key & (bs - 1));
-                let dst = k_tile(stage) + (slab * BN * 128 + b * rows * 128) as u32;
-                unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token as i32, ring.full(stage, slab)) };
-                j += 32;
+            // The stage refilled by parts, in the order the consumers free them (and S reads
+            // them): the rope slab (after S), the owner's value slabs (after its P V), the
+            // follower's (after its follow); each slab completes its own `full` mbarrier.
+            let owner = i % 2;
+            for (part, slab0, n) in [(2, 8, 1), (owner, 4 * owner, 4), (1 - owner, 4 * (1 - owner), 4)] {
+                if i >= STAGES {
+                    unsafe { mbarrier_wait_parity(ring.empty(stage, part), ((i / STAGES - 1) & 1) as u32) };
+                }
+                bar_warp_sync();
+                if lane < n {
+                    unsafe { mbarrier_arrive_expect_tx(ring.full(stage, slab0 + lane), (BN * 128) as u32) };
+                }
+                let mut j = lane;
+                while j < boxes * n {
+                    let (b, slab) = (j % boxes, slab0 + j / boxes);
+                    let key = key0 + b * rows;
+                    // Boxes past the split's keys read its last page (masked), so no lookup
+                    // leaves the request's blocks.
+                    let page_key = if key < kv_end { key } else { kv_end - 1 };
+                    let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
+                    let token = page * bs + (key & (bs - 1));
+                    let dst = k_tile(stage) + (slab * BN * 128 + b * rows * 128) as u32;
+                    unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token as i32, ring.full(stage, slab)) };
+                    j += 32;
+                }
             }
         }
         return;
@@ -197,7 +203,7 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
     if n_tiles > 0 && (n_tiles - 1) % 2 != wg {
         unsafe { w.follow::<E, KC>(n_tiles - 1, &mut rows, &mut o) };
         wgmma_wait_group_0(&mut o);
-        unsafe { mbarrier_arrive(w.empty((n_tiles - 1) % STAGES)) };
+        unsafe { mbarrier_arrive(w.empty((n_tiles - 1) % STAGES, wg)) };
     }
 
     // The denominators: each warpgroup summed its own tiles' probabilities (on the shared
@@ -259,9 +265,11 @@ impl<const BN: usize, const STAGES: usize> Ring<BN, STAGES> {
     fn full(&self, stage: usize, slab: usize) -> u32 {
         self.bars + 8 * (stage * SLABS + slab) as u32
     }
+    /// Part `part` of the stage is free: 0 and 1 the value slabs of warpgroup 0 and 1
+    /// (slabs 0-3, 4-7: after its `P V`), 2 the rope slab (8: after S).
     #[inline(always)]
-    fn empty(&self, stage: usize) -> u32 {
-        self.bars + 8 * (STAGES * SLABS + stage) as u32
+    fn empty(&self, stage: usize, part: usize) -> u32 {
+        self.bars + 8 * (STAGES * SLABS + 3 * stage + part) as u32
     }
 }
 
@@ -276,8 +284,8 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
         self.k_tile(stage) + (4 * self.wg * BN * 128) as u32
     }
     #[inline(always)]
-    fn empty(&self, stage: usize) -> u32 {
-        self.ring.empty(stage)
+    fn empty(&self, stage: usize, part: usize) -> u32 {
+        self.ring.empty(stage, part)
     }
     #[inline(always)]
     fn ready(&self, g: usize) -> u32 {
@@ -318,13 +326,16 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
         pin_f32(s);
         let q = opaque_u32(self.q);
         wgmma_fence();
+        // Slabs in the order they land: the rope (8), this warpgroup's value slabs, the other's.
         for kk in 0..KS {
+            let i = kk / 4;
+            let slab = if i == 0 { 8 } else { (i + 7 + 4 * self.wg) % 8 };
             if kk % 4 == 0 {
-                unsafe { self.wait_slab(t, kk / 4) };
+                unsafe { self.wait_slab(t, slab) };
             }
             let in_slab = ((kk % 4) * 32) as u32;
-            let a = sw128_desc(q + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
-            let b = sw128_desc(self.k_tile(stage) + ((kk / 4) * BN * 128) as u32 + in_slab, 16, 1024);
+            let a = sw128_desc(q + (slab * ROWS * 128) as u32 + in_slab, 16, 1024);
+            let b = sw128_desc(self.k_tile(stage) + (slab * BN * 128) as u32 + in_slab, 16, 1024);
             unsafe { E::ss::<NB>(s, a, b, (kk > 0) as u32) };
         }
         wgmma_commit_group();
@@ -346,12 +357,13 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
                 self.scores::<E, NB>(t, &mut s);
             }
             wgmma_wait_group_1(o);
-            unsafe { mbarrier_arrive(self.empty((t - 1) % STAGES)) };
+            unsafe { mbarrier_arrive(self.empty((t - 1) % STAGES, self.wg)) };
             wgmma_wait_group_0(&mut s);
         } else {
             unsafe { self.scores::<E, NB>(t, &mut s) };
             wgmma_wait_group_0(&mut s);
         }
+        unsafe { mbarrier_arrive(self.empty(stage, 2)) }; // the rope slab is read
 
         // Masked only where the tile crosses the first row's position or the split's bounds.
         let key0 = (self.t_first + t) * BN;
@@ -385,7 +397,7 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
         }
         wgmma_commit_group();
         wgmma_wait_group_0(o);
-        unsafe { mbarrier_arrive(self.empty(stage)) };
+        unsafe { mbarrier_arrive(self.empty(stage, self.wg)) };
     }
 }
 
