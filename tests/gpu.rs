@@ -579,10 +579,17 @@ fn cases() -> Vec<Case> {
 
     // MLA over the fp8 latent cache (FlashMLA's 656-byte rows): both query types, both
     // depths, splits, speculative tokens with a chunk, a ragged batch, tiles of mixed scale.
-    let mut mla8 = |name: String, s: MlaShape, bf: bool| {
+    // On Hopper these run the wgmma kernel (the rows widened in shared memory); the
+    // "portable" ones force the mma.sync kernel.
+    let mut mla8b = |name: String, s: MlaShape, bf: bool, backend: BackendName| {
         let seed = v.len() as u64 * 7919 + 3;
-        v.push(Case { name, run: Box::new(move |rt| if bf { check_mla_fp8::<bf16>(rt, &s, seed) } else { check_mla_fp8::<f16>(rt, &s, seed) }) });
+        v.push(Case { name, run: Box::new(move |rt| if bf { check_mla_fp8::<bf16>(rt, &s, seed, backend) } else { check_mla_fp8::<f16>(rt, &s, seed, backend) }) });
     };
+    mla8b("mla fp8 portable bf16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, true, BackendName::CudaMlaPortable);
+    mla8b("mla fp8 portable f16 16 heads".into(), MlaShape { heads: 16, block_size: 32, requests: odd.clone(), splits: None, stages: None }, false, BackendName::CudaMlaPortable);
+    mla8b("mla fp8 bf16 64 heads 4-stage (32-key tiles) block size 8".into(), MlaShape { heads: 64, block_size: 8, requests: odd.clone(), splits: Some(2), stages: Some(4) }, true, BackendName::CudaMla);
+    mla8b("mla fp8 f16 128 heads 2 tokens 4-stage block size 256".into(), MlaShape { heads: 128, block_size: 256, requests: vec![(4099, 2), (33, 2), (640, 2)], splits: None, stages: Some(4) }, false, BackendName::CudaMla);
+    let mut mla8 = |name: String, s: MlaShape, bf: bool| mla8b(name, s, bf, BackendName::CudaMla);
     mla8("mla fp8 bf16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None }, true);
     mla8("mla fp8 f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, false);
     mla8("mla fp8 bf16 64 heads 2-stage 5 splits".into(), MlaShape { heads: 64, block_size: 16, requests: odd.clone(), splits: Some(5), stages: Some(2) }, true);
@@ -1006,7 +1013,7 @@ fn mixed_latent<T: Element>(rng: &mut Rng, rows: usize, w: usize) -> Vec<T> {
 /// The MLA layer over an fp8 latent cache on the GPU: the cache write bit for bit the host
 /// quantizer's rows; the output against the f64 oracle over the dequantized cache (within
 /// the 16-bit bound), and against the unquantized latent rows within a looser, stated bound.
-fn check_mla_fp8<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> Result<String, String> {
+fn check_mla_fp8<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64, backend: BackendName) -> Result<String, String> {
     let e = |x: AttnError| x.to_string();
     let (mut rng, spec, mla, layout, meta) = mla_step(s, seed, KvCacheDType::Fp8E4m3)?;
     let (h, r, w) = (s.heads, mla.kv_lora_rank, mla.latent_dim());
@@ -1018,7 +1025,7 @@ fn check_mla_fp8<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64) -> 
     let kv_c: Vec<T> = latent.chunks(w).flat_map(|row| row[..r].to_vec()).collect();
     let k_pe: Vec<T> = latent.chunks(w).flat_map(|row| row[r..].to_vec()).collect();
 
-    let mut gpu = Attention::<T>::new(BackendName::CudaMla, spec, layout, Some(rt.clone())).map_err(e)?;
+    let mut gpu = Attention::<T>::new(backend, spec, layout, Some(rt.clone())).map_err(e)?;
     gpu.load_fp8_cache(&before, &attn_backends::fp8::KvScales::ones(1)).map_err(e)?;
     let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
     let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, pipeline_stages: s.stages }).map_err(e)?;

@@ -369,21 +369,25 @@ unsafe fn convert_fp8_row<E: Elem, K: KvStore>(raw: u32, tile: u32, row: usize, 
         let c = j + 8 * k;
         let scale = f32::from_bits(scales.0[k]);
         let (lo, hi) = K::widen::<E>(unsafe { ld_shared_v4(raw + 16 * c as u32) });
-        let scaled = |v: V4| {
-            let mut w = V4::ZERO;
-            for i in 0..4 {
-                let (x, y) = E::to_f32x2(v.0[i]);
-                w.0[i] = E::from_f32x2(x * scale, y * scale);
-            }
-            w
-        };
         unsafe {
-            st_shared_v4(tile + swizzled(row, 2 * c, ROW_BYTES) as u32, scaled(lo));
-            st_shared_v4(tile + swizzled(row, 2 * c + 1, ROW_BYTES) as u32, scaled(hi));
+            st_shared_v4(tile + swizzled(row, 2 * c, ROW_BYTES) as u32, scale_v4::<E>(lo, scale));
+            st_shared_v4(tile + swizzled(row, 2 * c + 1, ROW_BYTES) as u32, scale_v4::<E>(hi, scale));
         }
     }
     let rope = unsafe { ld_shared_v4(raw + MLA_FP8_ROPE_AT + 16 * j as u32) };
     unsafe { st_shared_v4(tile + swizzled(row, DV / 8 + j, ROW_BYTES) as u32, rope) };
+}
+
+/// Eight values of `E` times `scale` in f32, rounded back to `E` (an fp8 latent chunk's
+/// 128-dim tile scale; the portable and the Hopper kernels' one rounding).
+#[inline(always)]
+pub(crate) fn scale_v4<E: Elem>(v: V4, scale: f32) -> V4 {
+    let mut w = V4::ZERO;
+    for i in 0..4 {
+        let (x, y) = E::to_f32x2(v.0[i]);
+        w.0[i] = E::from_f32x2(x * scale, y * scale);
+    }
+    w
 }
 
 /// One entry point (the kernel table's row, `registry::KERNELS`; build.rs writes the calls):

@@ -33,8 +33,9 @@
 use crate::elem::{Elem, Wgmma};
 use crate::gather::{ld_i32, tile_range};
 use crate::intrinsics::*;
-use crate::params::{MlaParams, MLA_LATENT_DIM, MLA_ROWS, MLA_SM90_THREADS};
-use crate::mla_decode::{store_mla_rows, MlaBlock, NT_HALF};
+use crate::kv::KvStore;
+use crate::mla_decode::{scale_v4, store_mla_rows, MlaBlock, NT_HALF};
+use crate::params::{MlaParams, MLA_FP8_ROPE_AT, MLA_FP8_SCALES_AT, MLA_LATENT_DIM, MLA_ROWS, MLA_SM90_THREADS};
 use crate::softmax::{p_fragment, rescale, RowState, LOG2E};
 use crate::tile::{load_tile, sw128, sw128_desc};
 
@@ -44,6 +45,12 @@ const THREADS: usize = MLA_SM90_THREADS as usize;
 const _: () = assert!(THREADS == CONSUMER_THREADS + 128);
 /// Registers after the split, as `flash_prefill_sm90`'s (entry 168 for `.maxntid 384`).
 const PRODUCER_REGS: u32 = 40;
+/// fp8: the producer warpgroup's warps 9-11 widen the latent bytes in shared memory.
+const CONVERTERS: usize = 96;
+/// Their named barrier (`bar_sync` is 0, `DONE` 1).
+const CONVERTED: u32 = 2;
+/// Bytes of a `CUtensorMap` (fp8: the rope's 16-bit map follows the latent bytes' map).
+const TMAP_BYTES: u64 = 128;
 const CONSUMER_REGS: u32 = 232;
 const ROWS: usize = MLA_ROWS as usize;
 /// Key dims (9 slabs of 64), k-steps of `Q K^T`, a warpgroup's output n-tiles (256 dims).
@@ -54,7 +61,7 @@ const KS: usize = D / 16;
 /// `E`: the query (MMA) type; `BN` keys a tile (`params::mla_sm90_keys`), `NB = BN / 8`
 /// score n-tiles, `KC = BN / 16` k-steps of `P V`; `STAGES`: K tiles in flight.
 #[inline(always)]
-pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB: usize, const KC: usize, const STAGES: usize>(p: &MlaParams) {
+pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usize, const NB: usize, const KC: usize, const STAGES: usize>(p: &MlaParams) {
     let tid = thread_idx_x() as usize;
     let lane = tid % 32;
     let warp = tid / 32;
@@ -84,8 +91,11 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
     if tid == 0 {
         for s in 0..STAGES {
             for slab in 0..SLABS {
-                unsafe { mbarrier_init(ring.full(s, slab), 1) };
+                // fp8: the converters' arrivals complete the latent slabs, the copy the rope.
+                let arrivals = if K::CONVERT && slab < SLABS - 1 { CONVERTERS as u32 } else { 1 };
+                unsafe { mbarrier_init(ring.full(s, slab), arrivals) };
             }
+            unsafe { mbarrier_init(ring.raw(s), 1) };
             for part in 0..3 {
                 unsafe { mbarrier_init(ring.empty(s, part), 128) };
             }
@@ -106,18 +116,61 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
 
     if warp >= PRODUCER_WARP {
         setmaxnreg_dec::<PRODUCER_REGS>();
-        if warp != PRODUCER_WARP {
-            return;
-        }
-        // Producer: tile i into stage i % STAGES once both consumers released it, as boxes of
-        // `rows` keys (a page, or the tile's share of one) x 64 columns, 9 slabs a box.
         let bs = 1usize << p.block_size_log2;
         let rows = if bs < BN { bs } else { BN };
         let boxes = BN / rows;
         let bt_row = req * p.block_table_stride as usize;
+        // A key's cache token (the page of the split's last key past its end: masked keys
+        // read the request's own blocks).
+        let token = |key: usize| {
+            let page_key = if key < kv_end { key } else { kv_end - 1 };
+            let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
+            page * bs + (key & (bs - 1))
+        };
+        if K::CONVERT && warp > PRODUCER_WARP {
+            let c = tid - (PRODUCER_WARP + 1) * 32;
+            unsafe { convert_fp8::<E, K, BN, STAGES>(p, &ring, c, t_first, n_tiles, kv_end, token) };
+            return;
+        }
+        if warp != PRODUCER_WARP {
+            return;
+        }
         for i in 0..n_tiles {
             let stage = i % STAGES;
             let key0 = (t_first + i) * BN;
+            if K::CONVERT {
+                // fp8: the rope (16-bit) by the copy engine straight into slab 8, the latent
+                // bytes raw into the second half of the value slabs (the converters widen
+                // them in place), once all three parts are free.
+                if i >= STAGES {
+                    for part in 0..3 {
+                        unsafe { mbarrier_wait_parity(ring.empty(stage, part), ((i / STAGES - 1) & 1) as u32) };
+                    }
+                }
+                bar_warp_sync();
+                if elect_sync() {
+                    unsafe {
+                        mbarrier_arrive_expect_tx(ring.full(stage, SLABS - 1), (BN * 128) as u32);
+                        mbarrier_arrive_expect_tx(ring.raw(stage), (8 * BN * 64) as u32);
+                    }
+                }
+                let mut j = lane;
+                while j < boxes * SLABS {
+                    let (b, slab) = (j % boxes, j / boxes);
+                    let tok = token(key0 + b * rows);
+                    unsafe {
+                        if slab == SLABS - 1 {
+                            let dst = ring.k_tile(stage) + (8 * BN * 128 + b * rows * 128) as u32;
+                            cp_async_bulk_tensor_2d(dst, p.tmap + TMAP_BYTES, (MLA_FP8_ROPE_AT / 2) as i32, tok as i32, ring.full(stage, slab));
+                        } else {
+                            let dst = ring.raw_slab(stage, slab) + (b * rows * 64) as u32;
+                            cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, tok as i32, ring.raw(stage));
+                        }
+                    }
+                    j += 32;
+                }
+                continue;
+            }
             // The stage refilled by parts, in the order the consumers free them (and S reads
             // them): the rope slab (after S), the owner's value slabs (after its P V), the
             // follower's (after its follow); each slab completes its own `full` mbarrier.
@@ -133,14 +186,8 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, const BN: usize, const NB:
                 let mut j = lane;
                 while j < boxes * n {
                     let (b, slab) = (j % boxes, slab0 + j / boxes);
-                    let key = key0 + b * rows;
-                    // Boxes past the split's keys read its last page (masked), so no lookup
-                    // leaves the request's blocks.
-                    let page_key = if key < kv_end { key } else { kv_end - 1 };
-                    let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
-                    let token = page * bs + (key & (bs - 1));
                     let dst = k_tile(stage) + (slab * BN * 128 + b * rows * 128) as u32;
-                    unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token as i32, ring.full(stage, slab)) };
+                    unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token(key0 + b * rows) as i32, ring.full(stage, slab)) };
                     j += 32;
                 }
             }
@@ -270,6 +317,17 @@ impl<const BN: usize, const STAGES: usize> Ring<BN, STAGES> {
     #[inline(always)]
     fn empty(&self, stage: usize, part: usize) -> u32 {
         self.bars + 8 * (STAGES * SLABS + 3 * stage + part) as u32
+    }
+    /// fp8: the stage's raw latent bytes landed.
+    #[inline(always)]
+    fn raw(&self, stage: usize) -> u32 {
+        self.bars + 8 * (STAGES * (SLABS + 3) + stage) as u32
+    }
+    /// fp8: where the copy engine puts the latent bytes of slab `slab` (`BN` rows of 64
+    /// bytes, unswizzled): the second half of the value slabs, `BN x 64` bytes a slab.
+    #[inline(always)]
+    fn raw_slab(&self, stage: usize, slab: usize) -> u32 {
+        self.k_tile(stage) + (4 * BN * 128 + slab * BN * 64) as u32
     }
 }
 
@@ -401,6 +459,70 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
     }
 }
 
+/// fp8 converter `c` (of `CONVERTERS`): for each tile, its keys' four scales (one per 128
+/// latent dims) read from the cache, then slab by slab (`j` in 0..8) its 16-byte chunk
+/// `c % 4` of keys `c / 4 + 24 m` widened (exact), times the scale in f32, rounded to `E`,
+/// into the stage's `sw128` slab j, published to the consumers' `wgmma` (async proxy) and
+/// `full` mbarrier. In place: slab j's 16-bit bytes cover raw slabs 2j - 8 and 2j - 7, so
+/// every raw slab is read by all converters (their barrier) before a later slab's stores
+/// (slab 7 covers its own: read, barrier, then stored). Keys past the split's end are
+/// stored as zeros (masked in S; so P V sees no stale bytes).
+#[inline(always)]
+unsafe fn convert_fp8<E: Elem, K: KvStore, const BN: usize, const STAGES: usize>(
+    p: &MlaParams,
+    ring: &Ring<BN, STAGES>,
+    c: usize,
+    t_first: usize,
+    n_tiles: usize,
+    kv_end: usize,
+    token: impl Fn(usize) -> usize,
+) {
+    const KEYS: usize = 3; // ceil(64 keys x 4 chunks / 96 converters)
+    let q = c % 4;
+    let key_of = |m: usize| c / 4 + 24 * m;
+    for i in 0..n_tiles {
+        let stage = i % STAGES;
+        let key0 = (t_first + i) * BN;
+        let mut scales = [V4::ZERO; KEYS];
+        let mut live = [false; KEYS];
+        for m in 0..KEYS {
+            if key_of(m) < BN {
+                let key = key0 + key_of(m);
+                let row = p.cache + token(key) as u64 * p.cache_token_stride + MLA_FP8_SCALES_AT as u64;
+                scales[m] = unsafe { ld_global_nc_v4(row as *const u16) };
+                live[m] = key < kv_end;
+            }
+        }
+        unsafe { mbarrier_wait_parity(ring.raw(stage), ((i / STAGES) & 1) as u32) };
+        for j in 0..8 {
+            let mut raw = [V4::ZERO; KEYS];
+            for m in 0..KEYS {
+                if key_of(m) < BN {
+                    raw[m] = unsafe { ld_shared_v4(ring.raw_slab(stage, j) + (key_of(m) * 64 + 16 * q) as u32) };
+                }
+            }
+            if j == 7 {
+                bar_sync_named(CONVERTED, CONVERTERS as u32);
+            }
+            for m in 0..KEYS {
+                if key_of(m) < BN {
+                    let (lo, hi) = K::widen::<E>(raw[m]);
+                    let scale = f32::from_bits(scales[m].0[j / 2]);
+                    let (lo, hi) = if live[m] { (scale_v4::<E>(lo, scale), scale_v4::<E>(hi, scale)) } else { (V4::ZERO, V4::ZERO) };
+                    let at = ring.k_tile(stage);
+                    unsafe {
+                        st_shared_v4(at + sw128(key_of(m), 8 * j + 2 * q, BN) as u32, lo);
+                        st_shared_v4(at + sw128(key_of(m), 8 * j + 2 * q + 1, BN) as u32, hi);
+                    }
+                }
+            }
+            fence_proxy_async_shared_cta();
+            unsafe { mbarrier_arrive(ring.full(stage, j)) };
+            bar_sync_named(CONVERTED, CONVERTERS as u32);
+        }
+    }
+}
+
 /// The owner's side of the exchange: P (the probabilities in `s`, 16-bit) into the `sw128`
 /// slab at `x_p` (this lane's rows `r` and `r + 8`, its column pair of each 8-key chunk),
 /// its rows' maxima `m` into its slot, made visible to the follower's `wgmma` (the async
@@ -435,7 +557,7 @@ unsafe fn pv_shared<E: Elem + Wgmma, const BN: usize, const KC: usize>(o: &mut [
 }
 
 /// One entry point (the kernel table's row, `registry::KERNELS`, module `Sm90a`):
-/// `mla_decode_sm90_instance!(name, Q, KV, D, SCORE, STAGES)` (KV native; STAGES one of
+/// `mla_decode_sm90_instance!(name, Q, KV, D, SCORE, STAGES)` (KV native or e4m3; STAGES one of
 /// `MLA_SM90_STAGES`, which sets the tile's keys too).
 macro_rules! mla_decode_sm90_instance {
     ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
@@ -444,7 +566,7 @@ macro_rules! mla_decode_sm90_instance {
             use $crate::params::mla_sm90_keys;
             unsafe {
                 $crate::mla_decode_sm90::mla_decode_sm90::<
-                    $crate::elem::$q, { mla_sm90_keys($stages) as usize }, { mla_sm90_keys($stages) as usize / 8 }, { mla_sm90_keys($stages) as usize / 16 }, $stages,
+                    $crate::elem::$q, $crate::kv::$kv, { mla_sm90_keys($stages) as usize }, { mla_sm90_keys($stages) as usize / 8 }, { mla_sm90_keys($stages) as usize / 16 }, $stages,
                 >(&p)
             }
         }

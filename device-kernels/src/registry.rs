@@ -378,7 +378,7 @@ pub const KERNELS: &[KernelRow] = &[
     KernelRow { family: Family::MlaCacheWrite, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
     KernelRow { family: Family::MlaDecode, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_STAGES, module: Module::Portable, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC },
     KernelRow { family: Family::MlaDecode, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_FP8_STAGES, module: Module::Portable, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC },
-    KernelRow { family: Family::MlaDecodeSm90, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_SM90_STAGES, module: Module::Sm90a, threads: MLA_SM90_THREADS, needs: Features::HOPPER },
+    KernelRow { family: Family::MlaDecodeSm90, q: Q16, kv: KV_ALL, head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_SM90_STAGES, module: Module::Sm90a, threads: MLA_SM90_THREADS, needs: Features::HOPPER },
 ];
 
 /// Whether some row of `family` holds KV dtype `kv` (at compile time: the backends' capability

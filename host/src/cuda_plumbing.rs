@@ -305,15 +305,37 @@ pub const TENSOR_MAP_BYTES: usize = std::mem::size_of::<cudarc::driver::sys::CUt
 /// `addr` (a paged cache, or an encoder layer's K or V of the step): boxes of 64 columns x
 /// `box_rows` rows, 128-byte swizzle. The driver's encoding, as bytes.
 pub(crate) fn tensor_map(addr: u64, tokens: usize, row: usize, box_rows: usize, dtype: DType) -> Result<Vec<u8>> {
+    tensor_map_2d(addr, MapElem::of(dtype), [row, tokens], row * 2, [64, box_rows], true)
+}
+
+/// A tensor map's element: 16-bit (the query's type) or bytes (fp8 latents).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum MapElem {
+    Bf16,
+    F16,
+    U8,
+}
+
+impl MapElem {
+    pub(crate) fn of(dtype: DType) -> MapElem {
+        if dtype == DType::Bf16 { MapElem::Bf16 } else { MapElem::F16 }
+    }
+}
+
+/// The copy engine's view of a 2-D array at `addr`: `dims` (columns, rows) of `elem`,
+/// `row_bytes` apart (a multiple of 16), copied in boxes of `boxes` (columns, rows), with
+/// the 128-byte swizzle or none. The driver's encoding, as bytes.
+pub(crate) fn tensor_map_2d(addr: u64, elem: MapElem, dims: [usize; 2], row_bytes: usize, boxes: [usize; 2], swizzle_128b: bool) -> Result<Vec<u8>> {
     use cudarc::driver::sys::*;
-    let data_type = match dtype {
-        DType::Bf16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-        _ => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+    let data_type = match elem {
+        MapElem::Bf16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        MapElem::F16 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        MapElem::U8 => CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
     };
-    let dims = [row as u64, tokens as u64];
-    let strides = [(row * 2) as u64];
-    let rows = box_rows;
-    let boxes = [64u32, rows as u32];
+    let swizzle = if swizzle_128b { CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B } else { CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE };
+    let dims = [dims[0] as u64, dims[1] as u64];
+    let strides = [row_bytes as u64];
+    let boxes = [boxes[0] as u32, boxes[1] as u32];
     let element_strides = [1u32, 1];
     let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
     // SAFETY: the arrays hold the rank's entries; the address is device memory (16-byte
@@ -329,7 +351,7 @@ pub(crate) fn tensor_map(addr: u64, tokens: usize, row: usize, box_rows: usize, 
             boxes.as_ptr(),
             element_strides.as_ptr(),
             CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            swizzle,
             CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
             CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )

@@ -25,7 +25,7 @@
 //! work spread over the SMs; [`CudaMlaImpl`] only launches.
 
 use crate::attention_impl::{latent_rows_have_scales, no_fp8_cache};
-use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, kv_type, max_shared_memory_per_block, merge_kernel, ptr, query_type, tensor_map, through_device, DeviceMetadata, DeviceRows, BACKEND_MAPS, TENSOR_MAP_BYTES};
+use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, kv_type, max_shared_memory_per_block, merge_kernel, ptr, query_type, tensor_map, tensor_map_2d, through_device, MapElem, DeviceMetadata, DeviceRows, BACKEND_MAPS, TENSOR_MAP_BYTES};
 use crate::fp8::{KvScales, LATENT_ROW_BYTES};
 use crate::plan::MAX_SPLITS;
 use crate::registry::{Family, KernelId, KvType, QType, ScoreMod};
@@ -39,7 +39,7 @@ use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::{mla_row_bytes, mla_smem_bytes, mla_stages, MergeParams, MlaCacheWriteParams, MlaParams, CACHE_WRITE_THREADS, MLA_KEYS, MLA_LATENT_DIM, MLA_RANK, MLA_ROPE, MLA_ROWS, MLA_SM90_MIN_BLOCK, MLA_SM90_STAGES, MLA_SM90_THREADS, MLA_STAGES, MLA_WARPS};
-use crate::params::mla_sm90_keys;
+use crate::params::{mla_sm90_keys, MLA_FP8_ROW_BYTES};
 use crate::platform::{ArchFeatures, DeviceProps};
 use crate::spec::{AttnSpec, MlaSpec};
 use crate::plan::{KernelLaunch, LayerShape, PlanOptions, StepLimits, StepPlan};
@@ -113,10 +113,10 @@ fn shared_memory_bytes(_latent_dim: usize) -> usize {
 pub fn decode_kernel(q: QType, kv: KvType, stages: u32) -> KernelId {
     KernelId { family: Family::MlaDecode, q, kv, head_dim: 0, score: ScoreMod::Plain, stages }
 }
-/// The Hopper MLA decode (wgmma, TMA) for a query type and depth (`MLA_SM90_STAGES`: 2
-/// tiles of 64 keys or 4 of 32).
-pub fn sm90_decode_kernel(q: QType, stages: u32) -> KernelId {
-    KernelId { family: Family::MlaDecodeSm90, q, kv: KvType::Native, head_dim: 0, score: ScoreMod::Plain, stages }
+/// The Hopper MLA decode (wgmma, TMA) for a query type, latent cache element (fp8 rows
+/// widened in shared memory) and depth (`MLA_SM90_STAGES`: 2 tiles of 64 keys or 4 of 32).
+pub fn sm90_decode_kernel(q: QType, kv: KvType, stages: u32) -> KernelId {
+    KernelId { family: Family::MlaDecodeSm90, q, kv, head_dim: 0, score: ScoreMod::Plain, stages }
 }
 /// The Hopper MLA decode's depth unless a plan asks for another (2 x 64 keys: the 4 x 32
 /// shape measured 0.80-0.82x as fast on M1-M4).
@@ -125,10 +125,10 @@ pub const SM90_DEFAULT_STAGES: u32 = MLA_SM90_STAGES[0];
 /// portable kernel on Hopper too (see `plan`).
 pub const SM90_MIN_ROWS: usize = 16;
 /// Whether `backend` decodes on the Hopper kernel: `CUDA_MLA` on a device that runs it
-/// (`arch`), over a 16-bit latent cache of blocks of 8 or more tokens (its copies move whole
-/// 8-row groups of the 128-byte swizzle). The plan and the impl both ask this.
+/// (`arch`), over a latent cache (16-bit or fp8) of blocks of 8 or more tokens (its copies
+/// move whole 8-row groups of the 128-byte swizzle). The plan and the impl both ask this.
 pub fn hopper_decode(backend: BackendName, arch: &ArchFeatures, q: QType, kv: KvType, block_size: usize) -> bool {
-    backend == BackendName::CudaMla && kv == KvType::Native && block_size >= MLA_SM90_MIN_BLOCK as usize && arch.runs_id(&sm90_decode_kernel(q, SM90_DEFAULT_STAGES))
+    backend == BackendName::CudaMla && block_size >= MLA_SM90_MIN_BLOCK as usize && arch.runs_id(&sm90_decode_kernel(q, kv, SM90_DEFAULT_STAGES))
 }
 /// The latent cache write: bitwise for a 16-bit cache (`mla_cache_write_b16`), quantizing
 /// for fp8 (`mla_cache_write_<q>_e4m3`).
@@ -172,7 +172,7 @@ pub fn device_props(rt: &CudaRuntime, dtype: DType, layout: &KvCacheLayout, back
     let kv = kv_type(layout.kv_dtype);
     // The occupancy of the kernel the plan will name.
     let (id, threads) = if hopper_decode(backend, &rt.features(), q, kv, layout.block_size) {
-        (sm90_decode_kernel(q, SM90_DEFAULT_STAGES), MLA_SM90_THREADS)
+        (sm90_decode_kernel(q, kv, SM90_DEFAULT_STAGES), MLA_SM90_THREADS)
     } else {
         (decode_kernel(q, kv, pipeline_stages(kv, smem_max)), MLA_WARPS * 32)
     };
@@ -285,10 +285,11 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         // Where no request has more than 16 rows (a decode of 16 heads) the wgmma kernel's
         // 64-row tiles are three-quarters empty and the portable kernel measured faster
         // (M1 on an H200: 0.79 of copy against 0.74), unless a depth of the Hopper kernel
-        // is asked for.
+        // is asked for. An fp8 cache takes the Hopper kernel at any row count (the portable
+        // kernel's conversion held M1 to 0.25 of copy on an H200).
         let max_rows = lq.iter().map(|&q| q * h).max().unwrap_or(0);
         let sm90_depth = opts.pipeline_stages.is_some_and(|s| MLA_SM90_STAGES.contains(&s));
-        let hopper = hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size) && (max_rows > SM90_MIN_ROWS || sm90_depth);
+        let hopper = hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size) && (max_rows > SM90_MIN_ROWS || sm90_depth || kv == KvType::Fp8E4m3);
         let depths = if hopper { &MLA_SM90_STAGES[..] } else { mla_stages(kv.bytes()) };
         let fits = |s: u32| if hopper { true } else { mla_smem_bytes(s, kv.bytes()) <= props.max_shared_memory_per_block };
         let stages = match opts.pipeline_stages {
@@ -303,7 +304,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
             None if hopper => SM90_DEFAULT_STAGES,
             None => pipeline_stages(kv, props.max_shared_memory_per_block),
         };
-        let (kernel, block) = if hopper { (sm90_decode_kernel(q, stages), MLA_SM90_THREADS) } else { (decode_kernel(q, kv, stages), MLA_WARPS * 32) };
+        let (kernel, block) = if hopper { (sm90_decode_kernel(q, kv, stages), MLA_SM90_THREADS) } else { (decode_kernel(q, kv, stages), MLA_WARPS * 32) };
         launches.push(KernelLaunch {
             kernel,
             grid: (tiles.iter().copied().max().unwrap_or(1) as u32, key_splits.len() as u32, 1),
@@ -453,17 +454,26 @@ impl<T: Element> CudaMlaImpl<T> {
         let cache_write = cache_write_kernel(q, kv);
         let cache = rt.stream().alloc_zeros::<u8>(layout.capacity_slots() * mla_row_bytes(kv.bytes()) as usize)?;
         // The Hopper decode and the copy engine's view of the cache: its slots as rows of
-        // 576 16-bit values, boxes of a page (or a tile's share of one).
+        // 576 16-bit values, boxes of a page (or a tile's share of one); fp8 rows
+        // (`MLA_FP8_ROW_BYTES`) as bytes in unswizzled boxes of 64 (the latents, widened by
+        // the kernel), then as 16-bit values for the rope's swizzled box.
         let mut tmap = None;
         if hopper_decode(backend, &rt.features(), q, kv, layout.block_size) {
-            // Both depths, each with its map (boxes of a page, or of the tile's keys).
+            // Both depths, each with its map(s) (boxes of a page, or of the tile's keys).
             let stream = rt.stream().clone();
             let mut bytes = Vec::new();
+            let (addr, slots) = (ptr(&cache, &stream), layout.capacity_slots());
             for &stages in &MLA_SM90_STAGES {
-                let id = sm90_decode_kernel(q, stages);
+                let id = sm90_decode_kernel(q, kv, stages);
                 decode_fns.push((id, function_with_smem(&rt, backend, id, MLA_LATENT_DIM as usize)?));
                 let rows = layout.block_size.min(mla_sm90_keys(stages) as usize);
-                bytes.extend(tensor_map(ptr(&cache, &stream), layout.capacity_slots(), MLA_LATENT_DIM as usize, rows, T::DTYPE)?);
+                if kv == KvType::Fp8E4m3 {
+                    let row = MLA_FP8_ROW_BYTES as usize;
+                    bytes.extend(tensor_map_2d(addr, MapElem::U8, [row, slots], row, [64, rows], false)?);
+                    bytes.extend(tensor_map_2d(addr, MapElem::of(T::DTYPE), [row / 2, slots], row, [64, rows], true)?);
+                } else {
+                    bytes.extend(tensor_map(addr, slots, MLA_LATENT_DIM as usize, rows, T::DTYPE)?);
+                }
             }
             tmap = Some(stream.clone_htod(&bytes)?);
         }
@@ -564,10 +574,11 @@ impl<T: Element> CudaMlaImpl<T> {
                 chunk_keys: mla_rows(plan).chunk_keys as u32,
                 scale: self.mla.scale,
                 _pad: 0,
-                // The map of the kernel's depth (`MLA_SM90_STAGES` order).
+                // The map(s) of the kernel's depth (`MLA_SM90_STAGES` order; fp8: two a depth).
                 tmap: self.tmap.as_ref().map_or(0, |m| {
                     let i = MLA_SM90_STAGES.iter().position(|&s| s == launch.kernel.stages).unwrap_or(0);
-                    ptr(m, &stream) + (i * TENSOR_MAP_BYTES) as u64
+                    let maps = if launch.kernel.kv == KvType::Fp8E4m3 { 2 } else { 1 };
+                    ptr(m, &stream) + (i * maps * TENSOR_MAP_BYTES) as u64
                 }),
             };
             // SAFETY: q, out hold the step's rows; the metadata buffers hold the step's maps
@@ -776,18 +787,22 @@ mod tests {
         assert!(e.to_string().contains("fp8_e4m3 cache has [2, 3]"), "{e}");
 
         // CUDA_MLA on an H100 takes the Hopper kernel for the 16-bit cache (same schedule,
-        // 384 threads, one block an SM), the portable one for fp8, an A100 the portable one;
+        // 384 threads, one block an SM), for fp8 too (widened in shared memory), an A100 the portable one;
         // a pipeline depth asks for the portable kernel.
         let opts = PlanOptions { force_splits: Some(4), ..PlanOptions::default() };
         let h = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
         assert_eq!(h.launches[1], KernelLaunch { kernel: kid("mla_decode_sm90_bf16"), grid: (1, 5, 1), block: 384, shared_mem_bytes: crate::params::mla_sm90_smem_bytes(2), tokens: 3 });
         assert_eq!(mla_rows(&h), mla_rows(&p));
         let h8 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
-        assert_eq!(h8.launches[1].kernel.name(), "mla_decode_bf16_e4m3_s3");
+        assert_eq!(h8.launches[1].kernel.name(), "mla_decode_sm90_bf16_e4m3");
         // A step of 16-head single-token decodes (16 rows each) keeps the portable kernel.
         let m1 = meta(&[(99, 1), (2998, 1)]);
         let p1 = plan(&m1, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
         assert_eq!(p1.launches[1].kernel.name(), "mla_decode_bf16_s3");
+        // Not over an fp8 cache: the Hopper kernel widens it at any row count.
+        let m18 = crate::metadata::in_order_of(&[(99, 1), (2998, 1)], 64, 1, 576, KvCacheDType::Fp8E4m3);
+        let p18 = plan(&m18, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
+        assert_eq!(p18.launches[1].kernel.name(), "mla_decode_sm90_bf16_e4m3");
         let a = plan(&m, &shape, DType::Bf16, &DeviceProps::A100, &limits, &opts, BackendName::CudaMla).unwrap();
         assert_eq!(a.launches[1].kernel.name(), "mla_decode_bf16");
         // A depth picks among the Hopper kernel's two shapes (2 x 64 keys, 4 x 32); another
