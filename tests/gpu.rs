@@ -579,21 +579,25 @@ fn cases() -> Vec<Case> {
 
     // MLA over the fp8 latent cache (FlashMLA's 656-byte rows): both query types, both
     // depths, splits, speculative tokens with a chunk, a ragged batch, tiles of mixed scale.
-    // On Hopper these run the wgmma kernel (the rows widened in shared memory); the
-    // "portable" ones force the mma.sync kernel.
+    // Without a depth these run the mma.sync kernel (the default for fp8 rows); a depth of 2
+    // or 4 asks Hopper for the wgmma kernel (the rows widened in shared memory), which the
+    // "sm90" cases name; "portable" forces the mma.sync kernel's backend.
     let mut mla8b = |name: String, s: MlaShape, bf: bool, backend: BackendName| {
         let seed = v.len() as u64 * 7919 + 3;
         v.push(Case { name, run: Box::new(move |rt| if bf { check_mla_fp8::<bf16>(rt, &s, seed, backend) } else { check_mla_fp8::<f16>(rt, &s, seed, backend) }) });
     };
     mla8b("mla fp8 portable bf16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, true, BackendName::CudaMlaPortable);
     mla8b("mla fp8 portable f16 16 heads".into(), MlaShape { heads: 16, block_size: 32, requests: odd.clone(), splits: None, stages: None }, false, BackendName::CudaMlaPortable);
-    mla8b("mla fp8 bf16 64 heads 4-stage (32-key tiles) block size 8".into(), MlaShape { heads: 64, block_size: 8, requests: odd.clone(), splits: Some(2), stages: Some(4) }, true, BackendName::CudaMla);
-    mla8b("mla fp8 f16 128 heads 2 tokens 4-stage block size 256".into(), MlaShape { heads: 128, block_size: 256, requests: vec![(4099, 2), (33, 2), (640, 2)], splits: None, stages: Some(4) }, false, BackendName::CudaMla);
+    mla8b("mla fp8 sm90 bf16 64 heads 4-stage (32-key tiles) block size 16".into(), MlaShape { heads: 64, block_size: 16, requests: odd.clone(), splits: Some(2), stages: Some(4) }, true, BackendName::CudaMla);
+    mla8b("mla fp8 sm90 f16 128 heads 2 tokens 4-stage block size 256".into(), MlaShape { heads: 128, block_size: 256, requests: vec![(4099, 2), (33, 2), (640, 2)], splits: None, stages: Some(4) }, false, BackendName::CudaMla);
     let mut mla8 = |name: String, s: MlaShape, bf: bool| mla8b(name, s, bf, BackendName::CudaMla);
     mla8("mla fp8 bf16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None }, true);
+    mla8("mla fp8 sm90 bf16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: Some(2) }, true);
+    mla8("mla fp8 sm90 f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(2) }, false);
     mla8("mla fp8 f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, false);
-    mla8("mla fp8 bf16 64 heads 2-stage 5 splits".into(), MlaShape { heads: 64, block_size: 16, requests: odd.clone(), splits: Some(5), stages: Some(2) }, true);
+    mla8("mla fp8 sm90 bf16 64 heads 2-stage 5 splits".into(), MlaShape { heads: 64, block_size: 16, requests: odd.clone(), splits: Some(5), stages: Some(2) }, true);
     mla8("mla fp8 bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: None }, true);
+    mla8("mla fp8 sm90 bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: Some(2) }, true);
     let ragged: Vec<(usize, usize)> = (0..40).map(|i| ((i * 379) % 5000 + 1, 1 + i % 2)).collect();
     mla8("mla fp8 bf16 32 heads ragged 40".into(), MlaShape { heads: 32, block_size: 128, requests: ragged, splits: None, stages: None }, true);
     v

@@ -155,6 +155,15 @@ pub unsafe fn ld_global_nc_v4(p: *const u16) -> V4 {
     V4([a, b, c, d])
 }
 
+/// `ld.global.nc.f32`: a 4-byte load through the read-only path (memory no kernel writes
+/// while this one runs).
+#[inline(always)]
+pub unsafe fn ld_global_nc_f32(p: *const f32) -> f32 {
+    let v: f32;
+    unsafe { asm!("ld.global.nc.f32 {v}, [{p}];", v = out(reg32) v, p = in(reg64) p, options(readonly, nostack)) };
+    v
+}
+
 /// `ld.global.v4.u32`: a 16-byte coherent load (for data this grid may have written).
 #[inline(always)]
 pub unsafe fn ld_global_v4(p: *const u32) -> V4 {

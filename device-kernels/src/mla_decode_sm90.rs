@@ -30,11 +30,11 @@
 //!
 //! Grid and host guarantees: as `mla_decode`, and block sizes of 8 or more tokens.
 
-use crate::elem::{Elem, Wgmma};
+use crate::elem::{Elem, Wgmma, F16};
 use crate::gather::{ld_i32, tile_range};
 use crate::intrinsics::*;
 use crate::kv::KvStore;
-use crate::mla_decode::{scale_v4, store_mla_rows, MlaBlock, NT_HALF};
+use crate::mla_decode::{store_mla_rows, MlaBlock, NT_HALF};
 use crate::params::{MlaParams, MLA_FP8_ROPE_AT, MLA_FP8_SCALES_AT, MLA_LATENT_DIM, MLA_ROWS, MLA_SM90_THREADS};
 use crate::softmax::{p_fragment, rescale, RowState, LOG2E};
 use crate::tile::{load_tile, sw128, sw128_desc};
@@ -95,9 +95,9 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
                 let arrivals = if K::CONVERT && slab < SLABS - 1 { CONVERTERS as u32 } else { 1 };
                 unsafe { mbarrier_init(ring.full(s, slab), arrivals) };
             }
-            unsafe { mbarrier_init(ring.raw(s), 1) };
-            for part in 0..3 {
-                unsafe { mbarrier_init(ring.empty(s, part), 128) };
+            unsafe {
+                mbarrier_init(ring.raw(s), 1);
+                mbarrier_init(ring.empty(s), CONSUMER_THREADS as u32);
             }
         }
         for g in 0..2 {
@@ -135,18 +135,18 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
         if warp != PRODUCER_WARP {
             return;
         }
+        // Producer: tile i into stage i % STAGES once both consumers released it, as boxes of
+        // `rows` keys (a page, or the tile's share of one) x 64 columns.
         for i in 0..n_tiles {
             let stage = i % STAGES;
             let key0 = (t_first + i) * BN;
+            if i >= STAGES {
+                unsafe { mbarrier_wait_parity(ring.empty(stage), ((i / STAGES - 1) & 1) as u32) };
+            }
             if K::CONVERT {
                 // fp8: the rope (16-bit) by the copy engine straight into slab 8, the latent
                 // bytes raw into the second half of the value slabs (the converters widen
-                // them in place), once all three parts are free.
-                if i >= STAGES {
-                    for part in 0..3 {
-                        unsafe { mbarrier_wait_parity(ring.empty(stage, part), ((i / STAGES - 1) & 1) as u32) };
-                    }
-                }
+                // them in place).
                 bar_warp_sync();
                 if elect_sync() {
                     unsafe {
@@ -171,25 +171,18 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
                 }
                 continue;
             }
-            // The stage refilled by parts, in the order the consumers free them (and S reads
-            // them): the rope slab (after S), the owner's value slabs (after its P V), the
-            // follower's (after its follow); each slab completes its own `full` mbarrier.
-            let owner = i % 2;
-            for (part, slab0, n) in [(2, 8, 1), (owner, 4 * owner, 4), (1 - owner, 4 * (1 - owner), 4)] {
-                if i >= STAGES {
-                    unsafe { mbarrier_wait_parity(ring.empty(stage, part), ((i / STAGES - 1) & 1) as u32) };
-                }
-                bar_warp_sync();
-                if lane < n {
-                    unsafe { mbarrier_arrive_expect_tx(ring.full(stage, slab0 + lane), (BN * 128) as u32) };
-                }
-                let mut j = lane;
-                while j < boxes * n {
-                    let (b, slab) = (j % boxes, slab0 + j / boxes);
-                    let dst = k_tile(stage) + (slab * BN * 128 + b * rows * 128) as u32;
-                    unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token(key0 + b * rows) as i32, ring.full(stage, slab)) };
-                    j += 32;
-                }
+            // Slab by slab, each slab's boxes completing its own `full` mbarrier, so that the
+            // consumers' S starts on the first slab while the others land.
+            bar_warp_sync();
+            if lane < SLABS {
+                unsafe { mbarrier_arrive_expect_tx(ring.full(stage, lane), (BN * 128) as u32) };
+            }
+            let mut j = lane;
+            while j < boxes * SLABS {
+                let (b, slab) = (j % boxes, j / boxes);
+                let dst = k_tile(stage) + (slab * BN * 128 + b * rows * 128) as u32;
+                unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token(key0 + b * rows) as i32, ring.full(stage, slab)) };
+                j += 32;
             }
         }
         return;
@@ -250,7 +243,7 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
     if n_tiles > 0 && (n_tiles - 1) % 2 != wg {
         unsafe { w.follow::<E, KC>(n_tiles - 1, &mut rows, &mut o) };
         wgmma_wait_group_0(&mut o);
-        unsafe { mbarrier_arrive(w.empty((n_tiles - 1) % STAGES, wg)) };
+        unsafe { mbarrier_arrive(w.empty((n_tiles - 1) % STAGES)) };
     }
 
     // The denominators: each warpgroup summed its own tiles' probabilities (on the shared
@@ -312,16 +305,14 @@ impl<const BN: usize, const STAGES: usize> Ring<BN, STAGES> {
     fn full(&self, stage: usize, slab: usize) -> u32 {
         self.bars + 8 * (stage * SLABS + slab) as u32
     }
-    /// Part `part` of the stage is free: 0 and 1 the value slabs of warpgroup 0 and 1
-    /// (slabs 0-3, 4-7: after its `P V`), 2 the rope slab (8: after S).
     #[inline(always)]
-    fn empty(&self, stage: usize, part: usize) -> u32 {
-        self.bars + 8 * (STAGES * SLABS + 3 * stage + part) as u32
+    fn empty(&self, stage: usize) -> u32 {
+        self.bars + 8 * (STAGES * SLABS + stage) as u32
     }
     /// fp8: the stage's raw latent bytes landed.
     #[inline(always)]
     fn raw(&self, stage: usize) -> u32 {
-        self.bars + 8 * (STAGES * (SLABS + 3) + stage) as u32
+        self.bars + 8 * (STAGES * (SLABS + 1) + stage) as u32
     }
     /// fp8: where the copy engine puts the latent bytes of slab `slab` (`BN` rows of 64
     /// bytes, unswizzled): the second half of the value slabs, `BN x 64` bytes a slab.
@@ -342,8 +333,8 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
         self.k_tile(stage) + (4 * self.wg * BN * 128) as u32
     }
     #[inline(always)]
-    fn empty(&self, stage: usize, part: usize) -> u32 {
-        self.ring.empty(stage, part)
+    fn empty(&self, stage: usize) -> u32 {
+        self.ring.empty(stage)
     }
     #[inline(always)]
     fn ready(&self, g: usize) -> u32 {
@@ -384,16 +375,13 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
         pin_f32(s);
         let q = opaque_u32(self.q);
         wgmma_fence();
-        // Slabs in the order they land: the rope (8), this warpgroup's value slabs, the other's.
         for kk in 0..KS {
-            let i = kk / 4;
-            let slab = if i == 0 { 8 } else { (i + 7 + 4 * self.wg) % 8 };
             if kk % 4 == 0 {
-                unsafe { self.wait_slab(t, slab) };
+                unsafe { self.wait_slab(t, kk / 4) };
             }
             let in_slab = ((kk % 4) * 32) as u32;
-            let a = sw128_desc(q + (slab * ROWS * 128) as u32 + in_slab, 16, 1024);
-            let b = sw128_desc(self.k_tile(stage) + (slab * BN * 128) as u32 + in_slab, 16, 1024);
+            let a = sw128_desc(q + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
+            let b = sw128_desc(self.k_tile(stage) + ((kk / 4) * BN * 128) as u32 + in_slab, 16, 1024);
             unsafe { E::ss::<NB>(s, a, b, (kk > 0) as u32) };
         }
         wgmma_commit_group();
@@ -415,13 +403,12 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
                 self.scores::<E, NB>(t, &mut s);
             }
             wgmma_wait_group_1(o);
-            unsafe { mbarrier_arrive(self.empty((t - 1) % STAGES, self.wg)) };
+            unsafe { mbarrier_arrive(self.empty((t - 1) % STAGES)) };
             wgmma_wait_group_0(&mut s);
         } else {
             unsafe { self.scores::<E, NB>(t, &mut s) };
             wgmma_wait_group_0(&mut s);
         }
-        unsafe { mbarrier_arrive(self.empty(stage, 2)) }; // the rope slab is read
 
         // Masked only where the tile crosses the first row's position or the split's bounds.
         let key0 = (self.t_first + t) * BN;
@@ -455,18 +442,20 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
         }
         wgmma_commit_group();
         wgmma_wait_group_0(o);
-        unsafe { mbarrier_arrive(self.empty(stage, self.wg)) };
+        unsafe { mbarrier_arrive(self.empty(stage)) };
     }
 }
 
 /// fp8 converter `c` (of `CONVERTERS`): for each tile, its keys' four scales (one per 128
 /// latent dims) read from the cache, then slab by slab (`j` in 0..8) its 16-byte chunk
-/// `c % 4` of keys `c / 4 + 24 m` widened (exact), times the scale in f32, rounded to `E`,
+/// `c % 4` of keys `c / 4 + 24 m` widened by the hardware (`cvt.rn.f16x2.e4m3x2`, exact),
+/// times the scale in f32, rounded once to `E` (the portable kernel's values, bit for bit),
 /// into the stage's `sw128` slab j, published to the consumers' `wgmma` (async proxy) and
-/// `full` mbarrier. In place: slab j's 16-bit bytes cover raw slabs 2j - 8 and 2j - 7, so
-/// every raw slab is read by all converters (their barrier) before a later slab's stores
-/// (slab 7 covers its own: read, barrier, then stored). Keys past the split's end are
-/// stored as zeros (masked in S; so P V sees no stale bytes).
+/// slab j's `full` mbarrier. In place: slab j's 16-bit bytes cover raw slabs 2j - 8 and
+/// 2j - 7 only, so every raw slab is read by all converters (their barrier closes each slab)
+/// before a later slab's stores; slab 7 covers its own bytes, so its reads come before a
+/// barrier and its stores after. Keys past the split's end are stored as zeros (masked in S,
+/// so `P V` meets no stale bytes).
 #[inline(always)]
 unsafe fn convert_fp8<E: Elem, K: KvStore, const BN: usize, const STAGES: usize>(
     p: &MlaParams,
@@ -480,46 +469,74 @@ unsafe fn convert_fp8<E: Elem, K: KvStore, const BN: usize, const STAGES: usize>
     const KEYS: usize = 3; // ceil(64 keys x 4 chunks / 96 converters)
     let q = c % 4;
     let key_of = |m: usize| c / 4 + 24 * m;
+    // 16 e4m3 values -> two chunks of `E` (values 0-7, 8-15), times `scale`; zeros for a dead key.
+    let widen = |raw: V4, scale: f32, live: bool| -> [V4; 2] {
+        let mut out = [V4::ZERO; 2];
+        if live {
+            for w in 0..4 {
+                let h = cvt_rn_f16x2_e4m3x2(raw.0[w]);
+                for k in 0..2 {
+                    let (x, y) = F16::to_f32x2(h[k]);
+                    out[w / 2].0[2 * (w % 2) + k] = E::from_f32x2(x * scale, y * scale);
+                }
+            }
+        }
+        out
+    };
     for i in 0..n_tiles {
         let stage = i % STAGES;
         let key0 = (t_first + i) * BN;
-        let mut scales = [V4::ZERO; KEYS];
-        let mut live = [false; KEYS];
+        // The keys' scale rows in the cache (read a slab pair at a time, through L1).
+        let mut scale_at = [0u64; KEYS];
         for m in 0..KEYS {
             if key_of(m) < BN {
-                let key = key0 + key_of(m);
-                let row = p.cache + token(key) as u64 * p.cache_token_stride + MLA_FP8_SCALES_AT as u64;
-                scales[m] = unsafe { ld_global_nc_v4(row as *const u16) };
-                live[m] = key < kv_end;
+                scale_at[m] = p.cache + token(key0 + key_of(m)) as u64 * p.cache_token_stride + MLA_FP8_SCALES_AT as u64;
             }
         }
+        // This thread's offsets within a slab (its keys' rows, its chunk pair: the same in
+        // every slab), opaque each tile: LLVM would otherwise hoist all 48 of the stores'
+        // addresses out of the tile loop, and ptxas spill them at 40 registers.
+        let at = ring.k_tile(stage);
+        let mut out_at = [[0u32; 2]; KEYS];
+        let mut raw_at = [0u32; KEYS];
+        for m in 0..KEYS {
+            for h in 0..2 {
+                out_at[m][h] = opaque_u32(at + sw128(key_of(m), 2 * q + h, BN) as u32);
+            }
+            raw_at[m] = opaque_u32(ring.raw_slab(stage, 0) + (key_of(m) * 64 + 16 * q) as u32);
+        }
+        let store = |m: usize, j: usize, v: [V4; 2]| unsafe {
+            st_shared_v4(out_at[m][0] + (j * BN * 128) as u32, v[0]);
+            st_shared_v4(out_at[m][1] + (j * BN * 128) as u32, v[1]);
+        };
+        let raw = |m: usize, j: usize| unsafe { ld_shared_v4(raw_at[m] + (j * BN * 64) as u32) };
+        let scale = |m: usize, j: usize| unsafe { ld_global_nc_f32((scale_at[m] + 4 * (j / 2) as u64) as *const f32) };
         unsafe { mbarrier_wait_parity(ring.raw(stage), ((i / STAGES) & 1) as u32) };
-        for j in 0..8 {
-            let mut raw = [V4::ZERO; KEYS];
+        for j in 0..7 {
             for m in 0..KEYS {
                 if key_of(m) < BN {
-                    raw[m] = unsafe { ld_shared_v4(ring.raw_slab(stage, j) + (key_of(m) * 64 + 16 * q) as u32) };
-                }
-            }
-            if j == 7 {
-                bar_sync_named(CONVERTED, CONVERTERS as u32);
-            }
-            for m in 0..KEYS {
-                if key_of(m) < BN {
-                    let (lo, hi) = K::widen::<E>(raw[m]);
-                    let scale = f32::from_bits(scales[m].0[j / 2]);
-                    let (lo, hi) = if live[m] { (scale_v4::<E>(lo, scale), scale_v4::<E>(hi, scale)) } else { (V4::ZERO, V4::ZERO) };
-                    let at = ring.k_tile(stage);
-                    unsafe {
-                        st_shared_v4(at + sw128(key_of(m), 8 * j + 2 * q, BN) as u32, lo);
-                        st_shared_v4(at + sw128(key_of(m), 8 * j + 2 * q + 1, BN) as u32, hi);
-                    }
+                    store(m, j, widen(raw(m, j), scale(m, j), key0 + key_of(m) < kv_end));
                 }
             }
             fence_proxy_async_shared_cta();
             unsafe { mbarrier_arrive(ring.full(stage, j)) };
             bar_sync_named(CONVERTED, CONVERTERS as u32);
         }
+        // Slab 7: every converter's reads before any store.
+        let mut last = [V4::ZERO; KEYS];
+        for m in 0..KEYS {
+            if key_of(m) < BN {
+                last[m] = raw(m, 7);
+            }
+        }
+        bar_sync_named(CONVERTED, CONVERTERS as u32);
+        for m in 0..KEYS {
+            if key_of(m) < BN {
+                store(m, 7, widen(last[m], scale(m, 7), key0 + key_of(m) < kv_end));
+            }
+        }
+        fence_proxy_async_shared_cta();
+        unsafe { mbarrier_arrive(ring.full(stage, 7)) };
     }
 }
 

@@ -285,11 +285,12 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         // Where no request has more than 16 rows (a decode of 16 heads) the wgmma kernel's
         // 64-row tiles are three-quarters empty and the portable kernel measured faster
         // (M1 on an H200: 0.79 of copy against 0.74), unless a depth of the Hopper kernel
-        // is asked for. An fp8 cache takes the Hopper kernel at any row count (the portable
-        // kernel's conversion held M1 to 0.25 of copy on an H200).
+        // is asked for. Over an fp8 cache the portable kernel stays the default: the Hopper
+        // kernel's three converter warps measured slower (M1 0.21 of copy against 0.38 on an
+        // H100, benches/NOTES-mla.md); a depth of the Hopper kernel asks for it.
         let max_rows = lq.iter().map(|&q| q * h).max().unwrap_or(0);
         let sm90_depth = opts.pipeline_stages.is_some_and(|s| MLA_SM90_STAGES.contains(&s));
-        let hopper = hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size) && (max_rows > SM90_MIN_ROWS || sm90_depth || kv == KvType::Fp8E4m3);
+        let hopper = hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size) && ((max_rows > SM90_MIN_ROWS && kv == KvType::Native) || sm90_depth);
         let depths = if hopper { &MLA_SM90_STAGES[..] } else { mla_stages(kv.bytes()) };
         let fits = |s: u32| if hopper { true } else { mla_smem_bytes(s, kv.bytes()) <= props.max_shared_memory_per_block };
         let stages = match opts.pipeline_stages {
@@ -787,21 +788,25 @@ mod tests {
         assert!(e.to_string().contains("fp8_e4m3 cache has [2, 3]"), "{e}");
 
         // CUDA_MLA on an H100 takes the Hopper kernel for the 16-bit cache (same schedule,
-        // 384 threads, one block an SM), for fp8 too (widened in shared memory), an A100 the portable one;
+        // 384 threads, one block an SM), the portable one for fp8 unless a Hopper depth is
+        // asked for, an A100 the portable one;
         // a pipeline depth asks for the portable kernel.
         let opts = PlanOptions { force_splits: Some(4), ..PlanOptions::default() };
         let h = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
         assert_eq!(h.launches[1], KernelLaunch { kernel: kid("mla_decode_sm90_bf16"), grid: (1, 5, 1), block: 384, shared_mem_bytes: crate::params::mla_sm90_smem_bytes(2), tokens: 3 });
         assert_eq!(mla_rows(&h), mla_rows(&p));
         let h8 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
-        assert_eq!(h8.launches[1].kernel.name(), "mla_decode_sm90_bf16_e4m3");
+        assert_eq!(h8.launches[1].kernel.name(), "mla_decode_bf16_e4m3_s3");
+        // The Hopper kernel over fp8 rows where one of its depths is asked for.
+        let h84 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(4), ..opts }, BackendName::CudaMla).unwrap();
+        assert_eq!(h84.launches[1].kernel.name(), "mla_decode_sm90_bf16_e4m3_s4");
         // A step of 16-head single-token decodes (16 rows each) keeps the portable kernel.
         let m1 = meta(&[(99, 1), (2998, 1)]);
         let p1 = plan(&m1, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
         assert_eq!(p1.launches[1].kernel.name(), "mla_decode_bf16_s3");
-        // Not over an fp8 cache: the Hopper kernel widens it at any row count.
+        // A Hopper depth asks for the Hopper kernel at any row count (fp8 rows too).
         let m18 = crate::metadata::in_order_of(&[(99, 1), (2998, 1)], 64, 1, 576, KvCacheDType::Fp8E4m3);
-        let p18 = plan(&m18, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
+        let p18 = plan(&m18, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(2), ..opts }, BackendName::CudaMla).unwrap();
         assert_eq!(p18.launches[1].kernel.name(), "mla_decode_sm90_bf16_e4m3");
         let a = plan(&m, &shape, DType::Bf16, &DeviceProps::A100, &limits, &opts, BackendName::CudaMla).unwrap();
         assert_eq!(a.launches[1].kernel.name(), "mla_decode_bf16");
