@@ -6,8 +6,17 @@
 //! Warp-specialized as `flash_prefill_sm90`: a producer warp (of a third warpgroup that
 //! gives its registers away with `setmaxnreg`) has the copy engine (TMA) bring each K tile
 //! of `BN` latent rows, page by page through the block table, into a `STAGES`-deep ring of
-//! 128-byte-swizzled stages with `full` and `empty` mbarriers; no block barrier in the loop.
+//! 128-byte-swizzled stages; no block barrier in the loop. Each of a stage's 9 slabs (64
+//! columns) has its own `full` mbarrier, so S starts on the first slab while the others
+//! land (v6: on an H100 M2 1.25x and M4 1.16x of the whole-tile wait, with the grid order);
+//! one `empty` mbarrier frees the stage once both consumers are done with it.
 //! Two tile shapes (`params::mla_sm90_keys`): 2 stages of 64 keys, or 4 of 32.
+//! fp8 latent rows (`K = E4m3`, FlashMLA's 656 bytes): the copy engine brings the rope
+//! (16-bit) straight into its slab and the latent bytes raw into the second half of the
+//! value slabs; the producer warpgroup's other three warps widen them in place, slab by
+//! slab, onto each slab's `full` mbarrier (`convert_fp8`). Correct, but its 96 converters
+//! are slower than the portable kernel's conversion (M1 0.20 of copy against 0.39 on an
+//! H100), so the plan takes it only where a Hopper depth is asked for.
 //! Consumer warpgroup `g` holds all 64 rows and the value dims `256 g .. 256 g + 256`
 //! (128 f32 accumulators a thread). The seesaw: tile `t` is owned by warpgroup `t % 2`,
 //! which alone computes
@@ -28,7 +37,9 @@
 //! Epilogue as the portable kernel: a token of one split to `out`, else its partial row and
 //! (max, denominator) to the workspace for `merge_splits`.
 //!
-//! Grid and host guarantees: as `mla_decode`, and block sizes of 8 or more tokens.
+//! Grid and host guarantees: as `mla_decode` (x the row tiles, y the (request, split) pairs,
+//! so a request's tiles run together and read its keys from DRAM once), and block sizes of 8
+//! or more tokens.
 
 use crate::elem::{Elem, Wgmma, F16};
 use crate::gather::{ld_i32, tile_range};
