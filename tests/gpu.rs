@@ -1034,7 +1034,7 @@ fn check_mla_fp8<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64, bac
     let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
     let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, pipeline_stages: s.stages }).map_err(e)?;
     let splits = plan.num_splits;
-    let kernel = plan.launches.iter().find(|l| matches!(l.kernel.family, Family::MlaDecode | Family::MlaDecodeSm90)).map_or("-".into(), |l| l.kernel.name());
+    let kernel = plan.launches.iter().find(|l| matches!(l.kernel.family, Family::MlaDecode | Family::MlaDecodeCvt | Family::MlaDecodeSm90)).map_or("-".into(), |l| l.kernel.name());
     let mut out = vec![T::from_f32(f32::NAN); n * h * r];
     gpu.forward_host(&step, &q, &kv_c, &k_pe, &mut out).map_err(e)?;
 

@@ -368,23 +368,24 @@ unsafe fn convert_fp8_row<E: Elem, K: KvStore>(raw: u32, tile: u32, row: usize, 
     for k in 0..(DV / 128) {
         let c = j + 8 * k;
         let scale = f32::from_bits(scales.0[k]);
+        // Widened as `K::Mma<E>` (`E`, or f16 on the hardware's conversion), stored as `E`.
         let (lo, hi) = K::widen::<E>(unsafe { ld_shared_v4(raw + 16 * c as u32) });
         unsafe {
-            st_shared_v4(tile + swizzled(row, 2 * c, ROW_BYTES) as u32, scale_v4::<E>(lo, scale));
-            st_shared_v4(tile + swizzled(row, 2 * c + 1, ROW_BYTES) as u32, scale_v4::<E>(hi, scale));
+            st_shared_v4(tile + swizzled(row, 2 * c, ROW_BYTES) as u32, scale_v4::<K::Mma<E>, E>(lo, scale));
+            st_shared_v4(tile + swizzled(row, 2 * c + 1, ROW_BYTES) as u32, scale_v4::<K::Mma<E>, E>(hi, scale));
         }
     }
     let rope = unsafe { ld_shared_v4(raw + MLA_FP8_ROPE_AT + 16 * j as u32) };
     unsafe { st_shared_v4(tile + swizzled(row, DV / 8 + j, ROW_BYTES) as u32, rope) };
 }
 
-/// Eight values of `E` times `scale` in f32, rounded back to `E` (an fp8 latent chunk's
-/// 128-dim tile scale; the portable and the Hopper kernels' one rounding).
+/// Eight widened values of `S` (exact) times `scale` in f32, rounded once to `E` (an fp8
+/// latent chunk's 128-dim tile scale; every MLA kernel's one rounding).
 #[inline(always)]
-pub(crate) fn scale_v4<E: Elem>(v: V4, scale: f32) -> V4 {
+pub(crate) fn scale_v4<S: Elem, E: Elem>(v: V4, scale: f32) -> V4 {
     let mut w = V4::ZERO;
     for i in 0..4 {
-        let (x, y) = E::to_f32x2(v.0[i]);
+        let (x, y) = S::to_f32x2(v.0[i]);
         w.0[i] = E::from_f32x2(x * scale, y * scale);
     }
     w
@@ -401,3 +402,15 @@ macro_rules! mla_decode_instance {
     };
 }
 pub(crate) use mla_decode_instance;
+
+/// The same kernel over the hardware's fp8 conversion (`kv::E4m3Cvt`, sm_90a module):
+/// `mla_decode_cvt_instance!(name, Q, KV, D, SCORE, STAGES)`, KV `E4m3`.
+macro_rules! mla_decode_cvt_instance {
+    ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::MlaParams) {
+            unsafe { $crate::mla_decode::mla_decode::<$crate::elem::$q, <$crate::kv::$kv as $crate::kv::Hardware>::Store, $stages>(&p) }
+        }
+    };
+}
+pub(crate) use mla_decode_cvt_instance;

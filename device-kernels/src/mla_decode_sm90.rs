@@ -44,8 +44,8 @@
 use crate::elem::{Elem, Wgmma, F16};
 use crate::gather::{ld_i32, tile_range};
 use crate::intrinsics::*;
-use crate::kv::KvStore;
-use crate::mla_decode::{store_mla_rows, MlaBlock, NT_HALF};
+use crate::kv::{E4m3Cvt, KvStore};
+use crate::mla_decode::{scale_v4, store_mla_rows, MlaBlock, NT_HALF};
 use crate::params::{MlaParams, MLA_FP8_ROPE_AT, MLA_FP8_SCALES_AT, MLA_LATENT_DIM, MLA_ROWS, MLA_SM90_THREADS};
 use crate::softmax::{p_fragment, rescale, RowState, LOG2E};
 use crate::tile::{load_tile, sw128, sw128_desc};
@@ -482,17 +482,11 @@ unsafe fn convert_fp8<E: Elem, K: KvStore, const BN: usize, const STAGES: usize>
     let key_of = |m: usize| c / 4 + 24 * m;
     // 16 e4m3 values -> two chunks of `E` (values 0-7, 8-15), times `scale`; zeros for a dead key.
     let widen = |raw: V4, scale: f32, live: bool| -> [V4; 2] {
-        let mut out = [V4::ZERO; 2];
-        if live {
-            for w in 0..4 {
-                let h = cvt_rn_f16x2_e4m3x2(raw.0[w]);
-                for k in 0..2 {
-                    let (x, y) = F16::to_f32x2(h[k]);
-                    out[w / 2].0[2 * (w % 2) + k] = E::from_f32x2(x * scale, y * scale);
-                }
-            }
+        if !live {
+            return [V4::ZERO; 2];
         }
-        out
+        let (lo, hi) = E4m3Cvt::widen::<E>(raw);
+        [scale_v4::<F16, E>(lo, scale), scale_v4::<F16, E>(hi, scale)]
     };
     for i in 0..n_tiles {
         let stage = i % STAGES;

@@ -49,6 +49,9 @@ pub enum Family {
     /// The MLA decode's blocks on wgmma, K tiles by TMA, warp specialization (`MlaParams`),
     /// in the sm_90a module.
     MlaDecodeSm90,
+    /// The mma.sync MLA decode over fp8 rows widened by the hardware's conversion
+    /// (`cvt.rn.f16x2.e4m3x2`: `MlaParams`), in the sm_90a module.
+    MlaDecodeCvt,
 }
 
 impl Family {
@@ -67,6 +70,7 @@ impl Family {
             Family::MlaCacheWrite => "crate::cache_write::mla_cache_write_instance",
             Family::MlaDecode => "crate::mla_decode::mla_decode_instance",
             Family::MlaDecodeSm90 => "crate::mla_decode_sm90::mla_decode_sm90_instance",
+            Family::MlaDecodeCvt => "crate::mla_decode::mla_decode_cvt_instance",
         }
     }
     const fn prefix(self) -> &'static str {
@@ -82,6 +86,7 @@ impl Family {
             Family::MlaCacheWrite => "mla_cache_write",
             Family::MlaDecode => "mla_decode",
             Family::MlaDecodeSm90 => "mla_decode_sm90",
+            Family::MlaDecodeCvt => "mla_decode_cvt",
         }
     }
 }
@@ -294,7 +299,7 @@ impl KernelId {
             Family::PagedDecode | Family::PagedDecodeSm90 => paged_smem_bytes(self.head_dim, self.kv.bytes()),
             Family::FlashPrefill | Family::FlashPrefillCvt => prefill_smem_bytes(self.head_dim, self.kv.bytes()),
             Family::FlashPrefillSm90 => prefill_sm90_smem_bytes(self.head_dim),
-            Family::MlaDecode => mla_smem_bytes(self.stages, self.kv.bytes()),
+            Family::MlaDecode | Family::MlaDecodeCvt => mla_smem_bytes(self.stages, self.kv.bytes()),
             Family::MlaDecodeSm90 => mla_sm90_smem_bytes(self.stages),
         }
     }
@@ -378,6 +383,7 @@ pub const KERNELS: &[KernelRow] = &[
     KernelRow { family: Family::MlaCacheWrite, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
     KernelRow { family: Family::MlaDecode, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_STAGES, module: Module::Portable, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC },
     KernelRow { family: Family::MlaDecode, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_FP8_STAGES, module: Module::Portable, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC },
+    KernelRow { family: Family::MlaDecodeCvt, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_FP8_STAGES, module: Module::Sm90a, threads: MLA_WARPS * 32, needs: Features::MMA_SYNC.union(Features::CVT_FP8) },
     KernelRow { family: Family::MlaDecodeSm90, q: Q16, kv: KV_ALL, head_dims: ONE, scores: &[ScoreMod::Plain], stages: &MLA_SM90_STAGES, module: Module::Sm90a, threads: MLA_SM90_THREADS, needs: Features::HOPPER },
 ];
 

@@ -113,6 +113,14 @@ fn shared_memory_bytes(_latent_dim: usize) -> usize {
 pub fn decode_kernel(q: QType, kv: KvType, stages: u32) -> KernelId {
     KernelId { family: Family::MlaDecode, q, kv, head_dim: 0, score: ScoreMod::Plain, stages }
 }
+/// The mma.sync MLA decode `backend` runs on `arch` for a query type, cache element and
+/// depth: over fp8 rows on `CUDA_MLA`, the sm_90a module's kernel on the hardware's
+/// conversion where the device runs it (`mla_decode_cvt_*`); otherwise `decode_kernel`'s
+/// (`CUDA_MLA_PORTABLE` keeps the portable module's, for comparison).
+pub fn mma_decode_kernel(backend: BackendName, arch: &ArchFeatures, q: QType, kv: KvType, stages: u32) -> KernelId {
+    let cvt = KernelId { family: Family::MlaDecodeCvt, ..decode_kernel(q, kv, stages) };
+    if backend == BackendName::CudaMla && kv == KvType::Fp8E4m3 && arch.runs_id(&cvt) { cvt } else { decode_kernel(q, kv, stages) }
+}
 /// The Hopper MLA decode (wgmma, TMA) for a query type, latent cache element (fp8 rows
 /// widened in shared memory) and depth (`MLA_SM90_STAGES`: 2 tiles of 64 keys or 4 of 32).
 pub fn sm90_decode_kernel(q: QType, kv: KvType, stages: u32) -> KernelId {
@@ -174,7 +182,7 @@ pub fn device_props(rt: &CudaRuntime, dtype: DType, layout: &KvCacheLayout, back
     let (id, threads) = if hopper_decode(backend, &rt.features(), q, kv, layout.block_size) {
         (sm90_decode_kernel(q, kv, SM90_DEFAULT_STAGES), MLA_SM90_THREADS)
     } else {
-        (decode_kernel(q, kv, pipeline_stages(kv, smem_max)), MLA_WARPS * 32)
+        (mma_decode_kernel(backend, &rt.features(), q, kv, pipeline_stages(kv, smem_max)), MLA_WARPS * 32)
     };
     let f = function_with_smem(rt, backend, id, MLA_LATENT_DIM as usize)?;
     let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(threads, id.smem_bytes() as usize, None)?;
@@ -305,7 +313,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
             None if hopper => SM90_DEFAULT_STAGES,
             None => pipeline_stages(kv, props.max_shared_memory_per_block),
         };
-        let (kernel, block) = if hopper { (sm90_decode_kernel(q, kv, stages), MLA_SM90_THREADS) } else { (decode_kernel(q, kv, stages), MLA_WARPS * 32) };
+        let (kernel, block) = if hopper { (sm90_decode_kernel(q, kv, stages), MLA_SM90_THREADS) } else { (mma_decode_kernel(backend, &props.arch, q, kv, stages), MLA_WARPS * 32) };
         launches.push(KernelLaunch {
             kernel,
             grid: (tiles.iter().copied().max().unwrap_or(1) as u32, key_splits.len() as u32, 1),
@@ -438,7 +446,7 @@ impl<T: Element> CudaMlaImpl<T> {
         let depths = mla_stages(kv.bytes());
         let mut decode_fns = Vec::new();
         for &stages in depths.iter().filter(|&&s| mla_smem_bytes(s, kv.bytes()) <= smem_max) {
-            let id = decode_kernel(q, kv, stages);
+            let id = mma_decode_kernel(backend, &rt.features(), q, kv, stages);
             decode_fns.push((id, function_with_smem(&rt, BackendName::CudaMla, id, MLA_LATENT_DIM as usize)?));
         }
         if decode_fns.is_empty() {
@@ -796,7 +804,7 @@ mod tests {
         assert_eq!(h.launches[1], KernelLaunch { kernel: kid("mla_decode_sm90_bf16"), grid: (1, 5, 1), block: 384, shared_mem_bytes: crate::params::mla_sm90_smem_bytes(2), tokens: 3 });
         assert_eq!(mla_rows(&h), mla_rows(&p));
         let h8 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
-        assert_eq!(h8.launches[1].kernel.name(), "mla_decode_bf16_e4m3_s3");
+        assert_eq!(h8.launches[1].kernel.name(), "mla_decode_cvt_bf16_e4m3_s3");
         // The Hopper kernel over fp8 rows where one of its depths is asked for.
         let h84 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(4), ..opts }, BackendName::CudaMla).unwrap();
         assert_eq!(h84.launches[1].kernel.name(), "mla_decode_sm90_bf16_e4m3_s4");

@@ -910,9 +910,9 @@ mod tests {
         assert!(sm90a.contains(&"flash_prefill_sm90_f16_d256_alibi".to_string()) && !sm90.iter().any(|k| k.contains("_sm90_")));
         // The sm_90a module's own: the Hopper prefill (2 dtypes x 3 head dims x 4 modifiers),
         // the hardware-converting fp8 decode (2 dtypes x 4 head dims), the fp8 prefill on the
-        // same conversion (2 x 4 x 4) and the Hopper MLA decode (2 dtypes x 2 caches x 2
-        // tile shapes).
-        assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4 + 2 * 4 + 2 * 4 * 4 + 2 * 2 * 2);
+        // same conversion (2 x 4 x 4), the Hopper MLA decode (2 dtypes x 2 caches x 2 tile
+        // shapes) and the mma.sync MLA decode over fp8 rows on that conversion (2 x 2 depths).
+        assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4 + 2 * 4 + 2 * 4 * 4 + 2 * 2 * 2 + 2 * 2);
         assert!(!sm90a.iter().any(|k| k.starts_with("flash_prefill_sm90") && k.contains("_d96")));
         // A plan says which of its launches are Hopper's own kernels.
         let hopper_plan = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).unwrap();
