@@ -293,9 +293,10 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         // Where no request has more than 16 rows (a decode of 16 heads) the wgmma kernel's
         // 64-row tiles are three-quarters empty and the portable kernel measured faster
         // (M1 on an H200: 0.79 of copy against 0.74), unless a depth of the Hopper kernel
-        // is asked for. Over an fp8 cache the portable kernel stays the default: the Hopper
-        // kernel's three converter warps measured slower (M1 0.21 of copy against 0.38 on an
-        // H100, benches/NOTES-mla.md); a depth of the Hopper kernel asks for it.
+        // is asked for. Over an fp8 cache the mma.sync kernel stays the default (on the
+        // hardware's conversion where there is one: M1 0.47 of copy on an H100): the Hopper
+        // kernel's three converter warps measured slower (0.20, benches/NOTES-mla.md); a
+        // depth of the Hopper kernel asks for it.
         let max_rows = lq.iter().map(|&q| q * h).max().unwrap_or(0);
         let sm90_depth = opts.pipeline_stages.is_some_and(|s| MLA_SM90_STAGES.contains(&s));
         let hopper = hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size) && ((max_rows > SM90_MIN_ROWS && kv == KvType::Native) || sm90_depth);
