@@ -96,8 +96,8 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
     let x_max = x_p + (ROWS * 128) as u32;
     let x_ready = x_max + 128 * 8;
     let ring = Ring::<BN, STAGES> { k0: smem + q_bytes as u32, bars: x_ready + 16 };
-    // The producer's stage addresses (the same bytes as `Ring::k_tile`, in the form the GPU
-    // run at a4545a1 checked: the PTX is byte-identical to that run's).
+    // The producer's stage addresses (the same bytes as `Ring::k_tile`; written through
+    // `Ring` the module changes, so it waits for a GPU run: the PTX that ran is this one's).
     let k_tile = |stage: usize| smem + (q_bytes + stage * k_bytes) as u32;
     if tid == 0 {
         for s in 0..STAGES {

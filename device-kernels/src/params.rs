@@ -560,7 +560,8 @@ pub const MLA_SM90_MIN_BLOCK: u32 = 8;
 /// follower's `P V`), each consumer thread's two row maxima, and the two warpgroups' `ready`
 /// mbarriers.
 pub const MLA_SM90_EXCHANGE_BYTES: u32 = MLA_ROWS * 64 * 2 + 128 * 8 + 16;
-/// mbarriers a K stage: a `full` a slab (9) and the `empty` ones, with room for more.
+/// mbarriers a K stage: a `full` a slab (9), the `empty` one and fp8's `raw` one, with room
+/// for more.
 pub const MLA_SM90_STAGE_BARS: u32 = 16;
 /// Dynamic shared memory of the Hopper MLA decode at depth `stages`: 1024 bytes of alignment
 /// slack, the Q tile, the K stages with their mbarriers, the exchange (231,696 or 231,952
