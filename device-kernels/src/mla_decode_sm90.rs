@@ -46,7 +46,7 @@ use crate::gather::{ld_i32, tile_range};
 use crate::intrinsics::*;
 use crate::kv::{E4m3Cvt, KvStore};
 use crate::mla_decode::{scale_v4, store_mla_rows, MlaBlock, NT_HALF};
-use crate::params::{MlaParams, MLA_FP8_ROPE_AT, MLA_FP8_SCALES_AT, MLA_LATENT_DIM, MLA_ROWS, MLA_SM90_THREADS};
+use crate::params::{MlaParams, MLA_FP8_ROPE_AT, MLA_FP8_SCALES_AT, MLA_LATENT_DIM, MLA_ROWS, MLA_SM90_STAGE_BARS, MLA_SM90_THREADS, TENSOR_MAP_BYTES};
 use crate::softmax::{p_fragment, rescale, RowState, LOG2E};
 use crate::tile::{load_tile, sw128, sw128_desc};
 
@@ -60,8 +60,6 @@ const PRODUCER_REGS: u32 = 40;
 const CONVERTERS: usize = 96;
 /// Their named barrier (`bar_sync` is 0, `DONE` 1).
 const CONVERTED: u32 = 2;
-/// Bytes of a `CUtensorMap` (fp8: the rope's 16-bit map follows the latent bytes' map).
-const TMAP_BYTES: u64 = 128;
 const CONSUMER_REGS: u32 = 232;
 const ROWS: usize = MLA_ROWS as usize;
 /// Key dims (9 slabs of 64), k-steps of `Q K^T`, a warpgroup's output n-tiles (256 dims).
@@ -140,7 +138,7 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
         };
         if K::CONVERT && warp > PRODUCER_WARP {
             let c = tid - (PRODUCER_WARP + 1) * 32;
-            unsafe { convert_fp8::<E, K, BN, STAGES>(p, &ring, c, t_first, n_tiles, kv_end, token) };
+            unsafe { convert_fp8::<E, BN, STAGES>(p, &ring, c, t_first, n_tiles, kv_end, token) };
             return;
         }
         if warp != PRODUCER_WARP {
@@ -155,9 +153,9 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
                 unsafe { mbarrier_wait_parity(ring.empty(stage), ((i / STAGES - 1) & 1) as u32) };
             }
             if K::CONVERT {
-                // fp8: the rope (16-bit) by the copy engine straight into slab 8, the latent
-                // bytes raw into the second half of the value slabs (the converters widen
-                // them in place).
+                // fp8: the rope (16-bit) by the copy engine straight into slab 8 (its map is
+                // the second at `p.tmap`), the latent bytes raw into the second half of the
+                // value slabs (the converters widen them in place).
                 bar_warp_sync();
                 if elect_sync() {
                     unsafe {
@@ -172,7 +170,7 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
                     unsafe {
                         if slab == SLABS - 1 {
                             let dst = ring.k_tile(stage) + (8 * BN * 128 + b * rows * 128) as u32;
-                            cp_async_bulk_tensor_2d(dst, p.tmap + TMAP_BYTES, (MLA_FP8_ROPE_AT / 2) as i32, tok as i32, ring.full(stage, slab));
+                            cp_async_bulk_tensor_2d(dst, p.tmap + TENSOR_MAP_BYTES as u64, (MLA_FP8_ROPE_AT / 2) as i32, tok as i32, ring.full(stage, slab));
                         } else {
                             let dst = ring.raw_slab(stage, slab) + (b * rows * 64) as u32;
                             cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, tok as i32, ring.raw(stage));
@@ -305,6 +303,10 @@ struct Ring<const BN: usize, const STAGES: usize> {
     k0: u32,
     bars: u32,
 }
+
+/// The ring's mbarriers (`full` a slab, `empty`, `raw`) are the host's `MLA_SM90_STAGE_BARS` a
+/// stage, which sizes the launch's shared memory.
+const _: () = assert!(MLA_SM90_STAGE_BARS as usize == SLABS + 2);
 
 impl<const BN: usize, const STAGES: usize> Ring<BN, STAGES> {
     #[inline(always)]
@@ -468,7 +470,7 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
 /// barrier and its stores after. Keys past the split's end are stored as zeros (masked in S,
 /// so `P V` meets no stale bytes).
 #[inline(always)]
-unsafe fn convert_fp8<E: Elem, K: KvStore, const BN: usize, const STAGES: usize>(
+unsafe fn convert_fp8<E: Elem, const BN: usize, const STAGES: usize>(
     p: &MlaParams,
     ring: &Ring<BN, STAGES>,
     c: usize,

@@ -560,11 +560,14 @@ pub const MLA_SM90_MIN_BLOCK: u32 = 8;
 /// follower's `P V`), each consumer thread's two row maxima, and the two warpgroups' `ready`
 /// mbarriers.
 pub const MLA_SM90_EXCHANGE_BYTES: u32 = MLA_ROWS * 64 * 2 + 128 * 8 + 16;
-/// mbarriers a K stage: a `full` a slab (9), the `empty` one and fp8's `raw` one, with room
-/// for more.
-pub const MLA_SM90_STAGE_BARS: u32 = 16;
+/// mbarriers a K stage of the Hopper MLA decode (its `Ring`): a `full` a 64-column slab (9),
+/// the `empty` one and fp8's `raw` one.
+pub const MLA_SM90_STAGE_BARS: u32 = MLA_LATENT_DIM / 64 + 2;
+/// Bytes of a `CUtensorMap`: the host encodes them, the kernels take their addresses (the
+/// host checks this against the driver's type).
+pub const TENSOR_MAP_BYTES: u32 = 128;
 /// Dynamic shared memory of the Hopper MLA decode at depth `stages`: 1024 bytes of alignment
-/// slack, the Q tile, the K stages with their mbarriers, the exchange (231,696 or 231,952
+/// slack, the Q tile, the K stages with their mbarriers, the exchange (231,616 or 231,792
 /// bytes; the limit is 232,448).
 pub const fn mla_sm90_smem_bytes(stages: u32) -> u32 {
     1024 + MLA_ROWS * MLA_LATENT_DIM * 2 + stages * (mla_sm90_keys(stages) * MLA_LATENT_DIM * 2 + MLA_SM90_STAGE_BARS * 8) + MLA_SM90_EXCHANGE_BYTES

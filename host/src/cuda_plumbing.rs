@@ -299,7 +299,8 @@ pub const fn kv_type(kv: KvCacheDType) -> crate::registry::KvType {
 }
 
 /// Bytes of a `CUtensorMap`.
-pub const TENSOR_MAP_BYTES: usize = std::mem::size_of::<cudarc::driver::sys::CUtensorMap>();
+pub const TENSOR_MAP_BYTES: usize = crate::params::TENSOR_MAP_BYTES as usize;
+const _: () = assert!(std::mem::size_of::<cudarc::driver::sys::CUtensorMap>() == TENSOR_MAP_BYTES);
 
 /// The copy engine's view of `tokens` rows of `row` 16-bit elements at device address
 /// `addr` (a paged cache, or an encoder layer's K or V of the step): boxes of 64 columns x

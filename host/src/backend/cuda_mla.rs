@@ -178,8 +178,8 @@ pub fn device_props(rt: &CudaRuntime, dtype: DType, layout: &KvCacheLayout, back
     let q = query_type(dtype, backend.as_str())?;
     let smem_max = max_shared_memory_per_block(rt)?;
     let kv = kv_type(layout.kv_dtype);
-    // The occupancy of the kernel the plan will name.
-    let (id, threads) = if hopper_decode(backend, &rt.features(), q, kv, layout.block_size) {
+    // The occupancy of the kernel a plan names by default (over fp8 rows, the mma.sync one).
+    let (id, threads) = if hopper_decode(backend, &rt.features(), q, kv, layout.block_size) && kv == KvType::Native {
         (sm90_decode_kernel(q, kv, SM90_DEFAULT_STAGES), MLA_SM90_THREADS)
     } else {
         (mma_decode_kernel(backend, &rt.features(), q, kv, pipeline_stages(kv, smem_max)), MLA_WARPS * 32)
