@@ -544,38 +544,48 @@ fn cases() -> Vec<Case> {
     };
     let odd = vec![(4094, 1), (0, 1), (300, 1), (999, 2), (62, 2), (2000, 1), (33, 1)];
     for heads in [16, 32, 64, 128] {
-        mla(format!("mla bf16 {heads} heads"), MlaShape { heads, block_size: 64, requests: odd.clone(), splits: None, stages: None }, true);
+        mla(format!("mla bf16 {heads} heads"), MlaShape { heads, block_size: 64, requests: odd.clone(), splits: None, stages: None, parts: None }, true);
     }
-    mla("mla f16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None }, false);
-    mla("mla f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, false);
+    mla("mla f16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None, parts: None }, false);
+    mla("mla f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None, parts: None }, false);
     for splits in [1, 2, 5, 8, 16] {
-        mla(format!("mla bf16 16 heads {splits} splits"), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: Some(splits), stages: None }, true);
+        mla(format!("mla bf16 16 heads {splits} splits"), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: Some(splits), stages: None, parts: None }, true);
     }
     for bs in [16, 128] {
-        mla(format!("mla bf16 32 heads block size {bs}"), MlaShape { heads: 32, block_size: bs, requests: odd.clone(), splits: Some(4), stages: None }, true);
+        mla(format!("mla bf16 32 heads block size {bs}"), MlaShape { heads: 32, block_size: bs, requests: odd.clone(), splits: Some(4), stages: None, parts: None }, true);
     }
     let ragged: Vec<(usize, usize)> = (0..40).map(|i| ((i * 379) % 5000 + 1, 1 + i % 2)).collect();
-    mla("mla bf16 64 heads ragged 40".into(), MlaShape { heads: 64, block_size: 64, requests: ragged, splits: None, stages: None }, true);
-    mla("mla bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: None }, true);
+    mla("mla bf16 64 heads ragged 40".into(), MlaShape { heads: 64, block_size: 64, requests: ragged, splits: None, stages: None, parts: None }, true);
+    mla("mla bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: None, parts: None }, true);
     // The 2-stage kernel (what sm_80-class GPUs run), on any device.
     // The Hopper kernel's second shape: 4 stages of 32 keys (on CUDA_MLA; elsewhere it is
     // refused, so these cases run where there is an sm_90a module).
-    mla("mla bf16 64 heads 4-stage (32-key tiles)".into(), MlaShape { heads: 64, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(4) }, true);
-    mla("mla f16 16 heads 4-stage (32-key tiles) block size 16".into(), MlaShape { heads: 16, block_size: 16, requests: odd.clone(), splits: None, stages: Some(4) }, false);
-    mla("mla bf16 16 heads long context".into(), MlaShape { heads: 16, block_size: 64, requests: vec![(32767, 1), (20000, 2)], splits: None, stages: None }, true);
-    mla("mla bf16 32 heads 64k context".into(), MlaShape { heads: 32, block_size: 64, requests: vec![(65535, 1), (700, 3)], splits: None, stages: None }, true);
-    mla("mla bf16 64 heads block size 256".into(), MlaShape { heads: 64, block_size: 256, requests: odd.clone(), splits: Some(2), stages: None }, true);
-    mla("mla f16 32 heads block size 32".into(), MlaShape { heads: 32, block_size: 32, requests: odd.clone(), splits: None, stages: None }, false);
+    mla("mla bf16 64 heads 4-stage (32-key tiles)".into(), MlaShape { heads: 64, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(4), parts: None }, true);
+    mla("mla f16 16 heads 4-stage (32-key tiles) block size 16".into(), MlaShape { heads: 16, block_size: 16, requests: odd.clone(), splits: None, stages: Some(4), parts: None }, false);
+    mla("mla bf16 16 heads long context".into(), MlaShape { heads: 16, block_size: 64, requests: vec![(32767, 1), (20000, 2)], splits: None, stages: None, parts: None }, true);
+    mla("mla bf16 32 heads 64k context".into(), MlaShape { heads: 32, block_size: 64, requests: vec![(65535, 1), (700, 3)], splits: None, stages: None, parts: None }, true);
+    mla("mla bf16 64 heads block size 256".into(), MlaShape { heads: 64, block_size: 256, requests: odd.clone(), splits: Some(2), stages: None, parts: None }, true);
+    mla("mla f16 32 heads block size 32".into(), MlaShape { heads: 32, block_size: 32, requests: odd.clone(), splits: None, stages: None, parts: None }, false);
+    // The Hopper kernel's persistent schedule with few runs, so that a block runs several
+    // items (the ring, the exchange's phases and the seesaw's owners running through them;
+    // items past a request's row tiles skipped): one run for everything, cut schedules,
+    // forced splits, the 4-stage shape.
+    let ragged: Vec<(usize, usize)> = (0..40).map(|i| ((i * 379) % 5000 + 1, 1 + i % 2)).collect();
+    mla("mla bf16 64 heads ragged 40 persistent 3 runs".into(), MlaShape { heads: 64, block_size: 64, requests: ragged.clone(), splits: None, stages: None, parts: Some(3) }, true);
+    mla("mla bf16 128 heads 4 tokens + 17-token chunk persistent 1 run".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: None, parts: Some(1) }, true);
+    mla("mla f16 32 heads 5 splits persistent 2 runs".into(), MlaShape { heads: 32, block_size: 64, requests: odd.clone(), splits: Some(5), stages: None, parts: Some(2) }, false);
+    mla("mla bf16 128 heads 4-stage persistent 1 run".into(), MlaShape { heads: 128, block_size: 32, requests: odd.clone(), splits: None, stages: Some(4), parts: Some(1) }, true);
+    mla("mla bf16 64 heads long context persistent 7 runs".into(), MlaShape { heads: 64, block_size: 128, requests: vec![(40000, 1), (3, 2), (9000, 1), (17, 1)], splits: None, stages: None, parts: Some(7) }, true);
     // The portable kernel on every device (CUDA_MLA_PORTABLE), beside the Hopper one.
     let mut mla_portable = |name: String, s: MlaShape, bf: bool| {
         let seed = v.len() as u64 * 7919 + 5;
         v.push(Case { name, run: Box::new(move |rt| if bf { check_mla_on::<bf16>(rt, &s, seed, BackendName::CudaMlaPortable) } else { check_mla_on::<f16>(rt, &s, seed, BackendName::CudaMlaPortable) }) });
     };
-    mla_portable("mla portable bf16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, true);
-    mla_portable("mla portable f16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None }, false);
+    mla_portable("mla portable bf16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None, parts: None }, true);
+    mla_portable("mla portable f16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None, parts: None }, false);
     // The portable 2-stage kernel (what sm_80-class GPUs run), on any device.
-    mla_portable("mla portable bf16 64 heads 2-stage pipeline".into(), MlaShape { heads: 64, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(2) }, true);
-    mla_portable("mla portable f16 16 heads 2-stage pipeline".into(), MlaShape { heads: 16, block_size: 32, requests: odd.clone(), splits: None, stages: Some(2) }, false);
+    mla_portable("mla portable bf16 64 heads 2-stage pipeline".into(), MlaShape { heads: 64, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(2), parts: None }, true);
+    mla_portable("mla portable f16 16 heads 2-stage pipeline".into(), MlaShape { heads: 16, block_size: 32, requests: odd.clone(), splits: None, stages: Some(2), parts: None }, false);
 
     // MLA over the fp8 latent cache (FlashMLA's 656-byte rows): both query types, both
     // depths, splits, speculative tokens with a chunk, a ragged batch, tiles of mixed scale.
@@ -586,20 +596,21 @@ fn cases() -> Vec<Case> {
         let seed = v.len() as u64 * 7919 + 3;
         v.push(Case { name, run: Box::new(move |rt| if bf { check_mla_fp8::<bf16>(rt, &s, seed, backend) } else { check_mla_fp8::<f16>(rt, &s, seed, backend) }) });
     };
-    mla8b("mla fp8 portable bf16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, true, BackendName::CudaMlaPortable);
-    mla8b("mla fp8 portable f16 16 heads".into(), MlaShape { heads: 16, block_size: 32, requests: odd.clone(), splits: None, stages: None }, false, BackendName::CudaMlaPortable);
-    mla8b("mla fp8 sm90 bf16 64 heads 4-stage (32-key tiles) block size 16".into(), MlaShape { heads: 64, block_size: 16, requests: odd.clone(), splits: Some(2), stages: Some(4) }, true, BackendName::CudaMla);
-    mla8b("mla fp8 sm90 f16 128 heads 2 tokens 4-stage block size 256".into(), MlaShape { heads: 128, block_size: 256, requests: vec![(4099, 2), (33, 2), (640, 2)], splits: None, stages: Some(4) }, false, BackendName::CudaMla);
+    mla8b("mla fp8 portable bf16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None, parts: None }, true, BackendName::CudaMlaPortable);
+    mla8b("mla fp8 portable f16 16 heads".into(), MlaShape { heads: 16, block_size: 32, requests: odd.clone(), splits: None, stages: None, parts: None }, false, BackendName::CudaMlaPortable);
+    mla8b("mla fp8 sm90 bf16 64 heads 4-stage (32-key tiles) block size 16".into(), MlaShape { heads: 64, block_size: 16, requests: odd.clone(), splits: Some(2), stages: Some(4), parts: None }, true, BackendName::CudaMla);
+    mla8b("mla fp8 sm90 f16 128 heads 2 tokens 4-stage block size 256".into(), MlaShape { heads: 128, block_size: 256, requests: vec![(4099, 2), (33, 2), (640, 2)], splits: None, stages: Some(4), parts: None }, false, BackendName::CudaMla);
     let mut mla8 = |name: String, s: MlaShape, bf: bool| mla8b(name, s, bf, BackendName::CudaMla);
-    mla8("mla fp8 bf16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None }, true);
-    mla8("mla fp8 sm90 bf16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: Some(2) }, true);
-    mla8("mla fp8 sm90 f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(2) }, false);
-    mla8("mla fp8 f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None }, false);
-    mla8("mla fp8 sm90 bf16 64 heads 2-stage 5 splits".into(), MlaShape { heads: 64, block_size: 16, requests: odd.clone(), splits: Some(5), stages: Some(2) }, true);
-    mla8("mla fp8 bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: None }, true);
-    mla8("mla fp8 sm90 bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: Some(2) }, true);
-    let ragged: Vec<(usize, usize)> = (0..40).map(|i| ((i * 379) % 5000 + 1, 1 + i % 2)).collect();
-    mla8("mla fp8 bf16 32 heads ragged 40".into(), MlaShape { heads: 32, block_size: 128, requests: ragged, splits: None, stages: None }, true);
+    mla8("mla fp8 bf16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: None, parts: None }, true);
+    mla8("mla fp8 sm90 bf16 16 heads".into(), MlaShape { heads: 16, block_size: 64, requests: odd.clone(), splits: None, stages: Some(2), parts: None }, true);
+    mla8("mla fp8 sm90 f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(2), parts: None }, false);
+    mla8("mla fp8 f16 128 heads 3 splits".into(), MlaShape { heads: 128, block_size: 64, requests: odd.clone(), splits: Some(3), stages: None, parts: None }, false);
+    mla8("mla fp8 sm90 bf16 64 heads 2-stage 5 splits".into(), MlaShape { heads: 64, block_size: 16, requests: odd.clone(), splits: Some(5), stages: Some(2), parts: None }, true);
+    mla8("mla fp8 bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: None, parts: None }, true);
+    mla8("mla fp8 sm90 bf16 128 heads 4 tokens + 17-token chunk".into(), MlaShape { heads: 128, block_size: 64, requests: vec![(1000, 4), (70, 17), (5, 3)], splits: Some(2), stages: Some(2), parts: None }, true);
+    mla8("mla fp8 sm90 bf16 64 heads ragged 40 persistent 2 runs".into(), MlaShape { heads: 64, block_size: 64, requests: ragged.clone(), splits: None, stages: Some(2), parts: Some(2) }, true);
+    mla8("mla fp8 sm90 f16 128 heads 4-stage persistent 1 run".into(), MlaShape { heads: 128, block_size: 16, requests: odd.clone(), splits: Some(3), stages: Some(4), parts: Some(1) }, false);
+    mla8("mla fp8 bf16 32 heads ragged 40".into(), MlaShape { heads: 32, block_size: 128, requests: ragged, splits: None, stages: None, parts: None }, true);
     v
 }
 
@@ -945,6 +956,8 @@ struct MlaShape {
     splits: Option<usize>,
     /// The pipeline depth (None: the deepest the device allows).
     stages: Option<u32>,
+    /// At most this many runs a row tile (the Hopper kernel's persistent schedule).
+    parts: Option<usize>,
 }
 
 /// An MLA case's layer spec, latent cache layout (storing `kv`) and step metadata, with the
@@ -982,7 +995,7 @@ fn check_mla_on<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64, back
     let mut gpu = Attention::<T>::new(backend, spec, layout, Some(rt.clone())).map_err(e)?;
     gpu.load_cache(&before).map_err(e)?;
     let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
-    let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, pipeline_stages: s.stages }).map_err(e)?;
+    let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, pipeline_stages: s.stages, persistent_parts: s.parts }).map_err(e)?;
     let chunk = plan.rows::<attn_backends::backend::cuda_mla::MlaRows>().ok_or("an MLA plan without MlaRows")?.chunk_keys;
     let splits = plan.num_splits;
     let kernel = plan.launches.iter().find(|l| matches!(l.kernel.family, Family::MlaDecode | Family::MlaDecodeSm90)).map_or("-".into(), |l| l.kernel.name());
@@ -1032,7 +1045,7 @@ fn check_mla_fp8<T: Element>(rt: &Arc<CudaRuntime>, s: &MlaShape, seed: u64, bac
     let mut gpu = Attention::<T>::new(backend, spec, layout, Some(rt.clone())).map_err(e)?;
     gpu.load_fp8_cache(&before, &attn_backends::fp8::KvScales::ones(1)).map_err(e)?;
     let mut step = gpu.new_step(StepLimits::for_metadata(&meta)).map_err(e)?;
-    let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, pipeline_stages: s.stages }).map_err(e)?;
+    let plan = step.prepare_with(&meta, PlanOptions { force_splits: s.splits, pipeline_stages: s.stages, persistent_parts: s.parts }).map_err(e)?;
     let splits = plan.num_splits;
     let kernel = plan.launches.iter().find(|l| matches!(l.kernel.family, Family::MlaDecode | Family::MlaDecodeCvt | Family::MlaDecodeSm90)).map_or("-".into(), |l| l.kernel.name());
     let mut out = vec![T::from_f32(f32::NAN); n * h * r];

@@ -22,9 +22,10 @@
 //! - online softmax (log2 units, the scale folded into the exponent);
 //! - `O += P V` over this half's 256 columns (V with `ldmatrix.trans` from the K tile).
 //!
-//! Split-KV: the plan cuts each request's keys into chunks of `chunk_keys` (its schedule
-//! balances ragged batches over the SMs); a token whose request has one chunk is written to
-//! `out`, others to the workspace, merged by `merge_splits` with per-token counts.
+//! Split-KV: the plan cuts each request's keys into chunks (its work items, each a request's
+//! key range; the schedule balances ragged batches over the SMs); a token whose request has
+//! one chunk is written to `out`, others to the workspace, merged by `merge_splits` with
+//! per-token counts.
 //!
 //! An fp8 latent cache (`kv::E4m3`: FlashMLA's 656-byte rows, `params::MLA_FP8_ROW_BYTES`)
 //! streams its rows as stored, 43% fewer bytes; after tile i's `P V` every thread converts
@@ -33,7 +34,7 @@
 //! 16-bit K tiles the MMAs read (warps with no rows convert while the others compute), and
 //! the next tile's barrier publishes it.
 //!
-//! Grid: x = 64-row tiles of the request's rows, y = (request, split) pairs of the plan: a
+//! Grid: x = 64-row tiles of the request's rows, y = the plan's work items: a
 //! request's row tiles are adjacent in launch order, so they run together and its keys are
 //! read from DRAM once, the other tiles' reads hitting L2 (with x the pairs, M2's second
 //! wave re-read every request's cache from DRAM: L2 hit rate 26%, DRAM 76% busy).
@@ -75,7 +76,7 @@ pub(crate) unsafe fn mla_decode<E: Elem, K: KvStore, const STAGES: usize>(p: &Ml
     let r0 = lane / 4;
     let col = 2 * (lane % 4);
 
-    let Some(b) = (unsafe { MlaBlock::new(p) }) else {
+    let Some(b) = (unsafe { MlaBlock::new(p, block_idx_y() as usize) }) else {
         return; // the whole block: a request with fewer rows than the grid's widest
     };
     let MlaBlock { req, q_start, ctx, min_pos, max_pos, kv_begin, kv_end, .. } = b;
@@ -270,12 +271,12 @@ pub(crate) struct MlaBlock {
 }
 
 impl MlaBlock {
-    /// `None` for a block past its request's rows (the grid is as wide as the widest).
+    /// Work item `item` of the plan (`MlaParams::splits`) on this block's row tile (grid x);
+    /// `None` where the tile is past its request's rows (the grid is as wide as the widest).
     #[inline(always)]
-    pub unsafe fn new(p: &MlaParams) -> Option<MlaBlock> {
-        let item = block_idx_y() as usize;
-        let req = unsafe { ld_i32(p.splits, 2 * item) } as usize;
-        let split = unsafe { ld_i32(p.splits, 2 * item + 1) } as usize;
+    pub unsafe fn new(p: &MlaParams, item: usize) -> Option<MlaBlock> {
+        let req = unsafe { ld_i32(p.splits, 4 * item) } as usize;
+        let split = unsafe { ld_i32(p.splits, 4 * item + 1) } as usize;
         let hq = p.num_q_heads as usize;
         let q_start = unsafe { ld_i32(p.query_start_loc, req) } as usize;
         let q_end = unsafe { ld_i32(p.query_start_loc, req + 1) } as usize;
@@ -287,10 +288,12 @@ impl MlaBlock {
             return None;
         }
         let last = if row0 + ROWS < n_rows { row0 + ROWS - 1 } else { n_rows - 1 };
-        let min_pos = ctx + div_nz(row0, hq);
-        let max_pos = ctx + div_nz(last, hq);
-        let kv_begin = split * p.chunk_keys as usize;
-        let kv_end = if kv_begin + (p.chunk_keys as usize) < max_pos + 1 { kv_begin + p.chunk_keys as usize } else { max_pos + 1 };
+        let min_pos = ctx + div_rows(row0, hq);
+        let max_pos = ctx + div_rows(last, hq);
+        // The item's keys, the causal bound of the tile's last row.
+        let kv_begin = unsafe { ld_i32(p.splits, 4 * item + 2) } as usize;
+        let end = unsafe { ld_i32(p.splits, 4 * item + 3) } as usize;
+        let kv_end = if end < max_pos + 1 { end } else { max_pos + 1 };
         Some(MlaBlock { req, split, hq, q_start, ctx, n_rows, row0, min_pos, max_pos, kv_begin, kv_end })
     }
     /// Whether block row `i` is one of the request's rows.
@@ -301,13 +304,22 @@ impl MlaBlock {
     /// Block row `i`'s query token, within the request.
     #[inline(always)]
     pub fn row_token(&self, i: usize) -> usize {
-        div_nz(self.row0 + i, self.hq)
+        div_rows(self.row0 + i, self.hq)
     }
     /// Block row `i`'s query head.
     #[inline(always)]
     pub fn row_head(&self, i: usize) -> usize {
         self.row0 + i - self.row_token(i) * self.hq
     }
+}
+
+/// A row's query token: `row / hq` in 32 bits (a step's rows are fewer than 2^32; the
+/// 64-bit division's run-time check for 32-bit operands is a branch, per lane where the row
+/// is, and in the Hopper kernel's item loop such branches made ptxas serialize every wgmma).
+#[inline(always)]
+fn div_rows(row: usize, hq: usize) -> usize {
+    // SAFETY: hq is the layer's head count, validated as non-zero.
+    (row as u32 / unsafe { core::num::NonZeroU32::new_unchecked(hq as u32) }) as usize
 }
 
 /// A lane's two rows (`m0`, `m0 + 8` of the block) of one half of the value dims (`half`:

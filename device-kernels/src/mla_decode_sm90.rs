@@ -1,6 +1,6 @@
 //! MLA decode on Hopper's warpgroup MMA (`wgmma`, sm_90a only): the portable kernel's blocks
-//! (`mla_decode`: 64 (query token, head) rows of one request and one split of its keys, the
-//! plan's split-KV schedule and workspace), its two products issued by warpgroups reading
+//! (`mla_decode`: 64 (query token, head) rows of one request and a range of its keys, the
+//! plan's split-KV workspace), its two products issued by warpgroups reading
 //! Q and the latent K tile straight from shared memory, each tile read once per warpgroup.
 //!
 //! Warp-specialized as `flash_prefill_sm90`: a producer warp (of a third warpgroup that
@@ -34,12 +34,19 @@
 //! tensor cores run the other's products (on an H100: M2 1.03x and M4 1.10x of v1). Each
 //! warpgroup sums the probabilities of its own tiles; the two denominators are added in the
 //! epilogue.
-//! Epilogue as the portable kernel: a token of one split to `out`, else its partial row and
+//! Epilogue as the portable kernel: a token of one item to `out`, else its partial row and
 //! (max, denominator) to the workspace for `merge_splits`.
 //!
-//! Grid and host guarantees: as `mla_decode` (x the row tiles, y the (request, split) pairs,
-//! so a request's tiles run together and read its keys from DRAM once), and block sizes of 8
-//! or more tokens.
+//! Persistent: a block runs a contiguous run of the plan's work items (`MlaParams::parts`:
+//! block y runs items `parts[y] .. parts[y + 1]`, each a request's key range on the block's
+//! row tile), the plan balancing the runs' keys over the SMs (`cuda_mla::plan`). The K ring
+//! and the exchange run through the items (a tile's stage, phase and owner count every tile
+//! of the run before it), so the producer brings the next item's first tiles while the
+//! consumers finish this one's; between items the consumers load the next Q tile.
+//!
+//! Grid and host guarantees: x the row tiles, as `mla_decode` (a request's tiles run
+//! together and read its keys from DRAM once), y the runs, no more than the SMs can hold at
+//! once; block sizes of 8 or more tokens; items inside their request's keys.
 
 use crate::elem::{Elem, Wgmma, F16};
 use crate::gather::{ld_i32, tile_range};
@@ -75,14 +82,14 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
     let lane = tid % 32;
     let warp = tid / 32;
     let r0 = lane / 4;
-
-    // The block's (request, split) and rows, as in `mla_decode`.
-    let Some(b) = (unsafe { MlaBlock::new(p) }) else {
-        return; // the whole block, before any barrier
-    };
-    let MlaBlock { req, q_start, ctx, min_pos, max_pos, kv_begin, kv_end, .. } = b;
-    let (row_valid, row_token, row_head) = (|i| b.row_valid(i), |i| b.row_token(i), |i| b.row_head(i));
-    let (t_first, n_tiles) = if kv_end > kv_begin { tile_range(kv_begin, kv_end, BN) } else { (0, 0) };
+    // The block's run of work items (the plan's persistent schedule): items
+    // `parts[y] .. parts[y + 1]`, each (request, split, key range) on this block's row tile.
+    let part = block_idx_y() as usize;
+    let (item0, item1) = unsafe { (ld_i32(p.parts, part) as usize, ld_i32(p.parts, part + 1) as usize) };
+    // An item's (request, split) and rows, as in `mla_decode`: `None` where this row tile is
+    // past the request's rows (every thread of the block skips it alike).
+    let block = |item: usize| unsafe { MlaBlock::new(p, item) };
+    let tiles = |b: &MlaBlock| if b.kv_end > b.kv_begin { tile_range(b.kv_begin, b.kv_end, BN) } else { (0, 0) };
 
     // Shared memory from the first 1024-byte boundary: the Q tile [ROWS rows], STAGES K
     // tiles [BN rows] (`sw128` tiles of 576 columns: 9 slabs), the stages' mbarriers.
@@ -113,161 +120,192 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
             unsafe { mbarrier_init(x_ready + 8 * g, 128) };
         }
     }
-    // Q tile by every thread (rows past the request's are zero), published to the async
-    // proxy with the mbarriers by the fence and the barrier.
-    let q_row = |m: usize| {
-        let off = (q_start + row_token(m)) as u64 * p.q_token_stride + row_head(m) as u64 * p.q_head_stride;
-        if row_valid(m) { Some((p.q as *const u16).wrapping_add(off as usize)) } else { None }
-    };
-    unsafe { load_tile(tid, THREADS, ROWS, D / 8, q_row, |m, c| smem + sw128(m, c, ROWS) as u32) };
+    // The mbarriers, published to the async proxy and every thread.
     fence_proxy_async_shared_cta();
     bar_sync();
 
+    // The ring runs through the block's items: a tile's place in it (`g`: its stage
+    // `g % STAGES`, its phase `g / STAGES`, its owner `g % 2`) counts every tile of the run
+    // before it, so the producer fills the next item's first stages while the consumers
+    // finish this one's.
     if warp >= PRODUCER_WARP {
         setmaxnreg_dec::<PRODUCER_REGS>();
         let bs = 1usize << p.block_size_log2;
         let rows = if bs < BN { bs } else { BN };
         let boxes = BN / rows;
-        let bt_row = req * p.block_table_stride as usize;
-        // A key's cache token (the page of the split's last key past its end: masked keys
-        // read the request's own blocks).
-        let token = |key: usize| {
-            let page_key = if key < kv_end { key } else { kv_end - 1 };
-            let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
-            page * bs + (key & (bs - 1))
-        };
-        if K::CONVERT && warp > PRODUCER_WARP {
-            let c = tid - (PRODUCER_WARP + 1) * 32;
-            unsafe { convert_fp8::<E, BN, STAGES>(p, &ring, c, t_first, n_tiles, kv_end, token) };
+        if !K::CONVERT && warp != PRODUCER_WARP {
             return;
         }
-        if warp != PRODUCER_WARP {
-            return;
-        }
-        // Producer: tile i into stage i % STAGES once both consumers released it, as boxes of
-        // `rows` keys (a page, or the tile's share of one) x 64 columns.
-        for i in 0..n_tiles {
-            let stage = i % STAGES;
-            let key0 = (t_first + i) * BN;
-            if i >= STAGES {
-                unsafe { mbarrier_wait_parity(ring.empty(stage), ((i / STAGES - 1) & 1) as u32) };
+        let mut g0 = 0;
+        for item in item0..item1 {
+            let Some(b) = block(item) else { continue };
+            let (t_first, n_tiles) = tiles(&b);
+            let kv_end = b.kv_end;
+            let bt_row = b.req * p.block_table_stride as usize;
+            // A key's cache token (the page of the split's last key past its end: masked keys
+            // read the request's own blocks).
+            let token = |key: usize| {
+                let page_key = if key < kv_end { key } else { kv_end - 1 };
+                let page = unsafe { ld_i32(p.block_table, bt_row + (page_key >> p.block_size_log2)) } as usize;
+                page * bs + (key & (bs - 1))
+            };
+            if K::CONVERT && warp > PRODUCER_WARP {
+                let c = tid - (PRODUCER_WARP + 1) * 32;
+                unsafe { convert_fp8::<E, BN, STAGES>(p, &ring, c, g0, t_first, n_tiles, kv_end, token) };
+                g0 += n_tiles;
+                continue;
             }
-            if K::CONVERT {
-                // fp8: the rope (16-bit) by the copy engine straight into slab 8 (its map is
-                // the second at `p.tmap`), the latent bytes raw into the second half of the
-                // value slabs (the converters widen them in place).
-                bar_warp_sync();
-                if elect_sync() {
-                    unsafe {
-                        mbarrier_arrive_expect_tx(ring.full(stage, SLABS - 1), (BN * 128) as u32);
-                        mbarrier_arrive_expect_tx(ring.raw(stage), (8 * BN * 64) as u32);
+            // Producer: tile i (the ring's g) into stage g % STAGES once both consumers
+            // released it, as boxes of `rows` keys (a page, or the tile's share of one) x 64
+            // columns.
+            for i in 0..n_tiles {
+                let g = g0 + i;
+                let stage = g % STAGES;
+                let key0 = (t_first + i) * BN;
+                if g >= STAGES {
+                    unsafe { mbarrier_wait_parity(ring.empty(stage), ((g / STAGES - 1) & 1) as u32) };
+                }
+                if K::CONVERT {
+                    // fp8: the rope (16-bit) by the copy engine straight into slab 8 (its map is
+                    // the second at `p.tmap`), the latent bytes raw into the second half of the
+                    // value slabs (the converters widen them in place).
+                    bar_warp_sync();
+                    if elect_sync() {
+                        unsafe {
+                            mbarrier_arrive_expect_tx(ring.full(stage, SLABS - 1), (BN * 128) as u32);
+                            mbarrier_arrive_expect_tx(ring.raw(stage), (8 * BN * 64) as u32);
+                        }
                     }
+                    let mut j = lane;
+                    while j < boxes * SLABS {
+                        let (b, slab) = (j % boxes, j / boxes);
+                        let tok = token(key0 + b * rows);
+                        unsafe {
+                            if slab == SLABS - 1 {
+                                let dst = ring.k_tile(stage) + (8 * BN * 128 + b * rows * 128) as u32;
+                                cp_async_bulk_tensor_2d(dst, p.tmap + TENSOR_MAP_BYTES as u64, (MLA_FP8_ROPE_AT / 2) as i32, tok as i32, ring.full(stage, slab));
+                            } else {
+                                let dst = ring.raw_slab(stage, slab) + (b * rows * 64) as u32;
+                                cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, tok as i32, ring.raw(stage));
+                            }
+                        }
+                        j += 32;
+                    }
+                    continue;
+                }
+                // Slab by slab, each slab's boxes completing its own `full` mbarrier, so that
+                // the consumers' S starts on the first slab while the others land.
+                bar_warp_sync();
+                if lane < SLABS {
+                    unsafe { mbarrier_arrive_expect_tx(ring.full(stage, lane), (BN * 128) as u32) };
                 }
                 let mut j = lane;
                 while j < boxes * SLABS {
                     let (b, slab) = (j % boxes, j / boxes);
-                    let tok = token(key0 + b * rows);
-                    unsafe {
-                        if slab == SLABS - 1 {
-                            let dst = ring.k_tile(stage) + (8 * BN * 128 + b * rows * 128) as u32;
-                            cp_async_bulk_tensor_2d(dst, p.tmap + TENSOR_MAP_BYTES as u64, (MLA_FP8_ROPE_AT / 2) as i32, tok as i32, ring.full(stage, slab));
-                        } else {
-                            let dst = ring.raw_slab(stage, slab) + (b * rows * 64) as u32;
-                            cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, tok as i32, ring.raw(stage));
-                        }
-                    }
+                    let dst = k_tile(stage) + (slab * BN * 128 + b * rows * 128) as u32;
+                    unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token(key0 + b * rows) as i32, ring.full(stage, slab)) };
                     j += 32;
                 }
-                continue;
             }
-            // Slab by slab, each slab's boxes completing its own `full` mbarrier, so that the
-            // consumers' S starts on the first slab while the others land.
-            bar_warp_sync();
-            if lane < SLABS {
-                unsafe { mbarrier_arrive_expect_tx(ring.full(stage, lane), (BN * 128) as u32) };
-            }
-            let mut j = lane;
-            while j < boxes * SLABS {
-                let (b, slab) = (j % boxes, j / boxes);
-                let dst = k_tile(stage) + (slab * BN * 128 + b * rows * 128) as u32;
-                unsafe { cp_async_bulk_tensor_2d(dst, p.tmap, (slab * 64) as i32, token(key0 + b * rows) as i32, ring.full(stage, slab)) };
-                j += 32;
-            }
+            g0 += n_tiles;
         }
         return;
     }
 
     // Consumers, the seesaw: warpgroup g holds every row (its warp `warp % 4` rows
     // 16 (warp % 4) .. + 16) and value dims 256 g .. 256 g + 256. Tile t is *owned* by
-    // warpgroup t % 2, which alone computes S(t) = Q K^T, the mask and the online softmax,
-    // adds P(t) V over its dims from registers, and publishes P(t) (a `sw128` slab) with the
-    // new row maxima in the exchange; the other, following, adds P(t) V over its dims with
-    // both operands from shared memory. Invariant: both warpgroups see one sequence of row
-    // maxima (tile t's, from its owner, on top of tile t - 1's), so their outputs and their
-    // denominators (each sums its own tiles') share one scale.
+    // warpgroup g % 2 (its place in the ring), which alone computes S(t) = Q K^T, the mask
+    // and the online softmax, adds P(t) V over its dims from registers, and publishes P(t)
+    // (a `sw128` slab) with the new row maxima in the exchange; the other, following, adds
+    // P(t) V over its dims with both operands from shared memory. Invariant: both
+    // warpgroups see one sequence of row maxima (tile t's, from its owner, on top of tile
+    // t - 1's), so their outputs and their denominators (each sums its own tiles') share
+    // one scale.
     setmaxnreg_inc::<CONSUMER_REGS>();
     // The warpgroup, broadcast from lane 0 so that ptxas sees the branches on it (which
     // tiles a warpgroup owns) as uniform: wgmma in a divergent path is serialized.
     let wg = shfl_sync_idx_u32((warp / 4) as u32, 0) as usize;
     let ct = tid % 128; // the thread's slot of the exchange's maxima
     let wrow = 16 * (warp % 4);
-    let mut pos = [max_pos; 2];
-    for h in 0..2 {
-        let i = wrow + r0 + 8 * h;
-        if row_valid(i) {
-            pos[h] = ctx + row_token(i);
+    let mut g0 = 0;
+    for item in item0..item1 {
+        let Some(b) = block(item) else { continue };
+        let (t_first, n_tiles) = tiles(&b);
+        // The ring's count, broadcast from lane 0 so that ptxas sees the stages, phases and
+        // owners derived from it as uniform: without it, every wgmma was serialized (C7520).
+        g0 = shfl_sync_idx_u32(g0 as u32, 0) as usize;
+        // The Q tile (rows past the request's are zero), once both warpgroups are done with
+        // the last item's (its words held their denominators); published to the async proxy.
+        bar_sync_named(DONE, CONSUMER_THREADS as u32);
+        let q_row = |m: usize| {
+            let off = (b.q_start + b.row_token(m)) as u64 * p.q_token_stride + b.row_head(m) as u64 * p.q_head_stride;
+            if b.row_valid(m) { Some((p.q as *const u16).wrapping_add(off as usize)) } else { None }
+        };
+        unsafe { load_tile(tid, CONSUMER_THREADS, ROWS, D / 8, q_row, |m, c| smem + sw128(m, c, ROWS) as u32) };
+        fence_proxy_async_shared_cta();
+        bar_sync_named(DONE, CONSUMER_THREADS as u32);
+
+        let mut pos = [b.max_pos; 2];
+        for h in 0..2 {
+            let i = wrow + r0 + 8 * h;
+            if b.row_valid(i) {
+                pos[h] = b.ctx + b.row_token(i);
+            }
         }
-    }
-    let w = Seesaw::<BN, STAGES> {
-        q: smem,
-        ring: Ring { k0: k_tile(0), ..ring },
-        x_p,
-        m_slot: x_max + (ct * 8) as u32,
-        x_ready,
-        wg,
-        t_first,
-        min_pos,
-        kv_begin,
-        kv_end,
-        pos,
-        row: wrow + r0,
-        lane,
-        s_exp: p.scale * LOG2E,
-    };
-    let mut rows = RowState::new();
-    let mut o = [[0.0f32; 4]; NT_HALF];
-    // The first tile has no predecessor to follow; every later one has. Nothing is in flight
-    // across the loop's back edge or a branch on the tile: where something was, ptxas
-    // serialized every wgmma (C7514, C7515, C7518, C7520; `tests/ptxas.rs` refuses them).
-    let mut t = wg;
-    if wg == 0 && n_tiles > 0 {
-        unsafe { w.tile::<E, NB, KC, false>(0, &mut rows, &mut o) };
-        t = 2;
-    }
-    while t < n_tiles {
-        unsafe { w.tile::<E, NB, KC, true>(t, &mut rows, &mut o) };
-        t += 2;
-    }
-    // The other's last tile, where it is theirs.
-    if n_tiles > 0 && (n_tiles - 1) % 2 != wg {
-        unsafe { w.follow::<E, KC>(n_tiles - 1, &mut rows, &mut o) };
-        wgmma_wait_group_0(&mut o);
-        unsafe { mbarrier_arrive(w.empty((n_tiles - 1) % STAGES)) };
-    }
+        let w = Seesaw::<BN, STAGES> {
+            q: smem,
+            ring: Ring { k0: k_tile(0), ..ring },
+            x_p,
+            m_slot: x_max + (ct * 8) as u32,
+            x_ready,
+            wg,
+            g0,
+            t_first,
+            min_pos: b.min_pos,
+            kv_begin: b.kv_begin,
+            kv_end: b.kv_end,
+            pos,
+            row: wrow + r0,
+            lane,
+            s_exp: p.scale * LOG2E,
+        };
+        let mut rows = RowState::new();
+        let mut o = [[0.0f32; 4]; NT_HALF];
+        // The item's first tile has no predecessor to follow; every later one has. Nothing is
+        // in flight across the loop's back edge or a branch on the tile: where something was,
+        // ptxas serialized every wgmma (C7514, C7515, C7518, C7520; `tests/ptxas.rs` refuses
+        // them). `t` counts the item's tiles; this warpgroup owns those of its parity in the ring.
+        let mut t = (wg + g0) % 2;
+        if t == 0 && n_tiles > 0 {
+            unsafe { w.tile::<E, NB, KC, false>(0, &mut rows, &mut o) };
+            t = 2;
+        }
+        while t < n_tiles {
+            unsafe { w.tile::<E, NB, KC, true>(t, &mut rows, &mut o) };
+            t += 2;
+        }
+        // The other's last tile, where it is theirs.
+        if n_tiles > 0 && (g0 + n_tiles - 1) % 2 != wg {
+            unsafe { w.follow::<E, KC>(n_tiles - 1, &mut rows, &mut o) };
+            wgmma_wait_group_0(&mut o);
+            unsafe { mbarrier_arrive(w.empty(n_tiles - 1)) };
+        }
 
-    // The denominators: each warpgroup summed its own tiles' probabilities (on the shared
-    // maxima); the two parts meet in the Q tile, free once both are past their last tile.
-    let l_slot = |g: usize| smem + ((g * 128 + ct) * 8) as u32;
-    bar_sync_named(DONE, CONSUMER_THREADS as u32);
-    unsafe { st_shared_v2(l_slot(wg), [rows.l[0].to_bits(), rows.l[1].to_bits()]) };
-    bar_sync_named(DONE, CONSUMER_THREADS as u32);
-    let other = unsafe { ld_shared_v2(l_slot(1 - wg)) };
-    for h in 0..2 {
-        rows.l[h] += f32::from_bits(other[h]);
-    }
+        // The denominators: each warpgroup summed its own tiles' probabilities (on the shared
+        // maxima); the two parts meet in the Q tile, free once both are past their last tile.
+        let l_slot = |g: usize| smem + ((g * 128 + ct) * 8) as u32;
+        bar_sync_named(DONE, CONSUMER_THREADS as u32);
+        unsafe { st_shared_v2(l_slot(wg), [rows.l[0].to_bits(), rows.l[1].to_bits()]) };
+        bar_sync_named(DONE, CONSUMER_THREADS as u32);
+        let other = unsafe { ld_shared_v2(l_slot(1 - wg)) };
+        for h in 0..2 {
+            rows.l[h] += f32::from_bits(other[h]);
+        }
 
-    // Each lane's two rows of this warpgroup's value dims: to `out`, or to the workspace.
-    unsafe { store_mla_rows::<E>(p, &b, &rows, &o, wrow + r0, wg, lane) };
+        // Each lane's two rows of this warpgroup's value dims: to `out`, or to the workspace.
+        unsafe { store_mla_rows::<E>(p, &b, &rows, &o, wrow + r0, wg, lane) };
+        g0 += n_tiles;
+    }
 }
 
 /// The consumers' named barrier (`bar_sync` is 0): both past their last tile.
@@ -283,6 +321,8 @@ struct Seesaw<const BN: usize, const STAGES: usize> {
     m_slot: u32,
     x_ready: u32,
     wg: usize,
+    /// The ring's tiles before the item's first (tile t of the item is the ring's g0 + t).
+    g0: usize,
     t_first: usize,
     min_pos: usize,
     kv_begin: usize,
@@ -345,20 +385,27 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
     fn v_tile(&self, stage: usize) -> u32 {
         self.k_tile(stage) + (4 * self.wg * BN * 128) as u32
     }
+    /// The stage of the item's tile `t`.
     #[inline(always)]
-    fn empty(&self, stage: usize) -> u32 {
-        self.ring.empty(stage)
+    fn stage(&self, t: usize) -> usize {
+        (self.g0 + t) % STAGES
+    }
+    /// The `empty` mbarrier of the item's tile `t`'s stage.
+    #[inline(always)]
+    fn empty(&self, t: usize) -> u32 {
+        self.ring.empty(self.stage(t))
     }
     #[inline(always)]
     fn ready(&self, g: usize) -> u32 {
         self.x_ready + 8 * g as u32
     }
 
-    /// Waits for slab `slab` of tile t in its stage (a loop the compiler does not see:
-    /// batches may be in flight across it).
+    /// Waits for slab `slab` of the item's tile t in its stage (a loop the compiler does not
+    /// see: batches may be in flight across it).
     #[inline(always)]
     unsafe fn wait_slab(&self, t: usize, slab: usize) {
-        unsafe { mbarrier_wait_parity_spin(self.ring.full(t % STAGES, slab), ((t / STAGES) & 1) as u32) };
+        let g = self.g0 + t;
+        unsafe { mbarrier_wait_parity_spin(self.ring.full(g % STAGES, slab), ((g / STAGES) & 1) as u32) };
     }
 
     /// Following the other's tile `t`: its P and maxima awaited (and its bytes), O onto the
@@ -369,13 +416,14 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
             for slab in 4 * self.wg..4 * self.wg + 4 {
                 self.wait_slab(t, slab);
             }
-            mbarrier_wait_parity(self.ready(1 - self.wg), ((t / 2) & 1) as u32);
+            // The owner's publishes are its tiles of the ring: g / 2 of them before this one.
+            mbarrier_wait_parity(self.ready(1 - self.wg), (((self.g0 + t) / 2) & 1) as u32);
         }
         let m = unsafe { ld_shared_v2(self.m_slot) };
         rescale(o, rows.onto([f32::from_bits(m[0]), f32::from_bits(m[1])]));
         pin_f32(o);
         wgmma_fence();
-        unsafe { pv_shared::<E, BN, KC>(o, self.x_p, self.v_tile(t % STAGES)) };
+        unsafe { pv_shared::<E, BN, KC>(o, self.x_p, self.v_tile(self.stage(t))) };
     }
 
     /// `S = Q K^T` of tile `t` over 36 k-steps (the first overwrites S), issued and
@@ -384,7 +432,7 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
     /// out of the loop (72 registers).
     #[inline(always)]
     unsafe fn scores<E: Elem + Wgmma, const NB: usize>(&self, t: usize, s: &mut [[f32; 4]; NB]) {
-        let stage = t % STAGES;
+        let stage = self.stage(t);
         pin_f32(s);
         let q = opaque_u32(self.q);
         wgmma_fence();
@@ -408,7 +456,7 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
     /// TFLOP/s, against 327.0 and 420.9 with S first and the follow under the softmax.
     #[inline(always)]
     unsafe fn tile<E: Elem + Wgmma, const NB: usize, const KC: usize, const FOLLOW: bool>(&self, t: usize, rows: &mut RowState, o: &mut [[f32; 4]; NT_HALF]) {
-        let stage = t % STAGES;
+        let stage = self.stage(t);
         let mut s = [[0.0f32; 4]; NB];
         if FOLLOW {
             unsafe {
@@ -416,7 +464,7 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
                 self.scores::<E, NB>(t, &mut s);
             }
             wgmma_wait_group_1(o);
-            unsafe { mbarrier_arrive(self.empty((t - 1) % STAGES)) };
+            unsafe { mbarrier_arrive(self.empty(t - 1)) };
             wgmma_wait_group_0(&mut s);
         } else {
             unsafe { self.scores::<E, NB>(t, &mut s) };
@@ -455,11 +503,11 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
         }
         wgmma_commit_group();
         wgmma_wait_group_0(o);
-        unsafe { mbarrier_arrive(self.empty(stage)) };
+        unsafe { mbarrier_arrive(self.empty(t)) };
     }
 }
 
-/// fp8 converter `c` (of `CONVERTERS`): for each tile, its keys' four scales (one per 128
+/// fp8 converter `c` (of `CONVERTERS`): for each tile of an item (the ring's tiles `g0 ..`), its keys' four scales (one per 128
 /// latent dims) read from the cache, then slab by slab (`j` in 0..8) its 16-byte chunk
 /// `c % 4` of keys `c / 4 + 24 m` widened by the hardware (`cvt.rn.f16x2.e4m3x2`, exact),
 /// times the scale in f32, rounded once to `E` (the portable kernel's values, bit for bit),
@@ -474,6 +522,7 @@ unsafe fn convert_fp8<E: Elem, const BN: usize, const STAGES: usize>(
     p: &MlaParams,
     ring: &Ring<BN, STAGES>,
     c: usize,
+    g0: usize,
     t_first: usize,
     n_tiles: usize,
     kv_end: usize,
@@ -491,7 +540,8 @@ unsafe fn convert_fp8<E: Elem, const BN: usize, const STAGES: usize>(
         [scale_v4::<F16, E>(lo, scale), scale_v4::<F16, E>(hi, scale)]
     };
     for i in 0..n_tiles {
-        let stage = i % STAGES;
+        let g = g0 + i; // the tile's place in the ring
+        let stage = g % STAGES;
         let key0 = (t_first + i) * BN;
         // The keys' scale rows in the cache (read a slab pair at a time, through L1).
         let mut scale_at = [0u64; KEYS];
@@ -518,7 +568,7 @@ unsafe fn convert_fp8<E: Elem, const BN: usize, const STAGES: usize>(
         };
         let raw = |m: usize, j: usize| unsafe { ld_shared_v4(raw_at[m] + (j * BN * 64) as u32) };
         let scale = |m: usize, j: usize| unsafe { ld_global_nc_f32((scale_at[m] + 4 * (j / 2) as u64) as *const f32) };
-        unsafe { mbarrier_wait_parity(ring.raw(stage), ((i / STAGES) & 1) as u32) };
+        unsafe { mbarrier_wait_parity(ring.raw(stage), ((g / STAGES) & 1) as u32) };
         for j in 0..7 {
             for m in 0..KEYS {
                 if key_of(m) < BN {

@@ -421,9 +421,13 @@ pub struct MlaParams {
     pub seq_lens: u64,
     /// `i32 [num_seqs + 1]`: prefix sum of query tokens per request.
     pub query_start_loc: u64,
-    /// `i32 [grid x, 2]`: (request, split) of each block; split `s` reads keys
-    /// `[s chunk_keys, (s + 1) chunk_keys)` of the request.
+    /// `i32 [items, 4]`: the plan's work items, each (request, split, first key, end key):
+    /// split `split` of the request reads its keys `[first, end)`.
     pub splits: u64,
+    /// `i32 [grid y + 1]`: the Hopper kernel's persistent schedule, block y running items
+    /// `parts[y] .. parts[y + 1]` (one contiguous run of the step's work); the portable
+    /// kernel's block y runs item y (and reads no parts).
+    pub parts: u64,
     /// As `MergeParams::token_splits`: a token of one split is written to `out` directly,
     /// one of several to the workspace slots `first + s`.
     pub token_splits: u64,
@@ -451,12 +455,8 @@ pub struct MlaParams {
     pub num_q_heads: u32,
     /// log2 of the tokens per cache block (a power of two).
     pub block_size_log2: u32,
-    /// Keys per split (a multiple of `MLA_KEYS`).
-    pub chunk_keys: u32,
     /// Softmax scale, applied to `q . k`.
     pub scale: f32,
-    /// Padding to the struct's 8-byte alignment (unused).
-    pub _pad: u32,
     /// The Hopper kernel's tensor map of the latent cache (a `CUtensorMap` in global memory:
     /// `[blocks x block_size, MLA_LATENT_DIM]` in boxes of 64 columns x `min(block_size,
     /// MLA_SM90_KEYS)` rows, 128-byte swizzle); unused by the portable kernel.

@@ -103,6 +103,10 @@ pub struct PlanOptions {
     /// flight) instead of the deepest the device's shared memory allows: tests of the
     /// shallower kernel on a device that could run the deeper.
     pub pipeline_stages: Option<u32>,
+    /// At most this many runs of work items a row tile in a persistent kernel's schedule
+    /// (the Hopper MLA decode) instead of as many as the SMs hold: tests of blocks that run
+    /// several items.
+    pub persistent_parts: Option<usize>,
 }
 
 /// The shape of the layers a step serves (all layers of a model share it), with the score

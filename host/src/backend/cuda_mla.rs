@@ -228,10 +228,17 @@ pub fn mla_chunk_keys(lens: &[usize], tiles: &[usize], slots: usize, workspace_f
 
 /// The plan of an MLA step (pure: tested on the CPU). Every request's rows (its query
 /// tokens x heads, in 64-row tiles: grid x, so that a request's tiles run together and share
-/// its keys through L2) over splits of `chunk_keys` keys (grid y: (request, split) pairs); tokens of requests with one split are written directly, others
-/// go through the workspace (`split_rows` token rows) and the merge.
+/// its keys through L2) over work items, each a range of one request's keys; tokens of
+/// requests of one item are written directly, others go through the workspace
+/// (`split_rows` token rows) and the merge.
+/// - The portable kernel: items of `chunk_keys` keys ([`mla_chunk_keys`]), one a block
+///   (grid y).
+/// - The Hopper kernel: persistent ([`persistent_schedule`]), grid y the runs of items,
+///   balanced over the SMs.
+///
 /// `opts.force_splits = Some(s)`: the longest request gets `s` splits (the others as many as
-/// their length needs at the same chunk length).
+/// their length needs at the same chunk length); `opts.persistent_parts` caps the Hopper
+/// kernel's runs a row tile.
 pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions, backend: BackendName) -> Result<StepPlan> {
     let q = query_type(dtype, backend.as_str())?;
     let kv = kv_type(meta.layout().kv_dtype);
@@ -242,11 +249,41 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
     let lens: Vec<usize> = meta.seq_lens().iter().map(|&l| l as usize).collect();
     let lq: Vec<usize> = (0..meta.num_reqs()).map(|r| meta.query_len(r)).collect();
     let tiles: Vec<usize> = lq.iter().map(|&q| (q * h).div_ceil(rows)).collect();
+    let grid_x = tiles.iter().copied().max().unwrap_or(1).max(1);
     let max_len = lens.iter().copied().max().unwrap_or(0).max(1);
     let tile = MLA_KEYS as usize;
+
+    // The kernel: the Hopper one where the device runs it (a depth of its own asked for, or
+    // its default); else the portable one at the depth asked for or the deepest that fits.
+    // Where no request has more than 16 rows (a decode of 16 heads) the wgmma kernel's
+    // 64-row tiles are three-quarters empty and the portable kernel measured faster (M1 on
+    // an H200: 0.79 of copy against 0.74), unless a depth of the Hopper kernel is asked for.
+    // Over an fp8 cache the mma.sync kernel stays the default (on the hardware's conversion
+    // where there is one: M1 0.47 of copy on an H100): the Hopper kernel's three converter
+    // warps measured slower (0.20, benches/NOTES-mla.md); a depth of the Hopper kernel asks
+    // for it.
+    let max_rows = lq.iter().map(|&q| q * h).max().unwrap_or(0);
+    let sm90_depth = opts.pipeline_stages.is_some_and(|s| MLA_SM90_STAGES.contains(&s));
+    let hopper = hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size) && ((max_rows > SM90_MIN_ROWS && kv == KvType::Native) || sm90_depth);
+    let depths = if hopper { &MLA_SM90_STAGES[..] } else { mla_stages(kv.bytes()) };
+    let fits = |s: u32| if hopper { true } else { mla_smem_bytes(s, kv.bytes()) <= props.max_shared_memory_per_block };
+    let stages = match opts.pipeline_stages {
+        Some(s) if !depths.contains(&s) || !fits(s) => {
+            return Err(AttnError::InvalidConfig(format!(
+                "pipeline depth {s}: the {} MLA kernel over a {} cache has {depths:?}, within the device's shared memory",
+                if hopper { "Hopper (wgmma)" } else { "portable" },
+                meta.layout().kv_dtype
+            )));
+        }
+        Some(s) => s,
+        None if hopper => SM90_DEFAULT_STAGES,
+        None => pipeline_stages(kv, props.max_shared_memory_per_block),
+    };
+    let (kernel, block) = if hopper { (sm90_decode_kernel(q, kv, stages), MLA_SM90_THREADS) } else { (mma_decode_kernel(backend, &props.arch, q, kv, stages), MLA_WARPS * 32) };
+
     // Token rows of the workspace a chunk length needs: every split of every split request.
     let workspace_rows = |chunk: usize| -> usize { lens.iter().zip(&lq).filter(|(l, _)| **l > chunk).map(|(&l, &q)| l.div_ceil(chunk) * q).sum() };
-    let chunk = match opts.force_splits {
+    let forced = match opts.force_splits {
         Some(s) if !(1..=MAX_SPLITS).contains(&s) => return Err(AttnError::InvalidConfig(format!("{s} splits: must be in 1..={MAX_SPLITS}"))),
         Some(s) => {
             let chunk = max_len.div_ceil(s).div_ceil(tile) * tile;
@@ -257,98 +294,234 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
                     limits.split_rows
                 )));
             }
-            chunk
+            Some(chunk)
         }
-        None => mla_chunk_keys(&lens, &tiles, props.resident_blocks(), |c| workspace_rows(c) <= limits.split_rows),
+        None => None,
     };
-    let mut key_splits = Vec::new();
+    let (key_splits, parts, chunk) = if hopper {
+        let runs = match opts.persistent_parts {
+            Some(0) => return Err(AttnError::InvalidConfig("persistent_parts 0: a step needs at least one run".into())),
+            Some(c) => c.min(props.resident_blocks() / grid_x).max(1),
+            None => (props.resident_blocks() / grid_x).max(1),
+        };
+        let (items, parts) = persistent_schedule(&lens, &lq, h, runs, props.resident_blocks(), forced, limits.split_rows);
+        let longest = items.iter().map(|k| (k.end - k.begin) as usize).max().unwrap_or(0);
+        (items, parts, forced.unwrap_or(longest))
+    } else {
+        let chunk = forced.unwrap_or_else(|| mla_chunk_keys(&lens, &tiles, props.resident_blocks(), |c| workspace_rows(c) <= limits.split_rows));
+        (uniform_items(&lens, chunk), Vec::new(), chunk)
+    };
+    // Each token's (first workspace slot, split count): its request's items.
+    let mut counts = vec![0u32; lens.len()];
+    for k in &key_splits {
+        counts[k.request as usize] += 1;
+    }
+    let num_splits = counts.iter().copied().max().unwrap_or(1).max(1) as usize;
     let mut token_splits = Vec::with_capacity(n);
     let mut slot = 0u32;
-    let mut num_splits = 1;
-    for (r, &len) in lens.iter().enumerate() {
-        let count = len.max(1).div_ceil(chunk);
-        num_splits = num_splits.max(count);
-        key_splits.extend((0..count).map(|s| KeySplit { request: r as u32, split: s as u32 }));
+    for (r, &count) in counts.iter().enumerate() {
         for _ in 0..lq[r] {
             if count > 1 {
-                token_splits.push([slot, count as u32]);
-                slot += count as u32;
+                token_splits.push([slot, count]);
+                slot += count;
             } else {
                 token_splits.push([0, 1]);
             }
         }
     }
-    // The decode's (request, split) pairs are its grid's y: CUDA's limit there.
-    if key_splits.len() > MAX_GRID_Y {
+    if slot as usize > limits.split_rows {
+        // The schedules keep to the limit; this is the plan's own check of that.
+        return Err(AttnError::StepTooLarge(format!("the MLA schedule needs {slot} workspace token rows, the step limit split_rows is {}", limits.split_rows)));
+    }
+    // The portable decode's work items are its grid's y: CUDA's limit there.
+    let grid_y = if hopper { parts.len().saturating_sub(1) } else { key_splits.len() };
+    if grid_y > MAX_GRID_Y {
         return Err(AttnError::InvalidConfig(format!(
-            "the MLA step needs {} (request, split) blocks, more than a launch's {MAX_GRID_Y}: fewer requests a step, or fewer splits (force_splits)",
-            key_splits.len()
+            "the MLA step needs {grid_y} (request, split) blocks, more than a launch's {MAX_GRID_Y}: fewer requests a step, or fewer splits (force_splits)"
         )));
     }
     let mut launches = Vec::new();
     if n > 0 {
         launches.push(KernelLaunch { kernel: cache_write_kernel(q, kv), grid: (n as u32, 1, 1), block: CACHE_WRITE_THREADS, shared_mem_bytes: 0, tokens: n });
-        // The Hopper kernel where the device runs it (a depth of its own asked for, or its
-        // default); else the portable one at the depth asked for or the deepest that fits.
-        // Where no request has more than 16 rows (a decode of 16 heads) the wgmma kernel's
-        // 64-row tiles are three-quarters empty and the portable kernel measured faster
-        // (M1 on an H200: 0.79 of copy against 0.74), unless a depth of the Hopper kernel
-        // is asked for. Over an fp8 cache the mma.sync kernel stays the default (on the
-        // hardware's conversion where there is one: M1 0.47 of copy on an H100): the Hopper
-        // kernel's three converter warps measured slower (0.20, benches/NOTES-mla.md); a
-        // depth of the Hopper kernel asks for it.
-        let max_rows = lq.iter().map(|&q| q * h).max().unwrap_or(0);
-        let sm90_depth = opts.pipeline_stages.is_some_and(|s| MLA_SM90_STAGES.contains(&s));
-        let hopper = hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size) && ((max_rows > SM90_MIN_ROWS && kv == KvType::Native) || sm90_depth);
-        let depths = if hopper { &MLA_SM90_STAGES[..] } else { mla_stages(kv.bytes()) };
-        let fits = |s: u32| if hopper { true } else { mla_smem_bytes(s, kv.bytes()) <= props.max_shared_memory_per_block };
-        let stages = match opts.pipeline_stages {
-            Some(s) if !depths.contains(&s) || !fits(s) => {
-                return Err(AttnError::InvalidConfig(format!(
-                    "pipeline depth {s}: the {} MLA kernel over a {} cache has {depths:?}, within the device's shared memory",
-                    if hopper { "Hopper (wgmma)" } else { "portable" },
-                    meta.layout().kv_dtype
-                )));
-            }
-            Some(s) => s,
-            None if hopper => SM90_DEFAULT_STAGES,
-            None => pipeline_stages(kv, props.max_shared_memory_per_block),
-        };
-        let (kernel, block) = if hopper { (sm90_decode_kernel(q, kv, stages), MLA_SM90_THREADS) } else { (mma_decode_kernel(backend, &props.arch, q, kv, stages), MLA_WARPS * 32) };
-        launches.push(KernelLaunch {
-            kernel,
-            grid: (tiles.iter().copied().max().unwrap_or(1) as u32, key_splits.len() as u32, 1),
-            block,
-            shared_mem_bytes: kernel.smem_bytes(),
-            tokens: n,
-        });
+        launches.push(KernelLaunch { kernel, grid: (grid_x as u32, grid_y as u32, 1), block, shared_mem_bytes: kernel.smem_bytes(), tokens: n });
         if num_splits > 1 {
             launches.push(KernelLaunch { kernel: merge_kernel(q), grid: (n as u32, h as u32, 1), block: MLA_RANK / 8, shared_mem_bytes: 0, tokens: n });
         }
     }
     let workspace_bytes = slot as usize * h * (MLA_RANK as usize + 2) * std::mem::size_of::<f32>();
-    Ok(StepPlan::new(backend, n, meta.num_reqs(), num_splits, launches, workspace_bytes, MlaRows { key_splits, chunk_keys: chunk, token_splits }))
+    Ok(StepPlan::new(backend, n, meta.num_reqs(), num_splits, launches, workspace_bytes, MlaRows { key_splits, parts, chunk_keys: chunk, token_splits }))
 }
 
-/// CUDA's largest grid y (the MLA decode's (request, split) pairs).
+/// Each request's keys in pieces of `chunk` (the last one shorter).
+fn uniform_items(lens: &[usize], chunk: usize) -> Vec<KeySplit> {
+    let mut items = Vec::new();
+    for (r, &len) in lens.iter().enumerate() {
+        let count = len.max(1).div_ceil(chunk);
+        items.extend((0..count).map(|s| KeySplit { request: r as u32, split: s as u32, begin: (s * chunk) as u32, end: ((s + 1) * chunk).min(len) as u32 }));
+    }
+    items
+}
+
+/// Keys of a cut: whole 64-key tiles (the tile of either Hopper shape, or two).
+const RUN_TILE: usize = 64;
+/// Bytes a split row costs a step: its f32 partial row written by the decode, read by the
+/// merge, and the merge's share of the output.
+const SPLIT_ROW_BYTES: usize = 3 * MLA_RANK as usize * 4;
+/// A key row of the 16-bit latent cache (the Hopper kernel's default rows).
+const KEY_ROW_BYTES: usize = MLA_LATENT_DIM as usize * 2;
+/// Cuts must beat whole requests by more than the cost model's error.
+const CUT_GAIN: f64 = 0.95;
+
+/// The Hopper kernel's persistent schedule: work items (a request's key range) in request
+/// order, cut into at most `runs` contiguous runs (a block each, for every row tile), each
+/// run's keys (plus `BLOCK_COST_KEYS` an item) balanced over the runs. Two candidates, the
+/// cheaper by the model (cost = the longest run, in key rows, + the merge where a request
+/// has several items):
+/// - whole requests (or `forced` chunks: tests and fixed launch shapes), partitioned into
+///   runs of least maximum;
+/// - FlashMLA's: each run filled to the average, cutting the request at its end in whole
+///   64-key tiles; at most `MAX_SPLITS` pieces a request, within `split_rows` workspace
+///   token rows, and taken only where it is at least 5% cheaper (the merge costs the split
+///   rows' bytes, `SPLIT_ROW_BYTES`, spread over the `slots` blocks at a key row's bytes).
+///
+/// Returns the items and the runs' offsets (`runs + 1` at most: run y is items
+/// `parts[y] .. parts[y + 1]`).
+///
+/// Examples on an H100 (132 slots): M2 (128 x 4096 keys, 2 row tiles: 66 runs) -> whole
+/// requests, two a run; one request of 262144 keys, 2 row tiles -> 32 pieces of 8192 keys
+/// (the workspace's 32 split rows a token); a 16384-key request among 64 of 512 keys ->
+/// cut into pieces of about the average run.
+pub fn persistent_schedule(lens: &[usize], lq: &[usize], heads: usize, runs: usize, slots: usize, forced: Option<usize>, split_rows: usize) -> (Vec<KeySplit>, Vec<u32>) {
+    let runs = runs.max(1);
+    let cost = |keys: usize| keys.div_ceil(RUN_TILE) * RUN_TILE + BLOCK_COST_KEYS;
+    let merge_cost = |split_rows: usize| {
+        if split_rows == 0 {
+            0
+        } else {
+            MERGE_COST_KEYS + (split_rows * heads * SPLIT_ROW_BYTES).div_ceil(slots.max(1) * KEY_ROW_BYTES)
+        }
+    };
+    // A schedule's split token rows (None past the limits) and the longest run's cost.
+    let rate = |items: &[KeySplit], parts: &[u32]| -> Option<usize> {
+        let mut pieces = vec![0usize; lens.len()];
+        for k in items {
+            pieces[k.request as usize] += 1;
+        }
+        if pieces.iter().any(|&p| p > MAX_SPLITS) {
+            return None;
+        }
+        let rows: usize = pieces.iter().zip(lq).filter(|(p, _)| **p > 1).map(|(p, q)| p * q).sum();
+        if rows > split_rows {
+            return None;
+        }
+        let longest = parts.windows(2).map(|w| items[w[0] as usize..w[1] as usize].iter().map(|k| cost((k.end - k.begin) as usize)).sum::<usize>()).max().unwrap_or(0);
+        Some(longest + merge_cost(rows))
+    };
+
+    let whole = match forced {
+        Some(chunk) => uniform_items(lens, chunk),
+        None => lens.iter().enumerate().map(|(r, &len)| KeySplit { request: r as u32, split: 0, begin: 0, end: len as u32 }).collect(),
+    };
+    let whole_parts = partition(&whole.iter().map(|k| cost((k.end - k.begin) as usize)).collect::<Vec<_>>(), runs);
+    if forced.is_some() || runs == 1 {
+        return (whole, whole_parts);
+    }
+    let whole_cost = rate(&whole, &whole_parts).unwrap_or(usize::MAX);
+
+    // FlashMLA's cut: runs filled to the average (no run below a request's 1/MAX_SPLITS).
+    let total: usize = lens.iter().map(|&l| cost(l)).sum();
+    let max_len = lens.iter().copied().max().unwrap_or(0);
+    let target = total.div_ceil(runs).max(cost(max_len.div_ceil(MAX_SPLITS)));
+    let (mut items, mut parts) = (Vec::new(), vec![0u32]);
+    let mut left = target;
+    for (r, &len) in lens.iter().enumerate() {
+        let (mut begin, mut split) = (0usize, 0u32);
+        loop {
+            let rest = len - begin;
+            let last_run = parts.len() == runs;
+            if cost(rest) <= left || last_run {
+                items.push(KeySplit { request: r as u32, split, begin: begin as u32, end: len as u32 });
+                left = left.saturating_sub(cost(rest));
+                break;
+            }
+            // What fits of this run's budget, in whole tiles, and a new run for the rest.
+            let take = left.saturating_sub(BLOCK_COST_KEYS) / RUN_TILE * RUN_TILE;
+            if take > 0 {
+                items.push(KeySplit { request: r as u32, split, begin: begin as u32, end: (begin + take) as u32 });
+                begin += take;
+                split += 1;
+            }
+            if *parts.last().unwrap() as usize != items.len() {
+                parts.push(items.len() as u32);
+            }
+            left = target;
+        }
+    }
+    if *parts.last().unwrap() as usize != items.len() {
+        parts.push(items.len() as u32);
+    }
+    match rate(&items, &parts) {
+        Some(c) if (c as f64) < CUT_GAIN * whole_cost as f64 => (items, parts),
+        _ => (whole, whole_parts),
+    }
+}
+
+/// Contiguous runs of `costs` (at most `runs` of them) whose longest is least: the least
+/// capacity whose greedy fill needs no more runs. Returns the runs' offsets.
+fn partition(costs: &[usize], runs: usize) -> Vec<u32> {
+    let fill = |cap: usize| -> Vec<u32> {
+        let (mut parts, mut load) = (vec![0u32], 0usize);
+        for (i, &c) in costs.iter().enumerate() {
+            if load > 0 && load + c > cap {
+                parts.push(i as u32);
+                load = 0;
+            }
+            load += c;
+        }
+        if !costs.is_empty() {
+            parts.push(costs.len() as u32);
+        }
+        parts
+    };
+    let (mut lo, mut hi) = (costs.iter().copied().max().unwrap_or(0), costs.iter().sum::<usize>());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if fill(mid).len() - 1 <= runs {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    fill(lo)
+}
+
+/// CUDA's largest grid y (the portable MLA decode's work items).
 pub const MAX_GRID_Y: usize = 65_535;
 
-/// One block of MLA's split-KV schedule: split `split` of `request`'s keys (keys
-/// `[split * chunk_keys, (split + 1) * chunk_keys)`).
+/// One work item of MLA's schedule: keys `[begin, end)` of `request`, its `split`-th piece
+/// (its workspace slot when the request has several).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeySplit {
-    /// The request whose keys the block reads.
+    /// The request whose keys the item reads.
     pub request: u32,
-    /// Which of the request's splits (its keys `[split * chunk_keys, (split + 1) * chunk_keys)`).
+    /// Which of the request's pieces.
     pub split: u32,
+    /// The first key (a multiple of the kernels' 32-key tile).
+    pub begin: u32,
+    /// One past the last key.
+    pub end: u32,
 }
 
 /// MLA's rows of a plan ([`StepPlan::rows`]): its split-KV schedule.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct MlaRows {
-    /// The decode kernel's blocks, in grid order.
+    /// The work items: the portable kernel's blocks in grid order, or the Hopper kernel's
+    /// runs' items in order.
     pub key_splits: Vec<KeySplit>,
-    /// Keys per split.
+    /// The Hopper kernel's runs: block y runs items `parts[y] .. parts[y + 1]` (empty for
+    /// the portable kernel, whose block y runs item y).
+    pub parts: Vec<u32>,
+    /// Keys per split (uniform pieces), or the persistent schedule's longest item.
     pub chunk_keys: usize,
     /// Each query token's (first workspace slot, split count).
     pub token_splits: Vec<[u32; 2]>,
@@ -359,18 +532,22 @@ pub(crate) fn mla_rows(plan: &StepPlan) -> &MlaRows {
     plan.rows::<MlaRows>().expect("an MLA plan carries MlaRows")
 }
 
-/// MLA's device maps of a step: the key splits as (request, split) pairs and each token's
-/// (first slot, count), sized for the step limits.
+/// MLA's device maps of a step: the work items as (request, split, first key, end key),
+/// then the Hopper kernel's runs' offsets; each token's (first slot, count); sized for the
+/// step limits.
 pub struct MlaWorkspace {
     key_splits: CudaSlice<i32>,
     token_splits: CudaSlice<i32>,
 }
 
+/// `i32`s of a work item in the device map.
+const ITEM_WORDS: usize = 4;
+
 impl MlaWorkspace {
     pub(crate) fn new(stream: &Arc<CudaStream>, limits: &StepLimits) -> Result<MlaWorkspace> {
-        // At most one split per request plus the workspace's rows.
-        let max_key_splits = limits.max_reqs + limits.split_rows;
-        Ok(MlaWorkspace { key_splits: stream.alloc_zeros(2 * max_key_splits)?, token_splits: stream.alloc_zeros(2 * limits.max_tokens)? })
+        // At most one item per request plus the workspace's rows; a run holds one or more.
+        let max_items = limits.max_reqs + limits.split_rows;
+        Ok(MlaWorkspace { key_splits: stream.alloc_zeros(ITEM_WORDS * max_items + max_items + 1)?, token_splits: stream.alloc_zeros(2 * limits.max_tokens)? })
     }
 }
 
@@ -380,23 +557,27 @@ impl DeviceRows for MlaWorkspace {
     }
     fn fill(&self, plan: &StepPlan, staging: [&mut [i32]; BACKEND_MAPS]) -> Result<[usize; BACKEND_MAPS]> {
         let rows = mla_rows(plan);
-        let (nk, nts) = (rows.key_splits.len(), rows.token_splits.len());
-        if 2 * nk > staging[0].len() || 2 * nts > staging[1].len() {
+        let (nk, np, nts) = (rows.key_splits.len(), rows.parts.len(), rows.token_splits.len());
+        if ITEM_WORDS * nk + np > staging[0].len() || 2 * nts > staging[1].len() {
             return Err(AttnError::StepTooLarge(format!(
-                "{nk} key splits, {nts} tokens: past the step's buffers ({} key splits, {} tokens)",
-                staging[0].len() / 2,
+                "{nk} work items in {} runs, {nts} tokens: past the step's buffers ({} words of items and runs, {} tokens)",
+                np.saturating_sub(1),
+                staging[0].len(),
                 staging[1].len() / 2
             )));
         }
-        for (dst, k) in staging[0].chunks_exact_mut(2).zip(&rows.key_splits) {
-            dst[0] = k.request as i32;
-            dst[1] = k.split as i32;
+        let (items, parts) = staging[0].split_at_mut(ITEM_WORDS * nk);
+        for (dst, k) in items.chunks_exact_mut(ITEM_WORDS).zip(&rows.key_splits) {
+            dst.copy_from_slice(&[k.request as i32, k.split as i32, k.begin as i32, k.end as i32]);
+        }
+        for (dst, &o) in parts.iter_mut().zip(&rows.parts) {
+            *dst = o as i32;
         }
         for (dst, t) in staging[1].chunks_exact_mut(2).zip(&rows.token_splits) {
             dst[0] = t[0] as i32;
             dst[1] = t[1] as i32;
         }
-        Ok([2 * nk, 2 * nts])
+        Ok([ITEM_WORDS * nk + np, 2 * nts])
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -568,6 +749,12 @@ impl<T: Element> CudaMlaImpl<T> {
                 seq_lens: ptr(&dev.seq_lens, &stream),
                 query_start_loc: ptr(&dev.query_start_loc, &stream),
                 splits: ptr(&mla_workspace(dev).key_splits, &stream),
+                // The runs' offsets follow the items in the same map (the Hopper kernel's).
+                parts: if mla_rows(plan).parts.is_empty() {
+                    0
+                } else {
+                    ptr(&mla_workspace(dev).key_splits, &stream) + (ITEM_WORDS * mla_rows(plan).key_splits.len() * std::mem::size_of::<i32>()) as u64
+                },
                 token_splits: ptr(&mla_workspace(dev).token_splits, &stream),
                 partial_out: ptr(&dev.partial_out, &stream),
                 partial_ml: ptr(&dev.partial_ml, &stream),
@@ -581,9 +768,7 @@ impl<T: Element> CudaMlaImpl<T> {
                 block_table_stride: dev.block_table_stride as u32,
                 num_q_heads: h as u32,
                 block_size_log2: l.block_size.trailing_zeros(),
-                chunk_keys: mla_rows(plan).chunk_keys as u32,
                 scale: self.mla.scale,
-                _pad: 0,
                 // The map(s) of the kernel's depth (`MLA_SM90_STAGES` order; fp8: two a depth).
                 tmap: self.tmap.as_ref().map_or(0, |m| {
                     let i = MLA_SM90_STAGES.iter().position(|&s| s == launch.kernel.stages).unwrap_or(0);
@@ -764,7 +949,9 @@ mod tests {
         let limits = StepLimits::new(8, 2, 4096, 64);
         let p = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { force_splits: Some(4), ..PlanOptions::default() }, BackendName::CudaMlaPortable).unwrap();
         assert_eq!((mla_rows(&p).chunk_keys, p.num_splits), (768, 4));
-        assert_eq!(mla_rows(&p).key_splits, vec![KeySplit { request: 0, split: 0 }, KeySplit { request: 1, split: 0 }, KeySplit { request: 1, split: 1 }, KeySplit { request: 1, split: 2 }, KeySplit { request: 1, split: 3 }]);
+        let item = |request, split, begin, end| KeySplit { request, split, begin, end };
+        assert_eq!(mla_rows(&p).key_splits, vec![item(0, 0, 0, 100), item(1, 0, 0, 768), item(1, 1, 768, 1536), item(1, 2, 1536, 2304), item(1, 3, 2304, 3000)]);
+        assert!(mla_rows(&p).parts.is_empty(), "the portable kernel's block y runs item y");
         // Token 0 (one split) is written directly; tokens 1, 2 take workspace slots 0-3, 4-7.
         assert_eq!(mla_rows(&p).token_splits, vec![[0, 1], [0, 4], [4, 4]]);
         assert_eq!(p.workspace_bytes, 8 * 16 * 514 * 4);
@@ -802,8 +989,15 @@ mod tests {
         // a pipeline depth asks for the portable kernel.
         let opts = PlanOptions { force_splits: Some(4), ..PlanOptions::default() };
         let h = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
+        // (Persistent: 132 runs of one row tile hold the 5 items one a run.)
         assert_eq!(h.launches[1], KernelLaunch { kernel: kid("mla_decode_sm90_bf16"), grid: (1, 5, 1), block: 384, shared_mem_bytes: crate::params::mla_sm90_smem_bytes(2), tokens: 3 });
-        assert_eq!(mla_rows(&h), mla_rows(&p));
+        assert_eq!((&mla_rows(&h).key_splits, &mla_rows(&h).token_splits), (&mla_rows(&p).key_splits, &mla_rows(&p).token_splits));
+        assert_eq!(mla_rows(&h).parts, [0, 1, 2, 3, 4, 5]);
+        // Two runs at most: the five items (in whole 64-key tiles, + 64 each: 192, 832, 832,
+        // 832, 768) in the two runs of least maximum (1856 and 1600).
+        let h2 = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { persistent_parts: Some(2), ..opts }, BackendName::CudaMla).unwrap();
+        assert_eq!((mla_rows(&h2).parts.as_slice(), h2.launches[1].grid), ([0, 3, 5].as_slice(), (1, 2, 1)));
+        assert!(plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { persistent_parts: Some(0), ..opts }, BackendName::CudaMla).is_err());
         let h8 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
         assert_eq!(h8.launches[1].kernel.name(), "mla_decode_cvt_bf16_e4m3_s3");
         // The Hopper kernel over fp8 rows where one of its depths is asked for.
@@ -827,6 +1021,87 @@ mod tests {
         assert!(e.to_string().contains("Hopper (wgmma) MLA kernel over a auto cache has [2, 4]"), "{e}");
         let d = plan(&m, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(2), ..opts }, BackendName::CudaMlaPortable).unwrap();
         assert_eq!(d.launches[1].kernel.name(), "mla_decode_bf16");
+    }
+
+    /// Items cover each request's keys once, in order, in whole 64-key tiles; runs are
+    /// contiguous, non-empty and no more than asked; pieces and workspace rows in the limits.
+    fn check_schedule(lens: &[usize], lq: &[usize], runs: usize, split_rows: usize, items: &[KeySplit], parts: &[u32]) {
+        let mut next = vec![(0u32, 0u32); lens.len()]; // (next key, next split) a request
+        let mut last_req = 0;
+        for k in items {
+            let r = k.request as usize;
+            assert!(r >= last_req, "items in request order: {items:?}");
+            last_req = r;
+            assert_eq!((k.begin, k.split), next[r], "request {r}'s pieces in order");
+            assert!(k.end > k.begin || lens[r] == 0, "an empty piece {k:?}");
+            assert_eq!(k.begin % RUN_TILE as u32, 0);
+            next[r] = (k.end, k.split + 1);
+        }
+        let mut rows = 0;
+        for (r, &(end, pieces)) in next.iter().enumerate() {
+            assert_eq!(end as usize, lens[r], "request {r}'s keys covered");
+            assert!((1..=MAX_SPLITS as u32).contains(&pieces));
+            rows += if pieces > 1 { pieces as usize * lq[r] } else { 0 };
+        }
+        assert!(rows <= split_rows, "{rows} split rows past {split_rows}");
+        assert_eq!((parts.first(), parts.last()), (Some(&0), Some(&(items.len() as u32))));
+        assert!(parts.windows(2).all(|w| w[0] < w[1]), "non-empty runs {parts:?}");
+        assert!(parts.len() - 1 <= runs, "{} runs past {runs}", parts.len() - 1);
+    }
+
+    #[test]
+    fn persistent_schedule_examples() {
+        let run_cost = |items: &[KeySplit], parts: &[u32]| -> Vec<usize> {
+            parts.windows(2).map(|w| items[w[0] as usize..w[1] as usize].iter().map(|k| (k.end - k.begin) as usize + BLOCK_COST_KEYS).sum()).collect()
+        };
+        // M2 on an H100: 128 x 4096 keys, 128 heads (2 row tiles: 66 runs). Cutting would
+        // balance 1.94 requests a run but merge 62 requests' rows: whole requests, two a run.
+        let (lens, lq) = (vec![4096; 128], vec![1; 128]);
+        let (items, parts) = persistent_schedule(&lens, &lq, 128, 66, 132, None, 32 * 128);
+        check_schedule(&lens, &lq, 66, 32 * 128, &items, &parts);
+        assert_eq!((items.len(), parts.len() - 1), (128, 64));
+        assert!(run_cost(&items, &parts).iter().all(|&c| c == 2 * (4096 + 64)));
+        // M4: 32 x 16384, 2 tokens x 128 heads (4 row tiles: 33 runs): one request a run.
+        let (lens, lq) = (vec![16384; 32], vec![2; 32]);
+        let (items, parts) = persistent_schedule(&lens, &lq, 128, 33, 132, None, 32 * 32);
+        check_schedule(&lens, &lq, 33, 32 * 32, &items, &parts);
+        assert_eq!((items.len(), parts.len() - 1), (32, 32));
+        // One request of 262144 keys (M5), 2 row tiles: 32 pieces of 8192 keys, the most
+        // its token's 32 workspace rows allow (66 runs would balance 3973 keys each).
+        let (items, parts) = persistent_schedule(&[262144], &[1], 128, 66, 132, None, 32);
+        check_schedule(&[262144], &[1], 66, 32, &items, &parts);
+        assert_eq!((items.len(), parts.len() - 1), (32, 32));
+        assert!(items.iter().all(|k| k.end - k.begin == 8192), "{items:?}");
+        // Ragged: a 16384-key request among 64 of 512 keys, 32 heads (one row tile, 132
+        // runs): the long one is cut, and no run is longer than 1.5 x the average.
+        let mut lens = vec![512; 64];
+        lens.insert(20, 16384);
+        let lq = vec![1; 65];
+        let (items, parts) = persistent_schedule(&lens, &lq, 32, 132, 132, None, 32 * 65);
+        check_schedule(&lens, &lq, 132, 32 * 65, &items, &parts);
+        let costs = run_cost(&items, &parts);
+        let avg = (16384 + 64 * 512 + 65 * 64) / 132;
+        assert!(*costs.iter().max().unwrap() <= avg * 3 / 2, "{costs:?} against {avg}");
+        assert!(items.iter().filter(|k| k.request == 20).count() > 16);
+        // Forced chunks keep their pieces; one run holds everything.
+        let (items, parts) = persistent_schedule(&[1000, 3000], &[1, 2], 16, 1, 132, Some(768), 64);
+        check_schedule(&[1000, 3000], &[1, 2], 1, 64, &items, &parts);
+        assert_eq!((items.len(), parts), (6, vec![0, 6]));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn persistent_schedule_covers_every_key(
+            reqs in proptest::collection::vec((0usize..40_000, 1usize..5), 1..80),
+            runs in 1usize..140,
+            heads in proptest::sample::select(vec![16usize, 32, 64, 128]),
+        ) {
+            let lens: Vec<usize> = reqs.iter().map(|r| r.0.max(r.1)).collect();
+            let lq: Vec<usize> = reqs.iter().map(|r| r.1).collect();
+            let split_rows = MAX_SPLITS * lq.iter().sum::<usize>().min(lens.len());
+            let (items, parts) = persistent_schedule(&lens, &lq, heads, runs, 132, None, split_rows);
+            check_schedule(&lens, &lq, runs, split_rows, &items, &parts);
+        }
     }
 
     #[test]
