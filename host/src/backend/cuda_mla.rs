@@ -4,8 +4,9 @@
 //!
 //! - `mla_cache_write_b16`: this step's `kv_c` `[tokens, 512]` and `k_pe` `[tokens, 64]` into
 //!   the latent cache `[num_blocks, block_size, 576]` at the slot mapping;
-//! - `mla_decode_<dtype>`: 64 (query token, head) rows of one request and one split of its
-//!   keys per block, each K tile read once for both `Q K^T` and `P V`;
+//! - `mla_decode_<dtype>`: 64 (query token, head) rows of one request and one range of its
+//!   keys (a work item) per block, each K tile read once for both `Q K^T` and `P V`;
+//!   `mla_decode_sm90_<dtype>`: a run of work items per block;
 //! - `merge_splits_<dtype>`: the splits' partial states, with per-token split counts.
 //!
 //! A layout of `kv_dtype = Fp8E4m3` gets FlashMLA's fp8 latent rows (656 bytes a token: 512
@@ -20,9 +21,11 @@
 //! `W_UV`). Query tokens of a request (1 to 4 for speculative decoding, or more) are causal
 //! among themselves.
 //!
-//! Plan, then run: [`plan`] cuts each request's keys into chunks of one length chosen for
-//! the whole step ([`mla_chunk_keys`]), so a ragged batch becomes blocks of nearly equal
-//! work spread over the SMs; [`CudaMlaImpl`] only launches.
+//! Plan, then run: [`plan`] cuts each request's keys into work items (key ranges) so a
+//! ragged batch becomes nearly equal work spread over the SMs: for the portable kernel,
+//! chunks of one length chosen for the whole step ([`mla_chunk_keys`]), a block each; for
+//! the Hopper kernel, a persistent schedule ([`persistent_schedule`]): as many runs of
+//! items as the SMs hold, balanced, a block each. [`CudaMlaImpl`] only launches.
 
 use crate::attention_impl::{latent_rows_have_scales, no_fp8_cache};
 use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, kv_type, max_shared_memory_per_block, merge_kernel, ptr, query_type, tensor_map, tensor_map_2d, through_device, MapElem, DeviceMetadata, DeviceRows, BACKEND_MAPS, TENSOR_MAP_BYTES};
