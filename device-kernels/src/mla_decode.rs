@@ -28,8 +28,9 @@
 //! per-token counts.
 //!
 //! An fp8 latent cache (`kv::E4m3`: FlashMLA's 656-byte rows, `params::MLA_FP8_ROW_BYTES`)
-//! streams its rows as stored, 43% fewer bytes; after tile i's `P V` every thread converts
-//! four 16-value chunks of one key of tile i + 1 (`e4m3 x` its 128-value tile's scale,
+//! streams its rows as stored, 43% fewer bytes; after tile i's `P V` the converters (the
+//! warps of row groups past the request's rows where there are such, else every thread)
+//! convert four 16-value chunks of one key of tile i + 1 (`e4m3 x` its 128-value tile's scale,
 //! rounded once to the query type) and one chunk of its rotary dims into the second of two
 //! 16-bit K tiles the MMAs read (warps with no rows convert while the others compute), and
 //! the next tile's barrier publishes it.
@@ -163,6 +164,11 @@ pub(crate) unsafe fn mla_decode<E: Elem, K: KvStore, const STAGES: usize>(p: &Ml
             pos[h] = ctx + row_token(i);
         }
     }
+    // fp8 converters of tiles 1..: the warps of groups with no rows where there are any
+    // (a decode of 16 or 32 rows: they would only wait at the barriers), so that the
+    // conversion leaves the critical path of the warps that compute; else every thread.
+    let groups = (b.n_rows - b.row0).min(ROWS).div_ceil(16);
+    let conv_first = if groups < ROWS / 16 { groups * 64 } else { 0 };
     // fp8: two converted tiles, tile i in `conv(i % 2)`; tile 0 converted here.
     let conv = |i: usize| converted + ((i % 2) * BN * ROW_BYTES) as u32;
     if K::CONVERT && n_tiles > 0 {
@@ -237,11 +243,16 @@ pub(crate) unsafe fn mla_decode<E: Elem, K: KvStore, const STAGES: usize>(p: &Ml
             }
         }
         }
-        // fp8: tile i + 1 into `conv(i + 1)` (thread `tid` of key row `my_row` widens latent
-        // chunks `my_chunk0 + 8 k`, 128-value tile `k`, and rotary chunk `my_chunk0`), while
-        // other warps still compute; the next barrier publishes it.
-        if K::CONVERT && i + 1 < n_tiles {
-            unsafe { convert_fp8_row::<E, K>(k_tile((i + 1) % STAGES) + (my_row * raw_row) as u32, conv(i + 1), my_row, my_chunk0) };
+        // fp8: tile i + 1 into `conv(i + 1)` by the converters (unit u: key row u / tpr widens
+        // latent chunks u % tpr + 8 k, 128-value tile k, and rotary chunk u % tpr), while the
+        // warps with rows compute; the next barrier publishes it.
+        if K::CONVERT && i + 1 < n_tiles && tid >= conv_first {
+            let mut u = tid - conv_first;
+            while u < BN * tpr {
+                let (row, chunk0) = (u / tpr, u % tpr);
+                unsafe { convert_fp8_row::<E, K>(k_tile((i + 1) % STAGES) + (row * raw_row) as u32, conv(i + 1), row, chunk0) };
+                u += THREADS - conv_first;
+            }
         }
     }
     cp_async_wait_group::<0>();
