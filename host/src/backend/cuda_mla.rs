@@ -384,7 +384,8 @@ const CUT_GAIN: f64 = 0.95;
 ///   runs of least maximum;
 /// - FlashMLA's: each run filled to the average, cutting the request at its end in whole
 ///   64-key tiles; at most `MAX_SPLITS` pieces a request, within `split_rows` workspace
-///   token rows, and taken only where it is at least 5% cheaper (the merge costs the split
+///   token rows (runs made twice as long until the pieces fit), and taken only where it is
+///   at least 5% cheaper (the merge costs the split
 ///   rows' bytes, `SPLIT_ROW_BYTES`, spread over the `slots` blocks at a key row's bytes).
 ///
 /// Returns the items and the runs' offsets (`runs + 1` at most: run y is items
@@ -431,10 +432,27 @@ pub fn persistent_schedule(lens: &[usize], lq: &[usize], heads: usize, runs: usi
     }
     let whole_cost = rate(&whole, &whole_parts).unwrap_or(usize::MAX);
 
-    // FlashMLA's cut: runs filled to the average (no run below a request's 1/MAX_SPLITS).
+    // FlashMLA's cut: runs filled to the average (no run below a request's 1/MAX_SPLITS);
+    // where its pieces do not fit the workspace, runs twice as long, until they fit or
+    // would be no shorter than whole requests'.
     let total: usize = lens.iter().map(|&l| cost(l)).sum();
     let max_len = lens.iter().copied().max().unwrap_or(0);
-    let target = total.div_ceil(runs).max(cost(max_len.div_ceil(MAX_SPLITS)));
+    let mut target = total.div_ceil(runs).max(cost(max_len.div_ceil(MAX_SPLITS)));
+    while target < whole_cost {
+        let (items, parts) = fill_and_cut(lens, runs, target, cost);
+        match rate(&items, &parts) {
+            Some(c) if (c as f64) < CUT_GAIN * whole_cost as f64 => return (items, parts),
+            Some(_) => break,
+            None => target *= 2,
+        }
+    }
+    (whole, whole_parts)
+}
+
+/// FlashMLA's fill-and-cut: items in request order into runs of `target` (in `cost`'s key
+/// rows), the request at a run's end cut in whole `RUN_TILE`s; the last of `runs` runs
+/// takes what is left. Returns the items and the runs' offsets.
+fn fill_and_cut(lens: &[usize], runs: usize, target: usize, cost: impl Fn(usize) -> usize) -> (Vec<KeySplit>, Vec<u32>) {
     let (mut items, mut parts) = (Vec::new(), vec![0u32]);
     let mut left = target;
     for (r, &len) in lens.iter().enumerate() {
@@ -463,10 +481,7 @@ pub fn persistent_schedule(lens: &[usize], lq: &[usize], heads: usize, runs: usi
     if *parts.last().unwrap() as usize != items.len() {
         parts.push(items.len() as u32);
     }
-    match rate(&items, &parts) {
-        Some(c) if (c as f64) < CUT_GAIN * whole_cost as f64 => (items, parts),
-        _ => (whole, whole_parts),
-    }
+    (items, parts)
 }
 
 /// Contiguous runs of `costs` (at most `runs` of them) whose longest is least: the least
@@ -1086,6 +1101,15 @@ mod tests {
         let avg = (16384 + 64 * 512 + 65 * 64) / 132;
         assert!(*costs.iter().max().unwrap() <= avg * 3 / 2, "{costs:?} against {avg}");
         assert!(items.iter().filter(|k| k.request == 20).count() > 16);
+        // A tight workspace (a step's own limit: 32 x min(3 tokens, 2 requests) = 64 rows):
+        // the average run (about 400 keys) would cut the two long requests into 30 and 18
+        // pieces, 66 split rows; runs twice as long fit, and are still far shorter than the
+        // 32767-key request whole (the GPU case "mla bf16 16 heads long context").
+        let (lens, lq) = (vec![32767, 20000], vec![1, 2]);
+        let (items, parts) = persistent_schedule(&lens, &lq, 16, 132, 132, None, 64);
+        check_schedule(&lens, &lq, 132, 64, &items, &parts);
+        let longest = *run_cost(&items, &parts).iter().max().unwrap();
+        assert!(items.len() > 2 && longest <= 4 * 1088, "{} items, longest run {longest}", items.len());
         // Forced chunks keep their pieces; one run holds everything.
         let (items, parts) = persistent_schedule(&[1000, 3000], &[1, 2], 16, 1, 132, Some(768), 64);
         check_schedule(&[1000, 3000], &[1, 2], 1, 64, &items, &parts);
