@@ -58,7 +58,8 @@ pub const LATENT_DIMS: &[u32] = &[MLA_LATENT_DIM];
 pub static CAPS: BackendCaps = BackendCaps {
     on_sm90: Some(
         "on compute capability 9.0 (the sm_90a module), over a 16-bit latent cache, steps with more than 16 rows a request -> mla_decode_sm90: the same blocks on wgmma \
-         (a producer warp bringing K tiles by TMA through the block table, two consumer warpgroups each holding half the value dims); ATTN_BACKEND=CUDA_MLA_PORTABLE keeps mma.sync",
+         (a producer warp bringing K tiles by TMA through the block table, two consumer warpgroups each holding half the value dims), persistent: a block a run of \
+         (request, key range) items, the runs balanced over the SMs; ATTN_BACKEND=CUDA_MLA_PORTABLE keeps mma.sync",
     ),
     ..MLA_ROW
 };
@@ -307,7 +308,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
             Some(c) => c.min(props.resident_blocks() / grid_x).max(1),
             None => (props.resident_blocks() / grid_x).max(1),
         };
-        let (items, parts) = persistent_schedule(&lens, &lq, h, runs, props.resident_blocks(), forced, limits.split_rows);
+        let (items, parts) = persistent_schedule(&lens, &lq, h, runs, props.resident_blocks(), forced, limits.split_rows, opts.persistent_parts.is_some());
         let longest = items.iter().map(|k| (k.end - k.begin) as usize).max().unwrap_or(0);
         (items, parts, forced.unwrap_or(longest))
     } else {
@@ -380,8 +381,9 @@ const CUT_GAIN: f64 = 0.95;
 /// run's keys (plus `BLOCK_COST_KEYS` an item) balanced over the runs. Two candidates, the
 /// cheaper by the model (cost = the longest run, in key rows, + the merge where a request
 /// has several items):
-/// - whole requests (or `forced` chunks: tests and fixed launch shapes), partitioned into
-///   runs of least maximum;
+/// - whole requests (or `forced` chunks: tests and fixed launch shapes), costed as runs of
+///   least maximum; emitted as those runs where `pack` (`PlanOptions::persistent_parts`),
+///   else one a block (measured faster on uniform batches: see the body);
 /// - FlashMLA's: each run filled to the average, cutting the request at its end in whole
 ///   64-key tiles; at most `MAX_SPLITS` pieces a request, within `split_rows` workspace
 ///   token rows (runs made twice as long until the pieces fit), and taken only where it is
@@ -392,10 +394,10 @@ const CUT_GAIN: f64 = 0.95;
 /// `parts[y] .. parts[y + 1]`).
 ///
 /// Examples on an H100 (132 slots): M2 (128 x 4096 keys, 2 row tiles: 66 runs) -> whole
-/// requests, two a run; one request of 262144 keys, 2 row tiles -> 32 pieces of 8192 keys
+/// requests, one a block (packed: two a run); one request of 262144 keys, 2 row tiles -> 32 pieces of 8192 keys
 /// (the workspace's 32 split rows a token); a 16384-key request among 64 of 512 keys ->
 /// cut into pieces of about the average run.
-pub fn persistent_schedule(lens: &[usize], lq: &[usize], heads: usize, runs: usize, slots: usize, forced: Option<usize>, split_rows: usize) -> (Vec<KeySplit>, Vec<u32>) {
+pub fn persistent_schedule(lens: &[usize], lq: &[usize], heads: usize, runs: usize, slots: usize, forced: Option<usize>, split_rows: usize, pack: bool) -> (Vec<KeySplit>, Vec<u32>) {
     let runs = runs.max(1);
     let cost = |keys: usize| keys.div_ceil(RUN_TILE) * RUN_TILE + BLOCK_COST_KEYS;
     let merge_cost = |split_rows: usize| {
@@ -427,10 +429,15 @@ pub fn persistent_schedule(lens: &[usize], lq: &[usize], heads: usize, runs: usi
         None => lens.iter().enumerate().map(|(r, &len)| KeySplit { request: r as u32, split: 0, begin: 0, end: len as u32 }).collect(),
     };
     let whole_parts = partition(&whole.iter().map(|k| cost((k.end - k.begin) as usize)).collect::<Vec<_>>(), runs);
-    if forced.is_some() || runs == 1 {
-        return (whole, whole_parts);
-    }
     let whole_cost = rate(&whole, &whole_parts).unwrap_or(usize::MAX);
+    // Whole items go in runs where asked (`pack`), else one a block: the hardware's block
+    // scheduler spreads them as well on the batches the cut leaves whole, and it measured
+    // faster (H100, M2: 467-477 TFLOP/s one a block, 446-466 two a run; M3, M4: 1.4% and
+    // 0.6-7% ahead), the item boundary inside a block costing more than a block's launch.
+    let whole_out = if pack { whole_parts } else { (0..=whole.len() as u32).collect() };
+    if forced.is_some() || runs == 1 {
+        return (whole, whole_out);
+    }
 
     // FlashMLA's cut: runs filled to the average (no run below a request's 1/MAX_SPLITS);
     // where its pieces do not fit the workspace, runs twice as long, until they fit or
@@ -446,7 +453,7 @@ pub fn persistent_schedule(lens: &[usize], lq: &[usize], heads: usize, runs: usi
             None => target *= 2,
         }
     }
-    (whole, whole_parts)
+    (whole, whole_out)
 }
 
 /// FlashMLA's fill-and-cut: items in request order into runs of `target` (in `cost`'s key
@@ -1044,6 +1051,8 @@ mod tests {
     /// Items cover each request's keys once, in order, in whole 64-key tiles; runs are
     /// contiguous, non-empty and no more than asked; pieces and workspace rows in the limits.
     fn check_schedule(lens: &[usize], lq: &[usize], runs: usize, split_rows: usize, items: &[KeySplit], parts: &[u32]) {
+        // Whole items unpacked run one a block.
+        let runs = if parts.len() == items.len() + 1 { runs.max(items.len()) } else { runs };
         let mut next = vec![(0u32, 0u32); lens.len()]; // (next key, next split) a request
         let mut last_req = 0;
         for k in items {
@@ -1074,19 +1083,23 @@ mod tests {
         };
         // M2 on an H100: 128 x 4096 keys, 128 heads (2 row tiles: 66 runs). Cutting would
         // balance 1.94 requests a run but merge 62 requests' rows: whole requests, two a run.
+        // Unpacked, one a block (the grid of before); packed, two a run.
         let (lens, lq) = (vec![4096; 128], vec![1; 128]);
-        let (items, parts) = persistent_schedule(&lens, &lq, 128, 66, 132, None, 32 * 128);
+        let (items, parts) = persistent_schedule(&lens, &lq, 128, 66, 132, None, 32 * 128, false);
+        check_schedule(&lens, &lq, 66, 32 * 128, &items, &parts);
+        assert_eq!((items.len(), parts.len() - 1), (128, 128));
+        let (items, parts) = persistent_schedule(&lens, &lq, 128, 66, 132, None, 32 * 128, true);
         check_schedule(&lens, &lq, 66, 32 * 128, &items, &parts);
         assert_eq!((items.len(), parts.len() - 1), (128, 64));
         assert!(run_cost(&items, &parts).iter().all(|&c| c == 2 * (4096 + 64)));
-        // M4: 32 x 16384, 2 tokens x 128 heads (4 row tiles: 33 runs): one request a run.
+        // M4: 32 x 16384, 2 tokens x 128 heads (4 row tiles: 33 runs): one request a block.
         let (lens, lq) = (vec![16384; 32], vec![2; 32]);
-        let (items, parts) = persistent_schedule(&lens, &lq, 128, 33, 132, None, 32 * 32);
+        let (items, parts) = persistent_schedule(&lens, &lq, 128, 33, 132, None, 32 * 32, false);
         check_schedule(&lens, &lq, 33, 32 * 32, &items, &parts);
         assert_eq!((items.len(), parts.len() - 1), (32, 32));
         // One request of 262144 keys (M5), 2 row tiles: 32 pieces of 8192 keys, the most
         // its token's 32 workspace rows allow (66 runs would balance 3973 keys each).
-        let (items, parts) = persistent_schedule(&[262144], &[1], 128, 66, 132, None, 32);
+        let (items, parts) = persistent_schedule(&[262144], &[1], 128, 66, 132, None, 32, false);
         check_schedule(&[262144], &[1], 66, 32, &items, &parts);
         assert_eq!((items.len(), parts.len() - 1), (32, 32));
         assert!(items.iter().all(|k| k.end - k.begin == 8192), "{items:?}");
@@ -1095,7 +1108,7 @@ mod tests {
         let mut lens = vec![512; 64];
         lens.insert(20, 16384);
         let lq = vec![1; 65];
-        let (items, parts) = persistent_schedule(&lens, &lq, 32, 132, 132, None, 32 * 65);
+        let (items, parts) = persistent_schedule(&lens, &lq, 32, 132, 132, None, 32 * 65, false);
         check_schedule(&lens, &lq, 132, 32 * 65, &items, &parts);
         let costs = run_cost(&items, &parts);
         let avg = (16384 + 64 * 512 + 65 * 64) / 132;
@@ -1106,12 +1119,12 @@ mod tests {
         // pieces, 66 split rows; runs twice as long fit, and are still far shorter than the
         // 32767-key request whole (the GPU case "mla bf16 16 heads long context").
         let (lens, lq) = (vec![32767, 20000], vec![1, 2]);
-        let (items, parts) = persistent_schedule(&lens, &lq, 16, 132, 132, None, 64);
+        let (items, parts) = persistent_schedule(&lens, &lq, 16, 132, 132, None, 64, false);
         check_schedule(&lens, &lq, 132, 64, &items, &parts);
         let longest = *run_cost(&items, &parts).iter().max().unwrap();
         assert!(items.len() > 2 && longest <= 4 * 1088, "{} items, longest run {longest}", items.len());
         // Forced chunks keep their pieces; one run holds everything.
-        let (items, parts) = persistent_schedule(&[1000, 3000], &[1, 2], 16, 1, 132, Some(768), 64);
+        let (items, parts) = persistent_schedule(&[1000, 3000], &[1, 2], 16, 1, 132, Some(768), 64, true);
         check_schedule(&[1000, 3000], &[1, 2], 1, 64, &items, &parts);
         assert_eq!((items.len(), parts), (6, vec![0, 6]));
     }
@@ -1122,11 +1135,12 @@ mod tests {
             reqs in proptest::collection::vec((0usize..40_000, 1usize..5), 1..80),
             runs in 1usize..140,
             heads in proptest::sample::select(vec![16usize, 32, 64, 128]),
+            pack in proptest::bool::ANY,
         ) {
             let lens: Vec<usize> = reqs.iter().map(|r| r.0.max(r.1)).collect();
             let lq: Vec<usize> = reqs.iter().map(|r| r.1).collect();
             let split_rows = MAX_SPLITS * lq.iter().sum::<usize>().min(lens.len());
-            let (items, parts) = persistent_schedule(&lens, &lq, heads, runs, 132, None, split_rows);
+            let (items, parts) = persistent_schedule(&lens, &lq, heads, runs, 132, None, split_rows, pack);
             check_schedule(&lens, &lq, runs, split_rows, &items, &parts);
         }
     }
