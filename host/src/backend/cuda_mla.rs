@@ -58,8 +58,8 @@ pub const LATENT_DIMS: &[u32] = &[MLA_LATENT_DIM];
 pub static CAPS: BackendCaps = BackendCaps {
     on_sm90: Some(
         "on compute capability 9.0 (the sm_90a module), over a 16-bit latent cache, steps with more than 16 rows a request -> mla_decode_sm90: the same blocks on wgmma \
-         (a producer warp bringing K tiles by TMA through the block table, two consumer warpgroups each holding half the value dims), persistent: a block a run of \
-         (request, key range) items, the runs balanced over the SMs; ATTN_BACKEND=CUDA_MLA_PORTABLE keeps mma.sync",
+         (a producer warp bringing K tiles by TMA through the block table, two consumer warpgroups each holding half the value dims), a block a run of (request, key \
+         range) items, runs balanced over the SMs where a ragged batch or a long request is cut; ATTN_BACKEND=CUDA_MLA_PORTABLE keeps mma.sync",
     ),
     ..MLA_ROW
 };
