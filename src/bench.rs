@@ -178,6 +178,9 @@ pub fn catalog() -> Vec<Workload> {
         mla("M3", 16, 128, 4096, 2, B),
         mla("M4", 128, 32, 16384, 2, F),
         mla("M5", 128, 1, 262144, 1, F),
+        // M6: a ragged MLA batch (D4's generator, 64 requests of 128 to 32768 keys): where the
+        // Hopper plan's fill-and-cut balances runs over the SMs.
+        Workload { shape: Shape::Mla { heads: 128, requests: decodes(&ragged_lengths(128, 32768, 64)) }, ..mla("M6", 128, 1, 1, 1, F) },
         // S1: D1's batch through 32 Llama-3-8B layers, one plan for the step.
         Workload { layers: 32, ..paged("S1", 32, 8, 128, decodes(&[4096; 64]), none, B) },
     ]
@@ -980,7 +983,7 @@ mod tests {
     #[test]
     fn groups_and_unknown_ids() {
         let m: Vec<String> = select(&["M".into()]).unwrap().into_iter().map(|w| w.id).collect();
-        assert_eq!(m, ["M1", "M2", "M3", "M4", "M5"]);
+        assert_eq!(m, ["M1", "M2", "M3", "M4", "M5", "M6"]);
         assert_eq!(select(&["D1".into(), "D".into()]).unwrap().len(), 6);
         let e = select(&["Q7".into()]).unwrap_err().to_string();
         assert!(e.contains("Q7") && e.contains("P6"), "{e}");

@@ -439,12 +439,23 @@ pub fn persistent_schedule(lens: &[usize], lq: &[usize], heads: usize, runs: usi
         return (whole, whole_out);
     }
 
-    // FlashMLA's cut: runs filled to the average (no run below a request's 1/MAX_SPLITS);
+    // FlashMLA's cut: runs filled to about the average (no run below a request's 1/MAX_SPLITS);
     // where its pieces do not fit the workspace, runs twice as long, until they fit or
     // would be no shorter than whole requests'.
     let total: usize = lens.iter().map(|&l| cost(l)).sum();
     let max_len = lens.iter().copied().max().unwrap_or(0);
-    let mut target = total.div_ceil(runs).max(cost(max_len.div_ceil(MAX_SPLITS)));
+    // The least run length whose fill needs no more than `runs` runs (each piece pays its
+    // item's cost and whole tiles, so the plain average would leave the last run the rest).
+    let (mut lo, mut hi) = (total.div_ceil(runs).max(cost(max_len.div_ceil(MAX_SPLITS))), whole_cost.min(total));
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if fill_and_cut(lens, usize::MAX, mid, cost).1.len() - 1 <= runs {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let mut target = lo;
     while target < whole_cost {
         let (items, parts) = fill_and_cut(lens, runs, target, cost);
         match rate(&items, &parts) {
@@ -1123,6 +1134,16 @@ mod tests {
         check_schedule(&lens, &lq, 132, 64, &items, &parts);
         let longest = *run_cost(&items, &parts).iter().max().unwrap();
         assert!(items.len() > 2 && longest <= 4 * 1088, "{} items, longest run {longest}", items.len());
+        // M6 (bench catalog): 64 requests of 128 to 32768 keys, 128 heads (2 row tiles: 66
+        // runs): whole, the longest request alone sets the time; cut, every run about the
+        // average, about half of it.
+        let lens = crate::workload::ragged_lengths(128, 32768, 64);
+        let lq = vec![1; 64];
+        let (items, parts) = persistent_schedule(&lens, &lq, 128, 66, 132, None, 32 * 64, false);
+        check_schedule(&lens, &lq, 66, 32 * 64, &items, &parts);
+        let longest_request = lens.iter().copied().max().unwrap() + 64;
+        let longest_run = *run_cost(&items, &parts).iter().max().unwrap();
+        assert!(items.len() > 64 && longest_run * 10 < longest_request * 6, "{} items, longest run {longest_run} against {longest_request}", items.len());
         // Forced chunks keep their pieces; one run holds everything.
         let (items, parts) = persistent_schedule(&[1000, 3000], &[1, 2], 16, 1, 132, Some(768), 64, true);
         check_schedule(&[1000, 3000], &[1, 2], 1, 64, &items, &parts);
