@@ -142,7 +142,12 @@ fn decodes(lens: &[usize]) -> Vec<(usize, usize)> {
 }
 
 fn mla(id: &str, heads: usize, batch: usize, context: usize, queries: usize, metric: Metric) -> Workload {
-    Workload { id: id.into(), shape: Shape::Mla { heads, requests: vec![(context - queries, queries); batch] }, block_size: 64, metric, sweep: None, model: None, layers: 1, layer: None }
+    mla_of(id, heads, vec![(context - queries, queries); batch], metric)
+}
+
+/// An MLA workload of these `(cached, new)` requests.
+fn mla_of(id: &str, heads: usize, requests: Vec<(usize, usize)>, metric: Metric) -> Workload {
+    Workload { id: id.into(), shape: Shape::Mla { heads, requests }, block_size: 64, metric, sweep: None, model: None, layers: 1, layer: None }
 }
 
 /// Every workload of `benches/WORKLOADS.md` (decode D, X, G, L; prefill P; MLA M; the step
@@ -180,7 +185,7 @@ pub fn catalog() -> Vec<Workload> {
         mla("M5", 128, 1, 262144, 1, F),
         // M6: a ragged MLA batch (D4's generator, 64 requests of 128 to 32768 keys): where the
         // Hopper plan's fill-and-cut balances runs over the SMs.
-        Workload { shape: Shape::Mla { heads: 128, requests: decodes(&ragged_lengths(128, 32768, 64)) }, ..mla("M6", 128, 1, 1, 1, F) },
+        mla_of("M6", 128, decodes(&ragged_lengths(128, 32768, 64)), F),
         // S1: D1's batch through 32 Llama-3-8B layers, one plan for the step.
         Workload { layers: 32, ..paged("S1", 32, 8, 128, decodes(&[4096; 64]), none, B) },
     ]

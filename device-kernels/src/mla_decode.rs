@@ -32,8 +32,7 @@
 //! warps of row groups past the request's rows where there are such, else every thread)
 //! convert four 16-value chunks of one key of tile i + 1 (`e4m3 x` its 128-value tile's scale,
 //! rounded once to the query type) and one chunk of its rotary dims into the second of two
-//! 16-bit K tiles the MMAs read (warps with no rows convert while the others compute), and
-//! the next tile's barrier publishes it.
+//! 16-bit K tiles the MMAs read, and the next tile's barrier publishes it.
 //!
 //! Grid: x = 64-row tiles of the request's rows, y = the plan's work items: a
 //! request's row tiles are adjacent in launch order, so they run together and its keys are

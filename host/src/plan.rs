@@ -103,9 +103,9 @@ pub struct PlanOptions {
     /// flight) instead of the deepest the device's shared memory allows: tests of the
     /// shallower kernel on a device that could run the deeper.
     pub pipeline_stages: Option<u32>,
-    /// At most this many runs of work items a row tile in a persistent kernel's schedule
-    /// (the Hopper MLA decode) instead of as many as the SMs hold: tests of blocks that run
-    /// several items.
+    /// Whole work items packed into at most this many runs a row tile (a block each) in the
+    /// Hopper MLA decode's schedule, instead of one item a block: tests of blocks that run
+    /// several items. (Cut schedules take as many runs as the SMs hold, or this many.)
     pub persistent_parts: Option<usize>,
 }
 

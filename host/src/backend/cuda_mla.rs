@@ -24,8 +24,9 @@
 //! Plan, then run: [`plan`] cuts each request's keys into work items (key ranges) so a
 //! ragged batch becomes nearly equal work spread over the SMs: for the portable kernel,
 //! chunks of one length chosen for the whole step ([`mla_chunk_keys`]), a block each; for
-//! the Hopper kernel, a persistent schedule ([`persistent_schedule`]): as many runs of
-//! items as the SMs hold, balanced, a block each. [`CudaMlaImpl`] only launches.
+//! the Hopper kernel ([`persistent_schedule`]), whole requests a block each, or, where a
+//! ragged batch or a long request pays for the merge, runs of cut items balanced over the
+//! SMs, a block each. [`CudaMlaImpl`] only launches.
 
 use crate::attention_impl::{latent_rows_have_scales, no_fp8_cache};
 use crate::cuda_plumbing::{as_u16, as_u16_mut, check_len, check_rows, function_with_smem, kv_type, max_shared_memory_per_block, merge_kernel, ptr, query_type, tensor_map, tensor_map_2d, through_device, MapElem, DeviceMetadata, DeviceRows, BACKEND_MAPS, TENSOR_MAP_BYTES};
@@ -237,12 +238,11 @@ pub fn mla_chunk_keys(lens: &[usize], tiles: &[usize], slots: usize, workspace_f
 /// (`split_rows` token rows) and the merge.
 /// - The portable kernel: items of `chunk_keys` keys ([`mla_chunk_keys`]), one a block
 ///   (grid y).
-/// - The Hopper kernel: persistent ([`persistent_schedule`]), grid y the runs of items,
-///   balanced over the SMs.
+/// - The Hopper kernel: [`persistent_schedule`], grid y its runs of items.
 ///
 /// `opts.force_splits = Some(s)`: the longest request gets `s` splits (the others as many as
-/// their length needs at the same chunk length); `opts.persistent_parts` caps the Hopper
-/// kernel's runs a row tile.
+/// their length needs at the same chunk length); `opts.persistent_parts = Some(c)` packs the
+/// Hopper kernel's whole items into at most `c` runs a row tile.
 pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &DeviceProps, limits: &StepLimits, opts: &PlanOptions, backend: BackendName) -> Result<StepPlan> {
     let q = query_type(dtype, backend.as_str())?;
     let kv = kv_type(meta.layout().kv_dtype);
@@ -337,7 +337,7 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
         // The schedules keep to the limit; this is the plan's own check of that.
         return Err(AttnError::StepTooLarge(format!("the MLA schedule needs {slot} workspace token rows, the step limit split_rows is {}", limits.split_rows)));
     }
-    // The portable decode's work items are its grid's y: CUDA's limit there.
+    // The runs (the portable kernel's: its items) are the grid's y: CUDA's limit there.
     let grid_y = if hopper { parts.len().saturating_sub(1) } else { key_splits.len() };
     if grid_y > MAX_GRID_Y {
         return Err(AttnError::InvalidConfig(format!(
@@ -376,27 +376,27 @@ const KEY_ROW_BYTES: usize = MLA_LATENT_DIM as usize * 2;
 /// Cuts must beat whole requests by more than the cost model's error.
 const CUT_GAIN: f64 = 0.95;
 
-/// The Hopper kernel's persistent schedule: work items (a request's key range) in request
-/// order, cut into at most `runs` contiguous runs (a block each, for every row tile), each
-/// run's keys (plus `BLOCK_COST_KEYS` an item) balanced over the runs. Two candidates, the
+/// The Hopper kernel's schedule: work items (a request's key range) in request order, in
+/// contiguous runs (a block each, for every row tile; at most `runs` where they are packed
+/// or cut), each run's keys (plus `BLOCK_COST_KEYS` an item) balanced over the runs. Two candidates, the
 /// cheaper by the model (cost = the longest run, in key rows, + the merge where a request
 /// has several items):
 /// - whole requests (or `forced` chunks: tests and fixed launch shapes), costed as runs of
 ///   least maximum; emitted as those runs where `pack` (`PlanOptions::persistent_parts`),
 ///   else one a block (measured faster on uniform batches: see the body);
-/// - FlashMLA's: each run filled to the average, cutting the request at its end in whole
-///   64-key tiles; at most `MAX_SPLITS` pieces a request, within `split_rows` workspace
-///   token rows (runs made twice as long until the pieces fit), and taken only where it is
-///   at least 5% cheaper (the merge costs the split
+/// - FlashMLA's: each run filled to the least length that needs no more than `runs` runs,
+///   cutting the request at its end in whole 64-key tiles; at most `MAX_SPLITS` pieces a
+///   request, within `split_rows` workspace token rows (runs made twice as long until the
+///   pieces fit), and taken only where it is at least 5% cheaper (the merge costs the split
 ///   rows' bytes, `SPLIT_ROW_BYTES`, spread over the `slots` blocks at a key row's bytes).
 ///
 /// Returns the items and the runs' offsets (`runs + 1` at most: run y is items
 /// `parts[y] .. parts[y + 1]`).
 ///
 /// Examples on an H100 (132 slots): M2 (128 x 4096 keys, 2 row tiles: 66 runs) -> whole
-/// requests, one a block (packed: two a run); one request of 262144 keys, 2 row tiles -> 32 pieces of 8192 keys
-/// (the workspace's 32 split rows a token); a 16384-key request among 64 of 512 keys ->
-/// cut into pieces of about the average run.
+/// requests, one a block (packed: two a run); one request of 262144 keys, 2 row tiles -> 32
+/// pieces of 8192 keys (the workspace's 32 split rows a token); a 16384-key request among
+/// 64 of 512 keys -> cut into pieces of about the average run.
 pub fn persistent_schedule(lens: &[usize], lq: &[usize], heads: usize, runs: usize, slots: usize, forced: Option<usize>, split_rows: usize, pack: bool) -> (Vec<KeySplit>, Vec<u32>) {
     let runs = runs.max(1);
     let cost = |keys: usize| keys.div_ceil(RUN_TILE) * RUN_TILE + BLOCK_COST_KEYS;
@@ -449,7 +449,7 @@ pub fn persistent_schedule(lens: &[usize], lq: &[usize], heads: usize, runs: usi
     let (mut lo, mut hi) = (total.div_ceil(runs).max(cost(max_len.div_ceil(MAX_SPLITS))), whole_cost.min(total));
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if fill_and_cut(lens, usize::MAX, mid, cost).1.len() - 1 <= runs {
+        if fill_and_cut(lens, mid, cost).1.len() - 1 <= runs {
             hi = mid;
         } else {
             lo = mid + 1;
@@ -457,28 +457,27 @@ pub fn persistent_schedule(lens: &[usize], lq: &[usize], heads: usize, runs: usi
     }
     let mut target = lo;
     while target < whole_cost {
-        let (items, parts) = fill_and_cut(lens, runs, target, cost);
+        let (items, parts) = fill_and_cut(lens, target, cost);
         match rate(&items, &parts) {
-            Some(c) if (c as f64) < CUT_GAIN * whole_cost as f64 => return (items, parts),
-            Some(_) => break,
-            None => target *= 2,
+            Some(c) if parts.len() - 1 <= runs && (c as f64) < CUT_GAIN * whole_cost as f64 => return (items, parts),
+            Some(_) if parts.len() - 1 <= runs => break,
+            _ => target *= 2,
         }
     }
     (whole, whole_out)
 }
 
 /// FlashMLA's fill-and-cut: items in request order into runs of `target` (in `cost`'s key
-/// rows), the request at a run's end cut in whole `RUN_TILE`s; the last of `runs` runs
-/// takes what is left. Returns the items and the runs' offsets.
-fn fill_and_cut(lens: &[usize], runs: usize, target: usize, cost: impl Fn(usize) -> usize) -> (Vec<KeySplit>, Vec<u32>) {
+/// rows), the request at a run's end cut in whole `RUN_TILE`s. Returns the items and the
+/// runs' offsets (as many runs as the target needs).
+fn fill_and_cut(lens: &[usize], target: usize, cost: impl Fn(usize) -> usize) -> (Vec<KeySplit>, Vec<u32>) {
     let (mut items, mut parts) = (Vec::new(), vec![0u32]);
     let mut left = target;
     for (r, &len) in lens.iter().enumerate() {
         let (mut begin, mut split) = (0usize, 0u32);
         loop {
             let rest = len - begin;
-            let last_run = parts.len() == runs;
-            if cost(rest) <= left || last_run {
+            if cost(rest) <= left {
                 items.push(KeySplit { request: r as u32, split, begin: begin as u32, end: len as u32 });
                 left = left.saturating_sub(cost(rest));
                 break;
