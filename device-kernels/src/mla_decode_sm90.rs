@@ -311,6 +311,14 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
 /// The consumers' named barrier (`bar_sync` is 0): both past their last tile.
 const DONE: u32 = 1;
 
+/// The owner issues S(t) before it follows the other's tile t - 1 where the ring is deep
+/// enough (3 or more stages) that tile t landed while tile t - 2 was computed: the other's
+/// softmax then runs under this warpgroup's S. With 2 stages, tile t's stage is t - 2's,
+/// refilled only after both warpgroups' `P V` of it, so S(t) would wait for its bytes.
+const fn s_first<const STAGES: usize>() -> bool {
+    STAGES >= 3
+}
+
 /// A consumer thread's view of the block: shared-memory addresses (the Q tile, the K ring,
 /// the exchange's P slab, its maxima slot and `ready` mbarriers), its warpgroup, and what
 /// masks its rows.
@@ -417,7 +425,13 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
                 self.wait_slab(t, slab);
             }
             // The owner's publishes are its tiles of the ring: g / 2 of them before this one.
-            mbarrier_wait_parity(self.ready(1 - self.wg), (((self.g0 + t) / 2) & 1) as u32);
+            // With S issued first (`s_first`) that wait is a loop ptxas does not see.
+            let (ready, phase) = (self.ready(1 - self.wg), (((self.g0 + t) / 2) & 1) as u32);
+            if s_first::<STAGES>() {
+                mbarrier_wait_parity_spin(ready, phase);
+            } else {
+                mbarrier_wait_parity(ready, phase);
+            }
         }
         let m = unsafe { ld_shared_v2(self.m_slot) };
         rescale(o, rows.onto([f32::from_bits(m[0]), f32::from_bits(m[1])]));
@@ -458,7 +472,17 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
     unsafe fn tile<E: Elem + Wgmma, const NB: usize, const KC: usize, const FOLLOW: bool>(&self, t: usize, rows: &mut RowState, o: &mut [[f32; 4]; NT_HALF]) {
         let stage = self.stage(t);
         let mut s = [[0.0f32; 4]; NB];
-        if FOLLOW {
+        if FOLLOW && s_first::<STAGES>() {
+            // S(t) first, before the wait for the other's P(t - 1): its stage was filled
+            // STAGES - 2 tiles ago, so the tensor cores run it under the other's softmax.
+            unsafe {
+                self.scores::<E, NB>(t, &mut s);
+                self.follow::<E, KC>(t - 1, rows, o);
+            }
+            wgmma_wait_group_0(&mut s);
+            pin_f32(o);
+            unsafe { mbarrier_arrive(self.empty(t - 1)) };
+        } else if FOLLOW {
             unsafe {
                 self.follow::<E, KC>(t - 1, rows, o);
                 self.scores::<E, NB>(t, &mut s);
