@@ -31,7 +31,7 @@ use crate::intrinsics::*;
 use crate::params::{PrefillParams, PREFILL_ROWS, PREFILL_SM90_THREADS};
 use crate::score_mod::ScoreMod;
 use crate::softmax::{p_fragment, rescale, RowState};
-use crate::tile::{load_tile_batched, sw128, sw128_desc};
+use crate::tile::{load_tile, sw128, sw128_desc};
 
 /// Consumer warpgroups (64 rows each), then the producer warpgroup, whose first warp
 /// issues the copies.
@@ -100,7 +100,7 @@ pub(crate) unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: u
         let off = t.row_token(m) as u64 * p.q_token_stride + t.row_head(m) as u64 * p.q_head_stride;
         if t.row_valid(m) { Some((p.q as *const u16).wrapping_add(off as usize)) } else { None }
     };
-    unsafe { load_tile_batched(tid, THREADS, ROWS, chunks, q_row, |m, c| smem + sw128(m, c, ROWS) as u32) };
+    unsafe { load_tile(tid, THREADS, ROWS, chunks, q_row, |m, c| smem + sw128(m, c, ROWS) as u32) };
     fence_proxy_async_shared_cta();
     bar_sync();
 

@@ -246,17 +246,11 @@ pub(crate) unsafe fn mla_decode<E: Elem, K: KvStore, const STAGES: usize>(p: &Ml
         // latent chunks u % tpr + 8 k, 128-value tile k, and rotary chunk u % tpr), while the
         // warps with rows compute; the next barrier publishes it.
         if K::CONVERT && i + 1 < n_tiles && tid >= conv_first {
-            let convert = |u: usize| unsafe { convert_fp8_row::<E, K>(k_tile((i + 1) % STAGES) + ((u / tpr) * raw_row) as u32, conv(i + 1), u / tpr, u % tpr) };
-            if conv_first == 0 {
-                // Every thread its own unit, straight-line (in a loop, M2 over fp8 measured
-                // 3-6% slower on an H100).
-                convert(tid);
-            } else {
-                let mut u = tid - conv_first;
-                while u < BN * tpr {
-                    convert(u);
-                    u += THREADS - conv_first;
-                }
+            let mut u = tid - conv_first;
+            while u < BN * tpr {
+                let (row, chunk0) = (u / tpr, u % tpr);
+                unsafe { convert_fp8_row::<E, K>(k_tile((i + 1) % STAGES) + (row * raw_row) as u32, conv(i + 1), row, chunk0) };
+                u += THREADS - conv_first;
             }
         }
     }

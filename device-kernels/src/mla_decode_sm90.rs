@@ -276,43 +276,13 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
         // ptxas serialized every wgmma (C7514, C7515, C7518, C7520; `tests/ptxas.rs` refuses
         // them). `t` counts the item's tiles; this warpgroup owns those of its parity in the ring.
         let mut t = (wg + g0) % 2;
-        if s_first::<STAGES>() {
-            // S first (3 or more stages): the loop runs from one publish to the next, so that
-            // this warpgroup's `P V` of tile t and its S(t + 2) are in flight together and
-            // nothing is across the back edge; the branches come before the issues.
-            if t < n_tiles {
-                let (mut corr, mut pa) = if t == 0 { unsafe { w.head::<E, NB, KC, false>(0, &mut rows, &mut o) } } else { unsafe { w.head::<E, NB, KC, true>(t, &mut rows, &mut o) } };
-                loop {
-                    if t + 2 >= n_tiles {
-                        unsafe { w.pv_own::<E, KC>(w.stage(t), &pa, corr, &mut o) };
-                        wgmma_wait_group_0(&mut o);
-                        unsafe { mbarrier_arrive(w.empty(t)) };
-                        break;
-                    }
-                    // `P V` of t, then S(t + 2) (its stage filled two tiles ago).
-                    unsafe { w.pv_own::<E, KC>(w.stage(t), &pa, corr, &mut o) };
-                    let mut s = [[0.0f32; 4]; NB];
-                    unsafe { w.scores::<E, NB>(t + 2, &mut s) };
-                    wgmma_wait_group_1(&mut o);
-                    unsafe { mbarrier_arrive(w.empty(t)) };
-                    // The other's tile t + 1, under S(t + 2).
-                    unsafe { w.follow::<E, KC>(t + 1, &mut rows, &mut o) };
-                    wgmma_wait_group_0(&mut s);
-                    pin_f32(&mut o);
-                    unsafe { mbarrier_arrive(w.empty(t + 1)) };
-                    (corr, pa) = unsafe { w.softmax_publish::<E, NB, KC>(t + 2, &mut s, &mut rows) };
-                    t += 2;
-                }
-            }
-        } else {
-            if t == 0 && n_tiles > 0 {
-                unsafe { w.tile::<E, NB, KC, false>(0, &mut rows, &mut o) };
-                t = 2;
-            }
-            while t < n_tiles {
-                unsafe { w.tile::<E, NB, KC, true>(t, &mut rows, &mut o) };
-                t += 2;
-            }
+        if t == 0 && n_tiles > 0 {
+            unsafe { w.tile::<E, NB, KC, false>(0, &mut rows, &mut o) };
+            t = 2;
+        }
+        while t < n_tiles {
+            unsafe { w.tile::<E, NB, KC, true>(t, &mut rows, &mut o) };
+            t += 2;
         }
         // The other's last tile, where it is theirs.
         if n_tiles > 0 && (g0 + n_tiles - 1) % 2 != wg {
@@ -340,14 +310,6 @@ pub(crate) unsafe fn mla_decode_sm90<E: Elem + Wgmma, K: KvStore, const BN: usiz
 
 /// The consumers' named barrier (`bar_sync` is 0): both past their last tile.
 const DONE: u32 = 1;
-
-/// The owner issues S(t) before it follows the other's tile t - 1 where the ring is deep
-/// enough (3 or more stages) that tile t landed while tile t - 2 was computed: the other's
-/// softmax then runs under this warpgroup's S. With 2 stages, tile t's stage is t - 2's,
-/// refilled only after both warpgroups' `P V` of it, so S(t) would wait for its bytes.
-const fn s_first<const STAGES: usize>() -> bool {
-    STAGES >= 3
-}
 
 /// A consumer thread's view of the block: shared-memory addresses (the Q tile, the K ring,
 /// the exchange's P slab, its maxima slot and `ready` mbarriers), its warpgroup, and what
@@ -455,13 +417,7 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
                 self.wait_slab(t, slab);
             }
             // The owner's publishes are its tiles of the ring: g / 2 of them before this one.
-            // With S issued first (`s_first`) that wait is a loop ptxas does not see.
-            let (ready, phase) = (self.ready(1 - self.wg), (((self.g0 + t) / 2) & 1) as u32);
-            if s_first::<STAGES>() {
-                mbarrier_wait_parity_spin(ready, phase);
-            } else {
-                mbarrier_wait_parity(ready, phase);
-            }
+            mbarrier_wait_parity(self.ready(1 - self.wg), (((self.g0 + t) / 2) & 1) as u32);
         }
         let m = unsafe { ld_shared_v2(self.m_slot) };
         rescale(o, rows.onto([f32::from_bits(m[0]), f32::from_bits(m[1])]));
@@ -492,69 +448,6 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
         wgmma_commit_group();
     }
 
-    /// S first, the start of this warpgroup's first own tile `t` of an item: S(t) issued,
-    /// then (`FOLLOW`) the other's tile t - 1 followed under it; both waited for, t - 1's
-    /// stage released; the softmax, P(t) published. Returns O's correction and P(t)'s
-    /// fragments for `pv_own`.
-    #[inline(always)]
-    unsafe fn head<E: Elem + Wgmma, const NB: usize, const KC: usize, const FOLLOW: bool>(&self, t: usize, rows: &mut RowState, o: &mut [[f32; 4]; NT_HALF]) -> ([f32; 2], [[u32; 4]; KC]) {
-        let mut s = [[0.0f32; 4]; NB];
-        unsafe { self.scores::<E, NB>(t, &mut s) };
-        if FOLLOW {
-            unsafe { self.follow::<E, KC>(t - 1, rows, o) };
-        }
-        wgmma_wait_group_0(&mut s);
-        pin_f32(o);
-        if FOLLOW {
-            unsafe { mbarrier_arrive(self.empty(t - 1)) };
-        }
-        unsafe { self.softmax_publish::<E, NB, KC>(t, &mut s, rows) }
-    }
-
-    /// Tile `t`'s mask (where it crosses the first row's position or the split's bounds),
-    /// online softmax and publish (P(t) and the new maxima to the other warpgroup). Returns
-    /// O's correction and P(t)'s fragments.
-    #[inline(always)]
-    unsafe fn softmax_publish<E: Elem + Wgmma, const NB: usize, const KC: usize>(&self, t: usize, s: &mut [[f32; 4]; NB], rows: &mut RowState) -> ([f32; 2], [[u32; 4]; KC]) {
-        let key0 = (self.t_first + t) * BN;
-        if key0 + BN > self.min_pos + 1 || key0 + BN > self.kv_end || key0 < self.kv_begin {
-            let col = 2 * (self.lane % 4);
-            for j in 0..NB {
-                for e in 0..4 {
-                    let key = key0 + 8 * j + col + e % 2;
-                    if key > self.pos[e / 2] || key >= self.kv_end || key < self.kv_begin {
-                        s[j][e] = f32::NEG_INFINITY;
-                    }
-                }
-            }
-        }
-        let corr = rows.update(s, self.s_exp);
-        let mut pa = [[0u32; 4]; KC];
-        for kc in 0..KC {
-            pa[kc] = p_fragment::<E, NB>(s, kc);
-        }
-        unsafe { publish::<E, NB>(s, rows.m, self.x_p, self.m_slot, self.row, self.lane, self.ready(self.wg)) };
-        (corr, pa)
-    }
-
-    /// O onto the maxima after tile t (`corr`), `O += P(t) V` (t in `stage`) over this warpgroup's value
-    /// dims from registers: issued and committed, not waited for.
-    #[inline(always)]
-    unsafe fn pv_own<E: Elem + Wgmma, const KC: usize>(&self, stage: usize, pa: &[[u32; 4]; KC], corr: [f32; 2], o: &mut [[f32; 4]; NT_HALF]) {
-        let mut pa = *pa;
-        rescale(o, corr);
-        pin_u32(&mut pa);
-        pin_f32(o);
-        wgmma_fence();
-        // Keys 16 kc .. 16 kc + 16 of the tile's value slabs.
-        let vt = self.v_tile(stage);
-        for kc in 0..KC {
-            let b = sw128_desc(vt + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
-            unsafe { E::rs::<NT_HALF>(o, pa[kc], b) };
-        }
-        wgmma_commit_group();
-    }
-
     /// This warpgroup's own tile `t` (`FOLLOW`: after following the other's tile `t - 1`):
     /// the follow's `P V` issued, then S(t); the follow waited for and its stage released |
     /// mask, softmax | P(t) and the new maxima published | O onto them, `O += P(t) V` from
@@ -578,9 +471,37 @@ impl<const BN: usize, const STAGES: usize> Seesaw<BN, STAGES> {
             wgmma_wait_group_0(&mut s);
         }
 
-        // The mask, softmax and publish; O += P V over this warpgroup's 256 value dims.
-        let (corr, pa) = unsafe { self.softmax_publish::<E, NB, KC>(t, &mut s, rows) };
-        unsafe { self.pv_own::<E, KC>(stage, &pa, corr, o) };
+        // Masked only where the tile crosses the first row's position or the split's bounds.
+        let key0 = (self.t_first + t) * BN;
+        if key0 + BN > self.min_pos + 1 || key0 + BN > self.kv_end || key0 < self.kv_begin {
+            let col = 2 * (self.lane % 4);
+            for j in 0..NB {
+                for e in 0..4 {
+                    let key = key0 + 8 * j + col + e % 2;
+                    if key > self.pos[e / 2] || key >= self.kv_end || key < self.kv_begin {
+                        s[j][e] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let corr = rows.update(&mut s, self.s_exp);
+        let mut pa = [[0u32; 4]; KC];
+        for kc in 0..KC {
+            pa[kc] = p_fragment::<E, NB>(&s, kc);
+        }
+        unsafe { publish::<E, NB>(&s, rows.m, self.x_p, self.m_slot, self.row, self.lane, self.ready(self.wg)) };
+
+        // O += P V over this warpgroup's 256 value dims: keys 16 kc .. 16 kc + 16.
+        rescale(o, corr);
+        pin_u32(&mut pa);
+        pin_f32(o);
+        wgmma_fence();
+        let vt = self.v_tile(stage);
+        for kc in 0..KC {
+            let b = sw128_desc(vt + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
+            unsafe { E::rs::<NT_HALF>(o, pa[kc], b) };
+        }
+        wgmma_commit_group();
         wgmma_wait_group_0(o);
         unsafe { mbarrier_arrive(self.empty(t)) };
     }

@@ -19,36 +19,6 @@ pub unsafe fn load_tile(tid: usize, threads: usize, rows: usize, chunks: usize, 
     unsafe { load_tile_with(tid, threads, rows, chunks, row, at, |v| v) }
 }
 
-/// [`load_tile`] with a thread's loads going out `LOAD_BATCH` at a time before their stores,
-/// so that it waits for one memory latency a batch instead of one a chunk (24 registers
-/// more: the Hopper prefill's Q tile, loaded before its registers are split).
-#[inline(always)]
-pub unsafe fn load_tile_batched(tid: usize, threads: usize, rows: usize, chunks: usize, row: impl Fn(usize) -> Option<*const u16>, at: impl Fn(usize, usize) -> u32) {
-    let total = rows * chunks;
-    let mut first = tid;
-    while first < total {
-        let mut v = [V4::ZERO; LOAD_BATCH];
-        for (k, v) in v.iter_mut().enumerate() {
-            let u = first + k * threads;
-            if u < total {
-                if let Some(src) = row(u / chunks) {
-                    *v = unsafe { ld_global_nc_v4(src.add(8 * (u % chunks))) };
-                }
-            }
-        }
-        for (k, v) in v.iter().enumerate() {
-            let u = first + k * threads;
-            if u < total {
-                unsafe { st_shared_v4(at(u / chunks, u % chunks), *v) };
-            }
-        }
-        first += LOAD_BATCH * threads;
-    }
-}
-
-/// Chunks a thread of [`load_tile_batched`] has in flight.
-const LOAD_BATCH: usize = 6;
-
 /// [`load_tile`] with each loaded chunk passed through `map` (a conversion of its words).
 #[inline(always)]
 pub unsafe fn load_tile_with(tid: usize, threads: usize, rows: usize, chunks: usize, row: impl Fn(usize) -> Option<*const u16>, at: impl Fn(usize, usize) -> u32, map: impl Fn(V4) -> V4) {
