@@ -32,8 +32,7 @@ unsafe impl DeviceRepr for crate::params::MlaCacheWriteParams {}
 /// Whether a CUDA driver library can be loaded here (false on CI machines). Checked before
 /// anything touches cudarc, which panics when the library is missing.
 pub fn driver_present() -> bool {
-    // SAFETY: only probes whether the shared library can be opened.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    crate::culib::driver_present()
 }
 
 /// Device `ordinal` as a selector platform, and its name, without loading a kernel module

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod backend_name;
 pub mod caps;
 pub mod cuda;
+pub mod culib;
 pub mod cuda_cache;
 pub mod cuda_plumbing;
 pub mod dcp;

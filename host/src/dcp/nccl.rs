@@ -34,8 +34,7 @@ fn nccl_error(what: &str, e: impl std::fmt::Debug) -> AttnError {
 
 /// Whether NCCL can be loaded; an error saying how to point the loader at it otherwise.
 pub fn available() -> Result<()> {
-    // SAFETY: tries to dlopen the library by cudarc's candidate names; loads nothing else.
-    if unsafe { cudarc::nccl::sys::is_culib_present() } {
+    if crate::culib::nccl_present() {
         return Ok(());
     }
     Err(AttnError::Nccl(
