@@ -21,6 +21,12 @@ pub fn cuda_runtime(ordinal: usize) -> Result<Arc<cuda::CudaRuntime>> {
     cuda::CudaRuntime::new(ordinal, ptx::PTX_MODULES)
 }
 
+/// This build's kernels on `stream`, a stream another library made (candle's device stream):
+/// launches are then ordered with that library's work.
+pub fn cuda_runtime_on_stream(stream: Arc<cudarc::driver::CudaStream>) -> Result<Arc<cuda::CudaRuntime>> {
+    cuda::CudaRuntime::on_stream(stream, ptx::PTX_MODULES)
+}
+
 /// Device 0 if a CUDA driver and device are present, else `Err` saying why not.
 pub fn gpu_if_present() -> Result<Arc<cuda::CudaRuntime>> {
     if !cuda::driver_present() {

@@ -9,7 +9,7 @@
 //! whole prompt (a prefill), then decodes one token a step, and leaves when it has its
 //! tokens, returning its blocks to the pool.
 
-use crate::{candle_error, PagedAttention};
+use crate::{candle_error, PagedAttention, PagedStep, StepLimits};
 use attn_backends::{AttentionMetadata, AttnSpec, KvCacheLayout, MetadataBuilder, RequestSchedule, SchedulerOutput};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
@@ -62,6 +62,8 @@ pub struct PagedLlama {
     shape: LlamaShape,
     dtype: DType,
     device: Device,
+    /// The step every layer runs (planned once a forward; all layers share shape and layout).
+    step: Option<PagedStep>,
 }
 
 impl PagedLlama {
@@ -104,6 +106,7 @@ impl PagedLlama {
             shape: shape.clone(),
             dtype: vb.dtype(),
             device: dev,
+            step: None,
         })
     }
 
@@ -130,6 +133,12 @@ impl PagedLlama {
         let pos = Tensor::new(pos, &self.device)?;
         let (cos, sin) = (self.cos.index_select(&pos, 0)?, self.sin.index_select(&pos, 0)?);
         let mut x = self.embed.forward(&Tensor::new(tokens, &self.device)?)?;
+        let mut step = match self.step.take() {
+            Some(s) => s,
+            None => self.blocks.first().ok_or_else(|| candle_core::Error::Msg("attn-candle: a model of no layers".into()))?.attn.new_step(StepLimits::for_metadata(meta))?,
+        };
+        step.prepare(meta)?;
+        let step = self.step.insert(step);
         for b in &mut self.blocks {
             let residual = x.clone();
             let h = b.rms_1.forward(&x)?;
@@ -137,7 +146,7 @@ impl PagedLlama {
             let k = b.k_proj.forward(&h)?.reshape((n, hkv, d))?;
             let v = b.v_proj.forward(&h)?.reshape((n, hkv, d))?.contiguous()?;
             let (q, k) = (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?);
-            let y = b.attn.forward(&q, &k, &v, meta)?.reshape((n, hq * d))?;
+            let y = b.attn.forward_step(&q, &k, &v, step)?.reshape((n, hq * d))?;
             x = (b.o_proj.forward(&y)? + residual)?;
             let residual = x.clone();
             let h = b.rms_2.forward(&x)?;

@@ -99,6 +99,18 @@ impl CudaRuntime {
         // SAFETY: before any buffer exists; every buffer of this context is then used on the
         // runtime's one stream, which orders all work on it.
         unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
+        Self::with_stream(ctx, stream, modules)
+    }
+
+    /// A runtime on a stream someone else made (a framework's: candle's device stream), so
+    /// that its launches are ordered with the framework's own work on that stream. The
+    /// context's event tracking is left as its owner set it.
+    pub fn on_stream(stream: Arc<CudaStream>, modules: &[PtxModule]) -> Result<Arc<Self>> {
+        Self::with_stream(stream.context().clone(), stream, modules)
+    }
+
+    fn with_stream(ctx: Arc<CudaContext>, stream: Arc<CudaStream>, modules: &[PtxModule]) -> Result<Arc<Self>> {
         let cc = ctx.compute_capability()?;
         let (_, arch, ptx) = pick_module(modules, cc.0, cc.1)?;
         let module = match std::env::var_os(PTX_DIR_VAR) {
@@ -118,7 +130,7 @@ impl CudaRuntime {
         let name = ctx.name()?;
         tracing::info!(device = %name, arch, sms = num_sms, "CUDA runtime ready");
         Ok(Arc::new(CudaRuntime {
-            stream: ctx.new_stream()?,
+            stream,
             ctx,
             module,
             arch,
