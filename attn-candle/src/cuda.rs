@@ -3,7 +3,8 @@
 
 use crate::candle_error;
 use attn_backends::cuda::CudaRuntime;
-use attn_backends::cudarc::driver::{CudaSlice, DeviceRepr};
+use attn_backends::cudarc::driver::result::memset_d8_async;
+use attn_backends::cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr, DriverError};
 use attn_backends::layer::Attention;
 use attn_backends::{Element, Step};
 use candle_core::backend::BackendStorage;
@@ -67,8 +68,17 @@ impl<T: Element + CudaDType + DeviceRepr> CustomOp3 for Op<'_, T> {
         let (q, k, v) = (slice::<T>(s1, l1, "q")?, slice::<T>(s2, l2, "k")?, slice::<T>(s3, l3, "v")?);
         let dev = s1.device().clone();
         let (n, h, d) = self.shape;
-        // Every row is written: each query token sees at least its own key.
-        let mut out = dev.cuda_stream().alloc_zeros::<T>(n * h * d).map_err(|e| Error::Cuda(Box::new(e)))?;
+        let stream = dev.cuda_stream();
+        let cuda_err = |e: DriverError| Error::Cuda(Box::new(e));
+        // SAFETY: filled at once below, on the stream it is allocated on.
+        let mut out = unsafe { stream.alloc::<T>(n * h * d) }.map_err(cuda_err)?;
+        {
+            // Poisoned (all bits set: NaN in f32, f16 and bf16) before the kernels write every
+            // row, so that a row left unwritten shows as NaN rather than as stale memory.
+            let (ptr, _sync) = out.device_ptr_mut(&stream);
+            // SAFETY: `ptr` is the live allocation of n*h*d elements, on its own stream.
+            unsafe { memset_d8_async(ptr, 0xFF, n * h * d * std::mem::size_of::<T>(), stream.cu_stream()) }.map_err(cuda_err)?;
+        }
         self.layer.borrow_mut().forward_device(self.step, q, k, v, &mut out).map_err(candle_error)?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((n, h, d))))
     }

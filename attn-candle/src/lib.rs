@@ -216,7 +216,9 @@ impl PagedAttention {
             return Err(Error::Msg("attn-candle: the step was not prepared (PagedStep::prepare)".into()));
         };
         let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);
-        if !self.device.is_cpu() {
+        // A CUDA device with a GPU backend: the kernels on candle's buffers. (A layer no GPU
+        // kernel serves, f32, runs the CPU backend through host copies, as on the CPU.)
+        if !self.device.is_cpu() && self.backend() != BackendName::Cpu {
             for (name, t, row) in [("q", q, hq * d), ("k", k, hkv * d), ("v", v, hkv * d)] {
                 check(self.dtype, &self.device, name, t, n, row)?;
             }
