@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# attn-candle's CUDA half on a GPU machine, from the bundle's candle/ folder (built here by
-# `scripts/gpu-bundle.sh --candle`): its GPU tests, then the Llama throughput example
+# attn-candle's CUDA half on a GPU machine, from gpu-candle/ (built here by
+# `scripts/gpu-bundle-candle.sh`): its GPU tests, then the Llama throughput example
 # (tokens/s of the twin and of candle-transformers). The binaries link CUDA 13's libraries
 # (candle's `dynamic-linking`): PyTorch's cu13 wheels provide them there.
 set -uo pipefail
@@ -12,10 +12,10 @@ for d in site.getsitepackages():
         print(os.path.dirname(f))' 2>/dev/null | sort -u | tr '\n' ':')
 export LD_LIBRARY_PATH="${libs}/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export ATTN_REQUIRE_GPU=1
-[ -d candle/bin ] || tar -C candle -xzf candle/bin.tar.gz
+[ -d bin ] || tar -xzf bin.tar.gz
 echo "candle: LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >> "$O/candle.txt"
-ldd candle/bin/attn_candle_gpu | grep -E "not found|cublas|nvrtc|curand|libcuda" >> "$O/candle.txt" 2>&1
-timeout ${CANDLE_TEST_S:-150} candle/bin/attn_candle_gpu --test-threads 1 --nocapture >> "$O/candle.txt" 2>&1; echo "candle tests rc $?" | tee -a "$S"
+ldd bin/attn_candle_gpu | grep -E "not found|cublas|nvrtc|curand|libcuda" >> "$O/candle.txt" 2>&1
+timeout ${CANDLE_TEST_S:-150} bin/attn_candle_gpu --test-threads 1 --nocapture >> "$O/candle.txt" 2>&1; echo "candle tests rc $?" | tee -a "$S"
 grep -E "rel err|test result|FAILED|panicked" "$O/candle.txt" | head -20 | tee -a "$S"
-timeout ${CANDLE_BENCH_S:-200} candle/bin/llama_throughput --cuda ${CANDLE_SHAPES:+--shapes $CANDLE_SHAPES} > "$O/candle-throughput.txt" 2>&1; echo "candle throughput rc $?" | tee -a "$S"
+timeout ${CANDLE_BENCH_S:-200} bin/llama_throughput --cuda ${CANDLE_SHAPES:+--shapes $CANDLE_SHAPES} > "$O/candle-throughput.txt" 2>&1; echo "candle throughput rc $?" | tee -a "$S"
 cat "$O/candle-throughput.txt" | tail -8 | tee -a "$S"
