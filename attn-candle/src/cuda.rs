@@ -27,10 +27,10 @@ pub(crate) fn runtime(cd: &CudaDevice) -> Result<Arc<CudaRuntime>> {
     Ok(rt)
 }
 
-/// A tensor whose storage is one whole contiguous buffer (the kernels take a buffer, not a
-/// view): itself, or a contiguous copy.
+/// A tensor whose storage starts at its first element, contiguous (the kernels take a buffer,
+/// not a view): itself, or a copy into a new buffer (`contiguous` alone keeps a view's offset).
 fn whole(t: &Tensor) -> Result<Tensor> {
-    if t.is_contiguous() && t.layout().start_offset() == 0 { Ok(t.clone()) } else { t.contiguous()?.copy() }
+    if t.is_contiguous() && t.layout().start_offset() == 0 { Ok(t.clone()) } else { t.force_contiguous() }
 }
 
 /// One layer of a prepared step on candle CUDA tensors (checked by the caller: dtype, device,

@@ -125,9 +125,11 @@ impl PagedStep {
     pub fn prepare(&mut self, meta: &AttentionMetadata) -> Result<()> {
         let l = *self.step.limits();
         if l.check(meta).is_err() {
-            // Past the limits: buffers for the larger of the two, each way.
+            // Past the limits: each limit the step passes grows to the next power of two, so a
+            // run whose contexts grow a block at a time re-sizes a few times, not every block.
             let m = StepLimits::for_metadata(meta);
-            let grown = StepLimits { max_tokens: l.max_tokens.max(m.max_tokens), max_reqs: l.max_reqs.max(m.max_reqs), max_blocks_per_req: l.max_blocks_per_req.max(m.max_blocks_per_req), split_rows: 0 };
+            let grow = |have: usize, need: usize| if need <= have { have } else { need.next_power_of_two() };
+            let grown = StepLimits { max_tokens: grow(l.max_tokens, m.max_tokens), max_reqs: grow(l.max_reqs, m.max_reqs), max_blocks_per_req: grow(l.max_blocks_per_req, m.max_blocks_per_req), split_rows: 0 };
             let grown = StepLimits { split_rows: StepLimits::split_rows_for(grown.max_tokens, grown.max_reqs), ..grown };
             self.step = Step::new(self.step.backend(), self.step.dtype(), &self.spec, *self.step.layout(), grown, self.gpu.clone()).map_err(candle_error)?;
         }

@@ -118,3 +118,33 @@ fn mistakes_are_candle_errors_with_our_message_and_write_nothing() {
     let (k2, _) = attn.cache().unwrap();
     assert_eq!(rel_err(&k2, &kc), 0.0);
 }
+
+#[test]
+fn one_step_serves_every_layer_and_grows_past_its_limits() {
+    let dev = Device::Cpu;
+    let (hq, hkv, d) = (4, 2, 32);
+    let layout = KvCacheLayout::new(16, 16, hkv, d).unwrap();
+    let spec = AttnSpec::new(hq, hkv, d);
+    // Two layers on one step, against two layers each planning its own (`forward`).
+    let mut shared: Vec<PagedAttention> = (0..2).map(|_| PagedAttention::new(spec.clone(), layout, DType::F32, &dev).unwrap()).collect();
+    let mut own: Vec<PagedAttention> = (0..2).map(|_| PagedAttention::new(spec.clone(), layout, DType::F32, &dev).unwrap()).collect();
+    // Limits for one token of one request: the second step (2 requests, 40 tokens) passes them.
+    let mut one = shared[0].new_step(attn_candle::StepLimits::new(1, 1, 16, 16)).unwrap();
+    assert!(shared[0].forward_step(&Tensor::zeros((1, hq, d), DType::F32, &dev).unwrap(), &Tensor::zeros((1, hkv, d), DType::F32, &dev).unwrap(), &Tensor::zeros((1, hkv, d), DType::F32, &dev).unwrap(), &one).unwrap_err().to_string().contains("not prepared"));
+    for reqs in [vec![(0, 1, vec![3])], vec![(1, 30, vec![3, 7]), (0, 10, vec![11])]] {
+        let meta = step(&reqs, layout);
+        let n = meta.num_tokens();
+        one.prepare(&meta).unwrap();
+        assert_eq!(one.num_tokens(), Some(n));
+        for l in 0..2 {
+            let q = Tensor::randn(0f32, 1.0, (n, hq, d), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (n, hkv, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (n, hkv, d), &dev).unwrap();
+            let a = shared[l].forward_step(&q, &k, &v, &one).unwrap();
+            let b = own[l].forward(&q, &k, &v, &meta).unwrap();
+            let e = rel_err(&a, &b);
+            println!("layer {l}, {n} tokens: shared step against its own plan: rel err {e:.1e}");
+            assert!(e < 1e-6, "{e}");
+        }
+    }
+}

@@ -66,7 +66,7 @@ fn layer_on_candle_cuda_matches_the_f64_oracle() {
         let mut attn = PagedAttention::new(AttnSpec::new(hq, hkv, d), layout, dtype, &dev).unwrap();
         assert_ne!(attn.backend(), BackendName::Cpu, "{dtype:?} d{d}: a GPU backend serves the layer");
         let mut step = attn.new_step(StepLimits::new(256, 4, 128, 16)).unwrap();
-        // Steps as (request, computed, new): prefills of 30, 5 and 50 tokens; then a decode
+        // Steps as (request, computed, new): prefills of 30, 4 and 50 tokens; then a decode
         // of requests 0 and 1 with a chunk of 14 for request 2; then the rest of request 0.
         let steps: [&[(usize, usize, usize)]; 3] = [&[(0, 0, 30), (1, 0, 4), (2, 0, 50)], &[(0, 30, 1), (1, 4, 1), (2, 50, 14)], &[(0, 31, 6)]];
         let mut outs: Vec<Vec<Tensor>> = vec![Vec::new(); 3];

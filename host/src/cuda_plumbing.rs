@@ -75,7 +75,9 @@ pub(crate) fn function_with_smem(rt: &CudaRuntime, backend: BackendName, id: Ker
 
 
 pub(crate) fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
-    // Event tracking is off in the runtime's context (one stream), so the guard records nothing.
+    // Event tracking is off in the runtime's own context (one stream), so the guard records
+    // nothing; on a borrowed stream (candle's) it may be on, and every launch is on that one
+    // stream, which orders it whatever the guard records.
     s.device_ptr(stream).0
 }
 
