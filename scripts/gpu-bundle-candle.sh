@@ -10,14 +10,7 @@ source <(scripts/setup-cuda.sh --env)
 out=gpu-candle
 rm -rf "$out" && mkdir -p "$out/bin"
 exes=$( (cargo test -p attn-candle --features cuda --release --no-run --test gpu --target-dir target/cuda --message-format=json &&
-         cargo build -p attn-candle --features cuda --release --example llama_throughput --target-dir target/cuda --message-format=json) |
-  python3 -c '
-import json, sys
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["target"]["name"], m["executable"])')
+         cargo build -p attn-candle --features cuda --release --example llama_throughput --target-dir target/cuda --message-format=json) | scripts/cargo-executables.py)
 while read -r name exe; do
   [ "$name" = gpu ] && name=attn_candle_gpu
   cp "$exe" "$out/bin/$name" && strip "$out/bin/$name"

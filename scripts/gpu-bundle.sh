@@ -8,14 +8,7 @@ out=gpu-bundle
 rm -rf "$out" && mkdir -p "$out/bin" "$out/ptx"
 exes=$( (cargo test --release --no-run --features nccl --test gpu --message-format=json &&
          cargo bench --no-run --bench decode --bench step --bench prefill --bench mla --bench dcp --message-format=json &&
-         cargo build --release --bin attn --example 02_gpu_plan_run --message-format=json) |
-  python3 -c '
-import json, sys
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["target"]["name"], m["executable"])')
+         cargo build --release --bin attn --example 02_gpu_plan_run --message-format=json) | scripts/cargo-executables.py)
 while read -r name exe; do
   cp "$exe" "$out/bin/$name" && strip "$out/bin/$name"
 done <<< "$exes"

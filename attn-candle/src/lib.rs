@@ -111,12 +111,11 @@ pub struct PagedStep {
     step: Step,
     spec: AttnSpec,
     gpu: Option<std::sync::Arc<attn_backends::cuda::CudaRuntime>>,
-    num_tokens: Option<usize>,
 }
 
 impl std::fmt::Debug for PagedStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PagedStep").field("backend", &self.step.backend()).field("limits", self.step.limits()).field("num_tokens", &self.num_tokens).finish()
+        f.debug_struct("PagedStep").field("backend", &self.step.backend()).field("limits", self.step.limits()).field("num_tokens", &self.num_tokens()).finish()
     }
 }
 
@@ -129,19 +128,18 @@ impl PagedStep {
             // run whose contexts grow a block at a time re-sizes a few times, not every block.
             let m = StepLimits::for_metadata(meta);
             let grow = |have: usize, need: usize| if need <= have { have } else { need.next_power_of_two() };
-            let grown = StepLimits { max_tokens: grow(l.max_tokens, m.max_tokens), max_reqs: grow(l.max_reqs, m.max_reqs), max_blocks_per_req: grow(l.max_blocks_per_req, m.max_blocks_per_req), split_rows: 0 };
-            let grown = StepLimits { split_rows: StepLimits::split_rows_for(grown.max_tokens, grown.max_reqs), ..grown };
+            let (tokens, reqs) = (grow(l.max_tokens, m.max_tokens), grow(l.max_reqs, m.max_reqs));
+            let grown = StepLimits { max_tokens: tokens, max_reqs: reqs, max_blocks_per_req: grow(l.max_blocks_per_req, m.max_blocks_per_req), split_rows: StepLimits::split_rows_for(tokens, reqs) };
             self.step = Step::new(self.step.backend(), self.step.dtype(), &self.spec, *self.step.layout(), grown, self.gpu.clone()).map_err(candle_error)?;
         }
-        self.num_tokens = None;
         self.step.prepare(meta).map_err(candle_error)?;
-        self.num_tokens = Some(meta.num_tokens());
         Ok(())
     }
 
-    /// Query tokens of the prepared step (`None` before the first [`PagedStep::prepare`]).
+    /// Query tokens of the prepared step (`None` before the first [`PagedStep::prepare`], or
+    /// after one that failed).
     pub fn num_tokens(&self) -> Option<usize> {
-        self.num_tokens
+        self.step.plan().map(|p| p.num_tokens)
     }
 }
 
@@ -197,7 +195,7 @@ impl PagedAttention {
             Layer::Bf16(a) => (a.new_step(limits), a.runtime()),
             Layer::F16(a) => (a.new_step(limits), a.runtime()),
         };
-        Ok(PagedStep { step: step.map_err(candle_error)?, spec: self.spec.clone(), gpu, num_tokens: None })
+        Ok(PagedStep { step: step.map_err(candle_error)?, spec: self.spec.clone(), gpu })
     }
 
     /// One step, planned for this call: [`PagedAttention::forward_step`] on a step made and
@@ -214,7 +212,7 @@ impl PagedAttention {
     /// Returns the output `[tokens, q heads, head dim]` on the layer's device. Bad shapes,
     /// dtypes or devices are errors, raised before the cache is touched.
     pub fn forward_step(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, step: &PagedStep) -> Result<Tensor> {
-        let Some(n) = step.num_tokens else {
+        let Some(n) = step.num_tokens() else {
             return Err(Error::Msg("attn-candle: the step was not prepared (PagedStep::prepare)".into()));
         };
         let (hq, hkv, d) = (self.spec.num_q_heads, self.spec.num_kv_heads, self.spec.head_dim);

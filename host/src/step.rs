@@ -113,6 +113,9 @@ impl Step {
 
     /// [`Step::prepare`] with options (a fixed split count).
     pub fn prepare_with(&mut self, meta: &AttentionMetadata, opts: PlanOptions) -> Result<&StepPlan> {
+        // A failed prepare leaves the step unprepared, not holding the previous step's plan
+        // over buffers it may have half overwritten.
+        self.plan = None;
         if *meta.layout() != self.layout {
             return Err(AttnError::Shape(format!("metadata was built for cache {:?}, this step serves caches of {:?}", meta.layout(), self.layout)));
         }
