@@ -211,3 +211,30 @@ impl Step {
         self.meta.as_ref().ok_or_else(|| AttnError::InvalidConfig("the step was not prepared for a host backend: call Step::prepare(&metadata) first".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::Attention;
+    use crate::metadata::{MetadataBuilder, RequestSchedule, SchedulerOutput};
+
+    #[test]
+    fn a_failed_prepare_leaves_the_step_unprepared() {
+        let spec = AttnSpec::new(4, 2, 16);
+        let layout = KvCacheLayout::new(8, 16, 2, 16).unwrap();
+        let mut layer: Attention<f32> = Attention::new(BackendName::Cpu, spec.clone(), layout, None).unwrap();
+        let mut step = Step::new(BackendName::Cpu, DType::F32, &spec, layout, StepLimits::new(8, 2, 32, 16), None).unwrap();
+        let meta = |n: usize| MetadataBuilder::new(layout).build(&SchedulerOutput { requests: vec![RequestSchedule { num_computed_tokens: 0, num_new_tokens: n, block_ids: vec![1] }] }).unwrap();
+        step.prepare(&meta(3)).unwrap();
+        assert_eq!(step.plan().map(|p| p.num_tokens), Some(3));
+        // 12 tokens pass the limit of 8: refused, and the 3-token plan is gone with it.
+        let e = step.prepare(&meta(12)).unwrap_err().to_string();
+        assert!(e.contains("12"), "{e}");
+        assert!(step.plan().is_none());
+        let (q, kv) = (vec![0.5f32; 3 * 4 * 16], vec![0.25f32; 3 * 2 * 16]);
+        let mut out = vec![f32::NAN; q.len()];
+        let e = layer.forward_host(&step, &q, &kv, &kv, &mut out).unwrap_err().to_string();
+        assert!(e.contains("not prepared"), "{e}");
+        assert!(out.iter().all(|x| x.is_nan()), "nothing written");
+    }
+}
