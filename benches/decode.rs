@@ -14,8 +14,9 @@
 //! With `--kv-dtype fp8` the cache is fp8 e4m3 (random bytes, scales 1/448): bytes count one
 //! an element (plus the scales), and the JSON lines say `"kv_dtype":"fp8"`.
 //!
-//! `cargo bench --bench decode [-- --json] [--kv-dtype fp8] [--extra] [--sweep] [IDS]`
-//! (`--sweep`: also split counts 1, 2, 4, 8, 16)
+//! `cargo bench --bench decode [-- --json] [--kv-dtype fp8] [--extra] [--sweep] [--portable] [IDS]`
+//! (`--sweep`: also split counts 1, 2, 4, 8, 16; `--portable`: also the portable kernel,
+//! `CUDA_PAGED_PORTABLE`)
 
 use attn_backends::bench::{catalog, Features, MeasureOptions, Shape, Workload};
 use attn_backends::PlanOptions;
@@ -64,8 +65,13 @@ fn main() {
     if flag("--sweep") {
         plans.extend([1, 2, 4, 8, 16].map(|s| PlanOptions { force_splits: Some(s), ..PlanOptions::default() }));
     }
-    // One backend: the decode kernel is the same on both (the Hopper backend's prefill differs).
-    let opts = MeasureOptions { kv, plans, backends: vec![attn_backends::BackendName::CudaPaged], ..MeasureOptions::default() };
+    // CUDA_PAGED; with --portable also CUDA_PAGED_PORTABLE, whose decode kernel CUDA_PAGED
+    // replaces where the sm_90a module has a row of its own (the kernel is in the record).
+    let mut backends = vec![attn_backends::BackendName::CudaPaged];
+    if flag("--portable") {
+        backends.push(attn_backends::BackendName::CudaPagedPortable);
+    }
+    let opts = MeasureOptions { kv, plans, backends, ..MeasureOptions::default() };
     for w in list.iter().filter(|w| only.is_empty() || only.contains(&w.id)) {
         for r in runner.measure(w, &opts).expect("measure") {
             print_record(&r, json);
