@@ -15,7 +15,7 @@ import sys, json
 for l in sys.stdin:
     d = json.loads(l)
     print(sys.argv[1], d["workload"], d.get("kv_dtype", ""), d["kernel"], "splits", d.get("splits"), "us %.1f" % d["median_us"], "TFLOP/s %.1f" % (d.get("tflops") or 0), "frac %.3f" % (d.get("fraction_of_ceiling") or 0))' "$2" | tee -a "$S"; }
-timeout ${T_TESTS:-80} ./bin/gpu "4-stage" "mla fp8" "persistent" "d256" "prefill bf16 d128" "prefill f16 d64" "prefill bf16 d256" > "$O/gpu.txt" 2>&1; echo "tests rc $?" | tee -a "$S"
+timeout ${T_TESTS:-80} ./bin/gpu "4-stage" "mla fp8" "persistent" "d256" "fp8 bf16 d128" "prefill bf16 d128" "prefill f16 d64" "prefill bf16 d256" > "$O/gpu.txt" 2>&1; echo "tests rc $?" | tee -a "$S"
 grep -E "gpu tests:|FAIL|panicked" "$O/gpu.txt" | head -20 | tee -a "$S"
 grep -E "4-stage|prefill bf16 d128 gqa" "$O/gpu.txt" | head -8 | tee -a "$S"; stamp
 timeout ${T_SWEEP:-70} ./bin/mla --json --sweep M2 M4 > "$O/sweep.txt" 2>&1; echo "sweep rc $?" | tee -a "$S"; fig "$O/sweep.txt" sweep; stamp
@@ -25,7 +25,8 @@ for v in branch main-module; do
   timeout 25 ./bin/prefill --json P1 P2 > "$O/prefill-$v.txt" 2>&1; fig "$O/prefill-$v.txt" "prefill-$v"
 done
 unset ATTN_PTX_DIR
-timeout 30 ./bin/decode --json --extra --portable X1 > "$O/decode-ab.txt" 2>&1; fig "$O/decode-ab.txt" decode-ab; stamp
+timeout 30 ./bin/decode --json --extra --portable X1 > "$O/decode-ab.txt" 2>&1; fig "$O/decode-ab.txt" decode-ab
+timeout 30 ./bin/decode --json --portable --kv-dtype fp8 D1 > "$O/decode-ab-fp8.txt" 2>&1; fig "$O/decode-ab-fp8.txt" decode-ab-fp8; stamp
 cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 timeout 50 "$cs" --tool memcheck --error-exitcode 9 ./bin/gpu "mla bf16 64 heads 4-stage" "prefill bf16 d128 gqa 4:1 ragged" > "$O/memcheck.txt" 2>&1; echo "memcheck rc $?" | tee -a "$S"
 tail -n 2 "$O/memcheck.txt" | tee -a "$S"; stamp
