@@ -453,6 +453,14 @@ fn cases() -> Vec<Case> {
             }
         }
     }
+    // The portable decode at d256 (2 tiles in flight a warp), which CUDA_PAGED replaces on an
+    // sm_90a module by the 3-deep one.
+    for (bf, splits) in [(true, None), (false, Some(5))] {
+        let mut s = shape(8, 2, 256);
+        s.splits = splits;
+        s.backend = BackendName::CudaPagedPortable;
+        add(format!("portable {} d256 gqa 4:1{}", if bf { "bf16" } else { "f16" }, if splits.is_some() { " 5 splits" } else { "" }), s, bf);
+    }
     let mut s = shape(16, 2, 128);
     add("bf16 d128 gqa 8:1".into(), s.clone(), true);
     s.spec = AttnSpec::new(12, 2, 128);

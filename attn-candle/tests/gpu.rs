@@ -118,6 +118,7 @@ fn twin(dtype: DType, bound: f64) {
     let c = common::compare(&mut engine, &reference, &shape, &prompts, &new_tokens, dtype, &dev).unwrap();
     println!("GPU {dtype:?}: {} steps, up to {} requests a step, {} logit rows compared, max rel err {:.3e} (bound {bound:.0e}), greedy mismatches {:?}", c.steps, c.max_batch_seen, c.compared, c.max_rel_err, c.token_mismatches);
     assert_eq!(c.compared, new_tokens.iter().sum::<usize>());
+    assert_eq!(c.nonfinite, (0, 0), "non-finite logits (ours, the reference's)");
     assert!(c.max_rel_err < bound, "{c:?}");
     assert!(c.token_mismatches.is_empty(), "greedy tokens differ for requests {:?}", c.token_mismatches);
 }

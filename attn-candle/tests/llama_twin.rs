@@ -27,6 +27,7 @@ fn run(dtype: DType, bound: f64) {
     assert_eq!(c.compared, new_tokens.iter().sum::<usize>());
     assert_eq!(c.max_batch_seen, 3);
     assert!(c.steps > *new_tokens.iter().max().unwrap(), "requests joined after others left: {c:?}");
+    assert_eq!(c.nonfinite, (0, 0), "non-finite logits (ours, the reference's)");
     assert!(c.max_rel_err < bound, "{c:?}");
     assert!(c.token_mismatches.is_empty(), "greedy tokens differ for requests {:?}", c.token_mismatches);
     assert_eq!(engine.finished.len(), 7);

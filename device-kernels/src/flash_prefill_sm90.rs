@@ -31,12 +31,15 @@ use crate::intrinsics::*;
 use crate::params::{PrefillParams, PREFILL_ROWS, PREFILL_SM90_THREADS};
 use crate::score_mod::ScoreMod;
 use crate::softmax::{p_fragment, rescale, RowState};
-use crate::tile::{load_tile, sw128, sw128_desc};
+use crate::tile::{desc_advance, load_tile_batched, sw128, sw128_desc};
 
 /// Consumer warpgroups (64 rows each), then the producer warpgroup, whose first warp
 /// issues the copies.
 const CONSUMERS: usize = 2;
 const CONSUMER_THREADS: usize = 128 * CONSUMERS;
+/// The consumers' named barrier after their Q load (`bar_sync` is 0; 1 and 2 are the
+/// warpgroups' own, in the epilogue).
+const Q_LOADED: u32 = 3;
 const PRODUCER_WARP: usize = 4 * CONSUMERS;
 const THREADS: usize = PREFILL_SM90_THREADS as usize;
 const ROWS: usize = PREFILL_ROWS as usize;
@@ -94,13 +97,8 @@ pub(crate) unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: u
         }
     }
 
-    // Q tile into shared memory by every thread (rows outside the tile are zero), published
-    // to the async proxy, with the mbarriers, by the fence and the barrier.
-    let q_row = |m: usize| {
-        let off = t.row_token(m) as u64 * p.q_token_stride + t.row_head(m) as u64 * p.q_head_stride;
-        if t.row_valid(m) { Some((p.q as *const u16).wrapping_add(off as usize)) } else { None }
-    };
-    unsafe { load_tile(tid, THREADS, ROWS, chunks, q_row, |m, c| smem + sw128(m, c, ROWS) as u32) };
+    // The mbarriers, published to the async proxy and every thread; the producer starts the
+    // K/V copies at once, while the consumers load the Q tile (below).
     fence_proxy_async_shared_cta();
     bar_sync();
 
@@ -158,7 +156,18 @@ pub(crate) unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: u
     // Consumers: warpgroup g = warp / 4 owns rows 64 g .. 64 g + 64 of the block, its warp
     // `warp` rows 16 warp .. 16 warp + 16.
     setmaxnreg_inc::<CONSUMER_REGS>();
-    let wg = warp / 4;
+    // The Q tile by the consumers (rows outside the tile are zero) while the first K/V tiles
+    // land, published to the async proxy by the fence and their named barrier.
+    let q_row = |m: usize| {
+        let off = t.row_token(m) as u64 * p.q_token_stride + t.row_head(m) as u64 * p.q_head_stride;
+        if t.row_valid(m) { Some((p.q as *const u16).wrapping_add(off as usize)) } else { None }
+    };
+    unsafe { load_tile_batched(tid, CONSUMER_THREADS, ROWS, chunks, q_row, |m, c| smem + sw128(m, c, ROWS) as u32) };
+    fence_proxy_async_shared_cta();
+    bar_sync_named(Q_LOADED, CONSUMER_THREADS as u32);
+    // The warpgroup, broadcast from lane 0 so that ptxas sees what derives from it (the Q
+    // rows' descriptors) as uniform: `wgmma` reads descriptors from uniform registers.
+    let wg = shfl_sync_idx_u32((warp / 4) as u32, 0) as usize;
     let col = 2 * (lane % 4);
     let lanes = unsafe { LaneRows::<M>::new(p, &t, 16 * warp + r0, false) };
     let s_exp = lanes.modifier.exp_factor();
@@ -166,20 +175,28 @@ pub(crate) unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: u
     let mut o = [[0.0f32; 4]; NT];
     // This warpgroup's 64 rows of Q: k-step kk is 32 bytes into slab kk / 4.
     let q_rows = smem + (wg * 64 * 128) as u32;
+    // Descriptors built once a tile (Q's once): k-step kk advances the start address.
+    let q_desc = sw128_desc(q_rows, 16, 1024);
 
     for i in 0..n_tiles {
-        let stage = i % STAGES;
-        unsafe { mbarrier_wait_parity(full(stage), ((i / STAGES) & 1) as u32) };
+        // The ring's stage and phase in 32 bits (in `usize` they are 64-bit multiply-highs).
+        // Broadcast from lane 0, as `wg`: the K and V descriptors derive from the stage.
+        let (stage, phase) = (shfl_sync_idx_u32(i as u32 % STAGES as u32, 0) as usize, (i as u32 / STAGES as u32) & 1);
+        unsafe { mbarrier_wait_parity(full(stage), phase) };
         let key0 = (t_first + i) * BN;
 
         // S = Q K^T (the first k-step overwrites S).
         let mut s = [[0.0f32; 4]; NB];
         pin_f32(&mut s);
         wgmma_fence();
+        // Q's descriptor made opaque each tile, so that its k-steps' descriptors are built
+        // here from one value rather than hoisted out of the loop (a register each).
+        let q_desc = opaque_u64(q_desc);
+        let k_desc = sw128_desc(k_tile(stage), 16, 1024);
         for kk in 0..KS {
             let in_slab = ((kk % 4) * 32) as u32;
-            let a = sw128_desc(q_rows + ((kk / 4) * ROWS * 128) as u32 + in_slab, 16, 1024);
-            let b = sw128_desc(k_tile(stage) + ((kk / 4) * BN * 128) as u32 + in_slab, 16, 1024);
+            let a = desc_advance(q_desc, ((kk / 4) * ROWS * 128) as u32 + in_slab);
+            let b = desc_advance(k_desc, ((kk / 4) * BN * 128) as u32 + in_slab);
             unsafe { E::ss::<NB>(&mut s, a, b, (kk > 0) as u32) };
         }
         wgmma_commit_group();
@@ -199,9 +216,9 @@ pub(crate) unsafe fn flash_prefill_sm90<E: Elem + Wgmma, M: ScoreMod, const D: u
         pin_u32(&mut pa);
         pin_f32(&mut o);
         wgmma_fence();
+        let v_desc = sw128_desc(v_tile(stage), (BN * 128) as u32, 1024);
         for kc in 0..KC {
-            let b = sw128_desc(v_tile(stage) + (kc * 16 * 128) as u32, (BN * 128) as u32, 1024);
-            unsafe { E::rs::<NT>(&mut o, pa[kc], b) };
+            unsafe { E::rs::<NT>(&mut o, pa[kc], desc_advance(v_desc, (kc * 16 * 128) as u32)) };
         }
         wgmma_commit_group();
         wgmma_wait_group_0(&mut o);

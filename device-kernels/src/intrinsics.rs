@@ -56,6 +56,14 @@ pub fn opaque_u32(x: u32) -> u32 {
     r
 }
 
+/// [`opaque_u32`] for a 64-bit value (a wgmma descriptor).
+#[inline(always)]
+pub fn opaque_u64(x: u64) -> u64 {
+    let r: u64;
+    unsafe { asm!("mov.u64 {r}, {x};", r = out(reg64) r, x = in(reg64) x, options(nostack)) }
+    r
+}
+
 /// `shfl.sync.idx.b32` over the full warp: lane `src`'s value, in every lane. Broadcasting a
 /// value makes it warp-uniform to ptxas (as CUTLASS's `canonical_warp_group_idx`), so a
 /// branch on it around `wgmma` is not a divergent path.
@@ -351,7 +359,9 @@ pub fn cp_async_wait_pending(n: usize) {
         0 => cp_async_wait_group::<0>(),
         1 => cp_async_wait_group::<1>(),
         2 => cp_async_wait_group::<2>(),
-        _ => cp_async_wait_group::<3>(),
+        3 => cp_async_wait_group::<3>(),
+        // Past 4 it waits for more than asked: still correct, fewer copies in flight.
+        _ => cp_async_wait_group::<4>(),
     }
 }
 

@@ -40,6 +40,10 @@ pub trait Hardware {
 impl Hardware for E4m3 {
     type Store = E4m3Cvt;
 }
+/// A 16-bit cache needs no conversion: its sm_90a rows differ in depth only.
+impl Hardware for Native {
+    type Store = Native;
+}
 
 impl KvStore for Native {
     type Mma<E: Elem> = E;

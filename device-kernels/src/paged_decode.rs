@@ -53,7 +53,7 @@ const TILE: usize = PAGED_TILE as usize;
 /// or `kv::E4m3Cvt`, the same widened by the hardware into f16); the MMAs multiply
 /// `K::Mma<E>` (`E`, or f16 for `E4m3Cvt`: Q's words are then converted once, as loaded);
 /// `D`: head dim; `NT = D / 8` output n-tiles; `KS = D / 16` k-steps of `Q K^T`;
-/// `STAGES`: tiles in flight per warp (cp.async pipeline depth), `paged_stages(D)`;
+/// `STAGES`: tiles in flight per warp (cp.async pipeline depth), `paged_depth(D, stages)` (the table row's depth, or `paged_stages(D)`);
 /// `Q_SMEM`: Q read from shared memory rather than held in registers, `paged_q_in_smem(D)`.
 #[inline(always)]
 pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const NT: usize, const KS: usize, const STAGES: usize, const Q_SMEM: bool>(
@@ -374,12 +374,12 @@ pub(crate) unsafe fn paged_attention<E: Elem, K: KvStore, const D: usize, const 
 
 /// One entry point over a KV store type: the body both instance macros expand to.
 macro_rules! paged_attention_entry {
-    ($name:ident, $q:ident, $store:ty, $d:literal) => {
+    ($name:ident, $q:ident, $store:ty, $d:literal, $stages:literal) => {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(p: $crate::params::PagedAttnParams) {
-            use $crate::params::{paged_q_in_smem, paged_stages};
+            use $crate::params::{paged_depth, paged_q_in_smem};
             unsafe {
-                $crate::paged_decode::paged_attention::<$crate::elem::$q, $store, $d, { $d / 8 }, { $d / 16 }, { paged_stages($d) as usize }, { paged_q_in_smem($d) }>(&p)
+                $crate::paged_decode::paged_attention::<$crate::elem::$q, $store, $d, { $d / 8 }, { $d / 16 }, { paged_depth($d, $stages) as usize }, { paged_q_in_smem($d) }>(&p)
             }
         }
     };
@@ -388,19 +388,22 @@ pub(crate) use paged_attention_entry;
 
 /// One entry point (the kernel table's row, `registry::KERNELS`; build.rs writes the calls):
 /// `paged_attention_instance!(name, Q, KV, D, SCORE, STAGES)`; decode takes its modifiers at
-/// run time (SCORE is `Dynamic`) and one pipeline depth a head dim (STAGES is 0).
+/// run time (SCORE is `Dynamic`) and its pipeline depth from STAGES (0: one depth a head dim,
+/// `paged_stages(D)`).
 macro_rules! paged_attention_instance {
     ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
-        $crate::paged_decode::paged_attention_entry!($name, $q, $crate::kv::$kv, $d);
+        $crate::paged_decode::paged_attention_entry!($name, $q, $crate::kv::$kv, $d, $stages);
     };
 }
 pub(crate) use paged_attention_instance;
 
 /// The sm_90a module's rows (`Family::PagedDecodeSm90`): the same kernel over the KV type's
-/// hardware-converting store (`kv::Hardware`: fp8 by `cvt.rn.f16x2.e4m3x2`, f16 MMAs).
+/// hardware-converting store (`kv::Hardware`: fp8 by `cvt.rn.f16x2.e4m3x2`, f16 MMAs), at
+/// the deeper pipelines a Hopper block has room for where the portable one leaves the
+/// bandwidth short (`params::paged_sm90_stages`: fp8 d128 and d256, 16-bit d256).
 macro_rules! paged_attention_sm90_instance {
     ($name:ident, $q:ident, $kv:ident, $d:literal, $score:ident, $stages:literal) => {
-        $crate::paged_decode::paged_attention_entry!($name, $q, <$crate::kv::$kv as $crate::kv::Hardware>::Store, $d);
+        $crate::paged_decode::paged_attention_entry!($name, $q, <$crate::kv::$kv as $crate::kv::Hardware>::Store, $d, $stages);
     };
 }
 pub(crate) use paged_attention_sm90_instance;

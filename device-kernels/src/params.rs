@@ -222,6 +222,34 @@ pub const fn paged_stages(d: u32) -> u32 {
     if d > 128 { 2 } else { 3 }
 }
 
+/// The sm_90a module's decode depth for head dim `d` over `kv_bytes`-byte cache elements, where
+/// it differs from the portable kernel's [`paged_stages`] (0: it does not). A warp keeps
+/// `stages - 1` tiles loading while it computes one; the H200 (4.8 TB/s) needs about 128 KiB
+/// of them an SM. The portable depths leave 64 KiB where a tile's bytes are few or blocks are
+/// few: 16-bit d256 (2 stages for sm_80's 163 KiB, one block an SM: 4 warps x 16 KiB), fp8
+/// d128 (3 stages, two blocks an SM by registers: 8 warps x 2 x 4 KiB) and fp8 d256 (2 stages,
+/// two blocks: 8 x 8 KiB), measured at 0.77, 0.72 and 0.80-0.84 of copy on an H200 where
+/// 16-bit d128 (8 warps x 2 x 8 KiB) is at 0.98. A Hopper block may have 227 KiB:
+/// - 16-bit d256: 3 (4 warps x 2 x 16 KiB; 200 KiB, still one block an SM);
+/// - fp8 d128: 5 (8 warps x 4 x 4 KiB; 80 KiB a block, two an SM);
+/// - fp8 d256: 3 (8 warps x 2 x 8 KiB; 104 KiB a block, two an SM).
+///
+/// fp8 d64 stays at 3: its 64-byte rows take 128 bytes of room (the swizzle), so a deeper
+/// pipeline would cost blocks an SM for the same bytes.
+pub const fn paged_sm90_stages(d: u32, kv_bytes: u32) -> u32 {
+    match (kv_bytes, d) {
+        (2, 256) | (1, 256) => 3,
+        (1, 128) => 5,
+        _ => 0,
+    }
+}
+
+/// Tiles in flight per warp of a decode kernel of the table: its row's `stages`, or where that
+/// is 0 (one depth a head dim) [`paged_stages`].
+pub const fn paged_depth(d: u32, stages: u32) -> u32 {
+    if stages > 0 { stages } else { paged_stages(d) }
+}
+
 /// Whether the paged kernel keeps Q in shared memory (d > 128: its register fragments would
 /// not fit beside the output's) rather than in registers.
 pub const fn paged_q_in_smem(d: u32) -> bool {
@@ -251,10 +279,16 @@ pub const fn paged_stored_row(d: u32, kv_bytes: u32) -> u32 {
 /// (`PAGED_WARPS * PAGED_ROWS * (d + 2)` f32) reuses the pipelines' space.
 /// 16-bit: d64 48 KiB, d96 and d128 96 KiB, d256 136 KiB; fp8: d128 48 KiB.
 pub const fn paged_smem_bytes(d: u32, kv_bytes: u32) -> u32 {
+    paged_smem_bytes_at(d, kv_bytes, paged_stages(d))
+}
+
+/// [`paged_smem_bytes`] at a pipeline depth of `stages` tiles per warp (16-bit d256 at 3:
+/// 200 KiB; fp8 d128 at 5: 80 KiB; fp8 d256 at 3: 104 KiB).
+pub const fn paged_smem_bytes_at(d: u32, kv_bytes: u32, stages: u32) -> u32 {
     let row = smem_row_chunks(d) * 16;
     let q_tile = if paged_q_in_smem(d) { PAGED_ROWS * row } else { 0 };
     let stored_row = paged_stored_row(d, kv_bytes);
-    let pipeline = PAGED_WARPS * paged_stages(d) * 2 * PAGED_TILE * stored_row + q_tile;
+    let pipeline = PAGED_WARPS * stages * 2 * PAGED_TILE * stored_row + q_tile;
     let merge = PAGED_WARPS * PAGED_ROWS * (d + 2) * 4;
     if pipeline > merge { pipeline } else { merge }
 }

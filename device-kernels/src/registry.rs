@@ -17,8 +17,8 @@
 //! (`#[path]`), so it depends on nothing but `params`.
 
 use super::params::{
-    mla_sm90_smem_bytes, mla_smem_bytes, paged_smem_bytes, prefill_sm90_smem_bytes, prefill_smem_bytes, CACHE_WRITE_THREADS, MLA_FP8_STAGES, MLA_SM90_STAGES, MLA_SM90_THREADS, MLA_STAGES, MLA_WARPS,
-    PAGED_WARPS, PREFILL_SM90_THREADS, PREFILL_WARPS,
+    mla_sm90_smem_bytes, mla_smem_bytes, paged_depth, paged_smem_bytes_at, prefill_sm90_smem_bytes, prefill_smem_bytes, CACHE_WRITE_THREADS, MLA_FP8_STAGES, MLA_SM90_STAGES, MLA_SM90_THREADS, MLA_STAGES, MLA_WARPS,
+    paged_sm90_stages, PAGED_WARPS, PREFILL_SM90_THREADS, PREFILL_WARPS,
 };
 
 /// A kernel family: one file of the device crate, one parameter struct.
@@ -296,7 +296,7 @@ impl KernelId {
     pub const fn smem_bytes(&self) -> u32 {
         match self.family {
             Family::CacheWrite | Family::Merge | Family::MergeRanks | Family::MlaCacheWrite => 0,
-            Family::PagedDecode | Family::PagedDecodeSm90 => paged_smem_bytes(self.head_dim, self.kv.bytes()),
+            Family::PagedDecode | Family::PagedDecodeSm90 => paged_smem_bytes_at(self.head_dim, self.kv.bytes(), paged_depth(self.head_dim, self.stages)),
             Family::FlashPrefill | Family::FlashPrefillCvt => prefill_smem_bytes(self.head_dim, self.kv.bytes()),
             Family::FlashPrefillSm90 => prefill_sm90_smem_bytes(self.head_dim),
             Family::MlaDecode | Family::MlaDecodeCvt => mla_smem_bytes(self.stages, self.kv.bytes()),
@@ -368,12 +368,21 @@ const ONE: &[u32] = &[0];
 /// Both KV-cache elements: the query's 16-bit type and fp8 e4m3.
 const KV_ALL: &[KvType] = &[KvType::Native, KvType::Fp8E4m3];
 
+/// The sm_90a decode rows' depths where they differ from the portable kernel's
+/// ([`paged_sm90_stages`]: bytes in flight for the H200).
+const SM90_FP8_D128: &[u32] = &[paged_sm90_stages(128, 1)];
+const SM90_FP8_D256: &[u32] = &[paged_sm90_stages(256, 1)];
+const SM90_B16_D256: &[u32] = &[paged_sm90_stages(256, 2)];
+
 /// The table.
 pub const KERNELS: &[KernelRow] = &[
     KernelRow { family: Family::CacheWrite, q: &[QType::B16], kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
     KernelRow { family: Family::CacheWrite, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: CACHE_WRITE_THREADS, needs: Features::NONE },
     KernelRow { family: Family::PagedDecode, q: Q16, kv: KV_ALL, head_dims: HEAD_DIMS, scores: &[ScoreMod::Dynamic], stages: ONE, module: Module::Portable, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC },
-    KernelRow { family: Family::PagedDecodeSm90, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: HEAD_DIMS, scores: &[ScoreMod::Dynamic], stages: ONE, module: Module::Sm90a, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC.union(Features::CVT_FP8) },
+    KernelRow { family: Family::PagedDecodeSm90, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: &[64, 96], scores: &[ScoreMod::Dynamic], stages: ONE, module: Module::Sm90a, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC.union(Features::CVT_FP8) },
+    KernelRow { family: Family::PagedDecodeSm90, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: &[128], scores: &[ScoreMod::Dynamic], stages: SM90_FP8_D128, module: Module::Sm90a, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC.union(Features::CVT_FP8) },
+    KernelRow { family: Family::PagedDecodeSm90, q: Q16, kv: &[KvType::Fp8E4m3], head_dims: &[256], scores: &[ScoreMod::Dynamic], stages: SM90_FP8_D256, module: Module::Sm90a, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC.union(Features::CVT_FP8) },
+    KernelRow { family: Family::PagedDecodeSm90, q: Q16, kv: &[KvType::Native], head_dims: &[256], scores: &[ScoreMod::Dynamic], stages: SM90_B16_D256, module: Module::Sm90a, threads: PAGED_WARPS * 32, needs: Features::MMA_SYNC },
     KernelRow { family: Family::Merge, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: 0, needs: Features::NONE },
     KernelRow { family: Family::MergeRanks, q: Q16, kv: &[KvType::Native], head_dims: ONE, scores: &[ScoreMod::Plain], stages: ONE, module: Module::Portable, threads: 0, needs: Features::NONE },
     KernelRow { family: Family::FlashPrefill, q: Q16, kv: KV_ALL, head_dims: HEAD_DIMS, scores: MODIFIERS, stages: ONE, module: Module::Portable, threads: PREFILL_WARPS * 32, needs: Features::MMA_SYNC },

@@ -90,6 +90,9 @@ pub struct Comparison {
     pub max_rel_err: f64,
     /// Requests whose greedy tokens differed from the reference's.
     pub token_mismatches: Vec<usize>,
+    /// Logits that were NaN or infinite: ours, the reference's (a max over them would skip
+    /// them, so they are counted apart and fail the comparison).
+    pub nonfinite: (usize, usize),
 }
 
 /// Runs `prompts` through the engine (continuous batching: at most `max_batch` a step, so
@@ -122,6 +125,8 @@ pub fn compare(engine: &mut Engine, reference: &reference::Llama, shape: &LlamaS
             let logits = reference.forward(&Tensor::new(input.as_slice(), dev)?.unsqueeze(0)?, pos, &mut cache)?.squeeze(0)?.to_vec1::<f32>()?;
             pos += input.len();
             assert_eq!(s.position + 1, pos, "request {id}: the engine's position and the reference's agree");
+            c.nonfinite.0 += s.logits.iter().filter(|x| !x.is_finite()).count();
+            c.nonfinite.1 += logits.iter().filter(|x| !x.is_finite()).count();
             let scale = logits.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
             let err = s.logits.iter().zip(&logits).fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
             worst = worst.max(err / scale);

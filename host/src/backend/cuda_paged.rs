@@ -2,8 +2,10 @@
 //!
 //! - `reshape_and_cache_b16`: this step's K/V into the cache through the slot mapping;
 //! - `paged_attention_<dtype>_d<head_dim>`: the decode rows, one query token per block over
-//!   the block table, the GQA group's heads as tensor-core tile rows; over an fp8 cache on an
-//!   sm_90a module, `paged_attention_sm90_<dtype>_e4m3_d<head_dim>` ([`decode_kernel`]);
+//!   the block table, the GQA group's heads as tensor-core tile rows; on an sm_90a module,
+//!   over an fp8 cache `paged_attention_sm90_<dtype>_e4m3_d<head_dim>[_s<depth>]` and over a
+//!   16-bit one at d256 `paged_attention_sm90_<dtype>_d256_s3` (deeper pipelines where the
+//!   portable depth leaves the bandwidth short) ([`decode_kernel`]);
 //! - `merge_splits_<dtype>`: flash-decoding's merge when the plan splits the decode rows' keys;
 //! - `flash_prefill_<dtype>_d<head_dim>[_softcap][_alibi]`: the rows of requests with two or more new tokens
 //!   (chunked or fresh prefill), 128 (token, head) rows per block over shared K/V tiles;
@@ -31,7 +33,7 @@ use crate::error::{AttnError, Result};
 use crate::kv_cache::{HostKvCache, KvCacheLayout};
 use crate::metadata::AttentionMetadata;
 use crate::params::{
-    paged_smem_bytes, prefill_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, PrefillParams,
+    paged_smem_bytes, prefill_smem_bytes, CacheWriteParams, MergeParams, PagedAttnParams, PrefillParams, paged_sm90_stages,
     CACHE_WRITE_THREADS, PAGED_ROWS, PAGED_WARPS, PREFILL_ROWS, PREFILL_SM90_MIN_BLOCK, PREFILL_SM90_THREADS, PREFILL_WARPS,
 };
 use crate::platform::{ArchFeatures, DeviceProps};
@@ -143,11 +145,13 @@ fn kernel(family: Family, q: QType, kv: KvType, head_dim: usize, score: ScoreMod
     KernelId { family, q, kv, head_dim: head_dim as u32, score, stages: 0 }
 }
 
-/// The decode (paged attention) kernel: modifiers at run time. `CUDA_PAGED` over an fp8
-/// cache takes the sm_90a module's kernel (the hardware's fp8 conversion, f16 MMAs) where the
-/// device runs it (`arch`); otherwise, and on `CUDA_PAGED_PORTABLE`, the portable one.
+/// The decode (paged attention) kernel: modifiers at run time. `CUDA_PAGED` takes the sm_90a
+/// module's kernel where the device runs it (`arch`) and the table has one: over an fp8 cache
+/// (the hardware's fp8 conversion, f16 MMAs), and over a 16-bit cache at d256, each at the
+/// depth of `paged_sm90_stages` (deeper where the portable depth leaves the H200's bandwidth
+/// short); otherwise, and on `CUDA_PAGED_PORTABLE`, the portable one.
 pub fn decode_kernel(backend: BackendName, arch: &ArchFeatures, q: QType, kv: KvType, head_dim: usize) -> KernelId {
-    let sm90 = kernel(Family::PagedDecodeSm90, q, kv, head_dim, ScoreMod::Dynamic);
+    let sm90 = KernelId { stages: paged_sm90_stages(head_dim as u32, kv.bytes()), ..kernel(Family::PagedDecodeSm90, q, kv, head_dim, ScoreMod::Dynamic) };
     if backend == BackendName::CudaPaged && arch.runs_id(&sm90) {
         sm90
     } else {
@@ -909,10 +913,11 @@ mod tests {
         let (sm90, sm90a) = (kernel_registry("sm_90"), kernel_registry("sm_90a"));
         assert!(sm90a.contains(&"flash_prefill_sm90_f16_d256_alibi".to_string()) && !sm90.iter().any(|k| k.contains("_sm90_")));
         // The sm_90a module's own: the Hopper prefill (2 dtypes x 3 head dims x 4 modifiers),
-        // the hardware-converting fp8 decode (2 dtypes x 4 head dims), the fp8 prefill on the
-        // same conversion (2 x 4 x 4), the Hopper MLA decode (2 dtypes x 2 caches x 2 tile
-        // shapes) and the mma.sync MLA decode over fp8 rows on that conversion (2 x 2 depths).
-        assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4 + 2 * 4 + 2 * 4 * 4 + 2 * 2 * 2 + 2 * 2);
+        // the hardware-converting fp8 decode (2 dtypes x 4 head dims), the 16-bit d256 decode
+        // 3 deep (2 dtypes), the fp8 prefill on the same conversion (2 x 4 x 4), the Hopper MLA
+        // decode (2 dtypes x 2 caches x 2 tile shapes) and the mma.sync MLA decode over fp8
+        // rows on that conversion (2 x 2 depths).
+        assert_eq!(sm90a.len() - sm90.len(), 2 * 3 * 4 + 2 * 4 + 2 + 2 * 4 * 4 + 2 * 2 * 2 + 2 * 2);
         assert!(!sm90a.iter().any(|k| k.starts_with("flash_prefill_sm90") && k.contains("_d96")));
         // A plan says which of its launches are Hopper's own kernels.
         let hopper_plan = plan(&m, &LLAMA, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions::default(), BackendName::CudaPaged).unwrap();
@@ -921,10 +926,34 @@ mod tests {
         assert_eq!(a100_plan.sm90a_launches().count(), 0);
         // Decode over fp8: the sm_90a kernel on CUDA_PAGED there, the portable one elsewhere.
         let fp8 = |backend, arch: &ArchFeatures| decode_kernel(backend, arch, QType::Bf16, KvType::Fp8E4m3, 128).name();
-        assert_eq!(fp8(BackendName::CudaPaged, &DeviceProps::H100.arch), "paged_attention_sm90_bf16_e4m3_d128");
+        assert_eq!(fp8(BackendName::CudaPaged, &DeviceProps::H100.arch), "paged_attention_sm90_bf16_e4m3_d128_s5");
         assert_eq!(fp8(BackendName::CudaPagedPortable, &DeviceProps::H100.arch), "paged_attention_bf16_e4m3_d128");
         assert_eq!(fp8(BackendName::CudaPaged, &DeviceProps::A100.arch), "paged_attention_bf16_e4m3_d128");
         assert_eq!(decode_kernel(BackendName::CudaPaged, &DeviceProps::H100.arch, QType::Bf16, KvType::Native, 128).name(), "paged_attention_bf16_d128");
+        // Decode over a 16-bit cache at d256: the sm_90a kernel's 3-deep pipeline (200 KiB of
+        // shared memory, past sm_80's 163) on CUDA_PAGED there, the portable 2-deep elsewhere.
+        let d256 = |backend, arch: &ArchFeatures| decode_kernel(backend, arch, QType::F16, KvType::Native, 256);
+        assert_eq!(d256(BackendName::CudaPaged, &DeviceProps::H100.arch).name(), "paged_attention_sm90_f16_d256_s3");
+        assert_eq!(d256(BackendName::CudaPaged, &DeviceProps::H100.arch).smem_bytes(), 200 * 1024);
+        assert_eq!(d256(BackendName::CudaPagedPortable, &DeviceProps::H100.arch).name(), "paged_attention_f16_d256");
+        assert_eq!(d256(BackendName::CudaPaged, &DeviceProps::A100.arch).name(), "paged_attention_f16_d256");
+        assert_eq!(d256(BackendName::CudaPaged, &DeviceProps::A100.arch).smem_bytes(), 136 * 1024);
+        // Every sm_90a decode row of the table is the one decode_kernel picks for its shape
+        // (a row at another depth would never run), and fits a Hopper block.
+        let mut rows = 0;
+        crate::registry::for_each_kernel(|k| {
+            if k.id.family == Family::PagedDecodeSm90 {
+                rows += 1;
+                assert_eq!(decode_kernel(BackendName::CudaPaged, &DeviceProps::H100.arch, k.id.q, k.id.kv, k.id.head_dim as usize), k.id);
+                assert!(k.id.smem_bytes() <= 227 * 1024, "{}", k.id.name());
+            }
+        });
+        assert_eq!(rows, 2 * 4 + 2);
+        // The depths' shared memory: fp8 d128 at 5 deep 80 KiB, fp8 d256 at 3 deep 104 KiB.
+        let fp8_at = |d| decode_kernel(BackendName::CudaPaged, &DeviceProps::H100.arch, QType::Bf16, KvType::Fp8E4m3, d);
+        assert_eq!((fp8_at(128).name(), fp8_at(128).smem_bytes()), ("paged_attention_sm90_bf16_e4m3_d128_s5".to_string(), 80 * 1024));
+        assert_eq!((fp8_at(256).name(), fp8_at(256).smem_bytes()), ("paged_attention_sm90_bf16_e4m3_d256_s3".to_string(), 104 * 1024));
+        assert_eq!(fp8_at(64).name(), "paged_attention_sm90_bf16_e4m3_d64");
         // Prefill over fp8 (no wgmma row): the sm_90a mma.sync kernel on the hardware's
         // conversion on CUDA_PAGED there, the portable one elsewhere.
         let pre = |backend, arch: &ArchFeatures| mma_prefill_kernel(backend, arch, QType::F16, KvType::Fp8E4m3, 64, true, false).name();
