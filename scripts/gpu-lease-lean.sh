@@ -1,30 +1,20 @@
 #!/usr/bin/env bash
-# (scripts/gpu-lease-lean.sh: copy into gpu-bundle/ as lean.sh; STOP_AFTER_SWEEP=1 for the least time.)
+# (scripts/gpu-lease-lean.sh: copy into gpu-bundle/ with gpu-lease-common.sh; STOP_AFTER_SWEEP=1 for the least time.)
 # The pending kernels in the least device time: their tests, the MLA depth sweep, one prefill
 # A/B round, memcheck on the 4-stage MLA kernel. Each stage into $OUT/summary.txt.
 set -uo pipefail
 cd "$(dirname "$0")"
-[ -d bin ] || tar -xzf bin.tar.gz
-gunzip -f alt/*/*.gz 2>/dev/null
-O=${OUT:-logs}; mkdir -p "$O"; S=$O/summary.txt
-export ATTN_REQUIRE_GPU=1
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; echo "commit $(cat COMMIT)"; } | tee "$S"
-t0=$(date +%s); stamp() { echo "t=$(( $(date +%s) - t0 ))" | tee -a "$S"; }
-fig() { grep -h '^{' "$1" | python3 -c '
-import sys, json
-for l in sys.stdin:
-    d = json.loads(l)
-    print(sys.argv[1], d["workload"], d.get("kv_dtype", ""), d["kernel"], "splits", d.get("splits"), "us %.1f" % d["median_us"], "TFLOP/s %.1f" % (d.get("tflops") or 0), "frac %.3f" % (d.get("fraction_of_ceiling") or 0))' "$2" | tee -a "$S"; }
+. ./gpu-lease-common.sh
 timeout ${T_TESTS:-80} ./bin/gpu "4-stage" "mla fp8" "persistent" "d256" "fp8 bf16 d128" "prefill bf16 d128" "prefill f16 d64" "prefill bf16 d256" > "$O/gpu.txt" 2>&1; echo "tests rc $?" | tee -a "$S"
 grep -E "gpu tests:|FAIL|panicked" "$O/gpu.txt" | head -20 | tee -a "$S"
 grep -E "4-stage|prefill bf16 d128 gqa" "$O/gpu.txt" | head -8 | tee -a "$S"; stamp
 timeout ${T_SWEEP:-70} ./bin/mla --json --sweep M2 M4 > "$O/sweep.txt" 2>&1; echo "sweep rc $?" | tee -a "$S"; fig "$O/sweep.txt" sweep; stamp
 [ -n "${STOP_AFTER_SWEEP:-}" ] && exit 0
 for v in branch main-module; do
-  if [ $v = branch ]; then unset ATTN_PTX_DIR; else export ATTN_PTX_DIR=alt/$v; fi
+  use $v
   timeout 25 ./bin/prefill --json P1 P2 > "$O/prefill-$v.txt" 2>&1; fig "$O/prefill-$v.txt" "prefill-$v"
 done
-unset ATTN_PTX_DIR
+use branch
 timeout 30 ./bin/decode --json --extra --portable X1 > "$O/decode-ab.txt" 2>&1; fig "$O/decode-ab.txt" decode-ab
 timeout 30 ./bin/decode --json --portable --kv-dtype fp8 D1 > "$O/decode-ab-fp8.txt" 2>&1; fig "$O/decode-ab-fp8.txt" decode-ab-fp8; stamp
 cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)

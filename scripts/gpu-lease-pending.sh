@@ -9,23 +9,10 @@
 #  4. memcheck and racecheck on the changed kernels;
 #  5. every GPU test on this module, then M1 M3 bf16 and M1-M4 fp8.
 # Build: on main `scripts/ptx-variant.sh main-module`; on the branch `scripts/gpu-bundle.sh`,
-# `cp scripts/gpu-lease-pending.sh gpu-bundle/`; run it with carry gpu-bundle.
+# `cp scripts/gpu-lease-common.sh scripts/gpu-lease-pending.sh gpu-bundle/`; run it with carry gpu-bundle.
 set -uo pipefail
 cd "$(dirname "$0")"
-[ -d bin ] || tar -xzf bin.tar.gz
-gunzip -f alt/*/*.gz 2>/dev/null
-O=${OUT:-logs}; mkdir -p "$O"; S=$O/summary.txt
-export ATTN_REQUIRE_GPU=1
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; echo "commit $(cat COMMIT)"; } | tee "$S"
-t0=$(date +%s)
-stamp() { echo "t=$(( $(date +%s) - t0 ))" | tee -a "$S"; }
-use() { if [ "$1" = branch ]; then unset ATTN_PTX_DIR; else export ATTN_PTX_DIR=alt/$1; fi; }
-fig() { grep -h '^{' "$1" | python3 -c '
-import sys, json
-for l in sys.stdin:
-    d = json.loads(l)
-    print(sys.argv[1], d["workload"], d.get("kv_dtype", ""), d["kernel"], "splits", d.get("splits"), "us %.1f" % d["median_us"],
-          "TFLOP/s %.1f" % (d.get("tflops") or 0), "GB/s %.0f" % (d.get("gbps") or 0), "frac %.3f" % (d.get("fraction_of_ceiling") or 0))' "$2" | tee -a "$S"; }
+. ./gpu-lease-common.sh
 timeout 100 ./bin/gpu "4-stage" "mla fp8" "persistent" "mla bf16 128 heads 4 tokens" "d256" "fp8 bf16 d128" "fp8 f16 d128" "prefill bf16 d128" "prefill f16 d64" "prefill bf16 d256" > "$O/gpu.txt" 2>&1; echo "tests rc $?" | tee -a "$S"
 grep -E "gpu tests:|FAIL|panicked" "$O/gpu.txt" | head -20 | tee -a "$S"
 grep -E "4-stage|fp8 f16 128 heads 3 splits|fp8 bf16 128 heads 4 tokens|prefill bf16 d128 gqa" "$O/gpu.txt" | head -12 | tee -a "$S"
