@@ -68,3 +68,8 @@ fn the_engine_refuses_requests_it_could_never_serve() {
     }
     assert_eq!((steps, engine.finished.len()), (40, 2));
 }
+
+#[test]
+fn twin_matches_candle_transformers_f16() {
+    run(DType::F16, 2e-2);
+}
