@@ -34,7 +34,7 @@ fn main() {
     for w in list.into_iter().filter(|w| only.is_empty() || only.contains(&w.id)) {
         if !flag("--sweep") {
             // Both backends in one call: the harness skips the portable one where the Hopper
-            // backend's plan runs the same kernel (M1's 16-row steps).
+            // backend's plan runs the same kernel (on an A100).
             let opts = MeasureOptions { kv, ..MeasureOptions::default() };
             runner.measure(&w, &opts).expect("measure").iter().for_each(|r| print_record(r, json));
             continue;

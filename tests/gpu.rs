@@ -570,6 +570,9 @@ fn cases() -> Vec<Case> {
     // refused, so these cases run where there is an sm_90a module).
     mla("mla bf16 64 heads 4-stage (32-key tiles)".into(), MlaShape { heads: 64, block_size: 64, requests: odd.clone(), splits: Some(3), stages: Some(4), parts: None }, true);
     mla("mla f16 16 heads 4-stage (32-key tiles) block size 16".into(), MlaShape { heads: 16, block_size: 16, requests: odd.clone(), splits: None, stages: Some(4), parts: None }, false);
+    // A step of single-token 16-head decodes only (M1's shape: 16 rows a request), which the
+    // plan gives the Hopper kernel since the 2026-12-07 H200 lease.
+    mla("mla bf16 16 heads single-token step".into(), MlaShape { heads: 16, block_size: 64, requests: vec![(4094, 1), (0, 1), (300, 1), (2000, 1), (33, 1)], splits: None, stages: None, parts: None }, true);
     mla("mla bf16 16 heads long context".into(), MlaShape { heads: 16, block_size: 64, requests: vec![(32767, 1), (20000, 2)], splits: None, stages: None, parts: None }, true);
     mla("mla bf16 32 heads 64k context".into(), MlaShape { heads: 32, block_size: 64, requests: vec![(65535, 1), (700, 3)], splits: None, stages: None, parts: None }, true);
     mla("mla bf16 64 heads block size 256".into(), MlaShape { heads: 64, block_size: 256, requests: odd.clone(), splits: Some(2), stages: None, parts: None }, true);

@@ -134,9 +134,6 @@ pub fn sm90_decode_kernel(q: QType, kv: KvType, stages: u32) -> KernelId {
 /// The Hopper MLA decode's depth unless a plan asks for another (2 x 64 keys: the 4 x 32
 /// shape measured 0.80-0.82x as fast on M1-M4).
 pub const SM90_DEFAULT_STAGES: u32 = MLA_SM90_STAGES[0];
-/// Steps whose requests have at most this many (query token, head) rows each run the
-/// portable kernel on Hopper too (see `plan`).
-pub const SM90_MIN_ROWS: usize = 16;
 /// Whether `backend` decodes on the Hopper kernel: `CUDA_MLA` on a device that runs it
 /// (`arch`), over a latent cache (16-bit or fp8) of blocks of 8 or more tokens (its copies
 /// move whole 8-row groups of the 128-byte swizzle). The plan and the impl both ask this.
@@ -259,16 +256,17 @@ pub fn plan(meta: &AttentionMetadata, shape: &LayerShape, dtype: DType, props: &
 
     // The kernel: the Hopper one where the device runs it (a depth of its own asked for, or
     // its default); else the portable one at the depth asked for or the deepest that fits.
-    // Where no request has more than 16 rows (a decode of 16 heads) the wgmma kernel's
-    // 64-row tiles are three-quarters empty and the portable kernel measured faster (M1 on
-    // an H200: 0.79 of copy against 0.74), unless a depth of the Hopper kernel is asked for.
+    // A 16-bit cache takes the Hopper kernel at every row count: a decode of 16 heads (M1)
+    // fills a quarter of its 64-row tiles, but it keeps more bytes in flight than the
+    // portable kernel, and that is what M1 is short of on an H200 (same lease, 2026-12-07:
+    // 0.874 of copy against the portable kernel's 0.743; the v1 Hopper kernel had measured
+    // 0.74 against 0.79, the rule until then).
     // Over an fp8 cache the mma.sync kernel stays the default (on the hardware's conversion
     // where there is one: M1 0.47 of copy on an H100): the Hopper kernel's three converter
     // warps measured slower (0.20, benches/NOTES-mla.md); a depth of the Hopper kernel asks
     // for it.
-    let max_rows = lq.iter().map(|&q| q * h).max().unwrap_or(0);
     let sm90_depth = opts.pipeline_stages.is_some_and(|s| MLA_SM90_STAGES.contains(&s));
-    let hopper = hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size) && ((max_rows > SM90_MIN_ROWS && kv == KvType::Native) || sm90_depth);
+    let hopper = hopper_decode(backend, &props.arch, q, kv, meta.layout().block_size) && (kv == KvType::Native || sm90_depth);
     let depths = if hopper { &MLA_SM90_STAGES[..] } else { mla_stages(kv.bytes()) };
     let fits = |s: u32| if hopper { true } else { mla_smem_bytes(s, kv.bytes()) <= props.max_shared_memory_per_block };
     let stages = match opts.pipeline_stages {
@@ -1038,10 +1036,10 @@ mod tests {
         // The Hopper kernel over fp8 rows where one of its depths is asked for.
         let h84 = plan(&m8, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(4), ..opts }, BackendName::CudaMla).unwrap();
         assert_eq!(h84.launches[1].kernel.name(), "mla_decode_sm90_bf16_e4m3_s4");
-        // A step of 16-head single-token decodes (16 rows each) keeps the portable kernel.
+        // A step of 16-head single-token decodes (16 rows each) takes the Hopper kernel too.
         let m1 = meta(&[(99, 1), (2998, 1)]);
         let p1 = plan(&m1, &shape, DType::Bf16, &DeviceProps::H100, &limits, &opts, BackendName::CudaMla).unwrap();
-        assert_eq!(p1.launches[1].kernel.name(), "mla_decode_bf16_s3");
+        assert_eq!(p1.launches[1].kernel.name(), "mla_decode_sm90_bf16");
         // A Hopper depth asks for the Hopper kernel at any row count (fp8 rows too).
         let m18 = crate::metadata::in_order_of(&[(99, 1), (2998, 1)], 64, 1, 576, KvCacheDType::Fp8E4m3);
         let p18 = plan(&m18, &shape, DType::Bf16, &DeviceProps::H100, &limits, &PlanOptions { pipeline_stages: Some(2), ..opts }, BackendName::CudaMla).unwrap();
