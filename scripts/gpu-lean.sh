@@ -9,7 +9,7 @@ tar -C gpu-lean/tmp -xzf gpu-bundle/bin.tar.gz bin/gpu bin/mla bin/prefill bin/d
 tar -C gpu-lean/tmp -czf gpu-lean/bin.tar.gz bin && rm -rf gpu-lean/tmp
 cp -r gpu-bundle/COMMIT gpu-bundle/peer_bench.py gpu-lean/
 [ -d gpu-bundle/alt ] && cp -r gpu-bundle/alt gpu-lean/
-cp scripts/gpu-lease-common.sh scripts/gpu-lease-pending.sh scripts/gpu-lease-lean.sh scripts/ncu-source.sh gpu-lean/
+cp scripts/gpu-lease-common.sh scripts/gpu-lease-pending.sh scripts/ncu-source.sh gpu-lean/
 cp scripts/gpu-lease-second.sh gpu-lean/second.sh
 cp scripts/gpu-lease-h200.sh gpu-lean/h200.sh
 cp -r benches/data/probe gpu-lean/

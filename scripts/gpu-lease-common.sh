@@ -1,4 +1,4 @@
-# Sourced by the lease scripts (gpu-lease-pending.sh, gpu-lease-lean.sh), from their folder:
+# Sourced by the lease scripts (gpu-lease-pending.sh, gpu-lease-second.sh, gpu-lease-h200.sh), from their folder:
 # unpacks the bundle, opens $OUT/summary.txt with the device and commit, and defines `stamp`
 # (seconds since the start), `fig FILE LABEL` (a bench's JSON lines, one summary line each) and `use`.
 [ -d bin ] || tar -xzf bin.tar.gz

@@ -3,13 +3,9 @@
 # pass left out and `attn bench`'s catalogue (MODULE=main-module for main's kernels).
 set -uo pipefail
 cd "$(dirname "$0")"
-[ -d bin ] || tar -xzf bin.tar.gz
-gunzip -f alt/*/*.gz 2>/dev/null
-O=${OUT:-logs}; mkdir -p "$O"; S=$O/summary.txt
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$S"
-t0=$(date +%s); stamp() { echo "t=$(( $(date +%s) - t0 ))" | tee -a "$S"; }
+. ./gpu-lease-common.sh
 [ -z "${SKIP_CANDLE:-}" ] && CANDLE_TEST_S=${CANDLE_TEST_S:-150} CANDLE_BENCH_S=${CANDLE_BENCH_S:-200} bash ../gpu-candle/run.sh; stamp
-[ -n "${MODULE:-}" ] && export ATTN_PTX_DIR=alt/$MODULE
+use "${MODULE:-branch}"
 echo "module ${MODULE:-branch}" | tee -a "$S"
 timeout 40 ./bin/mla --json M1 M3 > "$O/mla-bf16.txt" 2>&1; grep -h '^{' "$O/mla-bf16.txt" | tee -a "$S"
 timeout 40 ./bin/mla --json --kv-dtype fp8 M2 M4 > "$O/mla-fp8.txt" 2>&1; grep -h '^{' "$O/mla-fp8.txt" | tee -a "$S"; stamp
